@@ -1,0 +1,131 @@
+"""Every configuration field, defined once. Model configs import this and override a few fields.
+
+Variants are picked after a colon: ``--config configs/imr_rhpc.py:tiny,medicalnet``; single
+fields from the command line: ``--config.train.batch_size=8``. A misspelt field or an invalid
+value stops the run before any work (mrp_jax/config_validation.py).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from mrp_jax import schema
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.job = "train"  # train | evaluate | benchmark | demo | describe
+  config.seed = 0  # model init, data order and augmentation all derive from it
+
+  # ---- model ---------------------------------------------------------------------------------
+  config.model = m = ml_collections.ConfigDict()
+  m.name = "imr_rhpc"  # rhpc | img_rhpc | imr_rhpc
+  m.dtype = "bfloat16"  # computation dtype; parameters are always float32
+  m.rhpc_embed_dim = 16  # per-variable Linear+ELU embedding (authors' code)
+  m.rhpc_hidden_dim = 256  # the paper's two-layer MLP width
+  m.head_dim = 256  # hidden width of the response head and the knowledge predictor
+  m.time_embedding = True  # ablation switch: phase one-hot -> Linear+ELU added to image features
+  m.knowledge_predictor = True  # ablation switch: cross-modal knowledge predictor branch
+  m.siamese_batching = "joint"  # joint (one 2B encoder call) | separate (one call per branch)
+  m.encoder = e = ml_collections.ConfigDict()
+  e.layout = "resnet"  # resnet (strides 2,2,2) | medicalnet (dilated) | monai (stride-1 stem)
+  e.stem_kernel = 7
+  e.stem_stride = config_dict.placeholder(int)  # None: the layout's
+  e.strides = config_dict.placeholder(tuple)  # per stage; None: the layout's
+  e.dilations = config_dict.placeholder(tuple)  # per stage; None: the layout's
+  e.shortcut = "A"  # A (parameter-free, MedicalNet) | B (1x1 conv + norm, torchvision)
+  e.norm = "batch"  # batch | group
+  e.width = 64  # channels of the first stage; 64 is ResNet18
+  e.remat = "none"  # none | full | dots: rematerialise residual blocks in the backward pass
+  m.pretrained = ""  # PyTorch checkpoint for the image encoder (MedicalNet .pth / torchvision)
+
+  # ---- loss ----------------------------------------------------------------------------------
+  config.loss = lo = ml_collections.ConfigDict()
+  lo.response_weight = 10.0  # BCE on the fused pCR logit (authors' code)
+  lo.image_response_weight = 10.0  # BCE on the knowledge predictor's image-only pCR logit
+  lo.aux_weights = ml_collections.ConfigDict(dict(schema.AUX_WEIGHTS))  # per rhpc variable
+
+  # ---- data ----------------------------------------------------------------------------------
+  config.data = d = ml_collections.ConfigDict()
+  d.records = ""  # folder of prepared TFRecord shards (python -m input_pipeline.prepare)
+  d.mri_shape = (176, 176, 352)  # [z, y, x] voxels of the stored subtraction volumes
+  d.mri_spacing_mm = (1.0, 1.0, 1.0)  # (x, y, z) resampling target
+  d.mg_shape = (1024, 512)  # [rows, cols] of the stored mammogram
+
+  # ---- training ------------------------------------------------------------------------------
+  config.train = t = ml_collections.ConfigDict()
+  t.batch_size = 8  # global batch (all devices and hosts)
+  t.num_steps = 10_000
+  t.optimizer = "adamw"  # adamw (warmup-cosine) | paper (Adam 1e-4, betas 0.5/0.999, plateau)
+  t.learning_rate = 3e-4  # peak learning rate
+  t.warmup_steps = 500
+  t.weight_decay = 1e-4
+  t.b1 = 0.9
+  t.b2 = 0.999
+  t.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+  t.log_every_steps = 50
+
+  if arg:
+    apply_variants(config, arg)
+  return config
+
+
+def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> None:
+  """Applies comma-separated variants, e.g. 'tiny,medicalnet,paper'."""
+  for variant in filter(None, (v.strip() for v in (arg or "").split(","))):
+    if variant not in VARIANTS:
+      raise ValueError(f"unknown config variant {variant!r}; known: {sorted(VARIANTS)}")
+    VARIANTS[variant](config)
+
+
+def _tiny(config):
+  """CPU-sized: 8 mm voxels, narrow encoders, few steps. For tests and CI."""
+  config.model.dtype = "float32"
+  config.model.encoder.width = 8
+  config.model.head_dim = 32
+  config.model.rhpc_hidden_dim = 32
+  config.model.rhpc_embed_dim = 4
+  config.data.mri_shape = (22, 22, 44)
+  config.data.mri_spacing_mm = (8.0, 8.0, 8.0)
+  config.data.mg_shape = (64, 32)
+  config.train.batch_size = 4
+  config.train.num_steps = 20
+  config.train.warmup_steps = 2
+  config.train.log_every_steps = 5
+
+
+def _medicalnet(config):
+  """MedicalNet's dilated layout and shortcut A (loads resnet_18_23dataset.pth as is)."""
+  config.model.encoder.layout = "medicalnet"
+  config.model.encoder.shortcut = "A"
+
+
+def _paper(config):
+  """The authors' optimiser: Adam lr 1e-4, betas (0.5, 0.999), wd 1e-6, clip 0.25."""
+  t = config.train
+  t.optimizer = "paper"
+  t.learning_rate = 1e-4
+  t.b1, t.b2 = 0.5, 0.999
+  t.weight_decay = 1e-6
+  t.grad_clip_norm = 0.25
+  t.warmup_steps = 0
+
+
+def _no_knowledge(config):
+  """Ablation: without the cross-modal knowledge predictor."""
+  config.model.knowledge_predictor = False
+
+
+def _no_time(config):
+  """Ablation: without the time embedding."""
+  config.model.time_embedding = False
+
+
+VARIANTS = {
+    "tiny": _tiny,
+    "medicalnet": _medicalnet,
+    "paper": _paper,
+    "no_knowledge": _no_knowledge,
+    "no_time": _no_time,
+}

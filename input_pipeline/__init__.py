@@ -1,0 +1,1 @@
+"""From hospital exports and public collections to verified, de-identified TFRecords."""

@@ -1,0 +1,278 @@
+"""Writes DICOM files the way scanners do: the synthetic export and test fixtures use this.
+
+Geometry follows SimpleITK's convention: a volume is a numpy array [slice, row, column]
+(= [z, y, x]), ``origin`` is the LPS position in mm of voxel (0, 0, 0), ``spacing`` is
+(x, y, z) in mm and ``direction`` the 3x3 matrix whose columns are the LPS directions of the
+x (column index), y (row index) and z (slice index) axes. In DICOM terms the first two columns
+become ImageOrientationPatient, PixelSpacing is (y, x) and slice k sits at
+ImagePositionPatient = origin + k * spacing_z * direction[:, 2].
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import (ExplicitVRLittleEndian, RLELossless, generate_uid)
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+DIGITAL_MAMMOGRAPHY_STORAGE = "1.2.840.10008.5.1.4.1.1.1.2"  # For Presentation
+
+_STUDY_DEFAULTS = {
+    "PatientID": "ANON", "PatientName": "Anonymous", "PatientBirthDate": "19700101",
+    "PatientSex": "F", "StudyDate": "20200101", "StudyTime": "090000",
+    "AccessionNumber": "", "StudyID": "1", "ReferringPhysicianName": "",
+}
+
+
+def _uid_factory(uid_seed: str | None) -> Callable[[], str]:
+  """Random UIDs, or UIDs derived from (uid_seed, counter) so that reruns write the same bytes."""
+  if uid_seed is None:
+    return generate_uid
+  counter = itertools.count()
+  return lambda: generate_uid(entropy_srcs=[uid_seed, str(next(counter))])
+
+
+def _base(sop_class: str, modality: str, tags: Mapping[str, Any], transfer_syntax: str,
+          new_uid: Callable[[], str]) -> Dataset:
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = sop_class
+  meta.MediaStorageSOPInstanceUID = new_uid()
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID = sop_class
+  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  ds.Modality = modality
+  for key, value in {**_STUDY_DEFAULTS, **tags}.items():
+    setattr(ds, key, value)
+  if "StudyInstanceUID" not in tags:
+    raise ValueError("tags must carry StudyInstanceUID (shared by the series of one exam)")
+  ds.SeriesInstanceUID = tags.get("SeriesInstanceUID") or new_uid()
+  ds.FrameOfReferenceUID = tags.get("FrameOfReferenceUID") or new_uid()
+  ds.ContentDate = ds.StudyDate
+  ds.SamplesPerPixel = 1
+  ds.BitsAllocated = 16
+  ds.BitsStored = 16
+  ds.HighBit = 15
+  ds._transfer_syntax = transfer_syntax  # applied in _save
+  return ds
+
+
+def _set_pixels(ds: Dataset, stored: np.ndarray, signed: bool) -> None:
+  ds.PixelRepresentation = 1 if signed else 0
+  ds.PhotometricInterpretation = getattr(ds, "PhotometricInterpretation", "MONOCHROME2")
+  ds.Rows, ds.Columns = stored.shape[-2:]
+  ds.PixelData = np.ascontiguousarray(stored.astype("<i2" if signed else "<u2")).tobytes()
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+  transfer_syntax = ds._transfer_syntax
+  del ds._transfer_syntax
+  if transfer_syntax == RLELossless:
+    ds.compress(RLELossless, generate_instance_uid=False)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  ds.save_as(path, enforce_file_format=True)
+  return path
+
+
+def _clock(offset_ms: float) -> str:
+  """DICOM TM of an acquisition ``offset_ms`` after the series started (09:00:00)."""
+  return (datetime.datetime(2000, 1, 1, 9) + datetime.timedelta(milliseconds=offset_ms)).strftime(
+      "%H%M%S.%f")
+
+
+def _to_stored(values: np.ndarray, rescale: tuple[float, float], signed: bool) -> np.ndarray:
+  slope, intercept = rescale
+  stored = np.rint((np.asarray(values, np.float64) - intercept) / slope)
+  info = np.iinfo(np.int16 if signed else np.uint16)
+  if stored.min() < info.min or stored.max() > info.max:
+    raise ValueError(f"values [{values.min()}, {values.max()}] do not fit {info.dtype} with "
+                     f"RescaleSlope {slope} and RescaleIntercept {intercept}")
+  return stored
+
+
+def _geometry(shape, origin, spacing, direction):
+  direction = np.asarray(direction, np.float64).reshape(3, 3)
+  origin = np.asarray(origin, np.float64)
+  iop = [float(v) for v in (*direction[:, 0], *direction[:, 1])]
+  positions = [origin + k * spacing[2] * direction[:, 2] for k in range(shape[0])]
+  return iop, positions
+
+
+def write_mr_series(
+    out_dir: Path | str,
+    volumes: Sequence[np.ndarray] | np.ndarray,
+    *,
+    origin: Sequence[float],
+    spacing: Sequence[float],
+    direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
+    tags: Mapping[str, Any],
+    rescale: tuple[float, float] = (1.0, 0.0),
+    signed: bool = True,
+    enhanced: bool = False,
+    instance_order: str = "ascending",
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    trigger_times_ms: Sequence[float] | None = None,
+    seed: int = 0,
+    uid_seed: str | None = None,
+) -> list[Path]:
+  """Writes one MR series: a volume, or several (one per DCE phase) as a multiphase series.
+
+  Args:
+    out_dir: folder for the files (created).
+    volumes: [z, y, x] physical values, or a list of such volumes (one per temporal position,
+      written with TemporalPositionIdentifier 1..T).
+    origin, spacing, direction: geometry (see module docstring).
+    tags: DICOM keywords set on every file; must include StudyInstanceUID. Typical: PatientID,
+      PatientName, PatientBirthDate, StudyDate, SeriesDescription, SeriesNumber,
+      Manufacturer, SliceThickness; ImageType overrides ORIGINAL/PRIMARY (e.g. DERIVED for a
+      subtraction series).
+    rescale: (RescaleSlope, RescaleIntercept); stored = (value - intercept) / slope.
+    signed: int16 (True) or uint16 storage.
+    enhanced: one Enhanced MR multi-frame file instead of one file per slice.
+    instance_order: 'ascending' (InstanceNumber grows with the slice index k, i.e. along
+      direction[:, 2], which is against the row x column normal when the direction matrix is a
+      reflection), 'descending', or 'shuffled'; files are named by InstanceNumber either way.
+    transfer_syntax: ExplicitVRLittleEndian or RLELossless.
+    trigger_times_ms: per temporal position, TriggerTime (defaults to 0, 90 s, 180 s, ...).
+    seed: for 'shuffled'.
+    uid_seed: derive every UID the writer creates from this string (deterministic files);
+      None draws random UIDs.
+
+  Returns:
+    The written paths.
+  """
+  out_dir = Path(out_dir)
+  volumes = [volumes] if isinstance(volumes, np.ndarray) else list(volumes)
+  shape = volumes[0].shape
+  if any(v.shape != shape for v in volumes):
+    raise ValueError("all temporal positions of a series must have one shape")
+  iop, positions = _geometry(shape, origin, spacing, direction)
+  pixel_spacing = [float(spacing[1]), float(spacing[0])]
+  new_uid = _uid_factory(uid_seed)
+  series_uid = tags.get("SeriesInstanceUID") or new_uid()
+  tags = {"SeriesInstanceUID": series_uid, "SliceThickness": float(spacing[2]),
+          "ImageType": ["ORIGINAL", "PRIMARY", "M", "NONE"], **tags}
+  n_t = len(volumes)
+  trigger_times = list(trigger_times_ms) if trigger_times_ms else [90_000.0 * t
+                                                                   for t in range(n_t)]
+  # Frames in acquisition order: temporal position major, then slices in instance order.
+  order = np.arange(shape[0])
+  if instance_order == "descending":
+    order = order[::-1]
+  elif instance_order == "shuffled":
+    order = np.random.default_rng(seed).permutation(shape[0])
+  elif instance_order != "ascending":
+    raise ValueError(f"instance_order must be ascending/descending/shuffled, got {instance_order}")
+  frames = [(t, int(order[k])) for t in range(n_t) for k in range(shape[0])]
+
+  if enhanced:
+    ds = _base(ENHANCED_MR_IMAGE_STORAGE, "MR", tags, transfer_syntax, new_uid)
+    ds.InstanceNumber = 1
+    ds.AcquisitionTime = _clock(trigger_times[0])
+    ds.NumberOfFrames = len(frames)
+    ds.NumberOfTemporalPositions = n_t
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = pixel_spacing
+    measures.SliceThickness = float(spacing[2])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = iop
+    transform = Dataset()
+    transform.RescaleSlope = rescale[0]
+    transform.RescaleIntercept = rescale[1]
+    transform.RescaleType = "US"
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    shared.PixelValueTransformationSequence = DicomSequence([transform])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    per_frame = []
+    for t, k in frames:
+      item = Dataset()
+      content = Dataset()
+      content.TemporalPositionIndex = t + 1
+      content.InStackPositionNumber = k + 1
+      content.FrameAcquisitionDuration = 0.0
+      position = Dataset()
+      position.ImagePositionPatient = [float(v) for v in positions[k]]
+      timing = Dataset()
+      timing.TriggerTime = float(trigger_times[t])
+      item.FrameContentSequence = DicomSequence([content])
+      item.PlanePositionSequence = DicomSequence([position])
+      item.CardiacSynchronizationSequence = DicomSequence([timing])
+      per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    stored = np.stack([_to_stored(volumes[t][k], rescale, signed) for t, k in frames])
+    _set_pixels(ds, stored, signed)
+    return [_save(ds, out_dir / "IM000001.dcm")]
+
+  paths = []
+  for number, (t, k) in enumerate(frames, start=1):
+    ds = _base(MR_IMAGE_STORAGE, "MR", tags, transfer_syntax, new_uid)
+    ds.InstanceNumber = number
+    ds.ImagePositionPatient = [float(v) for v in positions[k]]
+    ds.ImageOrientationPatient = iop
+    ds.PixelSpacing = pixel_spacing
+    ds.SpacingBetweenSlices = float(spacing[2])
+    ds.SliceLocation = float(np.dot(positions[k], np.cross(iop[:3], iop[3:])))
+    ds.RescaleSlope = rescale[0]
+    ds.RescaleIntercept = rescale[1]
+    ds.TriggerTime = float(trigger_times[t])
+    ds.AcquisitionTime = _clock(trigger_times[t])
+    if n_t > 1:
+      ds.TemporalPositionIdentifier = t + 1
+      ds.NumberOfTemporalPositions = n_t
+    _set_pixels(ds, _to_stored(volumes[t][k], rescale, signed), signed)
+    paths.append(_save(ds, out_dir / f"IM{number:06d}.dcm"))
+  return paths
+
+
+def write_mammogram(
+    path: Path | str,
+    image: np.ndarray,
+    *,
+    laterality: str,
+    view: str,
+    tags: Mapping[str, Any],
+    pixel_spacing_mm: float = 0.07,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    uid_seed: str | None = None,
+) -> Path:
+  """Writes a 16-bit 'For Presentation' digital mammogram.
+
+  Args:
+    image: [rows, columns] unsigned values (at most 16 bits).
+    laterality: 'L' or 'R' (ImageLaterality).
+    view: 'CC' or 'MLO' (ViewPosition).
+    window: (WindowCenter, WindowWidth) VOI, if the modality sets one.
+    uid_seed: as in :func:`write_mr_series`.
+  """
+  tags = {"ImageType": ["ORIGINAL", "PRIMARY", "", "RIGHT" if laterality == "R" else "LEFT"],
+          **tags}
+  ds = _base(DIGITAL_MAMMOGRAPHY_STORAGE, "MG", tags, transfer_syntax, _uid_factory(uid_seed))
+  ds.PresentationIntentType = "FOR PRESENTATION"
+  ds.InstanceNumber = 1
+  ds.ImageLaterality = laterality
+  ds.Laterality = laterality
+  ds.ViewPosition = view
+  ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+  ds.ImagerPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+  ds.PhotometricInterpretation = photometric
+  ds.BodyPartExamined = "BREAST"
+  if window is not None:
+    ds.WindowCenter, ds.WindowWidth = float(window[0]), float(window[1])
+  image = np.asarray(image)
+  if image.min() < 0 or image.max() > 65535:
+    raise ValueError("mammogram values must fit in uint16")
+  _set_pixels(ds, image, signed=False)
+  return _save(ds, Path(path))
+

@@ -1,0 +1,70 @@
+"""What a layout adapter finds for one patient, before any pixel is read.
+
+Adapters (generic exports, Duke, I-SPY2) turn a source folder into :class:`PatientSource`
+objects; ``prepare`` loads and preprocesses them. Source-side identifiers live here only: the
+``key`` is replaced by a pseudonym before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+from mrp_jax.schema import Phase
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesSelection:
+  """The DICOM files of one image series, or of one phase inside a multiphase series.
+
+  Attributes:
+    files: the files of the series (any order; slices are sorted by position when loaded).
+    temporal_position: for a multiphase series (all DCE phases in one series, as I-SPY2 and GE
+      'MultiPhase' exports store them), keep only the slices or frames whose
+      TemporalPositionIdentifier equals this; None keeps every file.
+    description: SeriesDescription, for messages.
+  """
+  files: tuple[Path, ...]
+  temporal_position: int | None = None
+  description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomDce:
+  """One DCE-MRI exam as DICOM: the pre-contrast and the chosen post-contrast series."""
+  pre: SeriesSelection
+  post: SeriesSelection
+  study_description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class NiftiDce:
+  """One DCE-MRI exam as NIfTI: either pre and post volumes, or a ready subtraction."""
+  pre: Path | None = None
+  post: Path | None = None
+  subtraction: Path | None = None
+
+
+MriExam = Union[DicomDce, NiftiDce]
+
+
+@dataclasses.dataclass
+class PatientSource:
+  """Everything an adapter found for one patient.
+
+  Attributes:
+    key: the source's patient identifier (e.g. 'Breast_MRI_001'); never written to records.
+    label: 1 pCR, 0 non-pCR, None unknown.
+    clinical: the raw clinical row, keyed by the table's headers (parsed by mrp_jax.schema).
+    mri: DCE-MRI exam per phase; absent phases are simply missing.
+    mammogram: path of the Pre-NAT mammogram (DICOM), or None.
+    error: set when discovery already knows the patient cannot be used (the reason is
+      reported and the patient skipped; nothing is raised).
+  """
+  key: str
+  label: int | None = None
+  clinical: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  mri: dict[Phase, MriExam] = dataclasses.field(default_factory=dict)
+  mammogram: Path | None = None
+  error: str | None = None

@@ -1,0 +1,230 @@
+"""Writes a synthetic hospital export: DICOM studies per patient, clinical.csv, and the truth.
+
+    python -m input_pipeline.synthetic --out /tmp/export --patients 24 --seed 0 --geometry tiny
+
+Layout (the "generic" layout)::
+
+    DIR/clinical.csv                  patient_id, pCR, the 22 rhpc variables (messy spellings)
+    DIR/<PatientID>/<StudyDate>_<Modality>_<n>/<SeriesNumber>_<description>/IM*.dcm
+    DIR/synthetic_truth.json          generator bookkeeping for tests (never an input)
+
+What the images and table contain, and which variables carry the label, is documented in
+:mod:`input_pipeline.synthetic_cohort` (the draws) and :mod:`input_pipeline.synthetic_images`
+(the phantoms); this module decides what a real export looks like around them: studies and
+their dates, scanners and series descriptions, tags, missing phases and mammograms, unusual
+encodings and the deliberately broken patients.
+
+Everything is a function of (seed, patient index): patients can be generated in any order or in
+worker processes, and the same seed gives byte-identical files, UIDs included.
+
+Special patients sit at fixed indices (present when the cohort is large enough):
+1 flipped x axis, 2 oblique (10-20 degrees about x), 3 Enhanced MR multi-frame, 4 GE multiphase
+series, 5 RLE lossless, 6 MONOCHROME1 mammogram, and the broken ones of :data:`BROKEN_CASES`:
+7 truncated DICOM file, 8 no pre-contrast series, 9 pre/post matrix mismatch, 10 unparseable
+clinical row. Broken images are always in the Pre-NAT study, so the whole patient is unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from input_pipeline import synthetic_cohort as cohort
+from input_pipeline import synthetic_series as series
+from input_pipeline.synthetic_images import Phantom
+from mrp_jax.schema import PHASE_NAMES
+
+SPECIAL_CASES = {1: "flipped", 2: "oblique", 3: "enhanced", 4: "multiphase", 5: "rle",
+                 6: "monochrome1", 7: "truncated_dicom", 8: "no_pre_contrast",
+                 9: "size_mismatch", 10: "bad_clinical_row"}
+# Broken case -> keyword the preparation's skip reason is expected to contain.
+BROKEN_CASES = {"truncated_dicom": "corrupt", "no_pre_contrast": "pre-contrast",
+                "size_mismatch": "mismatch", "bad_clinical_row": "label"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GeometrySpec:
+  """Resolution of one geometry; the physical field of view is the same for all.
+
+  Attributes:
+    scale: multiplies every MRI spacing (in-plane 0.6-0.9 mm, slices 1-2 mm at 'full').
+    texture_mm: grid of the fibroglandular random field.
+    radius_scale: multiplies tumour radii, so tumours stay visible in coarse voxels.
+    mammogram_shape: [rows, columns]; mammogram_spacing_mm: pixel size.
+  """
+  scale: float
+  texture_mm: float
+  radius_scale: float
+  mammogram_shape: tuple[int, int]
+  mammogram_spacing_mm: float
+
+
+GEOMETRIES = {
+    "tiny": GeometrySpec(8.0, 6.0, 1.5, (128, 96), 1.82),
+    "demo": GeometrySpec(4.0, 3.0, 1.0, (832, 640), 0.28),
+    "full": GeometrySpec(1.0, 1.5, 1.0, (3328, 2560), 0.07),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+  """Probabilities of missing data (per patient, or per value for ``extra_missing``)."""
+  no_mid: float = 0.15
+  no_post: float = 0.10
+  no_mammogram: float = 0.20
+  extra_missing: float = 0.03
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSummary:
+  """What :func:`generate_export` wrote."""
+  out_dir: Path
+  patients: int
+  studies: int
+  series: int
+  files: int
+  bytes: int
+  broken: dict[str, str]  # patient id -> broken case
+  seconds: float
+
+  def __str__(self) -> str:
+    broken = ", ".join(f"{k} ({v})" for k, v in self.broken.items()) or "none"
+    return (f"{self.out_dir}: {self.patients} patients, {self.studies} studies, {self.series} "
+            f"series, {self.files} files, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s; "
+            f"broken: {broken}")
+
+
+def patient_id(index: int) -> str:
+  return f"SYN{index:05d}"
+
+
+def _rng(seed: int, index: int, stream: int, *more: int) -> np.random.Generator:
+  return np.random.default_rng([seed, index, stream, *more])
+
+
+def draw_patient(seed: int, index: int, geometry: str = "tiny",
+                 rates: Rates = Rates()) -> tuple[cohort.ClinicalDraw, cohort.ImageLatent,
+                                                  dict[str, str]]:
+  """The clinical draw, latent image truth and clinical.csv row of one patient (no files)."""
+  clinical = cohort.draw_clinical(_rng(seed, index, 0), rates.extra_missing)
+  latent = cohort.draw_latent(_rng(seed, index, 1), clinical, GEOMETRIES[geometry].radius_scale)
+  row = cohort.format_clinical_row(_rng(seed, index, 2), clinical, patient_id(index))
+  if SPECIAL_CASES.get(index) == "bad_clinical_row":
+    row = cohort.break_clinical_row(row)
+  return clinical, latent, row
+
+
+def generate_patient(out_dir: Path | str, seed: int, index: int, geometry: str = "tiny",
+                     rates: Rates = Rates(), images: bool = True
+                     ) -> tuple[dict[str, str], dict[str, Any], dict[str, int]]:
+  """Generates one patient (its folder under ``out_dir`` must not exist yet).
+
+  Returns:
+    (clinical.csv row, truth record, counts {'studies', 'series', 'files', 'bytes'}).
+  """
+  clinical, latent, row = draw_patient(seed, index, geometry, rates)
+  special = SPECIAL_CASES.get(index)
+  # Unusual encodings show at every phase; broken patients are unusable whatever they have.
+  complete = special is not None and special not in BROKEN_CASES
+  plan = series.draw_plan(_rng(seed, index, 3), clinical, special, complete, rates.no_mid,
+                          rates.no_post, rates.no_mammogram)
+  truth = {
+      "patient_id": patient_id(index), "index": index, "label": clinical.label,
+      "phases": [PHASE_NAMES[p] for p in plan.phases], "has_mammogram": plan.mammogram,
+      "special": special, "broken": special if special in BROKEN_CASES else None,
+      "skip_keyword": BROKEN_CASES.get(special), "phase_marking": plan.marking,
+      "manufacturer": plan.vendor.manufacturer, "latent": latent.to_json(),
+      "studies": [], "mammogram": None,
+  }
+  counts = {"studies": 0, "series": 0, "files": 0, "bytes": 0}
+  if not images:
+    return row, truth, counts
+  root = Path(out_dir) / patient_id(index)
+  if root.exists():
+    raise FileExistsError(f"{root} already exists: generate into an empty folder, stale files "
+                          "would mix with the new export")
+  spec = GEOMETRIES[geometry]
+  phantom = Phantom(latent, spec.texture_mm, _rng(seed, index, 4))
+  writer = series.StudyWriter(root, seed, index, plan, spec.scale)
+  for phase in plan.phases:
+    truth["studies"].append(writer.mr_study(phantom, phase, _rng(seed, index, 5, phase)))
+  if plan.mammogram:
+    truth["mammogram"] = writer.mg_study(latent, spec.mammogram_shape,
+                                         spec.mammogram_spacing_mm, _rng(seed, index, 6))
+  files = list(root.rglob("*.dcm"))
+  counts.update(studies=len(truth["studies"]) + plan.mammogram,
+                series=sum(len(s["series"]) for s in truth["studies"]) + (
+                    len(truth["mammogram"]["series"]) if plan.mammogram else 0),
+                files=len(files), bytes=sum(p.stat().st_size for p in files))
+  return row, truth, counts
+
+
+def _generate(args) -> tuple[dict[str, str], dict[str, Any], dict[str, int]]:
+  return generate_patient(*args)
+
+
+def generate_export(out_dir: Path | str, num_patients: int, seed: int, geometry: str = "tiny",
+                    *, rates: Rates = Rates(), images: bool = True,
+                    workers: int = 1) -> ExportSummary:
+  """Writes a synthetic export of ``num_patients`` patients to ``out_dir``.
+
+  Args:
+    geometry: 'tiny' (8x coarser spacing, ~60 x 57 x 15 voxels), 'demo' (4x) or 'full'.
+    rates: missing phases / mammograms / clinical values.
+    images: False writes only clinical.csv and the truth (fast; for statistics of the table).
+    workers: processes generating patients in parallel (1: in this process).
+  """
+  if geometry not in GEOMETRIES:
+    raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {geometry!r}")
+  start = time.perf_counter()
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  jobs = [(out_dir, seed, i, geometry, rates, images) for i in range(num_patients)]
+  if workers > 1:
+    # spawn, not fork: callers (the demo) may hold JAX's threads, which fork can deadlock.
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+      results = list(pool.map(_generate, jobs))
+  else:
+    results = [_generate(job) for job in jobs]
+  rows = [r for r, _, _ in results]
+  with open(out_dir / "clinical.csv", "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+  truth = {"seed": seed, "geometry": geometry, "rates": dataclasses.asdict(rates),
+           "patients": [t for _, t, _ in results]}
+  (out_dir / "synthetic_truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+  total = {k: sum(c[k] for _, _, c in results) for k in results[0][2]}
+  # Without images only the clinical row can be broken.
+  broken = {t["patient_id"]: t["broken"] for _, t, _ in results
+            if t["broken"] and (images or t["broken"] == "bad_clinical_row")}
+  return ExportSummary(out_dir, num_patients, total["studies"], total["series"], total["files"],
+                       total["bytes"], broken, time.perf_counter() - start)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", required=True, type=Path, help="export folder (created)")
+  parser.add_argument("--patients", type=int, default=24)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="tiny")
+  parser.add_argument("--clinical-only", action="store_true", help="no images")
+  parser.add_argument("--workers", type=int, default=1)
+  args = parser.parse_args(argv)
+  summary = generate_export(args.out, args.patients, args.seed, args.geometry,
+                            images=not args.clinical_only, workers=args.workers)
+  print(summary)
+
+
+if __name__ == "__main__":
+  main()

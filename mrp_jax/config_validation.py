@@ -1,0 +1,134 @@
+"""Checks a config before any work starts; every problem is reported with its field's full name.
+
+Unknown fields are already refused by the locked ConfigDict (config_flags); this module refuses
+known fields with values the code cannot honour.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import ml_collections
+
+from input_pipeline.geometries import GEOMETRIES
+from mrp_jax import models, schema
+from mrp_jax.models.resnet import LAYOUTS, REMAT_POLICIES
+
+JOBS = ("train", "evaluate", "benchmark", "demo", "describe")
+
+
+class ConfigError(ValueError):
+  """One or more config fields hold values that cannot work."""
+
+
+def _one_of(*choices):
+  return (lambda v: v in choices), f"must be one of {list(choices)}"
+
+
+def _positive_int(v):
+  return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _ints(n: int | None, positive: bool = True):
+  def check(v):
+    if not isinstance(v, (tuple, list)) or (n is not None and len(v) != n):
+      return False
+    return all(_positive_int(x) if positive else isinstance(x, int) for x in v)
+  return check, f"must be a tuple of {n or 'some'} positive integers"
+
+
+def _positive_numbers(n: int):
+  def check(v):
+    return (isinstance(v, (tuple, list)) and len(v) == n
+            and all(isinstance(x, (int, float)) and x > 0 for x in v))
+  return check, f"must be a tuple of {n} positive numbers"
+
+
+_POSITIVE_INT = (_positive_int, "must be a positive integer")
+_NON_NEGATIVE = (lambda v: isinstance(v, (int, float)) and v >= 0, "must be >= 0")
+_POSITIVE = (lambda v: isinstance(v, (int, float)) and v > 0, "must be > 0")
+_UNIT_INTERVAL = (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "must be in [0, 1)")
+_OPTIONAL_FILE = (lambda v: v == "" or os.path.isfile(v), "must be '' or an existing file")
+
+
+def _optional(rule):
+  check, message = rule
+  return (lambda v: v is None or check(v)), f"{message} (or None for the layout's)"
+
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "job": _one_of(*JOBS),
+    "seed": (lambda v: isinstance(v, int), "must be an integer"),
+    "model.name": _one_of(*models.MODEL_NAMES),
+    "model.dtype": _one_of("bfloat16", "float32", "float16"),
+    "model.rhpc_embed_dim": _POSITIVE_INT,
+    "model.rhpc_hidden_dim": _POSITIVE_INT,
+    "model.head_dim": _POSITIVE_INT,
+    "model.siamese_batching": _one_of("joint", "separate"),
+    "model.encoder.layout": _one_of(*LAYOUTS),
+    "model.encoder.stem_kernel": (lambda v: _positive_int(v) and v % 2 == 1,
+                                  "must be an odd positive integer"),
+    "model.encoder.stem_stride": _optional(_POSITIVE_INT),
+    "model.encoder.strides": _optional(_ints(4)),
+    "model.encoder.dilations": _optional(_ints(4)),
+    "model.encoder.shortcut": _one_of("A", "B"),
+    "model.encoder.norm": _one_of("batch", "group"),
+    "model.encoder.width": _POSITIVE_INT,
+    "model.encoder.remat": _one_of("none", *REMAT_POLICIES),
+    "model.pretrained": _OPTIONAL_FILE,
+    "loss.response_weight": _NON_NEGATIVE,
+    "loss.image_response_weight": _NON_NEGATIVE,
+    **{f"loss.aux_weights.{name}": _NON_NEGATIVE for name in schema.VARIABLE_NAMES},
+    "data.mri_shape": _ints(3),
+    "data.mri_spacing_mm": _positive_numbers(3),
+    "data.mg_shape": _ints(2),
+    "train.batch_size": _POSITIVE_INT,
+    "train.num_steps": _POSITIVE_INT,
+    "train.optimizer": _one_of("adamw", "paper"),
+    "train.learning_rate": _POSITIVE,
+    "train.warmup_steps": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.b1": _UNIT_INTERVAL,
+    "train.b2": _UNIT_INTERVAL,
+    "train.grad_clip_norm": _NON_NEGATIVE,
+    "train.log_every_steps": _POSITIVE_INT,
+    "demo.patients": (lambda v: _positive_int(v) and v >= 12,
+                      "must be an integer >= 12 (the first 11 synthetic patients are the "
+                      "unusual encodings and broken cases)"),
+    "demo.geometry": _one_of(*GEOMETRIES),
+    "demo.workers": _POSITIVE_INT,
+    "demo.shard_size": _POSITIVE_INT,
+}
+
+
+def _lookup(config: ml_collections.ConfigDict, path: str):
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+_MISSING = object()
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError listing every invalid field as 'config.<path>: <rule> (got <value>)'.
+
+  Fields a config file does not define (a job-specific section it does not use) are skipped.
+  """
+  problems = []
+  for path, (check, message) in RULES.items():
+    value = _lookup(config, path)
+    if value is _MISSING:
+      continue
+    try:
+      ok = bool(check(value))
+    except TypeError:
+      ok = False
+    if not ok:
+      problems.append(f"config.{path}: {message} (got {value!r})")
+  if problems:
+    raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

@@ -1,0 +1,65 @@
+"""Entry point: ``python -m mrp_jax.main --config configs/<name>.py --workdir DIR``.
+
+Parses the config (locked: a misspelt field is an error), validates it, sets up JAX's
+multi-process runtime when the environment describes one, and runs the config's job.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mrp_jax import config_validation
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with variants: configs/imr_rhpc.py:tiny",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and reports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  try:
+    config_validation.validate(config)
+  except config_validation.ConfigError as error:
+    sys.exit(f"mrp_jax: {error}")
+  logging.info("job %s, workdir %s", config.job, _WORKDIR.value)
+
+  if config.job == "describe":
+    from mrp_jax import describe
+    describe.describe(config, _WORKDIR.value)
+  elif config.job == "demo":
+    from mrp_jax import demo
+    demo.run(config, _WORKDIR.value)
+  else:
+    sys.exit(f"mrp_jax: config.job={config.job!r} is not available in this version; "
+             "available: describe, demo")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config overrides' errors turned into one readable line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    # ml_collections raises the builtin errors for a '--config.x.y=v' naming no field, and
+    # config files for an unknown variant; the messages name the field.
+    text = str(error).replace("\\'", "'").replace("\\n", "\n").strip("'\"")
+    lines = [line.strip(" '\"") for line in text.splitlines() if line.strip(" '\"")]
+    # A config file that raised comes wrapped in its traceback: its last line is the error.
+    message = lines[-1] if "Traceback" in text else ". ".join(lines)
+    if isinstance(error, (AttributeError, KeyError)):
+      message = f"no such field: {message}"
+    sys.exit(f"mrp_jax: invalid --config: {message}")
+
+
+def run() -> None:
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

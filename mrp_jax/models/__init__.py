@@ -1,0 +1,81 @@
+"""The four MRP models: rhpc, iMGrhpc, iMRrhpc (Flax Linen modules) and the MRP ensemble."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from mrp_jax import schema
+from mrp_jax.models.fusion import ImagingRhpcModel
+from mrp_jax.models.resnet import LAYOUTS, ResNet
+from mrp_jax.models.rhpc import RhpcEncoder, RhpcModel
+
+MODEL_NAMES = ("rhpc", "img_rhpc", "imr_rhpc")
+# Model name -> the batch key of its images (None: no images).
+IMAGE_KEYS = {"rhpc": None, "img_rhpc": "mg", "imr_rhpc": "mri"}
+DISPLAY_NAMES = {"rhpc": "rhpc", "img_rhpc": "iMGrhpc", "imr_rhpc": "iMRrhpc", "mrp": "MRP"}
+
+
+def encoder_kwargs(encoder: Mapping[str, Any], spatial_dims: int, dtype: str) -> dict[str, Any]:
+  """ResNet keyword arguments from an encoder config (layout preset + explicit overrides)."""
+  kwargs = dict(LAYOUTS[encoder["layout"]])
+  for key in ("stem_stride", "strides", "dilations"):
+    if encoder.get(key) is not None:
+      kwargs[key] = tuple(encoder[key]) if key != "stem_stride" else int(encoder[key])
+  kwargs.update(spatial_dims=spatial_dims, shortcut=encoder["shortcut"], norm=encoder["norm"],
+                width=int(encoder["width"]), stem_kernel=int(encoder["stem_kernel"]),
+                remat=encoder["remat"], dtype=jnp.dtype(dtype))
+  return kwargs
+
+
+def create_model(model: Mapping[str, Any]) -> nn.Module:
+  """Builds the Flax module named by ``model['name']`` from a model config (configs/common.py)."""
+  name = model["name"]
+  if name == "rhpc":
+    return RhpcModel(embed_dim=model["rhpc_embed_dim"], hidden_dim=model["rhpc_hidden_dim"])
+  if name not in IMAGE_KEYS:
+    raise ValueError(f"config.model.name must be one of {MODEL_NAMES}, got {name!r}")
+  image_key = IMAGE_KEYS[name]
+  return ImagingRhpcModel(
+      image_key=image_key,
+      encoder=flax.core.FrozenDict(
+          encoder_kwargs(model["encoder"], 2 if image_key == "mg" else 3, model["dtype"])),
+      time_embedding=model["time_embedding"],
+      knowledge_predictor=model["knowledge_predictor"],
+      siamese_batching=model["siamese_batching"],
+      head_dim=model["head_dim"],
+      rhpc_embed_dim=model["rhpc_embed_dim"],
+      rhpc_hidden_dim=model["rhpc_hidden_dim"],
+  )
+
+
+def dummy_batch(model_name: str, batch_size: int, mri_shape=(8, 8, 16),
+                mg_shape=(32, 16)) -> dict[str, np.ndarray]:
+  """A zero batch with every key and shape the model and loss read (for init and eval_shape).
+
+  mri_shape is [z, y, x] voxels, mg_shape [rows, cols] pixels.
+  """
+  b = batch_size
+  batch = {
+      "rhpc": np.zeros((b, schema.INPUT_DIM), np.float32),
+      "label": np.zeros((b,), np.float32),
+      "example_mask": np.ones((b,), np.float32),
+      "aux_targets": np.zeros((b, schema.AUX_DIM), np.float32),
+      "aux_masks": np.zeros((b, schema.AUX_DIM), np.float32),
+  }
+  image_key = IMAGE_KEYS[model_name]
+  if image_key is not None:
+    slots = 1 if image_key == "mg" else 2
+    shape = mg_shape if image_key == "mg" else mri_shape
+    batch[image_key] = np.zeros((b, slots, *shape), np.float32)
+    batch[f"{image_key}_mask"] = np.ones((b, slots), bool)
+    batch[f"{image_key}_phase"] = np.zeros((b, slots), np.int32)
+  return batch
+
+
+__all__ = ["ImagingRhpcModel", "ResNet", "RhpcEncoder", "RhpcModel", "create_model",
+           "dummy_batch", "encoder_kwargs", "MODEL_NAMES", "IMAGE_KEYS", "DISPLAY_NAMES"]

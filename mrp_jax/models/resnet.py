@@ -1,0 +1,176 @@
+"""ResNet18 for 2D mammograms and 3D MRI volumes, from one definition.
+
+Channels-last throughout: inputs are [B, H, W, C] (2D) or [B, D, H, W, C] (3D). Parameters are
+float32; convolutions and normalisation run in ``dtype`` (bfloat16 by default) with BatchNorm
+statistics accumulated in float32.
+
+The layouts that matter:
+
+* torchvision resnet18 (2D): 7x7 stride-2 stem, 3x3 stride-2 max-pool, stage strides
+  (1, 2, 2, 2), shortcut B (1x1 conv + BN when the shape changes).
+* MedicalNet resnet18 (3D, Chen et al. 2019, the weights the MRP authors start from): the same
+  stem, stage strides (1, 2, 1, 1) with dilations (1, 1, 2, 4), shortcut A (parameter-free:
+  strided subsampling and zero channel padding).
+
+Weights do not depend on strides or dilations, so either layout loads the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# PyTorch's ResNet initialisation (kaiming normal, fan_out) so training from scratch behaves like
+# the reference implementations.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def make_norm(kind: str, features: int, train: bool, dtype: Dtype, name: str) -> nn.Module:
+  """BatchNorm (PyTorch momentum 0.1, eps 1e-5) or GroupNorm (32 groups or fewer)."""
+  if kind == "batch":
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        dtype=dtype, param_dtype=jnp.float32, name=name)
+  if kind == "group":
+    return nn.GroupNorm(num_groups=min(32, features), epsilon=1e-5, dtype=dtype,
+                        param_dtype=jnp.float32, name=name)
+  raise ValueError(f"norm must be 'batch' or 'group', got {kind!r}")
+
+
+def batch_stats_mask(mask: jax.Array | None, x: jax.Array, kind: str,
+                     train: bool) -> jax.Array | None:
+  """Which examples enter BatchNorm statistics: ``mask`` [B] broadcast to ``x``.
+
+  Missing images (a zero-filled follow-up slot, a patient without MRI) must not enter batch
+  statistics. When a batch holds no valid example at all the statistics fall back to the whole
+  batch so they stay finite; those outputs are masked downstream anyway.
+  """
+  if mask is None or kind != "batch" or not train:
+    return None
+  mask = jnp.logical_or(mask, ~jnp.any(mask))
+  return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3(x3) convolutions with a residual connection."""
+  features: int
+  spatial_dims: int
+  strides: int = 1
+  dilation: int = 1
+  shortcut: str = "B"  # 'A' (parameter-free) | 'B' (1x1 conv + norm)
+  norm: str = "batch"
+  dtype: Dtype = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
+    n = self.spatial_dims
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32, kernel_init=conv_init)
+    norm = functools.partial(make_norm, self.norm, self.features, train, self.dtype)
+    norm_mask = batch_stats_mask(mask, x, self.norm, train)
+    pad = [(self.dilation, self.dilation)] * n
+    y = conv(self.features, (3,) * n, strides=(self.strides,) * n, padding=pad,
+             kernel_dilation=(self.dilation,) * n, name="conv1")(x)
+    y = nn.relu(norm(name="bn1")(y, mask=norm_mask))
+    y = conv(self.features, (3,) * n, padding=pad, kernel_dilation=(self.dilation,) * n,
+             name="conv2")(y)
+    y = norm(name="bn2")(y, mask=norm_mask)
+
+    residual = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      if self.shortcut == "A":
+        residual = x[(slice(None),) + (slice(None, None, self.strides),) * n]
+        extra = self.features - x.shape[-1]
+        residual = jnp.pad(residual, [(0, 0)] * (n + 1) + [(0, extra)])
+      elif self.shortcut == "B":
+        residual = conv(self.features, (1,) * n, strides=(self.strides,) * n,
+                        name="downsample_conv")(x)
+        residual = norm(name="downsample_bn")(residual, mask=norm_mask)
+      else:
+        raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """ResNet trunk returning globally pooled features.
+
+  Attributes:
+    spatial_dims: 2 (mammogram) or 3 (MRI).
+    stage_sizes: blocks per stage ((2, 2, 2, 2) is ResNet18).
+    stem_kernel, stem_stride: the first convolution (padding kernel // 2).
+    stem_pool: 3/2/1 max-pool after the stem.
+    strides, dilations: per stage.
+    shortcut: 'A' or 'B'.
+    norm: 'batch' or 'group'.
+    width: channels of the first stage (doubled per stage).
+    dtype: computation dtype.
+    remat: rematerialise each residual block in the backward pass: 'none', 'full' (save only
+      block inputs) or 'dots' (also save convolution outputs; jax.checkpoint_policies).
+  """
+  spatial_dims: int = 3
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  stem_kernel: int = 7
+  stem_stride: int = 2
+  stem_pool: bool = True
+  strides: Sequence[int] = (1, 2, 2, 2)
+  dilations: Sequence[int] = (1, 1, 1, 1)
+  shortcut: str = "B"
+  norm: str = "batch"
+  width: int = 64
+  dtype: Dtype = jnp.bfloat16
+  remat: str = "none"
+
+  @property
+  def num_features(self) -> int:
+    return self.width * 2 ** (len(self.stage_sizes) - 1)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool,
+               mask: jax.Array | None = None) -> jax.Array:
+    """Args: x [B, *spatial, C]; mask [B] bool (valid examples) or None.
+
+    Returns: features [B, num_features] (global average pool of the last stage), float32.
+    """
+    n = self.spatial_dims
+    if x.ndim != n + 2:
+      raise ValueError(f"ResNet(spatial_dims={n}) expects [B, *{n} spatial, C] input, got shape "
+                       f"{x.shape}")
+    pad = self.stem_kernel // 2
+    x = nn.Conv(self.width, (self.stem_kernel,) * n, strides=(self.stem_stride,) * n,
+                padding=[(pad, pad)] * n, use_bias=False, dtype=self.dtype,
+                param_dtype=jnp.float32, kernel_init=conv_init, name="conv1")(x.astype(self.dtype))
+    x = nn.relu(make_norm(self.norm, self.width, train, self.dtype, "bn1")(
+        x, mask=batch_stats_mask(mask, x, self.norm, train)))
+    if self.stem_pool:
+      x = nn.max_pool(x, (3,) * n, strides=(2,) * n, padding=[(1, 1)] * n)
+    block_cls = BasicBlock
+    if self.remat != "none":
+      # static_argnums counts the module as argument 0: `train` is argument 2.
+      block_cls = nn.remat(BasicBlock, static_argnums=(2,), policy=REMAT_POLICIES[self.remat])
+    for stage, (blocks, stride, dilation) in enumerate(
+        zip(self.stage_sizes, self.strides, self.dilations)):
+      for block in range(blocks):
+        x = block_cls(self.width * 2**stage, n, strides=stride if block == 0 else 1,
+                       dilation=dilation, shortcut=self.shortcut, norm=self.norm,
+                       dtype=self.dtype, name=f"layer{stage + 1}_{block}")(x, train, mask)
+    return jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, n + 1)))
+
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+LAYOUTS = {
+    # Standard classification ResNet: every stage after the first halves the resolution.
+    "resnet": dict(stem_stride=2, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1)),
+    # Tencent MedicalNet (segmentation-style, dilated): 4.8x the FLOPs of 'resnet' in 3D.
+    "medicalnet": dict(stem_stride=2, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)),
+    # MONAI resnet18 default: stride-1 stem (8x the FLOPs of 'resnet' in 3D).
+    "monai": dict(stem_stride=1, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1)),
+}

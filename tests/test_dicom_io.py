@@ -1,0 +1,186 @@
+"""Tests for input_pipeline/dicom_io.py: DICOM series and NIfTI volumes -> SimpleITK images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.uid import RLELossless
+
+from input_pipeline import dicom_io
+from input_pipeline.dicom_writer import write_mr_series
+from input_pipeline.patient import SeriesSelection
+
+# An oblique geometry: rotations about z (20 deg) then x (15 deg); columns are axis directions.
+_A, _B = np.deg2rad(20), np.deg2rad(15)
+_OBLIQUE = (np.array([[1, 0, 0], [0, np.cos(_B), -np.sin(_B)], [0, np.sin(_B), np.cos(_B)]])
+            @ np.array([[np.cos(_A), -np.sin(_A), 0], [np.sin(_A), np.cos(_A), 0], [0, 0, 1]]))
+_GEOMETRY = dict(origin=(-30.0, 12.5, 40.0), spacing=(0.8, 0.9, 2.5),
+                 direction=tuple(_OBLIQUE.ravel()))
+_TAGS = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1", "SeriesDescription": "ax dyn pre"}
+
+
+def _volume(seed: int = 0, shape=(6, 10, 12)) -> np.ndarray:
+  """[z, y, x] integer-valued test volume whose slices all differ."""
+  rng = np.random.default_rng(seed)
+  return rng.integers(-200, 3000, size=shape).astype(np.float64)
+
+
+def _select(paths, **kwargs) -> SeriesSelection:
+  return SeriesSelection(files=tuple(paths), description="ax dyn pre", **kwargs)
+
+
+def _geometry(image: sitk.Image):
+  return image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+
+
+def test_loads_values_and_geometry_of_an_oblique_series(tmp_path):
+  volume = _volume()
+  image = dicom_io.load_series(_select(write_mr_series(tmp_path, volume, tags=_TAGS,
+                                                       **_GEOMETRY)))
+  assert image.GetPixelID() == sitk.sitkFloat32
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume)
+  np.testing.assert_allclose(image.GetOrigin(), _GEOMETRY["origin"], atol=1e-4)
+  np.testing.assert_allclose(image.GetSpacing(), _GEOMETRY["spacing"], atol=1e-4)
+  np.testing.assert_allclose(image.GetDirection(), _GEOMETRY["direction"], atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["descending", "shuffled"])
+def test_slice_order_comes_from_positions_not_instance_numbers(tmp_path, order):
+  volume = _volume()
+  ascending = dicom_io.load_series(_select(
+      write_mr_series(tmp_path / "a", volume, tags=_TAGS, **_GEOMETRY)))
+  other_paths = write_mr_series(tmp_path / "b", volume, tags=_TAGS, instance_order=order,
+                                seed=3, **_GEOMETRY)
+  other = dicom_io.load_series(_select(other_paths[::-1]))
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(other), sitk.GetArrayFromImage(ascending))
+  np.testing.assert_allclose(np.concatenate(_geometry(other)),
+                             np.concatenate(_geometry(ascending)), atol=1e-6)
+
+
+def test_positions_decreasing_along_the_normal_give_a_right_handed_volume(tmp_path):
+  # Slices written along -normal (a left-handed direction matrix, as sagittal exports do).
+  direction = np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]], np.float64)
+  volume = _volume()
+  image = dicom_io.load_series(_select(write_mr_series(
+      tmp_path, volume, origin=(5.0, 0.0, 0.0), spacing=(1.0, 1.0, 2.0),
+      direction=tuple(direction.ravel()), tags=_TAGS)))
+  loaded = np.asarray(image.GetDirection()).reshape(3, 3)
+  assert np.linalg.det(loaded) == pytest.approx(1.0)
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume[::-1])
+  # Written slice k sits at x = 5 + 2k mm; the normal (row x column) points to -x, so the
+  # loaded volume starts at the last written slice.
+  np.testing.assert_allclose(image.GetOrigin(), (15.0, 0.0, 0.0), atol=1e-6)
+  np.testing.assert_allclose(loaded[:, 2], (-1.0, 0.0, 0.0), atol=1e-6)
+
+
+def test_enhanced_multiframe_loads_like_the_classic_series(tmp_path):
+  volume = _volume()
+  classic = dicom_io.load_series(_select(
+      write_mr_series(tmp_path / "c", volume, tags=_TAGS, rescale=(2.0, -50.0), **_GEOMETRY)))
+  enhanced_paths = write_mr_series(tmp_path / "e", volume, tags=_TAGS, rescale=(2.0, -50.0),
+                                   enhanced=True, instance_order="shuffled", **_GEOMETRY)
+  assert len(enhanced_paths) == 1
+  enhanced = dicom_io.load_series(_select(enhanced_paths))
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(enhanced),
+                                sitk.GetArrayFromImage(classic))
+  np.testing.assert_allclose(np.concatenate(_geometry(enhanced)),
+                             np.concatenate(_geometry(classic)), atol=1e-6)
+
+
+@pytest.mark.parametrize("enhanced", [False, True])
+def test_multiphase_series_gives_the_phase_of_each_temporal_position(tmp_path, enhanced):
+  phases = [_volume(seed) for seed in range(3)]
+  paths = write_mr_series(tmp_path, phases, tags=_TAGS, enhanced=enhanced,
+                          instance_order="shuffled", **_GEOMETRY)
+  for t, phase in enumerate(phases, start=1):
+    image = dicom_io.load_series(_select(paths, temporal_position=t))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), phase)
+  with pytest.raises(dicom_io.DicomError, match="temporal position 4.*positions \\[1, 2, 3\\]"):
+    dicom_io.load_series(_select(paths, temporal_position=4))
+  with pytest.raises(dicom_io.DicomError, match="share a position.*temporal position"):
+    dicom_io.load_series(_select(paths))
+
+
+def test_rle_compressed_series_decodes_like_uncompressed(tmp_path):
+  volume = _volume()
+  plain = dicom_io.load_series(_select(write_mr_series(tmp_path / "p", volume, tags=_TAGS,
+                                                       **_GEOMETRY)))
+  rle_paths = write_mr_series(tmp_path / "r", volume, tags=_TAGS, transfer_syntax=RLELossless,
+                              **_GEOMETRY)
+  rle = dicom_io.load_series(_select(rle_paths))
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(rle), sitk.GetArrayFromImage(plain))
+  enhanced_rle = dicom_io.load_series(_select(write_mr_series(
+      tmp_path / "er", volume, tags=_TAGS, transfer_syntax=RLELossless, enhanced=True,
+      **_GEOMETRY)))
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(enhanced_rle), volume)
+
+
+def test_rescale_slope_and_intercept_are_applied_per_file(tmp_path):
+  volume = _volume()
+  paths = write_mr_series(tmp_path, volume, tags=_TAGS, rescale=(0.5, -1000.0), signed=False,
+                          **_GEOMETRY)
+  image = dicom_io.load_series(_select(paths))
+  np.testing.assert_allclose(sitk.GetArrayFromImage(image), volume, atol=0.25)
+  # A file with its own rescale: slice values follow that file's slope/intercept.
+  ds = pydicom.dcmread(paths[2])
+  ds.RescaleSlope, ds.RescaleIntercept = 1.0, -7.0
+  ds.save_as(paths[2])
+  slice_index = 2  # ascending instance order: file k is slice k
+  values = sitk.GetArrayFromImage(dicom_io.load_series(_select(paths)))[slice_index]
+  stored = ds.pixel_array.astype(np.float64)
+  np.testing.assert_allclose(values, stored - 7.0)
+
+
+def test_truncated_file_raises_naming_the_file_and_series(tmp_path):
+  paths = write_mr_series(tmp_path, _volume(), tags=_TAGS, **_GEOMETRY)
+  data = paths[3].read_bytes()
+  paths[3].write_bytes(data[:len(data) - 50])
+  with pytest.raises(dicom_io.DicomError, match=f"{paths[3].name}.*ax dyn pre.*pixel data"):
+    dicom_io.load_series(_select(paths))
+  paths[4].write_bytes(b"not a dicom file at all")
+  with pytest.raises(dicom_io.DicomError, match=f"{paths[4].name}.*not a readable DICOM"):
+    dicom_io.load_series(_select(paths))
+  ds = pydicom.dcmread(paths[0])
+  del ds.PixelData
+  ds.save_as(paths[0])
+  with pytest.raises(dicom_io.DicomError, match=f"{paths[0].name}.*no 'Pixel Data'"):
+    dicom_io.load_series(_select(paths[:3]))
+
+
+def test_missing_slice_and_inconsistent_slices_raise(tmp_path):
+  paths = write_mr_series(tmp_path / "a", _volume(), tags=_TAGS, **_GEOMETRY)
+  with pytest.raises(dicom_io.DicomError, match="missing or extra slices"):
+    dicom_io.load_series(_select(paths[:2] + paths[3:]))
+  other = write_mr_series(tmp_path / "b", _volume(shape=(6, 10, 14)), tags=_TAGS, **_GEOMETRY)
+  with pytest.raises(dicom_io.DicomError, match=f"{other[0].name}.*10x14 pixels"):
+    dicom_io.load_series(_select(paths[:3] + other[:1]))
+  tilted = write_mr_series(tmp_path / "c", _volume(), tags=_TAGS,
+                           **{**_GEOMETRY, "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)})
+  with pytest.raises(dicom_io.DicomError, match=f"{tilted[0].name}.*ImageOrientationPatient"):
+    dicom_io.load_series(_select(paths[:3] + tilted[:1]))
+  ds = pydicom.dcmread(paths[1])
+  ds.ImageOrientationPatient = [1, 0, 0, 0, 1]
+  ds.save_as(paths[1])
+  with pytest.raises(dicom_io.DicomError,
+                     match=f"{paths[1].name}.*ImageOrientationPatient should hold 6 numbers"):
+    dicom_io.load_series(_select(paths))
+  del ds.ImagePositionPatient
+  ds.save_as(paths[1])
+  with pytest.raises(dicom_io.DicomError, match=f"{paths[1].name}.*missing ImagePositionPatient"):
+    dicom_io.load_series(_select(paths))
+
+
+def test_nifti_loads_with_the_same_lps_geometry(tmp_path):
+  image = dicom_io.load_series(_select(write_mr_series(tmp_path, _volume(), tags=_TAGS,
+                                                       **_GEOMETRY)))
+  path = tmp_path / "pre.nii.gz"
+  sitk.WriteImage(image, str(path))
+  nifti = dicom_io.load_nifti(path)
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(nifti), sitk.GetArrayFromImage(image))
+  np.testing.assert_allclose(np.concatenate(_geometry(nifti)),
+                             np.concatenate(_geometry(image)), atol=1e-4)
+  (tmp_path / "bad.nii.gz").write_bytes(b"garbage")
+  with pytest.raises(dicom_io.PreprocessError, match="bad.nii.gz"):
+    dicom_io.load_nifti(tmp_path / "bad.nii.gz")

@@ -1,0 +1,179 @@
+"""The fusion models: shapes for every input combination, Siamese sharing, ablations, losses."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import img_rhpc, imr_rhpc, rhpc
+from mrp_jax import models, schema
+from mrp_jax.models import losses
+from mrp_jax.schema import Phase
+
+MRI_SHAPE = (8, 8, 16)
+MG_SHAPE = (32, 16)
+B = 4
+
+
+def _config(module, variants="tiny"):
+  return module.get_config(variants)
+
+
+def _batch(name, rng, combination):
+  """A random batch; combination: 'pre', 'pre+mid', 'pre+post', 'mixed', 'mri_missing',
+  'mg_missing'."""
+  batch = models.dummy_batch(name, B, MRI_SHAPE, MG_SHAPE)
+  batch["rhpc"] = schema.model_inputs(schema.parse_rows(
+      [{"age": 40 + 5 * i, "subtype": ["TNBC", "luminal a"][i % 2]} for i in range(B)]))
+  key = models.IMAGE_KEYS[name]
+  if key is None:
+    return batch
+  batch[key] = rng.normal(size=batch[key].shape).astype(np.float32)
+  mask, phase = batch[f"{key}_mask"], batch[f"{key}_phase"]
+  if key == "mri":
+    phase[:, 0] = Phase.PRE
+    if combination == "pre":
+      mask[:, 1] = False
+    elif combination in ("pre+mid", "pre+post"):
+      phase[:, 1] = Phase.MID if combination == "pre+mid" else Phase.POST
+    elif combination == "mixed":
+      mask[0, 1] = False
+      phase[1:, 1] = [Phase.MID, Phase.POST, Phase.POST]
+    elif combination == "mri_missing":
+      mask[:] = False
+  elif combination == "mg_missing":
+    mask[:] = False
+  batch[key] = np.where(mask.reshape(mask.shape + (1,) * (batch[key].ndim - 2)), batch[key], 0)
+  return batch
+
+
+@pytest.fixture(scope="module")
+def built():
+  """Each model with initialised variables (built once: init compiles take seconds)."""
+  out = {}
+  for name, module in (("rhpc", rhpc), ("img_rhpc", img_rhpc), ("imr_rhpc", imr_rhpc)):
+    model = models.create_model(_config(module).model)
+    batch = models.dummy_batch(name, B, MRI_SHAPE, MG_SHAPE)
+    init = jax.jit(lambda b: model.init(jax.random.key(0), b, train=False))
+    out[name] = (model, init(batch))
+  return out
+
+
+_APPLY_CACHE = {}
+
+
+def _apply(model, variables, batch, train):
+  """Jitted apply, compiled once per model and mode (the masks are data, not shapes)."""
+  key = (model, train)
+  if key not in _APPLY_CACHE:
+    _APPLY_CACHE[key] = jax.jit(lambda v, b: model.apply(
+        v, b, train=train, mutable=["batch_stats"] if train else False))
+  out = _APPLY_CACHE[key](variables, batch)
+  return out[0] if train else out
+
+
+@pytest.mark.parametrize("name, combination", [
+    ("rhpc", "pre"),
+    ("imr_rhpc", "pre"), ("imr_rhpc", "pre+mid"), ("imr_rhpc", "pre+post"),
+    ("imr_rhpc", "mixed"), ("imr_rhpc", "mri_missing"),
+    ("img_rhpc", "pre"), ("img_rhpc", "mg_missing"),
+])
+def test_outputs_for_every_input_combination(built, name, combination):
+  model, variables = built[name]
+  batch = _batch(name, np.random.default_rng(0), combination)
+  for train in (False, True):
+    outputs = _apply(model, variables, batch, train)
+    assert outputs["logit"].shape == (B,) and outputs["logit"].dtype == jnp.float32
+    assert np.isfinite(np.asarray(outputs["logit"])).all()
+    if name == "rhpc":
+      continue
+    assert outputs["image_logit"].shape == (B,)
+    assert outputs["aux"].shape == (B, schema.AUX_DIM)
+    slots = 2 if name == "imr_rhpc" else 1
+    assert outputs["image_features"].shape == (B, slots * 8 * 8)
+    key = models.IMAGE_KEYS[name]
+    np.testing.assert_array_equal(outputs["image_present"], batch[f"{key}_mask"].any(axis=1))
+    # Missing slots contribute exactly zero features.
+    features = np.asarray(outputs["image_features"]).reshape(B, slots, -1)
+    assert np.all(features[~batch[f"{key}_mask"]] == 0)
+    loss, terms = losses.compute_loss(outputs, batch, response_weight=10.0,
+                                      image_response_weight=10.0,
+                                      aux_weights=schema.AUX_WEIGHTS)
+    assert np.isfinite(float(loss))
+    if combination in ("mri_missing", "mg_missing"):
+      assert float(terms["loss/image_response"]) == 0.0  # no image: no image-only loss
+
+
+def test_siamese_branches_share_parameters_and_both_receive_gradient(built):
+  model, variables = built["imr_rhpc"]
+  assert set(variables["params"]) >= {"image_encoder"}
+  assert not any("encoder_1" in k or "image_encoder_" in k for k in variables["params"])
+  batch = _batch("imr_rhpc", np.random.default_rng(1), "pre+post")
+
+  def grad_through(slot):
+    def f(params):
+      out = model.apply({**variables, "params": params}, batch, train=False)
+      return jnp.sum(out["image_features"].reshape(B, 2, -1)[:, slot])
+    return jax.jit(jax.grad(f))(variables["params"])["image_encoder"]
+
+  for slot in (0, 1):
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grad_through(slot))]
+    assert all(n > 0 for n in norms)  # every encoder parameter is reached from either branch
+
+  def image_grad(images):
+    out = model.apply(variables, {**batch, "mri": images}, train=False)
+    return jnp.sum(out["logit"])
+  g = jax.jit(jax.grad(image_grad))(jnp.asarray(batch["mri"]))
+  assert float(jnp.abs(g[:, 0]).sum()) > 0 and float(jnp.abs(g[:, 1]).sum()) > 0
+
+
+def test_joint_and_separate_siamese_batching_agree_in_eval(built):
+  model, variables = built["imr_rhpc"]
+  config = _config(imr_rhpc)
+  config.model.siamese_batching = "separate"
+  separate = models.create_model(config.model)
+  batch = _batch("imr_rhpc", np.random.default_rng(2), "mixed")
+  joint_out = _apply(model, variables, batch, train=False)
+  separate_out = _apply(separate, variables, batch, train=False)  # same parameter tree
+  np.testing.assert_allclose(joint_out["logit"], separate_out["logit"], rtol=1e-5, atol=1e-6)
+
+
+def _param_paths(model, name):
+  batch = models.dummy_batch(name, 1, MRI_SHAPE, MG_SHAPE)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
+  flat = flax.traverse_util.flatten_dict(shapes["params"])
+  return {"/".join(k): int(np.prod(v.shape)) for k, v in flat.items()}
+
+
+@pytest.mark.parametrize("variant, removed_prefixes", [
+    ("no_knowledge", ("knowledge_0/", "knowledge_rhpc/", "knowledge_response/")),
+    ("no_time", ("time_embedding/",)),
+])
+def test_each_ablation_removes_exactly_its_parameters(variant, removed_prefixes):
+  full = _param_paths(models.create_model(_config(imr_rhpc).model), "imr_rhpc")
+  ablated = _param_paths(models.create_model(_config(imr_rhpc, f"tiny,{variant}").model),
+                         "imr_rhpc")
+  removed = {k: v for k, v in full.items() if k not in ablated}
+  assert removed and all(k.startswith(removed_prefixes) for k in removed)
+  assert {k: full[k] for k in ablated} == ablated  # everything else keeps its shape
+  if variant == "no_time":
+    assert sum(removed.values()) == 3 * 64 + 64  # one-hot(3) -> Linear(F=64) with bias
+  else:
+    head = _config(imr_rhpc).model.head_dim
+    assert sum(removed.values()) == (2 * 64 + 1) * head + (head + 1) * (schema.AUX_DIM + 1)
+
+
+def test_unknown_rhpc_targets_do_not_enter_the_loss(built):
+  model, variables = built["imr_rhpc"]
+  batch = _batch("imr_rhpc", np.random.default_rng(3), "pre")
+  parsed = schema.parse_rows([{"laterality": "left"}, {"laterality": ""}, {}, {}])
+  batch["aux_targets"], batch["aux_masks"] = schema.aux_targets(parsed)
+  outputs = _apply(model, variables, batch, train=False)
+  _, terms = losses.compute_loss(outputs, batch, response_weight=1.0, image_response_weight=1.0,
+                                 aux_weights=schema.AUX_WEIGHTS)
+  start, _ = schema.AUX_SLICES[schema.VARIABLE_NAMES.index("laterality")]
+  logits = np.asarray(outputs["aux"][0, start:start + 2], np.float64)
+  expected = -(logits[0] - np.log(np.exp(logits).sum()))  # only patient 0 has a target
+  assert float(terms["loss/aux/laterality"]) == pytest.approx(expected, rel=1e-5)
+  assert float(terms["loss/aux/molecular_subtype"]) == 0.0  # Unknown for every patient

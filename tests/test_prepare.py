@@ -1,0 +1,212 @@
+"""generate -> prepare -> verify -> read back, on a tiny synthetic hospital export."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from input_pipeline import prepare, records, synthetic, tfrecord, verify
+from input_pipeline.geometries import GEOMETRIES
+from input_pipeline.mammogram import MammogramOptions
+from input_pipeline.mri import MriOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = GEOMETRIES["tiny"]
+NUM_PATIENTS = 12  # indices 1-6 are the unusual encodings, 7-10 the broken patients
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+  out = tmp_path_factory.mktemp("export")
+  synthetic.generate_export(out, NUM_PATIENTS, seed=3, geometry="tiny")
+  return out
+
+
+def _options(export, out, **changes):
+  return prepare.PrepareOptions(
+      source=export, out=out, mri=MriOptions(spacing_mm=TINY.mri_spacing_mm, box=TINY.mri_box),
+      mammogram=MammogramOptions(size=TINY.mg_size), shard_size=3, **changes)
+
+
+@pytest.fixture(scope="module")
+def prepared(export, tmp_path_factory):
+  out = tmp_path_factory.mktemp("prepared") / "records"
+  manifest = prepare.prepare(_options(export, out, workers=2), progress=False)
+  return out, manifest
+
+
+def _truth(export):
+  return {p["patient_id"]: p for p in json.loads(
+      (export / "synthetic_truth.json").read_text())["patients"]}
+
+
+def _key(out):
+  return prepare.load_key(out.with_name(out.name + ".pseudonym.key"))
+
+
+def _read_all(out):
+  return {r.patient_id: r for shard in sorted(out.glob("*.tfrecord"))
+          for _, data in tfrecord.iter_records(shard) for r in [records.decode(data)]}
+
+
+def test_records_match_the_export(export, prepared):
+  out, manifest = prepared
+  report = verify.verify_directory(out)
+  assert report.ok, report.summary()
+  truth = _truth(export)
+  key = _key(out)
+  written = _read_all(out)
+  usable = {pid: t for pid, t in truth.items() if t["broken"] is None}
+  assert len(written) == len(usable) == sum(m["records"] for m in manifest["shards"])
+  for source_id, t in usable.items():
+    record = written[prepare.pseudonym(key, source_id)]
+    assert record.label == t["label"]
+    assert [("pre", "mid", "post")[p] for p in record.phases] == t["phases"]
+    assert (record.mg is not None) == t["has_mammogram"]
+    for volume in record.mri.values():
+      assert volume.shape == TINY.mri_box and volume.dtype == np.float16
+      assert np.isfinite(volume.astype(np.float32)).all()
+    if record.mg is not None:
+      assert record.mg.shape == TINY.mg_size and record.mg.dtype == np.uint16
+    assert record.spacing_mm == pytest.approx(TINY.mri_spacing_mm)
+    assert len(record.rhpc_raw) == 22 and record.rhpc_codes.shape == (22,)
+  # Splits: by patient, every usable patient exactly once, counts as the manifest says.
+  for split, entry in manifest["splits"].items():
+    members = [r for r in written.values() if r.split == split]
+    assert entry["patients"] == len(members)
+    assert entry["pcr"] == sum(r.label == 1 for r in members)
+
+
+def test_the_tumour_is_where_the_export_put_it(export, prepared):
+  """The enhancing tumour's Pre-NAT centroid lies on the truth's side of the box (L-R)."""
+  out, _ = prepared
+  truth, key, written = _truth(export), _key(out), _read_all(out)
+  checked = 0
+  for source_id, t in truth.items():
+    pid = prepare.pseudonym(key, source_id)
+    if pid not in written or t["latent"]["radius_mm"][0] < 15:
+      continue
+    volume = written[pid].mri["pre"].astype(np.float32)
+    hot = np.argwhere(volume > 0.5 * volume.max())
+    x_index = hot[:, 2].mean()  # x grows toward patient Left
+    assert (x_index > TINY.mri_box[2] / 2) == (t["latent"]["side"] == "left"), source_id
+    checked += 1
+  assert checked >= 3
+
+
+def test_broken_patients_are_skipped_with_their_reason(export, prepared):
+  out, manifest = prepared
+  truth, key = _truth(export), _key(out)
+  broken = {prepare.pseudonym(key, pid): t for pid, t in truth.items() if t["broken"]}
+  assert len(broken) == 4
+  skipped = {s["patient"]: s for s in manifest["skipped"]}
+  assert set(skipped) == set(broken)
+  for pid, t in broken.items():
+    assert t["skip_keyword"].lower() in skipped[pid]["reason"].lower(), (t["broken"],
+                                                                        skipped[pid])
+  private = (out.with_name(out.name + ".private") / "skipped.csv").read_text()
+  assert all(t["patient_id"] in private for t in broken.values())  # for the data steward
+
+
+def test_no_identifier_reaches_the_output(export, prepared):
+  out, _ = prepared
+  identifiers = set()
+  for path in export.rglob("*.dcm"):
+    try:
+      ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # the deliberately truncated file
+      continue
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDate"):
+      value = str(ds.get(keyword, "") or "")
+      if len(value) >= 6:
+        identifiers.add(value)
+    identifiers.update(part for part in str(ds.get("PatientName", "")).split("^")
+                       if len(part) >= 5)
+  assert len(identifiers) > 100
+  outputs = [p for p in out.rglob("*") if p.is_file()]
+  assert any(p.name == "manifest.json" for p in outputs)
+  for path in outputs:
+    data = path.read_bytes()
+    leaked = [i for i in identifiers if i.encode() in data]
+    assert not leaked, f"{path.name} contains {leaked[:5]}"
+
+
+def test_rerun_redoes_only_missing_shards(export, tmp_path):
+  out = tmp_path / "records"
+  first = prepare.prepare(_options(export, out), progress=False)
+  shards = sorted(out.glob("*.tfrecord"))
+  original = {p.name: p.read_bytes() for p in shards}
+  stamps = {p.name: p.stat().st_mtime_ns for p in shards}
+  victim = shards[1]
+  victim.unlink()  # as if killed before this shard was renamed into place
+  (out / prepare.PROGRESS_DIR / f"{victim.name}.json").unlink(missing_ok=True)
+  time.sleep(0.01)
+  second = prepare.prepare(_options(export, out), progress=False)
+  assert second["shards"] == first["shards"]
+  for p in sorted(out.glob("*.tfrecord")):
+    assert p.read_bytes() == original[p.name]
+    if p.name != victim.name:
+      assert p.stat().st_mtime_ns == stamps[p.name]  # not rewritten
+
+
+def test_other_options_in_the_same_folder_are_refused(export, prepared):
+  out, _ = prepared
+  with pytest.raises(prepare.PrepareError, match="other options or patients"):
+    prepare.prepare(_options(export, out, seed=1), progress=False)
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(export, prepared, tmp_path):
+  reference, _ = prepared
+  out = tmp_path / "records"
+  key = reference.with_name(reference.name + ".pseudonym.key")
+  command = [sys.executable, "-m", "input_pipeline.prepare", "--source", str(export),
+             "--out", str(out), "--geometry", "tiny", "--shard_size", "3", "--workers", "1",
+             "--pseudonym_key", str(key), "--no_progress"]
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+  notes = out / prepare.PROGRESS_DIR
+  deadline = time.time() + 120
+  while time.time() < deadline and not (notes.exists() and any(notes.glob("*.json"))):
+    time.sleep(0.05)
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  assert not (out / prepare.MANIFEST).exists()  # really interrupted
+  result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "wrote" in result.stdout
+  assert not list(out.glob("*.partial"))
+  for shard in reference.glob("*.tfrecord"):
+    assert (out / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_stratified_split_is_seeded_balanced_and_order_free():
+  ids = [f"P{i:012x}" for i in range(200)]
+  labels = [int(i % 3 == 0) for i in range(200)]
+  a = prepare.stratified_split(ids, labels, (0.8, 0.1, 0.1), seed=0)
+  b = prepare.stratified_split(ids[::-1], labels[::-1], (0.8, 0.1, 0.1), seed=0)
+  assert a == b
+  assert a != prepare.stratified_split(ids, labels, (0.8, 0.1, 0.1), seed=1)
+  for split, share in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
+    members = [i for i in ids if a[i] == split]
+    assert len(members) == pytest.approx(share * 200, abs=2)
+    positives = sum(labels[ids.index(i)] for i in members)
+    assert positives / len(members) == pytest.approx(67 / 200, abs=0.05)
+
+
+def test_cli_rejects_bad_split(export, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "input_pipeline.prepare", "--source", str(export), "--out",
+       str(tmp_path / "r"), "--split", "0.5,0.6,0.1"], capture_output=True, text=True,
+      cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  assert result.returncode == 2 and "--split must be three fractions" in result.stderr

@@ -1,0 +1,185 @@
+"""The tf.train.Example record format: bit-exact round trips and named rejections."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from tensorflow_datasets.proto import tf_example_pb2
+
+from input_pipeline import records
+from mrp_jax.schema import VARIABLES
+
+
+def _record(phases=("pre", "mid", "post"), mg=True, dtype=np.float16, seed=0,
+            patient_id="P0123456789ab", split="train", label=1) -> records.PatientRecord:
+  rng = np.random.default_rng(seed)
+  shape = (3, 4, 5)
+  if dtype == np.int16:
+    mri = {p: rng.integers(-32768, 32767, shape, dtype=np.int16) for p in phases}
+  else:
+    mri = {p: rng.standard_normal(shape).astype(np.float16) for p in phases}
+  if dtype == np.float16 and phases:
+    mri[phases[0]][0, 0, :3] = [np.nan, np.inf, -0.0]  # bit patterns must survive
+  codes = np.arange(len(VARIABLES), dtype=np.int32) % 3 - 1
+  values = np.full(len(VARIABLES), np.nan, np.float32)
+  values[0] = 47.5
+  raw = tuple("" if c < 0 else f"value {i} é" for i, c in enumerate(codes))
+  return records.PatientRecord(
+      patient_id=patient_id, split=split, label=label, mri=mri,
+      mg=rng.integers(0, 65535, (6, 4), dtype=np.uint16) if mg else None,
+      rhpc_raw=raw, rhpc_codes=codes, rhpc_values=values, spacing_mm=(1.0, 0.75, 1.5))
+
+
+def _assert_same(a: records.PatientRecord, b: records.PatientRecord) -> None:
+  assert (a.patient_id, a.split, a.label, a.rhpc_raw, a.spacing_mm) == (
+      b.patient_id, b.split, b.label, b.rhpc_raw, b.spacing_mm)
+  assert list(a.mri) == list(b.mri)
+  for name in a.mri:
+    assert a.mri[name].dtype == b.mri[name].dtype and a.mri[name].shape == b.mri[name].shape
+    assert a.mri[name].tobytes() == b.mri[name].tobytes()  # bit-exact, NaN included
+  if a.mg is None:
+    assert b.mg is None
+  else:
+    assert a.mg.dtype == b.mg.dtype and np.array_equal(a.mg, b.mg)
+  assert b.rhpc_codes.dtype == np.int32 and np.array_equal(a.rhpc_codes, b.rhpc_codes)
+  assert b.rhpc_values.dtype == np.float32
+  assert np.array_equal(a.rhpc_values, b.rhpc_values, equal_nan=True)
+
+
+@pytest.mark.parametrize("phases, mg, dtype", [
+    (("pre", "mid", "post"), True, np.float16),
+    (("pre",), False, np.float16),
+    (("pre", "post"), True, np.int16),
+    (("mid",), False, np.int16),
+    ((), True, np.float16),  # no MRI: mammogram and rhpc only
+    ((), False, np.float16),  # rhpc only
+])
+def test_round_trip(phases, mg, dtype):
+  original = _record(phases, mg, dtype)
+  if not phases:
+    original = records.PatientRecord(**{**original.__dict__, "spacing_mm": None})
+  decoded = records.decode(records.encode(original))
+  _assert_same(original, decoded)
+  assert decoded.phases == tuple(("pre", "mid", "post").index(p) for p in phases)
+  for volume in decoded.mri.values():
+    assert volume.flags.writeable and volume.dtype.isnative
+    volume[0, 0, 0] = 1  # writable without a copy by the caller
+  assert "tensorflow" not in sys.modules
+
+
+def test_float16_mammogram_and_negative_label():
+  original = _record(label=-1, split="test")
+  rng = np.random.default_rng(3)
+  original = records.PatientRecord(**{**original.__dict__,
+                                      "mg": rng.random((7, 3)).astype(np.float16)})
+  decoded = records.decode(records.encode(original))
+  _assert_same(original, decoded)
+  assert decoded.label == -1 and decoded.split == "test" and decoded.mg.dtype == np.float16
+
+
+def test_layout_is_the_documented_contract():
+  """What a tf.data reader relies on: keys, kinds and little-endian raw bytes."""
+  original = _record(("pre", "post"), mg=True)
+  example = tf_example_pb2.Example.FromString(records.encode(original))
+  f = example.features.feature
+  assert sorted(f) == sorted([
+      "patient_id", "split", "label", "mri/phases", "mri/pre", "mri/post", "mri/shape",
+      "mri/dtype", "mri/spacing_mm", "mg", "mg/shape", "mg/dtype", "rhpc/raw", "rhpc/codes",
+      "rhpc/values", "format_version"])
+  assert f["mri/phases"].int64_list.value == [0, 2]
+  assert f["mri/shape"].int64_list.value == [3, 4, 5]
+  assert f["mri/dtype"].bytes_list.value == [b"float16"]
+  assert f["mri/post"].bytes_list.value[0] == original.mri["post"].astype("<f2").tobytes()
+  assert f["mg"].bytes_list.value[0] == original.mg.astype("<u2").tobytes()
+  assert f["mg/shape"].int64_list.value == [6, 4]
+  assert list(f["mri/spacing_mm"].float_list.value) == [1.0, 0.75, 1.5]
+  assert len(f["rhpc/raw"].bytes_list.value) == 22 and f["rhpc/raw"].bytes_list.value[0] == b""
+  assert f["format_version"].int64_list.value == [records.FORMAT_VERSION]
+  assert f["patient_id"].bytes_list.value == [b"P0123456789ab"]
+
+
+def _mutated(mutate) -> bytes:
+  example = tf_example_pb2.Example.FromString(records.encode(_record()))
+  mutate(example.features.feature)
+  return example.SerializeToString()
+
+
+def _replace_int64(key, values):
+  def mutate(f):
+    del f[key].int64_list.value[:]
+    f[key].int64_list.value.extend(values)
+  return mutate
+
+
+def _replace_bytes(key, values):
+  def mutate(f):
+    del f[key].bytes_list.value[:]
+    f[key].bytes_list.value.extend(values)
+  return mutate
+
+
+def _replace_float(key, values):
+  def mutate(f):
+    del f[key].float_list.value[:]
+    f[key].float_list.value.extend(values)
+  return mutate
+
+
+@pytest.mark.parametrize("mutate, key, words", [
+    (lambda f: f.pop("label"), "label", "missing"),
+    (lambda f: f.pop("mri/mid"), "mri/mid", "missing"),
+    (lambda f: f.pop("mg/dtype"), "mg/dtype", "missing"),
+    (_replace_int64("mri/shape", [3, 4, 6]), "mri/pre", "do not match"),
+    (_replace_int64("mri/shape", [3, 20]), "mri/shape", "expected 3 values"),
+    (_replace_int64("mg/shape", [0, 4]), "mg/shape", "positive"),
+    (_replace_bytes("mri/dtype", [b"float64"]), "mri/dtype", "not one of"),
+    (_replace_bytes("mg/dtype", [b"int8"]), "mg/dtype", "not one of"),
+    (_replace_bytes("rhpc/raw", [b""] * 21), "rhpc/raw", "expected 22 values"),
+    (_replace_int64("rhpc/codes", [0] * 23), "rhpc/codes", "expected 22 values"),
+    (_replace_float("rhpc/values", [0.0]), "rhpc/values", "expected 22 values"),
+    (_replace_float("mri/spacing_mm", [1.0, 0.0, 1.0]), "mri/spacing_mm", "positive"),
+    (_replace_int64("mri/phases", [0, 0, 1]), "mri/phases", "ascending"),
+    (_replace_int64("mri/phases", [0, 1]), "mri/post", "present but"),
+    (_replace_int64("label", [2]), "label", "not one of"),
+    (_replace_int64("format_version", [99]), "format_version", "is 99"),
+    (_replace_bytes("split", [b"holdout"]), "split", "not one of"),
+    (lambda f: f["label"].CopyFrom(f["split"]), "label", "expected int64_list"),
+    (lambda f: f["extra"].int64_list.value.append(1), "extra", "unknown key"),
+])
+def test_malformed_examples_are_rejected_naming_the_key(mutate, key, words):
+  with pytest.raises(records.RecordFormatError) as info:
+    records.decode(_mutated(mutate))
+  assert info.value.key == key
+  assert f"'{key}'" in str(info.value) and words in str(info.value)
+  assert info.value.patient_id == "P0123456789ab"  # read before the failing key
+
+
+def test_identifier_and_garbage_rejected():
+  with pytest.raises(records.RecordFormatError) as info:
+    records.decode(_mutated(_replace_bytes("patient_id", [b"Breast_MRI_001"])))
+  assert info.value.key == "patient_id" and info.value.patient_id is None
+  assert "Breast_MRI_001" in str(info.value)
+  with pytest.raises(records.RecordFormatError, match="not a tf.train.Example") as info:
+    records.decode(b"\xff\xff\xff\xff")
+  assert info.value.key is None
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"patient_id": "ISPY2-100899"}, "patient_id"),
+    ({"split": "val"}, "split"),
+    ({"label": 2}, "label"),
+    ({"mri": {"pre": np.zeros((2, 2), np.float16)}}, "mri"),
+    ({"mri": {"pre": np.zeros((2, 2, 2), np.float16), "post": np.zeros((2, 2, 3), np.float16)}},
+     "mri"),
+    ({"mri": {"pre": np.zeros((2, 2, 2), np.float32)}}, "mri"),
+    ({"mri": {"baseline": np.zeros((2, 2, 2), np.float16)}}, "mri"),
+    ({"mg": np.zeros((2, 2), np.int32)}, "mg"),
+    ({"rhpc_raw": ("",) * 21}, "rhpc_raw"),
+    ({"spacing_mm": (1.0, 1.0)}, "spacing_mm"),
+])
+def test_encode_rejects_records_that_break_the_format(change, field):
+  record = records.PatientRecord(**{**_record().__dict__, **change})
+  with pytest.raises(ValueError, match=f"cannot encode {field}"):
+    records.encode(record)

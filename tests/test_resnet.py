@@ -1,0 +1,96 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mrp_jax.models.resnet import LAYOUTS, ResNet
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _abstract_init(model, shape):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_3d_trunk_has_medicalnets_parameter_count(layout):
+  # MedicalNet resnet18 (shortcut A): 32,986,176 trunk parameters; shortcut B adds the three
+  # 1x1 downsample convs and their BN: 33,160,000. Strides and dilations do not change counts.
+  variables = _abstract_init(ResNet(spatial_dims=3, shortcut="A", **LAYOUTS[layout]),
+                             (1, 16, 16, 16, 1))
+  assert _count(variables["params"]) == 32_986_176
+  assert not any("downsample" in k for k in variables["params"]["layer2_0"])
+  variables = _abstract_init(ResNet(spatial_dims=3, shortcut="B", **LAYOUTS[layout]),
+                             (1, 16, 16, 16, 1))
+  assert _count(variables["params"]) == 33_160_000
+
+
+def test_2d_trunk_matches_torchvision_resnet18():
+  variables = _abstract_init(ResNet(spatial_dims=2, shortcut="B"), (1, 64, 64, 3))
+  # torchvision resnet18: 11,689,512 including the 512x1000 fc layer.
+  assert _count(variables["params"]) + 512 * 1000 + 1000 == 11_689_512
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (3, 32, 16, 1)), (3, (3, 8, 8, 16, 1))])
+def test_bf16_compute_f32_params_and_f32_features(spatial_dims, shape):
+  model = ResNet(spatial_dims=spatial_dims, width=8)
+  x = jax.random.normal(jax.random.key(1), shape)
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  features, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert features.shape == (3, 64) and features.dtype == jnp.float32
+  assert np.isfinite(np.asarray(features)).all()
+  hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).as_text()
+  assert "bf16" in hlo  # the convolutions run in bfloat16
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"],
+                         variables["batch_stats"])
+  assert all(jax.tree.leaves(changed))  # every BN layer updated its running statistics
+
+
+def test_group_norm_has_no_batch_statistics():
+  model = ResNet(spatial_dims=3, width=8, norm="group")
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 16, 1)), train=False)
+  assert "batch_stats" not in variables
+  assert "GroupNorm" not in str(jax.tree_util.tree_structure(variables))  # named bn1, bn2, ...
+
+
+def test_masked_examples_do_not_enter_batch_statistics():
+  model = ResNet(spatial_dims=3, width=8, dtype=jnp.float32)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  mask = jnp.array([True, True, True, False])
+  noisy = x.at[3].set(100.0 * jax.random.normal(jax.random.key(2), x.shape[1:]))
+  out_a, stats_a = model.apply(variables, x, train=True, mask=mask, mutable=["batch_stats"])
+  out_b, stats_b = model.apply(variables, noisy, train=True, mask=mask, mutable=["batch_stats"])
+  np.testing.assert_allclose(out_a[:3], out_b[:3], rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stats_a,
+               stats_b)
+  # Without the mask the fourth example does change the first three.
+  out_c, _ = model.apply(variables, noisy, train=True, mutable=["batch_stats"])
+  assert not np.allclose(out_a[:3], out_c[:3], rtol=1e-3)
+
+
+def test_rematerialisation_keeps_gradients():
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 8, 1))
+  models = {policy: ResNet(spatial_dims=3, width=4, dtype=jnp.float32, remat=policy)
+            for policy in ("none", "full", "dots")}
+  variables = models["none"].init(jax.random.key(0), x, train=False)
+
+  def grads(model):
+    def loss(params):
+      out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                           train=True, mutable=["batch_stats"])
+      return jnp.sum(out ** 2)
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  reference = grads(models["none"])
+  for policy in ("full", "dots"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 reference, grads(models[policy]))
+
+
+def test_rejects_wrong_rank():
+  with pytest.raises(ValueError, match="expects"):
+    ResNet(spatial_dims=3).init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)

@@ -1,0 +1,410 @@
+"""Tests of the synthetic hospital export (input_pipeline.synthetic and its helpers)."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+from scipy import ndimage
+
+from input_pipeline import synthetic, synthetic_cohort
+from input_pipeline.dicom_writer import ENHANCED_MR_IMAGE_STORAGE
+from input_pipeline.synthetic_images import MG_MAX
+from mrp_jax import schema
+
+NUM_PATIENTS = 11  # index 0 plain, 1..10 the special and broken patients
+MR_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyDate",
+           "StudyDescription", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID",
+           "StudyInstanceUID", "ImageOrientationPatient", "RescaleSlope", "RescaleIntercept",
+           "Manufacturer", "TriggerTime", "AcquisitionTime", "SliceThickness", "PixelSpacing",
+           "ImagePositionPatient")
+# Enhanced MR carries these in its functional group sequences instead.
+PER_FRAME_TAGS = ("ImageOrientationPatient", "RescaleSlope", "RescaleIntercept", "TriggerTime",
+                  "AcquisitionTime", "PixelSpacing", "ImagePositionPatient")
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> tuple[Path, dict]:
+  out = tmp_path_factory.mktemp("export")
+  start = time.perf_counter()
+  summary = synthetic.generate_export(out, NUM_PATIENTS, seed=0, geometry="tiny", workers=2)
+  print(f"\ntiny export of {NUM_PATIENTS} patients: {time.perf_counter() - start:.1f} s; "
+        f"{summary}")
+  truth = json.loads((out / "synthetic_truth.json").read_text())
+  return out, {p["patient_id"]: p for p in truth["patients"]}
+
+
+@pytest.fixture(scope="module")
+def clinical_cohort(tmp_path_factory) -> tuple[list[dict], list[dict]]:
+  out = tmp_path_factory.mktemp("clinical")
+  synthetic.generate_export(out, 3000, seed=1, images=False)
+  with open(out / "clinical.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  return rows, json.loads((out / "synthetic_truth.json").read_text())["patients"]
+
+
+def _load(root: Path, folder: str, temporal_position: int | None = None):
+  """Reads a series with pydicom alone: (values [z, y, x], LPS mm of each voxel [z, y, x, 3])."""
+  files = sorted((root / folder).glob("*.dcm"))
+  first = pydicom.dcmread(files[0])
+  if first.SOPClassUID == ENHANCED_MR_IMAGE_STORAGE:
+    shared = first.SharedFunctionalGroupsSequence[0]
+    rescale = shared.PixelValueTransformationSequence[0]
+    iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    spacing = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, float)
+    pixels = first.pixel_array * float(rescale.RescaleSlope) + float(rescale.RescaleIntercept)
+    frames = [(np.array(f.PlanePositionSequence[0].ImagePositionPatient, float), pixels[i])
+              for i, f in enumerate(first.PerFrameFunctionalGroupsSequence)
+              if temporal_position in (None, f.FrameContentSequence[0].TemporalPositionIndex)]
+  else:
+    datasets = [pydicom.dcmread(f) for f in files]
+    iop = np.array(first.ImageOrientationPatient, float)
+    spacing = np.array(first.PixelSpacing, float)
+    frames = [(np.array(d.ImagePositionPatient, float),
+               d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept))
+              for d in datasets
+              if temporal_position in (None, d.get("TemporalPositionIdentifier"))]
+  normal = np.cross(iop[:3], iop[3:])
+  frames.sort(key=lambda frame: frame[0] @ normal)
+  volume = np.stack([pixels for _, pixels in frames])
+  k, j, i = np.meshgrid(*(np.arange(n) for n in volume.shape), indexing="ij", sparse=True)
+  step = frames[1][0] - frames[0][0]
+  lps = (frames[0][0] + k[..., None] * step + j[..., None] * spacing[0] * iop[3:]
+         + i[..., None] * spacing[1] * iop[:3])
+  return volume, lps
+
+
+def _roles(study: dict) -> dict[str, dict]:
+  return {s["role"]: s for s in study["series"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Clinical table
+# ---------------------------------------------------------------------------------------------
+def test_clinical_csv_parses_except_the_broken_row(clinical_cohort):
+  rows, truth = clinical_cohort
+  assert schema.find_label_column(rows[0]) == "pCR"
+  assert set(schema.find_columns(rows[0])) == set(schema.VARIABLE_NAMES)
+  unlabelled = [r["patient_id"] for r in rows if schema.parse_label(r["pCR"]) is None]
+  assert unlabelled == [synthetic.patient_id(10)]
+  report = schema.ParseReport()
+  good = [r for r in rows if r["patient_id"] not in unlabelled]
+  parsed = schema.parse_rows(good, report)
+  assert report.summary()["unparsed"] == {}
+  labels = np.array([schema.parse_label(r["pCR"]) for r in good])
+  assert (labels == [t["label"] for t in truth if t["patient_id"] not in unlabelled]).all()
+  # Messy, as real tables: aliases and ICD-O / TNM spellings coexist, missing tokens vary.
+  location = {r["Tumour location"].strip().lower() for r in rows}
+  assert {"c50.4", "c504", "504", "upper outer quadrant"} <= location
+  assert {"2", "t2", "ct2"} <= {r["cT"].strip().lower() for r in rows}
+  assert {"", "n/a", "unknown", "onbekend"} <= {r["Focality"].strip().lower() for r in rows}
+  assert {"yes", "no"} <= {r["pCR"] for r in rows}
+  assert any(r["Weight"].endswith(" kg") for r in rows)
+  assert parsed.codes.shape == (len(good), 22)
+
+
+def _within(observed: float, expected: float, n: int, sigmas: float = 4.5) -> bool:
+  return abs(observed - expected) <= sigmas * np.sqrt(expected * (1 - expected) / n) + 1e-9
+
+
+def test_marginals_and_pcr_rates_match_table2(clinical_cohort):
+  rows, _ = clinical_cohort
+  good = [r for r in rows if schema.parse_label(r["pCR"]) is not None]
+  labels = np.array([schema.parse_label(r["pCR"]) for r in good])
+  parsed = schema.parse_rows(good)
+  assert _within(labels.mean(), 469 / 1407, len(labels))
+  prior = synthetic_cohort.PCR_RATE
+  checked = 0
+  for j, var in enumerate(schema.VARIABLES):
+    codes = parsed.codes[:, j]
+    known = codes != schema.UNKNOWN
+    for label in (0, 1):
+      expected_missing = 1 - (1 - synthetic_cohort.unknown_probability(var)[label]) * (
+          1 - synthetic.Rates().extra_missing)
+      if var.kind != schema.Kind.MULTILABEL:
+        assert _within(1 - known[labels == label].mean(), expected_missing,
+                       int((labels == label).sum())), var.name
+    probs = synthetic_cohort.category_probabilities(var)
+    if var.kind == schema.Kind.CONTINUOUS:
+      young = parsed.values[known, j] <= 50
+      expected = prior * probs[1, 0] + (1 - prior) * probs[0, 0]
+      assert _within(young.mean(), expected, int(known.sum()))
+      assert _within(labels[known][young].mean(), prior * probs[1, 0] / expected,
+                     int(young.sum()))
+      checked += 1
+      continue
+    if var.kind == schema.Kind.MULTILABEL:
+      for label in (0, 1):
+        bits = (codes[known & (labels == label), None] >> np.arange(var.num_categories)) & 1
+        # A patient drawn with no therapy is written as missing: rates are given >= 1 therapy.
+        p_any = 1 - np.prod(1 - probs[label])
+        for i in range(var.num_categories):
+          assert _within(bits[:, i].mean(), probs[label, i] / p_any, len(bits)), var.name
+          checked += 1
+      continue
+    for index in range(var.num_categories):
+      marginal = prior * probs[1, index] + (1 - prior) * probs[0, index]
+      in_category = codes == index
+      assert _within(in_category[known].mean(), marginal, int(known.sum())), (var.name, index)
+      if in_category.sum() >= 30:
+        assert _within(labels[in_category].mean(), prior * probs[1, index] / marginal,
+                       int(in_category.sum())), (var.name, index)
+      checked += 1
+  assert checked > 80
+  # The paper's headline rates survive the smoothing: HER2-enriched 113/140, lobular 8/130.
+  subtype = parsed.codes[:, schema.VARIABLE_NAMES.index("molecular_subtype")]
+  histology = parsed.codes[:, schema.VARIABLE_NAMES.index("histology")]
+  assert abs(labels[subtype == 4].mean() - 113 / 140) < 0.08
+  assert abs(labels[histology == 1].mean() - 8 / 130) < 0.05
+
+
+def test_missing_data_rates(clinical_cohort):
+  _, truth = clinical_cohort
+  plain = [t for t in truth if t["special"] is None]
+  n = len(plain)
+  assert _within(np.mean(["mid" not in t["phases"] for t in plain]), 0.15, n)
+  assert _within(np.mean(["post" not in t["phases"] for t in plain]), 0.10, n)
+  assert _within(np.mean([not t["has_mammogram"] for t in plain]), 0.20, n)
+  assert all(t["phases"][0] == "pre" for t in truth)
+  # A phase that only the date order could reveal needs all three phases present.
+  assert all(t["phase_marking"] == "keyword" for t in truth if len(t["phases"]) < 3)
+  markings = {t["phase_marking"] for t in truth}
+  assert markings == {"keyword", "timepoint", "none"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+def test_layout_and_headers(export):
+  root, truth = export
+  assert (root / "clinical.csv").read_text().startswith("patient_id,pCR,")
+  for pid, patient in truth.items():
+    studies = sorted(p.name for p in (root / pid).iterdir())
+    assert all(re.fullmatch(r"\d{8}_(MR|MG)_\d", s) for s in studies), studies
+    assert len(studies) == len(patient["phases"]) + patient["has_mammogram"]
+    dates = [datetime.datetime.strptime(s["study_date"], "%Y%m%d") for s in patient["studies"]]
+    gaps = {phase: (d - dates[0]).days for phase, d in zip(patient["phases"], dates)}
+    assert 80 <= gaps.get("mid", 90) <= 100 and 165 <= gaps.get("post", 180) <= 200
+    for study in patient["studies"]:
+      roles = _roles(study)
+      assert {"localizer", "t2"} <= set(roles)
+      first = sorted((root / study["series"][-1]["folder"]).glob("*.dcm"))[0]
+      ds = pydicom.dcmread(first)
+      for keyword in MR_TAGS:
+        if ds.SOPClassUID != ENHANCED_MR_IMAGE_STORAGE or keyword not in PER_FRAME_TAGS:
+          assert keyword in ds, (pid, study["folder"], keyword)
+      assert ds.PatientID == pid and "^" in str(ds.PatientName)
+      assert ds.Manufacturer == patient["manufacturer"]
+      description = ds.StudyDescription.lower()
+      keyword = re.search(r"(pre|mid|post)[- ]?nat", description)
+      timepoint = ds.get("ClinicalTrialTimePointID")
+      if patient["phase_marking"] == "keyword":
+        assert keyword.group(1) == study["phase"]
+      elif patient["phase_marking"] == "timepoint":
+        assert keyword is None and timepoint == {"pre": "T0", "mid": "T2", "post": "T3"}[
+            study["phase"]]
+      else:
+        assert keyword is None and timepoint is None and len(patient["phases"]) == 3
+      if "subtraction" in roles:
+        sub = pydicom.dcmread(sorted((root / roles["subtraction"]["folder"]).glob("*"))[0])
+        assert sub.ImageType[0] == "DERIVED" and "SUB" in sub.SeriesDescription.upper()
+
+
+def test_special_encodings(export):
+  root, truth = export
+
+  def first_file(index, role="pre"):
+    study = truth[synthetic.patient_id(index)]["studies"][0]
+    return pydicom.dcmread(sorted((root / _roles(study)[role]["folder"]).glob("*"))[0])
+
+  assert first_file(1).ImageOrientationPatient[0] == -1.0
+  iop = np.array(first_file(2).ImageOrientationPatient, float)
+  assert 10 <= np.degrees(np.arccos(abs(iop[4]))) <= 20
+  enhanced = first_file(3)
+  assert enhanced.SOPClassUID == ENHANCED_MR_IMAGE_STORAGE and enhanced.NumberOfFrames > 1
+  multiphase_study = truth[synthetic.patient_id(4)]["studies"][0]
+  series = _roles(multiphase_study)["multiphase"]
+  assert series["description"] == "Ax Vibrant MultiPhase" and series["temporal_positions"] >= 2
+  positions = {pydicom.dcmread(f).TemporalPositionIdentifier
+               for f in (root / series["folder"]).glob("*.dcm")}
+  assert positions == set(range(1, series["temporal_positions"] + 1))
+  assert first_file(5).file_meta.TransferSyntaxUID == RLELossless
+  mammogram = truth[synthetic.patient_id(6)]["mammogram"]["series"][0]
+  assert pydicom.dcmread(root / mammogram["file"]).PhotometricInterpretation == "MONOCHROME1"
+
+
+def test_instance_numbers_follow_the_recorded_order(export):
+  root, truth = export
+  for patient in truth.values():
+    if patient["special"] in ("enhanced", "multiphase"):
+      continue
+    study = patient["studies"][0]
+    series = _roles(study)["post_1"]
+    datasets = [pydicom.dcmread(f, stop_before_pixels=True)
+                for f in (root / series["folder"]).glob("*.dcm")]
+    # Along the slice axis of the written grid (opposite to the IOP normal when x is flipped).
+    slice_axis = np.reshape(series["geometry"]["direction"], (3, 3))[:, 2]
+    by_position = [int(d.InstanceNumber) for d in sorted(
+        datasets, key=lambda d: np.dot(d.ImagePositionPatient, slice_axis))]
+    expected = {"ascending": sorted(by_position), "descending": sorted(by_position)[::-1]}
+    if study["instance_order"] == "shuffled":
+      assert by_position not in expected.values()
+    else:
+      assert by_position == expected[study["instance_order"]], patient["patient_id"]
+
+
+def _pre_post(root, study):
+  """(pre, first post, LPS positions) of a study, from its separate or multiphase series."""
+  roles = _roles(study)
+  if "multiphase" in roles:
+    pre, lps = _load(root, roles["multiphase"]["folder"], 1)
+    post, _ = _load(root, roles["multiphase"]["folder"], 2)
+  else:
+    pre, lps = _load(root, roles["pre"]["folder"])
+    post, _ = _load(root, roles["post_1"]["folder"])
+  return pre, post, lps
+
+
+def test_tumour_is_where_the_truth_says(export):
+  root, truth = export
+  for index in range(7):  # plain, flipped, oblique, enhanced, multiphase, RLE, MONOCHROME1
+    study = truth[synthetic.patient_id(index)]["studies"][0]
+    pre, post, lps = _pre_post(root, study)
+    enhancement = ndimage.uniform_filter(post - pre, 3)
+    anterior = lps[..., 1] < study["chest_wall_y_lps"] - 5  # the heart enhances more
+    peak = np.unravel_index(np.argmax(np.where(anterior, enhancement, -np.inf)),
+                            enhancement.shape)
+    centre, radius = np.array(study["tumour"]["centre_lps"]), study["tumour"]["radius_mm"]
+    blob = (np.linalg.norm(lps - lps[peak], axis=-1) < 1.5 * radius) & (
+        enhancement > 0.5 * enhancement[peak])
+    weights = enhancement[blob]
+    centroid = (lps[blob] * weights[:, None]).sum(0) / weights.sum()
+    assert np.linalg.norm(centroid - centre) < 4.0, (index, centroid, centre)
+    inside = np.linalg.norm(lps - centre, axis=-1) < radius / 2
+    assert enhancement[inside].mean() > 20 * np.median(enhancement[anterior]), index
+
+
+def test_enhancing_volume_follows_the_recorded_radius(export):
+  """Mid/Post studies show the recorded shrinkage: enhancing volume ~ 4/3 pi r^3."""
+  root, truth = export
+  shrinkage = []
+  for index in range(7):
+    patient = truth[synthetic.patient_id(index)]
+    for study in patient["studies"]:
+      pre, post, lps = _pre_post(root, study)
+      voxel_mm3 = np.prod([np.linalg.norm(lps[tuple(np.eye(3, dtype=int)[a])] - lps[0, 0, 0])
+                           for a in range(3)])
+      near = np.linalg.norm(lps - study["tumour"]["centre_lps"], axis=-1) < 40
+      volume = ((post - pre)[near] > 60).sum() * voxel_mm3
+      radius = study["tumour"]["radius_mm"]
+      if radius >= 6:  # partial volume of 6 x 6 x 12 mm voxels inflates it somewhat
+        assert 0.8 < volume / (4 / 3 * np.pi * radius ** 3) < 2.5, (index, study["phase"])
+      elif radius < 4:
+        assert volume <= 3 * voxel_mm3, (index, study["phase"], volume)
+    radii = [s["tumour"]["radius_mm"] for s in patient["studies"]]
+    shrinkage.append(radii[-1] / radii[0])
+  assert min(shrinkage) < 0.3  # a near-complete response is among them
+
+
+def test_mammograms(export):
+  root, truth = export
+  seen = 0
+  for patient in truth.values():
+    if not patient["has_mammogram"]:
+      continue
+    for view in patient["mammogram"]["series"]:
+      ds = pydicom.dcmread(root / view["file"])
+      assert ds.Modality == "MG" and ds.BitsAllocated == 16 and ds.ViewPosition == view["view"]
+      assert ds.ImageLaterality == patient["mammogram"]["laterality"]
+      image = ds.pixel_array.astype(float)
+      if ds.PhotometricInterpretation == "MONOCHROME1":
+        image = MG_MAX - image
+      band = image.shape[1] // 6
+      chest_wall, nipple_side = image[:, :band], image[:, -band:]
+      if view["chest_wall_edge"] == "right":
+        chest_wall, nipple_side = nipple_side, chest_wall
+      assert np.median(chest_wall) > 3 * np.median(nipple_side)
+      row, col = (int(round(v)) for v in view["mass_centre_px"])
+      breast = image[image > 0.2 * np.median(chest_wall)]
+      assert image[row, col] > np.median(breast), patient["patient_id"]
+      for r0, r1, c0, c1 in view["markers"]:
+        assert image[r0:r1, c0:c1].max() >= 16000
+      assert view["markers"]
+      seen += 1
+  assert seen >= 5
+
+
+def test_broken_cases(export):
+  root, truth = export
+  broken = {p["broken"]: p for p in truth.values() if p["broken"]}
+  assert {case: p["skip_keyword"] for case, p in broken.items()} == synthetic.BROKEN_CASES
+
+  study = broken["truncated_dicom"]["studies"][0]
+  files = sorted((root / _roles(study)["pre"]["folder"]).glob("*.dcm"))
+  failures = 0
+  for f in files:
+    try:
+      pydicom.dcmread(f).pixel_array
+    except Exception:  # pydicom raises various types for truncated pixel data
+      failures += 1
+  assert failures == 1
+
+  study = broken["no_pre_contrast"]["studies"][0]
+  descriptions = [s["description"].lower() for s in study["series"]]
+  assert "pre" not in _roles(study) and not any("pre" in d for d in descriptions)
+  assert any(s["role"].startswith("post") for s in study["series"])
+
+  study = broken["size_mismatch"]["studies"][0]
+  roles = _roles(study)
+  pre = pydicom.dcmread(sorted((root / roles["pre"]["folder"]).glob("*"))[0])
+  post = pydicom.dcmread(sorted((root / roles["post_1"]["folder"]).glob("*"))[0])
+  assert (pre.Rows, pre.Columns) != (post.Rows, post.Columns)
+
+  pid = broken["bad_clinical_row"]["patient_id"]
+  with open(root / "clinical.csv", newline="") as f:
+    row = next(r for r in csv.DictReader(f) if r["patient_id"] == pid)
+  assert schema.parse_label(row["pCR"]) is None
+
+
+def test_same_seed_same_bytes(export, tmp_path):
+  """Patients regenerated one by one in this process match the export of two workers."""
+  root, truth = export
+  for index in (3, 5):  # Enhanced MR and RLE classic files: both writer paths
+    _, again, _ = synthetic.generate_patient(tmp_path, 0, index)
+    assert json.loads(json.dumps(again)) == truth[synthetic.patient_id(index)]
+    first = sorted(p.relative_to(root) for p in (root / synthetic.patient_id(index)).rglob("*")
+                   if p.is_file())
+    second = sorted(p.relative_to(tmp_path) for p in (tmp_path / synthetic.patient_id(index))
+                    .rglob("*") if p.is_file())
+    assert first == second
+    assert all((root / p).read_bytes() == (tmp_path / p).read_bytes() for p in first)
+  other = synthetic.generate_patient(tmp_path / "other_seed", 1, 0)[1]
+  assert other["latent"] != truth[synthetic.patient_id(0)]["latent"]
+
+
+def test_cli_clinical_only_is_deterministic(tmp_path, capsys):
+  for name in ("a", "b"):
+    synthetic.main(["--out", str(tmp_path / name), "--patients", "12", "--seed", "7",
+                    "--clinical-only"])
+  assert "12 patients" in capsys.readouterr().out
+  for name in ("clinical.csv", "synthetic_truth.json"):
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_every_category_has_a_spelling_that_parses_back():
+  for var in schema.VARIABLES:
+    if var.kind == schema.Kind.CONTINUOUS or var.is_binned:
+      continue
+    for index in range(var.num_categories):
+      rng = np.random.default_rng(index)
+      text = synthetic_cohort._spelling(rng, var.name, index)
+      expected = 1 << index if var.kind == schema.Kind.MULTILABEL else index
+      assert schema.parse_value(var, text)[0] == expected, (var.name, text)
