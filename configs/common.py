@@ -17,6 +17,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.job = "train"  # train | evaluate | benchmark | demo | describe
   config.seed = 0  # model init, data order and augmentation all derive from it
+  config.distributed = False  # jax.distributed.initialize() (auto when JAX_COORDINATOR_ADDRESS)
+
+  # ---- devices ---------------------------------------------------------------------------------
+  config.mesh = mh = ml_collections.ConfigDict()
+  mh.fsdp = False  # shard parameters and optimizer state over the devices (else replicate)
+  mh.fsdp_min_size = 2**18  # arrays smaller than this stay replicated under fsdp
 
   # ---- model ---------------------------------------------------------------------------------
   config.model = m = ml_collections.ConfigDict()
@@ -52,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.mri_shape = (176, 176, 352)  # [z, y, x] voxels of the stored subtraction volumes
   d.mri_spacing_mm = (1.0, 1.0, 1.0)  # (x, y, z) resampling target
   d.mg_shape = (1024, 512)  # [rows, cols] of the stored mammogram
+  d.shuffle_window = 16  # records held for shuffling: RAM ~ window x 66 MB at full geometry
 
   # ---- training ------------------------------------------------------------------------------
   config.train = t = ml_collections.ConfigDict()
@@ -65,6 +72,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.b2 = 0.999
   t.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
   t.log_every_steps = 50
+  t.eval_every_steps = 500  # validation AUROC per phase; keeps the best checkpoint
+  t.checkpoint_every_steps = 500  # resumable checkpoints (async)
+  t.keep_checkpoints = 2
+  t.plateau_patience = 5  # 'paper' optimizer: evaluations without gain before halving the rate
+  t.plateau_factor = 0.5
+
+  # ---- evaluation ------------------------------------------------------------------------------
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 8  # global
+  ev.phases = ("pre", "mid", "post")  # Pre: Pre data; Mid: Pre+Mid; Post: Pre+Post
 
   if arg:
     apply_variants(config, arg)
@@ -93,6 +110,10 @@ def _tiny(config):
   config.train.num_steps = 20
   config.train.warmup_steps = 2
   config.train.log_every_steps = 5
+  config.train.eval_every_steps = 10
+  config.train.checkpoint_every_steps = 10
+  config.eval.batch_size = 4
+  config.data.shuffle_window = 4
 
 
 def _medicalnet(config):

@@ -2,7 +2,8 @@
 
 ``train_step(state, batch)`` is a pure function of arrays: the caller jits it with shardings and
 donated state. It returns the new state and a flat dict of scalars: every loss term, the
-learning rate, and the global norms of gradients, parameters and updates.
+learning rate, and the global norms of gradients, parameters and updates. The step's random key
+is the state's key folded with the step, so a resumed run draws the same augmentations.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from mrp_jax.models import losses
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array
+  step: jax.Array  # int32 scalar
   params: Any
   batch_stats: Any
   opt_state: Any
-  rng: jax.Array  # base key; per-step keys are folded from it with the step
+  rng: jax.Array  # uint32 [2] raw key data (checkpoints hold plain arrays); per step folded
+  lr_scale: jax.Array  # float32 scalar, multiplies the schedule (the paper's plateau halving)
+  plateau: jax.Array  # float32 [2]: best validation AUROC so far, evaluations without gain
+
+  def step_key(self) -> jax.Array:
+    return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
 def learning_rate_schedule(train: Mapping[str, Any]) -> optax.Schedule:
@@ -56,19 +62,27 @@ def create_optimizer(train: Mapping[str, Any]) -> optax.GradientTransformation:
 
 def init_state(model: nn.Module, batch: Mapping[str, Any], optimizer: optax.GradientTransformation,
                rng: jax.Array) -> TrainState:
+  """The initial state. Jit it (with out_shardings) to create the state sharded on devices."""
   init_rng, state_rng = jax.random.split(rng)
-  # Jitted: one compilation instead of one per initialiser (seconds on CPU).
-  variables = jax.jit(lambda key, b: model.init(key, b, train=False))(init_rng, batch)
+  variables = model.init(init_rng, batch, train=False)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=optimizer.init(params), rng=state_rng)
+                    opt_state=optimizer.init(params), rng=jax.random.key_data(state_rng),
+                    lr_scale=jnp.ones((), jnp.float32),
+                    plateau=jnp.asarray([-jnp.inf, 0.0], jnp.float32))
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    loss: Mapping[str, Any],
-                    schedule: optax.Schedule | None = None) -> Callable[..., Any]:
-  """Builds ``train_step(state, batch) -> (state, metrics)``."""
+                    loss: Mapping[str, Any], schedule: optax.Schedule | None = None,
+                    preprocess: Callable[[Any, jax.Array], Any] | None = None
+                    ) -> Callable[..., Any]:
+  """Builds ``train_step(state, batch) -> (state, metrics)``.
+
+  Args:
+    preprocess: ``(batch, key) -> batch`` run first inside the step (image scaling and
+      augmentation on the device); None leaves the batch as it is.
+  """
   loss_kwargs = dict(response_weight=loss["response_weight"],
                      image_response_weight=loss["image_response_weight"],
                      aux_weights=dict(loss["aux_weights"]))
@@ -80,9 +94,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     return total, (terms, updates.get("batch_stats", batch_stats))
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+    if preprocess is not None:
+      batch = preprocess(batch, state.step_key())
     grads, (terms, batch_stats) = jax.grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    # Adam(W) updates are linear in the learning rate: scaling them scales the rate.
+    updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     metrics = {
         **terms,
@@ -91,7 +109,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
         "norm/updates": optax.tree.norm(updates),
     }
     if schedule is not None:
-      metrics["learning_rate"] = schedule(state.step)
+      metrics["learning_rate"] = schedule(state.step) * state.lr_scale
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics

@@ -47,8 +47,8 @@ def _train(config, make_batch, steps):
   model = models.create_model(config.model)
   optimizer = train_step.create_optimizer(config.train)
   rng = np.random.default_rng(0)
-  state = train_step.init_state(model, make_batch(rng, config.train.batch_size), optimizer,
-                                jax.random.key(0))
+  state = jax.jit(lambda b: train_step.init_state(model, b, optimizer, jax.random.key(0)))(
+      make_batch(rng, config.train.batch_size))
   step = jax.jit(train_step.make_train_step(model, optimizer, config.loss,
                                             train_step.learning_rate_schedule(config.train)),
                  donate_argnums=0)
