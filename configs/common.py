@@ -7,10 +7,12 @@ value stops the run before any work (mrp_jax/config_validation.py).
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
 
-from mrp_jax import schema
+from mrp_jax import augment, schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -59,6 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.mri_spacing_mm = (1.0, 1.0, 1.0)  # (x, y, z) resampling target
   d.mg_shape = (1024, 512)  # [rows, cols] of the stored mammogram
   d.shuffle_window = 16  # records held for shuffling: RAM ~ window x 66 MB at full geometry
+
+  # ---- augmentation (on the device, inside the train step) -----------------------------------
+  # Fields, defaults and their meaning are declared once, in mrp_jax.augment.AugmentOptions.
+  config.augment = ml_collections.ConfigDict(dataclasses.asdict(augment.AugmentOptions()))
 
   # ---- training ------------------------------------------------------------------------------
   config.train = t = ml_collections.ConfigDict()
@@ -114,6 +120,7 @@ def _tiny(config):
   config.train.checkpoint_every_steps = 10
   config.eval.batch_size = 4
   config.data.shuffle_window = 4
+  config.augment.mri_translation_voxels = 1.0  # 8 mm voxels: the default 4 would shift 32 mm
 
 
 def _medicalnet(config):

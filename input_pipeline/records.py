@@ -223,8 +223,10 @@ class _Reader:
     if len(raw) != expected:
       raise self.fail(key, f"{len(raw)} bytes do not match {shape_key} {list(shape)} of "
                       f"{dtype.name} ({expected} bytes)")
-    # One vectorised copy: native byte order and writable, whatever the buffer was.
-    return np.frombuffer(raw, dtype.newbyteorder("<")).reshape(shape).astype(dtype)
+    # A read-only view of the protobuf's bytes (no copy: a full-geometry record holds 66 MB);
+    # only a big-endian host pays for a byte swap.
+    array = np.frombuffer(raw, dtype.newbyteorder("<")).reshape(shape)
+    return array if array.dtype.isnative else array.astype(dtype)
 
 
 def decode(data: bytes) -> PatientRecord:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import ml_collections
 
 from input_pipeline.geometries import GEOMETRIES
-from mrp_jax import models, schema
+from mrp_jax import augment, models, schema
 from mrp_jax.models.resnet import LAYOUTS, REMAT_POLICIES
 
 JOBS = ("train", "evaluate", "benchmark", "demo", "describe")
@@ -145,5 +145,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ok = False
     if not ok:
       problems.append(f"config.{path}: {message} (got {value!r})")
+  if _lookup(config, "augment") is not _MISSING:
+    try:
+      augment.AugmentOptions(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in config.augment.items()})
+    except (TypeError, ValueError) as error:
+      problems.append(f"config.{error}" if str(error).startswith("augment.") else
+                      f"config.augment: {error}")
   if problems:
     raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

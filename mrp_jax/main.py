@@ -6,8 +6,10 @@ multi-process runtime when the environment describes one, and runs the config's 
 
 from __future__ import annotations
 
+import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -28,17 +30,34 @@ def main(argv) -> None:
     config_validation.validate(config)
   except config_validation.ConfigError as error:
     sys.exit(f"mrp_jax: {error}")
-  logging.info("job %s, workdir %s", config.job, _WORKDIR.value)
+  if config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    # Cluster environments (SLURM, Cloud TPU, Kubernetes) are detected by JAX itself; plain
+    # hosts pass JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch/).
+    jax.distributed.initialize(
+        num_processes=_env_int("JAX_NUM_PROCESSES"), process_id=_env_int("JAX_PROCESS_ID"))
+  logging.info("job %s, workdir %s, process %d of %d", config.job, _WORKDIR.value,
+               jax.process_index(), jax.process_count())
 
   if config.job == "describe":
     from mrp_jax import describe
     describe.describe(config, _WORKDIR.value)
+  elif config.job == "train":
+    from mrp_jax import train
+    if not config.data.records:
+      sys.exit("mrp_jax: config.data.records is empty: give the folder that "
+               "`python -m input_pipeline.prepare` wrote (--config.data.records=DIR)")
+    train.train_and_evaluate(config, _WORKDIR.value)
   elif config.job == "demo":
     from mrp_jax import demo
     demo.run(config, _WORKDIR.value)
   else:
     sys.exit(f"mrp_jax: config.job={config.job!r} is not available in this version; "
-             "available: describe, demo")
+             "available: describe, train, demo")
+
+
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  return int(value) if value else None
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -1,0 +1,236 @@
+"""One decoded patient record -> one training or evaluation example -> a model batch.
+
+Pure numpy, no Grain: the pipeline (``input_pipeline/pipeline.py``) decides which records flow
+where; this module decides what a record means for a model.
+
+Who trains a model (DESIGN.md section 2):
+
+* ``imr_rhpc``: patients with a Pre-NAT MRI (the Siamese baseline slot is never empty);
+* ``img_rhpc``: patients with a mammogram;
+* ``rhpc``: every patient.
+
+Patients with an unknown label (-1) never train: the response loss needs a label.
+
+Per patient and per draw, training uses one combination of its MRI: (Pre), (Pre, Mid) or
+(Pre, Post) among those present, chosen uniformly; the batch's ``phase`` is the follow-up's
+phase (0 for Pre only). Evaluation is per phase, with one population for every model so that
+models are compared on the same patients:
+
+* ``pre``: every patient (baseline slot: the Pre MRI when present; no follow-up);
+* ``mid``: patients with Pre and Mid MRI (baseline Pre, follow-up Mid);
+* ``post``: patients with Pre and Post MRI (baseline Pre, follow-up Post).
+
+The mammogram is Pre-NAT and used at every phase when present (``mg_mask`` False otherwise).
+
+Batches follow ``mrp_jax.models.dummy_batch`` key for key, with the stored image dtypes kept
+(MRI float16 or int16, mammogram uint16 or float16): the device casts and normalises, so the
+host never widens 40-66 MB volumes to float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from input_pipeline.records import PatientRecord
+from mrp_jax import schema
+from mrp_jax.models import IMAGE_KEYS, MODEL_NAMES
+
+# Evaluation phase name -> (baseline MRI phase, follow-up MRI phase or None).
+EVAL_PHASES = {"pre": ("pre", None), "mid": ("pre", "mid"), "post": ("pre", "post")}
+_FOLLOW_UPS = ("mid", "post")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+  """Shapes and dtypes of the image arrays of every batch, fixed so that the jitted step
+  compiles once (a batch without any MRI still has its zero [b, 2, z, y, x] array).
+
+  Attributes:
+    mri_shape: [z, y, x] voxels of the stored subtraction volumes.
+    mri_dtype: their stored dtype name ('float16' or 'int16').
+    mg_shape: [rows, cols] pixels of the stored mammogram.
+    mg_dtype: its stored dtype name ('uint16' or 'float16').
+  """
+  mri_shape: tuple[int, int, int]
+  mri_dtype: str = "float16"
+  mg_shape: tuple[int, int] = (1024, 512)
+  mg_dtype: str = "uint16"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Example:
+  """A patient with the MRI phases chosen for its two Siamese slots.
+
+  Attributes:
+    record: the decoded patient.
+    baseline: 'pre' when the baseline slot holds the Pre-NAT volume, else None (empty slot).
+    follow_up: 'mid' or 'post' for the follow-up slot, else None (empty slot).
+    phase: the example's phase (schema.Phase value): the evaluation phase, or in training the
+      follow-up's phase (0 for Pre only).
+  """
+  record: PatientRecord
+  baseline: str | None
+  follow_up: str | None
+  phase: int
+
+
+def check_model_name(model_name: str) -> None:
+  if model_name not in MODEL_NAMES:
+    raise ValueError(f"model_name must be one of {MODEL_NAMES}, got {model_name!r}")
+
+
+def check_eval_phase(phase: str) -> None:
+  if phase not in EVAL_PHASES:
+    raise ValueError(f"phase must be one of {tuple(EVAL_PHASES)}, got {phase!r}")
+
+
+def trains(record: PatientRecord, model_name: str) -> bool:
+  """Whether ``record`` is a training patient of ``model_name`` (see the module docstring)."""
+  if record.label not in (0, 1):
+    return False
+  if model_name == "imr_rhpc":
+    return "pre" in record.mri
+  if model_name == "img_rhpc":
+    return record.mg is not None
+  return True
+
+
+def training_combinations(record: PatientRecord) -> tuple[tuple[str | None, str | None], ...]:
+  """The (baseline, follow-up) pairs a training draw may choose for ``record``.
+
+  (Pre) always when Pre is present, (Pre, Mid) and (Pre, Post) when those are too; a follow-up
+  without a Pre baseline is never used. A patient without Pre MRI (rhpc / mammogram models
+  only) has the single combination (None, None).
+  """
+  if "pre" not in record.mri:
+    return ((None, None),)
+  return (("pre", None),) + tuple(("pre", p) for p in _FOLLOW_UPS if p in record.mri)
+
+
+def draw_training_example(record: PatientRecord, rng: np.random.Generator) -> Example:
+  """One uniformly drawn combination of ``record``'s MRI (``rng`` decides; see Grain's
+  random_map, which seeds it from the pipeline seed and the position in the stream)."""
+  combinations = training_combinations(record)
+  baseline, follow_up = combinations[int(rng.integers(len(combinations)))]
+  phase = schema.PHASE_NAMES.index(follow_up) if follow_up else int(schema.Phase.PRE)
+  return Example(record, baseline, follow_up, phase)
+
+
+def evaluates(record: PatientRecord, phase: str, include_unlabeled: bool = False) -> bool:
+  """Whether ``record`` belongs to the evaluation population of ``phase`` (any model)."""
+  if record.label not in (0, 1) and not include_unlabeled:
+    return False
+  baseline, follow_up = EVAL_PHASES[phase]
+  return follow_up is None or (baseline in record.mri and follow_up in record.mri)
+
+
+def eval_example(record: PatientRecord, phase: str) -> Example:
+  """``record`` at evaluation ``phase`` (which :func:`evaluates` accepted)."""
+  baseline, follow_up = EVAL_PHASES[phase]
+  return Example(record, baseline if baseline in record.mri else None, follow_up,
+                 schema.PHASE_NAMES.index(phase))
+
+
+def _image(record: PatientRecord, name: str, array: np.ndarray, shape: tuple[int, ...],
+           dtype: str) -> np.ndarray:
+  # One mismatching patient would otherwise fail deep inside numpy with no name attached.
+  if array.shape != tuple(shape) or array.dtype.name != dtype:
+    raise ValueError(f"patient {record.patient_id}: {name} is {array.dtype.name} "
+                     f"{list(array.shape)}, the batch expects {dtype} {list(shape)} (the "
+                     "manifest's geometry); were these shards prepared with other options?")
+  return array
+
+
+def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
+            batch_size: int | None = None) -> dict[str, np.ndarray]:
+  """Stacks examples into one batch, padded to ``batch_size`` rows.
+
+  Args:
+    examples: at most ``batch_size`` examples.
+    model_name: 'rhpc', 'img_rhpc' or 'imr_rhpc'; decides the image keys.
+    spec: image shapes and dtypes.
+    batch_size: rows of the batch (default ``len(examples)``); rows past the examples are
+      padding: zeros, ``example_mask`` 0, image masks False.
+
+  Returns:
+    b = batch_size:
+    'rhpc' float32 [b, schema.INPUT_DIM]; 'aux_targets', 'aux_masks' float32 [b, AUX_DIM];
+    'label' float32 [b] (1 pCR, 0 non-pCR; -1 only for unlabeled evaluation patients);
+    'example_mask' float32 [b]; 'phase' int32 [b];
+    imr_rhpc: 'mri' [b, 2, z, y, x] (slot 0 baseline Pre, slot 1 follow-up; zeros when
+      absent) in spec.mri_dtype, 'mri_mask' bool [b, 2], 'mri_phase' int32 [b, 2];
+    img_rhpc: 'mg' [b, 1, rows, cols] in spec.mg_dtype, 'mg_mask' bool [b, 1],
+      'mg_phase' int32 [b, 1] (always Phase.PRE).
+  """
+  b = len(examples) if batch_size is None else batch_size
+  if len(examples) > b:
+    raise ValueError(f"{len(examples)} examples do not fit a batch of {b}")
+  n = len(examples)
+  codes = np.full((b, len(schema.VARIABLES)), schema.UNKNOWN, np.int32)
+  values = np.full(codes.shape, np.nan, np.float32)
+  for i, example in enumerate(examples):
+    codes[i] = example.record.rhpc_codes
+    values[i] = example.record.rhpc_values
+  parsed = schema.ParsedRhpc(codes, values)
+  rhpc = schema.model_inputs(parsed)
+  aux_targets, aux_masks = schema.aux_targets(parsed)
+  valid = np.arange(b) < n
+  # Padding rows carry no information at all, not 'every variable Unknown'.
+  rhpc[~valid] = 0.0
+  aux_targets[~valid] = 0.0
+  aux_masks[~valid] = 0.0
+  batch = {
+      "rhpc": rhpc,
+      "aux_targets": aux_targets,
+      "aux_masks": aux_masks,
+      "label": np.zeros((b,), np.float32),
+      "example_mask": valid.astype(np.float32),
+      "phase": np.zeros((b,), np.int32),
+  }
+  for i, example in enumerate(examples):
+    batch["label"][i] = example.record.label
+    batch["phase"][i] = example.phase
+
+  image_key = IMAGE_KEYS[model_name]
+  if image_key == "mri":
+    mri = np.zeros((b, 2, *spec.mri_shape), spec.mri_dtype)
+    mask = np.zeros((b, 2), bool)
+    phases = np.zeros((b, 2), np.int32)
+    for i, example in enumerate(examples):
+      for slot, name in enumerate((example.baseline, example.follow_up)):
+        if name is None:
+          continue
+        mri[i, slot] = _image(example.record, f"MRI {name}", example.record.mri[name],
+                              spec.mri_shape, spec.mri_dtype)
+        mask[i, slot] = True
+      if example.follow_up is not None:  # else PRE (0), as an empty slot's phase
+        phases[i, 1] = schema.PHASE_NAMES.index(example.follow_up)
+    batch.update(mri=mri, mri_mask=mask, mri_phase=phases)
+  elif image_key == "mg":
+    mg = np.zeros((b, 1, *spec.mg_shape), spec.mg_dtype)
+    mask = np.zeros((b, 1), bool)
+    for i, example in enumerate(examples):
+      if example.record.mg is not None:
+        mg[i, 0] = _image(example.record, "mammogram", example.record.mg, spec.mg_shape,
+                          spec.mg_dtype)
+        mask[i, 0] = True
+    batch.update(mg=mg, mg_mask=mask, mg_phase=np.full((b, 1), int(schema.Phase.PRE),
+                                                       np.int32))
+  return batch
+
+
+def payload_bytes(batch: dict[str, np.ndarray]) -> int:
+  """Bytes of real data in ``batch``: present image slots and the rows of real examples
+  (padding rows and empty image slots are not payload)."""
+  rows = batch["example_mask"] > 0
+  total = 0
+  for key, array in batch.items():
+    if key in IMAGE_KEYS.values():
+      mask = batch[f"{key}_mask"]
+      total += int(mask.sum()) * (array[0, 0].nbytes if array.size else 0)
+    else:
+      total += int(rows.sum()) * (array[0].nbytes if array.size else 0)
+  return total

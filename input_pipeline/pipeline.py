@@ -1,0 +1,440 @@
+"""The Grain input pipeline over prepared TFRecord shards: training and evaluation batches.
+
+Training (:func:`train_iterator`), per process::
+
+  shards paths[k::count] -> file order shuffled per epoch, repeated forever
+    -> TFRecordIterDataset per file, interleaved over ``cycle_length`` open files
+    -> window shuffle of the record bytes -> records.decode -> the model's training patients
+    -> one random MRI combination per patient (Grain random_map: seeded by the seed, the
+       process and the position in the stream) -> batches of ``batch_size`` (remainder dropped)
+    -> ``prefetch_batches`` batches prepared ahead in a background thread
+
+The iterator is a ``grain.DatasetIterator``: ``get_state()`` is a small JSON-able dict (file
+offsets, window start, counters; never record bytes) that ``set_state`` or
+``grain.checkpoint.CheckpointRestore`` turns back into exactly the same following batches.
+
+Host memory is the window, not the data set: records are 40-66 MB at full geometry, so Grain's
+defaults (ReadOptions buffers 500 elements) would hold gigabytes. What this pipeline holds, in
+records of one patient (~66 MB at full geometry, ~1.1 MB demo):
+
+* ``shuffle_window`` records in the shuffle window (default 16: ~1 GB at full geometry);
+* per open shard (``cycle_length``, plus the next one opened ahead) up to ``read_buffer`` + 1
+  records in its reader thread (defaults 4 and 1: ~10 records, ~0.7 GB);
+* ``prefetch_batches`` + 1 batches of ``batch_size`` patients (2 volumes each, ~44 MB).
+
+Evaluation (:func:`eval_batches`) is a plain generator: every process reads every shard in
+order, so that every process knows how many patients there are and all yield the same number
+of batches (a multi-host jitted step needs that); eligible patient i belongs to process
+i % count. Shards are CRC-checked while read (tfrecord.iter_records).
+
+``python -m input_pipeline.pipeline --records DIR --model_name imr_rhpc --batch_size 4
+--batches 50`` measures the pipeline next to a plain sequential read of the same shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from input_pipeline import examples, records, tfrecord
+from input_pipeline.examples import BatchSpec
+from mrp_jax.models import MODEL_NAMES
+
+MANIFEST = "manifest.json"
+# Records held for shuffling; RAM = window x record size (~66 MB each at full geometry).
+DEFAULT_SHUFFLE_WINDOW = 16
+# Shards read at once (round robin): consecutive records come from this many shards.
+DEFAULT_CYCLE_LENGTH = 4
+# Records read ahead per open shard by its reader thread. At least 1: with 0, grain 0.2.18's
+# InterleaveIterDataset still starts the reader thread, with an unbounded queue, and the
+# consumer reads the same file object too (misaligned reads, MemoryError; BUILD_NOTES.md).
+DEFAULT_READ_BUFFER = 1
+# Batches assembled ahead in a background thread (0: assembled when asked for).
+DEFAULT_PREFETCH_BATCHES = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards and the manifest
+# ---------------------------------------------------------------------------------------------
+def read_manifest(records_dir: str | os.PathLike) -> dict[str, Any]:
+  """The ``manifest.json`` that ``prepare`` wrote in ``records_dir``."""
+  path = Path(records_dir) / MANIFEST
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist: is {records_dir} a folder written by "
+                            "python -m input_pipeline.prepare?")
+  return json.loads(path.read_text())
+
+
+def split_paths(records_dir: str | os.PathLike, split: str) -> list[str]:
+  """The shard files of ``split`` ('train', 'validation', 'test'), in manifest order.
+
+  Raises:
+    ValueError: for an unknown split or a split without shards.
+    FileNotFoundError: when the manifest or a shard it lists is missing.
+  """
+  if split not in records.SPLITS:
+    raise ValueError(f"split must be one of {records.SPLITS}, got {split!r}")
+  manifest = read_manifest(records_dir)
+  paths = [str(Path(records_dir) / shard["file"]) for shard in manifest["shards"]
+           if shard["split"] == split and shard["records"] > 0]
+  if not paths:
+    raise ValueError(f"{Path(records_dir) / MANIFEST}: no shard holds a {split!r} patient")
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(f"{len(missing)} shards listed in {Path(records_dir) / MANIFEST} "
+                            f"are missing, e.g. {missing[0]}")
+  return paths
+
+
+def batch_spec(records_dir: str | os.PathLike) -> BatchSpec:
+  """Image shapes and dtypes of the records in ``records_dir``, from its manifest."""
+  manifest = read_manifest(records_dir)
+  return BatchSpec(mri_shape=tuple(manifest["mri"]["shape"]),
+                   mri_dtype=manifest["mri"]["dtype"],
+                   mg_shape=tuple(manifest["mammogram"]["shape"]),
+                   mg_dtype=manifest["mammogram"]["dtype"])
+
+
+def _spec_and_counts(paths: Sequence[str], spec: BatchSpec | None
+                     ) -> tuple[BatchSpec, dict[str, int]]:
+  """The batch spec (given, else from the shards' manifest) and records per shard file name
+  (empty when there is no manifest)."""
+  folders = {str(Path(p).parent) for p in paths}
+  manifest = None
+  if len(folders) == 1 and (Path(next(iter(folders))) / MANIFEST).exists():
+    manifest = read_manifest(next(iter(folders)))
+  if spec is None:
+    if manifest is None:
+      raise ValueError(f"no {MANIFEST} beside the shards ({sorted(folders)[:2]}): pass spec= "
+                       "(the MRI and mammogram shapes and dtypes)")
+    spec = batch_spec(next(iter(folders)))
+  counts = {s["file"]: s["records"] for s in manifest["shards"]} if manifest else {}
+  return spec, counts
+
+
+def host_shards(paths: Sequence[str], process_index: int, process_count: int) -> list[str]:
+  """Shards of process ``process_index``: paths[process_index::process_count]."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  mine = list(paths[process_index::process_count])
+  if not mine:
+    raise ValueError(f"{len(paths)} shards cannot feed {process_count} processes (process "
+                     f"{process_index} would get none): prepare with a smaller --shard_size "
+                     "so that every process gets at least one shard")
+  return mine
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def _tagged_records(path: str) -> grain.IterDataset:
+  # Each record travels with its file so that a decode error can name the shard.
+  return grain.experimental.TFRecordIterDataset(path).map(functools.partial(_tag, path))
+
+
+def _tag(path: str, data: bytes) -> tuple[str, bytes]:
+  return path, data
+
+
+def _decode(element: tuple[str, bytes]) -> records.PatientRecord:
+  path, data = element
+  try:
+    return records.decode(data)
+  except records.RecordFormatError as error:
+    raise ValueError(f"{path}: {error}") from None
+
+
+class _TrainingPatients:
+  """The filter of training patients; raises when a process's shards hold none.
+
+  Without the check, a process whose shards hold no eligible patient (an MRI model on
+  mammogram-only shards) would read its shards forever. The rejected set resets at every
+  accepted record, so it fills only when every local record was rejected in a row.
+  """
+
+  def __init__(self, model_name: str, shards: Sequence[str], num_records: int | None):
+    self._model_name = model_name
+    self._shards = list(shards)
+    self._num_records = num_records
+    self._rejected: set[str] = set()
+
+  def __call__(self, record: records.PatientRecord) -> bool:
+    if examples.trains(record, self._model_name):
+      self._rejected.clear()
+      return True
+    self._rejected.add(record.patient_id)
+    if self._num_records is not None and len(self._rejected) >= self._num_records:
+      needs = {"imr_rhpc": "a Pre-NAT MRI and ", "img_rhpc": "a mammogram and "}
+      raise ValueError(
+          f"none of the {self._num_records} patients in {len(self._shards)} shards "
+          f"({self._shards[0]}, ...) can train {self._model_name!r}: it needs "
+          f"{needs.get(self._model_name, '')}a pCR label")
+    return False
+
+
+def _seeds(seed: int, process_index: int) -> tuple[int, int, int]:
+  """Independent 31-bit seeds (file order, window shuffle, combinations) per process.
+
+  31 bits: Grain adds the window / epoch number to a seed and needs the sum to stay 32-bit."""
+  state = np.random.SeedSequence([seed, process_index]).generate_state(3)
+  return tuple(int(s) >> 1 for s in state)
+
+
+def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, seed: int,
+                  shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
+                  process_count: int = 1, spec: BatchSpec | None = None,
+                  cycle_length: int = DEFAULT_CYCLE_LENGTH,
+                  read_buffer: int = DEFAULT_READ_BUFFER,
+                  prefetch_batches: int = DEFAULT_PREFETCH_BATCHES) -> grain.IterDataset:
+  """The endless training dataset of one process (see :func:`train_iterator`)."""
+  examples.check_model_name(model_name)
+  for name, value, low in (("batch_size", batch_size, 1), ("shuffle_window", shuffle_window, 1),
+                           ("cycle_length", cycle_length, 1), ("read_buffer", read_buffer, 1),
+                           ("prefetch_batches", prefetch_batches, 0)):
+    if value < low:
+      raise ValueError(f"{name} must be >= {low}, got {value}")
+  mine = host_shards(paths, process_index, process_count)
+  spec, counts = _spec_and_counts(paths, spec)
+  local_records = (sum(counts[Path(p).name] for p in mine)
+                   if all(Path(p).name in counts for p in mine) else None)
+  file_seed, window_seed, draw_seed = _seeds(seed, process_index)
+
+  # MapDataset.shuffle mixes the epoch into its seed: another shard order every epoch.
+  files = grain.MapDataset.source(mine).shuffle(seed=file_seed).repeat(None)
+  ds = grain.experimental.InterleaveIterDataset(
+      files.map(_tagged_records), cycle_length=min(cycle_length, len(mine)),
+      iter_buffer_size=read_buffer)
+  # Shuffled as bytes: decoding only what leaves the window costs no more RAM (a record's
+  # bytes are its arrays) and no decode is wasted on a window being refilled after a restore.
+  ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
+                                                   seed=window_seed)
+  ds = ds.map(_decode).filter(_TrainingPatients(model_name, mine, local_records))
+  ds = ds.random_map(examples.draw_training_example, seed=draw_seed)
+  ds = ds.batch(batch_size, drop_remainder=True,
+                batch_fn=functools.partial(examples.collate, model_name=model_name, spec=spec))
+  if prefetch_batches:
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
+  return ds
+
+
+def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, seed: int,
+                   shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
+                   process_count: int = 1, spec: BatchSpec | None = None,
+                   cycle_length: int = DEFAULT_CYCLE_LENGTH,
+                   read_buffer: int = DEFAULT_READ_BUFFER,
+                   prefetch_batches: int = DEFAULT_PREFETCH_BATCHES) -> grain.DatasetIterator:
+  """Endless training batches of one process, checkpointable.
+
+  Args:
+    paths: every training shard (all processes pass the same list, e.g. from
+      :func:`split_paths`); process k reads paths[k::process_count].
+    model_name: 'rhpc', 'img_rhpc' or 'imr_rhpc' (decides the patients and the image keys).
+    batch_size: this process's batch (the global batch / process_count).
+    seed: the data seed; with the process index it seeds shard order, window shuffle and the
+      MRI combination drawn for each patient.
+    shuffle_window: records shuffled together; RAM = window x record size.
+    process_index, process_count: this process and the number of processes.
+    spec: image shapes and dtypes; default: from the manifest beside the shards.
+    cycle_length: shards read at once.
+    read_buffer: records read ahead per open shard by its reader thread (>= 1, see
+      DEFAULT_READ_BUFFER).
+    prefetch_batches: batches assembled ahead in a background thread (0: none).
+
+  Returns:
+    A grain.DatasetIterator of batch dicts (:func:`examples.collate`; 'phase' is the
+    follow-up's phase, 0 for Pre only), with get_state / set_state. Call its ``close()``
+    when done: it stops the reader and batch threads. (Grain's iterators hold reference
+    cycles; left for the interpreter's exit, their __del__ prints ignored exceptions.)
+
+  Raises:
+    ValueError: bad arguments, fewer shards than processes; while iterating, a record that
+      does not decode (naming the shard) or shards with no training patient for the model.
+  """
+  return iter(train_dataset(
+      paths, model_name=model_name, batch_size=batch_size, seed=seed,
+      shuffle_window=shuffle_window, process_index=process_index, process_count=process_count,
+      spec=spec, cycle_length=cycle_length, read_buffer=read_buffer,
+      prefetch_batches=prefetch_batches))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+def eval_batches(paths: Sequence[str], *, model_name: str, phase: str, batch_size: int,
+                 process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
+                 include_unlabeled: bool = False
+                 ) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
+  """Every evaluation patient of ``phase`` exactly once, in shard order.
+
+  Args:
+    paths: the shards of the evaluated split, in order (every process passes the same list).
+    model_name: decides the image keys of the batches.
+    phase: 'pre' (every patient), 'mid' (Pre and Mid MRI) or 'post' (Pre and Post MRI): the
+      same population for every model.
+    batch_size: this process's batch.
+    process_index, process_count: eligible patient i goes to process i % process_count; every
+      process yields the same number of batches (trailing ones may be all padding).
+    spec: image shapes and dtypes; default: from the manifest beside the shards.
+    include_unlabeled: also yield patients with label -1 (for prediction; their 'label' is -1).
+
+  Yields:
+    (batch, patient_ids): the batch as :func:`examples.collate` pads it ('phase' = the
+    evaluation phase), and the pseudonym of every row, '' for padding rows.
+
+  Raises:
+    tfrecord.CorruptRecordError: a damaged shard (file and byte offset named).
+    ValueError: a record that does not decode (shard and offset named).
+  """
+  examples.check_model_name(model_name)
+  examples.check_eval_phase(phase)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  if not paths:
+    raise ValueError("eval_batches: no shards given")
+  spec, _ = _spec_and_counts(paths, spec)
+  # Arguments are checked above, at the call; the batches are read when iterated.
+  return _eval_batches(list(paths), model_name, phase, batch_size, process_index,
+                       process_count, spec, include_unlabeled)
+
+
+def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int,
+                  process_index: int, process_count: int, spec: BatchSpec,
+                  include_unlabeled: bool
+                  ) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
+  collate = functools.partial(examples.collate, model_name=model_name, spec=spec,
+                              batch_size=batch_size)
+
+  def emit(pending: list[examples.Example]):
+    ids = [e.record.patient_id for e in pending] + [""] * (batch_size - len(pending))
+    return collate(pending), ids
+
+  pending: list[examples.Example] = []
+  eligible = batches = 0
+  for path in paths:
+    for offset, data in tfrecord.iter_records(path):
+      try:
+        record = records.decode(data)
+      except records.RecordFormatError as error:
+        raise ValueError(f"{path}: record at byte offset {offset}: {error}") from None
+      if not examples.evaluates(record, phase, include_unlabeled):
+        continue
+      mine = eligible % process_count == process_index
+      eligible += 1
+      if mine:
+        pending.append(examples.eval_example(record, phase))
+        if len(pending) == batch_size:
+          yield emit(pending)
+          batches += 1
+          pending = []
+  # Process 0 holds the most patients; every process pads up to its number of batches.
+  total = math.ceil(math.ceil(eligible / process_count) / batch_size)
+  while batches < total:
+    yield emit(pending)
+    batches += 1
+    pending = []
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput: the pipeline next to a plain sequential read
+# ---------------------------------------------------------------------------------------------
+def plain_read_rate(paths: Sequence[str], min_seconds: float = 2.0) -> tuple[float, float]:
+  """(MB/s, records/s) of reading ``paths`` sequentially, np.frombuffer per record, in whole
+  passes until ``min_seconds`` passed, after one untimed pass (page cache and allocator
+  warm, as for the pipeline). MB = 1e6 bytes of record data."""
+  nbytes = nrecords = 0
+  start = None
+  while True:
+    for path in paths:
+      for _, data in tfrecord.iter_records(path, verify=False):
+        nbytes += np.frombuffer(data, np.uint8).nbytes
+        nrecords += 1
+    if start is None:
+      nbytes = nrecords = 0
+      start = time.perf_counter()
+      continue
+    seconds = time.perf_counter() - start
+    if seconds >= min_seconds:
+      return nbytes / seconds / 1e6, nrecords / seconds
+
+
+def pipeline_rate(iterator: grain.DatasetIterator, num_batches: int, warmup: int = 2,
+                  step_seconds: float = 0.0) -> tuple[float, float]:
+  """(payload MB/s, examples/s) of ``num_batches`` batches after ``warmup`` untimed ones.
+
+  Payload (examples.payload_bytes) counts the image slots and rows a model receives.
+  ``step_seconds`` stands in for a train step after each batch: a sleep, which releases the
+  GIL as waiting for an accelerator does, so background threads can overlap with it."""
+  for _ in range(warmup):
+    next(iterator)
+  nbytes = nexamples = 0
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    batch = next(iterator)
+    nbytes += examples.payload_bytes(batch)
+    nexamples += int(batch["example_mask"].sum())
+    if step_seconds:
+      time.sleep(step_seconds)
+  seconds = time.perf_counter() - start
+  return nbytes / seconds / 1e6, nexamples / seconds
+
+
+# Thread configurations compared by the benchmark: (read_buffer, prefetch_batches). Reader
+# threads cannot be turned off (see DEFAULT_READ_BUFFER); the batch thread can.
+_THREADS = {"read": (1, 0), "read+batch": (1, DEFAULT_PREFETCH_BATCHES),
+            "read4+batch": (4, DEFAULT_PREFETCH_BATCHES)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog="python -m input_pipeline.pipeline",
+      description="Training pipeline throughput next to a plain sequential read of the shards.")
+  parser.add_argument("--records", required=True, type=Path, help="folder written by prepare")
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--model_name", default="imr_rhpc", choices=MODEL_NAMES)
+  parser.add_argument("--batch_size", type=int, default=4)
+  parser.add_argument("--batches", type=int, default=50, help="timed batches per config")
+  parser.add_argument("--shuffle_window", type=int, default=DEFAULT_SHUFFLE_WINDOW)
+  parser.add_argument("--cycle_length", type=int, default=DEFAULT_CYCLE_LENGTH)
+  parser.add_argument("--threads", nargs="+", default=list(_THREADS), choices=list(_THREADS),
+                      help="pipeline thread configurations to time")
+  parser.add_argument("--step_ms", type=float, default=0.0,
+                      help="simulated train step per batch (sleep), to see prefetch overlap")
+  args = parser.parse_args(argv)
+  paths = split_paths(args.records, args.split)
+  plain_mb, plain_records = plain_read_rate(paths)
+  print(f"plain read        {plain_mb:8.1f} MB/s  {plain_records:8.1f} records/s "
+        f"({len(paths)} shards, records + np.frombuffer)")
+  for name in args.threads:
+    read_buffer, prefetch = _THREADS[name]
+    iterator = train_iterator(
+        paths, model_name=args.model_name, batch_size=args.batch_size, seed=0,
+        shuffle_window=args.shuffle_window, cycle_length=args.cycle_length,
+        read_buffer=read_buffer, prefetch_batches=prefetch)
+    mb, rate = pipeline_rate(iterator, args.batches, step_seconds=args.step_ms / 1e3)
+    iterator.close()
+    # Grain's iterators form reference cycles; collected at interpreter exit, their __del__
+    # prints ignored exceptions (modules already torn down). Collect them now.
+    del iterator
+    gc.collect()
+    print(f"pipeline {name:<10} {mb:8.1f} MB/s  {rate:8.1f} examples/s "
+          f"(payload; read_buffer={read_buffer}, prefetch_batches={prefetch}, "
+          f"step {args.step_ms:g} ms)")
+  plain_mb, plain_records = plain_read_rate(paths)  # the machine may be shared: drift check
+  print(f"plain read again  {plain_mb:8.1f} MB/s  {plain_records:8.1f} records/s")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,81 @@
+"""Predictions for every patient of a split at one phase, on any number of devices and hosts.
+
+Each process reads its share of the records (pipeline.eval_batches), the jitted eval step runs
+on global arrays, and the per-patient results are gathered on every process. Patients travel as
+integers (their pseudonym 'P' + 12 hex digits read as a number) so they can be gathered like any
+other array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from input_pipeline import pipeline
+from mrp_jax import sharding
+from mrp_jax.schema import PHASE_NAMES
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """patient_ids [N] str; probability [N] (pCR); label [N] (1/0); image_probability [N] or None
+  (the knowledge predictor's image-only estimate)."""
+  patient_ids: np.ndarray
+  probability: np.ndarray
+  label: np.ndarray
+  image_probability: np.ndarray | None
+
+
+def patient_number(patient_id: str) -> int:
+  return int(patient_id[1:], 16) if patient_id else -1
+
+
+def patient_string(number: int) -> str:
+  return f"P{number:012x}"
+
+
+def make_eval_step(model: nn.Module, prepare: Callable[[Any], Any]) -> Callable[..., Any]:
+  def eval_step(params, batch_stats, batch):
+    outputs = model.apply({"params": params, "batch_stats": batch_stats}, prepare(batch),
+                          train=False)
+    result = {"probability": jax.nn.sigmoid(outputs["logit"])}
+    if "image_logit" in outputs:
+      result["image_probability"] = jax.nn.sigmoid(outputs["image_logit"])
+    return result
+  return eval_step
+
+
+def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *,
+            model_name: str, phase: str, batch_size: int) -> Predictions:
+  """Runs ``eval_step`` (jitted) over every eligible patient of ``paths`` at ``phase``."""
+  if phase not in PHASE_NAMES:
+    raise ValueError(f"phase must be one of {PHASE_NAMES}, got {phase!r}")
+  local = sharding.local_batch_size(batch_size)
+  rows = []
+  for batch, ids in pipeline.eval_batches(paths, model_name=model_name, phase=phase,
+                                          batch_size=local,
+                                          process_index=jax.process_index(),
+                                          process_count=jax.process_count()):
+    numbers = np.asarray([patient_number(i) for i in ids], np.int64)
+    out = eval_step(state.params, state.batch_stats, sharding.global_batch(batch, mesh))
+    out = {k: multihost_utils.process_allgather(v, tiled=True) for k, v in out.items()}
+    gathered = multihost_utils.process_allgather(
+        {"id": numbers, "label": batch["label"], "mask": batch["example_mask"]}, tiled=True)
+    rows.append({**{k: np.asarray(v) for k, v in out.items()}, **gathered})
+  if not rows:
+    return Predictions(np.zeros((0,), str), np.zeros((0,)), np.zeros((0,)), None)
+  merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+  keep = merged["mask"] > 0
+  order = np.argsort(merged["id"][keep], kind="stable")
+  pick = lambda k: merged[k][keep][order]
+  return Predictions(
+      patient_ids=np.asarray([patient_string(n) for n in pick("id")]),
+      probability=pick("probability").astype(np.float64),
+      label=pick("label").astype(np.int64),
+      image_probability=(pick("image_probability").astype(np.float64)
+                         if "image_probability" in merged else None))

@@ -1,0 +1,219 @@
+"""The `train` job: records -> a trained model, its best checkpoint and validation metrics.
+
+Reads top to bottom: mesh, input, model and optimizer, state (resumed, pretrained or fresh),
+compiled steps, the loop (log, validate, checkpoint), the end. The same code runs on one CPU,
+on N local devices and on several hosts (main.py initialises jax.distributed).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from sklearn.metrics import roc_auc_score
+
+from input_pipeline import pipeline
+from mrp_jax import augment, checkpoint, inference, models, pretrained, sharding, train_step
+from mrp_jax.metric_log import MetricLog
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss term or norm became NaN or infinite."""
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+  bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+  if bad:
+    name = next(iter(sorted(bad, key=lambda k: (not k.startswith("loss"), k))))
+    raise NonFiniteLossError(f"step {step}: {name} = {bad[name]} (non-finite: {sorted(bad)}); "
+                             "training stopped; lower the learning rate or check the inputs")
+
+
+def _check_records(config: ml_collections.ConfigDict, manifest: dict[str, Any]) -> None:
+  """The records' geometry must be what the config expects, field by field."""
+  problems = []
+  if config.model.name == "imr_rhpc" and tuple(manifest["mri"]["shape"]) != tuple(
+      config.data.mri_shape):
+    problems.append(f"config.data.mri_shape={tuple(config.data.mri_shape)} but the records "
+                    f"hold {tuple(manifest['mri']['shape'])}")
+  if config.model.name == "img_rhpc" and tuple(manifest["mammogram"]["shape"]) != tuple(
+      config.data.mg_shape):
+    problems.append(f"config.data.mg_shape={tuple(config.data.mg_shape)} but the records hold "
+                    f"{tuple(manifest['mammogram']['shape'])}")
+  if problems:
+    raise ValueError(f"{config.data.records}: " + "; ".join(problems))
+
+
+def augment_options(config: ml_collections.ConfigDict) -> augment.AugmentOptions:
+  fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.augment.items()}
+  return augment.AugmentOptions(**fields)
+
+
+def make_preprocess(config: ml_collections.ConfigDict) -> Callable[[Any, jax.Array], Any]:
+  options = augment_options(config)
+
+  def preprocess(batch, key):
+    return augment.augment_batch(augment.prepare_images(batch), key, options)
+  return preprocess
+
+
+def validate(eval_step, state, mesh, paths: list[str], config) -> dict[str, float]:
+  """Validation AUROC per phase and their mean ('val/auroc', NaN when no phase has both
+  classes)."""
+  out, aurocs = {}, []
+  for phase in config.eval.phases:
+    predictions = inference.predict(eval_step, state, mesh, paths,
+                                    model_name=config.model.name, phase=phase,
+                                    batch_size=config.eval.batch_size)
+    out[f"val/n/{phase}"] = len(predictions.label)
+    if len(set(predictions.label.tolist())) == 2:
+      auroc = roc_auc_score(predictions.label, predictions.probability)
+      out[f"val/auroc/{phase}"] = auroc
+      aurocs.append(auroc)
+  out["val/auroc"] = float(np.mean(aurocs)) if aurocs else math.nan
+  return out
+
+
+def _plateau(state: train_step.TrainState, auroc: float, config) -> train_step.TrainState:
+  """The paper's ReduceLROnPlateau(factor, patience) on validation AUROC, in the state."""
+  best, bad = (float(v) for v in jax.device_get(state.plateau))
+  if math.isnan(auroc):
+    return state
+  if auroc > best:
+    best, bad = auroc, 0
+  else:
+    bad += 1
+  scale = state.lr_scale
+  if bad > config.train.plateau_patience:
+    scale, bad = scale * config.train.plateau_factor, 0
+  return state.replace(lr_scale=scale, plateau=jnp.asarray([best, bad], jnp.float32))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       stop_after: int | None = None) -> dict[str, Any]:
+  """Trains config.model on config.data.records; returns the final summary (also final.json).
+
+  Args:
+    stop_after: for tests: raise after this many steps of this run, as a crash would.
+  """
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  log = MetricLog(workdir)
+
+  # ---- mesh -----------------------------------------------------------------------------------
+  mesh = sharding.make_mesh()
+  logging.info("mesh: %d devices on %d processes", mesh.size, jax.process_count())
+
+  # ---- input ----------------------------------------------------------------------------------
+  records = Path(config.data.records)
+  manifest = json.loads((records / "manifest.json").read_text())
+  _check_records(config, manifest)
+  train_paths = pipeline.split_paths(records, "train")
+  val_paths = pipeline.split_paths(records, "validation")
+  local_batch = sharding.local_batch_size(config.train.batch_size)
+  data = pipeline.train_iterator(
+      train_paths, model_name=config.model.name, batch_size=local_batch, seed=config.seed,
+      shuffle_window=config.data.shuffle_window, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+  # ---- model and optimizer --------------------------------------------------------------------
+  model = models.create_model(config.model)
+  optimizer = train_step.create_optimizer(config.train)
+  schedule = train_step.learning_rate_schedule(config.train)
+  example = models.dummy_batch(config.model.name, 1, tuple(config.data.mri_shape),
+                               tuple(config.data.mg_shape))
+  init = functools.partial(train_step.init_state, model, example, optimizer)
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
+  shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,
+                                       config.mesh.fsdp_min_size)
+
+  # ---- state: resume > pretrained > scratch ---------------------------------------------------
+  checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore(checkpoint.abstract_with_shardings(abstract, shardings), data)
+    logging.info("resumed from step %d", int(state.step))
+    print(f"train: resumed from step {int(state.step)} in {workdir}", flush=True)
+  else:
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+    if config.model.pretrained:
+      variables = pretrained.load_encoder(
+          config.model.pretrained, {"params": jax.device_get(state.params),
+                                    "batch_stats": jax.device_get(state.batch_stats)})
+      state = jax.device_put(state.replace(params=variables["params"],
+                                           batch_stats=variables["batch_stats"]), shardings)
+
+  # ---- compiled steps -------------------------------------------------------------------------
+  step_fn = jax.jit(
+      train_step.make_train_step(model, optimizer, config.loss, schedule,
+                                 preprocess=make_preprocess(config)),
+      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  eval_step = jax.jit(inference.make_eval_step(model, augment.prepare_images))
+
+  # ---- loop -----------------------------------------------------------------------------------
+  try:
+    state = _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log,
+                  stop_after)
+  finally:
+    checkpoints.wait()  # a save in flight completes, even when the loop raised
+
+  # ---- end ------------------------------------------------------------------------------------
+  best_step = checkpoints.best_step()
+  summary = {"model": models.DISPLAY_NAMES[config.model.name], "steps": int(state.step),
+             "best_step": best_step,
+             "best_validation": checkpoints.best.metrics(best_step) if best_step else None}
+  if jax.process_index() == 0:
+    (workdir / "final.json").write_text(json.dumps(summary, indent=1))
+  checkpoints.close()
+  log.close()
+  print(f"train: done: {json.dumps(summary)}", flush=True)
+  return summary
+
+
+def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log,
+          stop_after):
+  """Steps from state.step to config.train.num_steps: log, validate, checkpoint."""
+  t = config.train
+  first = int(state.step)
+  pending: tuple[int, Any] | None = None
+  clock, clock_step = time.perf_counter(), first
+  for step in range(first + 1, t.num_steps + 1):
+    if stop_after is not None and step - first > stop_after:
+      raise RuntimeError(f"stopped after step {step - 1} (stop_after={stop_after})")
+    batch = sharding.global_batch(next(data), mesh)
+    state, metrics = step_fn(state, batch)
+    if pending is not None:  # one step late, so the host never waits for the device
+      _check_finite(*pending)
+    pending = (step, metrics)
+    if step % t.log_every_steps == 0 or step == t.num_steps:
+      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      _check_finite(step, values)
+      pending = None
+      now = time.perf_counter()
+      values["perf/examples_per_s"] = (step - clock_step) * t.batch_size / (now - clock)
+      clock, clock_step = now, step
+      log.write(step, values)
+    if step % t.eval_every_steps == 0 or step == t.num_steps:
+      if pending is not None:
+        _check_finite(pending[0], {k: float(v) for k, v in jax.device_get(pending[1]).items()})
+        pending = None
+      val = validate(eval_step, state, mesh, val_paths, config)
+      log.write(step, val)
+      auroc = val["val/auroc"]
+      if t.optimizer == "paper":
+        state = _plateau(state, auroc, config)
+      checkpoints.save_best(step, state, {"auroc": -1.0 if math.isnan(auroc) else auroc,
+                                          **{k: v for k, v in val.items()
+                                             if not math.isnan(v)}})
+    if step % t.checkpoint_every_steps == 0 or step == t.num_steps:
+      checkpoints.save(step, state, data)
+  return state

@@ -1,0 +1,64 @@
+"""One iMRrhpc train step on 1 device, on 4 devices, and on 4 devices with FSDP, for
+tests/test_train.py (a subprocess: the device count is fixed when JAX starts).
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/sharded_step.py
+
+Prints one JSON line: per setting, the step's metrics, a checksum of the new parameters, and
+how many state leaves ended up sharded.
+"""
+
+import functools
+import json
+
+import jax
+import numpy as np
+
+from configs import imr_rhpc
+from mrp_jax import models, sharding, train, train_step
+from mrp_jax.schema import Phase
+
+
+def run(devices: int, fsdp: bool) -> dict:
+  config = imr_rhpc.get_config("tiny")
+  config.mesh.fsdp, config.mesh.fsdp_min_size = fsdp, 256
+  # Smaller than 'tiny': three SPMD compilations of the step must stay cheap on CPU.
+  config.data.mri_shape = (8, 8, 16)
+  config.model.encoder.width = 4
+  config.model.head_dim = config.model.rhpc_hidden_dim = 16
+  mesh = sharding.make_mesh(jax.devices()[:devices])
+  model = models.create_model(config.model)
+  optimizer = train_step.create_optimizer(config.train)
+  shape = tuple(config.data.mri_shape)
+  init = functools.partial(train_step.init_state, model, models.dummy_batch("imr_rhpc", 1, shape),
+                           optimizer)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+
+  rng = np.random.default_rng(0)
+  batch = models.dummy_batch("imr_rhpc", 4, shape)
+  batch["mri"] = rng.normal(size=batch["mri"].shape).astype(np.float16)
+  batch["mri_mask"][0, 1] = False  # one Pre-only patient
+  batch["mri"][0, 1] = 0
+  batch["mri_phase"][:] = [Phase.PRE, Phase.POST]
+  batch["label"] = np.array([1, 0, 1, 0], np.float32)
+  batch["phase"] = np.full((4,), Phase.POST, np.int32)
+  step = jax.jit(train_step.make_train_step(model, optimizer, config.loss,
+                                            preprocess=train.make_preprocess(config)),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)))
+  state, metrics = step(state, sharding.global_batch(batch, mesh))
+  leaves = jax.tree.leaves(state.params)
+  sharded = sum(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state))
+  return {
+      "devices": mesh.size,
+      "metrics": {k: float(v) for k, v in jax.device_get(metrics).items()},
+      "param_checksum": float(sum(np.abs(np.asarray(p, np.float64)).sum() for p in leaves)),
+      "sharded_leaves": int(sharded),
+  }
+
+
+if __name__ == "__main__":
+  jax.config.update("jax_default_matmul_precision", "highest")
+  assert jax.device_count() == 4, jax.devices()
+  print(json.dumps({"one": run(1, False), "four": run(4, False), "fsdp": run(4, True)}))

@@ -1,0 +1,306 @@
+"""The Grain input pipeline: the batch contract, training draws, determinism, per-host shards,
+checkpointable iterator state (also through Orbax) and the evaluation populations."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from input_pipeline import examples, pipeline, records, tfrecord
+from mrp_jax import schema
+from mrp_jax.models import MODEL_NAMES, dummy_batch
+
+MRI_SHAPE = (4, 4, 8)
+MG_SHAPE = (8, 4)
+AGE = [v.name for v in schema.VARIABLES].index("age")
+AGE_COLUMN = schema.INPUT_SLICES[AGE][0]
+
+# (MRI phases, mammogram, label) per patient; the patient's index is its position here.
+COHORT = [
+    (("pre", "mid", "post"), True, 1),
+    (("pre",), False, 0),
+    (("pre", "mid"), True, 0),
+    (("pre", "post"), False, 1),
+    ((), True, 0),                      # mammogram + rhpc only
+    ((), False, 1),                     # rhpc only
+    (("mid",), True, 0),                # follow-up without a Pre baseline
+    (("pre", "mid", "post"), False, 0),
+    (("pre", "mid", "post"), True, -1),  # unknown label: never trains, not evaluated
+    (("pre", "post"), True, 0),
+    (("pre",), True, 1),
+    (("pre", "mid"), False, 1),
+]
+NUM_SHARDS = 4
+
+
+def _voxel(index: int, phase: str) -> float:
+  """The value filling patient ``index``'s ``phase`` volume (exact in float16)."""
+  return float(index * 4 + schema.PHASE_NAMES.index(phase) + 1)
+
+
+def _record(index: int) -> records.PatientRecord:
+  phases, has_mg, label = COHORT[index]
+  codes = np.full(len(schema.VARIABLES), schema.UNKNOWN, np.int32)
+  values = np.full(len(schema.VARIABLES), np.nan, np.float32)
+  codes[AGE], values[AGE] = 0, 20 + index  # the age tells the patient apart in a batch
+  return records.PatientRecord(
+      patient_id=f"P{index:012x}", split="train", label=label,
+      mri={p: np.full(MRI_SHAPE, _voxel(index, p), np.float16) for p in phases},
+      mg=np.full(MG_SHAPE, 100 + index, np.uint16) if has_mg else None,
+      rhpc_raw=("",) * len(schema.VARIABLES), rhpc_codes=codes, rhpc_values=values,
+      spacing_mm=(4.0, 4.0, 4.0) if phases else None)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[str]:
+  """NUM_SHARDS shards (patients dealt round robin) and a manifest, as prepare writes them."""
+  folder = tmp_path_factory.mktemp("records")
+  entries, paths = [], []
+  for s in range(NUM_SHARDS):
+    name = f"train-{s:05d}-of-{NUM_SHARDS:05d}.tfrecord"
+    members = range(s, len(COHORT), NUM_SHARDS)
+    with tfrecord.TFRecordWriter(folder / name) as writer:
+      for i in members:
+        writer.write(records.encode(_record(i)))
+    entries.append({"file": name, "split": "train", "records": len(members)})
+    paths.append(str(folder / name))
+  manifest = {"mri": {"shape": list(MRI_SHAPE), "dtype": "float16"},
+              "mammogram": {"shape": list(MG_SHAPE), "dtype": "uint16"},
+              "shards": entries + [{"file": "test-00000-of-00001.tfrecord", "split": "test",
+                                    "records": 0}]}
+  (folder / pipeline.MANIFEST).write_text(json.dumps(manifest))
+  return paths
+
+
+def _patient(batch, row: int) -> int:
+  return int(np.rint(batch["rhpc"][row, AGE_COLUMN] * 10 + 50)) - 20
+
+
+def _rows(batch):
+  """(patient index, follow-up phase name or None) of every real row."""
+  out = []
+  for row in range(len(batch["label"])):
+    if batch["example_mask"][row] == 0:
+      continue
+    index = _patient(batch, row)
+    follow_up = schema.PHASE_NAMES[batch["phase"][row]] if batch["phase"][row] else None
+    out.append((index, follow_up))
+  return out
+
+
+def _train(shards, model_name="imr_rhpc", seed=0, **kwargs):
+  kwargs.setdefault("batch_size", 3)
+  kwargs.setdefault("shuffle_window", 4)
+  return pipeline.train_iterator(shards, model_name=model_name, seed=seed, **kwargs)
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+def test_split_paths_and_spec(shards):
+  folder = Path(shards[0]).parent
+  assert pipeline.split_paths(folder, "train") == shards
+  with pytest.raises(ValueError, match="no shard holds a 'test' patient"):
+    pipeline.split_paths(folder, "test")
+  with pytest.raises(ValueError, match="split must be one of"):
+    pipeline.split_paths(folder, "tain")
+  assert pipeline.batch_spec(folder) == examples.BatchSpec(MRI_SHAPE, "float16", MG_SHAPE,
+                                                            "uint16")
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_batches_follow_the_model_contract(shards, model_name):
+  reference = dummy_batch(model_name, 3, mri_shape=MRI_SHAPE, mg_shape=MG_SHAPE)
+  dtypes = {"mri": np.float16, "mg": np.uint16, "mri_mask": bool, "mg_mask": bool,
+            "mri_phase": np.int32, "mg_phase": np.int32, "phase": np.int32}
+  iterator = _train(shards, model_name)
+  train = next(iterator)
+  iterator.close()
+  evaluation, ids = next(pipeline.eval_batches(shards, model_name=model_name, phase="mid",
+                                               batch_size=3))
+  assert len(ids) == 3
+  for batch in (train, evaluation):
+    assert set(batch) == set(reference) | {"phase"}
+    for key, value in batch.items():
+      expected_shape = reference[key].shape if key in reference else (3,)
+      assert value.shape == expected_shape, key
+      assert value.dtype == dtypes.get(key, np.float32), key
+
+
+def test_training_draws_every_available_combination_and_nothing_else(shards):
+  iterator = _train(shards, "imr_rhpc", batch_size=4)
+  seen = collections.defaultdict(set)
+  for batch in _take(iterator, 60):
+    for row, (index, follow_up) in enumerate(_rows(batch)):
+      phases = COHORT[index][0]
+      seen[index].add(follow_up)
+      # Baseline slot: this patient's Pre volume; follow-up slot: the drawn phase or empty.
+      assert batch["mri_mask"][row, 0] and np.all(batch["mri"][row, 0] == _voxel(index, "pre"))
+      assert batch["mri_phase"][row, 0] == schema.Phase.PRE
+      if follow_up is None:
+        assert not batch["mri_mask"][row, 1] and not batch["mri"][row, 1].any()
+      else:
+        assert follow_up in phases
+        assert batch["mri_mask"][row, 1]
+        assert np.all(batch["mri"][row, 1] == _voxel(index, follow_up))
+        assert batch["mri_phase"][row, 1] == schema.PHASE_NAMES.index(follow_up)
+      assert batch["label"][row] == COHORT[index][2]
+  iterator.close()
+  trainable = {i for i, (phases, _, label) in enumerate(COHORT) if "pre" in phases and label >= 0}
+  # No patient without Pre MRI (4, 5, 6) or without a label (8) trains the MRI model.
+  assert set(seen) == trainable
+  for index in trainable:
+    expected = {None} | {p for p in ("mid", "post") if p in COHORT[index][0]}
+    assert seen[index] == expected, index
+
+
+@pytest.mark.parametrize("model_name, expected", [
+    ("img_rhpc", {i for i, (_, mg, label) in enumerate(COHORT) if mg and label >= 0}),
+    ("rhpc", {i for i, (_, _, label) in enumerate(COHORT) if label >= 0}),
+])
+def test_training_patients_per_model(shards, model_name, expected):
+  iterator = _train(shards, model_name, batch_size=4)
+  seen = {index for batch in _take(iterator, 12) for index, _ in _rows(batch)}
+  iterator.close()
+  assert seen == expected
+
+
+def test_fixed_seed_repeats_and_another_seed_differs(shards):
+  first, second, other = (_train(shards, seed=s) for s in (7, 7, 8))
+  a, b, c = _take(first, 6), _take(second, 6), _take(other, 6)
+  for iterator in (first, second, other):
+    iterator.close()
+  _assert_same_batches(a, b)
+  assert any(not np.array_equal(x["rhpc"], y["rhpc"]) or not np.array_equal(x["mri"], y["mri"])
+             for x, y in zip(a, c))
+
+
+def test_per_host_shards_cover_every_patient_once(shards):
+  seen = []
+  for process_index in range(2):
+    iterator = _train(shards, "rhpc", batch_size=2, process_index=process_index,
+                      process_count=2)
+    seen.append({index for batch in _take(iterator, 20) for index, _ in _rows(batch)})
+    iterator.close()
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == {i for i, (_, _, label) in enumerate(COHORT) if label >= 0}
+  with pytest.raises(ValueError, match="4 shards cannot feed 5 processes"):
+    _train(shards, process_index=4, process_count=5)
+
+
+def test_iterator_state_round_trip(shards):
+  iterator = _train(shards)
+  _take(iterator, 5)  # past a few shuffle windows and an epoch of some shards
+  state = iterator.get_state()
+  expected = _take(iterator, 6)
+  iterator.close()
+  restored = _train(shards)
+  restored.set_state(json.loads(json.dumps(state)))  # the state survives JSON as Orbax writes it
+  _assert_same_batches(expected, _take(restored, 6))
+  restored.close()
+
+
+def test_iterator_state_through_an_orbax_checkpoint(shards, tmp_path):
+  iterator = _train(shards)
+  _take(iterator, 4)
+  with ocp.CheckpointManager(tmp_path / "checkpoints", item_names=("data",)) as manager:
+    manager.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+    manager.wait_until_finished()
+  expected = _take(iterator, 5)
+  iterator.close()
+  restored = _train(shards)
+  with ocp.CheckpointManager(tmp_path / "checkpoints", item_names=("data",)) as manager:
+    assert manager.latest_step() == 4
+    manager.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+  _assert_same_batches(expected, _take(restored, 5))
+  restored.close()
+
+
+@pytest.mark.parametrize("phase, follow_up", [("pre", None), ("mid", "mid"), ("post", "post")])
+@pytest.mark.parametrize("model_name", ["imr_rhpc", "img_rhpc"])
+def test_eval_yields_each_eligible_patient_once(shards, phase, follow_up, model_name):
+  eligible = [i for i, (phases, _, label) in enumerate(COHORT) if label >= 0
+              and (follow_up is None or {"pre", follow_up} <= set(phases))]
+  batch_size = 4
+  seen = []
+  batches = list(pipeline.eval_batches(shards, model_name=model_name, phase=phase,
+                                       batch_size=batch_size))
+  assert len(batches) == -(-len(eligible) // batch_size)
+  for batch, ids in batches:
+    assert np.all(batch["phase"] == schema.PHASE_NAMES.index(phase))
+    for row, patient_id in enumerate(ids):
+      if not patient_id:  # padding: no data, masked out
+        assert batch["example_mask"][row] == 0 and batch["label"][row] == 0
+        assert not batch["rhpc"][row].any() and not batch["aux_masks"][row].any()
+        assert not batch[f"{'mri' if model_name == 'imr_rhpc' else 'mg'}_mask"][row].any()
+        continue
+      index = int(patient_id[1:], 16)
+      seen.append(index)
+      phases, has_mg, label = COHORT[index]
+      assert _patient(batch, row) == index and batch["example_mask"][row] == 1
+      assert batch["label"][row] == label
+      if model_name == "imr_rhpc":
+        assert batch["mri_mask"][row, 0] == ("pre" in phases)
+        if "pre" in phases:
+          assert np.all(batch["mri"][row, 0] == _voxel(index, "pre"))
+        assert batch["mri_mask"][row, 1] == (follow_up is not None)
+        if follow_up:
+          assert np.all(batch["mri"][row, 1] == _voxel(index, follow_up))
+          assert batch["mri_phase"][row, 1] == schema.PHASE_NAMES.index(follow_up)
+      else:
+        assert batch["mg_mask"][row, 0] == has_mg
+        assert np.all(batch["mg"][row, 0] == (100 + index if has_mg else 0))
+  # Shard order, then record order: deterministic, each patient exactly once.
+  assert seen == sorted(eligible, key=lambda i: (i % NUM_SHARDS, i))
+  # Padding: the last batch is filled with empty rows.
+  assert len(seen) + batches[-1][1].count("") == len(batches) * batch_size
+
+
+def test_eval_shards_patients_across_processes_with_equal_batch_counts(shards):
+  per_process = [list(pipeline.eval_batches(shards, model_name="rhpc", phase="pre",
+                                            batch_size=2, process_index=k, process_count=3))
+                 for k in range(3)]
+  ids = [[i for _, batch_ids in batches for i in batch_ids if i] for batches in per_process]
+  assert len({len(batches) for batches in per_process}) == 1  # a multi-host step needs this
+  flat = [i for process_ids in ids for i in process_ids]
+  assert len(flat) == len(set(flat))
+  assert {int(i[1:], 16) for i in flat} == {i for i, c in enumerate(COHORT) if c[2] >= 0}
+
+
+def test_eval_include_unlabeled_for_prediction(shards):
+  ids = [i for _, batch_ids in pipeline.eval_batches(
+      shards, model_name="rhpc", phase="post", batch_size=8, include_unlabeled=True)
+         for i in batch_ids if i]
+  assert f"P{8:012x}" in ids
+
+
+def test_shards_without_training_patients_are_named(tmp_path, shards):
+  # Patients 5 (rhpc only) and 1 (Pre MRI, no mammogram): nobody can train the mammogram model.
+  path = tmp_path / "train-00000-of-00001.tfrecord"
+  with tfrecord.TFRecordWriter(path) as writer:
+    for i in (5, 1):
+      writer.write(records.encode(_record(i)))
+  (tmp_path / pipeline.MANIFEST).write_text(json.dumps({
+      "mri": {"shape": list(MRI_SHAPE), "dtype": "float16"},
+      "mammogram": {"shape": list(MG_SHAPE), "dtype": "uint16"},
+      "shards": [{"file": path.name, "split": "train", "records": 2}]}))
+  iterator = _train([str(path)], "img_rhpc", prefetch_batches=0)
+  with pytest.raises(ValueError, match="none of the 2 patients .* can train 'img_rhpc'"):
+    next(iterator)
+  iterator.close()

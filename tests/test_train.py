@@ -1,0 +1,145 @@
+"""The train job end to end from records: every model, resume equality, errors, devices, hosts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import img_rhpc, imr_rhpc, rhpc
+from mrp_jax import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def records(training_records):
+  return training_records
+
+
+def _config(module, records, **train):
+  config = module.get_config("tiny")
+  config.data.records = str(records)
+  config.train.num_steps = 6
+  config.train.log_every_steps = 2
+  config.train.eval_every_steps = 3
+  config.train.checkpoint_every_steps = 3
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+def _params(workdir):
+  """Final parameters of a finished run, from its latest checkpoint, flattened."""
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(Path(workdir).resolve() / "checkpoints",
+                                  item_names=("state", "data"))
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  manager.close()
+  return {"/".join(map(str, k)): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(restored["state"]["params"])}
+
+
+@pytest.mark.parametrize("module", [rhpc, img_rhpc, imr_rhpc])
+def test_each_model_trains_from_records(records, tmp_path, module):
+  summary = train.train_and_evaluate(_config(module, records), tmp_path)
+  assert summary["steps"] == 6 and summary["best_step"] in (3, 6)
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  losses = [l["loss"] for l in lines if "loss" in l]
+  assert len(losses) == 3 and all(np.isfinite(losses))
+  assert all(l["perf/examples_per_s"] > 0 for l in lines if "loss" in l)
+  validation = [l for l in lines if "val/auroc" in l]
+  assert [l["step"] for l in validation] == [3, 6]
+  assert validation[0]["val/n/pre"] > 0
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert json.loads((tmp_path / "final.json").read_text())["best_step"] == summary["best_step"]
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
+      "3", "6"]
+
+
+def test_non_finite_loss_stops_training_naming_step_and_term(records, tmp_path):
+  config = _config(rhpc, records)
+  config.loss.response_weight = float("inf")
+  with pytest.raises(train.NonFiniteLossError, match=r"step [12]: loss(/response)? = "):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def _main(args, env=None, **kwargs):
+  return subprocess.Popen(
+      [sys.executable, "-m", "mrp_jax.main", *args], cwd=ROOT,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), **(env or {})},
+      **kwargs)
+
+
+def test_kill_9_and_rerun_resumes_to_the_uninterrupted_result(records, tmp_path):
+  """iMGrhpc (BatchNorm statistics, augmentation keys, the data iterator's position): killed
+  after a checkpoint and run again, it ends with the uninterrupted run's parameters, bit for
+  bit."""
+  args = ["--config", "configs/img_rhpc.py:tiny", f"--config.data.records={records}",
+          "--config.train.num_steps=12", "--config.train.checkpoint_every_steps=3",
+          "--config.train.eval_every_steps=6", "--config.train.log_every_steps=3"]
+  straight = _main([*args, "--workdir", str(tmp_path / "straight")],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  assert straight.wait(timeout=300) == 0
+  victim = _main([*args, "--workdir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (checkpoints.exists() and any(
+      p.name.isdigit() and int(p.name) >= 6 for p in checkpoints.iterdir())):
+    time.sleep(0.05)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  assert not (tmp_path / "killed" / "final.json").exists()  # it really died mid-run
+  rerun = _main([*args, "--workdir", str(tmp_path / "killed")], stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+  out, err = rerun.communicate(timeout=300)
+  assert rerun.returncode == 0, err[-3000:]
+  assert "resumed from step" in out
+  a, b = _params(tmp_path / "straight"), _params(tmp_path / "killed")
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_four_devices_and_fsdp_give_the_one_device_step():
+  """Same global batch on 1 device, 4 devices and 4 devices with FSDP: same loss terms, same
+  new parameters (cross-replica BatchNorm and per-example augmentation keys make it so)."""
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
+                      "--xla_backend_optimization_level=0"}
+  result = subprocess.run([sys.executable, str(ROOT / "tests" / "sharded_step.py")], env=env,
+                          capture_output=True, text=True, cwd=ROOT, timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  runs = json.loads(result.stdout.strip().splitlines()[-1])
+  one = runs["one"]
+  assert (one["devices"], runs["four"]["devices"]) == (1, 4)
+  assert runs["fsdp"]["sharded_leaves"] > 0 and runs["four"]["sharded_leaves"] == 0
+  for name in ("four", "fsdp"):
+    for key, value in one["metrics"].items():
+      assert runs[name]["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
+    assert runs[name]["param_checksum"] == pytest.approx(one["param_checksum"], rel=1e-5)
+
+
+def test_two_processes_joined_by_jax_distributed(records, tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable,
+         "MRP_LOG_PREFIX": str(tmp_path / "process")}
+  result = subprocess.run(
+      ["bash", str(ROOT / "launch" / "local_multiprocess.sh"), "2", "--config",
+       "configs/rhpc.py:tiny", "--workdir", str(tmp_path / "run"),
+       f"--config.data.records={records}", "--config.train.num_steps=6",
+       "--config.train.eval_every_steps=3", "--config.train.checkpoint_every_steps=3",
+       "--config.train.log_every_steps=3"],
+      env=env, capture_output=True, text=True, cwd=ROOT, timeout=400)
+  logs = [(tmp_path / f"process-{i}.log").read_text() for i in range(2)]
+  assert result.returncode == 0, "\n".join(log[-2000:] for log in logs)
+  assert "process 0 of 2" in logs[0] and "process 1 of 2" in logs[1]
+  summary = json.loads((tmp_path / "run" / "final.json").read_text())
+  assert summary["steps"] == 6
+  assert (tmp_path / "run" / "checkpoints" / "6").exists()
