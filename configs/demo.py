@@ -1,11 +1,11 @@
-"""The built-in demo: a synthetic hospital export, prepared into records, end to end on CPU.
+"""The built-in demo: a synthetic hospital export, end to end on CPU.
 
 Command (what `make demo` runs):
   python -m mrp_jax.main --config configs/demo.py --workdir runs/demo
 It writes WORKDIR/export (DICOM studies + clinical.csv of synthetic patients), WORKDIR/records
-(verified TFRecord shards + manifest.json) and reuses both when run again. Training, the MRP
-ensemble and the report join the demo as they land (see the README's status table).
-Variants: ':tiny' for a seconds-long smoke run (CI).
+(verified TFRecord shards + manifest.json), trains rhpc, iMGrhpc and iMRrhpc in WORKDIR/runs,
+fits the MRP ensemble and writes the report to WORKDIR/report. Run again, it resumes.
+Variants: ':tiny' for a smoke run of a few minutes (CI).
 """
 
 import ml_collections
@@ -19,15 +19,35 @@ def get_config(arg=None):
   config.job = "demo"
   config.model.name = "imr_rhpc"
   config.demo = d = ml_collections.ConfigDict()
-  d.patients = 64  # synthetic patients (a few are deliberately broken and get skipped)
-  d.geometry = "demo"  # full | demo | tiny: voxel size of export and records
+  d.patients = 200  # synthetic patients (a few are deliberately broken and get skipped)
+  d.geometry = "tiny"  # full | demo | tiny: 8 mm voxels keep 3 models within 15 min on 2 cores
   d.workers = 2  # processes for generation and preparation
   d.shard_size = 8  # patients per record shard
+  d.split_fractions = (0.6, 0.2, 0.2)  # train, validation (MRP weights, thresholds), test
+  d.learning_rate = 1e-3
+  d.rhpc_init = True  # iMGrhpc / iMRrhpc start their rhpc encoder from the trained rhpc run
+  # Per model: steps and global batch size (BUILD_NOTES.md: the demo experiments).
+  d.train = ml_collections.ConfigDict({
+      "rhpc": {"steps": 150, "batch_size": 32},
+      "img_rhpc": {"steps": 300, "batch_size": 16},
+      "imr_rhpc": {"steps": 300, "batch_size": 8},
+  })
+  # configs/evaluate.py fields for the report.
+  d.evaluate = ml_collections.ConfigDict({
+      "split": "test", "fit_split": "validation", "bootstrap_replicates": 1000,
+      "explain_cases": 8, "explain_steps": 16, "explain_phase": "post"})
+  config.eval.batch_size = 8
   tiny = arg and "tiny" in arg.split(",")
-  if tiny:
-    d.patients = 12
-    d.geometry = "tiny"
-  common.apply_variants(config, arg)
+  if tiny:  # a smoke run: every stage, a few steps each
+    d.patients = 24
+    d.split_fractions = (0.5, 0.25, 0.25)
+    for name in ("rhpc", "img_rhpc", "imr_rhpc"):
+      d.train[name].steps = 6
+      d.train[name].batch_size = 4
+    d.evaluate.bootstrap_replicates = 100
+    d.evaluate.explain_cases = 1
+    d.evaluate.explain_steps = 2
+  common.apply_variants(config, ",".join(v for v in (arg or "").split(",") if v != "tiny"))
   geometry = GEOMETRIES[d.geometry]
   config.data.mri_shape = geometry.mri_box
   config.data.mri_spacing_mm = geometry.mri_spacing_mm

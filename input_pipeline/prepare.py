@@ -165,13 +165,15 @@ def _rhpc(clinical: dict[str, Any], report: schema.ParseReport):
 
 
 def process_patient(source: PatientSource, patient_id: str, split: str,
-                    options: PrepareOptions, report: schema.ParseReport
-                    ) -> records.PatientRecord:
-  """Preprocesses one patient; raises on anything that makes the patient unusable."""
+                    mri_options: MriOptions, mammogram_options: MammogramOptions,
+                    report: schema.ParseReport) -> records.PatientRecord:
+  """Preprocesses one patient; raises on anything that makes the patient unusable.
+
+  Also used by `mrp_jax.predict` for new patients (label -1)."""
   mri, spacing = {}, None
   for phase, exam in sorted(source.mri.items()):
     try:
-      volume = preprocess_exam(exam, options.mri)
+      volume = preprocess_exam(exam, mri_options)
     except Exception as error:
       raise PatientError(f"{phase.name.lower()}-NAT MRI: {type(error).__name__}: {error}"
                          ) from error
@@ -180,12 +182,13 @@ def process_patient(source: PatientSource, patient_id: str, split: str,
   mg = None
   if source.mammogram is not None:
     try:
-      mg = preprocess_mammogram(source.mammogram, options.mammogram)
+      mg = preprocess_mammogram(source.mammogram, mammogram_options)
     except Exception as error:
       raise PatientError(f"mammogram: {type(error).__name__}: {error}") from error
   raw, codes, values = _rhpc(dict(source.clinical), report)
   return records.PatientRecord(
-      patient_id=patient_id, split=split, label=int(source.label), mri=mri, mg=mg,
+      patient_id=patient_id, split=split, label=-1 if source.label is None else int(source.label),
+      mri=mri, mg=mg,
       rhpc_raw=raw, rhpc_codes=codes, rhpc_values=values, spacing_mm=spacing)
 
 
@@ -207,7 +210,8 @@ def write_shard(job: _ShardJob, options: PrepareOptions, fingerprint: str) -> di
     for patient_id, source in job.patients:
       start = time.perf_counter()
       try:
-        record = process_patient(source, patient_id, job.split, options, report)
+        record = process_patient(source, patient_id, job.split, options.mri, options.mammogram,
+                                 report)
         writer.write(records.encode(record))
       except Exception as error:  # one bad patient never stops the others
         reason = str(error) if isinstance(error, PatientError) else (

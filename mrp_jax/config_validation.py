@@ -16,6 +16,8 @@ from mrp_jax import augment, models, schema
 from mrp_jax.models.resnet import LAYOUTS, REMAT_POLICIES
 
 JOBS = ("train", "evaluate", "benchmark", "demo", "describe")
+# mrp_jax/benchmark.py's parts (not imported: benchmark pulls in more than validation needs).
+BENCHMARK_PARTS = ("eval", "train", "augment", "pipeline", "torch")
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,13 @@ _UNIT_INTERVAL = (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "must be
 _OPTIONAL_FILE = (lambda v: v == "" or os.path.isfile(v), "must be '' or an existing file")
 
 
+def _is_probability(v) -> bool:
+  try:
+    return 0 < float(v) < 1
+  except (TypeError, ValueError):
+    return False
+
+
 def _optional(rule):
   check, message = rule
   return (lambda v: v is None or check(v)), f"{message} (or None for the layout's)"
@@ -65,6 +74,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.rhpc_embed_dim": _POSITIVE_INT,
     "model.rhpc_hidden_dim": _POSITIVE_INT,
     "model.head_dim": _POSITIVE_INT,
+    "model.modality_dropout": _UNIT_INTERVAL,
     "model.siamese_batching": _one_of("joint", "separate"),
     "model.encoder.layout": _one_of(*LAYOUTS),
     "model.encoder.stem_kernel": (lambda v: _positive_int(v) and v % 2 == 1,
@@ -77,6 +87,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.encoder.width": _POSITIVE_INT,
     "model.encoder.remat": _one_of("none", *REMAT_POLICIES),
     "model.pretrained": _OPTIONAL_FILE,
+    "model.rhpc_init": (lambda v: v == "" or os.path.isfile(os.path.join(v, "config.json")),
+                        "must be '' or a train workdir of an rhpc run (with config.json)"),
     "loss.response_weight": _NON_NEGATIVE,
     "loss.image_response_weight": _NON_NEGATIVE,
     **{f"loss.aux_weights.{name}": _NON_NEGATIVE for name in schema.VARIABLE_NAMES},
@@ -108,12 +120,44 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mesh.fsdp": (lambda v: isinstance(v, bool), "must be True or False"),
     "mesh.fsdp_min_size": _POSITIVE_INT,
     "distributed": (lambda v: isinstance(v, bool), "must be True or False"),
+    "evaluate.runs": (lambda v: isinstance(v, str), "must be LABEL=WORKDIR,... (a string)"),
+    "evaluate.split": _one_of("validation", "test"),
+    "evaluate.fit_split": _one_of("train", "validation"),
+    "evaluate.threshold": (lambda v: v == "youden" or _is_probability(v),
+                           "must be 'youden' or a probability in (0, 1)"),
+    "evaluate.bootstrap_replicates": (lambda v: _positive_int(v) and v >= 100,
+                                      "must be an integer >= 100"),
+    "evaluate.readers": (lambda v: v == "" or os.path.isfile(v), "must be '' or an existing CSV"),
+    "evaluate.explain_cases": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
+    "evaluate.explain_steps": _POSITIVE_INT,
+    "evaluate.explain_phase": _one_of(*schema.PHASE_NAMES),
     "demo.patients": (lambda v: _positive_int(v) and v >= 12,
                       "must be an integer >= 12 (the first 11 synthetic patients are the "
                       "unusual encodings and broken cases)"),
     "demo.geometry": _one_of(*GEOMETRIES),
     "demo.workers": _POSITIVE_INT,
     "demo.shard_size": _POSITIVE_INT,
+    "demo.split_fractions": (lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(
+        isinstance(x, (int, float)) and x >= 0 for x in v) and v[0] > 0 and v[1] > 0
+                             and abs(sum(v) - 1) < 1e-6,
+                             "must be 3 fractions (train, validation, test) summing to 1, "
+                             "train and validation > 0"),
+    "demo.learning_rate": _POSITIVE,
+    **{f"demo.train.{m}.{k}": _POSITIVE_INT for m in models.MODEL_NAMES
+       for k in ("steps", "batch_size")},
+    "benchmark.models": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                         and all(m in models.MODEL_NAMES for m in v),
+                         f"must be a non-empty tuple of {list(models.MODEL_NAMES)}"),
+    "benchmark.parts": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                        and all(p in BENCHMARK_PARTS for p in v),
+                        f"must be a non-empty tuple of {list(BENCHMARK_PARTS)}"),
+    **{f"benchmark.batch_size.{m}": _POSITIVE_INT for m in models.MODEL_NAMES},
+    "benchmark.warmup_steps": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
+    "benchmark.steps": _POSITIVE_INT,
+    "benchmark.budget_s": _POSITIVE,
+    "benchmark.pipeline_steps": _POSITIVE_INT,
+    "benchmark.peak_tflops": _NON_NEGATIVE,
+    "benchmark.matmul_size": _POSITIVE_INT,
 }
 
 

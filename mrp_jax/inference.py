@@ -23,12 +23,13 @@ from mrp_jax.schema import PHASE_NAMES
 
 @dataclasses.dataclass(frozen=True)
 class Predictions:
-  """patient_ids [N] str; probability [N] (pCR); label [N] (1/0); image_probability [N] or None
-  (the knowledge predictor's image-only estimate)."""
+  """patient_ids [N] str; probability [N] (pCR); label [N] (1/0); image_probability [N] (the
+  knowledge predictor's image-only estimate) and image_present [N] bool, None for rhpc."""
   patient_ids: np.ndarray
   probability: np.ndarray
   label: np.ndarray
   image_probability: np.ndarray | None
+  image_present: np.ndarray | None
 
 
 def patient_number(patient_id: str) -> int:
@@ -44,6 +45,8 @@ def make_eval_step(model: nn.Module, prepare: Callable[[Any], Any]) -> Callable[
     outputs = model.apply({"params": params, "batch_stats": batch_stats}, prepare(batch),
                           train=False)
     result = {"probability": jax.nn.sigmoid(outputs["logit"])}
+    if "image_present" in outputs:
+      result["image_present"] = outputs["image_present"]
     if "image_logit" in outputs:
       result["image_probability"] = jax.nn.sigmoid(outputs["image_logit"])
     return result
@@ -68,7 +71,7 @@ def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *
         {"id": numbers, "label": batch["label"], "mask": batch["example_mask"]}, tiled=True)
     rows.append({**{k: np.asarray(v) for k, v in out.items()}, **gathered})
   if not rows:
-    return Predictions(np.zeros((0,), str), np.zeros((0,)), np.zeros((0,)), None)
+    return Predictions(np.zeros((0,), str), np.zeros((0,)), np.zeros((0,)), None, None)
   merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
   keep = merged["mask"] > 0
   order = np.argsort(merged["id"][keep], kind="stable")
@@ -78,4 +81,5 @@ def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *
       probability=pick("probability").astype(np.float64),
       label=pick("label").astype(np.int64),
       image_probability=(pick("image_probability").astype(np.float64)
-                         if "image_probability" in merged else None))
+                         if "image_probability" in merged else None),
+      image_present=pick("image_present").astype(bool) if "image_present" in merged else None)

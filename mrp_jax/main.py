@@ -47,12 +47,18 @@ def main(argv) -> None:
       sys.exit("mrp_jax: config.data.records is empty: give the folder that "
                "`python -m input_pipeline.prepare` wrote (--config.data.records=DIR)")
     train.train_and_evaluate(config, _WORKDIR.value)
+  elif config.job == "evaluate":
+    from mrp_jax import evaluate
+    evaluate.run(config, _WORKDIR.value)
+  elif config.job == "benchmark":
+    from mrp_jax import benchmark
+    benchmark.run(config, _WORKDIR.value)
   elif config.job == "demo":
     from mrp_jax import demo
     demo.run(config, _WORKDIR.value)
   else:
     sys.exit(f"mrp_jax: config.job={config.job!r} is not available in this version; "
-             "available: describe, train, demo")
+             "available: describe, train, evaluate, benchmark, demo")
 
 
 def _env_int(name: str) -> int | None:

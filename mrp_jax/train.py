@@ -98,6 +98,29 @@ def _plateau(state: train_step.TrainState, auroc: float, config) -> train_step.T
   return state.replace(lr_scale=scale, plateau=jnp.asarray([best, bad], jnp.float32))
 
 
+def rhpc_encoder_from(workdir: str | Path, params: Any) -> Any:
+  """``params`` with the 'rhpc_encoder' subtree taken from a trained rhpc run's checkpoint.
+
+  The fused models then start from an rhpc representation that saw far more steps than their
+  own few hundred (BUILD_NOTES.md, demo experiments). Shapes must match: the rhpc run and this
+  model need the same rhpc_embed_dim and rhpc_hidden_dim.
+  """
+  from mrp_jax import runs  # imported here: runs is for evaluation, not every train job
+
+  source = runs.load_run(workdir, sharding.make_mesh(jax.devices()[:1]))
+  if "rhpc_encoder" not in params:
+    raise ValueError(f"config.model.rhpc_init: model {source.model_name} has no rhpc_encoder")
+  donor = jax.device_get(source.state.params["rhpc_encoder"])
+  mismatched = [
+      f"{'/'.join(str(getattr(k, 'key', k)) for k in path)}: {a.shape} vs {b.shape}"
+      for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params["rhpc_encoder"]),
+                              jax.tree.leaves(donor)) if a.shape != b.shape]
+  if jax.tree.structure(donor) != jax.tree.structure(params["rhpc_encoder"]) or mismatched:
+    raise ValueError(f"config.model.rhpc_init: {workdir}'s rhpc encoder does not fit this "
+                     f"model (same rhpc_embed_dim and rhpc_hidden_dim needed): {mismatched}")
+  return {**params, "rhpc_encoder": donor}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        stop_after: int | None = None) -> dict[str, Any]:
   """Trains config.model on config.data.records; returns the final summary (also final.json).
@@ -117,6 +140,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   records = Path(config.data.records)
   manifest = json.loads((records / "manifest.json").read_text())
   _check_records(config, manifest)
+  if jax.process_index() == 0:
+    # What evaluation and prediction need to rebuild the model and preprocess new patients.
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    (workdir / "preprocessing.json").write_text(json.dumps(
+        {"mri": manifest["mri"], "mammogram": manifest["mammogram"]}, indent=1))
   train_paths = pipeline.split_paths(records, "train")
   val_paths = pipeline.split_paths(records, "validation")
   local_batch = sharding.local_batch_size(config.train.batch_size)
@@ -150,6 +178,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                                     "batch_stats": jax.device_get(state.batch_stats)})
       state = jax.device_put(state.replace(params=variables["params"],
                                            batch_stats=variables["batch_stats"]), shardings)
+    if config.model.rhpc_init:
+      state = jax.device_put(state.replace(params=rhpc_encoder_from(
+          config.model.rhpc_init, jax.device_get(state.params))), shardings)
 
   # ---- compiled steps -------------------------------------------------------------------------
   step_fn = jax.jit(

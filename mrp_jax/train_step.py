@@ -87,17 +87,18 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                      image_response_weight=loss["image_response_weight"],
                      aux_weights=dict(loss["aux_weights"]))
 
-  def loss_fn(params, batch_stats, batch):
+  def loss_fn(params, batch_stats, batch, key):
     outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch,
-                                   train=True, mutable=["batch_stats"])
+                                   train=True, mutable=["batch_stats"], rngs={"dropout": key})
     total, terms = losses.compute_loss(outputs, batch, **loss_kwargs)
     return total, (terms, updates.get("batch_stats", batch_stats))
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+    augment_key, dropout_key = jax.random.split(state.step_key())
     if preprocess is not None:
-      batch = preprocess(batch, state.step_key())
+      batch = preprocess(batch, augment_key)
     grads, (terms, batch_stats) = jax.grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch)
+        state.params, state.batch_stats, batch, dropout_key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     # Adam(W) updates are linear in the learning rate: scaling them scales the rate.
     updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)

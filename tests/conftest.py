@@ -50,3 +50,35 @@ def training_records(tmp_path_factory):
           mammogram=MammogramOptions(size=tiny.mg_size), shard_size=4,
           split_fractions=(0.6, 0.4, 0.0)), progress=False)
   return root / "records"
+
+
+def tiny_train_config(module, records, **train):
+  """configs/<model>.py:tiny on ``records``: 6 steps, evaluated and checkpointed at 3 and 6."""
+  config = module.get_config("tiny")
+  config.data.records = str(records)
+  config.train.num_steps = 6
+  config.train.log_every_steps = 2
+  config.train.eval_every_steps = 3
+  config.train.checkpoint_every_steps = 3
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def trained_runs(training_records):
+  """rhpc, iMGrhpc and iMRrhpc trained 6 steps on training_records (tiny configs): label ->
+  workdir, built once per session (file lock shared by pytest-xdist workers)."""
+  from configs import img_rhpc, imr_rhpc, rhpc
+  from mrp_jax import train
+
+  root = training_records.parent / "runs"
+  root.mkdir(exist_ok=True)
+  workdirs = {"rhpc": root / "rhpc", "iMGrhpc": root / "img", "iMRrhpc": root / "imr"}
+  with open(root / ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    for (label, workdir), module in zip(workdirs.items(), (rhpc, img_rhpc, imr_rhpc)):
+      if (workdir / "final.json").exists():
+        continue
+      train.train_and_evaluate(tiny_train_config(module, training_records), workdir)
+  return workdirs

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from configs import common, demo, img_rhpc, imr_rhpc, rhpc
+from configs import benchmark, common, demo, evaluate, img_rhpc, imr_rhpc, rhpc
 from mrp_jax import config_validation, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", [rhpc, img_rhpc, imr_rhpc, demo])
+@pytest.mark.parametrize("module", [rhpc, img_rhpc, imr_rhpc, demo, evaluate, benchmark])
 @pytest.mark.parametrize("variants", [None, "tiny", "tiny,medicalnet,paper",
                                       "no_knowledge,no_time"])
 def test_every_config_and_variant_validates(module, variants):
@@ -56,7 +56,8 @@ def test_invalid_values_are_named(path, value, message):
 
 
 def test_every_validation_rule_names_a_real_field():
-  configs = (common.get_config(), demo.get_config())
+  configs = (common.get_config(), demo.get_config(), evaluate.get_config(),
+             benchmark.get_config())
   for path in config_validation.RULES:
     assert any(config_validation._lookup(c, path) is not config_validation._MISSING
                for c in configs), path

@@ -68,7 +68,8 @@ def _apply(model, variables, batch, train):
   key = (model, train)
   if key not in _APPLY_CACHE:
     _APPLY_CACHE[key] = jax.jit(lambda v, b: model.apply(
-        v, b, train=train, mutable=["batch_stats"] if train else False))
+        v, b, train=train, mutable=["batch_stats"] if train else False,
+        rngs={"dropout": jax.random.key(0)}))
   out = _APPLY_CACHE[key](variables, batch)
   return out[0] if train else out
 
@@ -177,3 +178,26 @@ def test_unknown_rhpc_targets_do_not_enter_the_loss(built):
   expected = -(logits[0] - np.log(np.exp(logits).sum()))  # only patient 0 has a target
   assert float(terms["loss/aux/laterality"]) == pytest.approx(expected, rel=1e-5)
   assert float(terms["loss/aux/molecular_subtype"]) == 0.0  # Unknown for every patient
+
+
+def test_modality_dropout_hides_images_from_the_response_head_in_training_only(built):
+  model, variables = built["imr_rhpc"]
+  batch = _batch("imr_rhpc", np.random.default_rng(0), "pre+post")
+  other = dict(batch, mri=np.random.default_rng(1).normal(size=batch["mri"].shape).astype(
+      batch["mri"].dtype))
+  rngs = {"dropout": jax.random.key(3)}
+
+  def logits(m, b, train):
+    out = m.apply(variables, b, train=train, mutable=["batch_stats"] if train else False,
+                  rngs=rngs)
+    return np.asarray((out[0] if train else out)["logit"])
+
+  always = model.clone(modality_dropout=0.999999)
+  never = model.clone(modality_dropout=0.0)
+  # Dropped for every example: the fused logit no longer depends on the images...
+  np.testing.assert_allclose(logits(always, batch, True), logits(always, other, True), atol=1e-6)
+  # ...while without dropout it does, and evaluation ignores the setting.
+  assert np.abs(logits(never, batch, True) - logits(never, other, True)).max() > 1e-4
+  np.testing.assert_allclose(logits(always, batch, False), logits(never, batch, False), atol=1e-6)
+  with pytest.raises(Exception, match="dropout"):
+    always.apply(variables, batch, train=True, mutable=["batch_stats"])  # no rng given

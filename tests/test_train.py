@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import img_rhpc, imr_rhpc, rhpc
+from conftest import tiny_train_config
+from configs import rhpc
 from mrp_jax import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,16 +24,7 @@ def records(training_records):
   return training_records
 
 
-def _config(module, records, **train):
-  config = module.get_config("tiny")
-  config.data.records = str(records)
-  config.train.num_steps = 6
-  config.train.log_every_steps = 2
-  config.train.eval_every_steps = 3
-  config.train.checkpoint_every_steps = 3
-  for key, value in train.items():
-    config.train[key] = value
-  return config
+_config = tiny_train_config
 
 
 def _params(workdir):
@@ -47,21 +39,23 @@ def _params(workdir):
           for k, v in jax.tree_util.tree_leaves_with_path(restored["state"]["params"])}
 
 
-@pytest.mark.parametrize("module", [rhpc, img_rhpc, imr_rhpc])
-def test_each_model_trains_from_records(records, tmp_path, module):
-  summary = train.train_and_evaluate(_config(module, records), tmp_path)
-  assert summary["steps"] == 6 and summary["best_step"] in (3, 6)
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+@pytest.mark.parametrize("label", ["rhpc", "iMGrhpc", "iMRrhpc"])
+def test_each_model_trains_from_records(trained_runs, label):
+  workdir = trained_runs[label]  # 6 steps; log every 2, validate and checkpoint every 3
+  summary = json.loads((workdir / "final.json").read_text())
+  assert summary["model"] == label and summary["steps"] == 6 and summary["best_step"] in (3, 6)
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   losses = [l["loss"] for l in lines if "loss" in l]
   assert len(losses) == 3 and all(np.isfinite(losses))
   assert all(l["perf/examples_per_s"] > 0 for l in lines if "loss" in l)
   validation = [l for l in lines if "val/auroc" in l]
   assert [l["step"] for l in validation] == [3, 6]
   assert validation[0]["val/n/pre"] > 0
-  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-  assert json.loads((tmp_path / "final.json").read_text())["best_step"] == summary["best_step"]
-  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
       "3", "6"]
+  assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 6
+  assert "mri" in json.loads((workdir / "preprocessing.json").read_text())
 
 
 def test_non_finite_loss_stops_training_naming_step_and_term(records, tmp_path):

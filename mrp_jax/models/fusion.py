@@ -12,6 +12,13 @@ concatenated into the image representation. From it:
   inference;
 * the response head predicts pCR from image and rhpc features together.
 
+Modality dropout (``modality_dropout`` > 0, training only): per example the response head is
+shown the image features as if the patient had no images, so it cannot lean on image features
+alone. Without it, an image encoder that memorises its training patients (easy for a 3D ResNet
+on a few hundred cases) drives the fused head to ignore rhpc, and the fused model generalises
+worse than rhpc alone (BUILD_NOTES.md, demo experiments). The same zeros are what the head sees
+for a patient whose images are missing, so dropout also trains the missing-modality path.
+
 Ablations of the paper: ``knowledge_predictor=False`` removes the predictor's parameters,
 ``time_embedding=False`` the phase embedding's; nothing else changes shape.
 
@@ -45,6 +52,9 @@ class ImagingRhpcModel(nn.Module):
     siamese_batching: 'joint' or 'separate' (module docstring).
     head_dim: hidden width of the response head and the knowledge predictor.
     rhpc_embed_dim, rhpc_hidden_dim: RhpcEncoder sizes.
+    modality_dropout: in training, the probability that an example's response head sees no
+      image features (as for a patient without images); the knowledge predictor always sees
+      them. Needs a 'dropout' rng when > 0. Module docstring: why.
   """
   image_key: str = "mri"
   encoder: Mapping[str, Any] | None = None  # a FrozenDict, so the module stays hashable
@@ -54,6 +64,7 @@ class ImagingRhpcModel(nn.Module):
   head_dim: int = 256
   rhpc_embed_dim: int = 16
   rhpc_hidden_dim: int = 256
+  modality_dropout: float = 0.0
 
   @nn.compact
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
@@ -92,7 +103,11 @@ class ImagingRhpcModel(nn.Module):
 
     rhpc_features = RhpcEncoder(self.rhpc_embed_dim, self.rhpc_hidden_dim,
                                 name="rhpc_encoder")(batch["rhpc"])
-    fused = jnp.concatenate([image_features, rhpc_features], axis=-1)
+    head_image_features = image_features
+    if train and self.modality_dropout > 0:
+      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.modality_dropout, (b,))
+      head_image_features = jnp.where(keep[:, None], image_features, 0.0)
+    fused = jnp.concatenate([head_image_features, rhpc_features], axis=-1)
     hidden = nn.elu(nn.Dense(self.head_dim, name="response_head_0")(fused))
     outputs = {
         "logit": nn.Dense(1, name="response_head_1")(hidden)[:, 0],

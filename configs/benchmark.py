@@ -1,0 +1,96 @@
+"""Throughput benchmark: JAX train / eval steps of rhpc, iMGrhpc and iMRrhpc, and PyTorch's.
+
+Command:
+  python -m mrp_jax.main --config configs/benchmark.py:full --workdir runs/bench
+Prints one row per model, framework and part (median / p10 / p90 step time, examples/s,
+analytic GFLOP per example, XLA/analytic FLOP ratio, MFU, compile time, XLA-planned and device
+peak memory) and writes runs/bench/benchmark.json (mrp_jax/benchmark.py lists its keys).
+
+Variants (comma-separated, after a colon):
+  full        176 x 176 x 352 MRI, 1024 x 512 mammograms, bfloat16 (the default geometry)
+  cpu         32 x 32 x 64 MRI, 128 x 64 mammograms, batch 2, float32: a CPU-sized comparison
+  tiny        test size (configs/common.py's tiny plus few steps): CI
+  gpu         what launch/gpu_benchmark.sh runs: iMRrhpc only, HLO convolutions dumped
+  medicalnet  and every other variant of configs/common.py (no_knowledge, no_time, paper)
+The encoder layout, dtype, remat policy and Siamese batching are config.model's fields
+(--config.model.encoder.layout=monai); they apply to iMRrhpc; iMGrhpc keeps its torchvision
+layout (configs/img_rhpc.py) and rhpc runs in float32 (configs/rhpc.py).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = common.get_config()
+  config.job = "benchmark"
+  config.model.name = "imr_rhpc"
+  config.model.encoder.shortcut = "A"  # as configs/imr_rhpc.py (MedicalNet weights)
+
+  config.benchmark = b = ml_collections.ConfigDict()
+  b.models = ("imr_rhpc", "img_rhpc", "rhpc")  # which models, in this order
+  # Global batch per model (the train configs' defaults: authors' 8 MRI pairs, 32 mammograms).
+  b.batch_size = ml_collections.ConfigDict({"imr_rhpc": 8, "img_rhpc": 32, "rhpc": 64})
+  b.parts = ("eval", "train", "augment", "pipeline", "torch")  # see mrp_jax/benchmark.py
+  b.warmup_steps = 3  # untimed steps after compilation
+  b.steps = 20  # timed steps (fewer if budget_s runs out first, never fewer than 3)
+  b.budget_s = 30.0  # seconds per timed loop
+  b.pipeline_steps = 10  # batches timed through the Grain pipeline (needs config.data.records)
+  b.augment = False  # True: on-device augmentation inside the timed train step, as training
+  b.peak_tflops = 0.0  # MFU denominator; 0: measure a matmul of config.model.dtype in the run
+  b.matmul_size = 8192  # side of the square matmul that measures the peak
+  b.torch_compile = True  # torch.compile the PyTorch model (falls back to eager if it fails)
+  b.dump_hlo = False  # write WORKDIR/<model>_train_convs.txt: the compiled step's convolutions
+
+  for variant in filter(None, (v.strip() for v in (arg or "").split(","))):
+    if variant in VARIANTS:
+      VARIANTS[variant](config)
+    else:
+      common.apply_variants(config, variant)
+  return config
+
+
+def _full(config):
+  """The paper's geometry in bfloat16 (the defaults, named for clarity)."""
+  config.data.mri_shape = (176, 176, 352)
+  config.data.mg_shape = (1024, 512)
+  config.model.dtype = "bfloat16"
+
+
+def _cpu(config):
+  """Small enough for a 2-core CPU: float32, since bf16 convolutions are emulated on CPU."""
+  config.data.mri_shape = (32, 32, 64)
+  config.data.mg_shape = (128, 64)
+  config.model.dtype = "float32"
+  b = config.benchmark
+  b.batch_size = ml_collections.ConfigDict({"imr_rhpc": 2, "img_rhpc": 2, "rhpc": 64})
+  b.warmup_steps, b.steps, b.budget_s = 2, 10, 30.0
+  b.pipeline_steps = 10
+  b.matmul_size = 1024
+  b.torch_compile = False  # inductor's C++ build of a 3D ResNet takes minutes on 2 cores
+
+
+def _tiny(config):
+  """CI size: a few steps of the tiny models."""
+  common.apply_variants(config, "tiny")
+  b = config.benchmark
+  b.batch_size = ml_collections.ConfigDict({"imr_rhpc": 2, "img_rhpc": 2, "rhpc": 4})
+  b.warmup_steps, b.steps, b.budget_s = 1, 2, 5.0
+  b.pipeline_steps = 2
+  b.matmul_size = 128
+  b.torch_compile = False
+
+
+def _gpu(config):
+  """launch/gpu_benchmark.sh: iMRrhpc, PyTorch compiled, convolutions' layouts dumped."""
+  b = config.benchmark
+  b.models = ("imr_rhpc",)
+  b.parts = ("eval", "train", "augment", "torch")
+  b.warmup_steps, b.steps, b.budget_s = 3, 20, 20.0
+  b.dump_hlo = True
+
+
+VARIANTS = {"full": _full, "cpu": _cpu, "tiny": _tiny, "gpu": _gpu}

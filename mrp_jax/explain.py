@@ -1,0 +1,354 @@
+"""Integrated Gradients attributions of the MRP models (paper Fig. 4; DESIGN.md section 5).
+
+Integrated Gradients (Sundararajan et al. 2017) attributes f(x) - f(x') to the inputs:
+
+  IG_i(x) = (x_i - x'_i) * integral_0^1 df/dx_i (x' + a (x - x')) da,
+
+and the attributions sum to f(x) - f(x') (completeness). The integral is a quadrature over path
+points a_k with weights w_k: Gauss-Legendre on [0, 1] with 50 nodes and a zero baseline by
+default, as captum's ``IntegratedGradients`` does, or a Riemann rule. ``delta``, the sum of the
+attributions minus f(x) - f(x'), measures the quadrature error.
+
+Path points are batched: the gradient is vmapped over a chunk of points, and chunks run one after
+another in a ``lax.scan`` that carries only the running weighted sum of gradients. Memory is
+therefore that of one gradient evaluation of ``chunk_size`` path points times the batch, never of
+all ``steps`` points, which is what makes 3D volumes feasible (BUILD_NOTES.md).
+
+Every example's output must depend on that example's inputs only (the models in eval mode:
+BatchNorm uses its running statistics), so one gradient of the batch sum gives every example's
+gradient at once.
+
+The model-level functions then sum attributions per rhpc variable (its one-hot slice of the
+input vector, ``schema.INPUT_SLICES``) and per image (each MRI slot, the mammogram), combine the
+models of the MRP ensemble linearly, and rank features over cases as the paper's Fig. 4 does.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mrp_jax import augment, schema
+
+METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
+           "riemann_trapezoid")
+# Entries of an attribution dict that are diagnostics, not features.
+DIAGNOSTICS = ("delta", "output_difference")
+# Per-slot MRI entries: parts of 'MRI', left out of rankings where 'MRI' is present so the
+# image is not counted twice.
+MRI_SLOTS = ("MRI baseline", "MRI follow-up")
+IMAGE_LABELS = {"mg": "MG", "mri": "MRI"}
+# Image voxels (path points x examples x voxels per example) evaluated at once when
+# model_attributions picks the chunk size: about 2 full-size MRI pairs (176 x 176 x 352 each).
+# Float32 gradients of the default 3D ResNet18 take roughly 1 GB per 10^7 voxels (BUILD_NOTES.md).
+AUTO_CHUNK_VOXELS = 2 ** 25
+# ... and at most this many examples (path points x batch) at once: XLA:CPU's 3D convolutions
+# slow down by far more than the batch grows beyond a training-sized batch (tiny iMRrhpc, 8
+# cases x 16 points: 142 s as one chunk of 128, 4.9 s as 4 chunks of 32; BUILD_NOTES.md).
+AUTO_CHUNK_EXAMPLES = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Integrated Gradients of any function
+# --------------------------------------------------------------------------------------------
+def path_nodes(steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
+  """Quadrature nodes and weights on [0, 1], as captum's IntegratedGradients defines them.
+
+  Args:
+    steps: number of path points (>= 1; >= 2 for 'riemann_trapezoid').
+    method: 'gausslegendre' (exact for polynomials of degree 2 * steps - 1 along the path),
+      'riemann_left', 'riemann_right', 'riemann_middle' or 'riemann_trapezoid'.
+
+  Returns:
+    (alphas [steps], weights [steps]) float64; the weights sum to 1.
+  """
+  if steps < 1 or (method == "riemann_trapezoid" and steps < 2):
+    raise ValueError(f"Integrated Gradients needs steps >= {2 if method == 'riemann_trapezoid' else 1}"
+                     f" for method {method!r}, got {steps}")
+  n = steps
+  if method == "gausslegendre":
+    nodes, weights = np.polynomial.legendre.leggauss(n)  # on [-1, 1], weights sum to 2
+    return 0.5 * (nodes + 1.0), 0.5 * weights
+  if method == "riemann_trapezoid":
+    weights = np.full(n, 1.0 / (n - 1))
+    weights[[0, -1]] *= 0.5
+    return np.linspace(0.0, 1.0, n), weights
+  offsets = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}
+  if method not in offsets:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  return (np.arange(n) + offsets[method]) / n, np.full(n, 1.0 / n)
+
+
+def integrated_gradients(
+    f: Callable[[dict[str, jax.Array]], jax.Array],
+    inputs: Mapping[str, jax.Array],
+    baseline: Mapping[str, Any] | None = None,
+    *,
+    steps: int = 50,
+    method: str = "gausslegendre",
+    chunk_size: int | None = None,
+) -> tuple[dict[str, jax.Array], jax.Array]:
+  """Integrated Gradients of a per-example scalar function; jit the caller.
+
+  Args:
+    f: ``inputs -> [B]``, one scalar per example (a logit, a probability), where example b's
+      value depends on example b's inputs only. Inputs not attributed are closed over.
+    inputs: name -> float array [B, ...] (shared leading batch axis B).
+    baseline: None (zeros, captum's default) or name -> array broadcastable to that input;
+      names left out get zeros.
+    steps: path points of the quadrature (captum's default 50).
+    method: see :func:`path_nodes`.
+    chunk_size: path points evaluated together (vmapped); chunks run sequentially in a scan,
+      so memory is that of ``chunk_size`` x B examples. None: all steps at once. When it does
+      not divide ``steps`` the last chunk is padded with zero-weight points (extra compute).
+
+  Returns:
+    (attributions, delta): attributions name -> [B, ...] like ``inputs``; delta [B] =
+    sum of every attribution of the example - (f(inputs) - f(baseline)), the completeness error.
+  """
+  inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+  for k, v in inputs.items():
+    if not jnp.issubdtype(v.dtype, jnp.floating):
+      raise TypeError(f"integrated_gradients: input {k!r} must be floating point, got {v.dtype}"
+                      " (convert images with augment.prepare_images first)")
+  baseline = dict(baseline or {})
+  unknown = set(baseline) - set(inputs)
+  if unknown:
+    raise ValueError(f"baseline has keys {sorted(unknown)} that are not inputs {sorted(inputs)}")
+  base = {k: jnp.broadcast_to(jnp.asarray(baseline.get(k, 0.0), v.dtype), v.shape)
+          for k, v in inputs.items()}
+  diff = {k: inputs[k] - base[k] for k in inputs}
+  alphas, weights = path_nodes(steps, method)
+
+  def total(point):
+    return jnp.sum(f(point))
+
+  def gradient_at(alpha):
+    point = {k: base[k] + alpha.astype(base[k].dtype) * diff[k] for k in inputs}
+    return jax.grad(total)(point)
+
+  def weighted_sum(alpha_chunk, weight_chunk):
+    grads = jax.vmap(gradient_at)(alpha_chunk)  # name -> [C, B, ...]
+    return {k: jnp.tensordot(weight_chunk.astype(g.dtype), g, axes=1) for k, g in grads.items()}
+
+  if chunk_size is None or chunk_size >= steps:
+    mean_grad = weighted_sum(jnp.asarray(alphas, jnp.float32), jnp.asarray(weights, jnp.float32))
+  else:
+    if chunk_size < 1:
+      raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    chunks = math.ceil(steps / chunk_size)
+    pad = chunks * chunk_size - steps
+    alphas = np.concatenate([alphas, np.zeros(pad)]).reshape(chunks, chunk_size)
+    weights = np.concatenate([weights, np.zeros(pad)]).reshape(chunks, chunk_size)
+
+    def body(carry, chunk):
+      part = weighted_sum(*chunk)
+      return jax.tree.map(jnp.add, carry, part), None
+
+    zero = jax.tree.map(jnp.zeros_like, inputs)
+    mean_grad, _ = jax.lax.scan(
+        body, zero, (jnp.asarray(alphas, jnp.float32), jnp.asarray(weights, jnp.float32)))
+
+  attributions = {k: diff[k] * mean_grad[k] for k in inputs}
+  attribution_sum = sum(_per_example_sum(a) for a in attributions.values())
+  delta = attribution_sum - (f(inputs) - f(base))
+  return attributions, delta
+
+
+def _per_example_sum(x: jax.Array) -> jax.Array:
+  """[B, ...] -> [B]."""
+  return jnp.sum(x.reshape(x.shape[0], -1), axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Attributions of the MRP models, per rhpc variable and per image
+# --------------------------------------------------------------------------------------------
+def _float32_model(model: nn.Module) -> nn.Module:
+  """The model with float32 computation (parameters are float32 already).
+
+  bfloat16 gradients along 50 path points make completeness errors of several percent; float32
+  explains the same function up to rounding.
+  """
+  encoder = getattr(model, "encoder", None)
+  if encoder is not None and jnp.dtype(encoder.get("dtype", jnp.float32)) != jnp.float32:
+    return model.clone(encoder=flax.core.FrozenDict({**encoder, "dtype": jnp.float32}))
+  return model
+
+
+def auto_chunk_size(steps: int, batch_size: int, voxels_per_example: int) -> int:
+  """Path points per chunk keeping points x examples x voxels near AUTO_CHUNK_VOXELS and
+  points x examples at most AUTO_CHUNK_EXAMPLES, spread evenly over the chunks so padding stays
+  below one point per chunk. Models without images take every point at once."""
+  if voxels_per_example == 0:
+    return steps
+  limit = max(1, min(AUTO_CHUNK_VOXELS // max(1, batch_size * voxels_per_example),
+                     AUTO_CHUNK_EXAMPLES // max(1, batch_size)))
+  chunks = math.ceil(steps / min(limit, steps))
+  return math.ceil(steps / chunks)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "target", "steps", "method", "chunk_size"))
+def _model_attributions(variables, fixed, inputs, *, model, target, steps, method, chunk_size):
+  """Jitted core of model_attributions: per-label sums [B] (on the device, so full volumes of
+  attributions never travel to the host)."""
+
+  def f(attributed):
+    logit = model.apply(variables, {**fixed, **attributed}, train=False)["logit"]
+    logit = logit.astype(jnp.float32)
+    return jax.nn.sigmoid(logit) if target == "probability" else logit
+
+  attributions, delta = integrated_gradients(f, inputs, steps=steps, method=method,
+                                             chunk_size=chunk_size)
+  out = {}
+  rhpc = attributions["rhpc"]
+  for variable, (start, stop) in zip(schema.VARIABLES, schema.INPUT_SLICES):
+    out[variable.label] = jnp.sum(rhpc[:, start:stop], axis=1)
+  if "mri" in attributions:
+    slots = jnp.sum(attributions["mri"].reshape(*attributions["mri"].shape[:2], -1), axis=2)
+    out["MRI"] = jnp.sum(slots, axis=1)
+    out["MRI baseline"], out["MRI follow-up"] = slots[:, 0], slots[:, 1]
+  if "mg" in attributions:
+    out["MG"] = _per_example_sum(attributions["mg"])
+  out["delta"] = delta
+  # sum(attributions) - delta is f(x) - f(baseline) without two more forward passes.
+  out["output_difference"] = sum(_per_example_sum(a) for a in attributions.values()) - delta
+  return out
+
+
+def model_attributions(model: nn.Module, variables: Mapping[str, Any],
+                       batch: Mapping[str, Any], *, target: str = "logit", steps: int = 50,
+                       chunk_size: int | None = None, method: str = "gausslegendre",
+                       float32: bool = True) -> dict[str, np.ndarray]:
+  """Integrated Gradients of one MRP model's pCR output, summed per feature.
+
+  The rhpc vector and the model's images are attributed together against a zero baseline
+  (captum's default: every one-hot column 0, the images black); phases, masks and the other
+  batch entries are held fixed. A missing image slot is zero in the input and in the baseline,
+  so its attribution is exactly 0.
+
+  Args:
+    model: rhpc, iMGrhpc or iMRrhpc module (``models.create_model``).
+    variables: {'params': ..., 'batch_stats': ...}; the model runs in eval mode.
+    batch: as ``input_pipeline.examples.collate`` makes it: 'rhpc' [B, schema.INPUT_DIM] and,
+      for image models, 'mri' [B, 2, z, y, x] or 'mg' [B, 1, rows, cols] with their masks and
+      phases (raw dtypes: ``augment.prepare_images`` scales them first).
+    target: 'logit' (pCR log-odds) or 'probability' (sigmoid; what the MRP ensemble averages).
+    steps, method: quadrature (see :func:`path_nodes`).
+    chunk_size: path points per chunk; None chooses one from the image size
+      (:func:`auto_chunk_size`).
+    float32: compute in float32 even when the model is configured for bfloat16.
+
+  Returns:
+    label -> float32 [B]: one entry per rhpc variable (``Variable.label``); 'MRI', 'MRI
+    baseline', 'MRI follow-up' (iMRrhpc) or 'MG' (iMGrhpc); 'delta' (completeness error) and
+    'output_difference' (f(x) - f(baseline)).
+  """
+  if target not in ("logit", "probability"):
+    raise ValueError(f"target must be 'logit' or 'probability', got {target!r}")
+  if float32:
+    model = _float32_model(model)
+  batch = augment.prepare_images(batch)
+  image_key = getattr(model, "image_key", None)
+  attributed = ["rhpc"] + ([image_key] if image_key in batch else [])
+  inputs = {k: jnp.asarray(batch[k], jnp.float32) for k in attributed}
+  fixed = {k: jnp.asarray(v) for k, v in batch.items()
+           if k not in inputs and np.asarray(v).dtype.kind in "biuf"}
+  if chunk_size is None:
+    voxels = sum(math.prod(inputs[k].shape[1:]) for k in attributed if k != "rhpc")
+    chunk_size = auto_chunk_size(steps, inputs["rhpc"].shape[0], voxels)
+  out = _model_attributions(dict(variables), fixed, inputs, model=model, target=target,
+                            steps=steps, method=method, chunk_size=chunk_size)
+  return {k: np.asarray(v, np.float32) for k, v in jax.device_get(out).items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Combining, picking and ranking (plain numpy)
+# --------------------------------------------------------------------------------------------
+def combine_attributions(per_model: Mapping[str, Mapping[str, np.ndarray]],
+                         weights: Mapping[str, float]) -> dict[str, np.ndarray]:
+  """The MRP ensemble's attributions: sum over models of weight x attributions.
+
+  IG is linear in the function for a fixed baseline, so IG(W1 F1 + W2 F2) = W1 IG(F1) +
+  W2 IG(F2); a feature a model lacks (MG for iMRrhpc) counts as 0 for it. 'delta' and
+  'output_difference' combine the same way and stay consistent.
+
+  Args:
+    per_model: model name -> label -> [B] (the same B patients in every model).
+    weights: model name -> weight, for every model of ``per_model``.
+  """
+  missing = set(per_model) - set(weights)
+  if missing:
+    raise ValueError(f"combine_attributions: no weight for {sorted(missing)}")
+  features: list[str] = []
+  for attributions in per_model.values():
+    features += [k for k in attributions if k not in features]
+  combined = {}
+  for feature in features:
+    parts = [weights[name] * np.asarray(a[feature], np.float64)
+             for name, a in per_model.items() if feature in a]
+    combined[feature] = np.sum(np.broadcast_arrays(*parts), axis=0)
+  return combined
+
+
+def _feature_keys(attributions: Mapping[str, Any]) -> list[str]:
+  """Features to rank: no diagnostics, and no per-slot MRI entries when 'MRI' is present."""
+  return [k for k in attributions if k not in DIAGNOSTICS
+          and not (k in MRI_SLOTS and "MRI" in attributions)]
+
+
+def top_features(attributions: Mapping[str, Any], k: int) -> list[dict[str, Any]]:
+  """The k features of ONE example with the largest |attribution|, largest first.
+
+  Args:
+    attributions: label -> scalar or array of length 1.
+
+  Returns:
+    [{'feature': label, 'attribution': float}] (positive pushes towards pCR).
+  """
+  values = {}
+  for key in _feature_keys(attributions):
+    value = np.asarray(attributions[key], np.float64).reshape(-1)
+    if value.size != 1:
+      raise ValueError(f"top_features explains one example; {key!r} has {value.size} values")
+    values[key] = float(value[0])
+  ordered = sorted(values, key=lambda key: -abs(values[key]))
+  return [{"feature": key, "attribution": values[key]} for key in ordered[:k]]
+
+
+def rank_attributions(per_case: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+  """Features ranked as in the paper's Fig. 4.
+
+  Each case's attributions are normalised by the sum of their absolute values over the features
+  (so every case weighs the same, whatever its f(x) - f(baseline)); per feature the mean and
+  standard deviation over cases of the normalised |attribution|, and the mean of the normalised
+  signed attribution (positive: pushes towards pCR).
+
+  Args:
+    per_case: label -> [N] attributions of N cases (diagnostics and per-slot MRI entries are
+      left out as in :func:`top_features`).
+
+  Returns:
+    [{'feature', 'mean', 'std', 'signed_mean'}] sorted by 'mean', largest first; empty when
+    there are no cases.
+  """
+  keys = _feature_keys(per_case)
+  if not keys:
+    return []
+  values = np.stack([np.asarray(per_case[k], np.float64).reshape(-1) for k in keys], axis=1)
+  if values.shape[0] == 0:
+    return []
+  scale = np.sum(np.abs(values), axis=1, keepdims=True)
+  # A case with every attribution 0 (f(x) == f(baseline)) carries no ranking information.
+  normalised = np.divide(values, scale, out=np.zeros_like(values), where=scale > 0)
+  magnitude = np.abs(normalised)
+  rows = [{"feature": key, "mean": float(magnitude[:, j].mean()),
+           "std": float(magnitude[:, j].std()), "signed_mean": float(normalised[:, j].mean())}
+          for j, key in enumerate(keys)]
+  return sorted(rows, key=lambda row: -row["mean"])

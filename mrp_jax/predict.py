@@ -1,0 +1,168 @@
+"""The `predict` command: pCR probabilities for new patients, one folder each.
+
+  python -m mrp_jax.predict --runs rhpc=runs/rhpc,iMGrhpc=runs/img,iMRrhpc=runs/imr \
+      --ensemble runs/eval/report/mrp_ensemble.json --clinical clinical.csv \
+      --out predictions.json /data/new/PATIENT_A /data/new/PATIENT_B
+
+Each patient folder holds DICOM studies (any structure; MR and MG mixed) or NIfTI files named
+`<phase>_pre.nii.gz` / `<phase>_post.nii.gz` / `<phase>_sub.nii.gz`, as in the generic layout.
+The clinical data is a CSV with a `patient_id` column matching the folder names, or a JSON file
+(one object of rhpc values, or an object of such objects keyed by folder name); any field may be
+missing. Preprocessing is the one the runs were trained with (their preprocessing.json).
+
+The phase is the latest one the images support: Post-NAT with Pre and Post MRI, else Mid-NAT
+with Pre and Mid, else Pre-NAT. Every applicable model answers (iMGrhpc needs the mammogram,
+iMRrhpc an MRI), MRP combines them with the validation-fitted weights, and the strongest
+Integrated-Gradients attributions of the MRP (or the single model) are listed. A patient whose
+data cannot be used gets an error message; the others still get answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from input_pipeline import examples
+from input_pipeline.layouts import generic
+from input_pipeline.mammogram import MammogramOptions
+from input_pipeline.mri import MriOptions
+from input_pipeline.patient import PatientSource
+from input_pipeline.prepare import process_patient
+from mrp_jax import ensemble, explain, runs, sharding
+from mrp_jax.schema import ParseReport
+
+ANONYMOUS = "P000000000000"  # in-memory records need a pseudonym; nothing is written
+
+
+def _clinical_rows(path: Path | None) -> dict[str, dict[str, Any]] | dict[str, Any]:
+  if path is None:
+    return {}
+  if path.suffix.lower() == ".json":
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+      raise ValueError(f"{path}: expected a JSON object")
+    return data
+  _, rows = generic.read_clinical_csv(path)
+  return {key: found[0] for key, found in rows.items()}
+
+
+def _row_for(clinical: dict[str, Any], key: str, single_patient: bool) -> dict[str, Any]:
+  if key in clinical and isinstance(clinical[key], dict):
+    return clinical[key]
+  if single_patient and clinical and not any(isinstance(v, dict) for v in clinical.values()):
+    return clinical  # one JSON object of values for the one patient
+  return {}
+
+
+def _phase(record) -> str:
+  for phase in ("post", "mid"):
+    if examples.evaluates(record, phase, include_unlabeled=True):
+      return phase
+  return "pre"
+
+
+def _applicable(model_name: str, record) -> bool:
+  return {"rhpc": True, "img_rhpc": record.mg is not None,
+          "imr_rhpc": "pre" in record.mri}[model_name]
+
+
+def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
+                     weights: ensemble.EnsembleWeights | None, clinical: dict[str, Any],
+                     explain_steps: int = 16, top: int = 8) -> list[dict[str, Any]]:
+  by_name = {run.model_name: run for run in loaded}
+  reference = by_name.get("imr_rhpc") or by_name.get("img_rhpc") or loaded[0]
+  geometry = reference.preprocessing
+  mri_options = MriOptions(spacing_mm=tuple(reference.config.data.mri_spacing_mm),
+                           box=tuple(geometry["mri"]["shape"]),
+                           intensity=geometry["mri"]["intensity"], dtype=geometry["mri"]["dtype"])
+  mg_options = MammogramOptions(size=tuple(geometry["mammogram"]["shape"]),
+                                dtype=geometry["mammogram"]["dtype"])
+  spec = examples.BatchSpec(mri_shape=mri_options.box, mri_dtype=mri_options.dtype,
+                            mg_shape=mg_options.size, mg_dtype=mg_options.dtype)
+  answers = []
+  for folder in folders:
+    answer: dict[str, Any] = {"patient": folder.name}
+    try:
+      row = _row_for(clinical, folder.name, len(folders) == 1)
+      mri, mammogram = generic.patient_imaging(folder, side=generic.tumour_side(row))
+      source = PatientSource(folder.name, label=None, clinical=row, mri=mri, mammogram=mammogram)
+      report = ParseReport()
+      record = process_patient(source, ANONYMOUS, "test", mri_options, mg_options, report)
+      phase = _phase(record)
+      answer.update(phase=phase, images={"mri": list(record.mri), "mammogram": record.mg is not None},
+                    unknown_clinical=sorted(report.missing) + sorted(
+                        {v for v, _ in report.unparsed}))
+      probabilities, attributions = {}, {}
+      example = examples.eval_example(record, phase)
+      for run in loaded:
+        if not _applicable(run.model_name, record):
+          continue
+        batch = examples.collate([example], run.model_name, spec)
+        variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+        out = run.eval_step(run.state.params, run.state.batch_stats, batch)
+        probabilities[run.label] = float(np.asarray(out["probability"])[0])
+        if explain_steps:
+          attributions[run.model_name] = explain.model_attributions(
+              run.model, variables, batch, target="probability", steps=explain_steps)
+      combined = None
+      if weights is not None and {"img_rhpc", "imr_rhpc"} & set(attributions):
+        p_mg = probabilities.get(by_name["img_rhpc"].label) if "img_rhpc" in by_name else None
+        p_mr = probabilities.get(by_name["imr_rhpc"].label) if "imr_rhpc" in by_name else None
+        mg_ok, mr_ok = p_mg is not None, p_mr is not None
+        probabilities["MRP"] = float(ensemble.combine(
+            weights, np.asarray([p_mg or 0.0]), np.asarray([p_mr or 0.0]),
+            np.asarray([mg_ok]), np.asarray([mr_ok]))[0])
+        w = {"img_rhpc": weights.w_mg if mr_ok else 1.0, "imr_rhpc": weights.w_mr if mg_ok else 1.0}
+        combined = explain.combine_attributions(
+            {name: attributions[name] for name in ("img_rhpc", "imr_rhpc") if name in attributions},
+            {name: w[name] for name in attributions if name in w})
+      elif attributions:
+        combined = next(iter(attributions.values()))
+      answer["probability"] = probabilities
+      if combined is not None:
+        answer["top_attributions"] = explain.top_features(combined, top)
+    except Exception as error:  # one bad patient never stops the others
+      answer["error"] = f"{type(error).__name__}: {error}"
+    answers.append(answer)
+  return answers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m mrp_jax.predict",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("patients", nargs="+", type=Path, help="one folder per patient")
+  parser.add_argument("--runs", required=True, help="LABEL=TRAIN_WORKDIR,... (rhpc, iMGrhpc, "
+                      "iMRrhpc)")
+  parser.add_argument("--ensemble", type=Path, help="mrp_ensemble.json from `evaluate`")
+  parser.add_argument("--clinical", type=Path, help="CSV (patient_id column) or JSON")
+  parser.add_argument("--out", type=Path, help="write the answers here (JSON); else stdout")
+  parser.add_argument("--explain_steps", type=int, default=16,
+                      help="Integrated Gradients path steps (0: no attributions)")
+  args = parser.parse_args(argv)
+  try:
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    loaded = [runs.load_run(path, mesh, label) for label, path in runs.parse_runs(args.runs)]
+    weights = ensemble.EnsembleWeights.load(args.ensemble) if args.ensemble else None
+    clinical = _clinical_rows(args.clinical)
+  except (OSError, ValueError) as error:
+    print(f"predict: {error}", file=sys.stderr)
+    return 2
+  answers = predict_patients(args.patients, loaded, weights, clinical, args.explain_steps)
+  text = json.dumps(answers, indent=1)
+  if args.out:
+    args.out.write_text(text)
+  else:
+    print(text)
+  failed = sum("error" in a for a in answers)
+  print(f"predict: {len(answers) - failed} answered, {failed} failed", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

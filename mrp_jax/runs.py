@@ -1,0 +1,80 @@
+"""A finished training run, loaded for evaluation or prediction.
+
+A train workdir holds config.json (the config it trained with), preprocessing.json (the
+geometry and intensity of its records), best/ and checkpoints/. :func:`load_run` rebuilds the
+model from the saved config, restores the best checkpoint (else the latest) and compiles the
+eval step, so evaluation never depends on the config of the evaluating command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from mrp_jax import augment, checkpoint, inference, models, sharding, train_step
+
+
+@dataclasses.dataclass
+class Run:
+  """label: how reports name it ('iMRrhpc', 'iMRrhpc no time'); model_name: 'imr_rhpc'...;
+  step: the restored checkpoint's step."""
+  label: str
+  workdir: Path
+  config: ml_collections.ConfigDict
+  preprocessing: dict[str, Any]
+  model: nn.Module
+  state: train_step.TrainState
+  step: int
+  eval_step: Callable[..., Any]
+
+  @property
+  def model_name(self) -> str:
+    return self.config.model.name
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  path = Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{workdir}: no config.json; is this a train workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_run(workdir: str | Path, mesh, label: str | None = None) -> Run:
+  workdir = Path(workdir)
+  config = load_config(workdir)
+  model = models.create_model(config.model)
+  optimizer = train_step.create_optimizer(config.train)
+  example = models.dummy_batch(config.model.name, 1, tuple(config.data.mri_shape),
+                               tuple(config.data.mg_shape))
+  init = functools.partial(train_step.init_state, model, example, optimizer)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,
+                                       config.mesh.fsdp_min_size)
+  state, step = checkpoint.restore_state_only(
+      workdir, checkpoint.abstract_with_shardings(abstract, shardings))
+  preprocessing = json.loads((workdir / "preprocessing.json").read_text())
+  return Run(label=label or models.DISPLAY_NAMES[config.model.name], workdir=workdir,
+             config=config, preprocessing=preprocessing, model=model, state=state, step=step,
+             eval_step=jax.jit(inference.make_eval_step(model, augment.prepare_images)))
+
+
+def parse_runs(text: str) -> list[tuple[str, str]]:
+  """'rhpc=runs/rhpc,iMRrhpc=runs/imr' -> [(label, workdir), ...]; a clear error otherwise."""
+  out = []
+  for item in filter(None, (t.strip() for t in text.split(","))):
+    label, sep, path = item.partition("=")
+    if not sep or not label or not path:
+      raise ValueError(f"config.evaluate.runs: expected LABEL=WORKDIR items separated by "
+                       f"commas, got {item!r}")
+    out.append((label.strip(), path.strip()))
+  labels = [label for label, _ in out]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"config.evaluate.runs: labels must be unique, got {labels}")
+  return out

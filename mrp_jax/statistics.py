@@ -1,0 +1,580 @@
+"""The paper's classification statistics in plain numpy, vectorised over bootstrap replicates.
+
+Inputs are ``y_true`` [N] in {0, 1} (1 = pCR) and ``score`` [N], the predicted probability of pCR
+(any real score works where only the order matters). A case is predicted pCR when
+``score >= threshold``.
+
+Every metric is computed from per-tie-group case counts: the distinct scores are sorted once and
+a bootstrap replicate is a vector of multiplicities [N] (how often each case was drawn), so the
+counts of all R replicates are one ``np.add.reduceat`` over a [R, N] matrix and every metric of
+every replicate follows without a Python loop. A replicate gives exactly the value the metric
+has on the resampled arrays ``y[idx], score[idx]`` (copies of one case are ties).
+
+Degenerate inputs never raise: an undefined metric is NaN. AUROC and both AUPRCs are undefined
+with one class or no cases; sensitivity without pCR; specificity without non-pCR; PPV without
+predicted pCR; NPV without predicted non-pCR. (scikit-learn instead returns 1.0 or 0.0 with a
+warning for some of these.)
+
+* AUROC: trapezoidal area = Mann-Whitney U / (m n), ties counted 1/2.
+* AUPRC, two definitions named apart: ``auprc_average_precision`` (step-wise, scikit-learn's
+  ``average_precision_score``) and ``auprc_trapezoidal`` (trapezoids over the PR curve from
+  (recall 0, precision 1), as ``auc(recall, precision)`` over ``precision_recall_curve``).
+* 95% CIs: bootstrap percentile intervals (Carpenter & Bithell 2000), 1000 seeded replicates by
+  default, optionally stratified by class.
+* DeLong's test and CI for correlated AUROCs (fast midrank algorithm of Sun & Xu 2014).
+* Subgroup tables and disproportionality odds ratios of pCR (Woolf CI, Fisher's exact p).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+METRICS = ("auroc", "auprc_average_precision", "auprc_trapezoidal", "sensitivity",
+           "specificity", "ppv", "npv")
+_THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv")
+PERCENTILES = (2.5, 97.5)  # the 95% percentile interval
+_Z95 = float(scipy_stats.norm.ppf(0.975))
+INTERVAL = "bootstrap percentile 95% (Carpenter & Bithell 2000)"
+
+
+def check_predictions(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+  """(y [N] bool, score [N] float64) from labels and scores of N cases.
+
+  Raises ValueError on malformed input (shapes, labels other than 0/1, NaN scores), never on
+  degenerate input (no cases, one class), which the metrics answer with NaN.
+  """
+  y, s = np.asarray(y_true), np.asarray(score, dtype=np.float64)
+  if y.ndim != 1 or y.shape != s.shape:
+    raise ValueError(f"y_true {y.shape} and score {s.shape} must both have shape [N]")
+  if y.size and not np.isin(y, (0, 1)).all():
+    raise ValueError("y_true must hold only 1 (pCR) and 0 (non-pCR)")
+  if np.isnan(s).any():
+    raise ValueError(f"score holds {int(np.isnan(s).sum())} NaN: drop or impute those cases")
+  return y.astype(bool), s
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+  """num / den, NaN where den is 0 (an undefined rate, not an error)."""
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+# ---------------------------------------------------------------- counts per tie group
+
+@dataclasses.dataclass(frozen=True)
+class _GroupCounts:
+  """Case counts per distinct score ("tie group"), groups in descending score order.
+
+  pos, neg: [R, G] (weighted) numbers of pCR / non-pCR cases at each group's score, one row per
+  replicate; scores: [G] the group scores, descending.
+  """
+  pos: np.ndarray
+  neg: np.ndarray
+  scores: np.ndarray
+
+
+def _group_counts(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> _GroupCounts:
+  """Counts [R, G] of the cases [N] weighted by multiplicities ``weights`` [R, N]."""
+  if s.size == 0:
+    empty = np.zeros((weights.shape[0], 0))
+    return _GroupCounts(empty, empty, np.zeros(0))
+  order = np.argsort(-s, kind="stable")
+  s_sorted = s[order]
+  starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+  w = weights[:, order].astype(np.float64)
+  pos = np.add.reduceat(w * y[order], starts, axis=1)
+  return _GroupCounts(pos, np.add.reduceat(w, starts, axis=1) - pos, s_sorted[starts])
+
+
+def _metrics(c: _GroupCounts, threshold: float | None) -> dict[str, np.ndarray]:
+  """Every metric of ``METRICS`` [R] from group counts (threshold metrics if threshold given)."""
+  m, n = c.pos.sum(1), c.neg.sum(1)
+  tp, fp = np.cumsum(c.pos, 1), np.cumsum(c.neg, 1)  # cases with score >= each group's score
+  two_classes = (m > 0) & (n > 0)
+  # Mann-Whitney: each pCR case beats the non-pCR below its group and ties half of its own.
+  u = (c.pos * (n[:, None] - fp + 0.5 * c.neg)).sum(1)
+  # Groups not yet holding any case (possible in a replicate) sit at the PR start (0, 1).
+  precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+  recall = tp / np.maximum(m, 1)[:, None]
+  recall_prev = np.pad(recall, ((0, 0), (1, 0)))[:, :-1]
+  precision_prev = np.pad(precision, ((0, 0), (1, 0)), constant_values=1.0)[:, :-1]
+  out = {
+      "auroc": _divide(u, m * n),
+      "auprc_average_precision": (c.pos * precision).sum(1) / np.maximum(m, 1),
+      "auprc_trapezoidal": ((recall - recall_prev) * (precision + precision_prev) / 2).sum(1),
+  }
+  for name in ("auprc_average_precision", "auprc_trapezoidal"):
+    out[name] = np.where(two_classes, out[name], np.nan)
+  if threshold is not None:
+    out.update(_confusion_rates(c, threshold))
+  return out
+
+
+def _confusion_rates(c: _GroupCounts, threshold: float) -> dict[str, np.ndarray]:
+  """tp, fp, tn, fn [R] at ``score >= threshold`` = pCR and the four rates (NaN if undefined)."""
+  predicted = c.scores >= threshold
+  tp, fp = c.pos @ predicted, c.neg @ predicted
+  fn, tn = c.pos.sum(1) - tp, c.neg.sum(1) - fp
+  rates = {"sensitivity": _divide(tp, tp + fn), "specificity": _divide(tn, tn + fp),
+           "ppv": _divide(tp, tp + fp), "npv": _divide(tn, tn + fn)}
+  if math.isnan(threshold):  # e.g. Youden's J on a one-class validation set
+    rates = {k: np.full_like(v, np.nan) for k, v in rates.items()}
+  return dict(rates, tp=tp, fp=fp, tn=tn, fn=fn)
+
+
+def _point(y_true: Any, score: Any, threshold: float | None = None) -> dict[str, Any]:
+  """All metrics on the data itself, as Python floats."""
+  y, s = check_predictions(y_true, score)
+  values = _metrics(_group_counts(y, s, np.ones((1, y.size))), threshold)
+  return {k: float(v[0]) for k, v in values.items()}
+
+
+# ---------------------------------------------------------------- point metrics and curves
+
+def auroc(y_true: Any, score: Any) -> float:
+  """Area under the ROC curve (trapezoidal = Mann-Whitney U / (m n), ties 1/2); NaN if one class."""
+  return _point(y_true, score)["auroc"]
+
+
+def auprc_average_precision(y_true: Any, score: Any) -> float:
+  """Step-wise AUPRC: sum_k (R_k - R_{k-1}) P_k over the distinct thresholds, as scikit-learn's
+  ``average_precision_score``; NaN if one class."""
+  return _point(y_true, score)["auprc_average_precision"]
+
+
+def auprc_trapezoidal(y_true: Any, score: Any) -> float:
+  """Trapezoidal AUPRC over ``pr_curve`` (which starts at recall 0, precision 1), as
+  ``sklearn.metrics.auc(recall, precision)``; NaN if one class."""
+  return _point(y_true, score)["auprc_trapezoidal"]
+
+
+def threshold_metrics(y_true: Any, score: Any, threshold: float) -> dict[str, float]:
+  """Sensitivity, specificity, PPV, NPV and the confusion counts at ``score >= threshold`` = pCR.
+
+  sensitivity = TP / (TP + FN) (share of pCR found), specificity = TN / (TN + FP),
+  PPV = TP / (TP + FP) (share of predicted pCR that are pCR), NPV = TN / (TN + FN); each NaN where
+  its denominator is 0 or the threshold is NaN. Keys tp, fp, tn, fn hold the counts.
+  """
+  values = _point(y_true, score, threshold)
+  return {k: (int(values[k]) if k in ("tp", "fp", "tn", "fn") else values[k])
+          for k in _THRESHOLD_METRICS + ("tp", "fp", "tn", "fn")}
+
+
+def roc_curve(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(fpr, tpr, thresholds), each [G + 1]: (0, 0) at threshold +inf, then every distinct score in
+  descending order, as ``sklearn.metrics.roc_curve(drop_intermediate=False)``. TPR (FPR) is NaN
+  without pCR (non-pCR)."""
+  y, s = check_predictions(y_true, score)
+  c = _group_counts(y, s, np.ones((1, y.size)))
+  tp, fp = np.r_[0.0, np.cumsum(c.pos[0])], np.r_[0.0, np.cumsum(c.neg[0])]
+  return _divide(fp, np.full_like(fp, fp[-1])), _divide(tp, np.full_like(tp, tp[-1])), np.r_[
+      np.inf, c.scores]
+
+
+def pr_curve(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(precision [G + 1], recall [G + 1], thresholds [G]) as ``sklearn.metrics.
+  precision_recall_curve``: distinct scores ascending, then the end point (recall 0, precision 1).
+  Recall is NaN without pCR."""
+  y, s = check_predictions(y_true, score)
+  c = _group_counts(y, s, np.ones((1, y.size)))
+  tp, fp = np.cumsum(c.pos[0]), np.cumsum(c.neg[0])
+  recall = _divide(tp, np.full_like(tp, tp[-1] if tp.size else 0.0))
+  return np.r_[(tp / (tp + fp))[::-1], 1.0], np.r_[recall[::-1], 0.0], c.scores[::-1]
+
+
+def youden_threshold(y_true: Any, score: Any) -> float:
+  """The observed score maximising Youden's J = sensitivity + specificity - 1 when used as
+  threshold (score >= threshold = pCR); among ties the highest. NaN if one class."""
+  fpr, tpr, thresholds = roc_curve(y_true, score)
+  j = (tpr - fpr)[1:]
+  if j.size == 0 or np.isnan(j).any():
+    return float("nan")
+  return float(thresholds[1:][np.argmax(j)])
+
+
+# ---------------------------------------------------------------- bootstrap
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """A statistic with its bootstrap percentile 95% CI.
+
+  Attributes:
+    value: the statistic on all n cases (NaN when undefined).
+    ci_low, ci_high: 2.5th / 97.5th percentiles (linear interpolation) of the replicates used;
+      NaN when fewer than the ``min_valid`` replicates were usable.
+    n: the number of cases N.
+    replicates_used: replicates on which the statistic is defined.
+    replicates_skipped: replicates on which it is not (one-class replicates for AUROC / AUPRC,
+      no pCR for sensitivity, no predicted pCR for PPV, ...).
+  """
+  value: float
+  ci_low: float
+  ci_high: float
+  n: int
+  replicates_used: int
+  replicates_skipped: int
+
+  def as_dict(self) -> dict[str, float | int]:
+    return dataclasses.asdict(self)
+
+
+def bootstrap_indices(y_true: Any, replicates: int = 1000, seed: int = 0,
+                      stratified: bool = False) -> np.ndarray:
+  """Case indices [R, N] drawn with replacement by ``np.random.default_rng(seed)``.
+
+  stratified: each replicate draws m of the m pCR cases and n of the n non-pCR cases (pCR columns
+  first), so the class counts are those of the data and no replicate is one-class.
+  """
+  y = np.asarray(y_true).astype(bool)
+  rng = np.random.default_rng(seed)
+  if not stratified:
+    return rng.integers(0, y.size, size=(replicates, y.size))
+  parts = [members[rng.integers(0, members.size, size=(replicates, members.size))]
+           for members in (np.flatnonzero(y), np.flatnonzero(~y))]
+  return np.concatenate(parts, axis=1)
+
+
+def multiplicities(indices: np.ndarray, n: int) -> np.ndarray:
+  """How often each of n cases occurs in each row of ``indices`` [R, K]: counts [R, n]."""
+  rows = indices.shape[0]
+  flat = (indices + n * np.arange(rows)[:, None]).ravel()
+  return np.bincount(flat, minlength=rows * n).reshape(rows, n)
+
+
+def replicate_metrics(y_true: Any, score: Any, indices: np.ndarray,
+                      threshold: float | None = None) -> dict[str, np.ndarray]:
+  """Every metric [R] of each replicate ``y_true[indices[r]], score[indices[r]]`` at once.
+
+  Keys: auroc, auprc_average_precision, auprc_trapezoidal, and with a threshold also
+  sensitivity, specificity, ppv, npv and the counts tp, fp, tn, fn. NaN where undefined.
+  """
+  y, s = check_predictions(y_true, score)
+  return _metrics(_group_counts(y, s, multiplicities(np.asarray(indices), y.size)), threshold)
+
+
+def percentile_estimate(value: float, replicate_values: np.ndarray, n: int,
+                        min_valid: int) -> Estimate:
+  """Estimate from replicate values [R], NaN marking undefined replicates (skipped, counted)."""
+  finite = replicate_values[np.isfinite(replicate_values)]
+  low = high = float("nan")
+  if finite.size and finite.size >= min_valid:
+    low, high = (float(q) for q in np.percentile(finite, PERCENTILES))
+  return Estimate(float(value), low, high, int(n), int(finite.size),
+                  int(replicate_values.size - finite.size))
+
+
+def _min_valid(replicates: int, min_valid: int | None) -> int:
+  # Default: half the replicates. Below that the usable replicates are a small, biased subset
+  # (those that happened to draw both classes), and an interval from them would mislead.
+  return math.ceil(replicates / 2) if min_valid is None else int(min_valid)
+
+
+def bootstrap_ci(y_true: Any, score: Any, metric: str = "auroc", threshold: float | None = None,
+                 *, replicates: int = 1000, seed: int = 0, stratified: bool = False,
+                 min_valid: int | None = None) -> Estimate:
+  """One metric of ``METRICS`` with its bootstrap percentile 95% CI (threshold metrics need the
+  threshold). See ``metric_table`` for the arguments."""
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+  if metric in _THRESHOLD_METRICS and threshold is None:
+    raise ValueError(f"{metric} needs a threshold")
+  y, s = check_predictions(y_true, score)
+  indices = bootstrap_indices(y, replicates, seed, stratified)
+  values = replicate_metrics(y, s, indices, threshold)[metric]
+  return percentile_estimate(_point(y, s, threshold)[metric], values, y.size,
+                             _min_valid(replicates, min_valid))
+
+
+def metric_table(y_true: Any, score: Any, threshold: float, *, replicates: int = 1000,
+                 seed: int = 0, stratified: bool = False,
+                 min_valid: int | None = None) -> dict[str, Any]:
+  """Every metric of the paper with its bootstrap 95% CI, for one model at one phase.
+
+  All metrics are computed on the same R replicates. The threshold is fixed across replicates
+  (choose it beforehand, e.g. Youden's J on the validation split).
+
+  Args:
+    y_true: [N] 1 = pCR, 0 = non-pCR.
+    score: [N] predicted probability of pCR.
+    threshold: a case is predicted pCR when score >= threshold.
+    replicates: bootstrap replicates R.
+    seed: numpy generator seed; the same seed gives the same intervals.
+    stratified: resample within each class (keeps m and n; no one-class replicates).
+    min_valid: fewest replicates on which a metric must be defined for its CI (else NaN);
+      default half of ``replicates``.
+
+  Returns:
+    {metric: Estimate.as_dict()} for each of ``METRICS``, and "auprc": the same entry as
+    "auprc_average_precision" (the step-wise AUPRC is the one reported as "AUPRC");
+    "auprc_definition"; "n", "n_pcr", "n_non_pcr"; "threshold"; "confusion": {tp, fp, tn, fn};
+    "bootstrap": {replicates, seed, stratified, one_class_replicates, min_valid, interval}.
+  """
+  y, s = check_predictions(y_true, score)
+  indices = bootstrap_indices(y, replicates, seed, stratified)
+  boot = replicate_metrics(y, s, indices, threshold)
+  point = _point(y, s, threshold)
+  minimum = _min_valid(replicates, min_valid)
+  table: dict[str, Any] = {
+      name: percentile_estimate(point[name], boot[name], y.size, minimum).as_dict()
+      for name in METRICS}
+  table["auprc"] = dict(table["auprc_average_precision"])
+  one_class = int(((boot["tp"] + boot["fn"]) * (boot["tn"] + boot["fp"]) == 0).sum())
+  table.update(
+      auprc_definition="average precision (step-wise, sklearn average_precision_score)",
+      n=int(y.size), n_pcr=int(y.sum()), n_non_pcr=int((~y).sum()), threshold=float(threshold),
+      confusion={k: int(point[k]) for k in ("tp", "fp", "tn", "fn")},
+      bootstrap=dict(replicates=int(replicates), seed=int(seed), stratified=bool(stratified),
+                     one_class_replicates=one_class, min_valid=minimum, interval=INTERVAL))
+  return table
+
+
+# ---------------------------------------------------------------- curve bands (plots)
+
+@dataclasses.dataclass(frozen=True)
+class CurveBand:
+  """A curve sampled on a fixed grid [G] with its bootstrap percentile 95% band, for plots.
+
+  ROC: grid = FPR, value / low / high = TPR. PR: grid = recall, value / low / high = precision.
+  One-class replicates have no curve: skipped and counted in replicates_skipped. All NaN when
+  the data themselves hold one class.
+  """
+  grid: np.ndarray
+  value: np.ndarray
+  low: np.ndarray
+  high: np.ndarray
+  replicates_used: int
+  replicates_skipped: int
+
+
+def _tpr_at_fpr(c: _GroupCounts, grid: np.ndarray) -> np.ndarray:
+  """TPR [R, G] of each row's ROC polyline at FPR = grid: linear along a tie group's diagonal,
+  the upper value on a vertical step."""
+  tp, fp = np.cumsum(c.pos, 1), np.cumsum(c.neg, 1)
+  fpr = np.pad(fp / np.maximum(fp[:, -1:], 1), ((0, 0), (1, 0)))  # points from (0, 0)
+  tpr = np.pad(tp / np.maximum(tp[:, -1:], 1), ((0, 0), (1, 0)))
+  last = fpr.shape[1] - 1
+  out = np.empty((fpr.shape[0], grid.size))
+  for g, x in enumerate(grid):  # a loop over the grid, vectorised over replicates
+    # The last point at or left of x (the tolerance lets linspace's 0.30000000000000004 reach
+    # FPR 3/10), then the segment to the next point, which crosses x.
+    k = (fpr <= x + 1e-12).sum(1, keepdims=True) - 1
+    nxt = np.minimum(k + 1, last)
+    f0, f1 = np.take_along_axis(fpr, k, 1)[:, 0], np.take_along_axis(fpr, nxt, 1)[:, 0]
+    t0, t1 = np.take_along_axis(tpr, k, 1)[:, 0], np.take_along_axis(tpr, nxt, 1)[:, 0]
+    crossing = f1 > f0  # False at the last point
+    out[:, g] = np.where(crossing, t0 + (x - f0) / np.where(crossing, f1 - f0, 1.0) * (t1 - t0),
+                         t0)
+  return out
+
+
+def _precision_at_recall(c: _GroupCounts, grid: np.ndarray) -> np.ndarray:
+  """Precision [R, G] at recall = grid on the step curve whose integral is the average
+  precision: the precision at the highest threshold whose recall reaches the grid value."""
+  tp, fp = np.cumsum(c.pos, 1), np.cumsum(c.neg, 1)
+  precision = tp / np.maximum(tp + fp, 1)
+  # Groups above every case drawn in a replicate are no point of its curve.
+  recall = np.where(tp + fp > 0, tp / np.maximum(tp[:, -1:], 1), -1.0)
+  last = recall.shape[1] - 1
+  out = np.empty((recall.shape[0], grid.size))
+  for g, x in enumerate(grid):  # a loop over the grid, vectorised over replicates
+    k = np.minimum((recall < x - 1e-12).sum(1, keepdims=True), last)
+    out[:, g] = np.take_along_axis(precision, k, 1)[:, 0]
+  return out
+
+
+def _curve_band(curve: Any, y_true: Any, score: Any, grid_points: int, replicates: int,
+                seed: int, stratified: bool) -> CurveBand:
+  y, s = check_predictions(y_true, score)
+  grid = np.linspace(0.0, 1.0, grid_points)
+  if y.all() or not y.any():  # no curve without both classes (or without cases)
+    nan = np.full(grid.size, np.nan)
+    return CurveBand(grid, nan, nan, nan, 0, int(replicates))
+  value = curve(_group_counts(y, s, np.ones((1, y.size))), grid)[0]
+  c = _group_counts(y, s, multiplicities(bootstrap_indices(y, replicates, seed, stratified),
+                                         y.size))
+  keep = (c.pos.sum(1) > 0) & (c.neg.sum(1) > 0)
+  values = curve(_GroupCounts(c.pos[keep], c.neg[keep], c.scores), grid)
+  low, high = (np.percentile(values, PERCENTILES, axis=0) if keep.any()
+               else np.full((2, grid.size), np.nan))
+  return CurveBand(grid, value, low, high, int(keep.sum()), int((~keep).sum()))
+
+
+def roc_band(y_true: Any, score: Any, *, grid_points: int = 101, replicates: int = 1000,
+             seed: int = 0, stratified: bool = False) -> CurveBand:
+  """The ROC curve on an FPR grid of ``grid_points`` in [0, 1] with its bootstrap TPR band."""
+  return _curve_band(_tpr_at_fpr, y_true, score, grid_points, replicates, seed, stratified)
+
+
+def pr_band(y_true: Any, score: Any, *, grid_points: int = 101, replicates: int = 1000,
+            seed: int = 0, stratified: bool = False) -> CurveBand:
+  """The PR curve on a recall grid of ``grid_points`` in [0, 1] with its bootstrap precision
+  band (the step curve of the average precision)."""
+  return _curve_band(_precision_at_recall, y_true, score, grid_points, replicates, seed,
+                     stratified)
+
+# ---------------------------------------------------------------- DeLong
+
+@dataclasses.dataclass(frozen=True)
+class DeLongTest:
+  """Two correlated AUROCs on the same cases: difference = auc_a - auc_b, variance = Var(diff),
+  z = difference / sqrt(variance), p_value two-sided under the standard normal."""
+  auc_a: float
+  auc_b: float
+  difference: float
+  variance: float
+  covariance: float  # Cov(auc_a, auc_b)
+  z: float
+  p_value: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DeLongInterval:
+  """One AUROC with its DeLong variance and normal 95% CI auc +- 1.96 sqrt(var), clipped to
+  [0, 1]."""
+  auc: float
+  variance: float
+  ci_low: float
+  ci_high: float
+  n: int
+
+
+def delong_covariance(y_true: Any, scores: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+  """AUROCs [K] of K score vectors [N] and their DeLong covariance S [K, K] (Sun & Xu 2014).
+
+  With midranks Tz over all cases, Tx among the m pCR, Ty among the n non-pCR:
+  AUC = sum(Tz[pCR]) / (m n) - (m + 1) / (2 n); placement values V10 = (Tz[pCR] - Tx) / n and
+  V01 = 1 - (Tz[non-pCR] - Ty) / m; S = cov(V10) / m + cov(V01) / n (covariances with 1/(m-1),
+  1/(n-1)). All NaN with fewer than 2 cases of a class.
+  """
+  validated = [check_predictions(y_true, row) for row in scores]
+  y = validated[0][0]
+  s = np.stack([row for _, row in validated]) if validated else np.zeros((0, y.size))
+  m, n = int(y.sum()), int((~y).sum())
+  if m < 2 or n < 2:
+    return np.full(len(s), np.nan), np.full((len(s), len(s)), np.nan)
+  tz = scipy_stats.rankdata(s, axis=1)
+  tx, ty = scipy_stats.rankdata(s[:, y], axis=1), scipy_stats.rankdata(s[:, ~y], axis=1)
+  aucs = tz[:, y].sum(1) / (m * n) - (m + 1) / (2 * n)
+  v10 = (tz[:, y] - tx) / n
+  v01 = 1.0 - (tz[:, ~y] - ty) / m
+  return aucs, np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+
+
+def delong_test(y_true: Any, score_a: Any, score_b: Any) -> DeLongTest:
+  """DeLong's test of AUROC(a) = AUROC(b) for two models (or a model and a reader) on the same
+  cases. A zero variance (e.g. identical scores) gives z = 0, p = 1 when the AUROCs are equal
+  and z = +-inf, p = 0 otherwise; all NaN with fewer than 2 pCR or 2 non-pCR."""
+  aucs, cov = delong_covariance(y_true, [score_a, score_b])
+  difference = aucs[0] - aucs[1]
+  variance = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+  if not np.isfinite(variance):
+    z = p = float("nan")
+  elif variance <= 0:
+    z, p = (0.0, 1.0) if difference == 0 else (math.copysign(math.inf, difference), 0.0)
+  else:
+    z = difference / math.sqrt(variance)
+    p = 2 * scipy_stats.norm.sf(abs(z))
+  return DeLongTest(float(aucs[0]), float(aucs[1]), float(difference), float(variance),
+                    float(cov[0, 1]), float(z), float(p))
+
+
+def delong_interval(y_true: Any, score: Any) -> DeLongInterval:
+  """AUROC with its DeLong variance and normal 95% CI (NaN with < 2 cases of a class)."""
+  aucs, cov = delong_covariance(y_true, [score])
+  half = _Z95 * math.sqrt(cov[0, 0]) if np.isfinite(cov[0, 0]) else float("nan")
+  return DeLongInterval(float(aucs[0]), float(cov[0, 0]), float(max(aucs[0] - half, 0.0)),
+                        float(min(aucs[0] + half, 1.0)), int(np.size(y_true)))
+
+
+# ---------------------------------------------------------------- subgroups, odds ratios
+
+def category_labels(groups: Any) -> np.ndarray:
+  """Category labels [N] as str; missing values (None, NaN, pandas NA / NaT, '') become
+  'Unknown'."""
+  def label(value: Any) -> str:
+    # By the printed form: comparing pandas NA with == raises ("boolean value of NA").
+    text = str(value).strip()
+    return "Unknown" if text in ("", "nan", "NaN", "None", "<NA>", "NaT") else text
+  return np.asarray([label(v) for v in np.asarray(groups, dtype=object).ravel()], dtype=object)
+
+
+def _most_common_first(labels: np.ndarray) -> list[str]:
+  names, counts = np.unique(labels.astype(str), return_counts=True)
+  return [str(names[i]) for i in sorted(range(names.size), key=lambda i: (-counts[i], names[i]))]
+
+
+def subgroup_metrics(y_true: Any, score: Any, groups: Any, threshold: float,
+                     **bootstrap: Any) -> dict[str, dict[str, Any]]:
+  """``metric_table`` per category of ``groups`` [N] (e.g. molecular subtype), most common
+  first; each table carries n and n_pcr. ``bootstrap``: metric_table's keyword arguments."""
+  y, s = check_predictions(y_true, score)
+  labels = category_labels(groups)
+  if labels.size != y.size:
+    raise ValueError(f"groups has {labels.size} values for {y.size} cases")
+  return {name: metric_table(y[labels == name], s[labels == name], threshold, **bootstrap)
+          for name in _most_common_first(labels)}
+
+
+@dataclasses.dataclass(frozen=True)
+class OddsRatio:
+  """Odds of pCR in one category relative to the reference category (2x2 table a b / c d:
+  a, b = pCR, non-pCR in the category; c, d = pCR, non-pCR in the reference).
+
+  odds_ratio = (a d) / (b c); ci_low / ci_high: Woolf 95% CI exp(log OR +- 1.96 SE),
+  SE = sqrt(1/a + 1/b + 1/c + 1/d); haldane: a cell was 0, so 0.5 was added to all four cells for
+  OR, CI and p_value_wald; p_value: Fisher's exact test, two-sided, on the uncorrected table;
+  p_value_wald: the Wald z test of log OR that matches the Woolf CI. The reference category has
+  OR 1 and NaN CI and p-values.
+  """
+  category: str
+  n: int
+  n_pcr: int
+  pcr_rate: float
+  odds_ratio: float
+  ci_low: float
+  ci_high: float
+  p_value: float
+  p_value_wald: float
+  reference: str
+  haldane: bool
+
+  def as_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def odds_ratios(y_true: Any, groups: Any, *, reference: str | None = None) -> dict[str, OddsRatio]:
+  """Disproportionality analysis: the odds ratio of pCR of each category of ``groups`` [N]
+  against ``reference`` (default: the most common category), most common category first."""
+  y, _ = check_predictions(y_true, np.zeros(np.shape(y_true)))
+  labels = category_labels(groups)
+  if labels.size != y.size:
+    raise ValueError(f"groups has {labels.size} values for {y.size} cases")
+  order = _most_common_first(labels)
+  reference = order[0] if reference is None and order else reference
+  if reference not in order:
+    raise ValueError(f"reference category {reference!r} is not among {order}")
+  c = int(y[labels == reference].sum())
+  d = int((labels == reference).sum()) - c
+  out = {}
+  for name in order:
+    a = int(y[labels == name].sum())
+    b = int((labels == name).sum()) - a
+    if name == reference:
+      out[name] = OddsRatio(name, a + b, a, a / (a + b), 1.0, *(float("nan"),) * 4, name, False)
+      continue
+    table = np.array([[a, b], [c, d]], dtype=np.float64)
+    haldane = bool((table == 0).any())
+    cells = table + 0.5 if haldane else table  # Haldane-Anscombe: keeps OR and SE finite
+    log_or = math.log(cells[0, 0] * cells[1, 1] / (cells[0, 1] * cells[1, 0]))
+    se = math.sqrt((1.0 / cells).sum())
+    fisher = float(scipy_stats.fisher_exact(table.astype(int)).pvalue)
+    wald = float(2 * scipy_stats.norm.sf(abs(log_or) / se))
+    out[name] = OddsRatio(name, a + b, a, a / (a + b), math.exp(log_or),
+                          math.exp(log_or - _Z95 * se), math.exp(log_or + _Z95 * se), fisher,
+                          wald, reference, haldane)
+  return out

@@ -1,0 +1,113 @@
+"""The evaluate job on tiny trained runs: predictions, MRP, statistics and the report files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from configs import evaluate as evaluate_config
+from mrp_jax import config_validation, ensemble, evaluate
+
+PHASES = ("pre", "mid", "post")
+MODELS = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
+
+
+@pytest.fixture(scope="module")
+def report(trained_runs, training_records, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("evaluation")
+  # Readers: two readers who rated some test patients at Pre-NAT.
+  readers = workdir / "readers.csv"
+  config = evaluate_config.get_config()
+  config.data.records = str(training_records)
+  # An ablation-style label listed first: reported beside the others, never used by MRP. (It
+  # reuses the iMRrhpc run: the reporting is under test here, not the ablation's training.)
+  config.evaluate.runs = ",".join(
+      [f"iMRrhpc ablation={trained_runs['iMRrhpc']}"]
+      + [f"{label}={path}" for label, path in trained_runs.items()])
+  config.evaluate.split = "validation"  # the tiny cohort has no test split
+  config.evaluate.fit_split = "validation"
+  config.evaluate.bootstrap_replicates = 100
+  config.evaluate.explain_cases = 2
+  config.evaluate.explain_steps = 4
+  config.eval.batch_size = 4
+  ids = [row["patient_id"] for row in _first_run_predictions(config, trained_runs)]
+  with open(readers, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["case", "phase", "reader", "probability"])
+    rng = np.random.default_rng(0)
+    for reader in ("A", "B"):
+      for case in ids:
+        writer.writerow([case, "Pre-NAT", reader, f"{rng.random():.2f}"])
+  config.evaluate.readers = str(readers)
+  config_validation.validate(config)
+  result = evaluate.run(config, workdir)
+  return workdir / "report", result
+
+
+def _first_run_predictions(config, trained_runs):
+  from input_pipeline import pipeline, records, tfrecord
+  out = []
+  for path in pipeline.split_paths(config.data.records, "validation"):
+    for _, data in tfrecord.iter_records(path):
+      out.append({"patient_id": records.decode(data).patient_id})
+  return out
+
+
+def test_metrics_json_has_every_model_phase_and_metric(report):
+  folder, result = report
+  metrics = json.loads((folder / "metrics.json").read_text())
+  for model in MODELS:
+    for phase in PHASES:
+      entry = metrics["models"][model][phase]
+      assert entry["n"] > 0
+      for metric in ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv"):
+        assert set(entry[metric]) >= {"value", "ci_low", "ci_high"}, (model, phase, metric)
+      if entry["auroc"]["value"] is not None and entry["auroc"]["ci_low"] is not None:
+        assert entry["auroc"]["ci_low"] <= entry["auroc"]["value"] <= entry["auroc"]["ci_high"]
+  assert metrics["models"]["Reader A"]["pre"]["n"] > 0
+  assert metrics["models"]["iMRrhpc ablation"]["post"]["n"] == metrics["models"]["iMRrhpc"][
+      "post"]["n"]
+  pairs = {(d["a"], d["b"]): d for d in metrics["delong"]["pre"]}
+  assert ("iMRrhpc", "MRP") in pairs and ("MRP", "Reader A") in pairs
+  same = pairs.get(("iMRrhpc ablation", "iMRrhpc")) or pairs[("iMRrhpc", "iMRrhpc ablation")]
+  assert same["p_value"] == 1.0  # identical predictions: equal AUROCs, zero variance
+  assert metrics["decision_curves"]["pre"]["direction"] == "therapy"
+  assert metrics["decision_curves"]["post"]["direction"] == "surgery"
+  curve = metrics["decision_curves"]["post"]["MRP"]
+  assert len(curve["net_benefit"]) == len(curve["thresholds"]) == 60
+  assert set(metrics["thresholds"]["MRP"]) == set(PHASES)
+  assert "molecular_subtype" in metrics["subgroups"]["by_phase"]["pre"]
+  assert "molecular_subtype" in metrics["odds_ratios"]
+
+
+def test_mrp_weights_are_saved_and_used(report):
+  folder, result = report
+  weights = ensemble.EnsembleWeights.load(folder / "mrp_ensemble.json")
+  assert weights.w_mg + weights.w_mr == pytest.approx(1.0)
+  rows = list(csv.DictReader(open(folder / "predictions.csv")))
+  by = {(r["model"], r["phase"], r["patient_id"]): float(r["probability"]) for r in rows}
+  for (model, phase, pid), p in by.items():
+    if model == "MRP":
+      p_mg, p_mr = by[("iMGrhpc", phase, pid)], by[("iMRrhpc", phase, pid)]
+      # Every tiny patient has an MRI; those with a mammogram get the weighted mix.
+      assert p == pytest.approx(weights.w_mg * p_mg + weights.w_mr * p_mr, abs=1e-5) or \
+          p == pytest.approx(p_mr, abs=1e-5)
+
+
+def test_predictions_csv_and_report_files(report):
+  folder, _ = report
+  rows = list(csv.DictReader(open(folder / "predictions.csv")))
+  assert {r["model"] for r in rows} >= set(MODELS)
+  assert {"patient_id", "split", "phase", "probability", "label", "molecular_subtype"} <= set(
+      rows[0])
+  assert all(r["patient_id"].startswith("P") and len(r["patient_id"]) == 13 for r in rows)
+  for phase in PHASES:
+    for name in (f"roc_{phase}.png", f"pr_{phase}.png", f"decision_curve_{phase}.png"):
+      assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+  text = (folder / "report.md").read_text()
+  assert "| MRP |" in text and "Post-NAT" in text and "DeLong" in text
+  attributions = json.loads((folder / "attributions.json").read_text())
+  ranked = attributions["ranked"]["MRP"]
+  assert {r["feature"] for r in ranked} >= {"Molecular subtype", "MRI", "MG"}
+  assert (folder / "attributions.png").exists()

@@ -1,0 +1,78 @@
+"""The predict command on synthetic patient folders: every model, MRP, phase, attributions, and
+a broken patient that gets an error while the others get answers."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mrp_jax import ensemble, predict
+
+
+@pytest.fixture(scope="module")
+def patients(training_records, tmp_path_factory):
+  """Three synthetic patient folders, one with its only MRI study corrupted, and a clinical
+  CSV without the label column and with one field blanked."""
+  export = training_records.parent / "export"
+  root = tmp_path_factory.mktemp("new_patients")
+  rows = {r["patient_id"]: r for r in csv.DictReader(open(export / "clinical.csv"))}
+  chosen = [p.name for p in sorted(export.iterdir()) if p.is_dir() and p.name in rows][:2]
+  folders = [root / name for name in chosen]
+  for name, folder in zip(chosen, folders):
+    shutil.copytree(export / name, folder)
+  broken = root / "BROKEN"
+  shutil.copytree(export / chosen[0], broken)
+  for dicom in broken.rglob("*"):  # every file truncated: no readable image at all
+    if dicom.is_file():
+      dicom.write_bytes(b"DICM")
+  clinical = root / "clinical.csv"
+  headers = [h for h in rows[chosen[0]] if h != "pCR"]
+  with open(clinical, "w", newline="") as f:
+    writer = csv.DictWriter(f, headers, extrasaction="ignore")
+    writer.writeheader()
+    for name in chosen:
+      writer.writerow({**rows[name], "Molecular subtype": ""})
+  return folders, broken, clinical
+
+
+def test_predict_answers_every_good_patient_and_reports_the_broken_one(
+    trained_runs, patients, tmp_path):
+  folders, broken, clinical = patients
+  weights = ensemble.EnsembleWeights(w_mg=0.3, w_mr=0.7, objective="test", grid_step=0.05,
+                                     validation_auroc=0.5)
+  weights_path = tmp_path / "mrp_ensemble.json"
+  weights.save(weights_path)
+  out = tmp_path / "answers.json"
+  runs_arg = ",".join(f"{k}={v}" for k, v in trained_runs.items())
+  code = predict.main([*map(str, folders), str(broken), "--runs", runs_arg, "--ensemble",
+                       str(weights_path), "--clinical", str(clinical), "--out", str(out),
+                       "--explain_steps", "4"])
+  assert code == 0
+  answers = {a["patient"]: a for a in json.loads(out.read_text())}
+  assert set(answers) == {f.name for f in folders} | {"BROKEN"}
+  assert "error" in answers["BROKEN"] and "probability" not in answers["BROKEN"]
+  for folder in folders:
+    answer = answers[folder.name]
+    assert "error" not in answer, answer
+    assert answer["phase"] in ("pre", "mid", "post")
+    assert "molecular_subtype" in answer["unknown_clinical"]  # blanked above
+    probs = answer["probability"]
+    assert set(probs) >= {"rhpc", "iMRrhpc", "MRP"}
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    if "iMGrhpc" in probs:
+      assert probs["MRP"] == pytest.approx(0.3 * probs["iMGrhpc"] + 0.7 * probs["iMRrhpc"],
+                                           abs=1e-6)
+    else:
+      assert probs["MRP"] == pytest.approx(probs["iMRrhpc"], abs=1e-6)
+    top = answer["top_attributions"]
+    assert 0 < len(top) <= 8
+    magnitudes = [abs(t["attribution"]) for t in top]
+    assert magnitudes == sorted(magnitudes, reverse=True)
+    assert all(np.isfinite(m) for m in magnitudes)
+
+
+def test_predict_rejects_a_bad_runs_argument(capsys, tmp_path):
+  assert predict.main([str(tmp_path), "--runs", "iMRrhpc"]) == 2
+  assert "LABEL=WORKDIR" in capsys.readouterr().err
