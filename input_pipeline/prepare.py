@@ -257,8 +257,11 @@ def _plan(patients: list[PatientSource], options: PrepareOptions, key: bytes):
   if duplicates:
     raise PrepareError(f"{len(duplicates)} patients appear twice in {options.source}; "
                        "patient ids must be unique")
-  splits = stratified_split([pid for pid, _ in usable], [p.label for _, p in usable],
-                            options.split_fractions, options.seed)
+  # Split by the source ids, not the pseudonyms: the same export and seed give the same split
+  # whatever the (secret, per-installation) pseudonym key.
+  by_source = stratified_split([p.key for _, p in usable], [p.label for _, p in usable],
+                               options.split_fractions, options.seed)
+  splits = {pid: by_source[p.key] for pid, p in usable}
   jobs = []
   for split in SPLIT_NAMES:
     members = sorted((pid, p) for pid, p in usable if splits[pid] == split)

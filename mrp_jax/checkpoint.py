@@ -55,6 +55,11 @@ class Checkpoints:
     return restored["state"]
 
   def save_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
+    # The two managers' finalisation uses the same named multi-process barrier
+    # (ThreadSaveMultiHostValueHolder): a best save overlapping the latest manager's async
+    # save failed a 2-process test with "Barrier ... is already ongoing" under load (orbax
+    # 0.12.8; BUILD_NOTES.md). Saving one at a time avoids the collision.
+    self.latest.wait_until_finished()
     self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                    metrics=metrics, force=True)
 

@@ -203,6 +203,20 @@ def test_stratified_split_is_seeded_balanced_and_order_free():
     assert positives / len(members) == pytest.approx(67 / 200, abs=0.05)
 
 
+def test_split_does_not_depend_on_the_pseudonym_key():
+  from input_pipeline.patient import PatientSource
+  patients = [PatientSource(f"SRC{i:03d}", label=int(i % 3 == 0), clinical={}, mri={},
+                            mammogram=None) for i in range(60)]
+  options = prepare.PrepareOptions(source=Path("/nonexistent"), out=Path("/nonexistent/out"))
+
+  def split_of_source(key):
+    jobs, _ = prepare._plan(patients, options, key)
+    return {source.key: job.split for job in jobs for _, source in job.patients}
+
+  first, second = split_of_source(b"k" * 32), split_of_source(b"other key" * 4)
+  assert first == second and len(first) == 60 and len(set(first.values())) == 3
+
+
 def test_cli_rejects_bad_split(export, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "input_pipeline.prepare", "--source", str(export), "--out",
