@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (ExplicitVRLittleEndian, RLELossless, generate_uid)
 
@@ -80,6 +83,52 @@ def _save(ds: Dataset, path: Path) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   ds.save_as(path, enforce_file_format=True)
   return path
+
+
+class _SeriesEncoder:
+  """Writes the single-frame files of one series, encoding what they share once.
+
+  A classic MR series is hundreds of files that differ in a handful of elements. pydicom's
+  ``dcmwrite`` re-validates and re-encodes all ~60 elements of every file, which made writing
+  the synthetic export its slowest stage. Here pydicom encodes each shared element once and
+  each file's own elements per file; the file is the tag-ordered concatenation, the same bytes
+  ``Dataset.save_as(..., enforce_file_format=True)`` writes (tests/test_dicom_io.py checks).
+  Explicit VR little endian only.
+  """
+
+  def __init__(self, template: Dataset):
+    if template._transfer_syntax != ExplicitVRLittleEndian:
+      raise ValueError("the shared-element encoder writes Explicit VR Little Endian only")
+    self._meta = template.file_meta
+    self._encodings = template._character_set
+    correct_ambiguous_vr(template, is_little_endian=True)
+    self._shared = {elem.tag: self._encode(elem) for elem in template}
+
+  def _encode(self, elem: DataElement) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_data_element(fp, elem, self._encodings)
+    return fp.getvalue()
+
+  def write(self, path: Path, own: Dataset) -> Path:
+    """Writes the file made of the shared elements and ``own`` (which carries SOPInstanceUID
+    and no element of the template; give OB/OW elements an explicit VR)."""
+    encoded = {elem.tag: self._encode(elem) for elem in own}
+    if encoded.keys() & self._shared.keys():
+      raise ValueError(f"elements both shared and per file: {encoded.keys() & self._shared.keys()}")
+    encoded.update(self._shared)
+    meta = FileMetaDataset(self._meta)
+    meta.MediaStorageSOPInstanceUID = own.SOPInstanceUID
+    validate_file_meta(meta, enforce_standard=True)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    fp.write(b"".join(encoded[tag] for tag in sorted(encoded)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(fp.getvalue())
+    return path
 
 
 def _clock(offset_ms: float) -> str:
@@ -213,24 +262,44 @@ def write_mr_series(
     _set_pixels(ds, stored, signed)
     return [_save(ds, out_dir / "IM000001.dcm")]
 
-  paths = []
-  for number, (t, k) in enumerate(frames, start=1):
-    ds = _base(MR_IMAGE_STORAGE, "MR", tags, transfer_syntax, new_uid)
+  def own_elements(ds: Dataset, number: int, t: int, k: int) -> Dataset:
     ds.InstanceNumber = number
     ds.ImagePositionPatient = [float(v) for v in positions[k]]
-    ds.ImageOrientationPatient = iop
-    ds.PixelSpacing = pixel_spacing
-    ds.SpacingBetweenSlices = float(spacing[2])
     ds.SliceLocation = float(np.dot(positions[k], np.cross(iop[:3], iop[3:])))
-    ds.RescaleSlope = rescale[0]
-    ds.RescaleIntercept = rescale[1]
     ds.TriggerTime = float(trigger_times[t])
     ds.AcquisitionTime = _clock(trigger_times[t])
     if n_t > 1:
       ds.TemporalPositionIdentifier = t + 1
+    return ds
+
+  def shared_elements(ds: Dataset) -> Dataset:
+    ds.ImageOrientationPatient = iop
+    ds.PixelSpacing = pixel_spacing
+    ds.SpacingBetweenSlices = float(spacing[2])
+    ds.RescaleSlope = rescale[0]
+    ds.RescaleIntercept = rescale[1]
+    if n_t > 1:
       ds.NumberOfTemporalPositions = n_t
-    _set_pixels(ds, _to_stored(volumes[t][k], rescale, signed), signed)
-    paths.append(_save(ds, out_dir / f"IM{number:06d}.dcm"))
+    return ds
+
+  paths = []
+  if transfer_syntax != ExplicitVRLittleEndian:  # compressed: pydicom encodes every file
+    for number, (t, k) in enumerate(frames, start=1):
+      ds = shared_elements(_base(MR_IMAGE_STORAGE, "MR", tags, transfer_syntax, new_uid))
+      own_elements(ds, number, t, k)
+      _set_pixels(ds, _to_stored(volumes[t][k], rescale, signed), signed)
+      paths.append(_save(ds, out_dir / f"IM{number:06d}.dcm"))
+    return paths
+  template = shared_elements(_base(MR_IMAGE_STORAGE, "MR", tags, transfer_syntax, new_uid))
+  _set_pixels(template, np.zeros(shape[1:], np.int16), signed)
+  del template.PixelData, template.SOPInstanceUID
+  encoder = _SeriesEncoder(template)
+  for number, (t, k) in enumerate(frames, start=1):
+    own = own_elements(Dataset(), number, t, k)
+    own.SOPInstanceUID = new_uid() if number > 1 else template.file_meta.MediaStorageSOPInstanceUID
+    stored = _to_stored(volumes[t][k], rescale, signed).astype("<i2" if signed else "<u2")
+    own.add(DataElement(0x7FE00010, "OW", np.ascontiguousarray(stored).tobytes()))
+    paths.append(encoder.write(out_dir / f"IM{number:06d}.dcm", own))
   return paths
 
 

@@ -7,9 +7,11 @@ objects; ``prepare`` loads and preprocesses them. Source-side identifiers live h
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import multiprocessing
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 from mrp_jax.schema import Phase
 
@@ -68,3 +70,30 @@ class PatientSource:
   mri: dict[Phase, MriExam] = dataclasses.field(default_factory=dict)
   mammogram: Path | None = None
   error: str | None = None
+
+
+def _call(fn: Callable[..., Any], args: tuple, failures: tuple[type[BaseException], ...]
+          ) -> tuple[Any, str | None]:
+  try:
+    return fn(*args), None
+  except failures as error:
+    return None, str(error)
+
+
+def map_patients(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1,
+                 failures: tuple[type[BaseException], ...] = (OSError,)
+                 ) -> list[tuple[Any, str | None]]:
+  """``fn(*job)`` for every job, as (result, None) or (None, error message) in job order.
+
+  Adapters give it the per-patient folder scan, which reads every DICOM header and is the slow
+  part of discovery on a large export. ``workers`` > 1 runs the jobs in that many spawned
+  processes (not forked: callers such as the demo hold JAX's threads); ``fn`` must then be a
+  module-level function and the jobs picklable. Exceptions of the ``failures`` types become one
+  patient's error; anything else propagates (a bug, not a bad patient).
+  """
+  if workers <= 1 or len(jobs) <= 1:
+    return [_call(fn, tuple(job), failures) for job in jobs]
+  with concurrent.futures.ProcessPoolExecutor(
+      min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    return list(pool.map(_call, [fn] * len(jobs), [tuple(j) for j in jobs],
+                         [failures] * len(jobs), chunksize=max(1, len(jobs) // (8 * workers))))

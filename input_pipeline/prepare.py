@@ -72,7 +72,7 @@ class PrepareOptions:
     split_fractions: train, validation, test.
     seed: of the split.
     shard_size: patients per shard.
-    workers: processes writing shards.
+    workers: processes scanning patient folders, then writing shards.
     pseudonym_key: secret key file (created if missing); default ``<out>.pseudonym.key``.
   """
   source: Path
@@ -296,7 +296,8 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
   key_path = options.pseudonym_key or options.out.with_name(options.out.name + ".pseudonym.key")
   key = load_key(Path(key_path))
   try:
-    patients = layouts.discover(options.layout, options.source, **dict(options.layout_options))
+    patients = layouts.discover(options.layout, options.source, workers=options.workers,
+                                **dict(options.layout_options))
   except (ValueError, FileNotFoundError) as error:
     raise PrepareError(str(error)) from None
   jobs, skipped = _plan(patients, options, key)

@@ -7,7 +7,8 @@ Stages (each skipped or resumed when its output already exists):
   3. train:    rhpc, iMGrhpc and iMRrhpc in WORKDIR/runs/{rhpc,img,imr} (each resumes from its
                checkpoints; a run with final.json is done). The fused models start their rhpc
                encoder from the rhpc run (config.demo.rhpc_init);
-  4. evaluate: the MRP ensemble and the report in WORKDIR/report (the evaluate job).
+  4. evaluate: the MRP ensemble and the report in WORKDIR/report (the evaluate job), then the
+               paper's result checked claim by claim (metrics.json "paper_shape").
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def evaluate_config(config: ml_collections.ConfigDict, records: Path,
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  from mrp_jax import config_validation, evaluate, train
+  from mrp_jax import config_validation, evaluate, report, train
 
   start = time.time()
   workdir = Path(workdir)
@@ -105,10 +106,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   else:
     manifest = prepare.prepare(options)
     _stage(f"records in {options.out}\n{prepare.summary(manifest)}", start)
-  report = verify.verify_directory(options.out)
-  if not report.ok:
-    raise RuntimeError(f"demo: the prepared records failed verification:\n{report.summary()}")
-  _stage(f"verify: {report.summary()}", start)
+  verified = verify.verify_directory(options.out)
+  if not verified.ok:
+    raise RuntimeError(f"demo: the prepared records failed verification:\n{verified.summary()}")
+  _stage(f"verify: {verified.summary()}", start)
 
   workdirs: dict[str, Path] = {}
   for model_name, label, folder in RUNS:
@@ -127,11 +128,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   report_dir = workdir / "report"
   if (report_dir / "report.md").exists():
     _stage(f"evaluate: done before, see {report_dir / 'report.md'}", start)
+    result = json.loads((report_dir / "metrics.json").read_text())
   else:
     _stage(f"evaluate: MRP ensemble, metrics with {demo.evaluate.bootstrap_replicates} "
            f"bootstrap replicates, explanations -> {report_dir}", start)
     cfg = evaluate_config(config, options.out, workdirs)
     config_validation.validate(cfg)
-    evaluate.run(cfg, workdir)
+    result = evaluate.run(cfg, workdir)
+  if result.get("paper_shape"):  # absent in reports of older versions
+    _stage(report.shape_summary(result["paper_shape"]), start)
   _stage(f"done: {report_dir / 'report.md'}", start)
   return manifest

@@ -31,6 +31,30 @@ def _fmt(entry: dict[str, Any] | None, digits: int = 3) -> str:
   return f"{entry['value']:.{digits}f}{ci}"
 
 
+def _num(value: float | None, digits: int = 3) -> str:
+  return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _difference(entry: dict[str, Any]) -> str:
+  """A signed difference and its CI, 'to' between the bounds (they may be negative)."""
+  if entry.get("value") is None:
+    return "n/a"
+  low, high = entry.get("ci_low"), entry.get("ci_high")
+  ci = f" ({low:+.3f} to {high:+.3f})" if low is not None and high is not None else ""
+  return f"{entry['value']:+.3f}{ci}"
+
+
+def shape_summary(claims: list[dict[str, Any]]) -> str:
+  """One line per claim of ``metrics.json``'s paper_shape, for a terminal."""
+  held = sum(c["holds"] for c in claims)
+  lines = [f"the paper's result: {held} of {len(claims)} claims hold on this split"]
+  for c in claims:
+    lines.append(f"  {'yes' if c['holds'] else 'NO '} {c['claim']:<34} {c['phase']:<12} "
+                 f"{_num(c['auroc_a'])} vs {_num(c['auroc_b'])}, difference "
+                 f"{_difference(c['difference'])}, n = {c['n']}")
+  return "\n".join(lines)
+
+
 def _curves_figure(path: Path, scores, split: str, phase: str, labels: list[str],
                    kind: str) -> None:
   fig, ax = plt.subplots(figsize=(5, 5))
@@ -152,6 +176,20 @@ def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any], s
                    + ("n/a" if p is None else f"p = {p:.3g}") + f" (n = {test['n']})")
     lines += ["", f"![ROC](roc_{phase}.png) ![PR](pr_{phase}.png)",
               f"![decision curve](decision_curve_{phase}.png)", ""]
+  if result.get("paper_shape"):
+    lines += ["## The paper's result, checked", "",
+              "Each claim compares AUROCs on the patients both sides share; the difference "
+              "has a paired bootstrap 95% CI. 'holds' reads the point estimate, as the paper "
+              "reports it; a CI that includes 0 means this split cannot tell.", "",
+              "| claim | phase | n | AUROC a | AUROC b | difference (95% CI) | DeLong p | holds |",
+              "|---|---|---|---|---|---|---|---|"]
+    for claim in result["paper_shape"]:
+      p = claim["p_value"]
+      lines.append(
+          f"| {claim['claim']} | {claim['phase']} | {claim['n']} | {_num(claim['auroc_a'])} | "
+          f"{_num(claim['auroc_b'])} | {_difference(claim['difference'])} | "
+          f"{'n/a' if p is None else f'{p:.3g}'} | {'yes' if claim['holds'] else 'no'} |")
+    lines.append("")
   if attributions.get("ranked"):
     lines += ["## Feature attributions (Integrated Gradients)", "",
               f"{attributions['cases']} {split} patients at the {attributions['phase']} phase; "

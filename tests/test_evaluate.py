@@ -108,6 +108,51 @@ def test_predictions_csv_and_report_files(report):
   text = (folder / "report.md").read_text()
   assert "| MRP |" in text and "Post-NAT" in text and "DeLong" in text
   attributions = json.loads((folder / "attributions.json").read_text())
+  assert attributions["cases"] == 2  # explain_cases, however many shards the split has
   ranked = attributions["ranked"]["MRP"]
   assert {r["feature"] for r in ranked} >= {"Molecular subtype", "MRI", "MG"}
   assert (folder / "attributions.png").exists()
+
+
+def test_paper_shape_claims_match_the_metrics(report):
+  folder, _ = report
+  metrics = json.loads((folder / "metrics.json").read_text())
+  claims = metrics["paper_shape"]
+  assert len(claims) == 3 * 4 + 1  # per phase: iMR > rhpc, MRP >= each model; Post >= Pre
+  for claim in claims:
+    if claim["phase"] in PHASES:
+      assert claim["auroc_a"] == pytest.approx(
+          metrics["models"][claim["a"]][claim["phase"]]["auroc"]["value"])
+    difference = claim["difference"]
+    assert difference["value"] == pytest.approx(claim["auroc_a"] - claim["auroc_b"])
+    assert claim["holds"] == (difference["value"] > 0 if ">=" not in claim["claim"]
+                              else difference["value"] >= 0)
+  assert "The paper's result" in (folder / "report.md").read_text()
+
+
+def test_paper_shape_pairs_patients_by_id():
+  rng = np.random.default_rng(0)
+  n = 120
+  ids = np.array([f"P{k:03d}" for k in range(n)])
+  y = rng.integers(0, 2, n)
+  good = y + rng.normal(0, 0.6, n)  # AUROC ~0.87
+  weak = y + rng.normal(0, 2.0, n)  # AUROC ~0.64
+  post = rng.permutation(n)[:90]  # a subset of the patients, in another order
+  scores = {("rhpc", "test", "pre"): (ids, y, weak),
+            ("iMRrhpc", "test", "pre"): (ids, y, weak + 0.01 * good),
+            ("iMRrhpc", "test", "post"): (ids[post], y[post], good[post])}
+  claims = evaluate.paper_shape(scores, "test", ("pre", "post"),
+                                {"rhpc": "rhpc", "imr_rhpc": "iMRrhpc"}, False, 200, 0)
+  by_claim = {c["claim"]: c for c in claims}
+  assert set(by_claim) == {"iMRrhpc > rhpc", "iMRrhpc Post-NAT >= Pre-NAT"}
+  later = by_claim["iMRrhpc Post-NAT >= Pre-NAT"]
+  assert later["n"] == 90 and later["holds"]
+  from mrp_jax import statistics
+  pre_of_post = (weak + 0.01 * good)[post]
+  assert later["auroc_b"] == pytest.approx(statistics.auroc(y[post], pre_of_post))
+  assert later["difference"]["ci_low"] > 0  # a large gain on 90 patients: CI above zero
+  # Swapping the roles turns the claim false.
+  scores[("iMRrhpc", "test", "post")] = (ids[post], y[post], -good[post])
+  flipped = evaluate.paper_shape(scores, "test", ("pre", "post"),
+                                 {"rhpc": "rhpc", "imr_rhpc": "iMRrhpc"}, False, 200, 0)
+  assert not flipped[-1]["holds"]

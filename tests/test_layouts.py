@@ -411,6 +411,15 @@ def test_ispy2_clinical_values(ispy2_root):
 
 
 # ---- registry -------------------------------------------------------------------------------
+def test_parallel_discovery_finds_the_same_patients(generic_root, duke_root, ispy2_root):
+  # Folder scans run in spawned worker processes; errors of bad patients come back as errors.
+  for adapter, root in ((generic.discover, generic_root[0]), (duke.discover, duke_root[0]),
+                        (ispy2.discover, ispy2_root[0])):
+    serial = adapter(root)
+    assert any(s.error for s in serial) and any(s.mri for s in serial)
+    assert adapter(root, workers=2) == serial
+
+
 def test_registry(generic_root, tmp_path):
   root, _ = generic_root
   assert set(layouts.LAYOUTS) == {"generic", "duke", "ispy2"}

@@ -152,6 +152,29 @@ def test_metric_table_reproducible_and_cis_cover_the_estimate():
   assert st.bootstrap_ci(y, score, "auroc", replicates=1000, seed=0).as_dict() == table["auroc"]
 
 
+def test_paired_difference_resamples_both_scores_together():
+  y, a = _data(11, n=80, decimals=2)
+  rng = np.random.default_rng(0)
+  b = np.clip(a + rng.normal(0, 0.15, a.size), 0, 1)  # a noisier copy of a: correlated
+  estimate = st.paired_difference(y, a, b, replicates=400, seed=5)
+  assert estimate.value == pytest.approx(skm.roc_auc_score(y, a) - skm.roc_auc_score(y, b))
+  # Brute force: the same resamples (bootstrap_indices with the seed), scikit-learn per row.
+  brute = []
+  for row in st.bootstrap_indices(y, 400, seed=5):
+    if y[row].min() != y[row].max():
+      brute.append(skm.roc_auc_score(y[row], a[row]) - skm.roc_auc_score(y[row], b[row]))
+  assert estimate.replicates_used == len(brute)
+  assert (estimate.ci_low, estimate.ci_high) == pytest.approx(tuple(np.percentile(brute,
+                                                                                  [2.5, 97.5])))
+  # Pairing matters: the CI of the difference is narrower than either model's own CI.
+  own = st.bootstrap_ci(y, a, replicates=400, seed=5)
+  assert estimate.ci_high - estimate.ci_low < own.ci_high - own.ci_low
+  same = st.paired_difference(y, a, a, replicates=50)
+  assert (same.value, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+  with pytest.raises(ValueError, match="threshold-free"):
+    st.paired_difference(y, a, b, "sensitivity")
+
+
 def test_stratified_bootstrap_keeps_class_counts():
   y, score = _data(10, n=30)
   indices = st.bootstrap_indices(y, 300, seed=0, stratified=True)

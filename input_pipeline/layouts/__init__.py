@@ -1,8 +1,9 @@
 """Layout adapters: from a source folder to :class:`~input_pipeline.patient.PatientSource` objects.
 
-Each adapter is ``discover(root, **options) -> list[PatientSource]``; it never raises for one
-bad patient (the patient's ``error`` says why it is skipped) and raises at once for a bad
-option or a missing table.
+Each adapter is ``discover(root, *, workers=1, **options) -> list[PatientSource]``; it never
+raises for one bad patient (the patient's ``error`` says why it is skipped) and raises at once
+for a bad option or a missing table. ``workers`` > 1 scans the patient folders (every DICOM
+header) in that many processes; the result is the same.
 
   generic  clinical.csv + one DICOM / NIfTI folder per patient (layouts/generic.py)
   duke     Duke-Breast-Cancer-MRI as TCIA publishes it (layouts/duke.py)

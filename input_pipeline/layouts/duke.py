@@ -38,7 +38,7 @@ import openpyxl
 
 from input_pipeline.dicom_scan import DiscoveryError, ScanResult, scan_folder, select_dce
 from input_pipeline.layouts.generic import find_file
-from input_pipeline.patient import DicomDce, PatientSource, SeriesSelection
+from input_pipeline.patient import DicomDce, PatientSource, SeriesSelection, map_patients
 from mrp_jax.schema import Phase
 
 CLINICAL_FILE = "Clinical_and_Other_Features.xlsx"
@@ -248,6 +248,14 @@ class FileMapping:
     except ValueError as error:
       raise ValueError(f"{path}: {error}") from None
 
+  def for_patient(self, patient: str) -> "FileMapping | None":
+    """The mapping of one patient (what a discovery worker needs), None if it has no rows."""
+    if patient not in self.files:
+      return None
+    one = object.__new__(FileMapping)
+    one.files = {patient: self.files[patient]}
+    return one
+
   def selection(self, patient: str, sequence: str, scan: ScanResult) -> SeriesSelection:
     """The scanned files the mapping lists as ``sequence`` of ``patient``."""
     sops, series_uids = self.files[patient].get(sequence, (set(), set()))
@@ -301,7 +309,7 @@ def _patient_dce(folder: Path, key: str, mapping: FileMapping | None,
 
 
 def discover(root: Path | str, *, clinical_file: Path | str | None = None,
-             mapping_file: Path | str | None = None, post_index: int = 1
+             mapping_file: Path | str | None = None, post_index: int = 1, workers: int = 1
              ) -> list[PatientSource]:
   """Finds every Duke patient with images or a clinical row.
 
@@ -311,6 +319,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
     mapping_file: the filepath/filename mapping (.xlsx or .csv); default: found under
       ``root`` if there; without it series descriptions decide.
     post_index: which post-contrast phase (post_1 .. post_4) is subtracted.
+    workers: processes scanning patient folders (see ``patient.map_patients``).
 
   Returns:
     PatientSources sorted by id, Pre-NAT MRI only; clinical holds the rhpc variables by
@@ -328,7 +337,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
   mapping = (FileMapping.read(mapping_path, ("pre", f"post_{post_index}"))
              if mapping_path else None)
   folders = patient_folders(root)
-  sources = []
+  sources, scans = [], []
   for key in sorted(set(clinical) | set(folders)):
     source = PatientSource(key)
     sources.append(source)
@@ -342,8 +351,12 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
     if key not in folders:
       source.error = f"no {key} image folder under {root}"
       continue
-    try:
-      source.mri = {Phase.PRE: _patient_dce(folders[key], key, mapping, post_index)}
-    except (DiscoveryError, OSError) as error:
-      source.error = str(error)
+    scans.append((source, (folders[key], key, mapping and mapping.for_patient(key),
+                           post_index)))
+  results = map_patients(_patient_dce, [job for _, job in scans], workers,
+                         (DiscoveryError, OSError))
+  for (source, _), (dce, error) in zip(scans, results):
+    source.error = error
+    if dce is not None:
+      source.mri = {Phase.PRE: dce}
   return sources

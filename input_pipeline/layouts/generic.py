@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from input_pipeline.dicom_scan import (DiscoveryError, StudyInfo, scan_folder, select_dce)
-from input_pipeline.patient import MriExam, NiftiDce, PatientSource
+from input_pipeline.patient import MriExam, NiftiDce, PatientSource, map_patients
 from mrp_jax import schema
 from mrp_jax.schema import Phase
 
@@ -268,7 +268,7 @@ def read_clinical_csv(path: Path) -> tuple[list[str], dict[str, list[dict[str, s
 
 def discover(root: Path | str, *, two_study_followup: str = "post",
              t1_phase: str | None = None, mg_view: str = "CC",
-             post_index: int = 1) -> list[PatientSource]:
+             post_index: int = 1, workers: int = 1) -> list[PatientSource]:
   """Finds every patient of a generic export.
 
   Args:
@@ -278,6 +278,7 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
       ignores T1 studies.
     mg_view: preferred mammography view ('CC' or 'MLO').
     post_index: which post-contrast phase is subtracted (1 = first).
+    workers: processes scanning patient folders (see ``patient.map_patients``).
 
   Returns:
     One PatientSource per patient in the CSV or with a folder, sorted by id; patients that
@@ -299,7 +300,7 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
   headers, rows = read_clinical_csv(csv_path)
   label_column = schema.find_label_column(headers)
   folders = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-  sources = []
+  sources, scans = [], []
   for key in sorted(set(rows) | set(folders)):
     source = PatientSource(key)
     sources.append(source)
@@ -316,10 +317,16 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
     source.label, source.error = _label(row, label_column)
     if source.error:
       continue
-    try:
-      source.mri, source.mammogram = patient_imaging(
-          folders[key], side=tumour_side(row), two_study_followup=followup, t1_phase=t1,
-          mg_view=mg_view, post_index=post_index)
-    except (DiscoveryError, OSError) as error:
-      source.error = str(error)
+    scans.append((source, (folders[key], tumour_side(row), followup, t1, mg_view, post_index)))
+  results = map_patients(_imaging_job, [job for _, job in scans], workers,
+                         (DiscoveryError, OSError))
+  for (source, _), (imaging, error) in zip(scans, results):
+    source.error = error
+    if imaging is not None:
+      source.mri, source.mammogram = imaging
   return sources
+
+
+def _imaging_job(folder, side, followup, t1, mg_view, post_index):
+  return patient_imaging(folder, side=side, two_study_followup=followup, t1_phase=t1,
+                         mg_view=mg_view, post_index=post_index)

@@ -28,7 +28,7 @@ import openpyxl
 from input_pipeline.dicom_scan import DiscoveryError
 from input_pipeline.layouts import generic
 from input_pipeline.layouts.generic import find_file
-from input_pipeline.patient import PatientSource
+from input_pipeline.patient import PatientSource, map_patients
 from mrp_jax import schema
 
 CLINICAL_FILE = "ISPY2-Imaging-Cohort-1-Clinical-Data.xlsx"
@@ -120,7 +120,8 @@ def patient_folders(root: Path) -> dict[int, Path]:
 
 
 def discover(root: Path | str, *, clinical_file: Path | str | None = None,
-             t1_phase: str | None = None, post_index: int = 1) -> list[PatientSource]:
+             t1_phase: str | None = None, post_index: int = 1, workers: int = 1
+             ) -> list[PatientSource]:
   """Finds every I-SPY2 patient with images or a clinical row.
 
   Args:
@@ -130,6 +131,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
     t1_phase: 'mid' to use the T1 (early treatment) visit as Mid-NAT when there is no T2;
       None ignores T1 visits.
     post_index: which post-contrast temporal position is subtracted.
+    workers: processes scanning patient folders (see ``patient.map_patients``).
 
   Returns:
     PatientSources keyed 'ISPY2-<n>', sorted by number; clinical holds the rhpc variables by
@@ -144,7 +146,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
                             "clinical_file=)")
   clinical = read_clinical(path)
   folders = patient_folders(root)
-  sources = []
+  sources, scans = [], []
   for number in sorted(set(clinical) | set(folders)):
     source = PatientSource(f"ISPY2-{number}")
     sources.append(source)
@@ -160,10 +162,12 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
     if number not in folders:
       source.error = f"no ISPY2-{number} image folder under {root}"
       continue
-    try:
-      source.mri, _ = generic.patient_imaging(
-          folders[number], t1_phase=schema.Phase.MID if t1_phase else None,
-          post_index=post_index)
-    except (DiscoveryError, OSError) as error:
-      source.error = str(error)
+    scans.append((source, (folders[number], None, schema.Phase.POST,
+                           schema.Phase.MID if t1_phase else None, "CC", post_index)))
+  results = map_patients(generic._imaging_job, [job for _, job in scans], workers,
+                         (DiscoveryError, OSError))
+  for (source, _), (imaging, error) in zip(scans, results):
+    source.error = error
+    if imaging is not None:
+      source.mri = imaging[0]
   return sources
