@@ -19,17 +19,17 @@ def get_config(arg=None):
   config.job = "demo"
   config.model.name = "imr_rhpc"
   config.demo = d = ml_collections.ConfigDict()
-  d.patients = 300  # synthetic patients (a few are deliberately broken and get skipped)
+  d.patients = 360  # synthetic patients (a few are deliberately broken and get skipped)
   d.geometry = "tiny"  # full | demo | tiny: 8 mm voxels keep 3 models within 15 min on 2 cores
   d.workers = 2  # processes for generation and preparation
   d.shard_size = 8  # patients per record shard
-  d.split_fractions = (0.55, 0.15, 0.3)  # train, validation (MRP weights, thresholds), test
+  d.split_fractions = (0.45, 0.25, 0.3)  # train, validation (MRP weights, thresholds), test
   d.learning_rate = 1e-3
   d.rhpc_init = True  # iMGrhpc / iMRrhpc start their rhpc encoder from the trained rhpc run
   # Per model: steps and global batch size (BUILD_NOTES.md: the demo experiments).
   d.train = ml_collections.ConfigDict({
       "rhpc": {"steps": 150, "batch_size": 32},
-      "img_rhpc": {"steps": 300, "batch_size": 16},
+      "img_rhpc": {"steps": 200, "batch_size": 16},
       "imr_rhpc": {"steps": 300, "batch_size": 8},
   })
   # configs/evaluate.py fields for the report.
