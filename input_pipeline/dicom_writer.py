@@ -68,11 +68,19 @@ def _base(sop_class: str, modality: str, tags: Mapping[str, Any], transfer_synta
   return ds
 
 
-def _set_pixels(ds: Dataset, stored: np.ndarray, signed: bool) -> None:
+def _pixel_header(ds: Dataset, rows_columns: tuple[int, int], signed: bool) -> None:
   ds.PixelRepresentation = 1 if signed else 0
   ds.PhotometricInterpretation = getattr(ds, "PhotometricInterpretation", "MONOCHROME2")
-  ds.Rows, ds.Columns = stored.shape[-2:]
-  ds.PixelData = np.ascontiguousarray(stored.astype("<i2" if signed else "<u2")).tobytes()
+  ds.Rows, ds.Columns = rows_columns
+
+
+def _pixel_bytes(stored: np.ndarray, signed: bool) -> bytes:
+  return np.ascontiguousarray(stored.astype("<i2" if signed else "<u2")).tobytes()
+
+
+def _set_pixels(ds: Dataset, stored: np.ndarray, signed: bool) -> None:
+  _pixel_header(ds, stored.shape[-2:], signed)
+  ds.PixelData = _pixel_bytes(stored, signed)
 
 
 def _save(ds: Dataset, path: Path) -> Path:
@@ -291,14 +299,15 @@ def write_mr_series(
       paths.append(_save(ds, out_dir / f"IM{number:06d}.dcm"))
     return paths
   template = shared_elements(_base(MR_IMAGE_STORAGE, "MR", tags, transfer_syntax, new_uid))
-  _set_pixels(template, np.zeros(shape[1:], np.int16), signed)
-  del template.PixelData, template.SOPInstanceUID
+  _pixel_header(template, shape[1:], signed)
+  first_uid = template.SOPInstanceUID  # the file meta's; each file carries its own
+  del template.SOPInstanceUID
   encoder = _SeriesEncoder(template)
   for number, (t, k) in enumerate(frames, start=1):
     own = own_elements(Dataset(), number, t, k)
-    own.SOPInstanceUID = new_uid() if number > 1 else template.file_meta.MediaStorageSOPInstanceUID
-    stored = _to_stored(volumes[t][k], rescale, signed).astype("<i2" if signed else "<u2")
-    own.add(DataElement(0x7FE00010, "OW", np.ascontiguousarray(stored).tobytes()))
+    own.SOPInstanceUID = first_uid if number == 1 else new_uid()
+    own.add(DataElement(0x7FE00010, "OW",
+                        _pixel_bytes(_to_stored(volumes[t][k], rescale, signed), signed)))
     paths.append(encoder.write(out_dir / f"IM{number:06d}.dcm", own))
   return paths
 

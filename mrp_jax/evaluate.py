@@ -196,10 +196,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     for a, b in itertools.combinations(present, 2):
       ids_a, y, pa = scores[(a, ev.split, phase)]
       ids_b, _, pb = scores[(b, ev.split, phase)]
-      if not np.array_equal(ids_a, ids_b):  # readers may have read a subset: align
-        common = np.intersect1d(ids_a, ids_b)
-        pick_a, pick_b = np.isin(ids_a, common), np.isin(ids_b, common)
-        y, pa, pb = y[pick_a], pa[pick_a], pb[pick_b]
+      y, pa, pb = _paired(ids_a, y, pa, ids_b, pb)  # readers may have read a subset
       test = statistics.delong_test(y, pa, pb)
       delong[phase].append({"a": a, "b": b, "auc_a": test.auc_a, "auc_b": test.auc_b,
                             "p_value": test.p_value, "n": int(len(y))})
@@ -259,12 +256,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   return result
 
 
-def _compare(claim: str, phase: str, a: str, b: str, ids_a, ids_b, y, pa, pb, strict: bool,
-             replicates: int, seed: int) -> dict[str, Any]:
+def _paired(ids_a, y, pa, ids_b, pb) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(labels, a's scores, b's scores) of the patients both have, matched by id."""
   row_b = {patient: k for k, patient in enumerate(ids_b)}
   pick_a = [k for k, patient in enumerate(ids_a) if patient in row_b]
   pick_b = [row_b[ids_a[k]] for k in pick_a]
-  y, pa, pb = y[pick_a], pa[pick_a], pb[pick_b]
+  return y[pick_a], pa[pick_a], pb[pick_b]
+
+
+def _compare(claim: str, phase: str, a: str, b: str, ids_a, ids_b, y, pa, pb, strict: bool,
+             replicates: int, seed: int) -> dict[str, Any]:
+  y, pa, pb = _paired(ids_a, y, pa, ids_b, pb)
   difference = statistics.paired_difference(y, pa, pb, replicates=replicates, seed=seed)
   value = difference.value
   return {"claim": claim, "phase": phase, "a": a, "b": b, "n": int(len(y)),
