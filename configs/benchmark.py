@@ -44,6 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   b.matmul_size = 8192  # side of the square matmul that measures the peak
   b.torch_compile = True  # torch.compile the PyTorch model (falls back to eager if it fails)
   b.dump_hlo = False  # write WORKDIR/<model>_train_convs.txt: the compiled step's convolutions
+  # The 'plan' part (not in the default parts): XLA's memory plan of the train step, compiled
+  # from shapes only, per remat policy and global batch.
+  b.plan_remat = ("none", "dots", "full")
+  b.plan_batches = (1, 2, 4, 8, 16)
+  b.plan_compile = True  # False: only the bytes kept for backward (traced, not compiled)
 
   for variant in filter(None, (v.strip() for v in (arg or "").split(","))):
     if variant in VARIANTS:
@@ -82,6 +87,7 @@ def _tiny(config):
   b.pipeline_steps = 2
   b.matmul_size = 128
   b.torch_compile = False
+  b.plan_batches = (1, 2)
 
 
 def _gpu(config):

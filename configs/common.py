@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.shortcut = "A"  # A (parameter-free, MedicalNet) | B (1x1 conv + norm, torchvision)
   e.norm = "batch"  # batch | group
   e.width = 64  # channels of the first stage; 64 is ResNet18
-  e.remat = "none"  # none | full | dots: rematerialise residual blocks in the backward pass
+  e.remat = "none"  # none | dots | full: rematerialise the stem and blocks in the backward pass
   m.rhpc_init = ""  # fused models: start the rhpc encoder from this rhpc train workdir's
   m.pretrained = ""  # PyTorch checkpoint for the image encoder (MedicalNet .pth / torchvision)
 
@@ -65,6 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.mri_spacing_mm = (1.0, 1.0, 1.0)  # (x, y, z) resampling target
   d.mg_shape = (1024, 512)  # [rows, cols] of the stored mammogram
   d.shuffle_window = 16  # records held for shuffling: RAM ~ window x 66 MB at full geometry
+  # Processes reading, decoding and batching the training data (0: threads of the training
+  # process, enough for the demo; a full-geometry GPU run wants several, README "Input
+  # pipeline"). Each holds its own shuffle window; a run resumes with the same number.
+  d.workers = 0
 
   # ---- augmentation (on the device, inside the train step) -----------------------------------
   # Fields, defaults and their meaning are declared once, in mrp_jax.augment.AugmentOptions.

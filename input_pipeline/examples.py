@@ -30,13 +30,13 @@ host never widens 40-66 MB volumes to float32.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from input_pipeline.records import PatientRecord
 from mrp_jax import schema
-from mrp_jax.models import IMAGE_KEYS, MODEL_NAMES
+from mrp_jax.schema import IMAGE_KEYS, MODEL_NAMES
 
 # Evaluation phase name -> (baseline MRI phase, follow-up MRI phase or None).
 EVAL_PHASES = {"pre": ("pre", None), "mid": ("pre", "mid"), "post": ("pre", "post")}
@@ -145,7 +145,9 @@ def _image(record: PatientRecord, name: str, array: np.ndarray, shape: tuple[int
 
 
 def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
-            batch_size: int | None = None) -> dict[str, np.ndarray]:
+            batch_size: int | None = None,
+            empty: Callable[[tuple[int, ...], str], np.ndarray] = np.empty
+            ) -> dict[str, np.ndarray]:
   """Stacks examples into one batch, padded to ``batch_size`` rows.
 
   Args:
@@ -154,6 +156,9 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
     spec: image shapes and dtypes.
     batch_size: rows of the batch (default ``len(examples)``); rows past the examples are
       padding: zeros, ``example_mask`` 0, image masks False.
+    empty: allocates the image array, called as ``empty(shape, dtype)`` (the pipeline's worker
+      processes pass Grain's SharedMemoryArray); every element is then written, so the
+      allocation need not be zeroed.
 
   Returns:
     b = batch_size:
@@ -196,12 +201,14 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
 
   image_key = IMAGE_KEYS[model_name]
   if image_key == "mri":
-    mri = np.zeros((b, 2, *spec.mri_shape), spec.mri_dtype)
+    mri = empty((b, 2, *spec.mri_shape), spec.mri_dtype)
     mask = np.zeros((b, 2), bool)
     phases = np.zeros((b, 2), np.int32)
+    mri[n:] = 0
     for i, example in enumerate(examples):
       for slot, name in enumerate((example.baseline, example.follow_up)):
         if name is None:
+          mri[i, slot] = 0
           continue
         mri[i, slot] = _image(example.record, f"MRI {name}", example.record.mri[name],
                               spec.mri_shape, spec.mri_dtype)
@@ -210,10 +217,13 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
         phases[i, 1] = schema.PHASE_NAMES.index(example.follow_up)
     batch.update(mri=mri, mri_mask=mask, mri_phase=phases)
   elif image_key == "mg":
-    mg = np.zeros((b, 1, *spec.mg_shape), spec.mg_dtype)
+    mg = empty((b, 1, *spec.mg_shape), spec.mg_dtype)
     mask = np.zeros((b, 1), bool)
+    mg[n:] = 0
     for i, example in enumerate(examples):
-      if example.record.mg is not None:
+      if example.record.mg is None:
+        mg[i, 0] = 0
+      else:
         mg[i, 0] = _image(example.record, "mammogram", example.record.mg, spec.mg_shape,
                           spec.mg_dtype)
         mask[i, 0] = True

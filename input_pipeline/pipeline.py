@@ -3,11 +3,16 @@
 Training (:func:`train_iterator`), per process::
 
   shards paths[k::count] -> file order shuffled per epoch, repeated forever
-    -> TFRecordIterDataset per file, interleaved over ``cycle_length`` open files
-    -> window shuffle of the record bytes -> records.decode -> the model's training patients
+    -> the records of each file (CRC-checked views of the memory-mapped shard, no copy),
+       interleaved over ``cycle_length`` open files
+    -> window shuffle of the records -> records.decode (arrays stay views of the file)
+    -> the model's training patients
     -> one random MRI combination per patient (Grain random_map: seeded by the seed, the
-       process and the position in the stream) -> batches of ``batch_size`` (remainder dropped)
-    -> ``prefetch_batches`` batches prepared ahead in a background thread
+       process and the position in the stream) -> batches of ``batch_size`` (remainder dropped;
+       the only copy of the image data is into the batch)
+    -> ``prefetch_batches`` batches prepared ahead in a background thread, or, with
+       ``workers`` > 0, all of the above in that many worker processes, each on its share of
+       the shard order, batches handed over in shared memory
 
 The iterator is a ``grain.DatasetIterator``: ``get_state()`` is a small JSON-able dict (file
 offsets, window start, counters; never record bytes) that ``set_state`` or
@@ -15,12 +20,16 @@ offsets, window start, counters; never record bytes) that ``set_state`` or
 
 Host memory is the window, not the data set: records are 40-66 MB at full geometry, so Grain's
 defaults (ReadOptions buffers 500 elements) would hold gigabytes. What this pipeline holds, in
-records of one patient (~66 MB at full geometry, ~1.1 MB demo):
+records of one patient (~66 MB at full geometry, ~1.1 MB demo), per process or worker:
 
 * ``shuffle_window`` records in the shuffle window (default 16: ~1 GB at full geometry);
 * per open shard (``cycle_length``, plus the next one opened ahead) up to ``read_buffer`` + 1
   records in its reader thread (defaults 4 and 1: ~10 records, ~0.7 GB);
 * ``prefetch_batches`` + 1 batches of ``batch_size`` patients (2 volumes each, ~44 MB).
+
+Records are pages of the shards' memory maps, i.e. the kernel's page cache: they count
+towards a process's RSS but are not anonymous memory, and a data set that fits in RAM is read
+from disk once.
 
 Evaluation (:func:`eval_batches`) is a plain generator: every process reads every shard in
 order, so that every process knows how many patients there are and all yield the same number
@@ -45,11 +54,13 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import grain.python
 import numpy as np
+from absl import flags
 
 from input_pipeline import examples, records, tfrecord
 from input_pipeline.examples import BatchSpec
-from mrp_jax.models import MODEL_NAMES
+from mrp_jax.schema import MODEL_NAMES
 
 MANIFEST = "manifest.json"
 # Records held for shuffling; RAM = window x record size (~66 MB each at full geometry).
@@ -138,21 +149,69 @@ def host_shards(paths: Sequence[str], process_index: int, process_count: int) ->
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def _tagged_records(path: str) -> grain.IterDataset:
-  # Each record travels with its file so that a decode error can name the shard.
-  return grain.experimental.TFRecordIterDataset(path).map(functools.partial(_tag, path))
+class _ShardRecords(grain.IterDataset):
+  """The records of one shard as (path, byte offset, data), CRC-checked, without copying
+  (tfrecord.iter_records: views of the mapped file).
+
+  Grain's TFRecordIterDataset checks no CRC and copies each record twice (read, then
+  struct.unpack): ~60 ms per 44 MB full-geometry record against ~10 ms here. The iterator's
+  state is the same {'reader_offset': byte offset of the next record}.
+  """
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _ShardRecordsIterator(self._path)
 
 
-def _tag(path: str, data: bytes) -> tuple[str, bytes]:
-  return path, data
+class _ShardRecordsIterator(grain.DatasetIterator):
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+    self._offset = 0
+    self._records: Iterator[tuple[int, memoryview]] | None = None
+
+  def __next__(self) -> tuple[str, int, memoryview]:
+    if self._records is None:
+      self._records = tfrecord.iter_records(self._path, start=self._offset)
+    offset, data = next(self._records)
+    self._offset = offset + tfrecord.HEADER_BYTES + len(data) + tfrecord.FOOTER_BYTES
+    return self._path, offset, data
+
+  def get_state(self) -> dict[str, int]:
+    return {"reader_offset": self._offset}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self._offset = int(state["reader_offset"])
+    self._records = None
 
 
-def _decode(element: tuple[str, bytes]) -> records.PatientRecord:
-  path, data = element
+def _decode(element: tuple[str, int, memoryview]) -> records.PatientRecord:
+  path, offset, data = element
   try:
     return records.decode(data)
   except records.RecordFormatError as error:
-    raise ValueError(f"{path}: {error}") from None
+    raise ValueError(f"{path}: record at byte offset {offset}: {error}") from None
+
+
+class _Collate:
+  """examples.collate as Grain's batch_fn. In a worker process of ``mp_prefetch`` Grain calls
+  :meth:`enable_shared_memory_output`: the image array is then built in shared memory, so a
+  batch reaches the training process without another copy."""
+
+  def __init__(self, model_name: str, spec: BatchSpec):
+    self._model_name = model_name
+    self._spec = spec
+    self._empty = np.empty
+
+  def enable_shared_memory_output(self) -> None:
+    self._empty = grain.python.SharedMemoryArray
+
+  def __call__(self, values: Sequence[examples.Example]) -> dict[str, np.ndarray]:
+    return examples.collate(values, self._model_name, self._spec, empty=self._empty)
 
 
 class _TrainingPatients:
@@ -196,12 +255,13 @@ def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, see
                   process_count: int = 1, spec: BatchSpec | None = None,
                   cycle_length: int = DEFAULT_CYCLE_LENGTH,
                   read_buffer: int = DEFAULT_READ_BUFFER,
-                  prefetch_batches: int = DEFAULT_PREFETCH_BATCHES) -> grain.IterDataset:
+                  prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
+                  workers: int = 0) -> grain.IterDataset:
   """The endless training dataset of one process (see :func:`train_iterator`)."""
   examples.check_model_name(model_name)
   for name, value, low in (("batch_size", batch_size, 1), ("shuffle_window", shuffle_window, 1),
                            ("cycle_length", cycle_length, 1), ("read_buffer", read_buffer, 1),
-                           ("prefetch_batches", prefetch_batches, 0)):
+                           ("prefetch_batches", prefetch_batches, 0), ("workers", workers, 0)):
     if value < low:
       raise ValueError(f"{name} must be >= {low}, got {value}")
   mine = host_shards(paths, process_index, process_count)
@@ -213,7 +273,7 @@ def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, see
   # MapDataset.shuffle mixes the epoch into its seed: another shard order every epoch.
   files = grain.MapDataset.source(mine).shuffle(seed=file_seed).repeat(None)
   ds = grain.experimental.InterleaveIterDataset(
-      files.map(_tagged_records), cycle_length=min(cycle_length, len(mine)),
+      files.map(_ShardRecords), cycle_length=min(cycle_length, len(mine)),
       iter_buffer_size=read_buffer)
   # Shuffled as bytes: decoding only what leaves the window costs no more RAM (a record's
   # bytes are its arrays) and no decode is wasted on a window being refilled after a restore.
@@ -221,9 +281,19 @@ def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, see
                                                    seed=window_seed)
   ds = ds.map(_decode).filter(_TrainingPatients(model_name, mine, local_records))
   ds = ds.random_map(examples.draw_training_example, seed=draw_seed)
-  ds = ds.batch(batch_size, drop_remainder=True,
-                batch_fn=functools.partial(examples.collate, model_name=model_name, spec=spec))
-  if prefetch_batches:
+  ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_Collate(model_name, spec))
+  if workers:
+    if not flags.FLAGS.is_parsed():
+      # Grain's worker processes read its absl flags; a caller without absl.app (this
+      # module's CLI, a notebook) gets their defaults.
+      flags.FLAGS.mark_as_parsed()
+    # Worker k runs everything above on files k, k + workers, ... of the shuffled, repeated
+    # shard order; batches come back through shared memory, taken from the workers in turn.
+    # One batch ready per worker (plus the one it builds): workers batches ahead in all, and
+    # /dev/shm holds ~2 x workers local batches (44 MB per full-geometry MRI example).
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=1))
+  elif prefetch_batches:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
   return ds
 
@@ -233,7 +303,8 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
                    process_count: int = 1, spec: BatchSpec | None = None,
                    cycle_length: int = DEFAULT_CYCLE_LENGTH,
                    read_buffer: int = DEFAULT_READ_BUFFER,
-                   prefetch_batches: int = DEFAULT_PREFETCH_BATCHES) -> grain.DatasetIterator:
+                   prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
+                   workers: int = 0) -> grain.DatasetIterator:
   """Endless training batches of one process, checkpointable.
 
   Args:
@@ -249,7 +320,14 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
     cycle_length: shards read at once.
     read_buffer: records read ahead per open shard by its reader thread (>= 1, see
       DEFAULT_READ_BUFFER).
-    prefetch_batches: batches assembled ahead in a background thread (0: none).
+    prefetch_batches: batches assembled ahead in a background thread (0: none); not used
+      with ``workers`` (each worker keeps one batch ready).
+    workers: worker processes (Grain ``mp_prefetch``, spawned) that read, decode and batch,
+      each on its own share of the shards; 0 runs everything in this process (threads). Each
+      worker holds its own shuffle window and open shards; batches travel through /dev/shm,
+      which must hold ~2 x workers batches (a container's too; Docker's default 64 MB is too
+      small at full geometry). The iterator state records the workers' states: a run
+      resumes with the same ``workers``.
 
   Returns:
     A grain.DatasetIterator of batch dicts (:func:`examples.collate`; 'phase' is the
@@ -265,7 +343,7 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
       paths, model_name=model_name, batch_size=batch_size, seed=seed,
       shuffle_window=shuffle_window, process_index=process_index, process_count=process_count,
       spec=spec, cycle_length=cycle_length, read_buffer=read_buffer,
-      prefetch_batches=prefetch_batches))
+      prefetch_batches=prefetch_batches, workers=workers))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,15 +429,16 @@ def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int
 # Throughput: the pipeline next to a plain sequential read
 # ---------------------------------------------------------------------------------------------
 def plain_read_rate(paths: Sequence[str], min_seconds: float = 2.0) -> tuple[float, float]:
-  """(MB/s, records/s) of reading ``paths`` sequentially, np.frombuffer per record, in whole
-  passes until ``min_seconds`` passed, after one untimed pass (page cache and allocator
-  warm, as for the pipeline). MB = 1e6 bytes of record data."""
+  """(MB/s, records/s) of reading ``paths`` sequentially with both CRCs checked (every byte
+  read once; the pipeline reads the same way, then decodes and batches), in whole passes until
+  ``min_seconds`` passed, after one untimed pass (page cache warm, as for the pipeline).
+  MB = 1e6 bytes of record data."""
   nbytes = nrecords = 0
   start = None
   while True:
     for path in paths:
-      for _, data in tfrecord.iter_records(path, verify=False):
-        nbytes += np.frombuffer(data, np.uint8).nbytes
+      for _, data in tfrecord.iter_records(path, verify=True):
+        nbytes += len(data)
         nrecords += 1
     if start is None:
       nbytes = nrecords = 0
@@ -410,19 +489,23 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--cycle_length", type=int, default=DEFAULT_CYCLE_LENGTH)
   parser.add_argument("--threads", nargs="+", default=list(_THREADS), choices=list(_THREADS),
                       help="pipeline thread configurations to time")
+  parser.add_argument("--workers", type=int, nargs="*", default=[],
+                      help="also time the pipeline with this many worker processes (each "
+                      "value one configuration)")
   parser.add_argument("--step_ms", type=float, default=0.0,
                       help="simulated train step per batch (sleep), to see prefetch overlap")
   args = parser.parse_args(argv)
   paths = split_paths(args.records, args.split)
   plain_mb, plain_records = plain_read_rate(paths)
   print(f"plain read        {plain_mb:8.1f} MB/s  {plain_records:8.1f} records/s "
-        f"({len(paths)} shards, records + np.frombuffer)")
-  for name in args.threads:
-    read_buffer, prefetch = _THREADS[name]
+        f"({len(paths)} shards, CRC-checked)")
+  configs = [(name, *_THREADS[name], 0) for name in args.threads]
+  configs += [(f"{n} workers", DEFAULT_READ_BUFFER, 1, n) for n in args.workers]
+  for name, read_buffer, prefetch, workers in configs:
     iterator = train_iterator(
         paths, model_name=args.model_name, batch_size=args.batch_size, seed=0,
         shuffle_window=args.shuffle_window, cycle_length=args.cycle_length,
-        read_buffer=read_buffer, prefetch_batches=prefetch)
+        read_buffer=read_buffer, prefetch_batches=prefetch, workers=workers)
     mb, rate = pipeline_rate(iterator, args.batches, step_seconds=args.step_ms / 1e3)
     iterator.close()
     # Grain's iterators form reference cycles; collected at interpreter exit, their __del__
@@ -431,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     gc.collect()
     print(f"pipeline {name:<10} {mb:8.1f} MB/s  {rate:8.1f} examples/s "
           f"(payload; read_buffer={read_buffer}, prefetch_batches={prefetch}, "
-          f"step {args.step_ms:g} ms)")
+          f"workers={workers}, step {args.step_ms:g} ms)", flush=True)
   plain_mb, plain_records = plain_read_rate(paths)  # the machine may be shared: drift check
   print(f"plain read again  {plain_mb:8.1f} MB/s  {plain_records:8.1f} records/s")
 

@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import multiprocessing
 import os
 import re
 import secrets
@@ -45,7 +44,7 @@ from input_pipeline import layouts, records, tfrecord
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions, preprocess_mammogram
 from input_pipeline.mri import MriOptions, preprocess_exam
-from input_pipeline.patient import PatientSource
+from input_pipeline.patient import PatientSource, worker_pool
 from mrp_jax import schema
 
 MANIFEST = "manifest.json"
@@ -315,9 +314,8 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
   bar = tqdm.tqdm(total=sum(len(j.patients) for j in jobs), unit="patient", disable=not progress,
                   desc="prepare", initial=sum(len(j.patients) for j in jobs if j not in todo))
   if options.workers > 1 and len(todo) > 1:
-    # spawn: workers must not inherit JAX threads from a caller such as the demo.
-    with concurrent.futures.ProcessPoolExecutor(
-        min(options.workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    # Spawned (a caller such as the demo holds JAX's threads); they exit if this process dies.
+    with worker_pool(min(options.workers, len(todo))) as pool:
       futures = {pool.submit(write_shard, job, options, fingerprint): job for job in todo}
       for future in concurrent.futures.as_completed(futures):
         notes[futures[future].file] = future.result()

@@ -181,23 +181,146 @@ def encode(record: PatientRecord) -> bytes:
   return example.SerializeToString(deterministic=True)  # sorted map keys: stable bytes
 
 
-class _Reader:
-  """Typed access to the features of one Example; every error names the key."""
+# ---------------------------------------------------------------------------------------------
+# Zero-copy image payloads
+# ---------------------------------------------------------------------------------------------
+# Parsing a 44-66 MB Example with protobuf copies every volume twice (into the message, then
+# into a Python bytes object per access): ~60 ms per full-geometry record, more than the rest
+# of the input pipeline (BUILD_NOTES.md, "Input pipeline at full geometry"). The volumes are cut out
+# of the serialised Example as views, and protobuf parses what remains (a few hundred bytes),
+# so every check below still runs on protobuf's reading of the record.
+_PAYLOAD_KEYS = frozenset([f"mri/{name}" for name in PHASE_NAMES] + ["mg"])
+_TAG_1_LEN = 0x0A  # field 1, wire type 2 (length-delimited)
+_TAG_2_LEN = 0x12  # field 2, wire type 2
 
-  def __init__(self, features: Mapping[str, tf_feature_pb2.Feature]):
+
+class _Irregular(Exception):
+  """The Example is not laid out as :func:`encode` writes it: protobuf parses all of it."""
+
+
+def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+  value = shift = 0
+  while pos < end and shift < 64:
+    byte = data[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    if byte < 0x80:
+      return value, pos
+    shift += 7
+  raise _Irregular
+
+
+def _field(data: memoryview, pos: int, end: int) -> tuple[int, int, int]:
+  """(tag, start, stop) of the length-delimited field at ``pos``; raises _Irregular for any
+  other wire type or a length past ``end``."""
+  tag, pos = _varint(data, pos, end)
+  if tag & 7 != 2:
+    raise _Irregular
+  length, pos = _varint(data, pos, end)
+  if pos + length > end:
+    raise _Irregular
+  return tag, pos, pos + length
+
+
+def _only_field(data: memoryview, start: int, stop: int, tag: int) -> tuple[int, int]:
+  """The extent of the single field ``tag`` that fills data[start:stop] exactly."""
+  found, begin, end = _field(data, start, stop)
+  if found != tag or end != stop:
+    raise _Irregular
+  return begin, end
+
+
+def _varint_bytes(value: int) -> bytes:
+  out = bytearray()
+  while value >= 0x80:
+    out.append(value & 0x7F | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+def _split_payloads(data: bytes | memoryview) -> tuple[bytes, dict[str, memoryview]]:
+  """(the Example without its image entries, {image key: view of its bytes value}).
+
+  Only a feature-map entry that is exactly ``key, Feature{bytes_list{value: [one bytes]}}``
+  for an image key is cut out; anything else stays for protobuf. Raises _Irregular when the
+  Example is laid out otherwise (several ``features`` fields, a repeated image key, a wire
+  type :func:`encode` never writes)."""
+  data = memoryview(data).cast("B")
+  end = len(data)
+  begin, stop = _only_field(data, 0, end, _TAG_1_LEN)  # Example.features
+  kept: list[memoryview] = []
+  payloads: dict[str, memoryview] = {}
+  seen: set[str] = set()
+  pos = begin
+  while pos < stop:
+    tag, entry_begin, entry_end = _field(data, pos, stop)  # Features.feature (map entry)
+    if tag != _TAG_1_LEN:
+      raise _Irregular
+    key, value = None, None
+    inner = entry_begin
+    while inner < entry_end:
+      field, field_begin, field_end = _field(data, inner, entry_end)
+      if field == _TAG_1_LEN:
+        key = bytes(data[field_begin:field_end])
+      elif field == _TAG_2_LEN:
+        value = (field_begin, field_end)
+      else:
+        raise _Irregular
+      inner = field_end
+    name = key.decode("utf-8", "replace") if key is not None else None
+    payload = None
+    if name in _PAYLOAD_KEYS:
+      if name in seen:
+        raise _Irregular  # protobuf's map keeps the last one: let it decide
+      seen.add(name)
+      if value is not None:
+        try:  # Feature{bytes_list (1)} -> BytesList{value (1)}: one bytes value
+          lists = _only_field(data, *value, _TAG_1_LEN)
+          payload = data[slice(*_only_field(data, *lists, _TAG_1_LEN))]
+        except _Irregular:
+          payload = None
+    if payload is None:
+      kept.append(data[pos:entry_end])
+    else:
+      payloads[name] = payload
+    pos = entry_end
+  body = b"".join(kept)
+  return bytes([_TAG_1_LEN]) + _varint_bytes(len(body)) + body, payloads
+
+
+class _Reader:
+  """Typed access to the features of one Example; every error names the key.
+
+  ``payloads`` are the image values cut out of the serialised Example (bytes-list features
+  of one value each, as views); protobuf parsed the rest into ``features``.
+  """
+
+  def __init__(self, features: Mapping[str, tf_feature_pb2.Feature],
+               payloads: Mapping[str, memoryview]):
     self._features = features
+    self._payloads = payloads
     self.patient_id: str | None = None
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._features or key in self._payloads
+
+  def keys(self) -> list[str]:
+    return list(self._features) + list(self._payloads)
 
   def fail(self, key: str, problem: str) -> RecordFormatError:
     return RecordFormatError(key, problem, self.patient_id)
 
   def values(self, key: str, kind: str, length: int | None = None) -> list:
-    if key not in self._features:
+    if key in self._payloads:
+      found, values = "bytes_list", [self._payloads[key]]
+    elif key in self._features:
+      found = self._features[key].WhichOneof("kind")
+      values = list(getattr(self._features[key], kind).value) if found == kind else []
+    else:
       raise self.fail(key, "missing")
-    found = self._features[key].WhichOneof("kind")
     if found != kind:
       raise self.fail(key, f"expected {kind}, found {found or 'an empty feature'}")
-    values = list(getattr(self._features[key], kind).value)
     if length is not None and len(values) != length:
       raise self.fail(key, f"expected {length} values, found {len(values)}")
     return values
@@ -223,31 +346,37 @@ class _Reader:
     if len(raw) != expected:
       raise self.fail(key, f"{len(raw)} bytes do not match {shape_key} {list(shape)} of "
                       f"{dtype.name} ({expected} bytes)")
-    # A read-only view of the protobuf's bytes (no copy: a full-geometry record holds 66 MB);
+    # A read-only view of the record's bytes (no copy: a full-geometry record holds 66 MB);
     # only a big-endian host pays for a byte swap.
     array = np.frombuffer(raw, dtype.newbyteorder("<")).reshape(shape)
     return array if array.dtype.isnative else array.astype(dtype)
 
 
-def decode(data: bytes) -> PatientRecord:
+def decode(data: bytes | memoryview) -> PatientRecord:
   """Parses and validates one serialised Example.
+
+  The image arrays of the result are read-only views of ``data`` (which they keep alive):
+  pass a memoryview of a mapped file (tfrecord.iter_records) and nothing is copied.
 
   Raises:
     RecordFormatError: naming the key (and the patient when known) that breaks the format.
   """
+  try:
+    rest, payloads = _split_payloads(data)
+  except _Irregular:
+    rest, payloads = data, {}
   example = tf_example_pb2.Example()
   try:
-    example.ParseFromString(data)
+    example.ParseFromString(rest)
   except DecodeError as e:
     raise RecordFormatError(None, f"not a tf.train.Example ({e})") from None
-  features = example.features.feature
-  reader = _Reader(features)
+  reader = _Reader(example.features.feature, payloads)
   patient_id = reader.text("patient_id")
   if not PSEUDONYM.fullmatch(patient_id):
     raise reader.fail("patient_id", f"{patient_id[:40]!r} is not a pseudonym 'P' + 12 "
                       "lower-case hex digits")
   reader.patient_id = patient_id
-  for key in features:
+  for key in reader.keys():
     if key not in _KNOWN:
       raise reader.fail(key, "unknown key (not in this record format)")
   (version,) = reader.values("format_version", "int64_list", 1)
@@ -264,7 +393,7 @@ def decode(data: bytes) -> PatientRecord:
                       f"phases in 0..{len(PHASE_NAMES) - 1}")
   names = [PHASE_NAMES[p] for p in phases]
   for name in PHASE_NAMES:
-    if name not in names and f"mri/{name}" in features:
+    if name not in names and f"mri/{name}" in reader:
       raise reader.fail(f"mri/{name}", f"present but mri/phases is {phases}")
   mri = {name: reader.array(f"mri/{name}", "mri/shape", "mri/dtype", 3, MRI_DTYPES)
          for name in names}
@@ -274,15 +403,15 @@ def decode(data: bytes) -> PatientRecord:
     if not all(math.isfinite(s) and s > 0 for s in spacing):
       raise reader.fail("mri/spacing_mm", f"{list(spacing)} are not positive spacings in mm")
   else:
-    extra = [k for k in _MRI_KEYS if k in features]
+    extra = [k for k in _MRI_KEYS if k in reader]
     if extra:
       raise reader.fail(extra[0], "present but mri/phases is empty")
 
   mg = None
-  present = [k for k in _MG_KEYS if k in features]
+  present = [k for k in _MG_KEYS if k in reader]
   if present:
     if len(present) != len(_MG_KEYS):
-      missing = [k for k in _MG_KEYS if k not in features][0]
+      missing = [k for k in _MG_KEYS if k not in reader][0]
       raise reader.fail(missing, f"missing while {', '.join(present)} present")
     mg = reader.array("mg", "mg/shape", "mg/dtype", 2, MG_DTYPES)
 

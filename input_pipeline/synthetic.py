@@ -27,8 +27,6 @@ clinical row. Broken images are always in the Pre-NAT study, so the whole patien
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import multiprocessing
 import csv
 import dataclasses
 import json
@@ -38,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from input_pipeline import patient
 from input_pipeline import synthetic_cohort as cohort
 from input_pipeline import synthetic_series as series
 from input_pipeline.synthetic_images import Phantom
@@ -190,9 +189,8 @@ def generate_export(out_dir: Path | str, num_patients: int, seed: int, geometry:
   out_dir.mkdir(parents=True, exist_ok=True)
   jobs = [(out_dir, seed, i, geometry, rates, images) for i in range(num_patients)]
   if workers > 1:
-    # spawn, not fork: callers (the demo) may hold JAX's threads, which fork can deadlock.
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # Spawned workers that exit with this process (the demo may hold JAX's threads).
+    with patient.worker_pool(workers) as pool:
       results = list(pool.map(_generate, jobs))
   else:
     results = [_generate(job) for job in jobs]

@@ -11,13 +11,17 @@ with ``masked_crc32c(x) = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2**32)``
 Castagnoli CRC (tensorflow/core/lib/hash/crc32c.h, tsl/lib/io/record_writer.cc). Files are
 therefore readable by ``tf.data.TFRecordDataset``, TFDS and Grain's ``TFRecordIterDataset``.
 
-Grain does not check the CRCs; :func:`iter_records` and :func:`verify_file` do, so a damaged
-shard is named (file, byte offset, what failed) instead of being decoded into garbage.
+Grain's own TFRecord reader checks no CRC and copies every record twice; :func:`iter_records`
+(which the training pipeline reads through too) and :func:`verify_file` check both CRCs, so a
+damaged shard is named (file, byte offset, what failed) instead of being decoded into garbage,
+and hand out records as views of the memory-mapped file: a 44 MB full-geometry record costs
+its CRC (~8 ms), not a copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -28,6 +32,7 @@ import google_crc32c
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")  # length, masked CRC of the 8 length bytes
 _FOOTER = struct.Struct("<I")   # masked CRC of the data
+_CRC_CHUNK = 1 << 20
 HEADER_BYTES = _HEADER.size     # 12
 FOOTER_BYTES = _FOOTER.size     # 4
 # A writer's file until it is closed cleanly; never matches the '*.tfrecord' shard pattern.
@@ -36,8 +41,15 @@ PARTIAL_SUFFIX = ".partial"
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
   """CRC-32C (Castagnoli, RFC 3720) of ``data``, computed in C (google-crc32c)."""
-  # The C extension accepts only ``bytes``; other buffers are copied once.
-  return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
+  if isinstance(data, bytes):
+    return google_crc32c.value(data)
+  # The C extension accepts only ``bytes``: other buffers go through it in cache-sized copies
+  # (a 44 MB mapped record: 8 ms, against 5 ms for bytes and 41 ms to copy it whole).
+  view = memoryview(data).cast("B")
+  crc = 0
+  for begin in range(0, len(view), _CRC_CHUNK):
+    crc = google_crc32c.extend(crc, bytes(view[begin:begin + _CRC_CHUNK]))
+  return crc
 
 
 def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
@@ -139,58 +151,87 @@ def _fsync_directory(folder: Path) -> None:
     os.close(fd)
 
 
-def _scan(path: Path, verify: bool) -> Iterator[tuple[int, bytes | None, str | None]]:
-  """Walks the records of ``path``: yields (offset, data, None) for a good record and
-  (offset, None, reason) for a bad one. Stops after an error that breaks the framing (bad
-  length CRC, truncation); continues after a data CRC error, whose framing is intact."""
-  size = path.stat().st_size
+def _map(path: Path) -> tuple[mmap.mmap | None, memoryview]:
+  """The whole file, mapped read-only: (the map, a view of it); (None, empty view) for an
+  empty file.
+
+  Records are handed out as slices of the view, so reading copies nothing: the pages are the
+  page cache's. The map stays open while any slice (or an array built on one) is alive. A file
+  truncated while mapped makes a later access fail with SIGBUS: shards are written once, under
+  a temporary name, and never changed in place (:class:`TFRecordWriter`)."""
   with open(path, "rb") as f:
-    offset = 0
-    while offset < size:
-      header = f.read(HEADER_BYTES)
-      if len(header) < HEADER_BYTES:
-        yield offset, None, (f"truncated length header: {len(header)} of {HEADER_BYTES} bytes "
-                             f"before the end of the file")
-        return
-      length, length_crc = _HEADER.unpack(header)
-      if verify and masked_crc32c(header[:8]) != length_crc:
-        yield offset, None, (f"length CRC mismatch (stored 0x{length_crc:08x}, computed "
-                             f"0x{masked_crc32c(header[:8]):08x}); the record length "
-                             f"{length} cannot be trusted and the rest of the file is unreadable")
-        return
-      # Checked against the file size before reading, so a damaged length never allocates
-      # exabytes when verify=False.
-      remaining = size - offset - HEADER_BYTES
-      if length + FOOTER_BYTES > remaining:
-        yield offset, None, (f"truncated data: the record declares {length} data bytes plus a "
-                             f"{FOOTER_BYTES}-byte CRC, the file has {remaining} bytes left")
-        return
-      data = f.read(length)
-      (data_crc,) = _FOOTER.unpack(f.read(FOOTER_BYTES))
-      if verify and masked_crc32c(data) != data_crc:
-        yield offset, None, (f"data CRC mismatch over {length} bytes (stored 0x{data_crc:08x}, "
-                             f"computed 0x{masked_crc32c(data):08x})")
-      else:
-        yield offset, data, None
-      offset += HEADER_BYTES + length + FOOTER_BYTES
+    if os.fstat(f.fileno()).st_size == 0:
+      return None, memoryview(b"")
+    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+  return mapped, memoryview(mapped)
 
 
-def iter_records(path: str | os.PathLike, verify: bool = True) -> Iterator[tuple[int, bytes]]:
-  """Reads a TFRecord file sequentially.
+def _will_need(mapped: mmap.mmap | None, begin: int, length: int) -> None:
+  """Asks the kernel to read a record's pages ahead in one go (a cold shard on disk)."""
+  if mapped is not None and length and hasattr(mapped, "madvise"):
+    aligned = begin - begin % mmap.PAGESIZE
+    mapped.madvise(mmap.MADV_WILLNEED, aligned, begin + length - aligned)
+
+
+def _scan(path: Path, verify: bool, start: int = 0
+          ) -> Iterator[tuple[int, memoryview | None, str | None]]:
+  """Walks the records of ``path`` from byte ``start`` (a record boundary): yields (offset,
+  data, None) for a good record and (offset, None, reason) for a bad one. Stops after an error
+  that breaks the framing (bad length CRC, truncation); continues after a data CRC error,
+  whose framing is intact. ``data`` is a read-only view of the mapped file (:func:`_map`)."""
+  mapped, view = _map(path)
+  size = len(view)
+  offset = start
+  while offset < size:
+    header = view[offset:offset + HEADER_BYTES]
+    if len(header) < HEADER_BYTES:
+      yield offset, None, (f"truncated length header: {len(header)} of {HEADER_BYTES} bytes "
+                           f"before the end of the file")
+      return
+    length, length_crc = _HEADER.unpack(header)
+    if verify and masked_crc32c(header[:8]) != length_crc:
+      yield offset, None, (f"length CRC mismatch (stored 0x{length_crc:08x}, computed "
+                           f"0x{masked_crc32c(header[:8]):08x}); the record length "
+                           f"{length} cannot be trusted and the rest of the file is unreadable")
+      return
+    # Checked against the file size, so a damaged length is named, not sliced short.
+    remaining = size - offset - HEADER_BYTES
+    if length + FOOTER_BYTES > remaining:
+      yield offset, None, (f"truncated data: the record declares {length} data bytes plus a "
+                           f"{FOOTER_BYTES}-byte CRC, the file has {remaining} bytes left")
+      return
+    begin = offset + HEADER_BYTES
+    _will_need(mapped, begin, length)
+    data = view[begin:begin + length]
+    (data_crc,) = _FOOTER.unpack(view[begin + length:begin + length + FOOTER_BYTES])
+    if verify and masked_crc32c(data) != data_crc:
+      yield offset, None, (f"data CRC mismatch over {length} bytes (stored 0x{data_crc:08x}, "
+                           f"computed 0x{masked_crc32c(data):08x})")
+    else:
+      yield offset, data, None
+    offset = begin + length + FOOTER_BYTES
+
+
+def iter_records(path: str | os.PathLike, verify: bool = True, start: int = 0
+                 ) -> Iterator[tuple[int, memoryview]]:
+  """Reads a TFRecord file sequentially, without copying.
 
   Args:
     path: the file.
-    verify: check both CRCs of every record (costs ~1 ms per 40 MB with the C CRC).
+    verify: check both CRCs of every record (~8 ms per 44 MB record with the C CRC).
+    start: byte offset to start at; must be a record boundary (an offset this function
+      yielded, or the file size).
 
   Yields:
-    (byte offset of the record's length field, record data).
+    (byte offset of the record's length field, record data as a read-only memoryview of the
+    mapped file: ``bytes(data)`` makes a copy; ``np.frombuffer(data)`` does not).
 
   Raises:
     CorruptRecordError: at the first damaged record, naming file, offset and what failed.
       Truncation is always detected, CRC mismatches only when ``verify``.
   """
   path = Path(path)
-  for offset, data, reason in _scan(path, verify):
+  for offset, data, reason in _scan(path, verify, start):
     if reason is not None:
       raise CorruptRecordError(path, offset, reason)
     yield offset, data
@@ -217,13 +258,14 @@ class VerifyResult:
 
 
 def verify_file(path: str | os.PathLike,
-                on_record: Callable[[int, bytes], None] | None = None) -> VerifyResult:
+                on_record: Callable[[int, memoryview], None] | None = None) -> VerifyResult:
   """Checks the framing and both CRCs of every record of ``path``; never raises on damage.
 
   Args:
     path: the file.
-    on_record: called as ``on_record(offset, data)`` for every record whose CRCs are correct,
-      so a caller can decode while the file is read once.
+    on_record: called as ``on_record(offset, data)`` for every record whose CRCs are correct
+      (``data`` a read-only memoryview, as :func:`iter_records` yields), so a caller can decode
+      while the file is read once.
 
   Returns:
     The counts and the errors found. An unreadable file gives one error at offset 0.

@@ -1,31 +1,72 @@
 #!/usr/bin/env bash
 # The accelerator figures of BUILD_NOTES.md: iMRrhpc at 176 x 176 x 352 in bfloat16, JAX against
 # PyTorch (torch.compile, channels_last_3d, cudnn.benchmark, bf16 autocast) on one GPU, for the
-# default ResNet layout and MedicalNet's dilated layout; then the three models' JAX steps.
+# default ResNet layout and MedicalNet's dilated layout; the three models' JAX steps; and the
+# input pipeline at full geometry on the host's cores (in-process and with worker processes),
+# alone and feeding the train step.
 #
-#   bash launch/gpu_benchmark.sh [OUT_DIR]
+#   STAGES="pipeline models all_models" bash launch/gpu_benchmark.sh [OUT_DIR]
 #
-# Needs jax with CUDA, flax, optax, torch and ml-collections. A machine without ml-collections
-# (the device tool's image) gets it from wheels in .whl/ (pip download --no-deps ml-collections;
-# see /work/.library/device/README.md); the benchmark's import path needs nothing else of ours
-# (no Grain, pydicom or SimpleITK: the pipeline part is left out here).
+# Stages run in the order given (default: these three, pipeline first: CPU only, capped at
+# 4 min); STAGES=plan adds XLA's memory plan per remat policy (three compiles, nothing run).
+# Needs jax with CUDA, flax, optax, torch, and for the pipeline Grain and its companions. A
+# machine without them (the device tool's image) installs the wheels that
+# launch/device_wheels.sh put in .whl/ (carry .whl; /work/.library/device/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-runs/gpu_benchmark}}
+STAGES=${STAGES:-pipeline models all_models}
+RECORDS=${RECORDS:-/tmp/mrp_full_records}
 mkdir -p "$OUT"
-if ! python3 -c 'import ml_collections' 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import grain, ml_collections' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
       .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c 'import jax, torch; print("jax", jax.__version__, jax.devices(), "torch", torch.__version__)'
+echo "cpus $(nproc), /dev/shm $(df -h /dev/shm | awk 'NR==2 {print $2}')"
 
-for layout in resnet medicalnet; do
-  python3 -m mrp_jax.main --config "configs/benchmark.py:full,gpu" --workdir "$OUT/imr_$layout" \
-      --config.model.encoder.layout="$layout" 2>&1 | tee "$OUT/imr_$layout.log"
+for stage in $STAGES; do
+  case $stage in
+    pipeline)
+      # 48 patients (2.7 GB, in the page cache after writing), then the pipeline alone:
+      # reader + batch thread, and 4 / 8 / 12 worker processes.
+      timeout 240 bash -c "
+        python3 -m input_pipeline.synthetic_records --out '$RECORDS' --patients 48 &&
+        python3 -m input_pipeline.pipeline --records '$RECORDS' --batch_size 8 --batches 20 \
+            --threads read+batch --workers 4 8 12" 2>&1 | tee "$OUT/pipeline.log" || true
+      ;;
+    models)
+      for layout in resnet medicalnet; do
+        parts="('eval','train','augment','torch')"
+        # The default layout also trains from the pipeline (8 worker processes).
+        [ "$layout" = resnet ] && [ -f "$RECORDS/manifest.json" ] &&
+            parts="('eval','train','augment','pipeline','torch')"
+        # Batch 8 keeps ~54 GB for the backward pass without remat (BUILD_NOTES.md, "Memory
+        # plan"): if that does not fit, the same run again with every block rematerialised.
+        for remat in none full; do
+          python3 -m mrp_jax.main --config "configs/benchmark.py:full,gpu" \
+              --workdir "$OUT/imr_${layout}_remat_$remat" \
+              --config.model.encoder.layout="$layout" --config.model.encoder.remat=$remat \
+              --config.benchmark.parts="$parts" --config.data.records="$RECORDS" \
+              --config.data.workers=8 2>&1 | tee "$OUT/imr_${layout}_remat_$remat.log" && break
+        done
+      done
+      ;;
+    plan)
+      # XLA's memory plan of the iMRrhpc train step on this GPU per remat policy at batch 8
+      # (compiled, not run): whether XLA's scheduler keeps what remat saves (XLA:CPU does not).
+      python3 -m mrp_jax.main --config "configs/benchmark.py:full" --workdir "$OUT/plan" \
+          --config.benchmark.models="('imr_rhpc',)" --config.benchmark.parts="('plan',)" \
+          --config.benchmark.plan_batches="(8,)" 2>&1 | tee "$OUT/plan.log"
+      ;;
+    all_models)
+      # Every model's JAX steps at the full geometry (no PyTorch).
+      python3 -m mrp_jax.main --config "configs/benchmark.py:full" --workdir "$OUT/all_models" \
+          --config.benchmark.parts="('eval','train','augment')" 2>&1 | tee "$OUT/all_models.log"
+      ;;
+    *) echo "unknown stage $stage (pipeline, models, plan, all_models)" >&2; exit 2 ;;
+  esac
 done
-# Every model's JAX steps at the full geometry (no PyTorch; the pipeline needs records).
-python3 -m mrp_jax.main --config "configs/benchmark.py:full" --workdir "$OUT/all_models" \
-    --config.benchmark.parts="('eval','train','augment')" 2>&1 | tee "$OUT/all_models.log"

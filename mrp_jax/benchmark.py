@@ -15,6 +15,11 @@ lives on the devices (every image slot present, random intensities):
 * ``torch``: the same model and step in PyTorch (``torch_baseline.py``), started from the JAX
   model's initial weights; its eval outputs are compared with JAX's, and the JAX/PyTorch ratio of
   examples/s is reported (> 1: JAX is faster).
+* ``plan``: the train step compiled from shapes alone (nothing allocated, nothing run) for each
+  remat policy of ``benchmark.plan_remat`` and global batch of ``benchmark.plan_batches``:
+  XLA's memory plan (arguments, outputs, temporaries) of each, i.e. which batch fits the device
+  and what rematerialisation saves. On the accelerator it is the real plan; on CPU a proxy
+  (another compiler's fusion and buffer assignment).
 
 PyTorch runs after every JAX part so each framework's timings are taken alone. Writes
 ``WORKDIR/benchmark.json`` after each part (a crash keeps what was measured) and prints a table.
@@ -179,6 +184,87 @@ def _rate(timing: dict[str, Any], batch_size: int, flops_per_example: float,
 
 # ---- the JAX parts ----------------------------------------------------------------------------
 
+def _train_jit(config: Any, model: Any, optimizer: Any, shardings: Any,
+               mesh: jax.sharding.Mesh) -> Any:
+  """The train job's jitted step (donated state; augmentation inside when benchmark.augment)."""
+  if config.benchmark.augment:
+    options = _augment_options(config)
+    preprocess = lambda b, k: augment.augment_batch(augment.prepare_images(b), k, options)
+  else:
+    preprocess = lambda b, k: augment.prepare_images(b)
+  return jax.jit(
+      train_step.make_train_step(model, optimizer, config.loss,
+                                 train_step.learning_rate_schedule(config.train), preprocess),
+      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def residual_bytes(model: Any, state: Any, batch: Mapping[str, Any]) -> int:
+  """Bytes the model's training forward keeps for its backward pass (the vjp's residuals:
+  saved activations, plus the parameters and inputs it closes over), from shapes alone. What a
+  remat policy changes, on any backend."""
+  def residuals(params, batch_stats, batch, key):
+    def forward(p):
+      outputs, _ = model.apply({"params": p, "batch_stats": batch_stats},
+                               augment.prepare_images(batch), train=True,
+                               mutable=["batch_stats"], rngs={"dropout": key})
+      return outputs
+    _, vjp = jax.vjp(forward, params)
+    return jax.tree.leaves(vjp)  # a vjp function is a pytree of its residuals
+  leaves = jax.eval_shape(residuals, state.params, state.batch_stats, batch,
+                          jax.random.key(0))
+  return int(sum(leaf.size * leaf.dtype.itemsize for leaf in leaves))
+
+
+def _compiled_plan(step: Any, state: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
+  """XLA's memory plan of ``step`` compiled for these shapes, or the compile's error."""
+  t = time.perf_counter()
+  try:
+    compiled = step.lower(state, batch).compile()
+  except Exception as error:  # pylint: disable=broad-except  (reported per row)
+    return {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+  m = compiled.memory_analysis()
+  return {"compile_s": time.perf_counter() - t,
+          "argument_bytes": int(m.argument_size_in_bytes),
+          "output_bytes": int(m.output_size_in_bytes),
+          "alias_bytes": int(m.alias_size_in_bytes), **_memory(compiled)}
+
+
+def plan_memory(config: Any, name: str, mesh: jax.sharding.Mesh) -> list[dict[str, Any]]:
+  """Memory of ``name``'s train step per remat policy and global batch, from shapes alone.
+
+  Per row: the bytes saved for the backward pass (:func:`residual_bytes`, backend-independent)
+  and XLA's memory plan of the compiled step (ShapeDtypeStructs in: the state and batch are
+  never allocated, so a CPU can plan a full-geometry step it could not run). A compile that
+  fails (e.g. the backend refuses a plan that does not fit) is a row with its error.
+  """
+  b = config.benchmark
+  mri_shape, mg_shape = tuple(config.data.mri_shape), tuple(config.data.mg_shape)
+  rows = []
+  for remat in b.plan_remat:
+    model_cfg = model_config(config, name)
+    model_cfg["encoder"]["remat"] = remat
+    model = models.create_model(model_cfg)
+    optimizer = train_step.create_optimizer(config.train)
+    init = functools.partial(train_step.init_state, model,
+                             models.dummy_batch(name, 1, mri_shape, mg_shape), optimizer)
+    abstract = jax.eval_shape(init, jax.random.key(config.seed))
+    shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,
+                                         config.mesh.fsdp_min_size)
+    step = _train_jit(config, model, optimizer, shardings, mesh)
+    for batch_size in b.plan_batches:
+      batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+               for k, v in models.dummy_batch(name, batch_size, mri_shape, mg_shape).items()}
+      row: dict[str, Any] = {"remat": remat, "batch_size": int(batch_size),
+                             "residual_bytes": residual_bytes(model, abstract, batch)}
+      if b.plan_compile:
+        row.update(_compiled_plan(step, abstract, batch))
+      print(f"benchmark: plan {models.DISPLAY_NAMES[name]} remat={remat} batch={batch_size}: "
+            + _plan_text(row), flush=True)
+      rows.append(row)
+  return rows
+
+
 class JaxModelBench:
   """One model's state, synthetic device batch and compiled steps."""
 
@@ -198,16 +284,7 @@ class JaxModelBench:
     shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,
                                          config.mesh.fsdp_min_size)
     self.state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-    if config.benchmark.augment:
-      options = _augment_options(config)
-      preprocess = lambda b, k: augment.augment_batch(augment.prepare_images(b), k, options)
-    else:
-      preprocess = lambda b, k: augment.prepare_images(b)
-    self.train_jit = jax.jit(
-        train_step.make_train_step(self.model, optimizer, config.loss,
-                                   train_step.learning_rate_schedule(config.train), preprocess),
-        in_shardings=(shardings, self.batch_sharding),
-        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+    self.train_jit = _train_jit(config, self.model, optimizer, shardings, mesh)
     model = self.model
 
     def eval_step(params, batch_stats, batch):
@@ -302,7 +379,7 @@ class JaxModelBench:
         pipeline.split_paths(records, "train"), model_name=self.name,
         batch_size=sharding.local_batch_size(self.batch_size), seed=self.config.seed,
         shuffle_window=self.config.data.shuffle_window, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), workers=self.config.data.workers)
     keys = set(self.host_batch)
     same = tuple(spec.mri_shape) == tuple(self.config.data.mri_shape) and tuple(
         spec.mg_shape) == tuple(self.config.data.mg_shape) and self.train_compiled is not None
@@ -421,6 +498,8 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
   mesh = sharding.make_mesh()
   if b.peak_tflops > 0:
     peak, source = float(b.peak_tflops), "config.benchmark.peak_tflops"
+  elif not set(b.parts) - {"plan"}:
+    peak, source = 0.0, "not measured (plan only: nothing runs)"
   else:
     peak = measure_matmul_tflops(config.model.dtype, b.matmul_size)
     source = f"measured: {config.model.dtype} matmul {b.matmul_size}^3 on {jax.devices()[0]}"
@@ -429,10 +508,14 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
 
   torch_inputs = {}
   for name in b.models:
+    entry = result["models"][name] = {"jax": {}}
+    if "plan" in b.parts and name != "rhpc":
+      entry["plan"] = plan_memory(config, name, mesh)
+      save()
+    if not set(b.parts) - {"plan"}:
+      continue
     bench = JaxModelBench(config, name, mesh)
-    entry = result["models"][name] = {
-        "batch_size": bench.batch_size, "parameters": bench.parameters, "flops": bench.flops,
-        "jax": {}}
+    entry.update(batch_size=bench.batch_size, parameters=bench.parameters, flops=bench.flops)
     if name == "imr_rhpc" and tuple(config.data.mri_shape) == flops.FULL_MRI_SHAPE:
       # DESIGN.md's figure for this layout, next to ours (the same convention).
       entry["flops"]["design_encoder_forward"] = flops.DESIGN_GFLOP.get(
@@ -487,6 +570,17 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 1) -> str:
   return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
+def _plan_text(row: Mapping[str, Any]) -> str:
+  text = f"{_fmt(row['residual_bytes'], 1e-9, 2)} GB kept for backward"
+  if "error" in row:
+    return f"{text}; compile failed: {row['error']}"
+  if "planned_bytes" not in row:
+    return text + " (not compiled)"
+  return (f"{text}, {_fmt(row['planned_bytes'], 1e-9, 2)} GB planned by XLA "
+          f"({_fmt(row['temp_bytes'], 1e-9, 2)} GB temporaries), compile "
+          f"{_fmt(row['compile_s'], 1, 1)} s")
+
+
 def format_table(result: Mapping[str, Any]) -> str:
   """One row per model, framework and part."""
   env = result["environment"]
@@ -511,6 +605,9 @@ def format_table(result: Mapping[str, Any]) -> str:
           f"{_fmt(r.get('xla_over_analytic_valid'), 1, 3):>7} {_fmt(r.get('mfu'), 100, 1):>6} "
           f"{_fmt(r.get('compile_s'), 1, 1):>9} {_fmt(planned, 1e-9, 2):>8} "
           f"{_fmt(r.get('device_peak_bytes'), 1e-9, 2):>8}")
+    for r in entry.get("plan", []):
+      lines.append(f"{models.DISPLAY_NAMES[name]:<9} plan  remat={r['remat']:<5} "
+                   f"batch {r['batch_size']:>4}: " + _plan_text(r))
     if "jax_over_torch" in entry:
       ratios = ", ".join(f"{k} {v:.2f}" for k, v in entry["jax_over_torch"].items())
       errors = ", ".join(f"{k} {v:.1e}" for k, v in

@@ -17,7 +17,7 @@ from mrp_jax.models.resnet import LAYOUTS, REMAT_POLICIES
 
 JOBS = ("train", "evaluate", "benchmark", "demo", "describe")
 # mrp_jax/benchmark.py's parts (not imported: benchmark pulls in more than validation needs).
-BENCHMARK_PARTS = ("eval", "train", "augment", "pipeline", "torch")
+BENCHMARK_PARTS = ("eval", "train", "augment", "pipeline", "torch", "plan")
 
 
 class ConfigError(ValueError):
@@ -117,6 +117,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                     f"must be a non-empty tuple of {list(schema.PHASE_NAMES)}"),
     "data.records": (lambda v: isinstance(v, str), "must be a folder path (a string)"),
     "data.shuffle_window": _POSITIVE_INT,
+    "data.workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                     "must be an integer >= 0 (0: read in the training process)"),
     "mesh.fsdp": (lambda v: isinstance(v, bool), "must be True or False"),
     "mesh.fsdp_min_size": _POSITIVE_INT,
     "distributed": (lambda v: isinstance(v, bool), "must be True or False"),
@@ -158,6 +160,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "benchmark.pipeline_steps": _POSITIVE_INT,
     "benchmark.peak_tflops": _NON_NEGATIVE,
     "benchmark.matmul_size": _POSITIVE_INT,
+    "benchmark.plan_batches": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                               and all(_positive_int(x) for x in v),
+                               "must be a non-empty tuple of positive integers"),
+    "benchmark.plan_compile": (lambda v: isinstance(v, bool), "must be True or False"),
+    "benchmark.plan_remat": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                             and all(x in ("none", *REMAT_POLICIES) for x in v),
+                             f"must be a non-empty tuple of {['none', *REMAT_POLICIES]}"),
 }
 
 

@@ -51,6 +51,11 @@ class Phase(enum.IntEnum):
 PHASES = tuple(Phase)
 PHASE_NAMES = tuple(p.name.lower() for p in Phase)  # ('pre', 'mid', 'post')
 
+# The three trained models; model name -> the batch key of its images (None: no images).
+MODEL_NAMES = ("rhpc", "img_rhpc", "imr_rhpc")
+IMAGE_KEYS = {"rhpc": None, "img_rhpc": "mg", "imr_rhpc": "mri"}
+DISPLAY_NAMES = {"rhpc": "rhpc", "img_rhpc": "iMGrhpc", "imr_rhpc": "iMRrhpc", "mrp": "MRP"}
+
 
 class Group(str, enum.Enum):
   RADIOLOGICAL = "r"

@@ -151,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   data = pipeline.train_iterator(
       train_paths, model_name=config.model.name, batch_size=local_batch, seed=config.seed,
       shuffle_window=config.data.shuffle_window, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), workers=config.data.workers)
 
   # ---- model and optimizer --------------------------------------------------------------------
   model = models.create_model(config.model)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import collections
 import json
+import struct
 from pathlib import Path
 
 import grain
+import grain.python
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -143,8 +145,9 @@ def test_batches_follow_the_model_contract(shards, model_name):
       assert value.dtype == dtypes.get(key, np.float32), key
 
 
-def test_training_draws_every_available_combination_and_nothing_else(shards):
-  iterator = _train(shards, "imr_rhpc", batch_size=4)
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2 worker processes"])
+def test_training_draws_every_available_combination_and_nothing_else(shards, workers):
+  iterator = _train(shards, "imr_rhpc", batch_size=4, workers=workers)
   seen = collections.defaultdict(set)
   for batch in _take(iterator, 60):
     for row, (index, follow_up) in enumerate(_rows(batch)):
@@ -214,6 +217,34 @@ def test_iterator_state_round_trip(shards):
   restored.set_state(json.loads(json.dumps(state)))  # the state survives JSON as Orbax writes it
   _assert_same_batches(expected, _take(restored, 6))
   restored.close()
+
+
+def test_worker_processes_hand_over_shared_memory_and_resume(shards):
+  iterator = _train(shards, workers=2)
+  _take(iterator, 5)
+  state = iterator.get_state()
+  expected = _take(iterator, 6)
+  iterator.close()
+  # Built in shared memory by the worker, opened here without a copy.
+  assert isinstance(expected[0]["mri"], grain.python.SharedMemoryArray)
+  restored = _train(shards, workers=2)
+  restored.set_state(json.loads(json.dumps(state)))
+  _assert_same_batches(expected, _take(restored, 6))
+  restored.close()
+
+
+def test_a_damaged_record_stops_training_naming_shard_and_offset(shards, tmp_path):
+  damaged = tmp_path / Path(shards[1]).name
+  data = bytearray(Path(shards[1]).read_bytes())
+  first = tfrecord.HEADER_BYTES + struct.unpack("<Q", data[:8])[0] + tfrecord.FOOTER_BYTES
+  data[first + tfrecord.HEADER_BYTES + 3] ^= 0xFF  # inside the second record's data
+  damaged.write_bytes(bytes(data))
+  iterator = _train([damaged], "rhpc", batch_size=1, spec=pipeline.batch_spec(
+      Path(shards[0]).parent), prefetch_batches=0)
+  with pytest.raises(tfrecord.CorruptRecordError,
+                     match=f"{damaged.name}: corrupt record at byte offset {first}: data CRC"):
+    _take(iterator, 10)
+  iterator.close()
 
 
 def test_iterator_state_through_an_orbax_checkpoint(shards, tmp_path):
@@ -304,3 +335,19 @@ def test_shards_without_training_patients_are_named(tmp_path, shards):
   with pytest.raises(ValueError, match="none of the 2 patients .* can train 'img_rhpc'"):
     next(iterator)
   iterator.close()
+
+
+def test_synthetic_records_feed_the_pipeline(tmp_path):
+  from input_pipeline import synthetic_records
+  folder = synthetic_records.write(tmp_path / "records", 5, mri_shape=(4, 6, 8), mg_shape=(8, 4),
+                                   per_shard=2)
+  paths = pipeline.split_paths(folder, "train")
+  assert len(paths) == 3
+  assert pipeline.batch_spec(folder) == examples.BatchSpec((4, 6, 8), "float16", (8, 4),
+                                                           "uint16")
+  decoded = [records.decode(data) for p in paths for _, data in tfrecord.iter_records(p)]
+  assert [r.phases for r in decoded] == [(0, 2), (0, 1, 2)] * 2 + [(0, 2)]
+  iterator = _train(paths, batch_size=5, shuffle_window=5)
+  batch = next(iterator)
+  iterator.close()
+  assert batch["mri"].shape == (5, 2, 4, 6, 8) and batch["mri_mask"][:, 0].all()

@@ -189,6 +189,57 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(export, prepared, tmp_
     assert (out / shard.name).read_bytes() == shard.read_bytes()
 
 
+def _alive(pid):
+  """True while ``pid`` runs; a zombie (exited, not yet reaped by init) counts as gone."""
+  try:
+    status = Path(f"/proc/{pid}/status").read_text()
+  except FileNotFoundError:
+    return False
+  except OSError:  # no /proc (macOS)
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return False
+    return True
+  return not any(line.split()[1:2] == ["Z"] for line in status.splitlines()
+                 if line.startswith("State:"))
+
+
+def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
+  # A worker's job must be importable by module name in the spawned worker.
+  (tmp_path / "pid_job.py").write_text(
+      "import os, time\n\ndef pid(seconds):\n  time.sleep(seconds)\n  return os.getpid()\n")
+  script = ("import time\n"
+            "from input_pipeline.patient import worker_pool\n"
+            "import pid_job\n"
+            "pool = worker_pool(2)\n"
+            "futures = [pool.submit(pid_job.pid, 1.0) for _ in range(2)]\n"
+            "print(*[f.result() for f in futures], flush=True)\n"
+            "time.sleep(600)\n")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+  # stderr to a file: the killed parent's resource tracker warns about its leaked semaphores.
+  with open(tmp_path / "stderr", "w") as stderr:
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=stderr, text=True)
+  workers = []
+  try:
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(set(workers)) == 2, (workers, (tmp_path / "stderr").read_text())
+    assert all(_alive(pid) for pid in workers)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+      time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)], "workers outlived their parent"
+  finally:
+    parent.kill()
+    parent.wait()
+    for pid in workers:
+      if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_stratified_split_is_seeded_balanced_and_order_free():
   ids = [f"P{i:012x}" for i in range(200)]
   labels = [int(i % 3 == 0) for i in range(200)]

@@ -147,6 +147,11 @@ def _replace_float(key, values):
     (_replace_bytes("split", [b"holdout"]), "split", "not one of"),
     (lambda f: f["label"].CopyFrom(f["split"]), "label", "expected int64_list"),
     (lambda f: f["extra"].int64_list.value.append(1), "extra", "unknown key"),
+    # Image values are read without protobuf (records._split_payloads); same checks.
+    (_replace_bytes("mri/pre", [b"\0" * 120, b"\0" * 120]), "mri/pre", "expected 1 values"),
+    (lambda f: f["mg"].CopyFrom(f["label"]), "mg", "expected bytes_list"),
+    (lambda f: f["mri/post"].Clear(), "mri/post", "an empty feature"),
+    (_replace_bytes("mri/mid", [b"\0" * 7]), "mri/mid", "do not match"),
 ])
 def test_malformed_examples_are_rejected_naming_the_key(mutate, key, words):
   with pytest.raises(records.RecordFormatError) as info:
@@ -154,6 +159,23 @@ def test_malformed_examples_are_rejected_naming_the_key(mutate, key, words):
   assert info.value.key == key
   assert f"'{key}'" in str(info.value) and words in str(info.value)
   assert info.value.patient_id == "P0123456789ab"  # read before the failing key
+
+
+def test_images_are_views_of_the_record_bytes():
+  data = records.encode(_record())
+  decoded = records.decode(memoryview(data))
+  whole = np.frombuffer(data, np.uint8)
+  for array in (*decoded.mri.values(), decoded.mg):
+    assert np.shares_memory(array, whole)  # not copied: a full-geometry record is 44-66 MB
+
+
+def test_any_serialisation_decodes_as_protobuf_reads_it():
+  a, b = _record(seed=1), _record(seed=2)
+  # Protobuf's own (non-deterministic) serialisation, keys in whatever order it chose.
+  shuffled = tf_example_pb2.Example.FromString(records.encode(a)).SerializeToString()
+  _assert_same(a, records.decode(shuffled))
+  # Two Examples back to back are one Example to protobuf: every map value of the second wins.
+  _assert_same(b, records.decode(records.encode(a) + records.encode(b)))
 
 
 def test_identifier_and_garbage_rejected():

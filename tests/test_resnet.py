@@ -85,10 +85,19 @@ def test_rematerialisation_keeps_gradients():
       return jnp.sum(out ** 2)
     return jax.jit(jax.grad(loss))(variables["params"])
 
-  reference = grads(models["none"])
+  def stats(model):
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return updates["batch_stats"]
+
+  reference, reference_stats = grads(models["none"]), stats(models["none"])
   for policy in ("full", "dots"):
+    # The same variable names (the stem's conv1 / bn1 at the top level, as converters expect).
+    shapes = jax.eval_shape(lambda: models[policy].init(jax.random.key(0), x, train=False))
+    assert jax.tree.structure(shapes) == jax.tree.structure(variables)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  reference, grads(models[policy]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 reference_stats, stats(models[policy]))
 
 
 def test_rejects_wrong_rank():

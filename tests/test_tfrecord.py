@@ -69,7 +69,8 @@ def test_writer_produces_the_spec_bytes(tmp_path):
 
 def test_round_trip_and_offsets(tmp_path):
   rng = np.random.default_rng(0)
-  records = [rng.bytes(n) for n in (0, 1, 1000, 1 << 20)]
+  # The last one spans several of the CRC's copy chunks, with a remainder.
+  records = [rng.bytes(n) for n in (0, 1, 1000, (3 << 20) + 5)]
   path = tmp_path / "b.tfrecord"
   with tfrecord.TFRecordWriter(path) as writer:
     offsets = [writer.write(r) for r in records]
@@ -78,6 +79,11 @@ def test_round_trip_and_offsets(tmp_path):
   read = list(tfrecord.iter_records(path))
   assert [o for o, _ in read] == offsets
   assert [d for _, d in read] == records
+  # Views of the mapped file, not copies.
+  assert all(isinstance(d, memoryview) and d.readonly for _, d in read)
+  assert tfrecord.crc32c(read[3][1]) == tfrecord.crc32c(records[3])
+  # Resuming at a record boundary, as the training pipeline's state does.
+  assert [d for _, d in tfrecord.iter_records(path, start=offsets[2])] == records[2:]
   result = tfrecord.verify_file(path)
   assert result.ok and result.num_records == 4 and result.num_bytes == path.stat().st_size
 

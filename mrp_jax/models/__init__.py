@@ -14,10 +14,8 @@ from mrp_jax.models.fusion import ImagingRhpcModel
 from mrp_jax.models.resnet import LAYOUTS, ResNet
 from mrp_jax.models.rhpc import RhpcEncoder, RhpcModel
 
-MODEL_NAMES = ("rhpc", "img_rhpc", "imr_rhpc")
-# Model name -> the batch key of its images (None: no images).
-IMAGE_KEYS = {"rhpc": None, "img_rhpc": "mg", "imr_rhpc": "mri"}
-DISPLAY_NAMES = {"rhpc": "rhpc", "img_rhpc": "iMGrhpc", "imr_rhpc": "iMRrhpc", "mrp": "MRP"}
+# Declared in schema (no JAX there: the input pipeline's worker processes import it).
+MODEL_NAMES, IMAGE_KEYS, DISPLAY_NAMES = schema.MODEL_NAMES, schema.IMAGE_KEYS, schema.DISPLAY_NAMES
 
 
 def encoder_kwargs(encoder: Mapping[str, Any], spatial_dims: int, dtype: str) -> dict[str, Any]:

@@ -96,6 +96,37 @@ class BasicBlock(nn.Module):
     return nn.relu(y + residual)
 
 
+class Stem(nn.Module):
+  """The first convolution, its norm and ReLU, and the optional max-pool.
+
+  A module of its own so that it can be rematerialised like the blocks: at full MRI geometry
+  its outputs (64 channels at half resolution, in float32 inside the norm) are most of what the
+  backward pass keeps once the blocks are rematerialised. Its parameters stay at the ResNet's
+  top level (``conv1``, ``bn1``: ``nn.share_scope``), where checkpoints and converters expect
+  them.
+  """
+  spatial_dims: int
+  width: int
+  kernel: int
+  stride: int
+  pool: bool
+  norm: str
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
+    n = self.spatial_dims
+    pad = self.kernel // 2
+    x = nn.Conv(self.width, (self.kernel,) * n, strides=(self.stride,) * n,
+                padding=[(pad, pad)] * n, use_bias=False, dtype=self.dtype,
+                param_dtype=jnp.float32, kernel_init=conv_init, name="conv1")(x.astype(self.dtype))
+    x = nn.relu(make_norm(self.norm, self.width, train, self.dtype, "bn1")(
+        x, mask=batch_stats_mask(mask, x, self.norm, train)))
+    if self.pool:
+      x = nn.max_pool(x, (3,) * n, strides=(2,) * n, padding=[(1, 1)] * n)
+    return x
+
+
 class ResNet(nn.Module):
   """ResNet trunk returning globally pooled features.
 
@@ -109,8 +140,10 @@ class ResNet(nn.Module):
     norm: 'batch' or 'group'.
     width: channels of the first stage (doubled per stage).
     dtype: computation dtype.
-    remat: rematerialise each residual block in the backward pass: 'none', 'full' (save only
-      block inputs) or 'dots' (also save convolution outputs; jax.checkpoint_policies).
+    remat: rematerialise the stem and each residual block in the backward pass: 'none',
+      'full' (keep only their inputs) or 'dots' (also keep convolution outputs, recompute
+      norms and activations). At full MRI geometry the backward pass keeps 6.8 / 0.8 / 0.25 GB
+      per patient (none / dots / full; BUILD_NOTES.md, "Memory plan").
   """
   spatial_dims: int = 3
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -140,18 +173,16 @@ class ResNet(nn.Module):
     if x.ndim != n + 2:
       raise ValueError(f"ResNet(spatial_dims={n}) expects [B, *{n} spatial, C] input, got shape "
                        f"{x.shape}")
-    pad = self.stem_kernel // 2
-    x = nn.Conv(self.width, (self.stem_kernel,) * n, strides=(self.stem_stride,) * n,
-                padding=[(pad, pad)] * n, use_bias=False, dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=conv_init, name="conv1")(x.astype(self.dtype))
-    x = nn.relu(make_norm(self.norm, self.width, train, self.dtype, "bn1")(
-        x, mask=batch_stats_mask(mask, x, self.norm, train)))
-    if self.stem_pool:
-      x = nn.max_pool(x, (3,) * n, strides=(2,) * n, padding=[(1, 1)] * n)
-    block_cls = BasicBlock
+    stem_cls, block_cls = Stem, BasicBlock
     if self.remat != "none":
       # static_argnums counts the module as argument 0: `train` is argument 2.
-      block_cls = nn.remat(BasicBlock, static_argnums=(2,), policy=REMAT_POLICIES[self.remat])
+      stem_cls, block_cls = (nn.remat(cls, static_argnums=(2,),
+                                      policy=REMAT_POLICIES[self.remat])
+                             for cls in (Stem, BasicBlock))
+    stem = stem_cls(n, self.width, self.stem_kernel, self.stem_stride, self.stem_pool,
+                    self.norm, self.dtype)
+    nn.share_scope(self, stem)
+    x = stem(x, train, mask)
     for stage, (blocks, stride, dilation) in enumerate(
         zip(self.stage_sizes, self.strides, self.dilations)):
       for block in range(blocks):
@@ -163,7 +194,7 @@ class ResNet(nn.Module):
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,  # matmuls and convolutions
 }
 
 LAYOUTS = {
