@@ -9,6 +9,9 @@
 #
 # Stages run in the order given (default: these three, pipeline first: CPU only, capped at
 # 4 min); STAGES=plan adds XLA's memory plan per remat policy (three compiles, nothing run).
+# A dry run of every stage on a CPU, at test size:
+#   VARIANT=tiny RECORD_ARGS="--patients 8 --mri_shape 22,22,44 --mg_shape 64,32" \
+#   STAGES="pipeline models plan all_models" bash launch/gpu_benchmark.sh /tmp/dry
 # Needs jax with CUDA, flax, optax, torch, and for the pipeline Grain and its companions. A
 # machine without them (the device tool's image) installs the wheels that
 # launch/device_wheels.sh put in .whl/ (carry .whl; /work/.library/device/README.md).
@@ -17,6 +20,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-runs/gpu_benchmark}}
 STAGES=${STAGES:-pipeline models all_models}
 RECORDS=${RECORDS:-/tmp/mrp_full_records}
+VARIANT=${VARIANT:-full}             # configs/benchmark.py variant: full geometry, bfloat16
+RECORD_ARGS=${RECORD_ARGS:---patients 48}  # input_pipeline.synthetic_records arguments
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import grain, ml_collections' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
@@ -34,7 +39,7 @@ for stage in $STAGES; do
       # 48 patients (2.7 GB, in the page cache after writing), then the pipeline alone:
       # reader + batch thread, and 4 / 8 / 12 worker processes.
       timeout 240 bash -c "
-        python3 -m input_pipeline.synthetic_records --out '$RECORDS' --patients 48 &&
+        python3 -m input_pipeline.synthetic_records --out '$RECORDS' $RECORD_ARGS &&
         python3 -m input_pipeline.pipeline --records '$RECORDS' --batch_size 8 --batches 20 \
             --threads read+batch --workers 4 8 12" 2>&1 | tee "$OUT/pipeline.log" || true
       ;;
@@ -47,7 +52,7 @@ for stage in $STAGES; do
         # Batch 8 keeps ~54 GB for the backward pass without remat (BUILD_NOTES.md, "Memory
         # plan"): if that does not fit, the same run again with every block rematerialised.
         for remat in none full; do
-          python3 -m mrp_jax.main --config "configs/benchmark.py:full,gpu" \
+          python3 -m mrp_jax.main --config "configs/benchmark.py:$VARIANT,gpu" \
               --workdir "$OUT/imr_${layout}_remat_$remat" \
               --config.model.encoder.layout="$layout" --config.model.encoder.remat=$remat \
               --config.benchmark.parts="$parts" --config.data.records="$RECORDS" \
@@ -58,13 +63,13 @@ for stage in $STAGES; do
     plan)
       # XLA's memory plan of the iMRrhpc train step on this GPU per remat policy at batch 8
       # (compiled, not run): whether XLA's scheduler keeps what remat saves (XLA:CPU does not).
-      python3 -m mrp_jax.main --config "configs/benchmark.py:full" --workdir "$OUT/plan" \
+      python3 -m mrp_jax.main --config "configs/benchmark.py:$VARIANT" --workdir "$OUT/plan" \
           --config.benchmark.models="('imr_rhpc',)" --config.benchmark.parts="('plan',)" \
           --config.benchmark.plan_batches="(8,)" 2>&1 | tee "$OUT/plan.log"
       ;;
     all_models)
       # Every model's JAX steps at the full geometry (no PyTorch).
-      python3 -m mrp_jax.main --config "configs/benchmark.py:full" --workdir "$OUT/all_models" \
+      python3 -m mrp_jax.main --config "configs/benchmark.py:$VARIANT" --workdir "$OUT/all_models" \
           --config.benchmark.parts="('eval','train','augment')" 2>&1 | tee "$OUT/all_models.log"
       ;;
     *) echo "unknown stage $stage (pipeline, models, plan, all_models)" >&2; exit 2 ;;
