@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.norm = "batch"  # batch | group
   e.width = 64  # channels of the first stage; 64 is ResNet18
   e.remat = "none"  # none | dots | full: rematerialise the stem and blocks in the backward pass
+  # The strided stem as a stride-1 convolution over space-to-depth blocks (same function and
+  # weights; for GPUs, whose kernels handle one input channel poorly). BUILD_NOTES.md.
+  e.stem_space_to_depth = False
   m.rhpc_init = ""  # fused models: start the rhpc encoder from this rhpc train workdir's
   m.pretrained = ""  # PyTorch checkpoint for the image encoder (MedicalNet .pth / torchvision)
 

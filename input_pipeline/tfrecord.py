@@ -168,9 +168,10 @@ def _map(path: Path) -> tuple[mmap.mmap | None, memoryview]:
 
 def _will_need(mapped: mmap.mmap | None, begin: int, length: int) -> None:
   """Asks the kernel to read a record's pages ahead in one go (a cold shard on disk)."""
-  if mapped is not None and length and hasattr(mapped, "madvise"):
+  advice = getattr(mmap, "MADV_WILLNEED", None)  # absent on Windows
+  if mapped is not None and length and advice is not None:
     aligned = begin - begin % mmap.PAGESIZE
-    mapped.madvise(mmap.MADV_WILLNEED, aligned, begin + length - aligned)
+    mapped.madvise(advice, aligned, begin + length - aligned)
 
 
 def _scan(path: Path, verify: bool, start: int = 0

@@ -5,20 +5,20 @@
 # input pipeline at full geometry on the host's cores (in-process and with worker processes),
 # alone and feeding the train step.
 #
-#   STAGES="pipeline models all_models" bash launch/gpu_benchmark.sh [OUT_DIR]
+#   STAGES="pipeline models stem all_models" bash launch/gpu_benchmark.sh [OUT_DIR]
 #
-# Stages run in the order given (default: these three, pipeline first: CPU only, capped at
+# Stages run in the order given (default: these four, pipeline first: CPU only, capped at
 # 4 min); STAGES=plan adds XLA's memory plan per remat policy (three compiles, nothing run).
 # A dry run of every stage on a CPU, at test size:
 #   VARIANT=tiny RECORD_ARGS="--patients 8 --mri_shape 22,22,44 --mg_shape 64,32" \
-#   STAGES="pipeline models plan all_models" bash launch/gpu_benchmark.sh /tmp/dry
+#   STAGES="pipeline models stem plan all_models" bash launch/gpu_benchmark.sh /tmp/dry
 # Needs jax with CUDA, flax, optax, torch, and for the pipeline Grain and its companions. A
 # machine without them (the device tool's image) installs the wheels that
 # launch/device_wheels.sh put in .whl/ (carry .whl; /work/.library/device/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-runs/gpu_benchmark}}
-STAGES=${STAGES:-pipeline models all_models}
+STAGES=${STAGES:-pipeline models stem all_models}
 RECORDS=${RECORDS:-/tmp/mrp_full_records}
 VARIANT=${VARIANT:-full}             # configs/benchmark.py variant: full geometry, bfloat16
 RECORD_ARGS=${RECORD_ARGS:---patients 48}  # input_pipeline.synthetic_records arguments
@@ -60,6 +60,17 @@ for stage in $STAGES; do
         done
       done
       ;;
+    stem)
+      # The default layout with the stem as a stride-1 convolution over space-to-depth blocks
+      # (8 input channels instead of 1; same function): does it beat cuDNN's Cin=1 stem?
+      for remat in none full; do
+        python3 -m mrp_jax.main --config "configs/benchmark.py:$VARIANT,gpu" \
+            --workdir "$OUT/imr_resnet_s2d_remat_$remat" --config.model.encoder.remat=$remat \
+            --config.model.encoder.stem_space_to_depth=True \
+            --config.benchmark.parts="('eval','train')" 2>&1 |
+            tee "$OUT/imr_resnet_s2d_remat_$remat.log" && break
+      done
+      ;;
     plan)
       # XLA's memory plan of the iMRrhpc train step on this GPU per remat policy at batch 8
       # (compiled, not run): whether XLA's scheduler keeps what remat saves (XLA:CPU does not).
@@ -72,6 +83,6 @@ for stage in $STAGES; do
       python3 -m mrp_jax.main --config "configs/benchmark.py:$VARIANT" --workdir "$OUT/all_models" \
           --config.benchmark.parts="('eval','train','augment')" 2>&1 | tee "$OUT/all_models.log"
       ;;
-    *) echo "unknown stage $stage (pipeline, models, plan, all_models)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (pipeline, models, stem, plan, all_models)" >&2; exit 2 ;;
   esac
 done

@@ -86,6 +86,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.encoder.norm": _one_of("batch", "group"),
     "model.encoder.width": _POSITIVE_INT,
     "model.encoder.remat": _one_of("none", *REMAT_POLICIES),
+    "model.encoder.stem_space_to_depth": (lambda v: isinstance(v, bool), "must be True or False"),
     "model.pretrained": _OPTIONAL_FILE,
     "model.rhpc_init": (lambda v: v == "" or os.path.isfile(os.path.join(v, "config.json")),
                         "must be '' or a train workdir of an rhpc run (with config.json)"),

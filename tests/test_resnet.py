@@ -1,9 +1,11 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrp_jax.models.resnet import LAYOUTS, ResNet
+from mrp_jax.models.resnet import LAYOUTS, ResNet, space_to_depth_conv
 
 
 def _count(tree):
@@ -103,3 +105,42 @@ def test_rematerialisation_keeps_gradients():
 def test_rejects_wrong_rank():
   with pytest.raises(ValueError, match="expects"):
     ResNet(spatial_dims=3).init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
+
+
+@pytest.mark.parametrize("shape, kernel, stride", [
+    ((9, 10, 11), 7, 2),  # odd and even sizes: the padding arithmetic
+    ((12, 13), 7, 2),     # 2D
+    ((10, 9, 8), 3, 3),   # another stride and kernel
+])
+def test_space_to_depth_convolution_is_the_strided_convolution(shape, kernel, stride):
+  keys = jax.random.split(jax.random.key(2))
+  x = jax.random.normal(keys[0], (2, *shape, 3))
+  w = jax.random.normal(keys[1], (kernel,) * len(shape) + (3, 5))
+  pad = kernel // 2
+  expected = jax.lax.conv_general_dilated(
+      x, w, (stride,) * len(shape), [(pad, pad)] * len(shape),
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC") if len(shape) == 3 else
+      ("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(space_to_depth_conv(x, w, stride, pad), expected, rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_space_to_depth_stem_keeps_function_and_parameters():
+  x = jax.random.normal(jax.random.key(1), (2, 10, 9, 12, 1))
+  plain = ResNet(spatial_dims=3, width=4, dtype=jnp.float32)
+  s2d = ResNet(spatial_dims=3, width=4, dtype=jnp.float32, stem_space_to_depth=True)
+  variables = plain.init(jax.random.key(0), x, train=False)
+  # Same parameter tree and the same initial values: checkpoints and converters fit both.
+  jax.tree.map(np.testing.assert_array_equal, variables,
+               s2d.init(jax.random.key(0), x, train=False))
+
+  # Eval mode: in training mode BatchNorm over two examples amplifies float32 rounding of the
+  # stem (a different summation order) to ~3e-4 relative by the last stage.
+  def loss(model, params):
+    out = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                      train=False)
+    return jnp.sum(out ** 2)
+  for f in (lambda m: loss(m, variables["params"]),
+            lambda m: jax.grad(functools.partial(loss, m))(variables["params"])):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+                 f(plain), f(s2d))

@@ -26,7 +26,8 @@ def encoder_kwargs(encoder: Mapping[str, Any], spatial_dims: int, dtype: str) ->
       kwargs[key] = tuple(encoder[key]) if key != "stem_stride" else int(encoder[key])
   kwargs.update(spatial_dims=spatial_dims, shortcut=encoder["shortcut"], norm=encoder["norm"],
                 width=int(encoder["width"]), stem_kernel=int(encoder["stem_kernel"]),
-                remat=encoder["remat"], dtype=jnp.dtype(dtype))
+                remat=encoder["remat"], dtype=jnp.dtype(dtype),
+                stem_space_to_depth=bool(encoder.get("stem_space_to_depth", False)))
   return kwargs
 
 

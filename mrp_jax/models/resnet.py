@@ -96,6 +96,60 @@ class BasicBlock(nn.Module):
     return nn.relu(y + residual)
 
 
+def space_to_depth_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+  """A strided convolution computed as a stride-1 convolution of the space-to-depth input.
+
+  ``x`` [B, *spatial, C], ``kernel`` [k, ..., k, C, F]; the result equals
+  ``conv(x, kernel, strides=stride, padding=padding)``. Output position i reads
+  x_pad[s*i + t] for taps t < k; writing t = s*a + b (b < s) makes it a stride-1 convolution
+  with ceil(k / s) taps over the blocks of s voxels, whose s^n positions become channels: a
+  7^3 stride-2 stem on a one-channel volume becomes a 4^3 stride-1 convolution with 8 input
+  channels (the kernel zero-padded to 8^3). A GPU's convolution kernels use few input
+  channels poorly; the weights (and checkpoints) are the same.
+  """
+  n = x.ndim - 2
+  k, s = kernel.shape[0], stride
+  taps = -(-k // s)
+  out = [(size + 2 * padding - k) // s + 1 for size in x.shape[1:-1]]
+  need = [s * (o + taps - 1) for o in out]
+  x = jnp.pad(x, [(0, 0)] + [(padding, max(0, m - size - padding))
+                             for m, size in zip(need, x.shape[1:-1])] + [(0, 0)])
+  x = x[(slice(None),) + tuple(slice(0, m) for m in need)]
+  b, c = x.shape[0], x.shape[-1]
+  # [B, q0, s, q1, s, ..., C] -> [B, q0, q1, ..., s, s, ..., C] -> [B, q0, q1, ..., s^n C]
+  x = x.reshape((b,) + sum(((m // s, s) for m in need), ()) + (c,))
+  x = x.transpose((0,) + tuple(range(1, 2 * n, 2)) + tuple(range(2, 2 * n + 1, 2)) + (2 * n + 1,))
+  x = x.reshape((b,) + tuple(m // s for m in need) + (s**n * c,))
+  f = kernel.shape[-1]
+  kernel = jnp.pad(kernel, [(0, taps * s - k)] * n + [(0, 0), (0, 0)])
+  kernel = kernel.reshape(sum(((taps, s) for _ in range(n)), ()) + (c, f))
+  kernel = kernel.transpose(tuple(range(0, 2 * n, 2)) + tuple(range(1, 2 * n, 2)) +
+                            (2 * n, 2 * n + 1))
+  kernel = kernel.reshape((taps,) * n + (s**n * c, f))
+  spatial = "DHW"[-n:]
+  return jax.lax.conv_general_dilated(
+      x, kernel, (1,) * n, "VALID",
+      dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+
+
+class _SpaceToDepthConv(nn.Module):
+  """nn.Conv's parameter (``kernel`` [k, ..., k, C, F], same initialiser) computed by
+  :func:`space_to_depth_conv`."""
+  features: int
+  kernel_size: int
+  stride: int
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n = x.ndim - 2
+    kernel = self.param("kernel", conv_init, (self.kernel_size,) * n + (x.shape[-1],
+                                                                         self.features),
+                        jnp.float32)
+    return space_to_depth_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+                               self.kernel_size // 2)
+
+
 class Stem(nn.Module):
   """The first convolution, its norm and ReLU, and the optional max-pool.
 
@@ -112,14 +166,19 @@ class Stem(nn.Module):
   pool: bool
   norm: str
   dtype: Dtype
+  space_to_depth: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
     n = self.spatial_dims
     pad = self.kernel // 2
-    x = nn.Conv(self.width, (self.kernel,) * n, strides=(self.stride,) * n,
-                padding=[(pad, pad)] * n, use_bias=False, dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=conv_init, name="conv1")(x.astype(self.dtype))
+    if self.space_to_depth and self.stride > 1:
+      x = _SpaceToDepthConv(self.width, self.kernel, self.stride, self.dtype, name="conv1")(x)
+    else:
+      x = nn.Conv(self.width, (self.kernel,) * n, strides=(self.stride,) * n,
+                  padding=[(pad, pad)] * n, use_bias=False, dtype=self.dtype,
+                  param_dtype=jnp.float32, kernel_init=conv_init,
+                  name="conv1")(x.astype(self.dtype))
     x = nn.relu(make_norm(self.norm, self.width, train, self.dtype, "bn1")(
         x, mask=batch_stats_mask(mask, x, self.norm, train)))
     if self.pool:
@@ -144,6 +203,8 @@ class ResNet(nn.Module):
       'full' (keep only their inputs) or 'dots' (also keep convolution outputs, recompute
       norms and activations). At full MRI geometry the backward pass keeps 6.8 / 0.8 / 0.25 GB
       per patient (none / dots / full; BUILD_NOTES.md, "Memory plan").
+    stem_space_to_depth: compute the strided stem convolution as a stride-1 convolution of the
+      space-to-depth input (:func:`space_to_depth_conv`): the same function and parameters.
   """
   spatial_dims: int = 3
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -157,6 +218,7 @@ class ResNet(nn.Module):
   width: int = 64
   dtype: Dtype = jnp.bfloat16
   remat: str = "none"
+  stem_space_to_depth: bool = False
 
   @property
   def num_features(self) -> int:
@@ -180,7 +242,7 @@ class ResNet(nn.Module):
                                       policy=REMAT_POLICIES[self.remat])
                              for cls in (Stem, BasicBlock))
     stem = stem_cls(n, self.width, self.stem_kernel, self.stem_stride, self.stem_pool,
-                    self.norm, self.dtype)
+                    self.norm, self.dtype, self.stem_space_to_depth)
     nn.share_scope(self, stem)
     x = stem(x, train, mask)
     for stage, (blocks, stride, dilation) in enumerate(
