@@ -364,7 +364,7 @@ def decode(data: bytes | memoryview) -> PatientRecord:
   try:
     rest, payloads = _split_payloads(data)
   except _Irregular:
-    rest, payloads = data, {}
+    rest, payloads = bytes(data), {}  # rare: not as encode() writes; protobuf reads bytes
   example = tf_example_pb2.Example()
   try:
     example.ParseFromString(rest)
