@@ -184,6 +184,19 @@ def _rate(timing: dict[str, Any], batch_size: int, flops_per_example: float,
 
 # ---- the JAX parts ----------------------------------------------------------------------------
 
+def _train_setup(config: Any, name: str, model: Any, mesh: jax.sharding.Mesh
+                 ) -> tuple[Callable[[jax.Array], Any], Any, Any, Any]:
+  """(init, abstract state, its shardings, the jitted train step) of ``model``; nothing is
+  allocated until ``init`` runs."""
+  optimizer = train_step.create_optimizer(config.train)
+  init = functools.partial(train_step.init_state, model, models.dummy_batch(
+      name, 1, tuple(config.data.mri_shape), tuple(config.data.mg_shape)), optimizer)
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
+  shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,
+                                       config.mesh.fsdp_min_size)
+  return init, abstract, shardings, _train_jit(config, model, optimizer, shardings, mesh)
+
+
 def _train_jit(config: Any, model: Any, optimizer: Any, shardings: Any,
                mesh: jax.sharding.Mesh) -> Any:
   """The train job's jitted step (donated state; augmentation inside when benchmark.augment)."""
@@ -239,22 +252,17 @@ def plan_memory(config: Any, name: str, mesh: jax.sharding.Mesh) -> list[dict[st
   fails (e.g. the backend refuses a plan that does not fit) is a row with its error.
   """
   b = config.benchmark
-  mri_shape, mg_shape = tuple(config.data.mri_shape), tuple(config.data.mg_shape)
+  one = models.dummy_batch(name, 1, tuple(config.data.mri_shape), tuple(config.data.mg_shape))
   rows = []
   for remat in b.plan_remat:
     model_cfg = model_config(config, name)
     model_cfg["encoder"]["remat"] = remat
     model = models.create_model(model_cfg)
-    optimizer = train_step.create_optimizer(config.train)
-    init = functools.partial(train_step.init_state, model,
-                             models.dummy_batch(name, 1, mri_shape, mg_shape), optimizer)
-    abstract = jax.eval_shape(init, jax.random.key(config.seed))
-    shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,
-                                         config.mesh.fsdp_min_size)
-    step = _train_jit(config, model, optimizer, shardings, mesh)
+    _, abstract, _, step = _train_setup(config, name, model, mesh)
     for batch_size in b.plan_batches:
-      batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-               for k, v in models.dummy_batch(name, batch_size, mri_shape, mg_shape).items()}
+      # Shapes of a batch of one, widened: a full-geometry batch is never allocated.
+      batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype)
+               for k, v in one.items()}
       row: dict[str, Any] = {"remat": remat, "batch_size": int(batch_size),
                              "residual_bytes": residual_bytes(model, abstract, batch)}
       if b.plan_compile:
@@ -277,14 +285,8 @@ class JaxModelBench:
     self.batch_sharding = sharding.batch_sharding(mesh)
     self.batch = jax.device_put(self.host_batch, self.batch_sharding)
     self.model = models.create_model(self.model_config)
-    optimizer = train_step.create_optimizer(config.train)
-    init = functools.partial(train_step.init_state, self.model,
-                             models.dummy_batch(name, 1, mri_shape, mg_shape), optimizer)
-    abstract = jax.eval_shape(init, jax.random.key(config.seed))
-    shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,
-                                         config.mesh.fsdp_min_size)
+    init, _, shardings, self.train_jit = _train_setup(config, name, self.model, mesh)
     self.state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-    self.train_jit = _train_jit(config, self.model, optimizer, shardings, mesh)
     model = self.model
 
     def eval_step(params, batch_stats, batch):
