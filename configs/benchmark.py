@@ -10,7 +10,9 @@ Variants (comma-separated, after a colon):
   full        176 x 176 x 352 MRI, 1024 x 512 mammograms, bfloat16 (the default geometry)
   cpu         32 x 32 x 64 MRI, 128 x 64 mammograms, batch 2, float32: a CPU-sized comparison
   tiny        test size (configs/common.py's tiny plus few steps): CI
-  gpu         what launch/gpu_benchmark.sh runs: iMRrhpc only, HLO convolutions dumped
+  gpu         what launch/gpu_benchmark.sh runs: iMRrhpc only, optimised HLO dumped
+  h100, h200  compile iMRrhpc's steps for that GPU here, without one: the HLO census and the
+              memory plan per remat policy and batch (launch/gpu_hlo.sh runs the comparisons)
   medicalnet  and every other variant of configs/common.py (no_knowledge, no_time, paper)
 The encoder layout, dtype, remat policy and Siamese batching are config.model's fields
 (--config.model.encoder.layout=monai); they apply to iMRrhpc; iMGrhpc keeps its torchvision
@@ -43,7 +45,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   b.peak_tflops = 0.0  # MFU denominator; 0: measure a matmul of config.model.dtype in the run
   b.matmul_size = 8192  # side of the square matmul that measures the peak
   b.torch_compile = True  # torch.compile the PyTorch model (falls back to eager if it fails)
-  b.dump_hlo = False  # write WORKDIR/<model>_train_convs.txt: the compiled step's convolutions
+  b.dump_hlo = False  # write WORKDIR/<model>_<train|eval>.hlo.txt: the optimised HLO
+  b.bandwidth_gbs = 0.0  # memory bandwidth for the HLO census' roofline floor; 0: the target's
+  # Compile for a GPU that is not here (mrp_jax/gpu_target.py: 'h100', 'h200'; needs the jax
+  # CUDA plugin, no GPU): XLA:GPU's own HLO and memory plan; only the parts 'plan' and 'hlo'.
+  b.target = ""
+  b.target_devices = 1  # compile-only devices of the target (one host), for a sharded plan
+  b.compiler_options = ""  # XLA options for every compile: "xla_gpu_force_conv_nhwc=true,..."
   # The 'plan' part (not in the default parts): XLA's memory plan of the train step, compiled
   # from shapes only, per remat policy and global batch.
   b.plan_remat = ("none", "dots", "full")
@@ -99,4 +107,15 @@ def _gpu(config):
   b.dump_hlo = True
 
 
-VARIANTS = {"full": _full, "cpu": _cpu, "tiny": _tiny, "gpu": _gpu}
+def _compile_for(target):
+  def apply(config):
+    b = config.benchmark
+    b.target = target
+    b.models = ("imr_rhpc",)
+    b.parts = ("hlo", "plan")
+    b.plan_batches = (8, 16, 32)
+  return apply
+
+
+VARIANTS = {"full": _full, "cpu": _cpu, "tiny": _tiny, "gpu": _gpu,
+            "h100": _compile_for("h100"), "h200": _compile_for("h200")}

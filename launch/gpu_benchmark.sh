@@ -5,20 +5,20 @@
 # input pipeline at full geometry on the host's cores (in-process and with worker processes),
 # alone and feeding the train step.
 #
-#   STAGES="pipeline models stem all_models" bash launch/gpu_benchmark.sh [OUT_DIR]
+#   STAGES="pipeline models layout stem all_models" bash launch/gpu_benchmark.sh [OUT_DIR]
 #
-# Stages run in the order given (default: these four, pipeline first: CPU only, capped at
+# Stages run in the order given (default: these five, pipeline first: CPU only, capped at
 # 4 min); STAGES=plan adds XLA's memory plan per remat policy (three compiles, nothing run).
 # A dry run of every stage on a CPU, at test size:
 #   VARIANT=tiny RECORD_ARGS="--patients 8 --mri_shape 22,22,44 --mg_shape 64,32" \
-#   STAGES="pipeline models stem plan all_models" bash launch/gpu_benchmark.sh /tmp/dry
+#   STAGES="pipeline models layout stem plan all_models" bash launch/gpu_benchmark.sh /tmp/dry
 # Needs jax with CUDA, flax, optax, torch, and for the pipeline Grain and its companions. A
 # machine without them (the device tool's image) installs the wheels that
 # launch/device_wheels.sh put in .whl/ (carry .whl; /work/.library/device/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-runs/gpu_benchmark}}
-STAGES=${STAGES:-pipeline models stem all_models}
+STAGES=${STAGES:-pipeline models layout stem all_models}
 RECORDS=${RECORDS:-/tmp/mrp_full_records}
 VARIANT=${VARIANT:-full}             # configs/benchmark.py variant: full geometry, bfloat16
 RECORD_ARGS=${RECORD_ARGS:---patients 48}  # input_pipeline.synthetic_records arguments
@@ -49,8 +49,8 @@ for stage in $STAGES; do
         # The default layout also trains from the pipeline (8 worker processes).
         [ "$layout" = resnet ] && [ -f "$RECORDS/manifest.json" ] &&
             parts="('eval','train','augment','pipeline','torch')"
-        # Batch 8 keeps ~54 GB for the backward pass without remat (BUILD_NOTES.md, "Memory
-        # plan"): if that does not fit, the same run again with every block rematerialised.
+        # XLA:GPU plans 14.6 GB for batch 8 without remat on an H100 (BUILD_NOTES.md, "XLA:GPU
+        # without a GPU"); should it not fit, the same run again with every block rematerialised.
         for remat in none full; do
           python3 -m mrp_jax.main --config "configs/benchmark.py:$VARIANT,gpu" \
               --workdir "$OUT/imr_${layout}_remat_$remat" \
@@ -70,6 +70,14 @@ for stage in $STAGES; do
             --config.benchmark.parts="('eval','train')" 2>&1 |
             tee "$OUT/imr_resnet_s2d_remat_$remat.log" && break
       done
+      ;;
+    layout)
+      # cuDNN given channels-last 3D convolutions (XLA's default on Hopper is NCDHW): the same
+      # program otherwise (launch/gpu_hlo.sh shows the HLO of both).
+      python3 -m mrp_jax.main --config "configs/benchmark.py:$VARIANT,gpu" \
+          --workdir "$OUT/imr_resnet_nhwc" --config.benchmark.parts="('eval','train')" \
+          --config.benchmark.compiler_options=xla_gpu_force_conv_nhwc=true 2>&1 |
+          tee "$OUT/imr_resnet_nhwc.log"
       ;;
     plan)
       # XLA's memory plan of the iMRrhpc train step on this GPU per remat policy at batch 8

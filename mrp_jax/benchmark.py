@@ -18,8 +18,16 @@ lives on the devices (every image slot present, random intensities):
 * ``plan``: the train step compiled from shapes alone (nothing allocated, nothing run) for each
   remat policy of ``benchmark.plan_remat`` and global batch of ``benchmark.plan_batches``:
   XLA's memory plan (arguments, outputs, temporaries) of each, i.e. which batch fits the device
-  and what rematerialisation saves. On the accelerator it is the real plan; on CPU a proxy
-  (another compiler's fusion and buffer assignment).
+  and what rematerialisation saves. On the accelerator (or for a ``benchmark.target``) it is
+  the real plan; on CPU a proxy (another compiler's fusion and buffer assignment).
+* ``hlo``: the train and eval steps compiled from shapes alone, and a census of their optimised
+  HLO (``hlo_census.py``): kernels, FLOPs, bytes moved and roofline floor per category
+  (cuDNN convolutions by kind and layout, layout changes, norms, elementwise work), the
+  heaviest kernels, and the memory plan.
+
+``benchmark.target`` ('h100', 'h200') compiles for that GPU without one (``gpu_target.py``,
+XLA:GPU's deviceless compilation): only ``plan`` and ``hlo`` then, since nothing can run.
+``benchmark.compiler_options`` (``xla_gpu_force_conv_nhwc=true,...``) go to every compile.
 
 PyTorch runs after every JAX part so each framework's timings are taken alone. Writes
 ``WORKDIR/benchmark.json`` after each part (a crash keeps what was measured) and prints a table.
@@ -33,7 +41,6 @@ import functools
 import json
 import os
 import platform
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -42,9 +49,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrp_jax import augment, config_validation, flops, models, schema, sharding, train_step
+from mrp_jax import (augment, config_validation, flops, hlo_census, models, schema, sharding,
+                     train_step)
 
-PARTS = config_validation.BENCHMARK_PARTS  # eval, train, augment, pipeline, torch
+PARTS = config_validation.BENCHMARK_PARTS  # eval, train, augment, pipeline, torch, plan, hlo
+COMPILE_ONLY_PARTS = {"plan", "hlo"}  # compiled from shapes, never run
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -159,20 +168,21 @@ def device_peak_bytes() -> int | None:
   return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-_CONV = re.compile(r"convolution\(|__cudnn\$conv|custom_call_target=\"[^\"]*conv", re.I)
-
-
-def hlo_summary(text: str) -> dict[str, Any]:
-  """Convolutions of an optimised HLO module by dim_labels (layout), and transposes / copies."""
-  labels: dict[str, int] = {}
-  conv_lines = [line.strip() for line in text.splitlines() if _CONV.search(line)]
-  for line in conv_lines:
-    match = re.search(r"dim_labels=([\w>-]+)", line)
-    key = match.group(1) if match else "?"
-    labels[key] = labels.get(key, 0) + 1
-  return {"convolutions": len(conv_lines), "dim_labels": labels,
-          "transposes": len(re.findall(r"\btranspose\(", text)),
-          "copies": len(re.findall(r"\bcopy\(", text)), "conv_lines": conv_lines}
+def compiler_options(text: str) -> dict[str, Any] | None:
+  """``benchmark.compiler_options`` ("xla_gpu_force_conv_nhwc=true,name=value") as the dict
+  ``Lowered.compile`` takes: true/false are booleans, numbers numbers, anything else text."""
+  options: dict[str, Any] = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip():
+      raise ValueError(f"config.benchmark.compiler_options: {item!r} is not name=value")
+    value = value.strip()
+    try:  # JSON's literals: true / false, integers, decimals
+      options[name.strip()] = json.loads(value.lower() if value.lower() in ("true", "false")
+                                         else value)
+    except json.JSONDecodeError:
+      options[name.strip()] = value
+  return options or None
 
 
 def _rate(timing: dict[str, Any], batch_size: int, flops_per_example: float,
@@ -212,6 +222,69 @@ def _train_jit(config: Any, model: Any, optimizer: Any, shardings: Any,
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
+def _encoder_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The ResNet's keyword arguments for flops.py (None for rhpc, which has no encoder)."""
+  name = model_cfg["name"]
+  if name == "rhpc":
+    return None
+  return models.encoder_kwargs(model_cfg["encoder"], 2 if name == "img_rhpc" else 3, "float32")
+
+
+def abstract_batch(config: Any, name: str, batch_size: int,
+                   sharding_: jax.sharding.Sharding | None = None) -> dict[str, Any]:
+  """Shapes of a global batch (a batch of one, widened: a full-geometry batch is never
+  allocated)."""
+  one = models.dummy_batch(name, 1, tuple(config.data.mri_shape), tuple(config.data.mg_shape))
+  return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype, sharding=sharding_)
+          for k, v in one.items()}
+
+
+def _eval_jit(model: Any, shardings: Any = None, batch_sharding: Any = None) -> Any:
+  """The jitted eval step: (params, batch_stats, batch) -> outputs."""
+  def eval_step(params, batch_stats, batch):
+    return model.apply({"params": params, "batch_stats": batch_stats},
+                       augment.prepare_images(batch), train=False)
+  if shardings is None:
+    return jax.jit(eval_step)
+  return jax.jit(eval_step, in_shardings=(shardings.params, shardings.batch_stats,
+                                          batch_sharding))
+
+
+def hlo_part(config: Any, name: str, mesh: jax.sharding.Mesh, peak_tflops: float,
+             bandwidth_gbs: float, workdir: Path) -> dict[str, Any]:
+  """The train and eval steps of ``name`` compiled from shapes on ``mesh`` (real devices or a
+  compile-only target), each with its memory plan and the census of its optimised HLO."""
+  b = config.benchmark
+  model = models.create_model(model_config(config, name))
+  _, abstract, shardings, train_jit = _train_setup(config, name, model, mesh)
+  batch_size = int(b.batch_size[name])
+  batch = abstract_batch(config, name, batch_size, sharding.batch_sharding(mesh))
+  steps = {"train": (train_jit, (abstract, batch)),
+           "eval": (_eval_jit(model, shardings, sharding.batch_sharding(mesh)),
+                    (abstract.params, abstract.batch_stats, batch))}
+  analytic = flops.model_flops(name, _encoder_kwargs(model_config(config, name)),
+                               abstract.params, tuple(config.data.mri_shape),
+                               tuple(config.data.mg_shape))
+  result: dict[str, Any] = {"batch_size": batch_size, "flops": analytic}
+  for part, (jitted, args) in steps.items():
+    t = time.perf_counter()
+    compiled = jitted.lower(*args).compile(compiler_options=compiler_options(b.compiler_options))
+    compile_s = time.perf_counter() - t
+    text = compiled.as_text()
+    if b.dump_hlo:
+      (workdir / f"{name}_{part}.hlo.txt").write_text(text)
+    census = hlo_census.census(text, peak_tflops, bandwidth_gbs)
+    print(f"benchmark: hlo {models.DISPLAY_NAMES[name]} {part} (batch {batch_size}, compiled in "
+          f"{compile_s:.1f} s):\n{hlo_census.format_census(census)}", flush=True)
+    step_flops = analytic["train" if part == "train" else "forward"] * batch_size
+    # The most of the peak this step could reach if every kernel ran at its roofline.
+    ceiling = (step_flops / (peak_tflops * 1e12 * census["floor_ms"] * 1e-3)
+               if census["floor_ms"] else None)
+    result[part] = {"compile_s": compile_s, **_memory(compiled), "census": census,
+                    "mfu_ceiling": ceiling}
+  return result
+
+
 def residual_bytes(model: Any, state: Any, batch: Mapping[str, Any]) -> int:
   """Bytes the model's training forward keeps for its backward pass (the vjp's residuals:
   saved activations, plus the parameters and inputs it closes over), from shapes alone. What a
@@ -229,11 +302,12 @@ def residual_bytes(model: Any, state: Any, batch: Mapping[str, Any]) -> int:
   return int(sum(leaf.size * leaf.dtype.itemsize for leaf in leaves))
 
 
-def _compiled_plan(step: Any, state: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
+def _compiled_plan(step: Any, state: Any, batch: Mapping[str, Any], options: Any
+                   ) -> dict[str, Any]:
   """XLA's memory plan of ``step`` compiled for these shapes, or the compile's error."""
   t = time.perf_counter()
   try:
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(state, batch).compile(compiler_options=options)
   except Exception as error:  # pylint: disable=broad-except  (reported per row)
     return {"error": f"{type(error).__name__}: {str(error)[:300]}"}
   m = compiled.memory_analysis()
@@ -252,7 +326,7 @@ def plan_memory(config: Any, name: str, mesh: jax.sharding.Mesh) -> list[dict[st
   fails (e.g. the backend refuses a plan that does not fit) is a row with its error.
   """
   b = config.benchmark
-  one = models.dummy_batch(name, 1, tuple(config.data.mri_shape), tuple(config.data.mg_shape))
+  options = compiler_options(b.compiler_options)
   rows = []
   for remat in b.plan_remat:
     model_cfg = model_config(config, name)
@@ -260,13 +334,11 @@ def plan_memory(config: Any, name: str, mesh: jax.sharding.Mesh) -> list[dict[st
     model = models.create_model(model_cfg)
     _, abstract, _, step = _train_setup(config, name, model, mesh)
     for batch_size in b.plan_batches:
-      # Shapes of a batch of one, widened: a full-geometry batch is never allocated.
-      batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype)
-               for k, v in one.items()}
+      batch = abstract_batch(config, name, batch_size)
       row: dict[str, Any] = {"remat": remat, "batch_size": int(batch_size),
                              "residual_bytes": residual_bytes(model, abstract, batch)}
       if b.plan_compile:
-        row.update(_compiled_plan(step, abstract, batch))
+        row.update(_compiled_plan(step, abstract, batch, options))
       print(f"benchmark: plan {models.DISPLAY_NAMES[name]} remat={remat} batch={batch_size}: "
             + _plan_text(row), flush=True)
       rows.append(row)
@@ -287,15 +359,8 @@ class JaxModelBench:
     self.model = models.create_model(self.model_config)
     init, _, shardings, self.train_jit = _train_setup(config, name, self.model, mesh)
     self.state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-    model = self.model
-
-    def eval_step(params, batch_stats, batch):
-      return model.apply({"params": params, "batch_stats": batch_stats},
-                         augment.prepare_images(batch), train=False)
-    self.eval_jit = jax.jit(eval_step)
-    self.encoder = (models.encoder_kwargs(self.model_config["encoder"],
-                                          2 if name == "img_rhpc" else 3, "float32")
-                    if name != "rhpc" else None)
+    self.eval_jit = _eval_jit(self.model)
+    self.encoder = _encoder_kwargs(self.model_config)
     self.flops = flops.model_flops(name, self.encoder, self.state.params, mri_shape, mg_shape)
     self.parameters = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
     self.train_compiled = None
@@ -308,7 +373,8 @@ class JaxModelBench:
     lowered = jitted.lower(*args)
     lower_s = time.perf_counter() - t
     t = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=compiler_options(self.config.benchmark
+                                                                 .compiler_options))
     info = {"lower_s": lower_s, "compile_s": time.perf_counter() - t,
             "xla_lowered": _cost(lowered.cost_analysis()), "xla": _cost(compiled.cost_analysis()),
             "memory": _memory(compiled)}
@@ -347,16 +413,16 @@ class JaxModelBench:
   def time_train(self, peak_tflops: float, b: Any, workdir: Path) -> dict[str, Any]:
     compiled, info = self._compile(self.train_jit, self.state, self.batch)
     self.train_compiled = compiled
-    hlo = hlo_summary(compiled.as_text())
+    text = compiled.as_text()
     if b.dump_hlo:
-      (workdir / f"{self.name}_train_convs.txt").write_text("\n".join(hlo["conv_lines"]) + "\n")
+      (workdir / f"{self.name}_train.hlo.txt").write_text(text)
     timing = time_steps(lambda: self._train_once(compiled, self.batch), b.warmup_steps, b.steps,
                         b.budget_s)
     metrics = jax.device_get(self._train_once(compiled, self.batch))
     result = {**info, **self._flop_fields(info, self.flops["train"], self.flops["train_valid"]),
               **_rate(timing, self.batch_size, self.flops["train"], peak_tflops),
               "device_peak_bytes": device_peak_bytes(), "loss": float(metrics["loss"]),
-              "hlo": {k: v for k, v in hlo.items() if k != "conv_lines"}}
+              "census": hlo_census.census(text, peak_tflops, b.bandwidth_gbs)}
     return result
 
   def time_augment(self, b: Any) -> dict[str, Any]:
@@ -449,12 +515,11 @@ def torch_part(config: Any, name: str, host_batch: Mapping[str, np.ndarray],
 
 # ---- the job ------------------------------------------------------------------------------------
 
-def environment() -> dict[str, Any]:
+def environment(devices: list[Any]) -> dict[str, Any]:
   import flax
   import jaxlib
   import optax
 
-  devices = jax.devices()
   return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "host": platform.node(), "python": platform.python_version(),
           "cpu_count": os.cpu_count(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
@@ -474,6 +539,31 @@ def _check(config: Any) -> None:
       raise ValueError(f"config.benchmark.models: {name!r} is not one of {models.MODEL_NAMES}")
     if name not in b.batch_size:
       raise ValueError(f"config.benchmark.batch_size.{name} is not set")
+  if b.target and set(b.parts) - COMPILE_ONLY_PARTS:
+    raise ValueError(
+        f"config.benchmark.target={b.target!r} compiles for a GPU that is not here, so only the "
+        f"parts {sorted(COMPILE_ONLY_PARTS)} can run; got parts {list(b.parts)}")
+  compiler_options(b.compiler_options)  # a malformed option fails before anything compiles
+
+
+def _devices_and_rates(config: Any) -> tuple[list[Any], float, float, str]:
+  """(devices, peak TFLOP/s, memory GB/s, where the peak comes from) for this run."""
+  b, dtype = config.benchmark, config.model.dtype
+  if b.target:
+    from mrp_jax import gpu_target  # pylint: disable=import-outside-toplevel
+    spec = gpu_target.GPUS[b.target]
+    devices = gpu_target.compile_only_devices(b.target, b.target_devices)
+    peak = float(b.peak_tflops) or spec.bf16_dense_tflops
+    return devices, peak, float(b.bandwidth_gbs) or spec.bandwidth_gbs, (
+        "config.benchmark.peak_tflops" if b.peak_tflops else
+        f"{spec.description}: bf16 dense tensor-core peak as published (compile-only target)")
+  devices = jax.devices()
+  if b.peak_tflops > 0:
+    return devices, float(b.peak_tflops), float(b.bandwidth_gbs), "config.benchmark.peak_tflops"
+  if not set(b.parts) - COMPILE_ONLY_PARTS:
+    return devices, 0.0, float(b.bandwidth_gbs), "not measured (compile-only parts: nothing runs)"
+  return devices, measure_matmul_tflops(dtype, b.matmul_size), float(b.bandwidth_gbs), (
+      f"measured: {dtype} matmul {b.matmul_size}^3 on {devices[0]}")
 
 
 def run(config: Any, workdir: str | Path) -> dict[str, Any]:
@@ -483,8 +573,9 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   out_path = workdir / "benchmark.json"
+  devices, peak, bandwidth, source = _devices_and_rates(config)
   result: dict[str, Any] = {
-      "environment": environment(),
+      "environment": environment(devices),
       "settings": {"benchmark": b.to_dict(), "model": config.model.to_dict(),
                    "mri_shape": list(config.data.mri_shape),
                    "mg_shape": list(config.data.mg_shape), "records": config.data.records},
@@ -497,15 +588,8 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     print(f"benchmark: {text}", flush=True)
     result["notes"].append(text)
 
-  mesh = sharding.make_mesh()
-  if b.peak_tflops > 0:
-    peak, source = float(b.peak_tflops), "config.benchmark.peak_tflops"
-  elif not set(b.parts) - {"plan"}:
-    peak, source = 0.0, "not measured (plan only: nothing runs)"
-  else:
-    peak = measure_matmul_tflops(config.model.dtype, b.matmul_size)
-    source = f"measured: {config.model.dtype} matmul {b.matmul_size}^3 on {jax.devices()[0]}"
-  result["peak"] = {"tflops": peak, "source": source}
+  mesh = sharding.make_mesh(devices)
+  result["peak"] = {"tflops": peak, "source": source, "bandwidth_gbs": bandwidth or None}
   save()
 
   torch_inputs = {}
@@ -514,7 +598,10 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     if "plan" in b.parts and name != "rhpc":
       entry["plan"] = plan_memory(config, name, mesh)
       save()
-    if not set(b.parts) - {"plan"}:
+    if "hlo" in b.parts:
+      entry["hlo"] = hlo_part(config, name, mesh, peak, bandwidth, workdir)
+      save()
+    if not set(b.parts) - COMPILE_ONLY_PARTS:
       continue
     bench = JaxModelBench(config, name, mesh)
     entry.update(batch_size=bench.batch_size, parameters=bench.parameters, flops=bench.flops)
@@ -607,6 +694,17 @@ def format_table(result: Mapping[str, Any]) -> str:
           f"{_fmt(r.get('xla_over_analytic_valid'), 1, 3):>7} {_fmt(r.get('mfu'), 100, 1):>6} "
           f"{_fmt(r.get('compile_s'), 1, 1):>9} {_fmt(planned, 1e-9, 2):>8} "
           f"{_fmt(r.get('device_peak_bytes'), 1e-9, 2):>8}")
+    for part, r in entry.get("hlo", {}).items():
+      if part in ("batch_size", "flops"):
+        continue
+      c = r["census"]
+      lines.append(
+          f"{models.DISPLAY_NAMES[name]:<9} hlo   {part:<8} batch {entry['hlo']['batch_size']}: "
+          f"{c['kernels']} kernels, {c['gflop']:.0f} GFLOP, {c['gb']:.1f} GB moved, roofline "
+          f"floor {c['floor_ms']:.1f} ms (convolutions {_fmt(c['conv_share_of_floor'], 100)}%), "
+          f"MFU ceiling {_fmt(r['mfu_ceiling'], 100)}%, plan {_fmt(r['planned_bytes'], 1e-9, 2)}"
+          f" GB, compile {r['compile_s']:.1f} s; " + ", ".join(
+              f"{k} x{v}" for k, v in c["conv_layouts"].items()))
     for r in entry.get("plan", []):
       lines.append(f"{models.DISPLAY_NAMES[name]:<9} plan  remat={r['remat']:<5} "
                    f"batch {r['batch_size']:>4}: " + _plan_text(r))

@@ -17,7 +17,8 @@ from mrp_jax.models.resnet import LAYOUTS, REMAT_POLICIES
 
 JOBS = ("train", "evaluate", "benchmark", "demo", "describe")
 # mrp_jax/benchmark.py's parts (not imported: benchmark pulls in more than validation needs).
-BENCHMARK_PARTS = ("eval", "train", "augment", "pipeline", "torch", "plan")
+BENCHMARK_PARTS = ("eval", "train", "augment", "pipeline", "torch", "plan", "hlo")
+GPU_TARGETS = ("h100", "h200")  # mrp_jax/gpu_target.py's GPUS
 
 
 class ConfigError(ValueError):
@@ -165,6 +166,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                and all(_positive_int(x) for x in v),
                                "must be a non-empty tuple of positive integers"),
     "benchmark.plan_compile": (lambda v: isinstance(v, bool), "must be True or False"),
+    "benchmark.bandwidth_gbs": _NON_NEGATIVE,
+    "benchmark.target": _one_of("", *GPU_TARGETS),
+    "benchmark.target_devices": _POSITIVE_INT,
+    "benchmark.compiler_options": (lambda v: isinstance(v, str), "must be a string "
+                                   "'name=value,name=value' of XLA options"),
     "benchmark.plan_remat": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
                              and all(x in ("none", *REMAT_POLICIES) for x in v),
                              f"must be a non-empty tuple of {['none', *REMAT_POLICIES]}"),

@@ -30,6 +30,10 @@ def main(argv) -> None:
     config_validation.validate(config)
   except config_validation.ConfigError as error:
     sys.exit(f"mrp_jax: {error}")
+  if config.job == "benchmark" and config.benchmark.target:
+    # Compiling for a GPU that is not here: start only the CPU backend (the CUDA plugin, if it
+    # were started without a GPU, would fail and leave no way to describe the target).
+    jax.config.update("jax_platforms", "cpu")
   if config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
     # Cluster environments (SLURM, Cloud TPU, Kubernetes) are detected by JAX itself; plain
     # hosts pass JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch/).
