@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   b.matmul_size = 8192  # side of the square matmul that measures the peak
   b.torch_compile = True  # torch.compile the PyTorch model (falls back to eager if it fails)
   b.dump_hlo = False  # write WORKDIR/<model>_<train|eval>.hlo.txt: the optimised HLO
-  b.bandwidth_gbs = 0.0  # memory bandwidth for the HLO census' roofline floor; 0: the target's
+  b.bandwidth_gbs = 0.0  # GB/s for the HLO census' roofline floor; 0: the (target) GPU's if listed
   # Compile for a GPU that is not here (mrp_jax/gpu_target.py: 'h100', 'h200'; needs the jax
   # CUDA plugin, no GPU): XLA:GPU's own HLO and memory plan; only the parts 'plan' and 'hlo'.
   b.target = ""

@@ -49,8 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrp_jax import (augment, config_validation, flops, hlo_census, models, schema, sharding,
-                     train_step)
+from mrp_jax import (augment, config_validation, flops, gpu_target, hlo_census, models, schema,
+                     sharding, train_step)
 
 PARTS = config_validation.BENCHMARK_PARTS  # eval, train, augment, pipeline, torch, plan, hlo
 COMPILE_ONLY_PARTS = {"plan", "hlo"}  # compiled from shapes, never run
@@ -410,7 +410,8 @@ class JaxModelBench:
     self.state, metrics = fn(self.state, batch)
     return jax.block_until_ready(metrics)
 
-  def time_train(self, peak_tflops: float, b: Any, workdir: Path) -> dict[str, Any]:
+  def time_train(self, peak_tflops: float, bandwidth_gbs: float, b: Any, workdir: Path
+                 ) -> dict[str, Any]:
     compiled, info = self._compile(self.train_jit, self.state, self.batch)
     self.train_compiled = compiled
     text = compiled.as_text()
@@ -422,7 +423,7 @@ class JaxModelBench:
     result = {**info, **self._flop_fields(info, self.flops["train"], self.flops["train_valid"]),
               **_rate(timing, self.batch_size, self.flops["train"], peak_tflops),
               "device_peak_bytes": device_peak_bytes(), "loss": float(metrics["loss"]),
-              "census": hlo_census.census(text, peak_tflops, b.bandwidth_gbs)}
+              "census": hlo_census.census(text, peak_tflops, bandwidth_gbs)}
     return result
 
   def time_augment(self, b: Any) -> dict[str, Any]:
@@ -547,22 +548,25 @@ def _check(config: Any) -> None:
 
 
 def _devices_and_rates(config: Any) -> tuple[list[Any], float, float, str]:
-  """(devices, peak TFLOP/s, memory GB/s, where the peak comes from) for this run."""
+  """(devices, peak TFLOP/s, memory GB/s, where the peak comes from) for this run. The peak is
+  measured when something runs (unless config gives it); for compile-only parts it is a known
+  GPU's published bf16 peak. The bandwidth (the census' floor) is config's or a known GPU's."""
   b, dtype = config.benchmark, config.model.dtype
   if b.target:
-    from mrp_jax import gpu_target  # pylint: disable=import-outside-toplevel
-    spec = gpu_target.GPUS[b.target]
     devices = gpu_target.compile_only_devices(b.target, b.target_devices)
-    peak = float(b.peak_tflops) or spec.bf16_dense_tflops
-    return devices, peak, float(b.bandwidth_gbs) or spec.bandwidth_gbs, (
-        "config.benchmark.peak_tflops" if b.peak_tflops else
-        f"{spec.description}: bf16 dense tensor-core peak as published (compile-only target)")
-  devices = jax.devices()
+    spec = gpu_target.GPUS[b.target]
+  else:
+    devices = jax.devices()
+    spec = gpu_target.spec_for(devices[0].device_kind)  # None on CPUs and unlisted GPUs
+  bandwidth = float(b.bandwidth_gbs) or (spec.bandwidth_gbs if spec else 0.0)
   if b.peak_tflops > 0:
-    return devices, float(b.peak_tflops), float(b.bandwidth_gbs), "config.benchmark.peak_tflops"
+    return devices, float(b.peak_tflops), bandwidth, "config.benchmark.peak_tflops"
   if not set(b.parts) - COMPILE_ONLY_PARTS:
-    return devices, 0.0, float(b.bandwidth_gbs), "not measured (compile-only parts: nothing runs)"
-  return devices, measure_matmul_tflops(dtype, b.matmul_size), float(b.bandwidth_gbs), (
+    if spec:
+      return devices, spec.bf16_dense_tflops, bandwidth, (
+          f"{spec.description}: bf16 dense tensor-core peak as published (nothing runs)")
+    return devices, 0.0, bandwidth, "not measured (compile-only parts: nothing runs)"
+  return devices, measure_matmul_tflops(dtype, b.matmul_size), bandwidth, (
       f"measured: {dtype} matmul {b.matmul_size}^3 on {devices[0]}")
 
 
@@ -616,7 +620,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     if "torch" in b.parts:
       torch_inputs[name] = (bench.host_batch, bench.host_variables(), outputs, bench.flops)
     if "train" in b.parts or "pipeline" in b.parts:
-      entry["jax"]["train"] = bench.time_train(peak, b, workdir)
+      entry["jax"]["train"] = bench.time_train(peak, bandwidth, b, workdir)
       ratio = entry["jax"]["train"]["xla_over_analytic_valid"]
       # Convolutions dominate an imaging model's count; elsewhere the optimizer and elementwise
       # work XLA also counts make any ratio plausible.

@@ -45,6 +45,14 @@ GPUS = {
 }
 
 
+def spec_for(device_kind: str) -> GpuSpec | None:
+  """The listed GPU whose description ``device_kind`` (a JAX device's) starts with, if any."""
+  for spec in GPUS.values():
+    if device_kind.startswith(spec.description):
+      return spec
+  return None
+
+
 def _version(package: str, default: tuple[int, int]) -> tuple[int, int]:
   try:
     major, minor = importlib.metadata.version(package).split(".")[:2]

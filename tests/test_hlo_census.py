@@ -151,6 +151,10 @@ def test_target_config_states_the_part():
   text = gpu_target.target_config(gpu_target.GPUS["h200"])
   assert "core_count: 132" in text and "memory_bandwidth: 4800000000000" in text
   assert 'platform_name: "CUDA"' in text and "major: 9 minor: 0" in text
+  # A local device is matched to a listed part by its device_kind (rates for the census).
+  assert gpu_target.spec_for("NVIDIA H100 80GB HBM3") is gpu_target.GPUS["h100"]
+  assert gpu_target.spec_for("NVIDIA H200") is gpu_target.GPUS["h200"]
+  assert gpu_target.spec_for("NVIDIA H100 PCIe") is None and gpu_target.spec_for("cpu") is None
 
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs the jax CUDA plugin (the gpu-aot extra)")
