@@ -265,7 +265,7 @@ def hlo_part(config: Any, name: str, mesh: jax.sharding.Mesh, peak_tflops: float
   analytic = flops.model_flops(name, _encoder_kwargs(model_config(config, name)),
                                abstract.params, tuple(config.data.mri_shape),
                                tuple(config.data.mg_shape))
-  result: dict[str, Any] = {"batch_size": batch_size, "flops": analytic}
+  result: dict[str, Any] = {"batch_size": batch_size, "devices": mesh.size, "flops": analytic}
   for part, (jitted, args) in steps.items():
     t = time.perf_counter()
     compiled = jitted.lower(*args).compile(compiler_options=compiler_options(b.compiler_options))
@@ -276,8 +276,9 @@ def hlo_part(config: Any, name: str, mesh: jax.sharding.Mesh, peak_tflops: float
     census = hlo_census.census(text, peak_tflops, bandwidth_gbs)
     print(f"benchmark: hlo {models.DISPLAY_NAMES[name]} {part} (batch {batch_size}, compiled in "
           f"{compile_s:.1f} s):\n{hlo_census.format_census(census)}", flush=True)
-    step_flops = analytic["train" if part == "train" else "forward"] * batch_size
-    # The most of the peak this step could reach if every kernel ran at its roofline.
+    # One device's program (a data-parallel step's share of the global batch), and the most
+    # of the peak it could reach if every kernel ran at its roofline.
+    step_flops = analytic["train" if part == "train" else "forward"] * batch_size / mesh.size
     ceiling = (step_flops / (peak_tflops * 1e12 * census["floor_ms"] * 1e-3)
                if census["floor_ms"] else None)
     result[part] = {"compile_s": compile_s, **_memory(compiled), "census": census,
@@ -699,11 +700,12 @@ def format_table(result: Mapping[str, Any]) -> str:
           f"{_fmt(r.get('compile_s'), 1, 1):>9} {_fmt(planned, 1e-9, 2):>8} "
           f"{_fmt(r.get('device_peak_bytes'), 1e-9, 2):>8}")
     for part, r in entry.get("hlo", {}).items():
-      if part in ("batch_size", "flops"):
+      if part in ("batch_size", "devices", "flops"):
         continue
-      c = r["census"]
+      c, devices = r["census"], entry["hlo"]["devices"]
       lines.append(
-          f"{models.DISPLAY_NAMES[name]:<9} hlo   {part:<8} batch {entry['hlo']['batch_size']}: "
+          f"{models.DISPLAY_NAMES[name]:<9} hlo   {part:<8} batch {entry['hlo']['batch_size']}"
+          + (f" over {devices} devices (figures per device)" if devices > 1 else "") + ": "
           f"{c['kernels']} kernels, {c['gflop']:.0f} GFLOP, {c['gb']:.1f} GB moved, roofline "
           f"floor {c['floor_ms']:.1f} ms (convolutions {_fmt(c['conv_share_of_floor'], 100)}%), "
           f"MFU ceiling {_fmt(r['mfu_ceiling'], 100)}%, plan {_fmt(r['planned_bytes'], 1e-9, 2)}"

@@ -9,7 +9,9 @@
   convolution (CPU, or fused into a loop);
 * ``matmul``: cuBLAS calls and GEMM fusions; ``scatter``: scatter / select-and-scatter (a max
   pool's gradient); ``layout``: pure data movement (transpose / copy, alone or as a fusion's
-  root); ``reduction``: fusions that reduce (norm statistics, loss); ``elementwise``: the rest.
+  root); ``reduction``: fusions that reduce (norm statistics, loss); ``elementwise``: the rest;
+  ``collective``: cross-device communication (bytes counted, no floor: the interconnect is not
+  modelled).
 
 Per instruction it counts FLOPs (convolutions: 2 per multiply-add over every tap of the forward
 convolution the call computes a part of; matmuls: 2 per multiply-add) and bytes (its operands
@@ -28,7 +30,10 @@ from collections import Counter
 from typing import Any, Iterator
 
 CATEGORIES = ("conv_forward", "conv_backward_input", "conv_backward_filter", "convolution",
-              "matmul", "scatter", "layout", "reduction", "elementwise")
+              "matmul", "scatter", "layout", "reduction", "elementwise", "collective")
+# Cross-device communication (the -done half of an asynchronous pair launches nothing).
+_COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
+                "all-reduce-start", "all-gather-start", "collective-permute-start"}
 _CONV_TARGETS = {"__cudnn$convForward": "conv_forward",
                  "__cudnn$convBiasActivationForward": "conv_forward",
                  "__cudnn$convForwardGraph": "conv_forward",
@@ -36,6 +41,7 @@ _CONV_TARGETS = {"__cudnn$convForward": "conv_forward",
                  "__cudnn$convBackwardFilter": "conv_backward_filter"}
 # Instructions that launch nothing (views, tuples, constants, control).
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
+         "all-reduce-done", "all-gather-done", "collective-permute-done",
          "partition-id", "replica-id", "opt-barrier", "optimization-barrier", "iota"}
 _ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
                "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
@@ -197,6 +203,8 @@ def _kernels(entry: str, computations: dict[str, list[dict[str, Any]]],
       category, flops = "matmul", _dot_flops(inst, shapes)
     elif opcode in ("scatter", "select-and-scatter"):
       category = "scatter"
+    elif opcode in _COLLECTIVES:
+      category = "collective"
     elif opcode in ("transpose", "copy"):
       category = "layout"
     elif opcode in ("reduce", "reduce-window"):
@@ -218,10 +226,13 @@ def census(text: str, peak_tflops: float, bandwidth_gbs: float, top: int = 8) ->
     raise ValueError("no ENTRY computation in this HLO text (pass compiled.as_text())")
   shapes = {i["name"]: i["shape"] for body in computations.values() for i in body}
   rows = list(_kernels(entry, computations, shapes))
-  for kernel in rows:  # no floor without both rates (a CPU has no stated bandwidth)
+  for kernel in rows:
+    # No floor without both rates (a CPU has no stated bandwidth), nor for collectives (the
+    # interconnect is not modelled: their bytes are reported, their time is not bounded).
     kernel["floor_ms"] = (1e3 * max(kernel["flops"] / (peak_tflops * 1e12),
                                     kernel["bytes"] / (bandwidth_gbs * 1e9))
-                          if peak_tflops > 0 and bandwidth_gbs > 0 else 0.0)
+                          if peak_tflops > 0 and bandwidth_gbs > 0
+                          and kernel["category"] != "collective" else 0.0)
   by_category = {}
   for category in CATEGORIES:
     members = [r for r in rows if r["category"] == category]

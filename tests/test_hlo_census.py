@@ -95,6 +95,29 @@ def test_census_of_a_cudnn_module():
     hlo_census.census("HloModule empty\n", 1.0, 1.0)
 
 
+def test_collectives_are_counted_without_a_floor():
+  """A data-parallel step's gradient all-reduce: its payload is reported, the -done half is not
+  a second kernel, and no HBM floor is claimed for an interconnect transfer."""
+  module = """HloModule jit_dp
+
+%sum (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %add = f32[] add(%a, %b)
+}
+
+ENTRY %main (g: f32[1024,256]) -> f32[1024,256] {
+  %g = f32[1024,256]{1,0} parameter(0)
+  %all-reduce-start = f32[1024,256]{1,0} all-reduce-start(%g), channel_id=1, replica_groups=[1,8]<=[8], to_apply=%sum
+  ROOT %all-reduce-done = f32[1024,256]{1,0} all-reduce-done(%all-reduce-start)
+}
+"""
+  result = hlo_census.census(module, peak_tflops=1.0, bandwidth_gbs=1.0)
+  assert result["kernels"] == 1
+  collective = result["categories"]["collective"]
+  assert collective["gb"] * 1e9 == 2 * 1024 * 256 * 4 and collective["floor_ms"] == 0
+
+
 def test_census_counts_a_cpu_convolution_exactly():
   """XLA:CPU keeps convolutions as HLO `convolution` ops: 2 x outputs x taps x input channels."""
   x = jnp.zeros((2, 8, 8, 8, 4), jnp.float32)
@@ -159,13 +182,15 @@ def test_target_config_states_the_part():
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs the jax CUDA plugin (the gpu-aot extra)")
 def test_deviceless_h100_compile(tmp_path):
-  """XLA:GPU compiles iMRrhpc's steps for an H100 with no GPU here: every convolution becomes a
-  cuDNN call (XLA computes a few small forward convolutions as cuDNN's filter gradient), and
-  the census' FLOPs are the analytic every-tap count (no tap is dropped at this geometry)."""
+  """XLA:GPU compiles iMRrhpc's steps for two H100s with no GPU here: every convolution becomes
+  a cuDNN call (XLA computes a few small forward convolutions as cuDNN's filter gradient), the
+  census' FLOPs are the analytic every-tap count of one device's half of the batch (no tap is
+  dropped at this geometry), and the train step all-reduces its gradients."""
   result = subprocess.run(
       [sys.executable, "-m", "mrp_jax.main", "--config", "configs/benchmark.py:tiny,h100",
        "--workdir", str(tmp_path), "--config.data.mri_shape=(32,32,64)",
-       "--config.benchmark.plan_batches=(2,)", "--config.benchmark.plan_remat=('none',)"],
+       "--config.benchmark.plan_batches=(2,)", "--config.benchmark.plan_remat=('none',)",
+       "--config.benchmark.target_devices=2", "--config.benchmark.batch_size.imr_rhpc=4"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = __import__("json").loads((tmp_path / "benchmark.json").read_text())
@@ -173,8 +198,15 @@ def test_deviceless_h100_compile(tmp_path):
   hlo = report["models"]["imr_rhpc"]["hlo"]
   census = hlo["eval"]["census"]
   assert sum(v["kernels"] for k, v in census["categories"].items() if k.startswith("conv_")) == 17
-  assert census["gflop"] * 1e9 == pytest.approx(hlo["flops"]["forward"] * hlo["batch_size"],
+  assert hlo["devices"] == 2
+  assert census["gflop"] * 1e9 == pytest.approx(hlo["flops"]["forward"] * hlo["batch_size"] / 2,
                                                 rel=1e-4)
+  # The ceiling is one device's FLOPs at the peak over its floor: for eval, the census' own.
+  peak = report["peak"]["tflops"] * 1e12
+  assert hlo["eval"]["mfu_ceiling"] == pytest.approx(
+      census["gflop"] * 1e9 / (peak * census["floor_ms"] * 1e-3), rel=1e-4)
+  assert 0 < hlo["train"]["mfu_ceiling"] <= 1
+  assert hlo["train"]["census"]["categories"]["collective"]["gb"] > 0
   assert {"conv_backward_input", "conv_backward_filter"} <= set(
       hlo["train"]["census"]["categories"])
   (row,) = report["models"]["imr_rhpc"]["plan"]
