@@ -14,9 +14,10 @@
   modelled).
 
 Per instruction it counts FLOPs (convolutions: 2 per multiply-add over every tap of the forward
-convolution the call computes a part of; matmuls: 2 per multiply-add) and bytes (its operands
-read once plus its output written once; a fusion that reads only a slice of an operand is
-over-counted, one that reads an operand twice is under-counted), and a roofline floor,
+convolution the call computes a part of; matmuls: 2 per multiply-add of HLO dots, fused or not,
+while a cuBLAS custom-call's FLOPs are not read) and bytes (its operands read once plus its
+output written once; a fusion that reads only a slice of an operand is over-counted, one that
+reads an operand twice is under-counted), and a roofline floor,
 ``max(flops / peak, bytes / bandwidth)``. The sum of the floors is what the step would take if
 every kernel ran at the device's peak or its memory bandwidth, whichever binds: not a
 prediction, a bound that says which kernels can hold the step back and how far.
