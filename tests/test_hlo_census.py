@@ -153,6 +153,17 @@ def test_hlo_part_of_the_tiny_models(tmp_path):
   assert (tmp_path / "imr_rhpc_train.hlo.txt").read_text().startswith("HloModule")
 
 
+@pytest.mark.parametrize("part", ["hlo", "eval"])
+def test_compiler_options_reach_xla(part, tmp_path):
+  """benchmark.compiler_options go to XLA's compiles, compile-only and timed: an option XLA
+  does not know is refused."""
+  config = benchmark_config.get_config("tiny")
+  config.benchmark.models, config.benchmark.parts = ("rhpc",), (part,)
+  config.benchmark.compiler_options = "xla_no_such_option=true"
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    benchmark.run(config, tmp_path)
+
+
 def test_compile_only_configuration_errors():
   config = benchmark_config.get_config("tiny")
   config.benchmark.target = "h100"
