@@ -142,6 +142,12 @@ def conv_flops(kind: str, shapes: list[str], result: str, dim_labels: str | None
       filter_labels.index("o")]
 
 
+def _instruction_conv_flops(kind: str, inst: dict[str, Any], shapes: dict[str, str]) -> float:
+  """:func:`conv_flops` of a convolution instruction, its operands' shapes looked up."""
+  return conv_flops(kind, [shapes.get(o, "") for o in inst["operands"]], inst["shape"],
+                    _label(inst["attrs"], "dim_labels"))
+
+
 def _dot_flops(dot: dict[str, Any], shapes: dict[str, str]) -> float:
   """2 x output elements x the contracted size of a dot."""
   lhs = _dims(shapes.get(dot["operands"][0], "")) if dot["operands"] else []
@@ -179,8 +185,7 @@ def _kernels(entry: str, computations: dict[str, list[dict[str, Any]]],
       target = _label(attrs, "custom_call_target") or ""
       category = _CONV_TARGETS.get(target)
       if category:
-        flops = conv_flops(category, [shapes.get(o, "") for o in inst["operands"]],
-                           inst["shape"], labels)
+        flops = _instruction_conv_flops(category, inst, shapes)
       elif "cublas" in target or "matmul" in target:
         category = "matmul"
       else:
@@ -193,13 +198,11 @@ def _kernels(entry: str, computations: dict[str, list[dict[str, Any]]],
         if inner["opcode"] == "dot":
           flops += _dot_flops(inner, shapes)
         elif inner["opcode"] == "convolution":
-          flops += conv_flops("conv_forward", [shapes.get(o, "") for o in inner["operands"]],
-                              inner["shape"], _label(inner["attrs"], "dim_labels"))
+          flops += _instruction_conv_flops("conv_forward", inner, shapes)
           labels = labels or _label(inner["attrs"], "dim_labels")
     elif opcode == "convolution":
       category = "convolution"
-      flops = conv_flops("conv_forward", [shapes.get(o, "") for o in inst["operands"]],
-                         inst["shape"], labels)
+      flops = _instruction_conv_flops("conv_forward", inst, shapes)
     elif opcode == "dot":
       category, flops = "matmul", _dot_flops(inst, shapes)
     elif opcode in ("scatter", "select-and-scatter"):
