@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from configs import imr_rhpc
-from mrp_jax import models, sharding, train, train_step
+from mrp_jax import models, schema, sharding, train, train_step
 from mrp_jax.schema import Phase
 
 
@@ -25,6 +25,7 @@ def run(devices: int, fsdp: bool) -> dict:
   config.data.mri_shape = (8, 8, 16)
   config.model.encoder.width = 4
   config.model.head_dim = config.model.rhpc_hidden_dim = 16
+  config.train.warmup_steps = 0  # the first step moves the parameters
   mesh = sharding.make_mesh(jax.devices()[:devices])
   model = models.create_model(config.model)
   optimizer = train_step.create_optimizer(config.train)
@@ -42,6 +43,12 @@ def run(devices: int, fsdp: bool) -> dict:
   batch["mri"][0, 1] = 0
   batch["mri_phase"][:] = [Phase.PRE, Phase.POST]
   batch["label"] = np.array([1, 0, 1, 0], np.float32)
+  parsed = schema.parse_rows([{"age": 41, "Molecular subtype": "TNBC", "laterality": "left",
+                               "cT": "2", "grade": "poor"},
+                              {"age": 67, "Molecular subtype": "luminal a", "cN": "1"},
+                              {"laterality": "right", "histology": "lobular"}, {}])
+  batch["rhpc"] = schema.model_inputs(parsed)
+  batch["aux_targets"], batch["aux_masks"] = schema.aux_targets(parsed)  # auxiliary losses too
   batch["phase"] = np.full((4,), Phase.POST, np.int32)
   step = jax.jit(train_step.make_train_step(model, optimizer, config.loss,
                                             preprocess=train.make_preprocess(config)),
