@@ -4,7 +4,7 @@ Command:
   python -m mrp_jax.main --config configs/benchmark.py:full --workdir runs/bench
 Prints one row per model, framework and part (median / p10 / p90 step time, examples/s,
 analytic GFLOP per example, XLA/analytic FLOP ratio, MFU, compile time, XLA-planned and device
-peak memory) and writes runs/bench/benchmark.json (mrp_jax/benchmark.py lists its keys).
+peak memory) and writes runs/bench/benchmark.json (mrp_jax/benchmark/ lists its keys).
 
 Variants (comma-separated, after a colon):
   full        176 x 176 x 352 MRI, 1024 x 512 mammograms, bfloat16 (the default geometry)
@@ -16,7 +16,7 @@ Variants (comma-separated, after a colon):
   medicalnet  and every other variant of configs/common.py (no_knowledge, no_time, paper)
 The encoder layout, dtype, remat policy and Siamese batching are config.model's fields
 (--config.model.encoder.layout=monai); they apply to iMRrhpc; iMGrhpc keeps its torchvision
-layout (configs/img_rhpc.py) and rhpc runs in float32 (configs/rhpc.py).
+layout (configs/iMGrhpc.py) and rhpc runs in float32 (configs/rhpc.py).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.get_config()
   config.job = "benchmark"
-  config.model.name = "imr_rhpc"
-  config.model.encoder.shortcut = "A"  # as configs/imr_rhpc.py (MedicalNet weights)
+  config.model.name = "iMRrhpc"
+  config.model.encoder.shortcut = "A"  # as configs/iMRrhpc.py (MedicalNet weights)
 
   config.benchmark = b = ml_collections.ConfigDict()
-  b.models = ("imr_rhpc", "img_rhpc", "rhpc")  # which models, in this order
+  b.models = ("iMRrhpc", "iMGrhpc", "rhpc")  # which models, in this order
   # Global batch per model (the train configs' defaults: authors' 8 MRI pairs, 32 mammograms).
-  b.batch_size = ml_collections.ConfigDict({"imr_rhpc": 8, "img_rhpc": 32, "rhpc": 64})
-  b.parts = ("eval", "train", "augment", "pipeline", "torch")  # see mrp_jax/benchmark.py
+  b.batch_size = ml_collections.ConfigDict({"iMRrhpc": 8, "iMGrhpc": 32, "rhpc": 64})
+  b.parts = ("eval", "train", "augment", "pipeline", "torch")  # see mrp_jax/benchmark/
   b.warmup_steps = 3  # untimed steps after compilation
   b.steps = 20  # timed steps (fewer if budget_s runs out first, never fewer than 3)
   b.budget_s = 30.0  # seconds per timed loop
@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   b.torch_compile = True  # torch.compile the PyTorch model (falls back to eager if it fails)
   b.dump_hlo = False  # write WORKDIR/<model>_<train|eval>.hlo.txt: the optimised HLO
   b.bandwidth_gbs = 0.0  # GB/s for the HLO census' roofline floor; 0: the (target) GPU's if listed
-  # Compile for a GPU that is not here (mrp_jax/gpu_target.py: 'h100', 'h200'; needs the jax
+  # Compile for a GPU that is not here (mrp_jax/benchmark/gpu_target.py: 'h100', 'h200'; needs the jax
   # CUDA plugin, no GPU): XLA:GPU's own HLO and memory plan; only the parts 'plan' and 'hlo'.
   b.target = ""
   b.target_devices = 1  # compile-only devices of the target (one host), for a sharded plan
@@ -79,7 +79,7 @@ def _cpu(config):
   config.data.mg_shape = (128, 64)
   config.model.dtype = "float32"
   b = config.benchmark
-  b.batch_size = ml_collections.ConfigDict({"imr_rhpc": 2, "img_rhpc": 2, "rhpc": 64})
+  b.batch_size = ml_collections.ConfigDict({"iMRrhpc": 2, "iMGrhpc": 2, "rhpc": 64})
   b.warmup_steps, b.steps, b.budget_s = 2, 10, 30.0
   b.pipeline_steps = 10
   b.matmul_size = 1024
@@ -90,7 +90,7 @@ def _tiny(config):
   """CI size: a few steps of the tiny models."""
   common.apply_variants(config, "tiny")
   b = config.benchmark
-  b.batch_size = ml_collections.ConfigDict({"imr_rhpc": 2, "img_rhpc": 2, "rhpc": 4})
+  b.batch_size = ml_collections.ConfigDict({"iMRrhpc": 2, "iMGrhpc": 2, "rhpc": 4})
   b.warmup_steps, b.steps, b.budget_s = 1, 2, 5.0
   b.pipeline_steps = 2
   b.matmul_size = 128
@@ -101,7 +101,7 @@ def _tiny(config):
 def _gpu(config):
   """launch/gpu_benchmark.sh: iMRrhpc, PyTorch compiled, convolutions' layouts dumped."""
   b = config.benchmark
-  b.models = ("imr_rhpc",)
+  b.models = ("iMRrhpc",)
   b.parts = ("eval", "train", "augment", "torch")
   b.warmup_steps, b.steps, b.budget_s = 3, 20, 20.0
   b.dump_hlo = True
@@ -111,7 +111,7 @@ def _compile_for(target):
   def apply(config):
     b = config.benchmark
     b.target = target
-    b.models = ("imr_rhpc",)
+    b.models = ("iMRrhpc",)
     b.parts = ("hlo", "plan")
     b.plan_batches = (8, 16, 32)
   return apply

@@ -1,23 +1,22 @@
 """Every configuration field, defined once. Model configs import this and override a few fields.
 
-Variants are picked after a colon: ``--config configs/imr_rhpc.py:tiny,medicalnet``; single
+Variants are picked after a colon: ``--config configs/iMRrhpc.py:tiny,medicalnet``; single
 fields from the command line: ``--config.train.batch_size=8``. A misspelt field or an invalid
-value stops the run before any work (mrp_jax/config_validation.py).
+value stops the run before any work (mrp_jax/configuration.py).
+
+Configs are plain data: they import nothing from the project. The code owns the lists of valid
+choices and checks every field against them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 from ml_collections import config_dict
-
-from mrp_jax import augment, schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.job = "train"  # train | evaluate | benchmark | demo | describe
+  config.job = "train"  # one of mrp_jax.main.JOBS: train | evaluate | benchmark | demo | describe
   config.seed = 0  # model init, data order and augmentation all derive from it
   config.distributed = False  # jax.distributed.initialize() (auto when JAX_COORDINATOR_ADDRESS)
 
@@ -28,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---- model ---------------------------------------------------------------------------------
   config.model = m = ml_collections.ConfigDict()
-  m.name = "imr_rhpc"  # rhpc | img_rhpc | imr_rhpc
+  m.name = "iMRrhpc"  # rhpc | iMGrhpc | iMRrhpc (the paper's names; MRP is their ensemble)
   m.dtype = "bfloat16"  # computation dtype; parameters are always float32
   m.rhpc_embed_dim = 16  # per-variable Linear+ELU embedding (authors' code)
   m.rhpc_hidden_dim = 256  # the paper's two-layer MLP width
@@ -59,7 +58,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = lo = ml_collections.ConfigDict()
   lo.response_weight = 10.0  # BCE on the fused pCR logit (authors' code)
   lo.image_response_weight = 10.0  # BCE on the knowledge predictor's image-only pCR logit
-  lo.aux_weights = ml_collections.ConfigDict(dict(schema.AUX_WEIGHTS))  # per rhpc variable
+  # Per rhpc variable (the authors' code: x1 laterality, location, subtype; x0.1 focality,
+  # in-situ, grade, and here density, histology, tumour type; x0.025 therapy; x0.01 genes and
+  # menopause; x1e-4 the numeric and staging variables and sex).
+  lo.aux_weights = ml_collections.ConfigDict({
+      "location": 1.0,
+      "laterality": 1.0,
+      "focality": 0.1,
+      "density": 0.1,
+      "molecular_subtype": 1.0,
+      "histology": 0.1,
+      "tumour_type": 0.1,
+      "differentiation": 0.1,
+      "in_situ": 0.1,
+      "age": 1e-4,
+      "sex": 1e-4,
+      "weight": 1e-4,
+      "menarche_age": 1e-4,
+      "menopause": 0.01,
+      "brca1": 0.01,
+      "brca2": 0.01,
+      "chek2": 0.01,
+      "tp53": 0.01,
+      "ct": 1e-4,
+      "cn": 1e-4,
+      "cm": 1e-4,
+      "therapy": 0.025,
+  })
 
   # ---- data ----------------------------------------------------------------------------------
   config.data = d = ml_collections.ConfigDict()
@@ -73,9 +98,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # pipeline"). Each holds its own shuffle window; a run resumes with the same number.
   d.workers = 0
 
-  # ---- augmentation (on the device, inside the train step) -----------------------------------
-  # Fields, defaults and their meaning are declared once, in mrp_jax.augment.AugmentOptions.
-  config.augment = ml_collections.ConfigDict(dataclasses.asdict(augment.AugmentOptions()))
+  # ---- augmentation (on the device, inside the train step; mrp_jax/training/augment.py) ------
+  # Axes of a volume are (z, y, x) = (S-I, A-P, L-R); probabilities per example (geometry,
+  # mammogram) or per volume (MRI intensity).
+  config.augment = a = ml_collections.ConfigDict()
+  a.enabled = True  # False: batches reach the model unchanged
+  a.mri_flip_probability = (0.0, 0.0, 0.5)  # per axis z, y, x (one draw per patient)
+  a.mri_affine_probability = 0.5  # chance of the rotation + zoom + translation
+  a.mri_rotation_degrees = (5.0, 5.0, 5.0)  # max |angle| about z, y, x
+  a.mri_zoom = 0.1  # isotropic scale factor uniform in [1 - zoom, 1 + zoom]
+  a.mri_translation_voxels = 4.0  # max |shift| along each axis, voxels
+  a.mri_bias_field_probability = 0.3
+  a.mri_bias_field_coefficient = 0.3  # polynomial coefficients uniform in [-c, c]
+  a.mri_bias_field_order = 3  # degree of the polynomial (TorchIO's default)
+  a.mri_gamma_probability = 0.3
+  a.mri_log_gamma = 0.3  # gamma = exp(uniform(-g, g)), TorchIO's default range
+  a.mri_intensity_scale_probability = 0.5
+  a.mri_intensity_scale = 0.1  # factor uniform in [1 - s, 1 + s]
+  a.mri_noise_probability = 0.25
+  a.mri_noise_std = 0.05  # std uniform in [0, std], units of the stored subtraction
+  a.mg_vertical_flip_probability = 0.5  # rows: cranial <-> caudal
+  a.mg_horizontal_flip_probability = 0.0  # columns: would put the chest wall on the right
+  a.mg_contrast_probability = 0.5
+  a.mg_contrast = 0.2  # factor uniform in [1 - c, 1 + c] about the breast mean
+  a.mg_brightness_probability = 0.5
+  a.mg_brightness = 0.1  # shift uniform in [-b, b]
 
   # ---- training ------------------------------------------------------------------------------
   config.train = t = ml_collections.ConfigDict()
@@ -95,10 +142,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.plateau_patience = 5  # 'paper' optimizer: evaluations without gain before halving the rate
   t.plateau_factor = 0.5
 
-  # ---- evaluation ------------------------------------------------------------------------------
-  config.eval = ev = ml_collections.ConfigDict()
-  ev.batch_size = 8  # global
-  ev.phases = ("pre", "mid", "post")  # Pre: Pre data; Mid: Pre+Mid; Post: Pre+Post
+  # ---- validation during training (the evaluate job is configs/evaluate.py) -------------------
+  config.validation = v = ml_collections.ConfigDict()
+  v.batch_size = 8  # global
+  v.phases = ("pre", "mid", "post")  # Pre: Pre data; Mid: Pre+Mid; Post: Pre+Post
 
   if arg:
     apply_variants(config, arg)
@@ -129,7 +176,7 @@ def _tiny(config):
   config.train.log_every_steps = 5
   config.train.eval_every_steps = 10
   config.train.checkpoint_every_steps = 10
-  config.eval.batch_size = 4
+  config.validation.batch_size = 4
   config.data.shuffle_window = 4
   config.augment.mri_translation_voxels = 1.0  # 8 mm voxels: the default 4 would shift 32 mm
 

@@ -8,19 +8,22 @@ fits the MRP ensemble and writes the report to WORKDIR/report. Run again, it res
 Variants: ':tiny' for a smoke run of a few minutes (CI).
 """
 
+from pathlib import Path
+
 import ml_collections
 
 from configs import common
-from input_pipeline.geometries import GEOMETRIES
+
+_HERE = Path(__file__).parent
 
 
 def get_config(arg=None):
   config = common.get_config()
   config.job = "demo"
-  config.model.name = "imr_rhpc"
+  config.model.name = "iMRrhpc"
   config.demo = d = ml_collections.ConfigDict()
   d.patients = 360  # synthetic patients (a few are deliberately broken and get skipped)
-  d.geometry = "tiny"  # full | demo | tiny: 8 mm voxels keep 3 models within 15 min on 2 cores
+  d.geometry = "tiny"  # prepare's --geometry: full | demo | tiny (8 mm voxels: CPU minutes)
   d.workers = 2  # processes for generation and preparation
   d.shard_size = 8  # patients per record shard
   d.split_fractions = (0.45, 0.25, 0.3)  # train, validation (MRP weights, thresholds), test
@@ -29,27 +32,26 @@ def get_config(arg=None):
   # Per model: steps and global batch size (BUILD_NOTES.md: the demo experiments).
   d.train = ml_collections.ConfigDict({
       "rhpc": {"steps": 150, "batch_size": 32},
-      "img_rhpc": {"steps": 200, "batch_size": 16},
-      "imr_rhpc": {"steps": 300, "batch_size": 8},
+      "iMGrhpc": {"steps": 200, "batch_size": 16},
+      "iMRrhpc": {"steps": 300, "batch_size": 8},
   })
+  # The config file of each stage, loaded as the command line loads it.
+  d.configs = ml_collections.ConfigDict(
+      {name: str(_HERE / f"{name}.py") for name in ("rhpc", "iMGrhpc", "iMRrhpc", "evaluate")})
   # configs/evaluate.py fields for the report.
   d.evaluate = ml_collections.ConfigDict({
       "split": "test", "fit_split": "validation", "bootstrap_replicates": 1000,
       "explain_cases": 8, "explain_steps": 16, "explain_phase": "post"})
-  config.eval.batch_size = 8
+  config.validation.batch_size = 8
   tiny = arg and "tiny" in arg.split(",")
   if tiny:  # a smoke run: every stage, a few steps each
     d.patients = 24
     d.split_fractions = (0.5, 0.25, 0.25)
-    for name in ("rhpc", "img_rhpc", "imr_rhpc"):
+    for name in ("rhpc", "iMGrhpc", "iMRrhpc"):
       d.train[name].steps = 6
       d.train[name].batch_size = 4
     d.evaluate.bootstrap_replicates = 100
     d.evaluate.explain_cases = 1
     d.evaluate.explain_steps = 2
   common.apply_variants(config, ",".join(v for v in (arg or "").split(",") if v != "tiny"))
-  geometry = GEOMETRIES[d.geometry]
-  config.data.mri_shape = geometry.mri_box
-  config.data.mri_spacing_mm = geometry.mri_spacing_mm
-  config.data.mg_shape = geometry.mg_size
   return config

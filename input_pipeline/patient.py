@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
-from mrp_jax.schema import Phase
+from input_pipeline.schema import Phase
 
 
 @dataclasses.dataclass(frozen=True)

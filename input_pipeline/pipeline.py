@@ -36,7 +36,7 @@ order, so that every process knows how many patients there are and all yield the
 of batches (a multi-host jitted step needs that); eligible patient i belongs to process
 i % count. Shards are CRC-checked while read (tfrecord.iter_records).
 
-``python -m input_pipeline.pipeline --records DIR --model_name imr_rhpc --batch_size 4
+``python -m input_pipeline.pipeline --records DIR --model_name iMRrhpc --batch_size 4
 --batches 50`` measures the pipeline next to a plain sequential read of the same shards.
 """
 
@@ -58,9 +58,9 @@ import grain.python
 import numpy as np
 from absl import flags
 
-from input_pipeline import examples, records, tfrecord
-from input_pipeline.examples import BatchSpec
-from mrp_jax.schema import MODEL_NAMES
+from input_pipeline import batching, records, tfrecord
+from input_pipeline.batching import BatchSpec
+from input_pipeline.schema import MODEL_NAMES
 
 MANIFEST = "manifest.json"
 # Records held for shuffling; RAM = window x record size (~66 MB each at full geometry).
@@ -198,7 +198,7 @@ def _decode(element: tuple[str, int, memoryview]) -> records.PatientRecord:
 
 
 class _Collate:
-  """examples.collate as Grain's batch_fn. In a worker process of ``mp_prefetch`` Grain calls
+  """batching.collate as Grain's batch_fn. In a worker process of ``mp_prefetch`` Grain calls
   :meth:`enable_shared_memory_output`: the image array is then built in shared memory, so a
   batch reaches the training process without another copy."""
 
@@ -210,8 +210,8 @@ class _Collate:
   def enable_shared_memory_output(self) -> None:
     self._empty = grain.python.SharedMemoryArray
 
-  def __call__(self, values: Sequence[examples.Example]) -> dict[str, np.ndarray]:
-    return examples.collate(values, self._model_name, self._spec, empty=self._empty)
+  def __call__(self, values: Sequence[batching.Example]) -> dict[str, np.ndarray]:
+    return batching.collate(values, self._model_name, self._spec, empty=self._empty)
 
 
 class _TrainingPatients:
@@ -229,12 +229,12 @@ class _TrainingPatients:
     self._rejected: set[str] = set()
 
   def __call__(self, record: records.PatientRecord) -> bool:
-    if examples.trains(record, self._model_name):
+    if batching.trains(record, self._model_name):
       self._rejected.clear()
       return True
     self._rejected.add(record.patient_id)
     if self._num_records is not None and len(self._rejected) >= self._num_records:
-      needs = {"imr_rhpc": "a Pre-NAT MRI and ", "img_rhpc": "a mammogram and "}
+      needs = {"iMRrhpc": "a Pre-NAT MRI and ", "iMGrhpc": "a mammogram and "}
       raise ValueError(
           f"none of the {self._num_records} patients in {len(self._shards)} shards "
           f"({self._shards[0]}, ...) can train {self._model_name!r}: it needs "
@@ -258,7 +258,7 @@ def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, see
                   prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
                   workers: int = 0) -> grain.IterDataset:
   """The endless training dataset of one process (see :func:`train_iterator`)."""
-  examples.check_model_name(model_name)
+  batching.check_model_name(model_name)
   for name, value, low in (("batch_size", batch_size, 1), ("shuffle_window", shuffle_window, 1),
                            ("cycle_length", cycle_length, 1), ("read_buffer", read_buffer, 1),
                            ("prefetch_batches", prefetch_batches, 0), ("workers", workers, 0)):
@@ -280,7 +280,7 @@ def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, see
   ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
                                                    seed=window_seed)
   ds = ds.map(_decode).filter(_TrainingPatients(model_name, mine, local_records))
-  ds = ds.random_map(examples.draw_training_example, seed=draw_seed)
+  ds = ds.random_map(batching.draw_training_example, seed=draw_seed)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_Collate(model_name, spec))
   if workers:
     if not flags.FLAGS.is_parsed():
@@ -310,7 +310,7 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
   Args:
     paths: every training shard (all processes pass the same list, e.g. from
       :func:`split_paths`); process k reads paths[k::process_count].
-    model_name: 'rhpc', 'img_rhpc' or 'imr_rhpc' (decides the patients and the image keys).
+    model_name: 'rhpc', 'iMGrhpc' or 'iMRrhpc' (decides the patients and the image keys).
     batch_size: this process's batch (the global batch / process_count).
     seed: the data seed; with the process index it seeds shard order, window shuffle and the
       MRI combination drawn for each patient.
@@ -330,7 +330,7 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
       resumes with the same ``workers``.
 
   Returns:
-    A grain.DatasetIterator of batch dicts (:func:`examples.collate`; 'phase' is the
+    A grain.DatasetIterator of batch dicts (:func:`batching.collate`; 'phase' is the
     follow-up's phase, 0 for Pre only), with get_state / set_state. Call its ``close()``
     when done: it stops the reader and batch threads. (Grain's iterators hold reference
     cycles; left for the interpreter's exit, their __del__ prints ignored exceptions.)
@@ -367,15 +367,15 @@ def eval_batches(paths: Sequence[str], *, model_name: str, phase: str, batch_siz
     include_unlabeled: also yield patients with label -1 (for prediction; their 'label' is -1).
 
   Yields:
-    (batch, patient_ids): the batch as :func:`examples.collate` pads it ('phase' = the
+    (batch, patient_ids): the batch as :func:`batching.collate` pads it ('phase' = the
     evaluation phase), and the pseudonym of every row, '' for padding rows.
 
   Raises:
     tfrecord.CorruptRecordError: a damaged shard (file and byte offset named).
     ValueError: a record that does not decode (shard and offset named).
   """
-  examples.check_model_name(model_name)
-  examples.check_eval_phase(phase)
+  batching.check_model_name(model_name)
+  batching.check_eval_phase(phase)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   if not 0 <= process_index < process_count:
@@ -392,14 +392,14 @@ def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int
                   process_index: int, process_count: int, spec: BatchSpec,
                   include_unlabeled: bool
                   ) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
-  collate = functools.partial(examples.collate, model_name=model_name, spec=spec,
+  collate = functools.partial(batching.collate, model_name=model_name, spec=spec,
                               batch_size=batch_size)
 
-  def emit(pending: list[examples.Example]):
+  def emit(pending: list[batching.Example]):
     ids = [e.record.patient_id for e in pending] + [""] * (batch_size - len(pending))
     return collate(pending), ids
 
-  pending: list[examples.Example] = []
+  pending: list[batching.Example] = []
   eligible = batches = 0
   for path in paths:
     for offset, data in tfrecord.iter_records(path):
@@ -407,12 +407,12 @@ def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int
         record = records.decode(data)
       except records.RecordFormatError as error:
         raise ValueError(f"{path}: record at byte offset {offset}: {error}") from None
-      if not examples.evaluates(record, phase, include_unlabeled):
+      if not batching.evaluates(record, phase, include_unlabeled):
         continue
       mine = eligible % process_count == process_index
       eligible += 1
       if mine:
-        pending.append(examples.eval_example(record, phase))
+        pending.append(batching.eval_example(record, phase))
         if len(pending) == batch_size:
           yield emit(pending)
           batches += 1
@@ -453,7 +453,7 @@ def pipeline_rate(iterator: grain.DatasetIterator, num_batches: int, warmup: int
                   step_seconds: float = 0.0) -> tuple[float, float]:
   """(payload MB/s, examples/s) of ``num_batches`` batches after ``warmup`` untimed ones.
 
-  Payload (examples.payload_bytes) counts the image slots and rows a model receives.
+  Payload (batching.payload_bytes) counts the image slots and rows a model receives.
   ``step_seconds`` stands in for a train step after each batch: a sleep, which releases the
   GIL as waiting for an accelerator does, so background threads can overlap with it."""
   for _ in range(warmup):
@@ -462,7 +462,7 @@ def pipeline_rate(iterator: grain.DatasetIterator, num_batches: int, warmup: int
   start = time.perf_counter()
   for _ in range(num_batches):
     batch = next(iterator)
-    nbytes += examples.payload_bytes(batch)
+    nbytes += batching.payload_bytes(batch)
     nexamples += int(batch["example_mask"].sum())
     if step_seconds:
       time.sleep(step_seconds)
@@ -482,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       description="Training pipeline throughput next to a plain sequential read of the shards.")
   parser.add_argument("--records", required=True, type=Path, help="folder written by prepare")
   parser.add_argument("--split", default="train")
-  parser.add_argument("--model_name", default="imr_rhpc", choices=MODEL_NAMES)
+  parser.add_argument("--model_name", default="iMRrhpc", choices=MODEL_NAMES)
   parser.add_argument("--batch_size", type=int, default=4)
   parser.add_argument("--batches", type=int, default=50, help="timed batches per config")
   parser.add_argument("--shuffle_window", type=int, default=DEFAULT_SHUFFLE_WINDOW)

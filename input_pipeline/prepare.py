@@ -40,12 +40,11 @@ from typing import Any, Sequence
 import numpy as np
 import tqdm
 
-from input_pipeline import layouts, records, tfrecord
+from input_pipeline import clinical_table, layouts, records, schema, tfrecord
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions, preprocess_mammogram
 from input_pipeline.mri import MriOptions, preprocess_exam
 from input_pipeline.patient import PatientSource, worker_pool
-from mrp_jax import schema
 
 MANIFEST = "manifest.json"
 PROGRESS_DIR = ".progress"
@@ -155,17 +154,17 @@ def stratified_split(ids: Sequence[str], labels: Sequence[int], fractions: Seque
 # ---------------------------------------------------------------------------------------------
 # One patient, one shard (run in worker processes)
 # ---------------------------------------------------------------------------------------------
-def _rhpc(clinical: dict[str, Any], report: schema.ParseReport):
-  columns = schema.find_columns(clinical.keys())
+def _rhpc(clinical: dict[str, Any], report: clinical_table.ParseReport):
+  columns = clinical_table.find_columns(clinical.keys())
   raw = tuple("" if columns.get(v.name) is None or clinical[columns[v.name]] is None
               else str(clinical[columns[v.name]]).strip() for v in schema.VARIABLES)
-  parsed = schema.parse_rows([clinical], report)
+  parsed = clinical_table.parse_rows([clinical], report)
   return raw, parsed.codes[0], parsed.values[0]
 
 
 def process_patient(source: PatientSource, patient_id: str, split: str,
                     mri_options: MriOptions, mammogram_options: MammogramOptions,
-                    report: schema.ParseReport) -> records.PatientRecord:
+                    report: clinical_table.ParseReport) -> records.PatientRecord:
   """Preprocesses one patient; raises on anything that makes the patient unusable.
 
   Also used by `mrp_jax.predict` for new patients (label -1)."""
@@ -200,7 +199,7 @@ class _ShardJob:
 
 def write_shard(job: _ShardJob, options: PrepareOptions, fingerprint: str) -> dict[str, Any]:
   """Writes one shard and its progress note; returns the note."""
-  report = schema.ParseReport()
+  report = clinical_table.ParseReport()
   written, skipped, seconds = [], [], []
   path = options.out / job.file
   for stale in options.out.glob(f"{job.file}.*{tfrecord.PARTIAL_SUFFIX}"):

@@ -37,7 +37,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
 
-from mrp_jax.schema import PHASE_NAMES, VARIABLES
+from input_pipeline.schema import PHASE_NAMES, VARIABLES
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")

@@ -12,16 +12,16 @@
 # A dry run of every stage on a CPU, at test size:
 #   VARIANT=tiny RECORD_ARGS="--patients 8 --mri_shape 22,22,44 --mg_shape 64,32" \
 #   STAGES="pipeline models layout stem plan all_models" bash launch/gpu_benchmark.sh /tmp/dry
-# Needs jax with CUDA, flax, optax, torch, and for the pipeline Grain and its companions. A
-# machine without them (the device tool's image) installs the wheels that
-# launch/device_wheels.sh put in .whl/ (carry .whl; /work/.library/device/README.md).
+# Needs jax with CUDA, flax, optax, torch, and for the pipeline Grain and its companions. On an
+# offline host whose image lacks the latter, it installs the wheels that
+# launch/offline_wheels.sh put in .whl/ (copy .whl/ along with the checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-runs/gpu_benchmark}}
 STAGES=${STAGES:-pipeline models layout stem all_models}
 RECORDS=${RECORDS:-/tmp/mrp_full_records}
 VARIANT=${VARIANT:-full}             # configs/benchmark.py variant: full geometry, bfloat16
-RECORD_ARGS=${RECORD_ARGS:---patients 48}  # input_pipeline.synthetic_records arguments
+RECORD_ARGS=${RECORD_ARGS:---patients 48}  # input_pipeline.synthetic.records arguments
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import grain, ml_collections' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
@@ -39,7 +39,7 @@ for stage in $STAGES; do
       # 48 patients (2.7 GB, in the page cache after writing), then the pipeline alone:
       # reader + batch thread, and 4 / 8 / 12 worker processes.
       timeout 240 bash -c "
-        python3 -m input_pipeline.synthetic_records --out '$RECORDS' $RECORD_ARGS &&
+        python3 -m input_pipeline.synthetic.records --out '$RECORDS' $RECORD_ARGS &&
         python3 -m input_pipeline.pipeline --records '$RECORDS' --batch_size 8 --batches 20 \
             --threads read+batch --workers 4 8 12" 2>&1 | tee "$OUT/pipeline.log" || true
       ;;
@@ -83,7 +83,7 @@ for stage in $STAGES; do
       # XLA's memory plan of the iMRrhpc train step on this GPU per remat policy at batch 8
       # (compiled, not run): whether XLA's scheduler keeps what remat saves (XLA:CPU does not).
       python3 -m mrp_jax.main --config "configs/benchmark.py:$VARIANT" --workdir "$OUT/plan" \
-          --config.benchmark.models="('imr_rhpc',)" --config.benchmark.parts="('plan',)" \
+          --config.benchmark.models="('iMRrhpc',)" --config.benchmark.parts="('plan',)" \
           --config.benchmark.plan_batches="(8,)" 2>&1 | tee "$OUT/plan.log"
       ;;
     all_models)

@@ -1,10 +1,10 @@
 #!/bin/bash
 # Cloud TPU VM pod (e.g. v5p-32: 4 hosts). Creates the environment and starts training on every
 # worker; JAX finds the pod's coordinator and process ids from the TPU metadata.
-#   launch/tpu_pod.sh my-tpu us-east5-a imr_rhpc /mnt/shared/runs/imr /mnt/disks/records
+#   launch/tpu_pod.sh my-tpu us-east5-a iMRrhpc /mnt/shared/runs/iMRrhpc /mnt/disks/records
 # WORKDIR must be shared by the workers (a gcsfuse or Filestore mount); RECORDS local on each.
 set -euo pipefail
-TPU=${1:?tpu name}; ZONE=${2:?zone}; MODEL=${3:-imr_rhpc}
+TPU=${1:?tpu name}; ZONE=${2:?zone}; MODEL=${3:-iMRrhpc}
 WORKDIR=${4:?shared workdir}; RECORDS=${5:?records on every worker}
 REPO=https://example.org/your/mrp-jax.git   # your fork or mirror
 gcloud compute tpus tpu-vm ssh "${TPU}" --zone "${ZONE}" --worker=all --command "

@@ -1,10 +1,10 @@
 """The `demo` job: the whole system on a synthetic cohort, resumable at every stage.
 
 Stages (each skipped or resumed when its output already exists):
-  1. export:   a synthetic hospital export (input_pipeline/synthetic.py) in WORKDIR/export;
+  1. export:   a synthetic hospital export (input_pipeline/synthetic/) in WORKDIR/export;
   2. records:  `prepare` into WORKDIR/records (restartable shard by shard; a finished manifest
                is reused without rescanning the export), then `verify`;
-  3. train:    rhpc, iMGrhpc and iMRrhpc in WORKDIR/runs/{rhpc,img,imr} (each resumes from its
+  3. train:    rhpc, iMGrhpc and iMRrhpc in WORKDIR/runs/{rhpc,iMGrhpc,iMRrhpc} (each resumes from its
                checkpoints; a run with final.json is done). The fused models start their rhpc
                encoder from the rhpc run (config.demo.rhpc_init);
   4. evaluate: the MRP ensemble and the report in WORKDIR/report (the evaluate job), then the
@@ -24,9 +24,10 @@ from input_pipeline import prepare, synthetic, verify
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions
 from input_pipeline.mri import MriOptions
+from mrp_jax import configuration
 
 TRUTH = "synthetic_truth.json"  # written last by the generator: marks a complete export
-RUNS = (("rhpc", "rhpc", "rhpc"), ("img_rhpc", "iMGrhpc", "img"), ("imr_rhpc", "iMRrhpc", "imr"))
+MODELS = ("rhpc", "iMGrhpc", "iMRrhpc")  # trained in this order (the fused ones start from rhpc)
 
 
 def _stage(text: str, start: float) -> None:
@@ -35,17 +36,15 @@ def _stage(text: str, start: float) -> None:
 
 def train_config(config: ml_collections.ConfigDict, model_name: str, records: Path,
                  rhpc_run: Path | None) -> ml_collections.ConfigDict:
-  """The train config of one demo model: its configs/<model>.py at the demo's geometry, with
-  the demo's steps, batch size and learning rate."""
-  from configs import img_rhpc, imr_rhpc, rhpc
-
-  module = {"rhpc": rhpc, "img_rhpc": img_rhpc, "imr_rhpc": imr_rhpc}[model_name]
+  """The train config of one demo model: its config file (variant tiny) at the demo's
+  geometry, with the demo's steps, batch size and learning rate."""
   demo = config.demo
-  out = module.get_config("tiny")
+  out = configuration.load(f"{demo.configs[model_name]}:tiny")
   out.seed = config.seed
   out.data.records = str(records)
-  out.data.mri_shape, out.data.mri_spacing_mm = config.data.mri_shape, config.data.mri_spacing_mm
-  out.data.mg_shape = config.data.mg_shape
+  geometry = GEOMETRIES[demo.geometry]
+  out.data.mri_shape, out.data.mri_spacing_mm = geometry.mri_box, geometry.mri_spacing_mm
+  out.data.mg_shape = geometry.mg_size
   settings = demo.train[model_name]
   out.train.num_steps = settings.steps
   out.train.batch_size = settings.batch_size
@@ -63,20 +62,19 @@ def train_config(config: ml_collections.ConfigDict, model_name: str, records: Pa
 
 def evaluate_config(config: ml_collections.ConfigDict, records: Path,
                     workdirs: dict[str, Path]) -> ml_collections.ConfigDict:
-  from configs import evaluate
-
-  out = evaluate.get_config()
+  out = configuration.load(config.demo.configs.evaluate)
   out.seed = config.seed
   out.data.records = str(records)
   out.evaluate.runs = ",".join(f"{label}={path}" for label, path in workdirs.items())
   for key, value in config.demo.evaluate.items():
     out.evaluate[key] = value
-  out.eval.batch_size = config.eval.batch_size
+  out.evaluate.batch_size = config.validation.batch_size
   return out
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  from mrp_jax import config_validation, evaluate, report, train
+  from mrp_jax.evaluation import evaluate, report
+  from mrp_jax.training import train
 
   start = time.time()
   workdir = Path(workdir)
@@ -112,17 +110,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   _stage(f"verify: {verified.summary()}", start)
 
   workdirs: dict[str, Path] = {}
-  for model_name, label, folder in RUNS:
-    run_dir = workdir / "runs" / folder
-    workdirs[label] = run_dir
+  for model_name in MODELS:
+    run_dir = workdirs[model_name] = workdir / "runs" / model_name
     if (run_dir / "final.json").exists():
-      _stage(f"train {label}: done before, reusing {run_dir}", start)
+      _stage(f"train {model_name}: done before, reusing {run_dir}", start)
       continue
     settings = demo.train[model_name]
-    _stage(f"train {label}: {settings.steps} steps of {settings.batch_size} in {run_dir}",
+    _stage(f"train {model_name}: {settings.steps} steps of {settings.batch_size} in {run_dir}",
            start)
     cfg = train_config(config, model_name, options.out, workdirs.get("rhpc"))
-    config_validation.validate(cfg)
+    configuration.validate(cfg)
     train.train_and_evaluate(cfg, run_dir)
 
   report_dir = workdir / "report"
@@ -133,7 +130,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     _stage(f"evaluate: MRP ensemble, metrics with {demo.evaluate.bootstrap_replicates} "
            f"bootstrap replicates, explanations -> {report_dir}", start)
     cfg = evaluate_config(config, options.out, workdirs)
-    config_validation.validate(cfg)
+    configuration.validate(cfg)
     result = evaluate.run(cfg, workdir)
   if result.get("paper_shape"):  # absent in reports of older versions
     _stage(report.shape_summary(result["paper_shape"]), start)

@@ -1,22 +1,55 @@
 """Entry point: ``python -m mrp_jax.main --config configs/<name>.py --workdir DIR``.
 
 Parses the config (locked: a misspelt field is an error), validates it, sets up JAX's
-multi-process runtime when the environment describes one, and runs the config's job.
+multi-process runtime when the environment describes one, and runs the config's benchmark.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any, Callable
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mrp_jax import config_validation
+from mrp_jax import configuration
+
+
+def _describe(config, workdir):
+  from mrp_jax.models import describe
+  return describe.describe(config, workdir)
+
+
+def _train(config, workdir):
+  from mrp_jax.training import train
+  return train.train_and_evaluate(config, workdir)
+
+
+def _evaluate(config, workdir):
+  from mrp_jax.evaluation import evaluate
+  return evaluate.run(config, workdir)
+
+
+def _benchmark(config, workdir):
+  from mrp_jax import benchmark
+  return benchmark.run(config, workdir)
+
+
+def _demo(config, workdir):
+  from mrp_jax import demo
+  return demo.run(config, workdir)
+
+
+# config.job -> what runs it (each imports its modules when it runs).
+JOBS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
+    "train": _train, "evaluate": _evaluate, "benchmark": _benchmark, "demo": _demo,
+    "describe": _describe}
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with variants: configs/imr_rhpc.py:tiny",
+    "config", None, "Config file, optionally with variants: configs/iMRrhpc.py:tiny",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and reports.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -26,10 +59,15 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  if config.job not in JOBS:
+    sys.exit(f"mrp_jax: config.job={config.job!r} is not a job; jobs: {', '.join(JOBS)}")
   try:
-    config_validation.validate(config)
-  except config_validation.ConfigError as error:
+    configuration.validate(config)
+  except configuration.ConfigError as error:
     sys.exit(f"mrp_jax: {error}")
+  if config.job == "train" and not config.data.records:
+    sys.exit("mrp_jax: config.data.records is empty: give the folder that "
+             "`python -m input_pipeline.prepare` wrote (--config.data.records=DIR)")
   if config.job == "benchmark" and config.benchmark.target:
     # Compiling for a GPU that is not here: start only the CPU backend (the CUDA plugin, if it
     # were started without a GPU, would fail and leave no way to describe the target).
@@ -42,27 +80,7 @@ def main(argv) -> None:
   logging.info("job %s, workdir %s, process %d of %d", config.job, _WORKDIR.value,
                jax.process_index(), jax.process_count())
 
-  if config.job == "describe":
-    from mrp_jax import describe
-    describe.describe(config, _WORKDIR.value)
-  elif config.job == "train":
-    from mrp_jax import train
-    if not config.data.records:
-      sys.exit("mrp_jax: config.data.records is empty: give the folder that "
-               "`python -m input_pipeline.prepare` wrote (--config.data.records=DIR)")
-    train.train_and_evaluate(config, _WORKDIR.value)
-  elif config.job == "evaluate":
-    from mrp_jax import evaluate
-    evaluate.run(config, _WORKDIR.value)
-  elif config.job == "benchmark":
-    from mrp_jax import benchmark
-    benchmark.run(config, _WORKDIR.value)
-  elif config.job == "demo":
-    from mrp_jax import demo
-    demo.run(config, _WORKDIR.value)
-  else:
-    sys.exit(f"mrp_jax: config.job={config.job!r} is not available in this version; "
-             "available: describe, train, evaluate, benchmark, demo")
+  JOBS[config.job](config, _WORKDIR.value)
 
 
 def _env_int(name: str) -> int | None:

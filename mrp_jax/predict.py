@@ -1,6 +1,6 @@
 """The `predict` command: pCR probabilities for new patients, one folder each.
 
-  python -m mrp_jax.predict --runs rhpc=runs/rhpc,iMGrhpc=runs/img,iMRrhpc=runs/imr \
+  python -m mrp_jax.predict --runs rhpc=runs/rhpc,iMGrhpc=runs/iMGrhpc,iMRrhpc=runs/iMRrhpc \
       --ensemble runs/eval/report/mrp_ensemble.json --clinical clinical.csv \
       --out predictions.json /data/new/PATIENT_A /data/new/PATIENT_B
 
@@ -28,14 +28,15 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from input_pipeline import examples
+from input_pipeline import batching
+from input_pipeline.clinical_table import ParseReport
 from input_pipeline.layouts import generic
 from input_pipeline.mammogram import MammogramOptions
 from input_pipeline.mri import MriOptions
 from input_pipeline.patient import PatientSource
 from input_pipeline.prepare import process_patient
-from mrp_jax import ensemble, explain, runs, sharding
-from mrp_jax.schema import ParseReport
+from mrp_jax import sharding
+from mrp_jax.evaluation import ensemble, explain, runs
 
 ANONYMOUS = "P000000000000"  # in-memory records need a pseudonym; nothing is written
 
@@ -62,28 +63,28 @@ def _row_for(clinical: dict[str, Any], key: str, single_patient: bool) -> dict[s
 
 def _phase(record) -> str:
   for phase in ("post", "mid"):
-    if examples.evaluates(record, phase, include_unlabeled=True):
+    if batching.evaluates(record, phase, include_unlabeled=True):
       return phase
   return "pre"
 
 
 def _applicable(model_name: str, record) -> bool:
-  return {"rhpc": True, "img_rhpc": record.mg is not None,
-          "imr_rhpc": "pre" in record.mri}[model_name]
+  return {"rhpc": True, "iMGrhpc": record.mg is not None,
+          "iMRrhpc": "pre" in record.mri}[model_name]
 
 
 def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
                      weights: ensemble.EnsembleWeights | None, clinical: dict[str, Any],
                      explain_steps: int = 16, top: int = 8) -> list[dict[str, Any]]:
   by_name = {run.model_name: run for run in loaded}
-  reference = by_name.get("imr_rhpc") or by_name.get("img_rhpc") or loaded[0]
+  reference = by_name.get("iMRrhpc") or by_name.get("iMGrhpc") or loaded[0]
   geometry = reference.preprocessing
   mri_options = MriOptions(spacing_mm=tuple(reference.config.data.mri_spacing_mm),
                            box=tuple(geometry["mri"]["shape"]),
                            intensity=geometry["mri"]["intensity"], dtype=geometry["mri"]["dtype"])
   mg_options = MammogramOptions(size=tuple(geometry["mammogram"]["shape"]),
                                 dtype=geometry["mammogram"]["dtype"])
-  spec = examples.BatchSpec(mri_shape=mri_options.box, mri_dtype=mri_options.dtype,
+  spec = batching.BatchSpec(mri_shape=mri_options.box, mri_dtype=mri_options.dtype,
                             mg_shape=mg_options.size, mg_dtype=mg_options.dtype)
   answers = []
   for folder in folders:
@@ -99,11 +100,11 @@ def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
                     unknown_clinical=sorted(report.missing) + sorted(
                         {v for v, _ in report.unparsed}))
       probabilities, attributions = {}, {}
-      example = examples.eval_example(record, phase)
+      example = batching.eval_example(record, phase)
       for run in loaded:
         if not _applicable(run.model_name, record):
           continue
-        batch = examples.collate([example], run.model_name, spec)
+        batch = batching.collate([example], run.model_name, spec)
         variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
         out = run.eval_step(run.state.params, run.state.batch_stats, batch)
         probabilities[run.label] = float(np.asarray(out["probability"])[0])
@@ -111,16 +112,16 @@ def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
           attributions[run.model_name] = explain.model_attributions(
               run.model, variables, batch, target="probability", steps=explain_steps)
       combined = None
-      if weights is not None and {"img_rhpc", "imr_rhpc"} & set(attributions):
-        p_mg = probabilities.get(by_name["img_rhpc"].label) if "img_rhpc" in by_name else None
-        p_mr = probabilities.get(by_name["imr_rhpc"].label) if "imr_rhpc" in by_name else None
+      if weights is not None and {"iMGrhpc", "iMRrhpc"} & set(attributions):
+        p_mg = probabilities.get(by_name["iMGrhpc"].label) if "iMGrhpc" in by_name else None
+        p_mr = probabilities.get(by_name["iMRrhpc"].label) if "iMRrhpc" in by_name else None
         mg_ok, mr_ok = p_mg is not None, p_mr is not None
         probabilities["MRP"] = float(ensemble.combine(
             weights, np.asarray([p_mg or 0.0]), np.asarray([p_mr or 0.0]),
             np.asarray([mg_ok]), np.asarray([mr_ok]))[0])
-        w = {"img_rhpc": weights.w_mg if mr_ok else 1.0, "imr_rhpc": weights.w_mr if mg_ok else 1.0}
+        w = {"iMGrhpc": weights.w_mg if mr_ok else 1.0, "iMRrhpc": weights.w_mr if mg_ok else 1.0}
         combined = explain.combine_attributions(
-            {name: attributions[name] for name in ("img_rhpc", "imr_rhpc") if name in attributions},
+            {name: attributions[name] for name in ("iMGrhpc", "iMRrhpc") if name in attributions},
             {name: w[name] for name in attributions if name in w})
       elif attributions:
         combined = next(iter(attributions.values()))

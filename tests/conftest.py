@@ -69,15 +69,15 @@ def tiny_train_config(module, records, **train):
 def trained_runs(training_records):
   """rhpc, iMGrhpc and iMRrhpc trained 6 steps on training_records (tiny configs): label ->
   workdir, built once per session (file lock shared by pytest-xdist workers)."""
-  from configs import img_rhpc, imr_rhpc, rhpc
-  from mrp_jax import train
+  from configs import iMGrhpc, iMRrhpc, rhpc
+  from mrp_jax.training import train
 
   root = training_records.parent / "runs"
   root.mkdir(exist_ok=True)
-  workdirs = {"rhpc": root / "rhpc", "iMGrhpc": root / "img", "iMRrhpc": root / "imr"}
+  workdirs = {"rhpc": root / "rhpc", "iMGrhpc": root / "iMGrhpc", "iMRrhpc": root / "iMRrhpc"}
   with open(root / ".lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    for (label, workdir), module in zip(workdirs.items(), (rhpc, img_rhpc, imr_rhpc)):
+    for (label, workdir), module in zip(workdirs.items(), (rhpc, iMGrhpc, iMRrhpc)):
       if (workdir / "final.json").exists():
         continue
       train.train_and_evaluate(tiny_train_config(module, training_records), workdir)

@@ -1,6 +1,6 @@
 """Small DICOM trees and tables in the generic, Duke and I-SPY2 layouts, for the tests.
 
-Volumes are 4 x 8 x 8 voxels (one file per slice), written with input_pipeline.dicom_writer.
+Volumes are 4 x 8 x 8 voxels (one file per slice), written with input_pipeline.synthetic.dicom_writer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import openpyxl
 import pydicom
 from pydicom.uid import generate_uid
 
-from input_pipeline.dicom_writer import write_mammogram, write_mr_series
+from input_pipeline.synthetic.dicom_writer import write_mammogram, write_mr_series
 
 SHAPE = (4, 8, 8)
 

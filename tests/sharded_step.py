@@ -13,13 +13,15 @@ import json
 import jax
 import numpy as np
 
-from configs import imr_rhpc
-from mrp_jax import models, schema, sharding, train, train_step
-from mrp_jax.schema import Phase
+from configs import iMRrhpc
+from input_pipeline import clinical_table, encoding
+from input_pipeline.schema import Phase
+from mrp_jax import models, sharding
+from mrp_jax.training import train, train_step
 
 
 def run(devices: int, fsdp: bool) -> dict:
-  config = imr_rhpc.get_config("tiny")
+  config = iMRrhpc.get_config("tiny")
   config.mesh.fsdp, config.mesh.fsdp_min_size = fsdp, 256
   # Smaller than 'tiny': three SPMD compilations of the step must stay cheap on CPU.
   config.data.mri_shape = (8, 8, 16)
@@ -30,25 +32,25 @@ def run(devices: int, fsdp: bool) -> dict:
   model = models.create_model(config.model)
   optimizer = train_step.create_optimizer(config.train)
   shape = tuple(config.data.mri_shape)
-  init = functools.partial(train_step.init_state, model, models.dummy_batch("imr_rhpc", 1, shape),
+  init = functools.partial(train_step.init_state, model, models.dummy_batch("iMRrhpc", 1, shape),
                            optimizer)
   abstract = jax.eval_shape(init, jax.random.key(0))
   shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
 
   rng = np.random.default_rng(0)
-  batch = models.dummy_batch("imr_rhpc", 4, shape)
+  batch = models.dummy_batch("iMRrhpc", 4, shape)
   batch["mri"] = rng.normal(size=batch["mri"].shape).astype(np.float16)
   batch["mri_mask"][0, 1] = False  # one Pre-only patient
   batch["mri"][0, 1] = 0
   batch["mri_phase"][:] = [Phase.PRE, Phase.POST]
   batch["label"] = np.array([1, 0, 1, 0], np.float32)
-  parsed = schema.parse_rows([{"age": 41, "Molecular subtype": "TNBC", "laterality": "left",
+  parsed = clinical_table.parse_rows([{"age": 41, "Molecular subtype": "TNBC", "laterality": "left",
                                "cT": "2", "grade": "poor"},
                               {"age": 67, "Molecular subtype": "luminal a", "cN": "1"},
                               {"laterality": "right", "histology": "lobular"}, {}])
-  batch["rhpc"] = schema.model_inputs(parsed)
-  batch["aux_targets"], batch["aux_masks"] = schema.aux_targets(parsed)  # auxiliary losses too
+  batch["rhpc"] = encoding.model_inputs(parsed)
+  batch["aux_targets"], batch["aux_masks"] = encoding.aux_targets(parsed)  # auxiliary losses too
   batch["phase"] = np.full((4,), Phase.POST, np.int32)
   step = jax.jit(train_step.make_train_step(model, optimizer, config.loss,
                                             preprocess=train.make_preprocess(config)),

@@ -15,23 +15,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from mrp_jax import augment
-from mrp_jax.models import dummy_batch
 from numerics import EPS32, assert_close_at_scale, gamma
+
+from configs import common
+from mrp_jax.models import dummy_batch
+from mrp_jax.training import augment
 
 MRI_SHAPE = (10, 12, 14)  # [z, y, x]
 MG_SHAPE = (16, 8)  # [rows, cols]
 
+# The defaults of config.augment (configs/common.py).
+DEFAULT = augment.AugmentOptions.from_config(common.get_config().augment)
 # Every MRI / mammogram option off; tests switch on what they look at.
-OFF = augment.AugmentOptions(
+OFF = dataclasses.replace(DEFAULT, 
     mri_flip_probability=(0.0, 0.0, 0.0), mri_affine_probability=0.0,
     mri_bias_field_probability=0.0, mri_gamma_probability=0.0,
     mri_intensity_scale_probability=0.0, mri_noise_probability=0.0,
     mg_vertical_flip_probability=0.0, mg_contrast_probability=0.0,
     mg_brightness_probability=0.0)
 # Everything drawn for every example, with large magnitudes.
-ALL = augment.AugmentOptions(
+ALL = dataclasses.replace(DEFAULT, 
     mri_flip_probability=(0.5, 0.5, 0.5), mri_affine_probability=1.0,
     mri_rotation_degrees=(20.0, 20.0, 20.0), mri_zoom=0.2, mri_translation_voxels=2.0,
     mri_bias_field_probability=1.0, mri_bias_field_coefficient=0.5, mri_gamma_probability=1.0,
@@ -60,7 +63,7 @@ def jitted(options: augment.AugmentOptions):
 
 def mri_batch(b: int, seed: int = 0, shape=MRI_SHAPE, same: bool = False) -> dict:
   """Prepared iMRrhpc batch of signed random volumes (all examples equal when ``same``)."""
-  batch = dummy_batch("imr_rhpc", b, mri_shape=shape)
+  batch = dummy_batch("iMRrhpc", b, mri_shape=shape)
   rng = np.random.default_rng(seed)
   volumes = rng.normal(size=(1 if same else b, 2, *shape)).astype(np.float16)
   batch["mri"] = np.broadcast_to(volumes, (b, 2, *shape)).copy()
@@ -69,7 +72,7 @@ def mri_batch(b: int, seed: int = 0, shape=MRI_SHAPE, same: bool = False) -> dic
 
 def mg_batch(b: int, seed: int = 0) -> dict:
   """Prepared iMGrhpc batch: a breast (random, > 0) in the left half, background 0."""
-  batch = dummy_batch("img_rhpc", b, mg_shape=MG_SHAPE)
+  batch = dummy_batch("iMGrhpc", b, mg_shape=MG_SHAPE)
   rng = np.random.default_rng(seed)
   images = rng.integers(1, 65536, size=(b, 1, *MG_SHAPE)).astype(np.uint16)
   images[..., MG_SHAPE[1] // 2:] = 0
@@ -130,8 +133,8 @@ def test_example_augmentation_depends_only_on_its_global_index():
 def test_disabled_and_zero_magnitude_are_the_identity():
   batch = {**mri_batch(2), **mg_batch(2)}
   key = jax.random.key(0)
-  disabled = augment.augment_batch(batch, key, augment.AugmentOptions(enabled=False))
-  zero = augment.AugmentOptions(
+  disabled = augment.augment_batch(batch, key, dataclasses.replace(DEFAULT, enabled=False))
+  zero = dataclasses.replace(DEFAULT, 
       mri_flip_probability=(0.0, 0.0, 0.0), mri_affine_probability=1.0,
       mri_rotation_degrees=(0.0, 0.0, 0.0), mri_zoom=0.0, mri_translation_voxels=0.0,
       mri_bias_field_probability=1.0, mri_bias_field_coefficient=0.0,
@@ -187,7 +190,7 @@ def test_random_geometry_is_the_one_reported_and_shared_by_both_slots():
   shape = (20, 20, 20)
   centre = (np.asarray(shape) - 1) / 2
   start = centre + np.asarray([3.0, -2.0, 1.0])
-  batch = dummy_batch("imr_rhpc", 3, mri_shape=shape)
+  batch = dummy_batch("iMRrhpc", 3, mri_shape=shape)
   batch["mri"] = np.broadcast_to(blob(shape, start), batch["mri"].shape).astype(np.float32)
   geometric = dataclasses.replace(
       OFF, mri_flip_probability=(0.5, 0.5, 0.5), mri_affine_probability=1.0,
@@ -229,7 +232,7 @@ def test_missing_slots_stay_zero():
 
 
 def test_bias_field_is_smooth_and_averages_one():
-  batch = dummy_batch("imr_rhpc", 3, mri_shape=MRI_SHAPE)
+  batch = dummy_batch("iMRrhpc", 3, mri_shape=MRI_SHAPE)
   batch["mri"] = np.ones_like(batch["mri"])
   bias = dataclasses.replace(OFF, mri_bias_field_probability=1.0,
                              mri_bias_field_coefficient=0.5)
@@ -275,7 +278,7 @@ def test_compiled_once_for_repeated_calls():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(batch, key):
-    return augment.augment_batch(batch, key, augment.AugmentOptions())
+    return augment.augment_batch(batch, key, DEFAULT)
 
   for seed in range(3):
     batch = {**mri_batch(2, seed=seed), **mg_batch(2, seed=seed)}
@@ -286,21 +289,24 @@ def test_compiled_once_for_repeated_calls():
 
 def test_invalid_options_name_the_field():
   with pytest.raises(ValueError, match="mri_affine_probability"):
-    augment.AugmentOptions(mri_affine_probability=1.5)
+    dataclasses.replace(DEFAULT, mri_affine_probability=1.5)
   with pytest.raises(ValueError, match="mri_zoom"):
-    augment.AugmentOptions(mri_zoom=1.0)
+    dataclasses.replace(DEFAULT, mri_zoom=1.0)
   with pytest.raises(ValueError, match="mg_brightness"):
-    augment.AugmentOptions(mg_brightness=-0.1)
+    dataclasses.replace(DEFAULT, mg_brightness=-0.1)
 
 
 
 SHARDED = textwrap.dedent("""
-    import functools, re, sys
+    import dataclasses, functools, re, sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
-    from mrp_jax import augment
+    from mrp_jax.training import augment
     assert jax.device_count() == 4
-    options = augment.AugmentOptions(mri_affine_probability=1.0, mri_noise_probability=1.0)
+    from configs import common
+    options = dataclasses.replace(
+        augment.AugmentOptions.from_config(common.get_config().augment),
+        mri_affine_probability=1.0, mri_noise_probability=1.0)
     rng = np.random.default_rng(0)
     batch = {"mri": rng.normal(size=(8, 2, 6, 6, 8)).astype(np.float32),
              "mri_mask": np.ones((8, 2), bool)}

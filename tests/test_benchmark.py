@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import pytest
 
 from configs import benchmark as benchmark_config
-from mrp_jax import benchmark, flops, models
+from mrp_jax import models
+from mrp_jax.benchmark import flops
+from mrp_jax.benchmark import job as benchmark
 from mrp_jax.models.resnet import LAYOUTS, ResNet
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -58,7 +60,7 @@ def test_benchmark_job_at_tiny_size(training_records, tmp_path):
   assert "JAX/PyTorch examples/s" in result.stdout
   report = json.loads((workdir / "benchmark.json").read_text())
   assert report["peak"]["tflops"] > 0
-  assert set(report["models"]) == {"imr_rhpc", "img_rhpc", "rhpc"}
+  assert set(report["models"]) == {"iMRrhpc", "iMGrhpc", "rhpc"}
   for name, entry in report["models"].items():
     for part in ("eval", "train", "pipeline"):
       timing = entry["jax"][part]
@@ -83,17 +85,17 @@ def test_plan_part_from_shapes_alone(tmp_path):
   pass (full < dots < none: 'dots' keeps convolution outputs), and one compiled XLA plan."""
   config = benchmark_config.get_config("tiny")
   b = config.benchmark
-  b.models, b.parts = ("imr_rhpc",), ("plan",)
+  b.models, b.parts = ("iMRrhpc",), ("plan",)
   b.plan_remat, b.plan_batches, b.plan_compile = ("none", "dots", "full"), (4, 8), False
   result = benchmark.run(config, tmp_path / "traced")
-  assert result["peak"]["tflops"] == 0.0 and "train" not in result["models"]["imr_rhpc"]["jax"]
+  assert result["peak"]["tflops"] == 0.0 and "train" not in result["models"]["iMRrhpc"]["jax"]
   kept = {(r["remat"], r["batch_size"]): r["residual_bytes"]
-          for r in result["models"]["imr_rhpc"]["plan"]}
+          for r in result["models"]["iMRrhpc"]["plan"]}
   for batch in (4, 8):
     assert kept["full", batch] < kept["dots", batch] < kept["none", batch]
   # Activations grow with the batch; the parameters kept are the same.
   assert kept["none", 8] - kept["none", 4] > kept["full", 8] - kept["full", 4] > 0
   b.plan_remat, b.plan_batches, b.plan_compile = ("full",), (4,), True
-  (row,) = benchmark.run(config, tmp_path / "compiled")["models"]["imr_rhpc"]["plan"]
+  (row,) = benchmark.run(config, tmp_path / "compiled")["models"]["iMRrhpc"]["plan"]
   assert "error" not in row
   assert row["planned_bytes"] >= row["temp_bytes"] > 0 and row["argument_bytes"] > 0

@@ -8,29 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from configs import benchmark, common, demo, evaluate, img_rhpc, imr_rhpc, rhpc
-from mrp_jax import config_validation, schema
+from configs import benchmark, common, demo, evaluate, iMGrhpc, iMRrhpc, rhpc
+from input_pipeline import schema
+from mrp_jax import configuration
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", [rhpc, img_rhpc, imr_rhpc, demo, evaluate, benchmark])
+@pytest.mark.parametrize("module", [rhpc, iMGrhpc, iMRrhpc, demo, evaluate, benchmark])
 @pytest.mark.parametrize("variants", [None, "tiny", "tiny,medicalnet,paper",
                                       "no_knowledge,no_time"])
 def test_every_config_and_variant_validates(module, variants):
   config = module.get_config(variants)
-  config_validation.validate(config)
+  configuration.validate(config)
   assert set(config.loss.aux_weights) == set(schema.VARIABLE_NAMES)
 
 
 def test_variants_change_what_they_say():
-  config = imr_rhpc.get_config("medicalnet,paper,no_time")
+  config = iMRrhpc.get_config("medicalnet,paper,no_time")
   assert config.model.encoder.layout == "medicalnet" and config.model.encoder.shortcut == "A"
   assert config.train.optimizer == "paper" and config.train.learning_rate == 1e-4
   assert config.train.b1 == 0.5 and config.train.grad_clip_norm == 0.25
   assert config.model.time_embedding is False and config.model.knowledge_predictor is True
   with pytest.raises(ValueError, match="unknown config variant 'bogus'"):
-    imr_rhpc.get_config("tiny,bogus")
+    iMRrhpc.get_config("tiny,bogus")
 
 
 @pytest.mark.parametrize("path, value, message", [
@@ -44,22 +45,22 @@ def test_variants_change_what_they_say():
     ("model.pretrained", "/no/such/file.pth", "config.model.pretrained: must be '' or an existing"),
 ])
 def test_invalid_values_are_named(path, value, message):
-  config = imr_rhpc.get_config()
+  config = iMRrhpc.get_config()
   node = config
   *parents, leaf = path.split(".")
   for part in parents:
     node = node[part]
   node[leaf] = value
-  with pytest.raises(config_validation.ConfigError) as raised:
-    config_validation.validate(config)
+  with pytest.raises(configuration.ConfigError) as raised:
+    configuration.validate(config)
   assert message in str(raised.value)
 
 
 def test_every_validation_rule_names_a_real_field():
   configs = (common.get_config(), demo.get_config(), evaluate.get_config(),
              benchmark.get_config())
-  for path in config_validation.RULES:
-    assert any(config_validation._lookup(c, path) is not config_validation._MISSING
+  for path in configuration.RULES:
+    assert any(configuration._lookup(c, path) is not configuration._MISSING
                for c in configs), path
 
 
@@ -70,14 +71,14 @@ def _main(tmp_path, *args):
 
 
 def test_cli_names_a_misspelt_field(tmp_path):
-  result = _main(tmp_path, "--config", "configs/imr_rhpc.py:tiny", "--config.train.batchsize=3")
+  result = _main(tmp_path, "--config", "configs/iMRrhpc.py:tiny", "--config.train.batchsize=3")
   assert result.returncode != 0
   assert "batchsize" in result.stderr and 'Did you mean "batch_size"' in result.stderr
   assert "Traceback" not in result.stderr
 
 
 def test_cli_names_an_invalid_value(tmp_path):
-  result = _main(tmp_path, "--config", "configs/imr_rhpc.py:tiny",
+  result = _main(tmp_path, "--config", "configs/iMRrhpc.py:tiny",
                  "--config.model.encoder.norm=layer")
   assert result.returncode != 0
   assert "config.model.encoder.norm: must be one of ['batch', 'group'] (got 'layer')" in \
@@ -85,7 +86,7 @@ def test_cli_names_an_invalid_value(tmp_path):
 
 
 def test_describe_job(tmp_path):
-  result = _main(tmp_path, "--config", "configs/imr_rhpc.py:tiny", "--config.job=describe")
+  result = _main(tmp_path, "--config", "configs/iMRrhpc.py:tiny", "--config.job=describe")
   assert result.returncode == 0, result.stderr
   summary = json.loads((tmp_path / "describe.json").read_text())
   assert summary["model"] == "iMRrhpc"

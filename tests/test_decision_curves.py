@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrp_jax import decision_curves as dc
-from mrp_jax import statistics as st
+from mrp_jax.evaluation import decision_curves as dc
+from mrp_jax.evaluation import statistics as st
 
 # 20 cases, 7 pCR. pCR scores: .92 .81 .40 .64 .12 .88 .35; non-pCR: .75 .33 .18 .09 .52 .27 .05
 # .44 .61 .22 .07 .30 .15.

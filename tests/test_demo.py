@@ -26,11 +26,11 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert sum(s["patients"] for s in manifest["splits"].values()) == 20  # 24 minus 4 broken
   assert len(manifest["skipped"]) == 4
   assert verify.verify_directory(tmp_path / "records").ok
-  for run in ("rhpc", "img", "imr"):
+  for run in ("rhpc", "iMGrhpc", "iMRrhpc"):
     final = json.loads((tmp_path / "runs" / run / "final.json").read_text())
     assert final["steps"] == 6
   # The fused models started from the rhpc run's encoder.
-  imr_config = json.loads((tmp_path / "runs" / "imr" / "config.json").read_text())
+  imr_config = json.loads((tmp_path / "runs" / "iMRrhpc" / "config.json").read_text())
   assert imr_config["model"]["rhpc_init"] == str(tmp_path / "runs" / "rhpc")
   report = tmp_path / "report"
   metrics = json.loads((report / "metrics.json").read_text())

@@ -9,8 +9,8 @@ import SimpleITK as sitk
 from pydicom.uid import RLELossless
 
 from input_pipeline import dicom_io
-from input_pipeline.dicom_writer import write_mr_series
 from input_pipeline.patient import SeriesSelection
+from input_pipeline.synthetic.dicom_writer import write_mr_series
 
 # An oblique geometry: rotations about z (20 deg) then x (15 deg); columns are axis directions.
 _A, _B = np.deg2rad(20), np.deg2rad(15)

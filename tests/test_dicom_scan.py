@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import layout_fixtures as fx
 import pytest
 
 from input_pipeline import dicom_scan
 from input_pipeline.dicom_scan import DiscoveryError, SeriesInfo, scan_folder, select_dce
-import layout_fixtures as fx
 
 
 def _series(description: str, number: int, *, time_s: float | None = None,

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import evaluate as evaluate_config
-from mrp_jax import config_validation, ensemble, evaluate
+from mrp_jax import configuration
+from mrp_jax.evaluation import ensemble, evaluate
 
 PHASES = ("pre", "mid", "post")
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
@@ -30,7 +31,7 @@ def report(trained_runs, training_records, tmp_path_factory):
   config.evaluate.bootstrap_replicates = 100
   config.evaluate.explain_cases = 2
   config.evaluate.explain_steps = 4
-  config.eval.batch_size = 4
+  config.evaluate.batch_size = 4
   ids = [row["patient_id"] for row in _first_run_predictions(config, trained_runs)]
   with open(readers, "w", newline="") as f:
     writer = csv.writer(f)
@@ -40,7 +41,7 @@ def report(trained_runs, training_records, tmp_path_factory):
       for case in ids:
         writer.writerow([case, "Pre-NAT", reader, f"{rng.random():.2f}"])
   config.evaluate.readers = str(readers)
-  config_validation.validate(config)
+  configuration.validate(config)
   result = evaluate.run(config, workdir)
   return workdir / "report", result
 
@@ -142,17 +143,17 @@ def test_paper_shape_pairs_patients_by_id():
             ("iMRrhpc", "test", "pre"): (ids, y, weak + 0.01 * good),
             ("iMRrhpc", "test", "post"): (ids[post], y[post], good[post])}
   claims = evaluate.paper_shape(scores, "test", ("pre", "post"),
-                                {"rhpc": "rhpc", "imr_rhpc": "iMRrhpc"}, False, 200, 0)
+                                {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, False, 200, 0)
   by_claim = {c["claim"]: c for c in claims}
   assert set(by_claim) == {"iMRrhpc > rhpc", "iMRrhpc Post-NAT >= Pre-NAT"}
   later = by_claim["iMRrhpc Post-NAT >= Pre-NAT"]
   assert later["n"] == 90 and later["holds"]
-  from mrp_jax import statistics
+  from mrp_jax.evaluation import statistics
   pre_of_post = (weak + 0.01 * good)[post]
   assert later["auroc_b"] == pytest.approx(statistics.auroc(y[post], pre_of_post))
   assert later["difference"]["ci_low"] > 0  # a large gain on 90 patients: CI above zero
   # Swapping the roles turns the claim false.
   scores[("iMRrhpc", "test", "post")] = (ids[post], y[post], -good[post])
   flipped = evaluate.paper_shape(scores, "test", ("pre", "post"),
-                                 {"rhpc": "rhpc", "imr_rhpc": "iMRrhpc"}, False, 200, 0)
+                                 {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, False, 200, 0)
   assert not flipped[-1]["holds"]

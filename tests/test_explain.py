@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from mrp_jax import explain, schema
 from numerics import assert_close_at_scale
+
+from input_pipeline import schema
+from mrp_jax.evaluation import explain
 
 
 @pytest.mark.parametrize("method", explain.METHODS)
@@ -75,17 +76,18 @@ def test_chunked_steps_and_baselines():
 def trained_imr(trained_runs, training_records):
   """The tiny trained iMRrhpc run and a batch of two validation patients: one at Post-NAT,
   one at Pre-NAT (follow-up slot empty)."""
-  from input_pipeline import examples, pipeline, records, tfrecord
-  from mrp_jax import runs, sharding
+  from input_pipeline import batching, pipeline, records, tfrecord
+  from mrp_jax import sharding
+  from mrp_jax.evaluation import runs
 
   run = runs.load_run(trained_runs["iMRrhpc"], sharding.make_mesh(jax.devices()[:1]))
   recs = [records.decode(data)
           for path in pipeline.split_paths(training_records, "validation")
           for _, data in tfrecord.iter_records(path)]
-  post = next(r for r in recs if examples.evaluates(r, "post"))
+  post = next(r for r in recs if batching.evaluates(r, "post"))
   pre = next(r for r in recs if r is not post)
-  batch = examples.collate([examples.eval_example(post, "post"), examples.eval_example(pre, "pre")],
-                           "imr_rhpc", pipeline.batch_spec(training_records))
+  batch = batching.collate([batching.eval_example(post, "post"), batching.eval_example(pre, "pre")],
+                           "iMRrhpc", pipeline.batch_spec(training_records))
   return run, batch
 
 

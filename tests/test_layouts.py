@@ -6,16 +6,15 @@ import csv
 import math
 from pathlib import Path
 
+import layout_fixtures as fx
 import pydicom
 import pytest
 
-import layout_fixtures as fx
-from input_pipeline import layouts, synthetic
+from input_pipeline import clinical_table, layouts, schema, synthetic
 from input_pipeline.dicom_scan import scan_folder
 from input_pipeline.layouts import duke, generic, ispy2
 from input_pipeline.patient import DicomDce, NiftiDce
-from mrp_jax import schema
-from mrp_jax.schema import Phase
+from input_pipeline.schema import Phase
 
 
 def _by_key(sources):
@@ -23,7 +22,7 @@ def _by_key(sources):
 
 
 def _parsed(clinical: dict) -> dict:
-  return schema.parse_rows([clinical]).decode(0)
+  return clinical_table.parse_rows([clinical]).decode(0)
 
 
 # ---- generic --------------------------------------------------------------------------------
@@ -309,8 +308,8 @@ def test_duke_clinical_values_parse_without_unknowns(duke_root):
   by_key = _by_key(duke.discover(root))
   clinical = by_key["Breast_MRI_001"].clinical
   assert clinical["age"] == pytest.approx(50.0, abs=0.01)
-  report = schema.ParseReport()
-  parsed = schema.parse_rows([clinical], report)
+  report = clinical_table.ParseReport()
+  parsed = clinical_table.parse_rows([clinical], report)
   assert report.unparsed == {}
   decoded = parsed.decode(0)
   assert decoded == {
@@ -400,8 +399,8 @@ def test_ispy2_clinical_values(ispy2_root):
       "ISPY2-100002": ("Triple negative", "post", ["chemotherapy"]),
       "ISPY2-100003": ("HER2-enriched ER-/HER2+", None, ["chemotherapy", "immunotherapy"]),
       "ISPY2-100004": ("Triple positive ER+/HER2+", "pre", ["chemotherapy"])}
-  report = schema.ParseReport()
-  parsed = schema.parse_rows([by_key[k].clinical for k in expected], report)
+  report = clinical_table.ParseReport()
+  parsed = clinical_table.parse_rows([by_key[k].clinical for k in expected], report)
   assert report.unparsed == {}
   for row, (key, (subtype, menopause, therapy)) in enumerate(expected.items()):
     decoded = parsed.decode(row)

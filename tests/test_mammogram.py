@@ -7,7 +7,7 @@ import pytest
 
 from input_pipeline import mammogram
 from input_pipeline.dicom_io import PreprocessError
-from input_pipeline.dicom_writer import write_mammogram
+from input_pipeline.synthetic.dicom_writer import write_mammogram
 
 _TAGS = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.9"}
 SMALL = mammogram.MammogramOptions(size=(128, 64))

@@ -5,12 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from configs import img_rhpc, imr_rhpc, rhpc
-from mrp_jax import models, schema
-from mrp_jax.models import losses
-from mrp_jax.schema import Phase
 from numerics import assert_as_accurate_as
+
+from configs import iMGrhpc, iMRrhpc, rhpc
+from input_pipeline import clinical_table, encoding, schema
+from input_pipeline.schema import Phase
+from mrp_jax import models
+from mrp_jax.models import losses
 
 MRI_SHAPE = (8, 8, 16)
 MG_SHAPE = (32, 16)
@@ -25,7 +26,7 @@ def _batch(name, rng, combination):
   """A random batch; combination: 'pre', 'pre+mid', 'pre+post', 'mixed', 'mri_missing',
   'mg_missing'."""
   batch = models.dummy_batch(name, B, MRI_SHAPE, MG_SHAPE)
-  batch["rhpc"] = schema.model_inputs(schema.parse_rows(
+  batch["rhpc"] = encoding.model_inputs(clinical_table.parse_rows(
       [{"age": 40 + 5 * i, "subtype": ["TNBC", "luminal a"][i % 2]} for i in range(B)]))
   key = models.IMAGE_KEYS[name]
   if key is None:
@@ -53,7 +54,7 @@ def _batch(name, rng, combination):
 def built():
   """Each model with initialised variables (built once: init compiles take seconds)."""
   out = {}
-  for name, module in (("rhpc", rhpc), ("img_rhpc", img_rhpc), ("imr_rhpc", imr_rhpc)):
+  for name, module in (("rhpc", rhpc), ("iMGrhpc", iMGrhpc), ("iMRrhpc", iMRrhpc)):
     model = models.create_model(_config(module).model)
     batch = models.dummy_batch(name, B, MRI_SHAPE, MG_SHAPE)
     init = jax.jit(lambda b: model.init(jax.random.key(0), b, train=False))
@@ -77,9 +78,9 @@ def _apply(model, variables, batch, train):
 
 @pytest.mark.parametrize("name, combination", [
     ("rhpc", "pre"),
-    ("imr_rhpc", "pre"), ("imr_rhpc", "pre+mid"), ("imr_rhpc", "pre+post"),
-    ("imr_rhpc", "mixed"), ("imr_rhpc", "mri_missing"),
-    ("img_rhpc", "pre"), ("img_rhpc", "mg_missing"),
+    ("iMRrhpc", "pre"), ("iMRrhpc", "pre+mid"), ("iMRrhpc", "pre+post"),
+    ("iMRrhpc", "mixed"), ("iMRrhpc", "mri_missing"),
+    ("iMGrhpc", "pre"), ("iMGrhpc", "mg_missing"),
 ])
 def test_outputs_for_every_input_combination(built, name, combination):
   model, variables = built[name]
@@ -91,27 +92,27 @@ def test_outputs_for_every_input_combination(built, name, combination):
     if name == "rhpc":
       continue
     assert outputs["image_logit"].shape == (B,)
-    assert outputs["aux"].shape == (B, schema.AUX_DIM)
-    slots = 2 if name == "imr_rhpc" else 1
+    assert outputs["aux"].shape == (B, encoding.AUX_DIM)
+    slots = 2 if name == "iMRrhpc" else 1
     assert outputs["image_features"].shape == (B, slots * 8 * 8)
     key = models.IMAGE_KEYS[name]
     np.testing.assert_array_equal(outputs["image_present"], batch[f"{key}_mask"].any(axis=1))
     # Missing slots contribute exactly zero features.
-    features = np.asarray(outputs["image_features"]).reshape(B, slots, -1)
-    assert np.all(features[~batch[f"{key}_mask"]] == 0)
+    image_features = np.asarray(outputs["image_features"]).reshape(B, slots, -1)
+    assert np.all(image_features[~batch[f"{key}_mask"]] == 0)
     loss, terms = losses.compute_loss(outputs, batch, response_weight=10.0,
                                       image_response_weight=10.0,
-                                      aux_weights=schema.AUX_WEIGHTS)
+                                      aux_weights=dict(_config(rhpc).loss.aux_weights))
     assert np.isfinite(float(loss))
     if combination in ("mri_missing", "mg_missing"):
       assert float(terms["loss/image_response"]) == 0.0  # no image: no image-only loss
 
 
 def test_siamese_branches_share_parameters_and_both_receive_gradient(built):
-  model, variables = built["imr_rhpc"]
+  model, variables = built["iMRrhpc"]
   assert set(variables["params"]) >= {"image_encoder"}
   assert not any("encoder_1" in k or "image_encoder_" in k for k in variables["params"])
-  batch = _batch("imr_rhpc", np.random.default_rng(1), "pre+post")
+  batch = _batch("iMRrhpc", np.random.default_rng(1), "pre+post")
 
   def grad_through(slot):
     def f(params):
@@ -131,11 +132,11 @@ def test_siamese_branches_share_parameters_and_both_receive_gradient(built):
 
 
 def test_joint_and_separate_siamese_batching_agree_in_eval(built):
-  model, variables = built["imr_rhpc"]
-  config = _config(imr_rhpc)
+  model, variables = built["iMRrhpc"]
+  config = _config(iMRrhpc)
   config.model.siamese_batching = "separate"
   separate = models.create_model(config.model)
-  batch = _batch("imr_rhpc", np.random.default_rng(2), "mixed")
+  batch = _batch("iMRrhpc", np.random.default_rng(2), "mixed")
   joint_out = _apply(model, variables, batch, train=False)
   separate_out = _apply(separate, variables, batch, train=False)  # same parameter tree
   # One 2B call and two B calls sum in other orders: each as close to the float64 function.
@@ -160,28 +161,28 @@ def _param_paths(model, name):
     ("no_time", ("time_embedding/",)),
 ])
 def test_each_ablation_removes_exactly_its_parameters(variant, removed_prefixes):
-  full = _param_paths(models.create_model(_config(imr_rhpc).model), "imr_rhpc")
-  ablated = _param_paths(models.create_model(_config(imr_rhpc, f"tiny,{variant}").model),
-                         "imr_rhpc")
+  full = _param_paths(models.create_model(_config(iMRrhpc).model), "iMRrhpc")
+  ablated = _param_paths(models.create_model(_config(iMRrhpc, f"tiny,{variant}").model),
+                         "iMRrhpc")
   removed = {k: v for k, v in full.items() if k not in ablated}
   assert removed and all(k.startswith(removed_prefixes) for k in removed)
   assert {k: full[k] for k in ablated} == ablated  # everything else keeps its shape
   if variant == "no_time":
     assert sum(removed.values()) == 3 * 64 + 64  # one-hot(3) -> Linear(F=64) with bias
   else:
-    head = _config(imr_rhpc).model.head_dim
-    assert sum(removed.values()) == (2 * 64 + 1) * head + (head + 1) * (schema.AUX_DIM + 1)
+    head = _config(iMRrhpc).model.head_dim
+    assert sum(removed.values()) == (2 * 64 + 1) * head + (head + 1) * (encoding.AUX_DIM + 1)
 
 
 def test_unknown_rhpc_targets_do_not_enter_the_loss(built):
-  model, variables = built["imr_rhpc"]
-  batch = _batch("imr_rhpc", np.random.default_rng(3), "pre")
-  parsed = schema.parse_rows([{"laterality": "left"}, {"laterality": ""}, {}, {}])
-  batch["aux_targets"], batch["aux_masks"] = schema.aux_targets(parsed)
+  model, variables = built["iMRrhpc"]
+  batch = _batch("iMRrhpc", np.random.default_rng(3), "pre")
+  parsed = clinical_table.parse_rows([{"laterality": "left"}, {"laterality": ""}, {}, {}])
+  batch["aux_targets"], batch["aux_masks"] = encoding.aux_targets(parsed)
   outputs = _apply(model, variables, batch, train=False)
   _, terms = losses.compute_loss(outputs, batch, response_weight=1.0, image_response_weight=1.0,
-                                 aux_weights=schema.AUX_WEIGHTS)
-  start, _ = schema.AUX_SLICES[schema.VARIABLE_NAMES.index("laterality")]
+                                 aux_weights=dict(_config(rhpc).loss.aux_weights))
+  start, _ = encoding.AUX_SLICES[schema.VARIABLE_NAMES.index("laterality")]
   logits = np.asarray(outputs["aux"][0, start:start + 2], np.float64)
   expected = -(logits[0] - np.log(np.exp(logits).sum()))  # only patient 0 has a target
   assert float(terms["loss/aux/laterality"]) == pytest.approx(expected, rel=1e-5)
@@ -189,8 +190,8 @@ def test_unknown_rhpc_targets_do_not_enter_the_loss(built):
 
 
 def test_modality_dropout_hides_images_from_the_response_head_in_training_only(built):
-  model, variables = built["imr_rhpc"]
-  batch = _batch("imr_rhpc", np.random.default_rng(0), "pre+post")
+  model, variables = built["iMRrhpc"]
+  batch = _batch("iMRrhpc", np.random.default_rng(0), "pre+post")
   other = dict(batch, mri=np.random.default_rng(1).normal(size=batch["mri"].shape).astype(
       batch["mri"].dtype))
   rngs = {"dropout": jax.random.key(3)}

@@ -14,8 +14,8 @@ import SimpleITK as sitk
 
 from input_pipeline import mri
 from input_pipeline.dicom_io import DicomError, PreprocessError, load_series
-from input_pipeline.dicom_writer import write_mr_series
 from input_pipeline.patient import DicomDce, NiftiDce, SeriesSelection
+from input_pipeline.synthetic.dicom_writer import write_mr_series
 
 LESION_LPS = np.array([45.0, -15.0, 8.0])  # in the left breast, anterior, slightly superior
 LESION_RADIUS_MM, LESION_EDGE_MM, LESION_ENHANCEMENT = 10.0, 2.0, 800.0

@@ -14,14 +14,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from input_pipeline import examples, pipeline, records, tfrecord
-from mrp_jax import schema
+from input_pipeline import batching, encoding, pipeline, records, schema, tfrecord
 from mrp_jax.models import MODEL_NAMES, dummy_batch
 
 MRI_SHAPE = (4, 4, 8)
 MG_SHAPE = (8, 4)
 AGE = [v.name for v in schema.VARIABLES].index("age")
-AGE_COLUMN = schema.INPUT_SLICES[AGE][0]
+AGE_COLUMN = encoding.INPUT_SLICES[AGE][0]
 
 # (MRI phases, mammogram, label) per patient; the patient's index is its position here.
 COHORT = [
@@ -96,7 +95,7 @@ def _rows(batch):
   return out
 
 
-def _train(shards, model_name="imr_rhpc", seed=0, **kwargs):
+def _train(shards, model_name="iMRrhpc", seed=0, **kwargs):
   kwargs.setdefault("batch_size", 3)
   kwargs.setdefault("shuffle_window", 4)
   return pipeline.train_iterator(shards, model_name=model_name, seed=seed, **kwargs)
@@ -122,7 +121,7 @@ def test_split_paths_and_spec(shards):
     pipeline.split_paths(folder, "test")
   with pytest.raises(ValueError, match="split must be one of"):
     pipeline.split_paths(folder, "tain")
-  assert pipeline.batch_spec(folder) == examples.BatchSpec(MRI_SHAPE, "float16", MG_SHAPE,
+  assert pipeline.batch_spec(folder) == batching.BatchSpec(MRI_SHAPE, "float16", MG_SHAPE,
                                                             "uint16")
 
 
@@ -147,7 +146,7 @@ def test_batches_follow_the_model_contract(shards, model_name):
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2 worker processes"])
 def test_training_draws_every_available_combination_and_nothing_else(shards, workers):
-  iterator = _train(shards, "imr_rhpc", batch_size=4, workers=workers)
+  iterator = _train(shards, "iMRrhpc", batch_size=4, workers=workers)
   seen = collections.defaultdict(set)
   for batch in _take(iterator, 60):
     for row, (index, follow_up) in enumerate(_rows(batch)):
@@ -174,7 +173,7 @@ def test_training_draws_every_available_combination_and_nothing_else(shards, wor
 
 
 @pytest.mark.parametrize("model_name, expected", [
-    ("img_rhpc", {i for i, (_, mg, label) in enumerate(COHORT) if mg and label >= 0}),
+    ("iMGrhpc", {i for i, (_, mg, label) in enumerate(COHORT) if mg and label >= 0}),
     ("rhpc", {i for i, (_, _, label) in enumerate(COHORT) if label >= 0}),
 ])
 def test_training_patients_per_model(shards, model_name, expected):
@@ -264,7 +263,7 @@ def test_iterator_state_through_an_orbax_checkpoint(shards, tmp_path):
 
 
 @pytest.mark.parametrize("phase, follow_up", [("pre", None), ("mid", "mid"), ("post", "post")])
-@pytest.mark.parametrize("model_name", ["imr_rhpc", "img_rhpc"])
+@pytest.mark.parametrize("model_name", ["iMRrhpc", "iMGrhpc"])
 def test_eval_yields_each_eligible_patient_once(shards, phase, follow_up, model_name):
   eligible = [i for i, (phases, _, label) in enumerate(COHORT) if label >= 0
               and (follow_up is None or {"pre", follow_up} <= set(phases))]
@@ -279,14 +278,14 @@ def test_eval_yields_each_eligible_patient_once(shards, phase, follow_up, model_
       if not patient_id:  # padding: no data, masked out
         assert batch["example_mask"][row] == 0 and batch["label"][row] == 0
         assert not batch["rhpc"][row].any() and not batch["aux_masks"][row].any()
-        assert not batch[f"{'mri' if model_name == 'imr_rhpc' else 'mg'}_mask"][row].any()
+        assert not batch[f"{'mri' if model_name == 'iMRrhpc' else 'mg'}_mask"][row].any()
         continue
       index = int(patient_id[1:], 16)
       seen.append(index)
       phases, has_mg, label = COHORT[index]
       assert _patient(batch, row) == index and batch["example_mask"][row] == 1
       assert batch["label"][row] == label
-      if model_name == "imr_rhpc":
+      if model_name == "iMRrhpc":
         assert batch["mri_mask"][row, 0] == ("pre" in phases)
         if "pre" in phases:
           assert np.all(batch["mri"][row, 0] == _voxel(index, "pre"))
@@ -331,19 +330,19 @@ def test_shards_without_training_patients_are_named(tmp_path, shards):
       "mri": {"shape": list(MRI_SHAPE), "dtype": "float16"},
       "mammogram": {"shape": list(MG_SHAPE), "dtype": "uint16"},
       "shards": [{"file": path.name, "split": "train", "records": 2}]}))
-  iterator = _train([str(path)], "img_rhpc", prefetch_batches=0)
-  with pytest.raises(ValueError, match="none of the 2 patients .* can train 'img_rhpc'"):
+  iterator = _train([str(path)], "iMGrhpc", prefetch_batches=0)
+  with pytest.raises(ValueError, match="none of the 2 patients .* can train 'iMGrhpc'"):
     next(iterator)
   iterator.close()
 
 
 def test_synthetic_records_feed_the_pipeline(tmp_path):
-  from input_pipeline import synthetic_records
+  from input_pipeline.synthetic import records as synthetic_records
   folder = synthetic_records.write(tmp_path / "records", 5, mri_shape=(4, 6, 8), mg_shape=(8, 4),
                                    per_shard=2)
   paths = pipeline.split_paths(folder, "train")
   assert len(paths) == 3
-  assert pipeline.batch_spec(folder) == examples.BatchSpec((4, 6, 8), "float16", (8, 4),
+  assert pipeline.batch_spec(folder) == batching.BatchSpec((4, 6, 8), "float16", (8, 4),
                                                            "uint16")
   decoded = [records.decode(data) for p in paths for _, data in tfrecord.iter_records(p)]
   assert [r.phases for r in decoded] == [(0, 2), (0, 1, 2)] * 2 + [(0, 2)]

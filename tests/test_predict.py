@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from mrp_jax import ensemble, predict
+from mrp_jax import predict
+from mrp_jax.evaluation import ensemble
 
 
 @pytest.fixture(scope="module")

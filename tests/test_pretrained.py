@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mrp_jax import pretrained
+from mrp_jax.models import pretrained
 from mrp_jax.models.resnet import LAYOUTS, ResNet
 
 
@@ -153,13 +153,13 @@ def test_refuses_pickled_code(tmp_path):
 
 
 def test_load_encoder_replaces_only_the_image_encoder(tmp_path):
+  from configs import iMRrhpc
   from mrp_jax import models
-  from configs import imr_rhpc
-  config = imr_rhpc.get_config("tiny")
+  config = iMRrhpc.get_config("tiny")
   config.model.encoder.width = 64  # checkpoints are full-width ResNet18
   config.model.encoder.layout = "medicalnet"
   model = models.create_model(config.model)
-  batch = models.dummy_batch("imr_rhpc", 1, mri_shape=(16, 16, 16))
+  batch = models.dummy_batch("iMRrhpc", 1, mri_shape=(16, 16, 16))
   variables = model.init(jax.random.key(0), batch, train=False)
   net = _randomise(TorchResNet18(3, 1, (1, 2, 1, 1), (1, 1, 2, 4), "A", "conv_seg"), seed=3)
   path = tmp_path / "resnet_18_23dataset.pth"

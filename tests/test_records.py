@@ -9,7 +9,7 @@ import pytest
 from tensorflow_datasets.proto import tf_example_pb2
 
 from input_pipeline import records
-from mrp_jax.schema import VARIABLES
+from input_pipeline.schema import VARIABLES
 
 
 def _record(phases=("pre", "mid", "post"), mg=True, dtype=np.float16, seed=0,

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import assert_as_accurate_as, assert_reduction_close
 
 from mrp_jax.models.resnet import LAYOUTS, ResNet, space_to_depth_conv
-from numerics import assert_as_accurate_as, assert_reduction_close
 
 
 def _count(tree):

@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from mrp_jax import schema
-from mrp_jax.schema import BY_NAME, UNKNOWN, parse_value
+from input_pipeline import clinical_table, encoding, schema
+from input_pipeline.clinical_table import parse_value
+from input_pipeline.schema import BY_NAME, UNKNOWN
 
 
 def test_declares_the_papers_22_variables_by_group():
@@ -49,7 +50,7 @@ def test_messy_values_parse_to_their_category(variable, raw, expected):
 @pytest.mark.parametrize("raw", ["", "   ", None, float("nan"), "n/a", "N.A.", "NA", "unknown",
                                  "-", "?"])
 def test_missing_tokens_are_unknown_and_counted_as_missing(raw):
-  report = schema.ParseReport()
+  report = clinical_table.ParseReport()
   assert parse_value(BY_NAME["laterality"], raw, report) == (UNKNOWN, pytest.approx(math.nan,
                                                                                     nan_ok=True))
   assert report.missing["laterality"] == 1 and not report.unparsed
@@ -61,7 +62,7 @@ def test_missing_tokens_are_unknown_and_counted_as_missing(raw):
     ("laterality", ["left"]), ("sex", {"a": 1}), ("age", True),
 ])
 def test_unparseable_values_become_unknown_and_are_counted(variable, raw):
-  report = schema.ParseReport()
+  report = clinical_table.ParseReport()
   code, value = parse_value(BY_NAME[variable], raw, report)
   assert code == UNKNOWN and math.isnan(value)
   assert report.unparsed[(variable, str(raw))] == 1
@@ -87,8 +88,8 @@ def test_parse_rows_finds_columns_under_real_headers():
       {"Patient": "y", "Age at diagnosis": None, "Molecular Subtype ": "n/a", "Side": "left",
        "Neoadjuvant therapy": "", "cT": "T9", "unrelated": ""},
   ]
-  report = schema.ParseReport()
-  parsed = schema.parse_rows(rows, report)
+  report = clinical_table.ParseReport()
+  parsed = clinical_table.parse_rows(rows, report)
   first = parsed.decode(0)
   assert first["age"] == 52.0 and first["molecular_subtype"] == "Triple negative"
   assert first["laterality"] == "right" and first["therapy"] == ["chemotherapy"]
@@ -103,29 +104,29 @@ def test_parse_rows_finds_columns_under_real_headers():
 
 def test_model_inputs_layout():
   rows = [{"age": "60", "laterality": "left", "therapy": "chemo+immuno"}, {}]
-  parsed = schema.parse_rows(rows)
-  x = schema.model_inputs(parsed)
-  assert x.shape == (2, schema.INPUT_DIM) and x.dtype == np.float32
-  for var, (start, stop) in zip(schema.VARIABLES, schema.INPUT_SLICES):
+  parsed = clinical_table.parse_rows(rows)
+  x = encoding.model_inputs(parsed)
+  assert x.shape == (2, encoding.INPUT_DIM) and x.dtype == np.float32
+  for var, (start, stop) in zip(schema.VARIABLES, encoding.INPUT_SLICES):
     assert stop - start == var.input_dim
     unknown_flag = x[:, stop - 1]
     np.testing.assert_array_equal(unknown_flag[1], 1.0)  # second row: all Unknown
     if var.kind == schema.Kind.CATEGORICAL:
       np.testing.assert_array_equal(x[:, start:stop].sum(axis=1), 1.0)
-  start, _ = schema.INPUT_SLICES[schema.VARIABLE_NAMES.index("age")]
+  start, _ = encoding.INPUT_SLICES[schema.VARIABLE_NAMES.index("age")]
   assert x[0, start] == pytest.approx((60 - 50) / 10) and x[0, start + 1] == 0.0
-  start, stop = schema.INPUT_SLICES[schema.VARIABLE_NAMES.index("therapy")]
+  start, stop = encoding.INPUT_SLICES[schema.VARIABLE_NAMES.index("therapy")]
   np.testing.assert_array_equal(x[0, start:stop], [1, 0, 1, 0])
 
 
 def test_aux_targets_mask_unknown_and_unordered_categories():
   rows = [{"ct": "other", "laterality": "R", "age": 70, "therapy": "hormonal"},
           {"ct": "cT2", "laterality": "", "age": ""}]
-  targets, masks = schema.aux_targets(schema.parse_rows(rows))
-  assert targets.shape == masks.shape == (2, schema.AUX_DIM)
+  targets, masks = encoding.aux_targets(clinical_table.parse_rows(rows))
+  assert targets.shape == masks.shape == (2, encoding.AUX_DIM)
 
   def cols(name):
-    start, stop = schema.AUX_SLICES[schema.VARIABLE_NAMES.index(name)]
+    start, stop = encoding.AUX_SLICES[schema.VARIABLE_NAMES.index(name)]
     return slice(start, stop)
   # 'other' cT has no ordinal: excluded from the regression loss.
   assert masks[0, cols("ct")].sum() == 0 and masks[1, cols("ct")].sum() == 1
@@ -141,7 +142,7 @@ def test_aux_targets_mask_unknown_and_unordered_categories():
                                         ("No pCR", 0), ("yes", 1), (1.0, 1), ("", None),
                                         ("pending", None), ("2", None)])
 def test_parse_label(raw, label):
-  assert schema.parse_label(raw) == label
+  assert clinical_table.parse_label(raw) == label
 
 
 def test_aliases_are_unambiguous_and_categories_carry_counts():

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn import metrics as skm
 
-from mrp_jax import statistics as st
+from mrp_jax.evaluation import statistics as st
 
 
 def _data(seed: int, n: int = 60, decimals: int | None = 1) -> tuple[np.ndarray, np.ndarray]:

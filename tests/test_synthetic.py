@@ -15,10 +15,10 @@ import pytest
 from pydicom.uid import RLELossless
 from scipy import ndimage
 
-from input_pipeline import synthetic, synthetic_cohort
-from input_pipeline.dicom_writer import ENHANCED_MR_IMAGE_STORAGE
-from input_pipeline.synthetic_images import MG_MAX
-from mrp_jax import schema
+from input_pipeline import clinical_table, encoding, schema, synthetic
+from input_pipeline.synthetic import cohort
+from input_pipeline.synthetic.dicom_writer import ENHANCED_MR_IMAGE_STORAGE
+from input_pipeline.synthetic.images import MG_MAX
 
 NUM_PATIENTS = 11  # index 0 plain, 1..10 the special and broken patients
 MR_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyDate",
@@ -91,15 +91,15 @@ def _roles(study: dict) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 def test_clinical_csv_parses_except_the_broken_row(clinical_cohort):
   rows, truth = clinical_cohort
-  assert schema.find_label_column(rows[0]) == "pCR"
-  assert set(schema.find_columns(rows[0])) == set(schema.VARIABLE_NAMES)
-  unlabelled = [r["patient_id"] for r in rows if schema.parse_label(r["pCR"]) is None]
+  assert clinical_table.find_label_column(rows[0]) == "pCR"
+  assert set(clinical_table.find_columns(rows[0])) == set(schema.VARIABLE_NAMES)
+  unlabelled = [r["patient_id"] for r in rows if clinical_table.parse_label(r["pCR"]) is None]
   assert unlabelled == [synthetic.patient_id(10)]
-  report = schema.ParseReport()
+  report = clinical_table.ParseReport()
   good = [r for r in rows if r["patient_id"] not in unlabelled]
-  parsed = schema.parse_rows(good, report)
+  parsed = clinical_table.parse_rows(good, report)
   assert report.summary()["unparsed"] == {}
-  labels = np.array([schema.parse_label(r["pCR"]) for r in good])
+  labels = np.array([clinical_table.parse_label(r["pCR"]) for r in good])
   assert (labels == [t["label"] for t in truth if t["patient_id"] not in unlabelled]).all()
   # Messy, as real tables: aliases and ICD-O / TNM spellings coexist, missing tokens vary.
   location = {r["Tumour location"].strip().lower() for r in rows}
@@ -117,22 +117,22 @@ def _within(observed: float, expected: float, n: int, sigmas: float = 4.5) -> bo
 
 def test_marginals_and_pcr_rates_match_table2(clinical_cohort):
   rows, _ = clinical_cohort
-  good = [r for r in rows if schema.parse_label(r["pCR"]) is not None]
-  labels = np.array([schema.parse_label(r["pCR"]) for r in good])
-  parsed = schema.parse_rows(good)
+  good = [r for r in rows if clinical_table.parse_label(r["pCR"]) is not None]
+  labels = np.array([clinical_table.parse_label(r["pCR"]) for r in good])
+  parsed = clinical_table.parse_rows(good)
   assert _within(labels.mean(), 469 / 1407, len(labels))
-  prior = synthetic_cohort.PCR_RATE
+  prior = cohort.PCR_RATE
   checked = 0
   for j, var in enumerate(schema.VARIABLES):
     codes = parsed.codes[:, j]
     known = codes != schema.UNKNOWN
     for label in (0, 1):
-      expected_missing = 1 - (1 - synthetic_cohort.unknown_probability(var)[label]) * (
+      expected_missing = 1 - (1 - cohort.unknown_probability(var)[label]) * (
           1 - synthetic.Rates().extra_missing)
       if var.kind != schema.Kind.MULTILABEL:
         assert _within(1 - known[labels == label].mean(), expected_missing,
                        int((labels == label).sum())), var.name
-    probs = synthetic_cohort.category_probabilities(var)
+    probs = cohort.category_probabilities(var)
     if var.kind == schema.Kind.CONTINUOUS:
       young = parsed.values[known, j] <= 50
       expected = prior * probs[1, 0] + (1 - prior) * probs[0, 0]
@@ -171,9 +171,9 @@ def test_marginals_and_pcr_rates_match_table2(clinical_cohort):
 
 def test_shrunk_conditionals_keep_table2_marginals():
   for var in schema.VARIABLES:
-    table = synthetic_cohort.table2_probabilities(var)
-    drawn = synthetic_cohort.category_probabilities(var)
-    prior = synthetic_cohort.PCR_RATE
+    table = cohort.table2_probabilities(var)
+    drawn = cohort.category_probabilities(var)
+    prior = cohort.PCR_RATE
     np.testing.assert_allclose(prior * drawn[1] + (1 - prior) * drawn[0],
                                prior * table[1] + (1 - prior) * table[0], atol=1e-12)
     if var.name == "molecular_subtype":
@@ -191,15 +191,15 @@ def test_rhpc_table_is_about_as_informative_as_the_papers(clinical_cohort):
   from sklearn.metrics import roc_auc_score
   from sklearn.model_selection import cross_val_predict
   rows, _ = clinical_cohort
-  good = [r for r in rows if schema.parse_label(r["pCR"]) is not None]
-  labels = np.array([schema.parse_label(r["pCR"]) for r in good])
-  inputs = schema.model_inputs(schema.parse_rows(good))
+  good = [r for r in rows if clinical_table.parse_label(r["pCR"]) is not None]
+  labels = np.array([clinical_table.parse_label(r["pCR"]) for r in good])
+  inputs = encoding.model_inputs(clinical_table.parse_rows(good))
   def cv_auroc(x):
     p = cross_val_predict(LogisticRegression(max_iter=3000), x, labels, cv=5,
                           method="predict_proba")[:, 1]
     return roc_auc_score(labels, p)
   everything = cv_auroc(inputs)
-  start, stop = schema.INPUT_SLICES[schema.VARIABLE_NAMES.index("molecular_subtype")]
+  start, stop = encoding.INPUT_SLICES[schema.VARIABLE_NAMES.index("molecular_subtype")]
   subtype_only = cv_auroc(inputs[:, start:stop])
   print(f"rhpc table CV AUROC {everything:.3f}, subtype alone {subtype_only:.3f}")
   assert 0.82 <= everything <= 0.895, everything
@@ -411,7 +411,7 @@ def test_broken_cases(export):
   pid = broken["bad_clinical_row"]["patient_id"]
   with open(root / "clinical.csv", newline="") as f:
     row = next(r for r in csv.DictReader(f) if r["patient_id"] == pid)
-  assert schema.parse_label(row["pCR"]) is None
+  assert clinical_table.parse_label(row["pCR"]) is None
 
 
 def test_same_seed_same_bytes(export, tmp_path):
@@ -445,6 +445,6 @@ def test_every_category_has_a_spelling_that_parses_back():
       continue
     for index in range(var.num_categories):
       rng = np.random.default_rng(index)
-      text = synthetic_cohort._spelling(rng, var.name, index)
+      text = cohort._spelling(rng, var.name, index)
       expected = 1 << index if var.kind == schema.Kind.MULTILABEL else index
-      assert schema.parse_value(var, text)[0] == expected, (var.name, text)
+      assert clinical_table.parse_value(var, text)[0] == expected, (var.name, text)

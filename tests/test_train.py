@@ -11,10 +11,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_train_config
+
 from configs import rhpc
-from mrp_jax import train
+from mrp_jax.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_kill_9_and_rerun_resumes_to_the_uninterrupted_result(records, tmp_path)
   """iMGrhpc (BatchNorm statistics, augmentation keys, the data iterator's position): killed
   after a checkpoint and run again, it ends with the uninterrupted run's parameters, bit for
   bit."""
-  args = ["--config", "configs/img_rhpc.py:tiny", f"--config.data.records={records}",
+  args = ["--config", "configs/iMGrhpc.py:tiny", f"--config.data.records={records}",
           "--config.train.num_steps=12", "--config.train.checkpoint_every_steps=3",
           "--config.train.eval_every_steps=6", "--config.train.log_every_steps=3"]
   straight = _main([*args, "--workdir", str(tmp_path / "straight")],

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from configs import imr_rhpc, rhpc
-from mrp_jax import models, schema, train_step
-from mrp_jax.schema import Phase
+from configs import iMRrhpc, rhpc
+from input_pipeline import clinical_table, encoding, schema
+from input_pipeline.schema import Phase
+from mrp_jax import models
+from mrp_jax.training import train_step
 
 SUBTYPES = [c.name for c in schema.BY_NAME["molecular_subtype"].categories]
 
@@ -18,10 +20,10 @@ def _rhpc_batch(rng, n):
   subtype = rng.integers(0, len(SUBTYPES), n)
   rows = [{"molecular_subtype": SUBTYPES[s], "age": float(rng.uniform(30, 80)),
            "laterality": rng.choice(["left", "right"])} for s in subtype]
-  parsed = schema.parse_rows(rows)
+  parsed = clinical_table.parse_rows(rows)
   batch = models.dummy_batch("rhpc", n)
-  batch["rhpc"] = schema.model_inputs(parsed)
-  batch["aux_targets"], batch["aux_masks"] = schema.aux_targets(parsed)
+  batch["rhpc"] = encoding.model_inputs(parsed)
+  batch["aux_targets"], batch["aux_masks"] = encoding.aux_targets(parsed)
   batch["label"] = np.isin(subtype, [4, 5]).astype(np.float32)
   return batch
 
@@ -29,10 +31,10 @@ def _rhpc_batch(rng, n):
 def _mri_batch(rng, n, shape=(8, 8, 16)):
   """Random volumes and random rhpc; pCR iff the follow-up volume lacks the bright blob that
   every baseline has (the tumour 'disappeared'): only the images carry the label."""
-  batch = models.dummy_batch("imr_rhpc", n, mri_shape=shape)
-  parsed = schema.parse_rows([{"age": float(a)} for a in rng.uniform(30, 80, n)])
-  batch["rhpc"] = schema.model_inputs(parsed)
-  batch["aux_targets"], batch["aux_masks"] = schema.aux_targets(parsed)
+  batch = models.dummy_batch("iMRrhpc", n, mri_shape=shape)
+  parsed = clinical_table.parse_rows([{"age": float(a)} for a in rng.uniform(30, 80, n)])
+  batch["rhpc"] = encoding.model_inputs(parsed)
+  batch["aux_targets"], batch["aux_masks"] = encoding.aux_targets(parsed)
   label = rng.integers(0, 2, n).astype(np.float32)
   volumes = rng.normal(0, 1, (n, 2, *shape)).astype(np.float32)
   volumes[:, :, 2:6, 2:6, 4:10] += 3.0
@@ -77,8 +79,8 @@ def test_rhpc_model_learns_a_planted_rule():
   assert history[0]["learning_rate"] < history[5]["learning_rate"]  # warmup
 
 
-def test_imr_rhpc_learns_an_image_only_rule():
-  config = imr_rhpc.get_config("tiny")
+def test_iMRrhpc_learns_an_image_only_rule():
+  config = iMRrhpc.get_config("tiny")
   config.train.batch_size, config.train.num_steps = 8, 150
   config.train.learning_rate = 3e-3
   history, auroc = _train(config, _mri_batch, 150)

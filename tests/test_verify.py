@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import records, tfrecord, verify
-from mrp_jax.schema import VARIABLES
+from input_pipeline.schema import VARIABLES
 
 
 def _record(index: int, split: str) -> records.PatientRecord:

@@ -39,7 +39,7 @@ import openpyxl
 from input_pipeline.dicom_scan import DiscoveryError, ScanResult, scan_folder, select_dce
 from input_pipeline.layouts.generic import find_file
 from input_pipeline.patient import DicomDce, PatientSource, SeriesSelection, map_patients
-from mrp_jax.schema import Phase
+from input_pipeline.schema import Phase
 
 CLINICAL_FILE = "Clinical_and_Other_Features.xlsx"
 MAPPING_FILE = "Breast-Cancer-MRI-filepath_filename-mapping"  # .xlsx or .csv

@@ -26,10 +26,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from input_pipeline.dicom_scan import (DiscoveryError, StudyInfo, scan_folder, select_dce)
+from input_pipeline import clinical_table, schema
+from input_pipeline.dicom_scan import DiscoveryError, StudyInfo, scan_folder, select_dce
 from input_pipeline.patient import MriExam, NiftiDce, PatientSource, map_patients
-from mrp_jax import schema
-from mrp_jax.schema import Phase
+from input_pipeline.schema import Phase
 
 CLINICAL_FILE = "clinical.csv"
 PATIENT_ID_COLUMN = "patient_id"
@@ -219,10 +219,10 @@ def patient_imaging(folder: Path, *, side: str | None = None,
 
 def tumour_side(row: Mapping[str, Any]) -> str | None:
   """'L' / 'R' from the clinical row's laterality column (any header schema knows)."""
-  column = schema.find_columns(row.keys()).get("laterality")
+  column = clinical_table.find_columns(row.keys()).get("laterality")
   if column is None:
     return None
-  code, _ = schema.parse_value(schema.BY_NAME["laterality"], row[column])
+  code, _ = clinical_table.parse_value(schema.BY_NAME["laterality"], row[column])
   return {0: "L", 1: "R"}.get(code)
 
 
@@ -230,9 +230,9 @@ def _label(row: Mapping[str, Any], column: str | None) -> tuple[int | None, str 
   if column is None:
     return None, None
   raw = row.get(column)
-  if re.sub(r"[\s./\-]+", "", schema.normalise(raw)) in _MISSING:
+  if re.sub(r"[\s./\-]+", "", clinical_table.normalise(raw)) in _MISSING:
     return None, None
-  label = schema.parse_label(raw)
+  label = clinical_table.parse_label(raw)
   if label is None:
     return None, (f"pCR label {raw!r} in column {column!r} not recognised "
                   "(use 1/0, pCR/non-pCR or yes/no)")
@@ -255,7 +255,7 @@ def read_clinical_csv(path: Path) -> tuple[list[str], dict[str, list[dict[str, s
   with path.open(newline="", encoding="utf-8-sig") as handle:
     reader = csv.DictReader(handle)
     headers = list(reader.fieldnames or [])
-    id_column = next((h for h in headers if schema.normalise(h) == "patient id"), None)
+    id_column = next((h for h in headers if clinical_table.normalise(h) == "patient id"), None)
     if id_column is None:
       raise ValueError(f"{path}: no {PATIENT_ID_COLUMN!r} column (columns: {headers})")
     rows: dict[str, list[dict[str, str]]] = {}
@@ -298,7 +298,7 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
     raise FileNotFoundError(f"{root}: no {CLINICAL_FILE} (one row per patient, a "
                             f"{PATIENT_ID_COLUMN!r} column and the pCR label)")
   headers, rows = read_clinical_csv(csv_path)
-  label_column = schema.find_label_column(headers)
+  label_column = clinical_table.find_label_column(headers)
   folders = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
   sources, scans = [], []
   for key in sorted(set(rows) | set(folders)):

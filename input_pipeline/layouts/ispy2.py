@@ -25,11 +25,11 @@ from typing import Any, Mapping
 
 import openpyxl
 
+from input_pipeline import schema
 from input_pipeline.dicom_scan import DiscoveryError
 from input_pipeline.layouts import generic
 from input_pipeline.layouts.generic import find_file
 from input_pipeline.patient import PatientSource, map_patients
-from mrp_jax import schema
 
 CLINICAL_FILE = "ISPY2-Imaging-Cohort-1-Clinical-Data.xlsx"
 PATIENT = re.compile(r"ISPY2-(\d+)")

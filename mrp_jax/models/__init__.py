@@ -9,13 +9,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mrp_jax import schema
+from input_pipeline import encoding, schema
 from mrp_jax.models.fusion import ImagingRhpcModel
 from mrp_jax.models.resnet import LAYOUTS, ResNet
 from mrp_jax.models.rhpc import RhpcEncoder, RhpcModel
 
 # Declared in schema (no JAX there: the input pipeline's worker processes import it).
-MODEL_NAMES, IMAGE_KEYS, DISPLAY_NAMES = schema.MODEL_NAMES, schema.IMAGE_KEYS, schema.DISPLAY_NAMES
+MODEL_NAMES, IMAGE_KEYS = schema.MODEL_NAMES, schema.IMAGE_KEYS
 
 
 def encoder_kwargs(encoder: Mapping[str, Any], spatial_dims: int, dtype: str) -> dict[str, Any]:
@@ -61,11 +61,11 @@ def dummy_batch(model_name: str, batch_size: int, mri_shape=(8, 8, 16),
   """
   b = batch_size
   batch = {
-      "rhpc": np.zeros((b, schema.INPUT_DIM), np.float32),
+      "rhpc": np.zeros((b, encoding.INPUT_DIM), np.float32),
       "label": np.zeros((b,), np.float32),
       "example_mask": np.ones((b,), np.float32),
-      "aux_targets": np.zeros((b, schema.AUX_DIM), np.float32),
-      "aux_masks": np.zeros((b, schema.AUX_DIM), np.float32),
+      "aux_targets": np.zeros((b, encoding.AUX_DIM), np.float32),
+      "aux_masks": np.zeros((b, encoding.AUX_DIM), np.float32),
   }
   image_key = IMAGE_KEYS[model_name]
   if image_key is not None:
@@ -78,4 +78,4 @@ def dummy_batch(model_name: str, batch_size: int, mri_shape=(8, 8, 16),
 
 
 __all__ = ["ImagingRhpcModel", "ResNet", "RhpcEncoder", "RhpcModel", "create_model",
-           "dummy_batch", "encoder_kwargs", "MODEL_NAMES", "IMAGE_KEYS", "DISPLAY_NAMES"]
+           "dummy_batch", "encoder_kwargs", "MODEL_NAMES", "IMAGE_KEYS"]

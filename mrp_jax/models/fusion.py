@@ -36,10 +36,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mrp_jax import schema
+from input_pipeline import encoding, schema
 from mrp_jax.models.resnet import ResNet
 from mrp_jax.models.rhpc import RhpcEncoder
 
+SIAMESE_BATCHING = ("joint", "separate")  # one 2B encoder call | one call per branch
 
 class ImagingRhpcModel(nn.Module):
   """Image(s) + rhpc -> pCR logit, image-only logit and auxiliary rhpc predictions.
@@ -70,11 +71,11 @@ class ImagingRhpcModel(nn.Module):
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
     """Args:
       batch: '<image_key>' [B, S, *spatial] images; '<image_key>_mask' [B, S] bool (slot present);
-        '<image_key>_phase' [B, S] int (Phase of each slot); 'rhpc' [B, schema.INPUT_DIM].
+        '<image_key>_phase' [B, S] int (Phase of each slot); 'rhpc' [B, encoding.INPUT_DIM].
       train: batch statistics and their update (BatchNorm).
 
     Returns:
-      'logit' [B]: fused pCR log-odds; 'image_logit' [B] and 'aux' [B, schema.AUX_DIM]: knowledge
+      'logit' [B]: fused pCR log-odds; 'image_logit' [B] and 'aux' [B, encoding.AUX_DIM]: knowledge
       predictor outputs (absent when disabled); 'image_present' [B] bool; 'image_features'
       [B, S * F]; 'rhpc_features' [B, rhpc_hidden_dim].
     """
@@ -117,7 +118,7 @@ class ImagingRhpcModel(nn.Module):
     }
     if self.knowledge_predictor:
       hidden = nn.elu(nn.Dense(self.head_dim, name="knowledge_0")(image_features))
-      outputs["aux"] = nn.Dense(schema.AUX_DIM, name="knowledge_rhpc")(hidden)
+      outputs["aux"] = nn.Dense(encoding.AUX_DIM, name="knowledge_rhpc")(hidden)
       outputs["image_logit"] = nn.Dense(1, name="knowledge_response")(hidden)[:, 0]
     return outputs
 

@@ -2,7 +2,7 @@
 
 Every term is a masked mean over the examples that carry it: padding examples
 ('example_mask' = 0), examples without images (for the image-only terms) and Unknown rhpc
-targets (masked by schema.aux_targets) contribute nothing. Weights follow the authors' code
+targets (masked by encoding.aux_targets) contribute nothing. Weights follow the authors' code
 (DESIGN.md section 2) and come from the config.
 """
 
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mrp_jax import schema
+from input_pipeline import encoding, schema
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -27,7 +27,7 @@ def _aux_terms(aux: jax.Array, targets: jax.Array, masks: jax.Array,
   """Per-variable auxiliary losses, unweighted. aux/targets/masks [B, AUX_DIM]; present [B]."""
   terms = {}
   aux = aux.astype(jnp.float32)
-  for var, (start, stop) in zip(schema.VARIABLES, schema.AUX_SLICES):
+  for var, (start, stop) in zip(schema.VARIABLES, encoding.AUX_SLICES):
     logits, target = aux[:, start:stop], targets[:, start:stop]
     mask = masks[:, start:stop] * present[:, None]
     if var.aux_loss == schema.AuxLoss.CE:
@@ -49,7 +49,7 @@ def compute_loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array
     outputs: model outputs ('logit', and for imaging models 'image_present', optionally
       'image_logit' and 'aux').
     batch: 'label' [B] (1 pCR / 0 non-pCR), 'example_mask' [B] (0 for padding),
-      'aux_targets' and 'aux_masks' [B, schema.AUX_DIM] when the model has a knowledge predictor.
+      'aux_targets' and 'aux_masks' [B, encoding.AUX_DIM] when the model has a knowledge predictor.
     response_weight, image_response_weight: BCE weights (10 in the authors' code).
     aux_weights: per rhpc variable name.
 

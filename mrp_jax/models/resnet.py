@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+NORMS = ("batch", "group")
+SHORTCUTS = ("A", "B")  # A: parameter-free (MedicalNet); B: 1x1 conv + norm (torchvision)
 
 # PyTorch's ResNet initialisation (kaiming normal, fan_out) so training from scratch behaves like
 # the reference implementations.

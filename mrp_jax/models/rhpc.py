@@ -14,11 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mrp_jax import schema
+from input_pipeline import encoding, schema
 
 
 class RhpcEncoder(nn.Module):
-  """rhpc input [B, schema.INPUT_DIM] -> features [B, hidden_dim].
+  """rhpc input [B, encoding.INPUT_DIM] -> features [B, hidden_dim].
 
   Attributes:
     embed_dim: width of each variable's embedding (16 in the authors' code).
@@ -27,7 +27,7 @@ class RhpcEncoder(nn.Module):
   """
   embed_dim: int = 16
   hidden_dim: int = 256
-  input_slices: Sequence[tuple[int, int]] = schema.INPUT_SLICES
+  input_slices: Sequence[tuple[int, int]] = encoding.INPUT_SLICES
 
   @nn.compact
   def __call__(self, rhpc: jax.Array) -> jax.Array:

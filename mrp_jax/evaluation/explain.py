@@ -19,7 +19,7 @@ BatchNorm uses its running statistics), so one gradient of the batch sum gives e
 gradient at once.
 
 The model-level functions then sum attributions per rhpc variable (its one-hot slice of the
-input vector, ``schema.INPUT_SLICES``) and per image (each MRI slot, the mammogram), combine the
+input vector, ``encoding.INPUT_SLICES``) and per image (each MRI slot, the mammogram), combine the
 models of the MRP ensemble linearly, and rank features over cases as the paper's Fig. 4 does.
 """
 
@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrp_jax import augment, schema
+from input_pipeline import encoding, schema
+from mrp_jax.training import augment
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
            "riemann_trapezoid")
@@ -208,7 +209,7 @@ def _model_attributions(variables, fixed, inputs, *, model, target, steps, metho
                                              chunk_size=chunk_size)
   out = {}
   rhpc = attributions["rhpc"]
-  for variable, (start, stop) in zip(schema.VARIABLES, schema.INPUT_SLICES):
+  for variable, (start, stop) in zip(schema.VARIABLES, encoding.INPUT_SLICES):
     out[variable.label] = jnp.sum(rhpc[:, start:stop], axis=1)
   if "mri" in attributions:
     slots = jnp.sum(attributions["mri"].reshape(*attributions["mri"].shape[:2], -1), axis=2)
@@ -236,7 +237,7 @@ def model_attributions(model: nn.Module, variables: Mapping[str, Any],
   Args:
     model: rhpc, iMGrhpc or iMRrhpc module (``models.create_model``).
     variables: {'params': ..., 'batch_stats': ...}; the model runs in eval mode.
-    batch: as ``input_pipeline.examples.collate`` makes it: 'rhpc' [B, schema.INPUT_DIM] and,
+    batch: as ``input_pipeline.examples.collate`` makes it: 'rhpc' [B, encoding.INPUT_DIM] and,
       for image models, 'mri' [B, 2, z, y, x] or 'mg' [B, 1, rows, cols] with their masks and
       phases (raw dtypes: ``augment.prepare_images`` scales them first).
     target: 'logit' (pCR log-odds) or 'probability' (sigmoid; what the MRP ensemble averages).

@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from mrp_jax import schema
+from input_pipeline import clinical_table, schema
 
 PCR_RATE = 469 / 1407
 SMOOTHING = 0.5
@@ -209,7 +209,7 @@ def _round_trip_spellings() -> dict[str, list[list[str]]]:
   table = {}
   for var in schema.VARIABLES:
     table[var.name] = [
-        [s for s in (cat.name, *cat.aliases) if schema.parse_value(var, s)[0] == (
+        [s for s in (cat.name, *cat.aliases) if clinical_table.parse_value(var, s)[0] == (
             1 << i if var.kind == schema.Kind.MULTILABEL else i)]
         for i, cat in enumerate(var.categories)]
   return table

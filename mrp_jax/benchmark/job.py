@@ -49,22 +49,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrp_jax import (augment, config_validation, flops, gpu_target, hlo_census, models, schema,
-                     sharding, train_step)
-
-PARTS = config_validation.BENCHMARK_PARTS  # eval, train, augment, pipeline, torch, plan, hlo
-COMPILE_ONLY_PARTS = {"plan", "hlo"}  # compiled from shapes, never run
-
+from input_pipeline import encoding, schema
+from mrp_jax import models, sharding
+from mrp_jax.benchmark import COMPILE_ONLY_PARTS, PARTS, flops, gpu_target, hlo_census
+from mrp_jax.training import augment, train_step
 
 # ---- inputs ---------------------------------------------------------------------------------------
 
 def model_config(config: Any, name: str) -> dict[str, Any]:
   """The model section for ``name``: config.model for iMRrhpc; the other two as their own
-  config files set them (configs/img_rhpc.py: torchvision layout, shortcut B, no phase
+  config files set them (configs/iMGrhpc.py: torchvision layout, shortcut B, no phase
   embedding; configs/rhpc.py: float32), keeping dtype, remat and width from config.model."""
   model = config.model.to_dict()
   model["name"] = name
-  if name == "img_rhpc":
+  if name == "iMGrhpc":
     model["encoder"].update(layout="resnet", shortcut="B", stem_stride=None, strides=None,
                             dilations=None)
     model["time_embedding"] = False
@@ -79,11 +77,11 @@ def synthetic_batch(name: str, batch_size: int, mri_shape: tuple[int, ...],
   one-hot rhpc inputs and auxiliary targets, and random labels."""
   rng = np.random.default_rng(seed)
   batch = models.dummy_batch(name, batch_size, mri_shape, mg_shape)
-  for start, stop in schema.INPUT_SLICES:
+  for start, stop in encoding.INPUT_SLICES:
     batch["rhpc"][np.arange(batch_size), rng.integers(start, stop, batch_size)] = 1.0
   batch["label"] = rng.integers(0, 2, batch_size).astype(np.float32)
   batch["aux_masks"][:] = 1.0
-  for var, (start, stop) in zip(schema.VARIABLES, schema.AUX_SLICES):
+  for var, (start, stop) in zip(schema.VARIABLES, encoding.AUX_SLICES):
     if var.aux_loss == schema.AuxLoss.CE:
       batch["aux_targets"][np.arange(batch_size), rng.integers(start, stop, batch_size)] = 1.0
     elif var.aux_loss == schema.AuxLoss.BCE:
@@ -96,12 +94,6 @@ def synthetic_batch(name: str, batch_size: int, mri_shape: tuple[int, ...],
   if "mg" in batch:
     batch["mg"] = rng.integers(0, 65536, batch["mg"].shape).astype(np.uint16)
   return batch
-
-
-def _augment_options(config: Any) -> augment.AugmentOptions:
-  # As train.augment_options (train.py imports Grain, which this module must not need).
-  return augment.AugmentOptions(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in config.augment.items()})
 
 
 # ---- measuring ------------------------------------------------------------------------------------
@@ -211,7 +203,7 @@ def _train_jit(config: Any, model: Any, optimizer: Any, shardings: Any,
                mesh: jax.sharding.Mesh) -> Any:
   """The train job's jitted step (donated state; augmentation inside when benchmark.augment)."""
   if config.benchmark.augment:
-    options = _augment_options(config)
+    options = augment.AugmentOptions.from_config(config.augment)
     preprocess = lambda b, k: augment.augment_batch(augment.prepare_images(b), k, options)
   else:
     preprocess = lambda b, k: augment.prepare_images(b)
@@ -227,7 +219,7 @@ def _encoder_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
   name = model_cfg["name"]
   if name == "rhpc":
     return None
-  return models.encoder_kwargs(model_cfg["encoder"], 2 if name == "img_rhpc" else 3, "float32")
+  return models.encoder_kwargs(model_cfg["encoder"], 2 if name == "iMGrhpc" else 3, "float32")
 
 
 def abstract_batch(config: Any, name: str, batch_size: int,
@@ -274,7 +266,7 @@ def hlo_part(config: Any, name: str, mesh: jax.sharding.Mesh, peak_tflops: float
     if b.dump_hlo:
       (workdir / f"{name}_{part}.hlo.txt").write_text(text)
     census = hlo_census.census(text, peak_tflops, bandwidth_gbs)
-    print(f"benchmark: hlo {models.DISPLAY_NAMES[name]} {part} (batch {batch_size}, compiled in "
+    print(f"benchmark: hlo {name} {part} (batch {batch_size}, compiled in "
           f"{compile_s:.1f} s):\n{hlo_census.format_census(census)}", flush=True)
     # One device's program (a data-parallel step's share of the global batch), and the most
     # of the peak it could reach if every kernel ran at its roofline.
@@ -340,7 +332,7 @@ def plan_memory(config: Any, name: str, mesh: jax.sharding.Mesh) -> list[dict[st
                              "residual_bytes": residual_bytes(model, abstract, batch)}
       if b.plan_compile:
         row.update(_compiled_plan(step, abstract, batch, options))
-      print(f"benchmark: plan {models.DISPLAY_NAMES[name]} remat={remat} batch={batch_size}: "
+      print(f"benchmark: plan {name} remat={remat} batch={batch_size}: "
             + _plan_text(row), flush=True)
       rows.append(row)
   return rows
@@ -428,7 +420,7 @@ class JaxModelBench:
     return result
 
   def time_augment(self, b: Any) -> dict[str, Any]:
-    options = _augment_options(self.config)
+    options = augment.AugmentOptions.from_config(self.config.augment)
     fn = jax.jit(lambda batch, key: augment.augment_batch(augment.prepare_images(batch), key,
                                                           options))
     key = jax.random.key(self.config.seed)
@@ -481,7 +473,7 @@ def torch_part(config: Any, name: str, host_batch: Mapping[str, np.ndarray],
                variables: Mapping[str, Any], jax_outputs: Mapping[str, np.ndarray] | None,
                peak_tflops: float, model_flops: Mapping[str, float]) -> dict[str, Any]:
   """The PyTorch twin on the same batch and initial weights: eval check, eval and train timing."""
-  from mrp_jax import torch_baseline  # torch: only this part needs it
+  from mrp_jax.benchmark import torch_baseline
 
   b = config.benchmark
   batch_size = int(b.batch_size[name])
@@ -610,7 +602,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
       continue
     bench = JaxModelBench(config, name, mesh)
     entry.update(batch_size=bench.batch_size, parameters=bench.parameters, flops=bench.flops)
-    if name == "imr_rhpc" and tuple(config.data.mri_shape) == flops.FULL_MRI_SHAPE:
+    if name == "iMRrhpc" and tuple(config.data.mri_shape) == flops.FULL_MRI_SHAPE:
       # DESIGN.md's figure for this layout, next to ours (the same convention).
       entry["flops"]["design_encoder_forward"] = flops.DESIGN_GFLOP.get(
           config.model.encoder.layout, 0.0) * 1e9
@@ -692,7 +684,7 @@ def format_table(result: Mapping[str, Any]) -> str:
       flop = {"eval": "forward", "train": "train"}.get(part)
       planned = (r.get("memory") or {}).get("planned_bytes")
       lines.append(
-          f"{models.DISPLAY_NAMES[name]:<9} {framework:<5} {part:<8} "
+          f"{name:<9} {framework:<5} {part:<8} "
           f"{_fmt(r['median_s'], 1e3, 2):>10} {_fmt(r['p10_s'], 1e3, 2):>8} "
           f"{_fmt(r['p90_s'], 1e3, 2):>8} {_fmt(r['examples_per_s'], 1, 2):>9} "
           f"{_fmt(entry['flops'][flop] if flop else None, 1e-9, 2):>9} "
@@ -704,7 +696,7 @@ def format_table(result: Mapping[str, Any]) -> str:
         continue
       c, devices = r["census"], entry["hlo"]["devices"]
       lines.append(
-          f"{models.DISPLAY_NAMES[name]:<9} hlo   {part:<8} batch {entry['hlo']['batch_size']}"
+          f"{name:<9} hlo   {part:<8} batch {entry['hlo']['batch_size']}"
           + (f" over {devices} devices (figures per device)" if devices > 1 else "") + ": "
           f"{c['kernels']} kernels, {c['gflop']:.0f} GFLOP, {c['gb']:.1f} GB moved, roofline "
           f"floor {c['floor_ms']:.1f} ms (convolutions {_fmt(c['conv_share_of_floor'], 100)}%), "
@@ -712,7 +704,7 @@ def format_table(result: Mapping[str, Any]) -> str:
           f" GB, compile {r['compile_s']:.1f} s; " + ", ".join(
               f"{k} x{v}" for k, v in c["conv_layouts"].items()))
     for r in entry.get("plan", []):
-      lines.append(f"{models.DISPLAY_NAMES[name]:<9} plan  remat={r['remat']:<5} "
+      lines.append(f"{name:<9} plan  remat={r['remat']:<5} "
                    f"batch {r['batch_size']:>4}: " + _plan_text(r))
     if "jax_over_torch" in entry:
       ratios = ", ".join(f"{k} {v:.2f}" for k, v in entry["jax_over_torch"].items())

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from flax import traverse_util
 from torch import nn
 
-from mrp_jax import schema
+from input_pipeline import encoding, schema
 
 
 def _norm(kind: str, features: int, spatial_dims: int) -> nn.Module:
@@ -120,14 +120,14 @@ class RhpcEncoder(nn.Module):
   def __init__(self, embed_dim: int, hidden_dim: int):
     super().__init__()
     self.names = [f"embed_{name}" for name in schema.VARIABLE_NAMES]
-    for name, (start, stop) in zip(self.names, schema.INPUT_SLICES):
+    for name, (start, stop) in zip(self.names, encoding.INPUT_SLICES):
       self.add_module(name, nn.Linear(stop - start, embed_dim))
     self.mlp_0 = nn.Linear(embed_dim * len(self.names), hidden_dim)
     self.mlp_1 = nn.Linear(hidden_dim, hidden_dim)
 
   def forward(self, rhpc: torch.Tensor) -> torch.Tensor:
     x = torch.cat([F.elu(getattr(self, name)(rhpc[:, start:stop]))
-                   for name, (start, stop) in zip(self.names, schema.INPUT_SLICES)], dim=-1)
+                   for name, (start, stop) in zip(self.names, encoding.INPUT_SLICES)], dim=-1)
     return F.elu(self.mlp_1(F.elu(self.mlp_0(x))))
 
 
@@ -163,7 +163,7 @@ class ImagingRhpcModel(nn.Module):
     self.knowledge = knowledge_predictor
     if knowledge_predictor:
       self.knowledge_0 = nn.Linear(self.slots * features, head_dim)
-      self.knowledge_rhpc = nn.Linear(head_dim, schema.AUX_DIM)
+      self.knowledge_rhpc = nn.Linear(head_dim, encoding.AUX_DIM)
       self.knowledge_response = nn.Linear(head_dim, 1)
 
   def _encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -273,7 +273,7 @@ def compute_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.
                                                    reduction="none")
     total = total + image_response_weight * _masked_mean(image_bce, present)
     aux, targets, masks = outputs["aux"].float(), batch["aux_targets"], batch["aux_masks"]
-    for var, (start, stop) in zip(schema.VARIABLES, schema.AUX_SLICES):
+    for var, (start, stop) in zip(schema.VARIABLES, encoding.AUX_SLICES):
       logits, target = aux[:, start:stop], targets[:, start:stop]
       mask = masks[:, start:stop] * present[:, None]
       if var.aux_loss == schema.AuxLoss.CE:
@@ -328,7 +328,7 @@ class Steps:
       load_flax_variables(model, variables)
     self.parameters = parameter_count(model)
     # Module.to converts only weights of the format's rank (5-D for _3d, 4-D otherwise).
-    fmt = torch.channels_last_3d if model_config["name"] == "imr_rhpc" else torch.channels_last
+    fmt = torch.channels_last_3d if model_config["name"] == "iMRrhpc" else torch.channels_last
     self.model = model.to(self.device, memory_format=fmt)
     self.forward: Callable[..., Any] = torch.compile(self.model) if compile else self.model
     self.batch = to_torch(batch, self.device)

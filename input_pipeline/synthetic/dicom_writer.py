@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import (ExplicitVRLittleEndian, RLELossless, generate_uid)
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"

@@ -134,7 +134,7 @@ def model_flops(model_name: str, encoder: Mapping[str, Any] | None, params: Mapp
   """FLOPs per example (one patient: an MRI pair, a mammogram or an rhpc row).
 
   Args:
-    model_name: 'rhpc', 'img_rhpc' or 'imr_rhpc'.
+    model_name: 'rhpc', 'iMGrhpc' or 'iMRrhpc'.
     encoder: the ResNet's keyword arguments (``models.encoder_kwargs``); None for rhpc.
     params: the model's parameters (arrays or ShapeDtypeStructs), for the dense layers.
     mri_shape: [z, y, x]; mg_shape: [rows, cols].
@@ -150,8 +150,8 @@ def model_flops(model_name: str, encoder: Mapping[str, Any] | None, params: Mapp
   train = {False: 3.0 * dense, True: 3.0 * dense}
   if model_name != "rhpc":
     assert encoder is not None
-    images = 2 if model_name == "imr_rhpc" else 1
-    shape = tuple(mri_shape) if model_name == "imr_rhpc" else tuple(mg_shape)
+    images = 2 if model_name == "iMRrhpc" else 1
+    shape = tuple(mri_shape) if model_name == "iMRrhpc" else tuple(mg_shape)
     convs = resnet_convs(shape, **encoder)
     out["images"] = images
     out["encoder_forward"] = float(forward_flops(convs))

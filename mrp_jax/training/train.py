@@ -22,8 +22,11 @@ from absl import logging
 from sklearn.metrics import roc_auc_score
 
 from input_pipeline import pipeline
-from mrp_jax import augment, checkpoint, inference, models, pretrained, sharding, train_step
-from mrp_jax.metric_log import MetricLog
+from mrp_jax import models, sharding
+from mrp_jax.evaluation import inference
+from mrp_jax.models import pretrained
+from mrp_jax.training import augment, checkpoint, train_step
+from mrp_jax.training.metric_log import MetricLog
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,11 +44,11 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
 def _check_records(config: ml_collections.ConfigDict, manifest: dict[str, Any]) -> None:
   """The records' geometry must be what the config expects, field by field."""
   problems = []
-  if config.model.name == "imr_rhpc" and tuple(manifest["mri"]["shape"]) != tuple(
+  if config.model.name == "iMRrhpc" and tuple(manifest["mri"]["shape"]) != tuple(
       config.data.mri_shape):
     problems.append(f"config.data.mri_shape={tuple(config.data.mri_shape)} but the records "
                     f"hold {tuple(manifest['mri']['shape'])}")
-  if config.model.name == "img_rhpc" and tuple(manifest["mammogram"]["shape"]) != tuple(
+  if config.model.name == "iMGrhpc" and tuple(manifest["mammogram"]["shape"]) != tuple(
       config.data.mg_shape):
     problems.append(f"config.data.mg_shape={tuple(config.data.mg_shape)} but the records hold "
                     f"{tuple(manifest['mammogram']['shape'])}")
@@ -53,13 +56,8 @@ def _check_records(config: ml_collections.ConfigDict, manifest: dict[str, Any]) 
     raise ValueError(f"{config.data.records}: " + "; ".join(problems))
 
 
-def augment_options(config: ml_collections.ConfigDict) -> augment.AugmentOptions:
-  fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.augment.items()}
-  return augment.AugmentOptions(**fields)
-
-
 def make_preprocess(config: ml_collections.ConfigDict) -> Callable[[Any, jax.Array], Any]:
-  options = augment_options(config)
+  options = augment.AugmentOptions.from_config(config.augment)
 
   def preprocess(batch, key):
     return augment.augment_batch(augment.prepare_images(batch), key, options)
@@ -70,10 +68,10 @@ def validate(eval_step, state, mesh, paths: list[str], config) -> dict[str, floa
   """Validation AUROC per phase and their mean ('val/auroc', NaN when no phase has both
   classes)."""
   out, aurocs = {}, []
-  for phase in config.eval.phases:
+  for phase in config.validation.phases:
     predictions = inference.predict(eval_step, state, mesh, paths,
                                     model_name=config.model.name, phase=phase,
-                                    batch_size=config.eval.batch_size)
+                                    batch_size=config.validation.batch_size)
     out[f"val/n/{phase}"] = len(predictions.label)
     if len(set(predictions.label.tolist())) == 2:
       auroc = roc_auc_score(predictions.label, predictions.probability)
@@ -105,7 +103,7 @@ def rhpc_encoder_from(workdir: str | Path, params: Any) -> Any:
   own few hundred (BUILD_NOTES.md, demo experiments). Shapes must match: the rhpc run and this
   model need the same rhpc_embed_dim and rhpc_hidden_dim.
   """
-  from mrp_jax import runs  # imported here: runs is for evaluation, not every train job
+  from mrp_jax.evaluation import runs
 
   source = runs.load_run(workdir, sharding.make_mesh(jax.devices()[:1]))
   if "rhpc_encoder" not in params:
@@ -199,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   # ---- end ------------------------------------------------------------------------------------
   best_step = checkpoints.best_step()
-  summary = {"model": models.DISPLAY_NAMES[config.model.name], "steps": int(state.step),
+  summary = {"model": config.model.name, "steps": int(state.step),
              "best_step": best_step,
              "best_validation": checkpoints.best.metrics(best_step) if best_step else None}
   if jax.process_index() == 0:

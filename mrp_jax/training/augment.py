@@ -2,7 +2,7 @@
 
 Host workers cannot resample 3D volumes at accelerator rate (a subtraction pair at 176 x 176 x 352
 is 43.6 MB), so augmentation runs here, on the device, as a pure function of the batch and the
-step's key (DESIGN.md section 6). The paper augments MRI "geometrically, in intensity and
+step's key. The paper augments MRI "geometrically, in intensity and
 MRI-specifically as TorchIO does" and mammograms by flipping, brightness and contrast:
 
 * MRI, one geometric transform per patient, shared by the baseline and the follow-up volume
@@ -42,33 +42,40 @@ _GEOMETRY, _MRI_INTENSITY, _MAMMOGRAM = 0, 1, 2
 class AugmentOptions:
   """What to augment and how much. Hashable: pass it to jit as a static argument.
 
-  Probabilities are per example (geometry, mammogram) or per volume (MRI intensity). Axes of a
-  volume are (z, y, x) = (S-I, A-P, L-R).
+  Every field is a config field of ``config.augment``, where each is defined once with its
+  default and meaning (configs/common.py); build it with :meth:`from_config`. Probabilities are
+  per example (geometry, mammogram) or per volume (MRI intensity); axes of a volume are
+  (z, y, x) = (S-I, A-P, L-R).
   """
-  enabled: bool = True  # False: augment_batch returns the batch unchanged
+  enabled: bool  # False: augment_batch returns the batch unchanged
   # ---- MRI geometry (one draw per patient, applied to baseline and follow-up) ----
-  mri_flip_probability: tuple[float, float, float] = (0.0, 0.0, 0.5)  # per axis z, y, x
-  mri_affine_probability: float = 0.5  # chance of the rotation + zoom + translation
-  mri_rotation_degrees: tuple[float, float, float] = (5.0, 5.0, 5.0)  # max |angle| about z, y, x
-  mri_zoom: float = 0.1  # isotropic scale factor uniform in [1 - zoom, 1 + zoom]
-  mri_translation_voxels: float = 4.0  # max |shift| along each axis, voxels
+  mri_flip_probability: tuple[float, float, float]  # per axis z, y, x
+  mri_affine_probability: float  # chance of the rotation + zoom + translation
+  mri_rotation_degrees: tuple[float, float, float]  # max |angle| about z, y, x
+  mri_zoom: float  # isotropic scale factor uniform in [1 - zoom, 1 + zoom]
+  mri_translation_voxels: float  # max |shift| along each axis, voxels
   # ---- MRI intensity (independent per volume) ----
-  mri_bias_field_probability: float = 0.3
-  mri_bias_field_coefficient: float = 0.3  # polynomial coefficients uniform in [-c, c]
-  mri_bias_field_order: int = 3  # degree of the polynomial (TorchIO's default)
-  mri_gamma_probability: float = 0.3
-  mri_log_gamma: float = 0.3  # gamma = exp(uniform(-g, g)), TorchIO's default range
-  mri_intensity_scale_probability: float = 0.5
-  mri_intensity_scale: float = 0.1  # factor uniform in [1 - s, 1 + s]
-  mri_noise_probability: float = 0.25
-  mri_noise_std: float = 0.05  # std uniform in [0, std], units of the stored subtraction
+  mri_bias_field_probability: float
+  mri_bias_field_coefficient: float  # polynomial coefficients uniform in [-c, c]
+  mri_bias_field_order: int  # degree of the polynomial
+  mri_gamma_probability: float
+  mri_log_gamma: float  # gamma = exp(uniform(-g, g))
+  mri_intensity_scale_probability: float
+  mri_intensity_scale: float  # factor uniform in [1 - s, 1 + s]
+  mri_noise_probability: float
+  mri_noise_std: float  # std uniform in [0, std], units of the stored subtraction
   # ---- mammogram (intensities in [0, 1] after prepare_images) ----
-  mg_vertical_flip_probability: float = 0.5  # rows: cranial <-> caudal
-  mg_horizontal_flip_probability: float = 0.0  # columns: would put the chest wall on the right
-  mg_contrast_probability: float = 0.5
-  mg_contrast: float = 0.2  # factor uniform in [1 - c, 1 + c] about the breast mean
-  mg_brightness_probability: float = 0.5
-  mg_brightness: float = 0.1  # shift uniform in [-b, b]
+  mg_vertical_flip_probability: float  # rows: cranial <-> caudal
+  mg_horizontal_flip_probability: float  # columns: would put the chest wall on the right
+  mg_contrast_probability: float
+  mg_contrast: float  # factor uniform in [1 - c, 1 + c] about the breast mean
+  mg_brightness_probability: float
+  mg_brightness: float  # shift uniform in [-b, b]
+
+  @classmethod
+  def from_config(cls, augment: Mapping[str, Any]) -> "AugmentOptions":
+    """From ``config.augment`` (lists become tuples, so the options stay hashable)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()})
 
   def __post_init__(self):
     for field in dataclasses.fields(self):

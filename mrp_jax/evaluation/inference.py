@@ -17,8 +17,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from input_pipeline import pipeline
+from input_pipeline.schema import PHASE_NAMES
 from mrp_jax import sharding
-from mrp_jax.schema import PHASE_NAMES
 
 
 @dataclasses.dataclass(frozen=True)

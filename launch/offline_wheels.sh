@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Downloads into .whl/ the wheels that launch/gpu_benchmark.sh needs on a machine whose image
-# has jax, flax, optax, orbax and torch but not our data stack (the device tool's H100/H200
-# image: Python 3.12, x86-64; /work/.library/device/README.md). About 10 MB.
+# Downloads into .whl/ the wheels that launch/gpu_benchmark.sh needs on an offline GPU host
+# whose Python image has jax (CUDA), flax, optax, orbax-checkpoint and torch but not our data
+# stack (grain, array_record, ml-collections, tensorflow-datasets' protos, google-crc32c), as
+# the NVIDIA H100/H200 images with Python 3.12 on x86-64 we benchmark on. About 10 MB.
 #
-#   bash launch/device_wheels.sh            # then carry .whl (.gitignore keeps it out of git)
+#   bash launch/offline_wheels.sh   # then copy .whl/ with the checkout (.gitignore keeps it out
+#                                   # of git); gpu_benchmark.sh installs them when imports fail
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl

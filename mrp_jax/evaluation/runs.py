@@ -18,12 +18,14 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from mrp_jax import augment, checkpoint, inference, models, sharding, train_step
+from mrp_jax import models, sharding
+from mrp_jax.evaluation import inference
+from mrp_jax.training import augment, checkpoint, train_step
 
 
 @dataclasses.dataclass
 class Run:
-  """label: how reports name it ('iMRrhpc', 'iMRrhpc no time'); model_name: 'imr_rhpc'...;
+  """label: how reports name it ('iMRrhpc', 'iMRrhpc no time'); model_name: 'iMRrhpc'...;
   step: the restored checkpoint's step."""
   label: str
   workdir: Path
@@ -60,13 +62,13 @@ def load_run(workdir: str | Path, mesh, label: str | None = None) -> Run:
   state, step = checkpoint.restore_state_only(
       workdir, checkpoint.abstract_with_shardings(abstract, shardings))
   preprocessing = json.loads((workdir / "preprocessing.json").read_text())
-  return Run(label=label or models.DISPLAY_NAMES[config.model.name], workdir=workdir,
+  return Run(label=label or config.model.name, workdir=workdir,
              config=config, preprocessing=preprocessing, model=model, state=state, step=step,
              eval_step=jax.jit(inference.make_eval_step(model, augment.prepare_images)))
 
 
 def parse_runs(text: str) -> list[tuple[str, str]]:
-  """'rhpc=runs/rhpc,iMRrhpc=runs/imr' -> [(label, workdir), ...]; a clear error otherwise."""
+  """'rhpc=runs/rhpc,iMRrhpc=runs/iMRrhpc' -> [(label, workdir), ...]; a clear error otherwise."""
   out = []
   for item in filter(None, (t.strip() for t in text.split(","))):
     label, sep, path = item.partition("=")

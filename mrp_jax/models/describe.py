@@ -30,7 +30,7 @@ def describe(config: ml_collections.ConfigDict, workdir: str) -> dict:
   outputs = jax.eval_shape(lambda v: model.apply(v, batch, train=False), variables)
   params = variables["params"]
   summary = {
-      "model": models.DISPLAY_NAMES[config.model.name],
+      "model": config.model.name,
       "parameters": _count(params),
       "parameters_by_module": {name: _count(sub) for name, sub in params.items()},
       "batch_stats": _count(variables.get("batch_stats", {})),

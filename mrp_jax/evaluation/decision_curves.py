@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mrp_jax import statistics
+from mrp_jax.evaluation import statistics
 
 DIRECTIONS = ("therapy", "surgery")
 DEFAULT_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)  # dcurves' grid without 0

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mrp_jax import statistics  # noqa: E402
+from mrp_jax.evaluation import statistics
 
 _PHASE_TITLES = {"pre": "Pre-NAT", "mid": "Mid-NAT", "post": "Post-NAT"}
 _BAND_REPLICATES = 200

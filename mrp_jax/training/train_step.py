@@ -33,6 +33,9 @@ class TrainState:
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
+# adamw: AdamW with warmup-cosine; paper: the authors' Adam with L2 decay and ReduceLROnPlateau.
+OPTIMIZERS = ("adamw", "paper")
+
 def learning_rate_schedule(train: Mapping[str, Any]) -> optax.Schedule:
   if train["optimizer"] == "paper":
     return optax.constant_schedule(train["learning_rate"])

@@ -24,11 +24,17 @@ from typing import Any
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from input_pipeline import dicom_writer
-from input_pipeline.synthetic_cohort import ClinicalDraw, ImageLatent
-from input_pipeline.synthetic_images import (MG_MAX, Phantom, VolumeGeometry, render_dce,
-                                             render_mammogram, rician)
-from mrp_jax.schema import PHASE_NAMES, VARIABLE_NAMES
+from input_pipeline.schema import PHASE_NAMES, VARIABLE_NAMES
+from input_pipeline.synthetic import dicom_writer
+from input_pipeline.synthetic.cohort import ClinicalDraw, ImageLatent
+from input_pipeline.synthetic.images import (
+  MG_MAX,
+  Phantom,
+  VolumeGeometry,
+  render_dce,
+  render_mammogram,
+  rician,
+)
 
 _NTH = ("1st", "2nd", "3rd", "4th")
 

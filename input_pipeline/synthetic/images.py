@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from input_pipeline.synthetic_cohort import ImageLatent
+from input_pipeline.synthetic.cohort import ImageLatent
 
 T1 = {"fat": 520.0, "gland": 220.0, "muscle": 260.0, "lung": 30.0, "heart": 200.0,
       "tumour": 240.0}
@@ -38,7 +38,7 @@ MG_MAX = 16383  # 14-bit detector range inside the 16-bit pixels
 
 @dataclasses.dataclass(frozen=True)
 class VolumeGeometry:
-  """Voxel grid of one series in SimpleITK's convention (see input_pipeline/dicom_writer.py).
+  """Voxel grid of one series in SimpleITK's convention (see input_pipeline/synthetic/dicom_writer.py).
 
   Attributes:
     shape: [z, y, x] voxels.

@@ -5,8 +5,8 @@ where; this module decides what a record means for a model.
 
 Who trains a model (DESIGN.md section 2):
 
-* ``imr_rhpc``: patients with a Pre-NAT MRI (the Siamese baseline slot is never empty);
-* ``img_rhpc``: patients with a mammogram;
+* ``iMRrhpc``: patients with a Pre-NAT MRI (the Siamese baseline slot is never empty);
+* ``iMGrhpc``: patients with a mammogram;
 * ``rhpc``: every patient.
 
 Patients with an unknown label (-1) never train: the response loss needs a label.
@@ -34,9 +34,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from input_pipeline import clinical_table, encoding, schema
 from input_pipeline.records import PatientRecord
-from mrp_jax import schema
-from mrp_jax.schema import IMAGE_KEYS, MODEL_NAMES
+from input_pipeline.schema import IMAGE_KEYS, MODEL_NAMES
 
 # Evaluation phase name -> (baseline MRI phase, follow-up MRI phase or None).
 EVAL_PHASES = {"pre": ("pre", None), "mid": ("pre", "mid"), "post": ("pre", "post")}
@@ -91,9 +91,9 @@ def trains(record: PatientRecord, model_name: str) -> bool:
   """Whether ``record`` is a training patient of ``model_name`` (see the module docstring)."""
   if record.label not in (0, 1):
     return False
-  if model_name == "imr_rhpc":
+  if model_name == "iMRrhpc":
     return "pre" in record.mri
-  if model_name == "img_rhpc":
+  if model_name == "iMGrhpc":
     return record.mg is not None
   return True
 
@@ -152,7 +152,7 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
 
   Args:
     examples: at most ``batch_size`` examples.
-    model_name: 'rhpc', 'img_rhpc' or 'imr_rhpc'; decides the image keys.
+    model_name: 'rhpc', 'iMGrhpc' or 'iMRrhpc'; decides the image keys.
     spec: image shapes and dtypes.
     batch_size: rows of the batch (default ``len(examples)``); rows past the examples are
       padding: zeros, ``example_mask`` 0, image masks False.
@@ -162,12 +162,12 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
 
   Returns:
     b = batch_size:
-    'rhpc' float32 [b, schema.INPUT_DIM]; 'aux_targets', 'aux_masks' float32 [b, AUX_DIM];
+    'rhpc' float32 [b, encoding.INPUT_DIM]; 'aux_targets', 'aux_masks' float32 [b, AUX_DIM];
     'label' float32 [b] (1 pCR, 0 non-pCR; -1 only for unlabeled evaluation patients);
     'example_mask' float32 [b]; 'phase' int32 [b];
-    imr_rhpc: 'mri' [b, 2, z, y, x] (slot 0 baseline Pre, slot 1 follow-up; zeros when
+    iMRrhpc: 'mri' [b, 2, z, y, x] (slot 0 baseline Pre, slot 1 follow-up; zeros when
       absent) in spec.mri_dtype, 'mri_mask' bool [b, 2], 'mri_phase' int32 [b, 2];
-    img_rhpc: 'mg' [b, 1, rows, cols] in spec.mg_dtype, 'mg_mask' bool [b, 1],
+    iMGrhpc: 'mg' [b, 1, rows, cols] in spec.mg_dtype, 'mg_mask' bool [b, 1],
       'mg_phase' int32 [b, 1] (always Phase.PRE).
   """
   b = len(examples) if batch_size is None else batch_size
@@ -179,9 +179,9 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
   for i, example in enumerate(examples):
     codes[i] = example.record.rhpc_codes
     values[i] = example.record.rhpc_values
-  parsed = schema.ParsedRhpc(codes, values)
-  rhpc = schema.model_inputs(parsed)
-  aux_targets, aux_masks = schema.aux_targets(parsed)
+  parsed = clinical_table.ParsedRhpc(codes, values)
+  rhpc = encoding.model_inputs(parsed)
+  aux_targets, aux_masks = encoding.aux_targets(parsed)
   valid = np.arange(b) < n
   # Padding rows carry no information at all, not 'every variable Unknown'.
   rhpc[~valid] = 0.0

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from input_pipeline import records, tfrecord
+from input_pipeline import records, schema, tfrecord
 from input_pipeline.pipeline import MANIFEST
-from mrp_jax import schema
 
 
 def write(out_dir: str | Path, num_patients: int, *, mri_shape: Sequence[int] = (176, 176, 352),

@@ -1,28 +1,51 @@
-"""Checks a config before any work starts; every problem is reported with its field's full name.
+"""Config files: loading them as the command line does, and checking them before any work.
 
-Unknown fields are already refused by the locked ConfigDict (config_flags); this module refuses
-known fields with values the code cannot honour.
+Every problem is reported with its field's full name. Unknown fields are already refused by the
+locked ConfigDict (config_flags); :func:`validate` refuses known fields with values the code
+cannot honour. The lists of valid choices belong to the modules that implement them and are
+imported from there.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import ml_collections
 
+from input_pipeline import schema
 from input_pipeline.geometries import GEOMETRIES
-from mrp_jax import augment, models, schema
-from mrp_jax.models.resnet import LAYOUTS, REMAT_POLICIES
-
-JOBS = ("train", "evaluate", "benchmark", "demo", "describe")
-# mrp_jax/benchmark.py's parts (not imported: benchmark pulls in more than validation needs).
-BENCHMARK_PARTS = ("eval", "train", "augment", "pipeline", "torch", "plan", "hlo")
-GPU_TARGETS = ("h100", "h200")  # mrp_jax/gpu_target.py's GPUS
+from mrp_jax import benchmark, models
+from mrp_jax.benchmark.gpu_target import GPUS
+from mrp_jax.evaluation.evaluate import THRESHOLD_RULES
+from mrp_jax.models.fusion import SIAMESE_BATCHING
+from mrp_jax.models.resnet import LAYOUTS, NORMS, REMAT_POLICIES, SHORTCUTS
+from mrp_jax.training import augment
+from mrp_jax.training.train_step import OPTIMIZERS
 
 
 class ConfigError(ValueError):
   """One or more config fields hold values that cannot work."""
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of ``'path/to/file.py[:variants]'``, as ``--config`` would give it.
+
+  The file is imported by path and its ``get_config(variants)`` called (``get_config()``
+  without variants), as ml_collections' config_flags does; the result is locked, so a misspelt
+  field is an error here too.
+  """
+  path, _, arg = spec.partition(":")
+  if not Path(path).is_file():
+    raise ConfigError(f"no config file {path!r}")
+  module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  config.lock()
+  return config
 
 
 def _one_of(*choices):
@@ -68,7 +91,6 @@ def _optional(rule):
 
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "job": _one_of(*JOBS),
     "seed": (lambda v: isinstance(v, int), "must be an integer"),
     "model.name": _one_of(*models.MODEL_NAMES),
     "model.dtype": _one_of("bfloat16", "float32", "float16"),
@@ -76,15 +98,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.rhpc_hidden_dim": _POSITIVE_INT,
     "model.head_dim": _POSITIVE_INT,
     "model.modality_dropout": _UNIT_INTERVAL,
-    "model.siamese_batching": _one_of("joint", "separate"),
+    "model.siamese_batching": _one_of(*SIAMESE_BATCHING),
     "model.encoder.layout": _one_of(*LAYOUTS),
     "model.encoder.stem_kernel": (lambda v: _positive_int(v) and v % 2 == 1,
                                   "must be an odd positive integer"),
     "model.encoder.stem_stride": _optional(_POSITIVE_INT),
     "model.encoder.strides": _optional(_ints(4)),
     "model.encoder.dilations": _optional(_ints(4)),
-    "model.encoder.shortcut": _one_of("A", "B"),
-    "model.encoder.norm": _one_of("batch", "group"),
+    "model.encoder.shortcut": _one_of(*SHORTCUTS),
+    "model.encoder.norm": _one_of(*NORMS),
     "model.encoder.width": _POSITIVE_INT,
     "model.encoder.remat": _one_of("none", *REMAT_POLICIES),
     "model.encoder.stem_space_to_depth": (lambda v: isinstance(v, bool), "must be True or False"),
@@ -99,7 +121,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.mg_shape": _ints(2),
     "train.batch_size": _POSITIVE_INT,
     "train.num_steps": _POSITIVE_INT,
-    "train.optimizer": _one_of("adamw", "paper"),
+    "train.optimizer": _one_of(*OPTIMIZERS),
     "train.learning_rate": _POSITIVE,
     "train.warmup_steps": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
     "train.weight_decay": _NON_NEGATIVE,
@@ -113,8 +135,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.plateau_patience": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
     "train.plateau_factor": (lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
                              "must be in (0, 1]"),
-    "eval.batch_size": _POSITIVE_INT,
-    "eval.phases": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+    "validation.batch_size": _POSITIVE_INT,
+    "validation.phases": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
                     and all(p in schema.PHASE_NAMES for p in v),
                     f"must be a non-empty tuple of {list(schema.PHASE_NAMES)}"),
     "data.records": (lambda v: isinstance(v, str), "must be a folder path (a string)"),
@@ -126,9 +148,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "distributed": (lambda v: isinstance(v, bool), "must be True or False"),
     "evaluate.runs": (lambda v: isinstance(v, str), "must be LABEL=WORKDIR,... (a string)"),
     "evaluate.split": _one_of("validation", "test"),
+    "evaluate.phases": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                        and all(p in schema.PHASE_NAMES for p in v),
+                        f"must be a non-empty tuple of {list(schema.PHASE_NAMES)}"),
+    "evaluate.batch_size": _POSITIVE_INT,
     "evaluate.fit_split": _one_of("train", "validation"),
-    "evaluate.threshold": (lambda v: v == "youden" or _is_probability(v),
-                           "must be 'youden' or a probability in (0, 1)"),
+    "evaluate.threshold": (lambda v: v in THRESHOLD_RULES or _is_probability(v),
+                           f"must be one of {list(THRESHOLD_RULES)} or a probability in (0, 1)"),
     "evaluate.bootstrap_replicates": (lambda v: _positive_int(v) and v >= 100,
                                       "must be an integer >= 100"),
     "evaluate.readers": (lambda v: v == "" or os.path.isfile(v), "must be '' or an existing CSV"),
@@ -153,8 +179,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                          and all(m in models.MODEL_NAMES for m in v),
                          f"must be a non-empty tuple of {list(models.MODEL_NAMES)}"),
     "benchmark.parts": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
-                        and all(p in BENCHMARK_PARTS for p in v),
-                        f"must be a non-empty tuple of {list(BENCHMARK_PARTS)}"),
+                        and all(p in benchmark.PARTS for p in v),
+                        f"must be a non-empty tuple of {list(benchmark.PARTS)}"),
     **{f"benchmark.batch_size.{m}": _POSITIVE_INT for m in models.MODEL_NAMES},
     "benchmark.warmup_steps": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
     "benchmark.steps": _POSITIVE_INT,
@@ -167,7 +193,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                "must be a non-empty tuple of positive integers"),
     "benchmark.plan_compile": (lambda v: isinstance(v, bool), "must be True or False"),
     "benchmark.bandwidth_gbs": _NON_NEGATIVE,
-    "benchmark.target": _one_of("", *GPU_TARGETS),
+    "benchmark.target": _one_of("", *GPUS),
     "benchmark.target_devices": _POSITIVE_INT,
     "benchmark.compiler_options": (lambda v: isinstance(v, str), "must be a string "
                                    "'name=value,name=value' of XLA options"),
@@ -207,8 +233,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       problems.append(f"config.{path}: {message} (got {value!r})")
   if _lookup(config, "augment") is not _MISSING:
     try:
-      augment.AugmentOptions(**{k: tuple(v) if isinstance(v, list) else v
-                                for k, v in config.augment.items()})
+      augment.AugmentOptions.from_config(config.augment)
     except (TypeError, ValueError) as error:
       problems.append(f"config.{error}" if str(error).startswith("augment.") else
                       f"config.augment: {error}")

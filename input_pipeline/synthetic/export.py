@@ -37,10 +37,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from input_pipeline import patient
-from input_pipeline import synthetic_cohort as cohort
-from input_pipeline import synthetic_series as series
-from input_pipeline.synthetic_images import Phantom
-from mrp_jax.schema import PHASE_NAMES
+from input_pipeline.schema import PHASE_NAMES
+from input_pipeline.synthetic import cohort, series
+from input_pipeline.synthetic.images import Phantom
 
 SPECIAL_CASES = {1: "flipped", 2: "oblique", 3: "enhanced", 4: "multiphase", 5: "rle",
                  6: "monochrome1", 7: "truncated_dicom", 8: "no_pre_contrast",

@@ -2,7 +2,7 @@
 
 For every run (config.evaluate.runs) and every phase (Pre: Pre data; Mid: Pre+Mid; Post:
 Pre+Post) the models predict the fit split (validation) and the reported split (test). On the
-fit split the MRP weights (mrp_jax/ensemble.py) and each model's operating threshold (Youden's J,
+fit split the MRP weights (mrp_jax/evaluation/ensemble.py) and each model's operating threshold (Youden's J,
 or a fixed probability) are chosen; on the reported split everything is measured:
 
 WORKDIR/report/
@@ -30,11 +30,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import examples, pipeline, records, tfrecord
-from mrp_jax import (decision_curves, ensemble, inference, models, report, runs, schema,
-                     sharding, statistics)
+from input_pipeline import batching, clinical_table, pipeline, records, schema, tfrecord
+from mrp_jax import sharding
+from mrp_jax.evaluation import decision_curves, ensemble, inference, report, runs, statistics
 
-MAIN_MODELS = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
+# How an operating threshold is chosen on the fit split (or config.evaluate.threshold is a
+# probability): Youden's J per model and phase.
+THRESHOLD_RULES = ("youden",)
 # Decision-curve direction per phase (the paper's Fig. 5): change therapy for predicted non-pCR
 # before and during NAT; omit surgery for predicted pCR after it.
 DIRECTIONS = {"pre": "therapy", "mid": "therapy", "post": "surgery"}
@@ -65,7 +67,7 @@ def patient_table(records_dir: Path, splits: tuple[str, ...]) -> dict[str, dict[
     for path in pipeline.split_paths(records_dir, split):
       for _, data in tfrecord.iter_records(path):
         record = records.decode(data)
-        parsed = schema.ParsedRhpc(record.rhpc_codes[None], record.rhpc_values[None])
+        parsed = clinical_table.ParsedRhpc(record.rhpc_codes[None], record.rhpc_values[None])
         values = parsed.decode(0)
         age = values.get("age")
         values["age_group"] = None if age is None else ("<=50" if age <= 50 else ">50")
@@ -97,7 +99,7 @@ def _readers(path: str) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def _threshold(config, y, p) -> float:
-  if config.evaluate.threshold != "youden":
+  if config.evaluate.threshold not in THRESHOLD_RULES:
     return float(config.evaluate.threshold)
   t = statistics.youden_threshold(y, p)
   return t if math.isfinite(t) else 0.5
@@ -114,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   records_dir = Path(config.data.records)
   splits = (ev.fit_split, ev.split)
   patients = patient_table(records_dir, splits)
-  phases = tuple(config.eval.phases)
+  phases = tuple(config.evaluate.phases)
 
   # ---- predictions ------------------------------------------------------------------------
   predictions: dict[tuple[str, str, str], inference.Predictions] = {}
@@ -124,7 +126,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
       for phase in phases:
         predictions[(run_.label, split, phase)] = inference.predict(
             run_.eval_step, run_.state, mesh, paths, model_name=run_.model_name, phase=phase,
-            batch_size=config.eval.batch_size)
+            batch_size=config.evaluate.batch_size)
         print(f"evaluate: {run_.label} {split} {phase}: "
               f"{len(predictions[(run_.label, split, phase)].label)} patients", flush=True)
   scores = {key: (p.patient_ids, p.label, p.probability) for key, p in predictions.items()}
@@ -134,11 +136,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   # reported beside them. Without such a label, the first run of each model.
   by_model: dict[str, str] = {}
   for r in loaded:
-    if r.label == models.DISPLAY_NAMES[r.model_name] or r.model_name not in by_model:
+    if r.label == r.model_name or r.model_name not in by_model:
       by_model[r.model_name] = r.label
   weights = None
-  if "img_rhpc" in by_model and "imr_rhpc" in by_model:
-    mg, mr = by_model["img_rhpc"], by_model["imr_rhpc"]
+  if "iMGrhpc" in by_model and "iMRrhpc" in by_model:
+    mg, mr = by_model["iMGrhpc"], by_model["iMRrhpc"]
 
     def arrays(split, phase):
       a, b = predictions[(mg, split, phase)], predictions[(mr, split, phase)]
@@ -286,7 +288,7 @@ def paper_shape(scores, split: str, phases: tuple[str, ...], by_model: dict[str,
   bootstrap 95% CI, the DeLong p and ``holds`` (the point estimate, as the paper reports it;
   the CI says how sure that is). Claims whose models were not evaluated are left out.
   """
-  rhpc, img, imr = (by_model.get(m) for m in ("rhpc", "img_rhpc", "imr_rhpc"))
+  rhpc, img, imr = (by_model.get(m) for m in ("rhpc", "iMGrhpc", "iMRrhpc"))
   pairs = [(imr, rhpc, True)]
   if has_mrp:
     pairs += [("MRP", imr, False), ("MRP", img, False), ("MRP", rhpc, False)]
@@ -330,14 +332,14 @@ def _write_predictions(path: Path, scores, patients) -> None:
 
 def _attributions(loaded, records_dir, ev, weights, by_model) -> dict[str, Any]:
   """Integrated Gradients on the first explain_cases patients of the reported split."""
-  from mrp_jax import explain  # the JAX-heavy part: only when explanations are asked for
+  from mrp_jax.evaluation import explain
   spec = pipeline.batch_spec(records_dir)
   cases = []
   for path in pipeline.split_paths(records_dir, ev.split):
     for _, data in tfrecord.iter_records(path):
       record = records.decode(data)
-      if examples.evaluates(record, ev.explain_phase):
-        cases.append(examples.eval_example(record, ev.explain_phase))
+      if batching.evaluates(record, ev.explain_phase):
+        cases.append(batching.eval_example(record, ev.explain_phase))
       if len(cases) >= ev.explain_cases:
         break
     if len(cases) >= ev.explain_cases:
@@ -348,7 +350,7 @@ def _attributions(loaded, records_dir, ev, weights, by_model) -> dict[str, Any]:
                  "batch_stats": jax.device_get(run_.state.batch_stats)}
     chunks = []
     for start in range(0, len(cases), 8):
-      batch = examples.collate(cases[start:start + 8], run_.model_name, spec)
+      batch = batching.collate(cases[start:start + 8], run_.model_name, spec)
       # Probabilities, not logits: MRP averages probabilities, and IG is linear in the
       # function, so W1 * IG(iMGrhpc) + W2 * IG(iMRrhpc) is exactly MRP's attribution.
       chunks.append(explain.model_attributions(run_.model, variables, batch,
@@ -356,7 +358,7 @@ def _attributions(loaded, records_dir, ev, weights, by_model) -> dict[str, Any]:
     per_model[run_.label] = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   if weights is not None:
     per_model["MRP"] = explain.combine_attributions(
-        {"mg": per_model[by_model["img_rhpc"]], "mr": per_model[by_model["imr_rhpc"]]},
+        {"mg": per_model[by_model["iMGrhpc"]], "mr": per_model[by_model["iMRrhpc"]]},
         {"mg": weights.w_mg, "mr": weights.w_mr})
   return {"phase": ev.explain_phase, "cases": len(cases),
           "ranked": {label: explain.rank_attributions(values)

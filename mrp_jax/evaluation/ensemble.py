@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mrp_jax import statistics
+from mrp_jax.evaluation import statistics
 
 
 @dataclasses.dataclass(frozen=True)

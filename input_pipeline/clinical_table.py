@@ -1,0 +1,253 @@
+"""Clinical tables: raw values to the schema's codes, and the pCR label.
+
+Real tables spell categories many ways ('Invasive ductal carcinoma', 'IDC', 'ductaal'), leave
+values out in many ways ('', 'n/a', 'onbekend', '?') and mix units ('62 kg', '62,5'). Every
+value is normalised (case, spaces, punctuation) and looked up among the spellings that
+:mod:`input_pipeline.schema` declares for its variable; anything unparseable becomes Unknown
+and is counted in a :class:`ParseReport`, never raised.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from input_pipeline.schema import UNKNOWN, VARIABLES, Kind, Variable
+
+# Values that mean "not recorded" in real tables, compared with spaces, dots, slashes and
+# dashes removed ('n/a', 'N.A.', ' - ' and 'not known' all match).
+_MISSING_TOKENS = frozenset({
+    "", "nan", "na", "none", "null", "unknown", "unk", "missing", "notknown", "notavailable",
+    "onbekend", "?", "??", "nd", "notdone", "nk", "nvt", "notapplicable", "notrecorded",
+})
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
+_THERAPY_SPLIT = re.compile(r"\s*(?:[+;,/&|]|\band\b|\bwith\b|\bplus\b)\s*")
+
+
+def normalise(value: Any) -> str:
+  """Lower-cases, strips, and collapses whitespace, '_' and '-' so spellings compare equal."""
+  if value is None:
+    return ""
+  if isinstance(value, float) and math.isnan(value):
+    return ""
+  text = str(value).strip().lower()
+  text = re.sub(r"[\s_\-]+", " ", text)
+  return text.strip()
+
+
+def _token(text: str) -> str:
+  """Alias key: normalised text without spaces or dots ('C50.4' -> 'c504', 'cT 2' -> 'ct2')."""
+  return re.sub(r"[\s.]+", "", text)
+
+
+def _build_alias_tables() -> dict[str, dict[str, int]]:
+  tables = {}
+  for var in VARIABLES:
+    table: dict[str, int] = {}
+    for index, cat in enumerate(var.categories):
+      for spelling in (cat.name, *cat.aliases):
+        key = _token(normalise(spelling))
+        if table.get(key, index) != index:
+          raise AssertionError(f"{var.name}: alias {spelling!r} names two categories")
+        table[key] = index
+    tables[var.name] = table
+  return tables
+
+
+_ALIASES = _build_alias_tables()
+
+
+@dataclasses.dataclass
+class ParseReport:
+  """Counts of values that could not be parsed and became Unknown, per variable and raw value."""
+  unparsed: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  missing: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+  def note_unparsed(self, variable: str, raw: Any) -> None:
+    self.unparsed[(variable, str(raw))] += 1
+
+  def note_missing(self, variable: str) -> None:
+    self.missing[variable] += 1
+
+  def merge(self, other: "ParseReport") -> None:
+    self.unparsed.update(other.unparsed)
+    self.missing.update(other.missing)
+
+  def summary(self) -> dict[str, Any]:
+    """A JSON-friendly summary: {'unparsed': {var: {raw: n}}, 'missing': {var: n}}."""
+    unparsed: dict[str, dict[str, int]] = {}
+    for (var, raw), n in sorted(self.unparsed.items()):
+      unparsed.setdefault(var, {})[raw] = n
+    return {"unparsed": unparsed, "missing": dict(sorted(self.missing.items()))}
+
+
+def _parse_number(text: str) -> float | None:
+  match = _NUMBER.search(text)
+  if match is None:
+    return None
+  return float(match.group(0).replace(",", "."))
+
+
+def parse_value(var: Variable, raw: Any,
+                report: ParseReport | None = None) -> tuple[int, float]:
+  """Parses one raw table value of ``var``.
+
+  Returns:
+    (code, value): code is the category index, the label bit mask (multilabel), 0 for a known
+    continuous value, or ``UNKNOWN``; value is the raw number for continuous and binned
+    variables (NaN if unknown or not numeric).
+  """
+  text = normalise(raw)
+  if re.sub(r"[\s./\-]+", "", text) in _MISSING_TOKENS:
+    if report is not None:
+      report.note_missing(var.name)
+    return UNKNOWN, math.nan
+
+  def unparsed() -> tuple[int, float]:
+    if report is not None:
+      report.note_unparsed(var.name, raw)
+    return UNKNOWN, math.nan
+
+  if var.kind == Kind.CONTINUOUS or var.is_binned:
+    number = raw if isinstance(raw, (int, float, np.number)) else _parse_number(text)
+    if isinstance(number, bool) or number is None or not math.isfinite(float(number)):
+      # A binned variable may also be written as its category name ('<=11').
+      index = _ALIASES[var.name].get(_token(text))
+      return (index, math.nan) if index is not None else unparsed()
+    number = float(number)
+    low, high = var.valid_range or (-math.inf, math.inf)
+    if not low <= number <= high:
+      return unparsed()
+    if var.kind == Kind.CONTINUOUS:
+      return 0, number
+    for index, cat in enumerate(var.categories):
+      if cat.bounds[0] <= number < cat.bounds[1]:
+        return index, number
+    return unparsed()
+
+  table = _ALIASES[var.name]
+  if var.kind == Kind.MULTILABEL:
+    mask = 0
+    for part in _THERAPY_SPLIT.split(text):
+      if not part:
+        continue
+      index = table.get(_token(part))
+      if index is None:
+        return unparsed()
+      mask |= 1 << index
+    return (mask, math.nan) if mask else unparsed()
+
+  index = table.get(_token(text))
+  if index is None and _NUMBER.fullmatch(text):
+    # '2.0' from a spreadsheet for category '2'.
+    number = float(text.replace(",", "."))
+    if number.is_integer():
+      index = table.get(str(int(number)))
+  return (index, math.nan) if index is not None else unparsed()
+
+
+def find_columns(headers: Iterable[str]) -> dict[str, str]:
+  """Maps variable name -> the header in ``headers`` that holds it (first match wins)."""
+  by_normalised = {}
+  for header in headers:
+    by_normalised.setdefault(normalise(header), header)
+  found = {}
+  for var in VARIABLES:
+    for candidate in (var.name.replace("_", " "), *var.columns):
+      if candidate in by_normalised:
+        found[var.name] = by_normalised[candidate]
+        break
+  return found
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedRhpc:
+  """Parsed rhpc values of N patients.
+
+  Attributes:
+    codes: int32 [N, 22], see :func:`parse_value`; ``UNKNOWN`` = -1.
+    values: float32 [N, 22], raw numbers where the variable is numeric, NaN elsewhere.
+  """
+  codes: np.ndarray
+  values: np.ndarray
+
+  def __len__(self) -> int:
+    return self.codes.shape[0]
+
+  def take(self, index) -> "ParsedRhpc":
+    return ParsedRhpc(self.codes[index], self.values[index])
+
+  def decode(self, row: int) -> dict[str, Any]:
+    """Canonical category names (or numbers) of one patient, None where Unknown."""
+    out: dict[str, Any] = {}
+    for j, var in enumerate(VARIABLES):
+      code = int(self.codes[row, j])
+      if code == UNKNOWN:
+        out[var.name] = None
+      elif var.kind == Kind.CONTINUOUS:
+        out[var.name] = float(self.values[row, j])
+      elif var.kind == Kind.MULTILABEL:
+        out[var.name] = [c.name for i, c in enumerate(var.categories) if code >> i & 1]
+      else:
+        out[var.name] = var.categories[code].name
+    return out
+
+
+def parse_rows(rows: Sequence[Mapping[str, Any]],
+               report: ParseReport | None = None) -> ParsedRhpc:
+  """Parses clinical table rows (dicts keyed by header; headers matched with :func:`find_columns`).
+
+  A variable whose column is absent is Unknown for every row. Never raises on a value.
+  """
+  codes = np.full((len(rows), len(VARIABLES)), UNKNOWN, np.int32)
+  values = np.full((len(rows), len(VARIABLES)), np.nan, np.float32)
+  column_cache: dict[tuple[str, ...], dict[str, str]] = {}
+  for i, row in enumerate(rows):
+    key = tuple(row.keys())
+    if key not in column_cache:
+      column_cache[key] = find_columns(key)
+    columns = column_cache[key]
+    for j, var in enumerate(VARIABLES):
+      header = columns.get(var.name)
+      if header is None:
+        if report is not None:
+          report.note_missing(var.name)
+        continue
+      codes[i, j], values[i, j] = parse_value(var, row[header], report)
+  return ParsedRhpc(codes, values)
+
+
+# --------------------------------------------------------------------------------------------
+# The label
+# --------------------------------------------------------------------------------------------
+LABEL_COLUMNS = ("pcr", "label", "response", "pathologic response", "pathological response",
+                 "pcr label", "pcr status")
+_PCR_TOKENS = frozenset({"1", "yes", "y", "true", "pcr", "complete", "complete response",
+                         "ypt0", "ypt0n0", "ypt0/isn0", "ypt0isn0"})
+_NON_PCR_TOKENS = frozenset({"0", "no", "n", "false", "nonpcr", "non pcr", "no pcr", "rd",
+                             "residual disease", "partial", "partial response", "npcr"})
+
+
+def parse_label(raw: Any) -> int | None:
+  """1 for pCR, 0 for non-pCR, None when missing or unrecognised."""
+  text = normalise(raw)
+  if re.fullmatch(r"[01](?:\.0+)?", text):
+    return int(float(text))
+  if text in _PCR_TOKENS:
+    return 1
+  if text in _NON_PCR_TOKENS or text.replace(" ", "") in _NON_PCR_TOKENS:
+    return 0
+  return None
+
+
+def find_label_column(headers: Iterable[str]) -> str | None:
+  by_normalised = {normalise(h): h for h in headers}
+  for candidate in LABEL_COLUMNS:
+    if candidate in by_normalised:
+      return by_normalised[candidate]
+  return None

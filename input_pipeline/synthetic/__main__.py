@@ -1,0 +1,3 @@
+from input_pipeline.synthetic.export import main
+
+main()
