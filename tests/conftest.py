@@ -28,6 +28,12 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 
+def _run_temp(tmp_path_factory) -> pathlib.Path:
+  """This pytest run's temporary folder, shared by its xdist workers (each has a subfolder)."""
+  base = pathlib.Path(tmp_path_factory.getbasetemp())
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def training_records(tmp_path_factory):
   """A prepared tiny synthetic cohort (20 patients, 16 usable; train/validation 60/40), built
@@ -37,7 +43,7 @@ def training_records(tmp_path_factory):
   from input_pipeline.mammogram import MammogramOptions
   from input_pipeline.mri import MriOptions
 
-  root = pathlib.Path(tmp_path_factory.getbasetemp()).parent / "training_cohort"
+  root = _run_temp(tmp_path_factory) / "training_cohort"
   root.mkdir(parents=True, exist_ok=True)
   tiny = GEOMETRIES["tiny"]
   with open(root / ".lock", "w") as lock:
