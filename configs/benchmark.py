@@ -47,8 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   b.torch_compile = True  # torch.compile the PyTorch model (falls back to eager if it fails)
   b.dump_hlo = False  # write WORKDIR/<model>_<train|eval>.hlo.txt: the optimised HLO
   b.bandwidth_gbs = 0.0  # GB/s for the HLO census' roofline floor; 0: the (target) GPU's if listed
-  # Compile for a GPU that is not here (mrp_jax/benchmark/gpu_target.py: 'h100', 'h200'; needs the jax
-  # CUDA plugin, no GPU): XLA:GPU's own HLO and memory plan; only the parts 'plan' and 'hlo'.
+  # Compile for a GPU that is not here (mrp_jax/benchmark/gpu_target.py: 'h100', 'h200'; needs
+  # the jax CUDA plugin, no GPU): XLA:GPU's own HLO and memory plan; only the parts 'plan' and
+  # 'hlo'.
   b.target = ""
   b.target_devices = 1  # compile-only devices of the target (one host), for a sharded plan
   b.compiler_options = ""  # XLA options for every compile: "xla_gpu_force_conv_nhwc=true,..."

@@ -3,7 +3,7 @@
 Pure numpy, no Grain: the pipeline (``input_pipeline/pipeline.py``) decides which records flow
 where; this module decides what a record means for a model.
 
-Who trains a model (DESIGN.md section 2):
+Who trains a model (docs/background.md section 1):
 
 * ``iMRrhpc``: patients with a Pre-NAT MRI (the Siamese baseline slot is never empty);
 * ``iMGrhpc``: patients with a mammogram;
@@ -68,13 +68,10 @@ class Example:
     record: the decoded patient.
     baseline: 'pre' when the baseline slot holds the Pre-NAT volume, else None (empty slot).
     follow_up: 'mid' or 'post' for the follow-up slot, else None (empty slot).
-    phase: the example's phase (schema.Phase value): the evaluation phase, or in training the
-      follow-up's phase (0 for Pre only).
   """
   record: PatientRecord
   baseline: str | None
   follow_up: str | None
-  phase: int
 
 
 def check_model_name(model_name: str) -> None:
@@ -115,8 +112,7 @@ def draw_training_example(record: PatientRecord, rng: np.random.Generator) -> Ex
   random_map, which seeds it from the pipeline seed and the position in the stream)."""
   combinations = training_combinations(record)
   baseline, follow_up = combinations[int(rng.integers(len(combinations)))]
-  phase = schema.PHASE_NAMES.index(follow_up) if follow_up else int(schema.Phase.PRE)
-  return Example(record, baseline, follow_up, phase)
+  return Example(record, baseline, follow_up)
 
 
 def evaluates(record: PatientRecord, phase: str, include_unlabeled: bool = False) -> bool:
@@ -130,8 +126,7 @@ def evaluates(record: PatientRecord, phase: str, include_unlabeled: bool = False
 def eval_example(record: PatientRecord, phase: str) -> Example:
   """``record`` at evaluation ``phase`` (which :func:`evaluates` accepted)."""
   baseline, follow_up = EVAL_PHASES[phase]
-  return Example(record, baseline if baseline in record.mri else None, follow_up,
-                 schema.PHASE_NAMES.index(phase))
+  return Example(record, baseline if baseline in record.mri else None, follow_up)
 
 
 def _image(record: PatientRecord, name: str, array: np.ndarray, shape: tuple[int, ...],
@@ -144,11 +139,53 @@ def _image(record: PatientRecord, name: str, array: np.ndarray, shape: tuple[int
   return array
 
 
+def empty_batch(model_name: str, batch_size: int, spec: BatchSpec,
+                allocate: Callable[[tuple[int, ...], str], np.ndarray] = np.zeros
+                ) -> dict[str, np.ndarray]:
+  """The batch contract: every key, shape and dtype the models and losses read.
+
+  Args:
+    model_name: 'rhpc', 'iMGrhpc' or 'iMRrhpc'; decides the image keys.
+    batch_size: rows b.
+    spec: image shapes and dtypes.
+    allocate: makes the image array, called as ``allocate(shape, dtype)`` (np.zeros by
+      default; collate passes an allocator that need not zero).
+
+  Returns:
+    Every row padding (zeros, masks False):
+    'rhpc' float32 [b, encoding.INPUT_DIM]; 'aux_targets', 'aux_masks' float32 [b, AUX_DIM];
+    'label' float32 [b] (1 pCR, 0 non-pCR; -1 only for unlabeled evaluation patients);
+    'example_mask' float32 [b] (1 for a real patient);
+    iMRrhpc: 'mri' [b, 2, z, y, x] in spec.mri_dtype (slot 0 baseline Pre, slot 1
+      follow-up), 'mri_mask' bool [b, 2], 'mri_phase' int32 [b, 2] (schema.Phase values);
+    iMGrhpc: 'mg' [b, 1, rows, cols] in spec.mg_dtype, 'mg_mask' bool [b, 1],
+      'mg_phase' int32 [b, 1] (always Phase.PRE).
+  """
+  b = batch_size
+  batch = {
+      "rhpc": np.zeros((b, encoding.INPUT_DIM), np.float32),
+      "aux_targets": np.zeros((b, encoding.AUX_DIM), np.float32),
+      "aux_masks": np.zeros((b, encoding.AUX_DIM), np.float32),
+      "label": np.zeros((b,), np.float32),
+      "example_mask": np.zeros((b,), np.float32),
+  }
+  image_key = IMAGE_KEYS[model_name]
+  if image_key == "mri":
+    batch.update(mri=allocate((b, 2, *spec.mri_shape), spec.mri_dtype),
+                 mri_mask=np.zeros((b, 2), bool), mri_phase=np.zeros((b, 2), np.int32))
+  elif image_key == "mg":
+    batch.update(mg=allocate((b, 1, *spec.mg_shape), spec.mg_dtype),
+                 mg_mask=np.zeros((b, 1), bool),
+                 mg_phase=np.full((b, 1), int(schema.Phase.PRE), np.int32))
+  return batch
+
+
 def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
             batch_size: int | None = None,
             empty: Callable[[tuple[int, ...], str], np.ndarray] = np.empty
             ) -> dict[str, np.ndarray]:
-  """Stacks examples into one batch, padded to ``batch_size`` rows.
+  """Stacks examples into one batch of the contract of :func:`empty_batch`, padded to
+  ``batch_size`` rows.
 
   Args:
     examples: at most ``batch_size`` examples.
@@ -159,51 +196,26 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
     empty: allocates the image array, called as ``empty(shape, dtype)`` (the pipeline's worker
       processes pass Grain's SharedMemoryArray); every element is then written, so the
       allocation need not be zeroed.
-
-  Returns:
-    b = batch_size:
-    'rhpc' float32 [b, encoding.INPUT_DIM]; 'aux_targets', 'aux_masks' float32 [b, AUX_DIM];
-    'label' float32 [b] (1 pCR, 0 non-pCR; -1 only for unlabeled evaluation patients);
-    'example_mask' float32 [b]; 'phase' int32 [b];
-    iMRrhpc: 'mri' [b, 2, z, y, x] (slot 0 baseline Pre, slot 1 follow-up; zeros when
-      absent) in spec.mri_dtype, 'mri_mask' bool [b, 2], 'mri_phase' int32 [b, 2];
-    iMGrhpc: 'mg' [b, 1, rows, cols] in spec.mg_dtype, 'mg_mask' bool [b, 1],
-      'mg_phase' int32 [b, 1] (always Phase.PRE).
   """
   b = len(examples) if batch_size is None else batch_size
   if len(examples) > b:
     raise ValueError(f"{len(examples)} examples do not fit a batch of {b}")
   n = len(examples)
-  codes = np.full((b, len(schema.VARIABLES)), schema.UNKNOWN, np.int32)
-  values = np.full(codes.shape, np.nan, np.float32)
-  for i, example in enumerate(examples):
-    codes[i] = example.record.rhpc_codes
-    values[i] = example.record.rhpc_values
-  parsed = clinical_table.ParsedRhpc(codes, values)
-  rhpc = encoding.model_inputs(parsed)
-  aux_targets, aux_masks = encoding.aux_targets(parsed)
-  valid = np.arange(b) < n
-  # Padding rows carry no information at all, not 'every variable Unknown'.
-  rhpc[~valid] = 0.0
-  aux_targets[~valid] = 0.0
-  aux_masks[~valid] = 0.0
-  batch = {
-      "rhpc": rhpc,
-      "aux_targets": aux_targets,
-      "aux_masks": aux_masks,
-      "label": np.zeros((b,), np.float32),
-      "example_mask": valid.astype(np.float32),
-      "phase": np.zeros((b,), np.int32),
-  }
-  for i, example in enumerate(examples):
-    batch["label"][i] = example.record.label
-    batch["phase"][i] = example.phase
+  batch = empty_batch(model_name, b, spec, allocate=empty)
+  # Padding rows carry no information at all, not 'every variable Unknown': only the real
+  # rows are encoded.
+  parsed = clinical_table.ParsedRhpc(
+      np.stack([e.record.rhpc_codes for e in examples]).astype(np.int32) if n else
+      np.zeros((0, len(schema.VARIABLES)), np.int32),
+      np.stack([e.record.rhpc_values for e in examples]).astype(np.float32) if n else
+      np.zeros((0, len(schema.VARIABLES)), np.float32))
+  batch["rhpc"][:n] = encoding.model_inputs(parsed)
+  batch["aux_targets"][:n], batch["aux_masks"][:n] = encoding.aux_targets(parsed)
+  batch["label"][:n] = [e.record.label for e in examples]
+  batch["example_mask"][:n] = 1.0
 
-  image_key = IMAGE_KEYS[model_name]
-  if image_key == "mri":
-    mri = empty((b, 2, *spec.mri_shape), spec.mri_dtype)
-    mask = np.zeros((b, 2), bool)
-    phases = np.zeros((b, 2), np.int32)
+  if "mri" in batch:
+    mri, mask, phases = batch["mri"], batch["mri_mask"], batch["mri_phase"]
     mri[n:] = 0
     for i, example in enumerate(examples):
       for slot, name in enumerate((example.baseline, example.follow_up)):
@@ -215,10 +227,8 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
         mask[i, slot] = True
       if example.follow_up is not None:  # else PRE (0), as an empty slot's phase
         phases[i, 1] = schema.PHASE_NAMES.index(example.follow_up)
-    batch.update(mri=mri, mri_mask=mask, mri_phase=phases)
-  elif image_key == "mg":
-    mg = empty((b, 1, *spec.mg_shape), spec.mg_dtype)
-    mask = np.zeros((b, 1), bool)
+  elif "mg" in batch:
+    mg, mask = batch["mg"], batch["mg_mask"]
     mg[n:] = 0
     for i, example in enumerate(examples):
       if example.record.mg is None:
@@ -227,8 +237,6 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
         mg[i, 0] = _image(example.record, "mammogram", example.record.mg, spec.mg_shape,
                           spec.mg_dtype)
         mask[i, 0] = True
-    batch.update(mg=mg, mg_mask=mask, mg_phase=np.full((b, 1), int(schema.Phase.PRE),
-                                                       np.int32))
   return batch
 
 

@@ -36,22 +36,17 @@ order, so that every process knows how many patients there are and all yield the
 of batches (a multi-host jitted step needs that); eligible patient i belongs to process
 i % count. Shards are CRC-checked while read (tfrecord.iter_records).
 
-``python -m input_pipeline.pipeline --records DIR --model_name iMRrhpc --batch_size 4
---batches 50`` measures the pipeline next to a plain sequential read of the same shards.
+``python -m input_pipeline.throughput --records DIR`` measures it next to a plain sequential read
+of the same shards.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import gc
-import json
 import math
 import os
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import grain
 import grain.python
@@ -60,9 +55,7 @@ from absl import flags
 
 from input_pipeline import batching, records, tfrecord
 from input_pipeline.batching import BatchSpec
-from input_pipeline.schema import MODEL_NAMES
 
-MANIFEST = "manifest.json"
 # Records held for shuffling; RAM = window x record size (~66 MB each at full geometry).
 DEFAULT_SHUFFLE_WINDOW = 16
 # Shards read at once (round robin): consecutive records come from this many shards.
@@ -78,15 +71,6 @@ DEFAULT_PREFETCH_BATCHES = 2
 # ---------------------------------------------------------------------------------------------
 # Shards and the manifest
 # ---------------------------------------------------------------------------------------------
-def read_manifest(records_dir: str | os.PathLike) -> dict[str, Any]:
-  """The ``manifest.json`` that ``prepare`` wrote in ``records_dir``."""
-  path = Path(records_dir) / MANIFEST
-  if not path.exists():
-    raise FileNotFoundError(f"{path} does not exist: is {records_dir} a folder written by "
-                            "python -m input_pipeline.prepare?")
-  return json.loads(path.read_text())
-
-
 def split_paths(records_dir: str | os.PathLike, split: str) -> list[str]:
   """The shard files of ``split`` ('train', 'validation', 'test'), in manifest order.
 
@@ -96,21 +80,22 @@ def split_paths(records_dir: str | os.PathLike, split: str) -> list[str]:
   """
   if split not in records.SPLITS:
     raise ValueError(f"split must be one of {records.SPLITS}, got {split!r}")
-  manifest = read_manifest(records_dir)
+  manifest = records.read_manifest(records_dir)
   paths = [str(Path(records_dir) / shard["file"]) for shard in manifest["shards"]
            if shard["split"] == split and shard["records"] > 0]
   if not paths:
-    raise ValueError(f"{Path(records_dir) / MANIFEST}: no shard holds a {split!r} patient")
+    raise ValueError(f"{Path(records_dir) / records.MANIFEST}: no shard holds a {split!r} patient")
   missing = [p for p in paths if not os.path.exists(p)]
   if missing:
-    raise FileNotFoundError(f"{len(missing)} shards listed in {Path(records_dir) / MANIFEST} "
-                            f"are missing, e.g. {missing[0]}")
+    raise FileNotFoundError(f"{len(missing)} shards listed in "
+                            f"{Path(records_dir) / records.MANIFEST} are missing, e.g. "
+                            f"{missing[0]}")
   return paths
 
 
 def batch_spec(records_dir: str | os.PathLike) -> BatchSpec:
   """Image shapes and dtypes of the records in ``records_dir``, from its manifest."""
-  manifest = read_manifest(records_dir)
+  manifest = records.read_manifest(records_dir)
   return BatchSpec(mri_shape=tuple(manifest["mri"]["shape"]),
                    mri_dtype=manifest["mri"]["dtype"],
                    mg_shape=tuple(manifest["mammogram"]["shape"]),
@@ -123,12 +108,12 @@ def _spec_and_counts(paths: Sequence[str], spec: BatchSpec | None
   (empty when there is no manifest)."""
   folders = {str(Path(p).parent) for p in paths}
   manifest = None
-  if len(folders) == 1 and (Path(next(iter(folders))) / MANIFEST).exists():
-    manifest = read_manifest(next(iter(folders)))
+  if len(folders) == 1 and (Path(next(iter(folders))) / records.MANIFEST).exists():
+    manifest = records.read_manifest(next(iter(folders)))
   if spec is None:
     if manifest is None:
-      raise ValueError(f"no {MANIFEST} beside the shards ({sorted(folders)[:2]}): pass spec= "
-                       "(the MRI and mammogram shapes and dtypes)")
+      raise ValueError(f"no {records.MANIFEST} beside the shards ({sorted(folders)[:2]}): pass "
+                       "spec= (the MRI and mammogram shapes and dtypes)")
     spec = batch_spec(next(iter(folders)))
   counts = {s["file"]: s["records"] for s in manifest["shards"]} if manifest else {}
   return spec, counts
@@ -330,8 +315,8 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
       resumes with the same ``workers``.
 
   Returns:
-    A grain.DatasetIterator of batch dicts (:func:`batching.collate`; 'phase' is the
-    follow-up's phase, 0 for Pre only), with get_state / set_state. Call its ``close()``
+    A grain.DatasetIterator of batch dicts (:func:`batching.collate`), with get_state /
+    set_state. Call its ``close()``
     when done: it stops the reader and batch threads. (Grain's iterators hold reference
     cycles; left for the interpreter's exit, their __del__ prints ignored exceptions.)
 
@@ -367,8 +352,8 @@ def eval_batches(paths: Sequence[str], *, model_name: str, phase: str, batch_siz
     include_unlabeled: also yield patients with label -1 (for prediction; their 'label' is -1).
 
   Yields:
-    (batch, patient_ids): the batch as :func:`batching.collate` pads it ('phase' = the
-    evaluation phase), and the pseudonym of every row, '' for padding rows.
+    (batch, patient_ids): the batch as :func:`batching.collate` pads it, and the pseudonym of
+    every row, '' for padding rows.
 
   Raises:
     tfrecord.CorruptRecordError: a damaged shard (file and byte offset named).
@@ -423,101 +408,3 @@ def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int
     yield emit(pending)
     batches += 1
     pending = []
-
-
-# ---------------------------------------------------------------------------------------------
-# Throughput: the pipeline next to a plain sequential read
-# ---------------------------------------------------------------------------------------------
-def plain_read_rate(paths: Sequence[str], min_seconds: float = 2.0) -> tuple[float, float]:
-  """(MB/s, records/s) of reading ``paths`` sequentially with both CRCs checked (every byte
-  read once; the pipeline reads the same way, then decodes and batches), in whole passes until
-  ``min_seconds`` passed, after one untimed pass (page cache warm, as for the pipeline).
-  MB = 1e6 bytes of record data."""
-  nbytes = nrecords = 0
-  start = None
-  while True:
-    for path in paths:
-      for _, data in tfrecord.iter_records(path, verify=True):
-        nbytes += len(data)
-        nrecords += 1
-    if start is None:
-      nbytes = nrecords = 0
-      start = time.perf_counter()
-      continue
-    seconds = time.perf_counter() - start
-    if seconds >= min_seconds:
-      return nbytes / seconds / 1e6, nrecords / seconds
-
-
-def pipeline_rate(iterator: grain.DatasetIterator, num_batches: int, warmup: int = 2,
-                  step_seconds: float = 0.0) -> tuple[float, float]:
-  """(payload MB/s, examples/s) of ``num_batches`` batches after ``warmup`` untimed ones.
-
-  Payload (batching.payload_bytes) counts the image slots and rows a model receives.
-  ``step_seconds`` stands in for a train step after each batch: a sleep, which releases the
-  GIL as waiting for an accelerator does, so background threads can overlap with it."""
-  for _ in range(warmup):
-    next(iterator)
-  nbytes = nexamples = 0
-  start = time.perf_counter()
-  for _ in range(num_batches):
-    batch = next(iterator)
-    nbytes += batching.payload_bytes(batch)
-    nexamples += int(batch["example_mask"].sum())
-    if step_seconds:
-      time.sleep(step_seconds)
-  seconds = time.perf_counter() - start
-  return nbytes / seconds / 1e6, nexamples / seconds
-
-
-# Thread configurations compared by the benchmark: (read_buffer, prefetch_batches). Reader
-# threads cannot be turned off (see DEFAULT_READ_BUFFER); the batch thread can.
-_THREADS = {"read": (1, 0), "read+batch": (1, DEFAULT_PREFETCH_BATCHES),
-            "read4+batch": (4, DEFAULT_PREFETCH_BATCHES)}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog="python -m input_pipeline.pipeline",
-      description="Training pipeline throughput next to a plain sequential read of the shards.")
-  parser.add_argument("--records", required=True, type=Path, help="folder written by prepare")
-  parser.add_argument("--split", default="train")
-  parser.add_argument("--model_name", default="iMRrhpc", choices=MODEL_NAMES)
-  parser.add_argument("--batch_size", type=int, default=4)
-  parser.add_argument("--batches", type=int, default=50, help="timed batches per config")
-  parser.add_argument("--shuffle_window", type=int, default=DEFAULT_SHUFFLE_WINDOW)
-  parser.add_argument("--cycle_length", type=int, default=DEFAULT_CYCLE_LENGTH)
-  parser.add_argument("--threads", nargs="+", default=list(_THREADS), choices=list(_THREADS),
-                      help="pipeline thread configurations to time")
-  parser.add_argument("--workers", type=int, nargs="*", default=[],
-                      help="also time the pipeline with this many worker processes (each "
-                      "value one configuration)")
-  parser.add_argument("--step_ms", type=float, default=0.0,
-                      help="simulated train step per batch (sleep), to see prefetch overlap")
-  args = parser.parse_args(argv)
-  paths = split_paths(args.records, args.split)
-  plain_mb, plain_records = plain_read_rate(paths)
-  print(f"plain read        {plain_mb:8.1f} MB/s  {plain_records:8.1f} records/s "
-        f"({len(paths)} shards, CRC-checked)")
-  configs = [(name, *_THREADS[name], 0) for name in args.threads]
-  configs += [(f"{n} workers", DEFAULT_READ_BUFFER, 1, n) for n in args.workers]
-  for name, read_buffer, prefetch, workers in configs:
-    iterator = train_iterator(
-        paths, model_name=args.model_name, batch_size=args.batch_size, seed=0,
-        shuffle_window=args.shuffle_window, cycle_length=args.cycle_length,
-        read_buffer=read_buffer, prefetch_batches=prefetch, workers=workers)
-    mb, rate = pipeline_rate(iterator, args.batches, step_seconds=args.step_ms / 1e3)
-    iterator.close()
-    # Grain's iterators form reference cycles; collected at interpreter exit, their __del__
-    # prints ignored exceptions (modules already torn down). Collect them now.
-    del iterator
-    gc.collect()
-    print(f"pipeline {name:<10} {mb:8.1f} MB/s  {rate:8.1f} examples/s "
-          f"(payload; read_buffer={read_buffer}, prefetch_batches={prefetch}, "
-          f"workers={workers}, step {args.step_ms:g} ms)", flush=True)
-  plain_mb, plain_records = plain_read_rate(paths)  # the machine may be shared: drift check
-  print(f"plain read again  {plain_mb:8.1f} MB/s  {plain_records:8.1f} records/s")
-
-
-if __name__ == "__main__":
-  main()

@@ -44,7 +44,8 @@ from input_pipeline import clinical_table, layouts, records, schema, tfrecord
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions, preprocess_mammogram
 from input_pipeline.mri import MriOptions, preprocess_exam
-from input_pipeline.patient import PatientSource, worker_pool
+from input_pipeline.patient import PatientSource
+from input_pipeline.workers import worker_pool
 
 MANIFEST = "manifest.json"
 PROGRESS_DIR = ".progress"

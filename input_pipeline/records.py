@@ -29,9 +29,12 @@ length, an unknown dtype, a shape that does not match the byte count) with a
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import re
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -41,12 +44,23 @@ from input_pipeline.schema import PHASE_NAMES, VARIABLES
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
+# The records folder's index, written last by prepare: shards, splits, geometry, counts.
+MANIFEST = "manifest.json"
 LABELS = (-1, 0, 1)
 MRI_DTYPES = ("float16", "int16")
 MG_DTYPES = ("uint16", "float16")
 # A pseudonym cannot carry a source identifier such as 'Breast_MRI_001' or 'ISPY2-100899'.
 PSEUDONYM = re.compile(r"P[0-9a-f]{12}")
 NUM_RHPC = len(VARIABLES)
+
+
+def read_manifest(records_dir: str | os.PathLike) -> dict[str, Any]:
+  """The manifest that ``prepare`` wrote in ``records_dir``."""
+  path = Path(records_dir) / MANIFEST
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist: is {records_dir} a folder written by "
+                            "python -m input_pipeline.prepare?")
+  return json.loads(path.read_text())
 
 _REQUIRED = ("patient_id", "split", "label", "mri/phases", "rhpc/raw", "rhpc/codes",
              "rhpc/values", "format_version")

@@ -40,8 +40,8 @@ for stage in $STAGES; do
       # reader + batch thread, and 4 / 8 / 12 worker processes.
       timeout 240 bash -c "
         python3 -m input_pipeline.synthetic.records --out '$RECORDS' $RECORD_ARGS &&
-        python3 -m input_pipeline.pipeline --records '$RECORDS' --batch_size 8 --batches 20 \
-            --threads read+batch --workers 4 8 12" 2>&1 | tee "$OUT/pipeline.log" || true
+        python3 -m input_pipeline.throughput --records '$RECORDS' --batch_size 8 --batches 20 \
+            --threads read+batch --workers 4 --workers 8 --workers 12" 2>&1 | tee "$OUT/pipeline.log" || true
       ;;
     models)
       for layout in resnet medicalnet; do

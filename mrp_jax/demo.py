@@ -4,7 +4,7 @@ Stages (each skipped or resumed when its output already exists):
   1. export:   a synthetic hospital export (input_pipeline/synthetic/) in WORKDIR/export;
   2. records:  `prepare` into WORKDIR/records (restartable shard by shard; a finished manifest
                is reused without rescanning the export), then `verify`;
-  3. train:    rhpc, iMGrhpc and iMRrhpc in WORKDIR/runs/{rhpc,iMGrhpc,iMRrhpc} (each resumes from its
+  3. train:    rhpc, iMGrhpc and iMRrhpc in WORKDIR/runs/<model> (each resumes from its
                checkpoints; a run with final.json is done). The fused models start their rhpc
                encoder from the rhpc run (config.demo.rhpc_init);
   4. evaluate: the MRP ensemble and the report in WORKDIR/report (the evaluate job), then the
@@ -20,7 +20,7 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from input_pipeline import prepare, synthetic, verify
+from input_pipeline import prepare, records, synthetic, verify
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions
 from input_pipeline.mri import MriOptions
@@ -97,7 +97,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       mammogram=MammogramOptions(size=geometry.mg_size), seed=config.seed,
       shard_size=demo.shard_size, workers=demo.workers,
       split_fractions=tuple(demo.split_fractions))
-  manifest_path = options.out / prepare.MANIFEST
+  manifest_path = options.out / records.MANIFEST
   if manifest_path.exists():  # prepare writes the manifest last, once every shard is complete
     manifest = json.loads(manifest_path.read_text())
     _stage(f"records: reusing {options.out}", start)

@@ -7,7 +7,6 @@ Prints one JSON line: per setting, the step's metrics, a checksum of the new par
 how many state leaves ended up sharded.
 """
 
-import functools
 import json
 
 import jax
@@ -17,7 +16,7 @@ from configs import iMRrhpc
 from input_pipeline import clinical_table, encoding
 from input_pipeline.schema import Phase
 from mrp_jax import models, sharding
-from mrp_jax.training import train, train_step
+from mrp_jax.training import state as state_lib
 
 
 def run(devices: int, fsdp: bool) -> dict:
@@ -29,14 +28,9 @@ def run(devices: int, fsdp: bool) -> dict:
   config.model.head_dim = config.model.rhpc_hidden_dim = 16
   config.train.warmup_steps = 0  # the first step moves the parameters
   mesh = sharding.make_mesh(jax.devices()[:devices])
-  model = models.create_model(config.model)
-  optimizer = train_step.create_optimizer(config.train)
   shape = tuple(config.data.mri_shape)
-  init = functools.partial(train_step.init_state, model, models.dummy_batch("iMRrhpc", 1, shape),
-                           optimizer)
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp, config.mesh.fsdp_min_size)
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+  recipe = state_lib.build_state(config, mesh)  # the train job's state and step
+  state = recipe.create(0)
 
   rng = np.random.default_rng(0)
   batch = models.dummy_batch("iMRrhpc", 4, shape)
@@ -51,11 +45,7 @@ def run(devices: int, fsdp: bool) -> dict:
                               {"laterality": "right", "histology": "lobular"}, {}])
   batch["rhpc"] = encoding.model_inputs(parsed)
   batch["aux_targets"], batch["aux_masks"] = encoding.aux_targets(parsed)  # auxiliary losses too
-  batch["phase"] = np.full((4,), Phase.POST, np.int32)
-  step = jax.jit(train_step.make_train_step(model, optimizer, config.loss,
-                                            preprocess=train.make_preprocess(config)),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)))
+  step = state_lib.jit_train_step(recipe, config, mesh, config.augment)
   state, metrics = step(state, sharding.global_batch(batch, mesh))
   leaves = jax.tree.leaves(state.params)
   sharded = sum(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state))

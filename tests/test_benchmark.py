@@ -1,4 +1,4 @@
-"""Benchmark: analytic FLOP counts against DESIGN.md and XLA, and the benchmark job at tiny size
+"""Benchmark: analytic FLOP counts against the reference figures and XLA, and the benchmark job at tiny size
 (a correctness run: no timing is asserted)."""
 
 import json
@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs import benchmark as benchmark_config
-from mrp_jax import models
+from mrp_jax import benchmark, models
 from mrp_jax.benchmark import flops
-from mrp_jax.benchmark import job as benchmark
 from mrp_jax.models.resnet import LAYOUTS, ResNet
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -20,11 +19,11 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("layout", ["resnet", "medicalnet", "monai"])
 def test_full_geometry_encoder_flops_match_design(layout):
-  """DESIGN.md section 6 quotes one 3D trunk's forward GFLOP at 176 x 176 x 352."""
+  """docs/background.md section 4 gives one 3D trunk's forward GFLOP at 176 x 176 x 352."""
   encoder = models.encoder_kwargs({"layout": layout, "shortcut": "B", "norm": "batch",
                                    "width": 64, "stem_kernel": 7, "remat": "none"}, 3, "float32")
   convs = flops.resnet_convs(flops.FULL_MRI_SHAPE, **encoder)
-  assert flops.forward_flops(convs) / 1e9 == pytest.approx(flops.DESIGN_GFLOP[layout], rel=0.02)
+  assert flops.forward_flops(convs) / 1e9 == pytest.approx(flops.REFERENCE_GFLOP[layout], rel=0.02)
   # Padding taps make the model-FLOP convention the larger one; training is 3x forward less the
   # stem's input gradient (the stem is 6% of the resnet layout, 25% of the stride-1 monai stem).
   assert flops.forward_flops(convs, valid_only=True) < flops.forward_flops(convs)

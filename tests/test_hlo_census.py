@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs import benchmark as benchmark_config
-from mrp_jax.benchmark import gpu_target, hlo_census
-from mrp_jax.benchmark import job as benchmark
+from mrp_jax import benchmark
+from mrp_jax.benchmark import gpu_target, hlo_census, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA_PLUGIN = (importlib.util.find_spec("jax_plugins") is not None
@@ -174,9 +174,9 @@ def test_compile_only_configuration_errors():
   config.benchmark.compiler_options = "xla_gpu_force_conv_nhwc"
   with pytest.raises(ValueError, match="not name=value"):
     benchmark.run(config, "/nonexistent")
-  assert benchmark.compiler_options(" a=true, b=3,c=0.5 ,d=x") == {"a": True, "b": 3, "c": 0.5,
+  assert measure.compiler_options(" a=true, b=3,c=0.5 ,d=x") == {"a": True, "b": 3, "c": 0.5,
                                                                    "d": "x"}
-  assert benchmark.compiler_options("") is None
+  assert measure.compiler_options("") is None
   with pytest.raises(ValueError, match="unknown GPU target"):
     gpu_target.compile_only_devices("a100")
 

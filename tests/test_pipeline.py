@@ -75,7 +75,7 @@ def shards(tmp_path_factory) -> list[str]:
               "mammogram": {"shape": list(MG_SHAPE), "dtype": "uint16"},
               "shards": entries + [{"file": "test-00000-of-00001.tfrecord", "split": "test",
                                     "records": 0}]}
-  (folder / pipeline.MANIFEST).write_text(json.dumps(manifest))
+  (folder / records.MANIFEST).write_text(json.dumps(manifest))
   return paths
 
 
@@ -84,13 +84,15 @@ def _patient(batch, row: int) -> int:
 
 
 def _rows(batch):
-  """(patient index, follow-up phase name or None) of every real row."""
+  """(patient index, follow-up phase name or None; None also for batches without MRI) of
+  every real row."""
   out = []
   for row in range(len(batch["label"])):
     if batch["example_mask"][row] == 0:
       continue
     index = _patient(batch, row)
-    follow_up = schema.PHASE_NAMES[batch["phase"][row]] if batch["phase"][row] else None
+    follow_up = (schema.PHASE_NAMES[batch["mri_phase"][row, 1]]
+                 if "mri" in batch and batch["mri_mask"][row, 1] else None)
     out.append((index, follow_up))
   return out
 
@@ -137,10 +139,9 @@ def test_batches_follow_the_model_contract(shards, model_name):
                                                batch_size=3))
   assert len(ids) == 3
   for batch in (train, evaluation):
-    assert set(batch) == set(reference) | {"phase"}
+    assert set(batch) == set(reference)  # the one batch contract (batching.empty_batch)
     for key, value in batch.items():
-      expected_shape = reference[key].shape if key in reference else (3,)
-      assert value.shape == expected_shape, key
+      assert value.shape == reference[key].shape, key
       assert value.dtype == dtypes.get(key, np.float32), key
 
 
@@ -273,7 +274,9 @@ def test_eval_yields_each_eligible_patient_once(shards, phase, follow_up, model_
                                        batch_size=batch_size))
   assert len(batches) == -(-len(eligible) // batch_size)
   for batch, ids in batches:
-    assert np.all(batch["phase"] == schema.PHASE_NAMES.index(phase))
+    if model_name == "iMRrhpc":  # the phase's follow-up slot, where the patient has one
+      expected = schema.PHASE_NAMES.index(phase)
+      assert np.all(batch["mri_phase"][batch["mri_mask"][:, 1], 1] == expected)
     for row, patient_id in enumerate(ids):
       if not patient_id:  # padding: no data, masked out
         assert batch["example_mask"][row] == 0 and batch["label"][row] == 0
@@ -326,7 +329,7 @@ def test_shards_without_training_patients_are_named(tmp_path, shards):
   with tfrecord.TFRecordWriter(path) as writer:
     for i in (5, 1):
       writer.write(records.encode(_record(i)))
-  (tmp_path / pipeline.MANIFEST).write_text(json.dumps({
+  (tmp_path / records.MANIFEST).write_text(json.dumps({
       "mri": {"shape": list(MRI_SHAPE), "dtype": "float16"},
       "mammogram": {"shape": list(MG_SHAPE), "dtype": "uint16"},
       "shards": [{"file": path.name, "split": "train", "records": 2}]}))

@@ -210,7 +210,7 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
   (tmp_path / "pid_job.py").write_text(
       "import os, time\n\ndef pid(seconds):\n  time.sleep(seconds)\n  return os.getpid()\n")
   script = ("import time\n"
-            "from input_pipeline.patient import worker_pool\n"
+            "from input_pipeline.workers import worker_pool\n"
             "import pid_job\n"
             "pool = worker_pool(2)\n"
             "futures = [pool.submit(pid_job.pid, 1.0) for _ in range(2)]\n"

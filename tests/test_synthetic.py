@@ -433,7 +433,7 @@ def test_same_seed_same_bytes(export, tmp_path):
 def test_cli_clinical_only_is_deterministic(tmp_path, capsys):
   for name in ("a", "b"):
     synthetic.main(["--out", str(tmp_path / name), "--patients", "12", "--seed", "7",
-                    "--clinical-only"])
+                    "--clinical_only"])
   assert "12 patients" in capsys.readouterr().out
   for name in ("clinical.csv", "synthetic_truth.json"):
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -38,8 +38,9 @@ import openpyxl
 
 from input_pipeline.dicom_scan import DiscoveryError, ScanResult, scan_folder, select_dce
 from input_pipeline.layouts.generic import find_file
-from input_pipeline.patient import DicomDce, PatientSource, SeriesSelection, map_patients
+from input_pipeline.patient import DicomDce, PatientSource, SeriesSelection
 from input_pipeline.schema import Phase
+from input_pipeline.workers import map_patients
 
 CLINICAL_FILE = "Clinical_and_Other_Features.xlsx"
 MAPPING_FILE = "Breast-Cancer-MRI-filepath_filename-mapping"  # .xlsx or .csv
@@ -319,7 +320,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
     mapping_file: the filepath/filename mapping (.xlsx or .csv); default: found under
       ``root`` if there; without it series descriptions decide.
     post_index: which post-contrast phase (post_1 .. post_4) is subtracted.
-    workers: processes scanning patient folders (see ``patient.map_patients``).
+    workers: processes scanning patient folders (see ``workers.map_patients``).
 
   Returns:
     PatientSources sorted by id, Pre-NAT MRI only; clinical holds the rhpc variables by

@@ -28,8 +28,9 @@ from typing import Any, Mapping
 
 from input_pipeline import clinical_table, schema
 from input_pipeline.dicom_scan import DiscoveryError, StudyInfo, scan_folder, select_dce
-from input_pipeline.patient import MriExam, NiftiDce, PatientSource, map_patients
+from input_pipeline.patient import MriExam, NiftiDce, PatientSource
 from input_pipeline.schema import Phase
+from input_pipeline.workers import map_patients
 
 CLINICAL_FILE = "clinical.csv"
 PATIENT_ID_COLUMN = "patient_id"
@@ -278,7 +279,7 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
       ignores T1 studies.
     mg_view: preferred mammography view ('CC' or 'MLO').
     post_index: which post-contrast phase is subtracted (1 = first).
-    workers: processes scanning patient folders (see ``patient.map_patients``).
+    workers: processes scanning patient folders (see ``workers.map_patients``).
 
   Returns:
     One PatientSource per patient in the CSV or with a folder, sorted by id; patients that

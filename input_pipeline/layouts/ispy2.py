@@ -29,7 +29,8 @@ from input_pipeline import schema
 from input_pipeline.dicom_scan import DiscoveryError
 from input_pipeline.layouts import generic
 from input_pipeline.layouts.generic import find_file
-from input_pipeline.patient import PatientSource, map_patients
+from input_pipeline.patient import PatientSource
+from input_pipeline.workers import map_patients
 
 CLINICAL_FILE = "ISPY2-Imaging-Cohort-1-Clinical-Data.xlsx"
 PATIENT = re.compile(r"ISPY2-(\d+)")
@@ -131,7 +132,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
     t1_phase: 'mid' to use the T1 (early treatment) visit as Mid-NAT when there is no T2;
       None ignores T1 visits.
     post_index: which post-contrast temporal position is subtracted.
-    workers: processes scanning patient folders (see ``patient.map_patients``).
+    workers: processes scanning patient folders (see ``workers.map_patients``).
 
   Returns:
     PatientSources keyed 'ISPY2-<n>', sorted by number; clinical holds the rhpc variables by

@@ -9,7 +9,7 @@ Layout (the "generic" layout)::
     DIR/synthetic_truth.json          generator bookkeeping for tests (never an input)
 
 What the images and table contain, and which variables carry the label, is documented in
-:mod:`input_pipeline.synthetic_cohort` (the draws) and :mod:`input_pipeline.synthetic_images`
+:mod:`input_pipeline.synthetic.cohort` (the draws) and :mod:`input_pipeline.synthetic.images`
 (the phantoms); this module decides what a real export looks like around them: studies and
 their dates, scanners and series descriptions, tags, missing phases and mammograms, unusual
 encodings and the deliberately broken patients.
@@ -26,7 +26,6 @@ clinical row. Broken images are always in the Pre-NAT study, so the whole patien
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -35,11 +34,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from absl import flags
 
-from input_pipeline import patient
+from input_pipeline import cli
 from input_pipeline.schema import PHASE_NAMES
 from input_pipeline.synthetic import cohort, series
 from input_pipeline.synthetic.images import Phantom
+from input_pipeline.workers import worker_pool
 
 SPECIAL_CASES = {1: "flipped", 2: "oblique", 3: "enhanced", 4: "multiphase", 5: "rle",
                  6: "monochrome1", 7: "truncated_dicom", 8: "no_pre_contrast",
@@ -64,6 +65,11 @@ class GeometrySpec:
   radius_scale: float
   mammogram_shape: tuple[int, int]
   mammogram_spacing_mm: float
+
+  def describe(self) -> str:
+    return (f"MRI voxels x{self.scale:g} of 0.6-0.9 x 1-2 mm, mammogram "
+            f"{self.mammogram_shape[0]}x{self.mammogram_shape[1]} at "
+            f"{self.mammogram_spacing_mm:g} mm")
 
 
 GEOMETRIES = {
@@ -189,7 +195,7 @@ def generate_export(out_dir: Path | str, num_patients: int, seed: int, geometry:
   jobs = [(out_dir, seed, i, geometry, rates, images) for i in range(num_patients)]
   if workers > 1:
     # Spawned workers that exit with this process (the demo may hold JAX's threads).
-    with patient.worker_pool(workers) as pool:
+    with worker_pool(workers) as pool:
       results = list(pool.map(_generate, jobs))
   else:
     results = [_generate(job) for job in jobs]
@@ -209,18 +215,30 @@ def generate_export(out_dir: Path | str, num_patients: int, seed: int, geometry:
                        total["bytes"], broken, time.perf_counter() - start)
 
 
+def define_flags(values: flags.FlagValues) -> None:
+  """The command line (input_pipeline/cli.py)."""
+  flags.DEFINE_string("out", None, "Export folder to write (created).", required=True,
+                      flag_values=values)
+  flags.DEFINE_integer("patients", 24, "Synthetic patients (the first 11 are the unusual "
+                       "encodings and the deliberately broken cases).", lower_bound=1,
+                       flag_values=values)
+  flags.DEFINE_integer("seed", 0, "Seed: the same seed writes the same export.",
+                       flag_values=values)
+  flags.DEFINE_enum("geometry", "tiny", sorted(GEOMETRIES), "Scanner resolution of the "
+                    "written studies: " + "; ".join(
+                        f"{name}: {spec.describe()}" for name, spec in sorted(GEOMETRIES.items())),
+                    flag_values=values)
+  flags.DEFINE_bool("clinical_only", False, "Write clinical.csv and the truth only, no images.",
+                    flag_values=values)
+  flags.DEFINE_integer("workers", 1, "Processes writing patients.", lower_bound=1,
+                       flag_values=values)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, type=Path, help="export folder (created)")
-  parser.add_argument("--patients", type=int, default=24)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="tiny")
-  parser.add_argument("--clinical-only", action="store_true", help="no images")
-  parser.add_argument("--workers", type=int, default=1)
-  args = parser.parse_args(argv)
-  summary = generate_export(args.out, args.patients, args.seed, args.geometry,
-                            images=not args.clinical_only, workers=args.workers)
-  print(summary)
+  def generate(options: flags.FlagValues) -> None:
+    print(generate_export(options.out, options.patients, options.seed, options.geometry,
+                          images=not options.clinical_only, workers=options.workers))
+  cli.run("python -m input_pipeline.synthetic", __doc__, define_flags, generate, argv)
 
 
 if __name__ == "__main__":

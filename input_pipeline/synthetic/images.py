@@ -38,7 +38,7 @@ MG_MAX = 16383  # 14-bit detector range inside the 16-bit pixels
 
 @dataclasses.dataclass(frozen=True)
 class VolumeGeometry:
-  """Voxel grid of one series in SimpleITK's convention (see input_pipeline/synthetic/dicom_writer.py).
+  """Voxel grid of one series in SimpleITK's convention (see synthetic/dicom_writer.py).
 
   Attributes:
     shape: [z, y, x] voxels.

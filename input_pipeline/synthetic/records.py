@@ -5,7 +5,7 @@ pseudonymises. Timing the pipeline at full geometry needs only records of the ri
 and on a machine without pydicom and SimpleITK (the device image of launch/gpu_benchmark.sh)
 this writes them in seconds::
 
-  python -m input_pipeline.synthetic_records --out /tmp/records --patients 48
+  python -m input_pipeline.synthetic.records --out /tmp/records --patients 48
 
 Each patient gets Pre and Post volumes, every other one a Mid volume too (so records are
 44.7 or 66.5 MB at the default 176 x 176 x 352), a 1024 x 512 mammogram, a label and no
@@ -16,15 +16,14 @@ the pipeline reads from it (geometry and shards), not prepare's fingerprint or o
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
-from input_pipeline import records, schema, tfrecord
-from input_pipeline.pipeline import MANIFEST
+from input_pipeline import cli, records, schema, tfrecord
 
 
 def write(out_dir: str | Path, num_patients: int, *, mri_shape: Sequence[int] = (176, 176, 352),
@@ -57,29 +56,39 @@ def write(out_dir: str | Path, num_patients: int, *, mri_shape: Sequence[int] = 
             mg=np.roll(mammogram, i, axis=1), rhpc_raw=("",) * len(schema.VARIABLES),
             rhpc_codes=unknown, rhpc_values=no_values, spacing_mm=(1.0, 1.0, 1.0))))
     shards.append({"file": name, "split": "train", "records": len(members)})
-  (out / MANIFEST).write_text(json.dumps({
+  (out / records.MANIFEST).write_text(json.dumps({
       "format_version": records.FORMAT_VERSION, "layout": "synthetic_records",
       "mri": {"shape": list(mri_shape), "dtype": "float16"},
       "mammogram": {"shape": list(mg_shape), "dtype": "uint16"}, "shards": shards}, indent=1))
   return out
 
 
+def define_flags(values: flags.FlagValues) -> None:
+  """The command line (input_pipeline/cli.py)."""
+  flags.DEFINE_string("out", None, "Records folder to write (created).", required=True,
+                      flag_values=values)
+  flags.DEFINE_integer("patients", 48, "Patients to write.", lower_bound=1, flag_values=values)
+  flags.DEFINE_list("mri_shape", ["176", "176", "352"], "Volume shape z,y,x in voxels "
+                    "(default: the full geometry).", flag_values=values)
+  flags.DEFINE_list("mg_shape", ["1024", "512"], "Mammogram shape rows,cols in pixels.",
+                    flag_values=values)
+  flags.DEFINE_integer("per_shard", 4, "Patients per shard.", lower_bound=1, flag_values=values)
+  flags.register_validator("mri_shape", lambda v: len(v) == 3 and all(x.isdigit() for x in v),
+                           "--mri_shape takes three positive integers z,y,x",
+                           flag_values=values)
+  flags.register_validator("mg_shape", lambda v: len(v) == 2 and all(x.isdigit() for x in v),
+                           "--mg_shape takes two positive integers rows,cols",
+                           flag_values=values)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m input_pipeline.synthetic_records",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", required=True, type=Path)
-  parser.add_argument("--patients", type=int, default=48)
-  parser.add_argument("--mri_shape", default="176,176,352", help="z,y,x voxels")
-  parser.add_argument("--mg_shape", default="1024,512", help="rows,cols")
-  parser.add_argument("--per_shard", type=int, default=4)
-  args = parser.parse_args(argv)
-  shape = tuple(int(v) for v in args.mri_shape.split(","))
-  mg = tuple(int(v) for v in args.mg_shape.split(","))
-  if len(shape) != 3 or len(mg) != 2:
-    parser.error("--mri_shape takes z,y,x and --mg_shape rows,cols")
-  out = write(args.out, args.patients, mri_shape=shape, mg_shape=mg, per_shard=args.per_shard)
-  size = sum(p.stat().st_size for p in out.glob("*.tfrecord"))
-  print(f"{args.patients} patients, {size / 1e9:.2f} GB in {out}")
+  def write_records(options: flags.FlagValues) -> None:
+    out = write(options.out, options.patients, mri_shape=tuple(map(int, options.mri_shape)),
+                mg_shape=tuple(map(int, options.mg_shape)), per_shard=options.per_shard)
+    size = sum(p.stat().st_size for p in out.glob("*.tfrecord"))
+    print(f"{options.patients} patients, {size / 1e9:.2f} GB in {out}")
+  cli.run("python -m input_pipeline.synthetic.records", __doc__, define_flags, write_records,
+          argv)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 The convention is the usual one for model FLOPs: a multiply-add is 2 FLOPs, every kernel tap of
 every output position counts (padding included), and normalisation, activations, pooling and the
-optimizer are left out. DESIGN.md section 6 quotes 330 / 1,595 / 2,613 GFLOP per 176 x 176 x 352
-forward for the 'resnet' / 'medicalnet' / 'monai' layouts in this convention.
+optimizer are left out. docs/background.md (section 4) gives 330 / 1,595 / 2,613 GFLOP per
+176 x 176 x 352 forward for the 'resnet' / 'medicalnet' / 'monai' layouts in this convention.
 
 XLA's cost analysis (``HloCostAnalysis``) counts only the taps that land inside the input, so
 padding taps are missing from its figure; :func:`forward_flops` with ``valid_only=True`` counts
@@ -23,8 +23,9 @@ import numpy as np
 from flax import traverse_util
 
 FULL_MRI_SHAPE = (176, 176, 352)  # [z, y, x] voxels: the paper's breast box at 1 mm
-# DESIGN.md section 6: forward GFLOP of one 3D ResNet18 trunk at FULL_MRI_SHAPE, one channel.
-DESIGN_GFLOP = {"resnet": 330.0, "medicalnet": 1595.0, "monai": 2613.0}
+# docs/background.md section 4: forward GFLOP of one 3D ResNet18 trunk at FULL_MRI_SHAPE, one
+# channel.
+REFERENCE_GFLOP = {"resnet": 330.0, "medicalnet": 1595.0, "monai": 2613.0}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Integrated Gradients attributions of the MRP models (paper Fig. 4; DESIGN.md section 5).
+"""Integrated Gradients attributions of the MRP models (paper Fig. 4; docs/background.md section 3).
 
 Integrated Gradients (Sundararajan et al. 2017) attributes f(x) - f(x') to the inputs:
 

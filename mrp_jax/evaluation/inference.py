@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from input_pipeline import pipeline
 from input_pipeline.schema import PHASE_NAMES
 from mrp_jax import sharding
+from mrp_jax.training import augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,17 +41,28 @@ def patient_string(number: int) -> str:
   return f"P{number:012x}"
 
 
-def make_eval_step(model: nn.Module, prepare: Callable[[Any], Any]) -> Callable[..., Any]:
+def make_eval_step(model: nn.Module) -> Callable[..., Any]:
+  """``(params, batch_stats, batch) -> outputs``: the model in evaluation mode on a stored
+  batch (images scaled as in training, no augmentation): its outputs ('logit', features, ...)
+  plus 'probability' (pCR) and, for the fused models, 'image_probability'."""
   def eval_step(params, batch_stats, batch):
-    outputs = model.apply({"params": params, "batch_stats": batch_stats}, prepare(batch),
-                          train=False)
-    result = {"probability": jax.nn.sigmoid(outputs["logit"])}
-    if "image_present" in outputs:
-      result["image_present"] = outputs["image_present"]
+    outputs = model.apply({"params": params, "batch_stats": batch_stats},
+                          augment.prepare_images(batch), train=False)
+    outputs = dict(outputs, probability=jax.nn.sigmoid(outputs["logit"]))
     if "image_logit" in outputs:
-      result["image_probability"] = jax.nn.sigmoid(outputs["image_logit"])
-    return result
+      outputs["image_probability"] = jax.nn.sigmoid(outputs["image_logit"])
+    return outputs
   return eval_step
+
+
+def jit_eval_step(model: nn.Module, in_shardings: Any = None) -> Callable[..., Any]:
+  """The jitted :func:`make_eval_step` (``in_shardings`` as jax.jit takes them, if given)."""
+  step = make_eval_step(model)
+  return jax.jit(step) if in_shardings is None else jax.jit(step, in_shardings=in_shardings)
+
+
+# What prediction keeps of the eval step's outputs (gathered from every process).
+PREDICTION_KEYS = ("probability", "image_probability", "image_present")
 
 
 def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *,
@@ -66,7 +78,8 @@ def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *
                                           process_count=jax.process_count()):
     numbers = np.asarray([patient_number(i) for i in ids], np.int64)
     out = eval_step(state.params, state.batch_stats, sharding.global_batch(batch, mesh))
-    out = {k: multihost_utils.process_allgather(v, tiled=True) for k, v in out.items()}
+    out = {k: multihost_utils.process_allgather(out[k], tiled=True)
+           for k in PREDICTION_KEYS if k in out}
     gathered = multihost_utils.process_allgather(
         {"id": numbers, "label": batch["label"], "mask": batch["example_mask"]}, tiled=True)
     rows.append({**{k: np.asarray(v) for k, v in out.items()}, **gathered})

@@ -9,18 +9,16 @@ eval step, so evaluation never depends on the config of the evaluating command.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 import flax.linen as nn
-import jax
 import ml_collections
 
-from mrp_jax import models, sharding
 from mrp_jax.evaluation import inference
-from mrp_jax.training import augment, checkpoint, train_step
+from mrp_jax.training import checkpoint, train_step
+from mrp_jax.training import state as state_lib
 
 
 @dataclasses.dataclass
@@ -51,20 +49,12 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
 def load_run(workdir: str | Path, mesh, label: str | None = None) -> Run:
   workdir = Path(workdir)
   config = load_config(workdir)
-  model = models.create_model(config.model)
-  optimizer = train_step.create_optimizer(config.train)
-  example = models.dummy_batch(config.model.name, 1, tuple(config.data.mri_shape),
-                               tuple(config.data.mg_shape))
-  init = functools.partial(train_step.init_state, model, example, optimizer)
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,
-                                       config.mesh.fsdp_min_size)
-  state, step = checkpoint.restore_state_only(
-      workdir, checkpoint.abstract_with_shardings(abstract, shardings))
+  recipe = state_lib.build_state(config, mesh)
+  state, step = checkpoint.restore_state_only(workdir, recipe.abstract_sharded)
   preprocessing = json.loads((workdir / "preprocessing.json").read_text())
   return Run(label=label or config.model.name, workdir=workdir,
-             config=config, preprocessing=preprocessing, model=model, state=state, step=step,
-             eval_step=jax.jit(inference.make_eval_step(model, augment.prepare_images)))
+             config=config, preprocessing=preprocessing, model=recipe.model, state=state,
+             step=step, eval_step=inference.jit_eval_step(recipe.model))
 
 
 def parse_runs(text: str) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import encoding, schema
+from input_pipeline import batching, schema
 from mrp_jax.models.fusion import ImagingRhpcModel
 from mrp_jax.models.resnet import LAYOUTS, ResNet
 from mrp_jax.models.rhpc import RhpcEncoder, RhpcModel
@@ -55,25 +55,17 @@ def create_model(model: Mapping[str, Any]) -> nn.Module:
 
 def dummy_batch(model_name: str, batch_size: int, mri_shape=(8, 8, 16),
                 mg_shape=(32, 16)) -> dict[str, np.ndarray]:
-  """A zero batch with every key and shape the model and loss read (for init and eval_shape).
+  """A zero batch of the batch contract (input_pipeline.batching.empty_batch) with every
+  example and image slot present and float32 images: for init and eval_shape.
 
   mri_shape is [z, y, x] voxels, mg_shape [rows, cols] pixels.
   """
-  b = batch_size
-  batch = {
-      "rhpc": np.zeros((b, encoding.INPUT_DIM), np.float32),
-      "label": np.zeros((b,), np.float32),
-      "example_mask": np.ones((b,), np.float32),
-      "aux_targets": np.zeros((b, encoding.AUX_DIM), np.float32),
-      "aux_masks": np.zeros((b, encoding.AUX_DIM), np.float32),
-  }
-  image_key = IMAGE_KEYS[model_name]
-  if image_key is not None:
-    slots = 1 if image_key == "mg" else 2
-    shape = mg_shape if image_key == "mg" else mri_shape
-    batch[image_key] = np.zeros((b, slots, *shape), np.float32)
-    batch[f"{image_key}_mask"] = np.ones((b, slots), bool)
-    batch[f"{image_key}_phase"] = np.zeros((b, slots), np.int32)
+  batch = batching.empty_batch(model_name, batch_size, batching.BatchSpec(
+      tuple(mri_shape), "float32", tuple(mg_shape), "float32"))
+  batch["example_mask"][:] = 1.0
+  for key in ("mri_mask", "mg_mask"):
+    if key in batch:
+      batch[key][:] = True
   return batch
 
 

@@ -3,7 +3,7 @@
 Every term is a masked mean over the examples that carry it: padding examples
 ('example_mask' = 0), examples without images (for the image-only terms) and Unknown rhpc
 targets (masked by encoding.aux_targets) contribute nothing. Weights follow the authors' code
-(DESIGN.md section 2) and come from the config.
+(docs/background.md section 1) and come from the config.
 """
 
 from __future__ import annotations

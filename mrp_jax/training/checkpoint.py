@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -96,8 +95,3 @@ def restore_state_only(directory: str | Path, abstract_state: Any) -> tuple[Any,
     manager.close()
   raise FileNotFoundError(f"{directory}: no checkpoint (expected best/ or checkpoints/ from "
                           "a train run)")
-
-
-def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract_state, shardings)

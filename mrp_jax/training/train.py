@@ -7,12 +7,11 @@ on N local devices and on several hosts (main.py initialises jax.distributed).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +21,12 @@ from absl import logging
 from sklearn.metrics import roc_auc_score
 
 from input_pipeline import pipeline
-from mrp_jax import models, sharding
+from input_pipeline import records as records_lib
+from mrp_jax import sharding
 from mrp_jax.evaluation import inference
 from mrp_jax.models import pretrained
-from mrp_jax.training import augment, checkpoint, train_step
+from mrp_jax.training import checkpoint, train_step
+from mrp_jax.training import state as state_lib
 from mrp_jax.training.metric_log import MetricLog
 
 
@@ -54,14 +55,6 @@ def _check_records(config: ml_collections.ConfigDict, manifest: dict[str, Any]) 
                     f"{tuple(manifest['mammogram']['shape'])}")
   if problems:
     raise ValueError(f"{config.data.records}: " + "; ".join(problems))
-
-
-def make_preprocess(config: ml_collections.ConfigDict) -> Callable[[Any, jax.Array], Any]:
-  options = augment.AugmentOptions.from_config(config.augment)
-
-  def preprocess(batch, key):
-    return augment.augment_batch(augment.prepare_images(batch), key, options)
-  return preprocess
 
 
 def validate(eval_step, state, mesh, paths: list[str], config) -> dict[str, float]:
@@ -119,13 +112,8 @@ def rhpc_encoder_from(workdir: str | Path, params: Any) -> Any:
   return {**params, "rhpc_encoder": donor}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       stop_after: int | None = None) -> dict[str, Any]:
-  """Trains config.model on config.data.records; returns the final summary (also final.json).
-
-  Args:
-    stop_after: for tests: raise after this many steps of this run, as a crash would.
-  """
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+  """Trains config.model on config.data.records; returns the final summary (also final.json)."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   log = MetricLog(workdir)
@@ -136,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   # ---- input ----------------------------------------------------------------------------------
   records = Path(config.data.records)
-  manifest = json.loads((records / "manifest.json").read_text())
+  manifest = records_lib.read_manifest(records)
   _check_records(config, manifest)
   if jax.process_index() == 0:
     # What evaluation and prediction need to rebuild the model and preprocess new patients.
@@ -151,25 +139,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       shuffle_window=config.data.shuffle_window, process_index=jax.process_index(),
       process_count=jax.process_count(), workers=config.data.workers)
 
-  # ---- model and optimizer --------------------------------------------------------------------
-  model = models.create_model(config.model)
-  optimizer = train_step.create_optimizer(config.train)
-  schedule = train_step.learning_rate_schedule(config.train)
-  example = models.dummy_batch(config.model.name, 1, tuple(config.data.mri_shape),
-                               tuple(config.data.mg_shape))
-  init = functools.partial(train_step.init_state, model, example, optimizer)
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,
-                                       config.mesh.fsdp_min_size)
+  # ---- model, optimizer and the state's shapes and shardings -----------------------------------
+  recipe = state_lib.build_state(config, mesh)
+  shardings = recipe.shardings
 
   # ---- state: resume > pretrained > scratch ---------------------------------------------------
   checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
   if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(checkpoint.abstract_with_shardings(abstract, shardings), data)
+    state = checkpoints.restore(recipe.abstract_sharded, data)
     logging.info("resumed from step %d", int(state.step))
     print(f"train: resumed from step {int(state.step)} in {workdir}", flush=True)
   else:
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+    state = recipe.create(config.seed)
     if config.model.pretrained:
       variables = pretrained.load_encoder(
           config.model.pretrained, {"params": jax.device_get(state.params),
@@ -181,17 +162,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
           config.model.rhpc_init, jax.device_get(state.params))), shardings)
 
   # ---- compiled steps -------------------------------------------------------------------------
-  step_fn = jax.jit(
-      train_step.make_train_step(model, optimizer, config.loss, schedule,
-                                 preprocess=make_preprocess(config)),
-      in_shardings=(shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-  eval_step = jax.jit(inference.make_eval_step(model, augment.prepare_images))
+  step_fn = state_lib.jit_train_step(recipe, config, mesh, config.augment)
+  eval_step = inference.jit_eval_step(recipe.model)
 
   # ---- loop -----------------------------------------------------------------------------------
   try:
-    state = _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log,
-                  stop_after)
+    state = _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log)
   finally:
     checkpoints.wait()  # a save in flight completes, even when the loop raised
 
@@ -208,16 +184,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   return summary
 
 
-def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log,
-          stop_after):
+def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log):
   """Steps from state.step to config.train.num_steps: log, validate, checkpoint."""
   t = config.train
   first = int(state.step)
   pending: tuple[int, Any] | None = None
   clock, clock_step = time.perf_counter(), first
   for step in range(first + 1, t.num_steps + 1):
-    if stop_after is not None and step - first > stop_after:
-      raise RuntimeError(f"stopped after step {step - 1} (stop_after={stop_after})")
     batch = sharding.global_batch(next(data), mesh)
     state, metrics = step_fn(state, batch)
     if pending is not None:  # one step late, so the host never waits for the device
