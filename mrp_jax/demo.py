@@ -26,7 +26,6 @@ from input_pipeline.mammogram import MammogramOptions
 from input_pipeline.mri import MriOptions
 from mrp_jax import configuration
 
-TRUTH = "synthetic_truth.json"  # written last by the generator: marks a complete export
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc")  # trained in this order (the fused ones start from rhpc)
 
 
@@ -80,7 +79,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   workdir = Path(workdir)
   demo = config.demo
   export = workdir / "export"
-  if (export / TRUTH).exists():
+  if (export / synthetic.TRUTH_FILE).exists():
     logging.info("export: reusing %s", export)
     _stage(f"export: reusing {export}", start)
   else:

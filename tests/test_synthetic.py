@@ -16,7 +16,7 @@ from pydicom.uid import RLELossless
 from scipy import ndimage
 
 from input_pipeline import clinical_table, encoding, schema, synthetic
-from input_pipeline.synthetic import cohort
+from input_pipeline.synthetic import cohort, oracle
 from input_pipeline.synthetic.dicom_writer import ENHANCED_MR_IMAGE_STORAGE
 from input_pipeline.synthetic.images import MG_MAX
 
@@ -43,9 +43,16 @@ def export(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def clinical_cohort(tmp_path_factory) -> tuple[list[dict], list[dict]]:
+def clinical_export(tmp_path_factory) -> Path:
+  """3,000 patients without images (the table, the plans and the latent truth)."""
   out = tmp_path_factory.mktemp("clinical")
   synthetic.generate_export(out, 3000, seed=1, images=False)
+  return out
+
+
+@pytest.fixture(scope="module")
+def clinical_cohort(clinical_export) -> tuple[list[dict], list[dict]]:
+  out = clinical_export
   with open(out / "clinical.csv", newline="") as f:
     rows = list(csv.DictReader(f))
   return rows, json.loads((out / "synthetic_truth.json").read_text())["patients"]
@@ -159,12 +166,14 @@ def test_marginals_and_pcr_rates_match_table2(clinical_cohort):
                        int(in_category.sum())), (var.name, index)
       checked += 1
   assert checked > 80
-  # Subtype keeps the paper's headline rate (HER2-enriched 113/140); lobular histology (8/130
-  # in Table 2) keeps its frequency but its pCR rate moves 65% of the way to the cohort's.
+  # A category keeps its Table 2 frequency; its pCR rate is strength x Table 2's rate + (1 -
+  # strength) x the cohort's: HER2-enriched (113/140 in Table 2) at strength 0.7, lobular
+  # histology (8/130) at 0.3.
   subtype = parsed.codes[:, schema.VARIABLE_NAMES.index("molecular_subtype")]
   histology = parsed.codes[:, schema.VARIABLE_NAMES.index("histology")]
-  assert abs(labels[subtype == 4].mean() - 113 / 140) < 0.08
-  lobular = 0.35 * 8 / 130 + 0.65 * 469 / 1407
+  her2 = 0.7 * 113 / 140 + 0.3 * 469 / 1407
+  assert abs(labels[subtype == 4].mean() - her2) < 0.08
+  lobular = 0.3 * 8 / 130 + 0.7 * 469 / 1407
   assert abs(labels[histology == 1].mean() - lobular) < 0.06
   assert abs((histology == 1).mean() - 130 / 1407) < 0.02
 
@@ -176,34 +185,30 @@ def test_shrunk_conditionals_keep_table2_marginals():
     prior = cohort.PCR_RATE
     np.testing.assert_allclose(prior * drawn[1] + (1 - prior) * drawn[0],
                                prior * table[1] + (1 - prior) * table[0], atol=1e-12)
-    if var.name == "molecular_subtype":
-      np.testing.assert_allclose(drawn, table, atol=1e-12)
-    else:
-      np.testing.assert_allclose(drawn[1] - drawn[0], 0.35 * (table[1] - table[0]), atol=1e-12)
+    strength = 0.7 if var.name == "molecular_subtype" else 0.3
+    np.testing.assert_allclose(drawn[1] - drawn[0], strength * (table[1] - table[0]), atol=1e-12)
 
 
-def test_rhpc_table_is_about_as_informative_as_the_papers(clinical_cohort):
-  # Logistic regression on the model's own encoding of the table, 5-fold CV on ~3,000 patients.
-  # Designed ceiling 0.86 (module docstring of synthetic_cohort; SE ~0.008 here): well below
-  # the 0.93 of full Table-2 strength, which would leave the images nothing to add, and above
-  # subtype alone (0.82), so the other variables still count.
+def test_a_model_learns_the_table_up_to_its_bayes_optimum(clinical_export, clinical_cohort):
+  """Logistic regression on the model's own encoding of the table (5-fold CV, ~3,000 patients)
+  approaches the table's exact Bayes-optimal AUROC (oracle.py) from below: the oracle is an
+  upper bound that is reachable, and the table is about as informative as the paper's rhpc
+  model (0.75-0.78), so the images have room to add."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.metrics import roc_auc_score
   from sklearn.model_selection import cross_val_predict
-  rows, _ = clinical_cohort
-  good = [r for r in rows if clinical_table.parse_label(r["pCR"]) is not None]
-  labels = np.array([clinical_table.parse_label(r["pCR"]) for r in good])
-  inputs = encoding.model_inputs(clinical_table.parse_rows(good))
-  def cv_auroc(x):
-    p = cross_val_predict(LogisticRegression(max_iter=3000), x, labels, cv=5,
-                          method="predict_proba")[:, 1]
-    return roc_auc_score(labels, p)
-  everything = cv_auroc(inputs)
-  start, stop = encoding.INPUT_SLICES[schema.VARIABLE_NAMES.index("molecular_subtype")]
-  subtype_only = cv_auroc(inputs[:, start:stop])
-  print(f"rhpc table CV AUROC {everything:.3f}, subtype alone {subtype_only:.3f}")
-  assert 0.82 <= everything <= 0.895, everything
-  assert 0.78 <= subtype_only <= everything - 0.01, (subtype_only, everything)
+  rows, truth = clinical_cohort
+  best = oracle.export_oracle(clinical_export)
+  good = [(r, t) for r, t in zip(rows, truth) if t["patient_id"] in best]
+  labels = np.array([t["label"] for _, t in good])
+  inputs = encoding.model_inputs(clinical_table.parse_rows([r for r, _ in good]))
+  learned = roc_auc_score(labels, cross_val_predict(
+      LogisticRegression(max_iter=3000), inputs, labels, cv=5, method="predict_proba")[:, 1])
+  optimum = roc_auc_score(labels, [best[t["patient_id"]]["rhpc"]["pre"] for _, t in good])
+  print(f"rhpc table: learned CV AUROC {learned:.3f}, Bayes-optimal {optimum:.3f}")
+  assert 0.75 <= optimum <= 0.81, optimum
+  # SE of a 3,000-patient AUROC ~0.009; the learned model fits ~100 coefficients.
+  assert optimum - 0.04 <= learned <= optimum + 0.015, (learned, optimum)
 
 
 def test_missing_data_rates(clinical_cohort):
@@ -351,7 +356,7 @@ def test_enhancing_volume_follows_the_recorded_radius(export):
         assert volume <= 3 * voxel_mm3, (index, study["phase"], volume)
     radii = [s["tumour"]["radius_mm"] for s in patient["studies"]]
     shrinkage.append(radii[-1] / radii[0])
-  assert min(shrinkage) < 0.3  # a near-complete response is among them
+  assert min(shrinkage) < 0.5  # a marked response is among them (Post / Pre radius)
 
 
 def test_mammograms(export):

@@ -6,14 +6,15 @@ full-geometry TFRecords directly (no DICOM), for timing the input pipeline.
 """
 
 from input_pipeline.synthetic.export import (
-                                             BROKEN_CASES,
-                                             ExportSummary,
-                                             Rates,
-                                             generate_export,
-                                             generate_patient,
-                                             main,
-                                             patient_id,
+  BROKEN_CASES,
+  TRUTH_FILE,
+  ExportSummary,
+  Rates,
+  generate_export,
+  generate_patient,
+  main,
+  patient_id,
 )
 
-__all__ = ["BROKEN_CASES", "ExportSummary", "Rates", "generate_export", "generate_patient", "main",
-           "patient_id"]
+__all__ = ["BROKEN_CASES", "TRUTH_FILE", "ExportSummary", "Rates", "generate_export",
+           "generate_patient", "main", "patient_id"]

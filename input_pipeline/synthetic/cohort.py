@@ -11,15 +11,13 @@ Clinical (rhpc) draw, per patient:
   smoothing, so no category has a pCR rate of exactly 0 or 1. Variables are independent given
   the label (naive-Bayes structure: no realism across variables, e.g. age and menopause are
   unrelated).
-* label strength (:data:`LABEL_STRENGTH`): molecular subtype keeps Table 2's P(category | label)
-  exactly; every other variable's per-label distribution is pulled towards its cohort marginal,
-  P = marginal + 0.35 * (Table 2 conditional - marginal). Each category's overall frequency is
-  still Table 2's; its pCR rate moves 65% of the way towards the cohort's 33%. Why: drawn
-  independently at full strength, 22 variables compound to an AUROC of 0.93 (logistic
-  regression, 6,000 draws), far above the 0.75-0.78 of the paper's rhpc model, and leave the
-  images no room to add anything; real variables are correlated and carry much of the same
-  evidence (BUILD_NOTES.md, "The demo and the paper's ordering"). At 0.35 the table's ceiling is
-  0.86 and a logistic model trained on 160 patients reaches 0.78.
+* label strength (:data:`LABEL_STRENGTH`): each variable's per-label distribution is pulled
+  towards its cohort marginal, P = marginal + strength * (Table 2 conditional - marginal):
+  molecular subtype 0.7, every other variable 0.3. Each category's overall frequency stays
+  Table 2's exactly; its pCR rate moves towards the cohort's 33%. Why: drawn independently at
+  full strength, 22 variables compound to an AUROC of 0.93, far above the 0.75-0.78 of the
+  paper's rhpc model, and leave the images no room; real variables are correlated and carry
+  much of the same evidence. At these strengths the table's Bayes-optimal AUROC is 0.78.
 * age: the <=50 / >50 split per label of Table 2, then a truncated normal inside the bin
   (N(43, 6) on 24..50, N(59, 7) on 51..82), whole years.
 * weight, age at menarche: the declared bin from its counts, then a value inside the bin.
@@ -29,27 +27,39 @@ Clinical (rhpc) draw, per patient:
   ``extra_missing`` (default 3%) independent of the label. Missing is a property of the written
   table only: the true category still drives the images (an Unknown laterality still has a side).
 
-Latent image variables (:func:`draw_latent`), the signal the images carry beyond rhpc:
+Latent image variables (:func:`draw_latent`). Each modality carries evidence of its own,
+independent of the table's and of the other modality's given the label:
 
-* tumour side = true laterality; tumour position in that breast from the true ICD-O location
-  (upper = superior, inner = medial; C50.0 behind the nipple, C50.6 axillary tail; C50.8/9
-  anywhere), at most 0.7 of the way from the breast centre to its surface.
-* Pre-NAT radius from the true cT (1B 5-6.5 mm, 1C 5-10, 2 10-18, 3 17-25, 4x 15-25, others 5-25),
-  times ``radius_scale`` (1.5 at the tiny geometry so 8 mm voxels still show it).
-* Pre-NAT enhancement ratio (relative signal increase at peak): pCR N(1.6, 0.35), non-pCR
-  N(1.35, 0.35), clipped to 0.6-2.5; heterogeneity (non-enhancing core radius fraction): pCR
-  Beta(2, 5), non-pCR Beta(3, 4). Weak signal.
-* Mid/Post-NAT radius factor (x Pre radius), strong but overlapping signal. Each patient follows
-  one course: pCR 80% typical (Mid U(0.3, 0.7), Post U(0, 0.3)), 20% enhancing scar (Mid
-  U(0.6, 0.95), Post U(0.3, 0.7)); non-pCR 75% typical (Mid U(0.7, 1.05), Post U(0.6, 1.0)),
-  25% marked partial response (Mid U(0.35, 0.7), Post U(0.15, 0.6)). Enhancement factor
-  = clip(0.3 + 0.7 * radius factor + N(0, 0.1), 0.1, 1.1).
-* background parenchymal enhancement U(0.05, 0.4), x0.7 at Mid/Post (therapy lowers it),
-  independent of the label.
+* mammogram: the mass contrast (brightness factor), log-normal with median 0.84 (non-pCR) or
+  1.20 (pCR) and log-sd 0.4 (d' = 0.9) (:data:`MG_CONTRAST`); a scalar intensity, visible at any
+  resolution. The spiculated margin (P 0.4) is label-free.
+* Pre-NAT MRI: the enhancement ratio (relative signal increase at peak), log-normal with median
+  1.21 (non-pCR) or 1.74 (pCR), log-sd 0.3 (d' = 1.2) (:data:`PRE_ENHANCEMENT`).
+* Mid / Post-NAT MRI: the tumour's radius factor (x Pre-NAT radius). Each patient follows one
+  response course (:data:`RESPONSE_COURSES`): pCR 70% shrinking (Mid U(0.4, 0.8), Post
+  U(0.15, 0.6)), 30% slower (Mid U(0.6, 1.0), Post U(0.4, 0.9)); non-pCR the same two courses
+  the other way round. The follow-up's enhancement = Pre x clip(0.3 + 0.7 x radius factor +
+  N(0, 0.1), 0.1, 1.1): it depends on the label only through the radius.
+
+What the images show of the true rhpc values (the table may leave them Unknown, the image
+still shows them):
+
+* tumour side = true laterality; tumour position uniform in a box of the breast given by the
+  true ICD-O location (:func:`location_box`: upper = superior, inner = medial; C50.0 behind the
+  nipple, C50.6 the axillary tail; C50.8 / 9 anywhere), within 0.7 of the breast's semi-axes.
+* Pre-NAT radius uniform in the true cT's range (:func:`radius_range`: 1B 5-6.5 mm, 1C 5-10,
+  2 10-18, 3 17-25, 4x 15-25, others 5-25), times ``radius_scale`` (1.5 at the tiny geometry so
+  8 mm voxels still show it); the mammogram's mass has 1.2 x that radius.
 * mammographic density (true category) sets the fibroglandular fraction of both the MRI breast
   and the mammogram: A 8%, B 20%, C 40%, D 60%.
-* mammogram mass: spiculated margin with P 0.25 (pCR) vs 0.55 (non-pCR); contrast pCR
-  N(1.1, 0.2), non-pCR N(1.0, 0.2). Weak signal.
+
+Label-free: heterogeneity (non-enhancing core fraction, Beta(2.5, 4.5)), background
+parenchymal enhancement U(0.05, 0.4) (x0.7 at Mid/Post).
+
+The Bayes-optimal AUROC of what each model sees (input_pipeline/synthetic/oracle.py, exact
+posteriors; 6,000 patients, seed 0, clinical-only export): rhpc 0.78; iMGrhpc 0.83; iMRrhpc
+0.875 / 0.892 / 0.890 (Pre / Mid / Post); MRP 0.903 / 0.915 / 0.914: the paper's ordering
+(table 0.78; + mammogram +0.05; + MRI +0.10 to +0.11; all +0.12 to +0.14).
 
 Geometry (breast size, positioning, scanner, noise) is nuisance, independent of the label.
 """
@@ -67,8 +77,8 @@ from input_pipeline import clinical_table, schema
 PCR_RATE = 469 / 1407
 SMOOTHING = 0.5
 # Fraction of Table 2's label dependence each variable keeps (module docstring); default 0.35.
-LABEL_STRENGTH: dict[str, float] = {"molecular_subtype": 1.0}
-DEFAULT_LABEL_STRENGTH = 0.35
+LABEL_STRENGTH: dict[str, float] = {"molecular_subtype": 0.7}
+DEFAULT_LABEL_STRENGTH = 0.3
 COHORT_COUNTS = (938, 469)  # (non-pCR, pCR) patients of Table 2
 
 # Table 2 Unknown rows as (pCR, non-pCR); location and histology list no Unknown row but their
@@ -96,6 +106,11 @@ HEADERS: dict[str, str] = {
 # Blank twice: the most common way a table leaves a value out.
 MISSING_SPELLINGS = ("", "", "n/a", "NA", "unknown", "Unknown", "onbekend", "-", "?", "not known")
 _AGE_BINS = {0: (43.0, 6.0, 24, 50), 1: (59.0, 7.0, 51, 82)}  # mean, sd, low, high (years)
+
+
+def age_bin(years: float) -> int:
+  """The Table 2 age group of an age: 0 for <= 50 years, 1 for older."""
+  return int(years > _AGE_BINS[0][3])
 _OPEN_BIN_RANGE = {"weight": (40.0, 125.0), "menarche_age": (9.0, 17.0)}
 DENSITY_FRACTION = {"A": 0.08, "B": 0.20, "C": 0.40, "D": 0.60}
 
@@ -298,6 +313,40 @@ def break_clinical_row(row: dict[str, str]) -> dict[str, str]:
 # Latent image variables
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
+class LabelledLogNormal:
+  """A positive latent whose logarithm is Gaussian given the label: log x ~ N(log median, sd).
+
+  Its evidence about the label is exact: the log likelihood ratio is that of two Gaussians in
+  log x (the Jacobian 1/x is the same for both labels). Separation d' = |log ratio of the
+  medians| / sd.
+  """
+  median: tuple[float, float]  # (non-pCR, pCR)
+  sd: float
+
+  def draw(self, rng: np.random.Generator, label: int) -> float:
+    return float(math.exp(rng.normal(math.log(self.median[label]), self.sd)))
+
+  def log_likelihood(self, x: float) -> np.ndarray:
+    """log p(x | label) [2] (non-pCR, pCR), up to a label-free constant."""
+    z = (math.log(x) - np.log(np.asarray(self.median))) / self.sd
+    return -0.5 * z ** 2
+
+
+# The images' own evidence (module docstring; strengths chosen from the oracle's AUROCs,
+# input_pipeline/synthetic/oracle.py): the mammogram's mass contrast, d' = 0.9; the Pre-NAT
+# enhancement ratio, d' = 1.2.
+MG_CONTRAST = LabelledLogNormal(median=(math.exp(-0.18), math.exp(0.18)), sd=0.4)
+PRE_ENHANCEMENT = LabelledLogNormal(median=(1.45 * math.exp(-0.18), 1.45 * math.exp(0.18)),
+                                    sd=0.3)
+# Response courses per label: (probability, Mid/Pre radius range, Post/Pre radius range). Each
+# label mostly follows its own course and sometimes the other's, so the ranges overlap.
+RESPONSE_COURSES: dict[int, tuple[tuple[float, tuple[float, float], tuple[float, float]], ...]] = {
+    1: ((0.7, (0.4, 0.8), (0.15, 0.6)), (0.3, (0.6, 1.0), (0.4, 0.9))),
+    0: ((0.7, (0.6, 1.0), (0.4, 0.9)), (0.3, (0.4, 0.8), (0.15, 0.6))),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageLatent:
   """The image-side truth of one patient, in the patient frame (mm).
 
@@ -310,7 +359,10 @@ class ImageLatent:
     breast_offset: |x| of each breast centre, mm.
     breast_z: z of both breast centres, mm.
     gland_fraction: fibroglandular fraction of the breast volume.
+    tumour_position: (lateral, anterior, superior) inside the breast, in units of its semi-axes
+      (lateral > 0 away from the midline).
     tumour_centre: (x, y, z) mm in the patient frame.
+    radius_scale: the geometry's factor on every tumour radius.
     radius_mm: per phase (pre, mid, post).
     enhancement: per phase, relative signal increase of the tumour at peak.
     heterogeneity: non-enhancing core radius / radius.
@@ -323,7 +375,9 @@ class ImageLatent:
   breast_offset: float
   breast_z: float
   gland_fraction: float
+  tumour_position: tuple[float, float, float]
   tumour_centre: tuple[float, float, float]
+  radius_scale: float
   radius_mm: tuple[float, float, float]
   enhancement: tuple[float, float, float]
   heterogeneity: float
@@ -336,48 +390,54 @@ class ImageLatent:
             for k, v in dataclasses.asdict(self).items()}
 
 
-# Normalised position (lateral, anterior, superior) ranges inside the breast per ICD-O code.
+# Normalised position (lateral, anterior, superior) ranges inside the breast per ICD-O code
+# (upper = superior, inner = medial; C50.0 behind the nipple, C50.6 the axillary tail; C50.8 / 9
+# anywhere). Every box lies inside the normalised radius 0.7, well within the breast, so the
+# position is uniform in its box and the box's volume is its density's normaliser.
 _LOCATION_BOX = {
-    "C50.0": ((-0.1, 0.1), (0.6, 0.72), (-0.1, 0.1)),
-    "C50.1": ((-0.15, 0.15), (0.2, 0.5), (-0.15, 0.15)),
-    "C50.2": ((-0.55, -0.1), (0.1, 0.55), (0.1, 0.55)),
-    "C50.3": ((-0.55, -0.1), (0.1, 0.55), (-0.55, -0.1)),
-    "C50.4": ((0.1, 0.55), (0.1, 0.55), (0.1, 0.55)),
-    "C50.5": ((0.1, 0.55), (0.1, 0.55), (-0.55, -0.1)),
-    "C50.6": ((0.5, 0.65), (0.1, 0.3), (0.3, 0.5)),
+    "C50.0": ((-0.07, 0.07), (0.45, 0.55), (-0.07, 0.07)),
+    "C50.1": ((-0.1, 0.1), (0.15, 0.38), (-0.1, 0.1)),
+    "C50.2": ((-0.4, -0.07), (0.07, 0.4), (0.07, 0.4)),
+    "C50.3": ((-0.4, -0.07), (0.07, 0.4), (-0.4, -0.07)),
+    "C50.4": ((0.07, 0.4), (0.07, 0.4), (0.07, 0.4)),
+    "C50.5": ((0.07, 0.4), (0.07, 0.4), (-0.4, -0.07)),
+    "C50.6": ((0.45, 0.55), (0.07, 0.2), (0.2, 0.35)),
 }
-_ANYWHERE = ((-0.5, 0.5), (0.1, 0.55), (-0.5, 0.5))
+_ANYWHERE = ((-0.38, 0.38), (0.07, 0.4), (-0.38, 0.38))
 _RADIUS_BY_CT = {"1B": (5.0, 6.5), "1C": (5.0, 10.0), "2": (10.0, 18.0), "3": (17.0, 25.0),
                  "4A": (15.0, 25.0), "4B": (15.0, 25.0), "4D": (15.0, 25.0)}
+
+
+def location_box(location: str) -> tuple[tuple[float, float], ...]:
+  """The normalised box a tumour of ICD-O ``location`` lies in (uniformly)."""
+  return _LOCATION_BOX.get(location, _ANYWHERE)
+
+
+def radius_range(ct: str) -> tuple[float, float]:
+  """Pre-NAT tumour radius range (mm, before the geometry's scale) of clinical stage ``ct``."""
+  return _RADIUS_BY_CT.get(ct, (5.0, 25.0))
 
 
 def draw_latent(rng: np.random.Generator, clinical: ClinicalDraw,
                 radius_scale: float = 1.0) -> ImageLatent:
   """Draws the image truth of one patient from its true rhpc values and label."""
-  pcr = clinical.label == 1
+  label = clinical.label
   axes = (float(rng.uniform(55, 75)), float(rng.uniform(70, 120)), float(rng.uniform(55, 75)))
   offset = axes[0] + float(rng.uniform(10, 25))
   breast_z = float(rng.uniform(-10, 10))
   side = clinical.category("laterality")
-  box = _LOCATION_BOX.get(clinical.category("location"), _ANYWHERE)
-  position = np.array([rng.uniform(*r) for r in box])
-  # Keep the centre well inside the half-ellipsoid (normalised radius <= 0.7).
-  lateral, anterior, superior = (float(v) for v in position * min(
-      1.0, 0.7 / np.linalg.norm(position)))
+  position = tuple(float(rng.uniform(*r)) for r in location_box(clinical.category("location")))
+  lateral, anterior, superior = position
   sign = 1.0 if side == "left" else -1.0
   centre = (sign * (offset + lateral * axes[0]), -anterior * axes[1],
             breast_z + superior * axes[2])
 
-  low, high = _RADIUS_BY_CT.get(clinical.category("ct"), (5.0, 25.0))
-  radius = float(rng.uniform(low, high)) * radius_scale
-  # One response course per patient: the typical one for its label, or the overlapping one.
-  typical = rng.random() < (0.8 if pcr else 0.75)
-  (mid_range, post_range) = {
-      (True, True): ((0.3, 0.7), (0.0, 0.3)), (True, False): ((0.6, 0.95), (0.3, 0.7)),
-      (False, True): ((0.7, 1.05), (0.6, 1.0)), (False, False): ((0.35, 0.7), (0.15, 0.6)),
-  }[(pcr, typical)]
+  radius = float(rng.uniform(*radius_range(clinical.category("ct")))) * radius_scale
+  courses = RESPONSE_COURSES[label]
+  _, mid_range, post_range = courses[int(rng.choice(len(courses), p=[c[0] for c in courses]))]
   mid, post = float(rng.uniform(*mid_range)), float(rng.uniform(*post_range))
-  enhancement = float(np.clip(rng.normal(1.6 if pcr else 1.35, 0.35), 0.6, 2.5))
+  enhancement = PRE_ENHANCEMENT.draw(rng, label)
+  # The follow-up's enhancement follows its size (the label acts through the radius factor).
   factors = [float(np.clip(0.3 + 0.7 * f + rng.normal(0, 0.1), 0.1, 1.1)) for f in (mid, post)]
   bpe = float(rng.uniform(0.05, 0.4))
   return ImageLatent(
@@ -386,11 +446,13 @@ def draw_latent(rng: np.random.Generator, clinical: ClinicalDraw,
       breast_offset=offset,
       breast_z=breast_z,
       gland_fraction=DENSITY_FRACTION[clinical.category("density")],
+      tumour_position=position,
       tumour_centre=centre,
+      radius_scale=radius_scale,
       radius_mm=(radius, radius * mid, radius * post),
       enhancement=(enhancement, enhancement * factors[0], enhancement * factors[1]),
-      heterogeneity=float(rng.beta(2, 5) if pcr else rng.beta(3, 4)),
+      heterogeneity=float(rng.beta(2.5, 4.5)),
       bpe=(bpe, 0.7 * bpe, 0.7 * bpe),
-      spiculated=bool(rng.random() < (0.25 if pcr else 0.55)),
-      mass_contrast=float(np.clip(rng.normal(1.1 if pcr else 1.0, 0.2), 0.5, 1.6)),
+      spiculated=bool(rng.random() < 0.4),
+      mass_contrast=MG_CONTRAST.draw(rng, label),
   )

@@ -42,6 +42,8 @@ from input_pipeline.synthetic import cohort, series
 from input_pipeline.synthetic.images import Phantom
 from input_pipeline.workers import worker_pool
 
+# Written last: its presence marks a complete export (the demo reuses one).
+TRUTH_FILE = "synthetic_truth.json"
 SPECIAL_CASES = {1: "flipped", 2: "oblique", 3: "enhanced", 4: "multiphase", 5: "rle",
                  6: "monochrome1", 7: "truncated_dicom", 8: "no_pre_contrast",
                  9: "size_mismatch", 10: "bad_clinical_row"}
@@ -206,7 +208,7 @@ def generate_export(out_dir: Path | str, num_patients: int, seed: int, geometry:
     writer.writerows(rows)
   truth = {"seed": seed, "geometry": geometry, "rates": dataclasses.asdict(rates),
            "patients": [t for _, t, _ in results]}
-  (out_dir / "synthetic_truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+  (out_dir / TRUTH_FILE).write_text(json.dumps(truth, indent=1) + "\n")
   total = {k: sum(c[k] for _, _, c in results) for k in results[0][2]}
   # Without images only the clinical row can be broken.
   broken = {t["patient_id"]: t["broken"] for _, t, _ in results

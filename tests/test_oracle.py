@@ -1,0 +1,98 @@
+"""The synthetic cohort's oracle: exact Bayes posteriors, calibrated, ordered as the paper."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from input_pipeline import schema, synthetic
+from input_pipeline.synthetic import cohort, oracle
+
+N = 4000
+
+
+@pytest.fixture(scope="module")
+def cohort_oracle(tmp_path_factory):
+  out = tmp_path_factory.mktemp("oracle")
+  synthetic.generate_export(out, N, seed=11, images=False)
+  truth = {p["patient_id"]: p for p in json.loads((out / synthetic.TRUTH_FILE).read_text())[
+      "patients"]}
+  return truth, oracle.export_oracle(out)
+
+
+def _pairs(truth, best, model, phase):
+  ids = sorted(i for i in best if phase in best[i][model])
+  return (np.array([truth[i]["label"] for i in ids]),
+          np.array([best[i][model][phase] for i in ids]))
+
+
+@pytest.mark.parametrize("model, phase", [("rhpc", "pre"), ("iMGrhpc", "pre"),
+                                          ("iMRrhpc", "pre"), ("iMRrhpc", "post"),
+                                          ("MRP", "mid")])
+def test_posteriors_are_calibrated(cohort_oracle, model, phase):
+  """A true posterior is calibrated: in every decile of predicted P(pCR) the pCR rate equals the
+  mean prediction, up to binomial noise. A wrong likelihood term (a missing factor, a swapped
+  label, a wrong normaliser) over- or under-states the evidence and breaks it."""
+  truth, best = cohort_oracle
+  labels, p = _pairs(truth, best, model, phase)
+  order = np.argsort(p, kind="stable")
+  worst = 0.0
+  for chunk in np.array_split(order, 10):
+    expected = p[chunk].mean()
+    se = math.sqrt(max(np.sum(p[chunk] * (1 - p[chunk])), 1.0)) / len(chunk)
+    worst = max(worst, abs(labels[chunk].mean() - expected) / se)
+  assert worst < 3.5, worst  # 10 deciles: |z| < 3.5 fails by chance ~0.5% of the time
+
+
+def test_each_modality_adds_evidence_as_in_the_paper(cohort_oracle):
+  """Oracle AUROCs in the paper's order at every phase, near the documented design values
+  (cohort.py; SE ~0.007 at this size)."""
+  truth, best = cohort_oracle
+  auroc = {(m, ph): roc_auc_score(*_pairs(truth, best, m, ph))
+           for m in oracle.MODELS for ph in schema.PHASE_NAMES}
+  for phase in schema.PHASE_NAMES:
+    rhpc, img, imr, mrp = (auroc[m, phase] for m in oracle.MODELS)
+    assert 0.75 <= rhpc <= 0.81, (phase, rhpc)
+    assert 0.03 <= img - rhpc <= 0.08, (phase, img - rhpc)
+    assert 0.07 <= imr - rhpc <= 0.14, (phase, imr - rhpc)
+    assert 0.01 <= mrp - imr <= 0.05, (phase, mrp - imr)
+  assert auroc["iMRrhpc", "post"] > auroc["iMRrhpc", "pre"]
+
+
+def test_an_image_reveals_what_the_table_leaves_unknown():
+  """With laterality written Unknown the MRI's tumour side tells it: the MRI oracle gains
+  exactly log P(side | y) - while the written category makes the image add nothing."""
+  rng = np.random.default_rng(3)
+  draw = cohort.draw_clinical(rng)
+  j = schema.VARIABLE_NAMES.index("laterality")
+  written = cohort.ClinicalDraw(draw.label, draw.codes, draw.values,
+                                np.where(np.arange(len(draw.missing)) == j, False, draw.missing))
+  unknown = cohort.ClinicalDraw(draw.label, draw.codes, draw.values,
+                                np.where(np.arange(len(draw.missing)) == j, True, draw.missing))
+  latent = cohort.draw_latent(rng, draw)
+  assert np.all(oracle.revealed_log_likelihood("laterality", written, latent) == 0)
+  probs = cohort.category_probabilities(schema.BY_NAME["laterality"])
+  np.testing.assert_allclose(oracle.revealed_log_likelihood("laterality", unknown, latent),
+                             np.log(probs[:, int(draw.codes[j])]))
+
+
+def test_the_evidence_terms_are_normalised_densities():
+  """Each label-dependent term integrates to 1 over its latent (a likelihood, not a score)."""
+  x = np.linspace(1e-3, 20.0, 400_001)
+  for evidence in (cohort.MG_CONTRAST, cohort.PRE_ENHANCEMENT):
+    for label in (0, 1):
+      mu, sd = math.log(evidence.median[label]), evidence.sd
+      density = np.exp(-0.5 * ((np.log(x) - mu) / sd) ** 2) / (x * sd * math.sqrt(2 * math.pi))
+      assert np.trapezoid(density, x) == pytest.approx(1.0, abs=1e-4)
+      # log_likelihood is that density up to the label-free factor 1 / (x sd sqrt(2 pi)).
+      np.testing.assert_allclose(
+          [evidence.log_likelihood(v)[label] for v in (0.5, 1.0, 2.0)],
+          [math.log(d * v * sd * math.sqrt(2 * math.pi)) for v, d in zip(
+              (0.5, 1.0, 2.0), np.interp((0.5, 1.0, 2.0), x, density))], atol=1e-4)
+  f = np.linspace(0, 1.2, 120_001)
+  for phase in (1, 2):
+    for label in (0, 1):
+      density = np.exp([oracle._response_course_log_likelihood(v, phase)[label] for v in f])
+      assert np.trapezoid(density, f) == pytest.approx(1.0, abs=1e-3)
