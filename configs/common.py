@@ -37,6 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Training only: P(response head sees no image features) per example (models/fusion.py). Not
   # in the paper; the paper variant sets 0. BUILD_NOTES.md: the demo experiments behind 0.5.
   m.modality_dropout = 0.5
+  # Fused models: the rhpc model's linear classifier as a skip connection beside the response
+  # head (whose last layer starts at zero); with rhpc_init the fused model starts as the trained
+  # rhpc model and learns what the images add. BUILD_NOTES.md: the experiments behind it.
+  m.rhpc_skip = True
   m.siamese_batching = "joint"  # joint (one 2B encoder call) | separate (one call per branch)
   m.encoder = e = ml_collections.ConfigDict()
   e.layout = "resnet"  # resnet (strides 2,2,2) | medicalnet (dilated) | monai (stride-1 stem)
@@ -189,7 +193,7 @@ def _medicalnet(config):
 
 def _paper(config):
   """The authors' optimiser: Adam lr 1e-4, betas (0.5, 0.999), wd 1e-6, clip 0.25; and no
-  modality dropout, which the paper does not use."""
+  modality dropout or rhpc skip connection, which the paper does not use."""
   t = config.train
   t.optimizer = "paper"
   t.learning_rate = 1e-4
@@ -198,6 +202,7 @@ def _paper(config):
   t.grad_clip_norm = 0.25
   t.warmup_steps = 0
   config.model.modality_dropout = 0.0
+  config.model.rhpc_skip = False
 
 
 def _no_knowledge(config):

@@ -99,6 +99,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.head_dim": _POSITIVE_INT,
     "model.modality_dropout": _UNIT_INTERVAL,
     "model.siamese_batching": _one_of(*SIAMESE_BATCHING),
+    "model.rhpc_skip": (lambda v: isinstance(v, bool), "must be True or False"),
     "model.encoder.layout": _one_of(*LAYOUTS),
     "model.encoder.stem_kernel": (lambda v: _positive_int(v) and v % 2 == 1,
                                   "must be an odd positive integer"),

@@ -13,6 +13,7 @@ Stages (each skipped or resumed when its output already exists):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from input_pipeline import prepare, records, synthetic, verify
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions
 from input_pipeline.mri import MriOptions
+from input_pipeline.synthetic import oracle
 from mrp_jax import configuration
 
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc")  # trained in this order (the fused ones start from rhpc)
@@ -90,12 +92,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     _stage(f"export: {summary}", start)
 
   geometry = GEOMETRIES[demo.geometry]
+  # The demo's patients are synthetic, so its pseudonym key may be public: derived from the
+  # seed, the same command gives the same pseudonyms and so the same bytes everywhere after.
+  # (Real data keeps prepare's random, secret key.)
+  key_path = workdir / "records.pseudonym.key"
+  if not key_path.exists():
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.write_text(hashlib.sha256(f"mrp-jax demo, seed {config.seed}".encode()).hexdigest())
   options = prepare.PrepareOptions(
       source=export, out=workdir / "records",
       mri=MriOptions(spacing_mm=geometry.mri_spacing_mm, box=geometry.mri_box),
       mammogram=MammogramOptions(size=geometry.mg_size), seed=config.seed,
       shard_size=demo.shard_size, workers=demo.workers,
-      split_fractions=tuple(demo.split_fractions))
+      split_fractions=tuple(demo.split_fractions), pseudonym_key=key_path)
   manifest_path = options.out / records.MANIFEST
   if manifest_path.exists():  # prepare writes the manifest last, once every shard is complete
     manifest = json.loads(manifest_path.read_text())
@@ -103,6 +112,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   else:
     manifest = prepare.prepare(options)
     _stage(f"records in {options.out}\n{prepare.summary(manifest)}", start)
+  if oracle.read(options.out) is None:  # the synthetic truth, keyed by pseudonym
+    key = prepare.load_key(key_path)
+    oracle.write_for_records(export, options.out, lambda source: prepare.pseudonym(key, source))
   verified = verify.verify_directory(options.out)
   if not verified.ok:
     raise RuntimeError(f"demo: the prepared records failed verification:\n{verified.summary()}")

@@ -50,6 +50,7 @@ def create_model(model: Mapping[str, Any]) -> nn.Module:
       rhpc_embed_dim=model["rhpc_embed_dim"],
       rhpc_hidden_dim=model["rhpc_hidden_dim"],
       modality_dropout=model.get("modality_dropout", 0.0),
+      rhpc_skip=model.get("rhpc_skip", False),
   )
 
 

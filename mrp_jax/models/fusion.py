@@ -56,6 +56,10 @@ class ImagingRhpcModel(nn.Module):
     modality_dropout: in training, the probability that an example's response head sees no
       image features (as for a patient without images); the knowledge predictor always sees
       them. Needs a 'dropout' rng when > 0. Module docstring: why.
+    rhpc_skip: add the rhpc model's own linear classifier on the rhpc features to the response
+      head's output, whose last layer then starts at zero: with both rhpc parts warm-started
+      from a trained rhpc run the fused model starts as that model and learns what the images
+      add (module docstring: why).
   """
   image_key: str = "mri"
   encoder: Mapping[str, Any] | None = None  # a FrozenDict, so the module stays hashable
@@ -66,6 +70,7 @@ class ImagingRhpcModel(nn.Module):
   rhpc_embed_dim: int = 16
   rhpc_hidden_dim: int = 256
   modality_dropout: float = 0.0
+  rhpc_skip: bool = False
 
   @nn.compact
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
@@ -110,8 +115,13 @@ class ImagingRhpcModel(nn.Module):
       head_image_features = jnp.where(keep[:, None], image_features, 0.0)
     fused = jnp.concatenate([head_image_features, rhpc_features], axis=-1)
     hidden = nn.elu(nn.Dense(self.head_dim, name="response_head_0")(fused))
+    if self.rhpc_skip:
+      logit = (nn.Dense(1, name="rhpc_classifier")(rhpc_features)
+               + nn.Dense(1, kernel_init=nn.initializers.zeros, name="response_head_1")(hidden))
+    else:
+      logit = nn.Dense(1, name="response_head_1")(hidden)
     outputs = {
-        "logit": nn.Dense(1, name="response_head_1")(hidden)[:, 0],
+        "logit": logit[:, 0],
         "image_present": image_present,
         "image_features": image_features,
         "rhpc_features": rhpc_features,

@@ -89,27 +89,38 @@ def _plateau(state: train_step.TrainState, auroc: float, config) -> train_step.T
   return state.replace(lr_scale=scale, plateau=jnp.asarray([best, bad], jnp.float32))
 
 
-def rhpc_encoder_from(workdir: str | Path, params: Any) -> Any:
-  """``params`` with the 'rhpc_encoder' subtree taken from a trained rhpc run's checkpoint.
+def rhpc_parts_from(workdir: str | Path, params: Any) -> Any:
+  """``params`` with the rhpc parts taken from a trained rhpc run's checkpoint: its encoder
+  ('rhpc_encoder'), and its classifier as the fused model's 'rhpc_classifier' when the model
+  has that skip connection (config.model.rhpc_skip).
 
   The fused models then start from an rhpc representation that saw far more steps than their
-  own few hundred (BUILD_NOTES.md, demo experiments). Shapes must match: the rhpc run and this
-  model need the same rhpc_embed_dim and rhpc_hidden_dim.
+  own few hundred, and with the skip connection they start as the rhpc model itself
+  (BUILD_NOTES.md, demo experiments). Shapes must match: the rhpc run and this model need the
+  same rhpc_embed_dim and rhpc_hidden_dim.
   """
   from mrp_jax.evaluation import runs
 
   source = runs.load_run(workdir, sharding.make_mesh(jax.devices()[:1]))
   if "rhpc_encoder" not in params:
     raise ValueError(f"config.model.rhpc_init: model {source.model_name} has no rhpc_encoder")
-  donor = jax.device_get(source.state.params["rhpc_encoder"])
-  mismatched = [
-      f"{'/'.join(str(getattr(k, 'key', k)) for k in path)}: {a.shape} vs {b.shape}"
-      for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params["rhpc_encoder"]),
-                              jax.tree.leaves(donor)) if a.shape != b.shape]
-  if jax.tree.structure(donor) != jax.tree.structure(params["rhpc_encoder"]) or mismatched:
-    raise ValueError(f"config.model.rhpc_init: {workdir}'s rhpc encoder does not fit this "
-                     f"model (same rhpc_embed_dim and rhpc_hidden_dim needed): {mismatched}")
-  return {**params, "rhpc_encoder": donor}
+  donor = jax.device_get(source.state.params)
+  parts = {"rhpc_encoder": "rhpc_encoder"}
+  if "rhpc_classifier" in params:
+    if "classifier" not in donor:
+      raise ValueError(f"config.model.rhpc_init: {workdir} is not an rhpc run (no classifier)")
+    parts["rhpc_classifier"] = "classifier"
+  out = dict(params)
+  for ours, theirs in parts.items():
+    mismatched = [
+        f"{ours}/{'/'.join(str(getattr(k, 'key', k)) for k in path)}: {a.shape} vs {b.shape}"
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params[ours]),
+                                jax.tree.leaves(donor[theirs])) if a.shape != b.shape]
+    if jax.tree.structure(donor[theirs]) != jax.tree.structure(params[ours]) or mismatched:
+      raise ValueError(f"config.model.rhpc_init: {workdir}'s {theirs} does not fit this model "
+                       f"(same rhpc_embed_dim and rhpc_hidden_dim needed): {mismatched}")
+    out[ours] = donor[theirs]
+  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -158,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       state = jax.device_put(state.replace(params=variables["params"],
                                            batch_stats=variables["batch_stats"]), shardings)
     if config.model.rhpc_init:
-      state = jax.device_put(state.replace(params=rhpc_encoder_from(
+      state = jax.device_put(state.replace(params=rhpc_parts_from(
           config.model.rhpc_init, jax.device_get(state.params))), shardings)
 
   # ---- compiled steps -------------------------------------------------------------------------
