@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import struct
 from pathlib import Path
 from typing import Iterable
 
 import pydicom
 
+from input_pipeline.dicom_io import pixel_data_problem
 from input_pipeline.patient import DicomDce, SeriesSelection
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
@@ -290,35 +290,6 @@ def _dicom_kind(path: Path) -> str:
   return "other"
 
 
-def _pixel_data_problem(handle, ds: pydicom.Dataset, size: int) -> str | None:
-  """Why the Pixel Data element that starts at ``handle``'s position is cut off, or None.
-
-  ``dcmread(stop_before_pixels=True)`` leaves the file at the Pixel Data tag; its declared
-  length says where the file must end, so a cut-off download is named here, cheaply, rather
-  than when the pixels are loaded.
-  """
-  start = handle.tell()
-  head = handle.read(12)
-  if len(head) < 8:
-    return f"the file ends at byte {size}, before its pixel data (truncated file)"
-  implicit, little = ds.original_encoding
-  order = "<" if little is not False else ">"
-  if struct.unpack(order + "HH", head[:4]) != (0x7FE0, 0x0010):
-    return None
-  if implicit:
-    header, length = 8, struct.unpack(order + "I", head[4:8])[0]
-  elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
-    header, length = 12, struct.unpack(order + "I", head[8:12])[0]
-  else:
-    header, length = 8, struct.unpack(order + "H", head[6:8])[0]
-  if length == 0xFFFFFFFF:  # encapsulated (compressed): fragments, no total length
-    return None
-  if start + header + length > size:
-    return (f"{size} bytes, but its pixel data ends at byte {start + header + length} "
-            "(truncated file)")
-  return None
-
-
 def read_header(path: Path, force: bool = False) -> pydicom.Dataset:
   """The header of one file (no pixels).
 
@@ -338,7 +309,7 @@ def read_header(path: Path, force: bool = False) -> pydicom.Dataset:
       return ds
     if ds.get("Rows") is None or ds.get("Columns") is None:
       raise ValueError("no Rows/Columns in the header (truncated file)")
-    problem = _pixel_data_problem(handle, ds, size)
+    problem = pixel_data_problem(handle, ds, size)
   if problem:
     raise ValueError(problem)
   return ds

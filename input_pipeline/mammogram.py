@@ -27,9 +27,9 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, pixel_array
+from pydicom.pixels import apply_modality_lut
 
-from input_pipeline.dicom_io import PreprocessError, read_dicom
+from input_pipeline.dicom_io import PreprocessError, decoded_pixels, read_dicom
 
 # The breast is segmented on a block-averaged copy whose longer side is about this many pixels.
 _SEGMENTATION_SIDE = 1024
@@ -84,16 +84,11 @@ def read_mammogram(path: Path | str) -> np.ndarray:
   """
   path = Path(path)
   ds = read_dicom(path)
-  if "PixelData" not in ds:
-    raise PreprocessError(f"{path}: no pixel data")
   if int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("NumberOfFrames", 1)) != 1:
     raise PreprocessError(f"{path}: expected one greyscale frame, found "
                           f"{ds.get('NumberOfFrames', 1)} frame(s) of "
                           f"{ds.get('SamplesPerPixel', 1)} sample(s)")
-  try:
-    values = apply_modality_lut(pixel_array(ds), ds).astype(np.float32)
-  except Exception as e:  # pydicom raises many types for corrupt or truncated pixel data
-    raise PreprocessError(f"{path}: cannot decode pixel data ({type(e).__name__}: {e})") from e
+  values = apply_modality_lut(decoded_pixels(ds, path), ds).astype(np.float32)
   useful = _useful_range(ds)
   if useful is not None:
     values = np.clip(values, *useful)
