@@ -43,7 +43,16 @@ _HEADER_TAGS = [
     "ImageOrientationPatient", "PixelSpacing", "RepetitionTime", "EchoTime",
     "ImageLaterality", "Laterality", "ViewPosition", "PresentationIntentType",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+    *("ContrastBolusAgent", "ContrastBolusRoute", "ContrastBolusVolume", "ContrastBolusTotalDose",
+      "ContrastBolusIngredient", "ContrastBolusStartTime", "ContrastBolusAgentSequence"),
+    *("ViewCodeSequence", "PatientOrientation", "ProtocolName", "ImageComments",
+      "AcquisitionDeviceProcessingDescription"),
 ]
+# Any of these set says the image was acquired with a contrast agent (Contrast/Bolus module;
+# the sequence is the Enhanced MR form).
+_CONTRAST_TAGS = ("ContrastBolusAgent", "ContrastBolusRoute", "ContrastBolusVolume",
+                  "ContrastBolusTotalDose", "ContrastBolusIngredient", "ContrastBolusStartTime",
+                  "ContrastBolusAgentSequence")
 
 # Series descriptions are compared lower-cased with every character except letters, digits,
 # '+' and '-' turned into spaces ('Ph1/ax 3d dyn' -> 'ph1 ax 3d dyn', 'ax t1 +c' stays).
@@ -127,6 +136,9 @@ class SeriesInfo:
     trigger_time_ms: earliest TriggerTime.
     orientation: ImageOrientationPatient rounded to 1e-3; pixel_spacing rounded to 1e-2 mm.
     repetition_time_ms, echo_time_ms: TR and TE when present.
+    contrast: the first file carries a Contrast/Bolus attribute (agent, route, volume, dose,
+      ingredient, start time).
+    contrast_start_s: ContrastBolusStartTime, seconds since midnight, when given.
     laterality, view: ImageLaterality (or Laterality) and ViewPosition of the first file.
     views: per file (laterality, view, PresentationIntentType), for mammograms, whose series
       may hold several views.
@@ -150,6 +162,8 @@ class SeriesInfo:
   pixel_spacing: tuple[float, ...] | None = None
   repetition_time_ms: float | None = None
   echo_time_ms: float | None = None
+  contrast: bool = False
+  contrast_start_s: float | None = None
   views: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
   @property
@@ -197,6 +211,8 @@ class SeriesInfo:
       self.echo_time_ms = _float(ds.get("EchoTime"))
       self.orientation = _rounded(ds.get("ImageOrientationPatient"), 3)
       self.pixel_spacing = _rounded(ds.get("PixelSpacing"), 2)
+      self.contrast = any(ds.get(keyword) not in (None, "") for keyword in _CONTRAST_TAGS)
+      self.contrast_start_s = _seconds(ds.get("ContrastBolusStartTime"))
     triggers = [_float(ds.get("TriggerTime"))]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None:
@@ -435,10 +451,30 @@ def _from_multiphase(series: SeriesInfo, post_index: int) -> DicomDce:
                   post=SeriesSelection(files, positions[post_index], series.description))
 
 
+def _contrast_evidence(group: list[SeriesInfo]) -> dict[str, bool]:
+  """Which series the contrast tags say were acquired after the injection.
+
+  A series acquired at or after ContrastBolusStartTime was; one acquired before it was not.
+  Without a start time, a series carrying contrast tags was, and one without them was not.
+  Tags only count when they set series apart: some vendors copy the agent onto every series of
+  the exam, the pre-contrast one included, and then they say nothing.
+  """
+  starts = [s.contrast_start_s for s in group if s.contrast_start_s is not None]
+  start = min(starts) if starts else None
+  after = {s.uid: (s.acquisition_time_s >= start
+                   if start is not None and s.acquisition_time_s is not None else s.contrast)
+           for s in group}
+  return after if len(set(after.values())) > 1 else {}
+
+
 def _pick_in_group(group: list[SeriesInfo], post_index: int
                    ) -> tuple[SeriesInfo | None, SeriesInfo | None]:
   """(pre, post) among series of one geometry; either is None when it cannot be told."""
   roles = {s.uid: _role(s) for s in group}
+  # A series the contrast tags place after the injection is never the pre-contrast one.
+  for uid, after in _contrast_evidence(group).items():
+    if after:
+      roles[uid] = dataclasses.replace(roles[uid], pre=0, post=True)
   ordered = sorted(group, key=lambda s: roles[s.uid].order)
   explicit = [s for s in ordered if roles[s.uid].pre and not roles[s.uid].post]
   if explicit:
@@ -479,6 +515,8 @@ def select_dce(series: Iterable[SeriesInfo], post_index: int = 1) -> DicomDce:
        'Ph1/ax 3d dyn', 'ax t1 +c', ...), pairing only series of one geometry;
     3. the acquisition order (AcquisitionTime, TriggerTime, SeriesNumber) of same-geometry
        series: the earliest is pre-contrast.
+  In 2 and 3 the contrast tags overrule: a series acquired after ContrastBolusStartTime, or
+  the one carrying contrast tags when others of its geometry do not, is never pre-contrast.
   Localizers, T2, DWI/ADC, MIPs, subtractions and other derived series are never chosen
   (derived multiphase series only when no original one exists).
 

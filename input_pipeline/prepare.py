@@ -291,13 +291,14 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
     PrepareError: bad options, an unknown layout, or --out prepared with other options.
   """
   started = time.perf_counter()
-  key_path = options.pseudonym_key or options.out.with_name(options.out.name + ".pseudonym.key")
-  key = load_key(Path(key_path))
   try:
     patients = layouts.discover(options.layout, options.source, workers=options.workers,
                                 **dict(options.layout_options))
   except (ValueError, FileNotFoundError) as error:
     raise PrepareError(str(error)) from None
+  # Only now that discovery succeeded: a run that fails before its first patient writes nothing.
+  key_path = options.pseudonym_key or options.out.with_name(options.out.name + ".pseudonym.key")
+  key = load_key(Path(key_path))
   jobs, skipped = _plan(patients, options, key)
   fingerprint = _fingerprint(options, jobs)
   manifest_path = options.out / MANIFEST
