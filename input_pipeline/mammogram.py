@@ -146,8 +146,8 @@ def _band_edge(lines: np.ndarray) -> np.ndarray | None:
     A band starts (after a scanner's margin at most) within :data:`_BORDER_GAP` of the border
     at :data:`_BORDER_COVERAGE` of the positions, and where it stands alone, ends within
     :data:`_BORDER_DEPTH`. Film edges are straight: a line fitted to where the band ends
-    alone (robustly: a label or a ruler's ticks may join it) is extended across the positions where the
-    breast touches it, and everything out to it goes.
+    alone (robustly: a label or a ruler's ticks may join it) is extended across the positions
+    where the breast touches it, and everything out to it goes.
   """
   depth, length = lines.shape
   gap = max(1, math.ceil(_BORDER_GAP * depth))

@@ -49,6 +49,7 @@ from input_pipeline.patient import PatientSource, worker_pool
 MANIFEST = "manifest.json"
 PROGRESS_DIR = ".progress"
 SPLIT_NAMES = records.SPLITS
+IMAGELESS = ("clinical_only", "skip")
 
 
 class PrepareError(RuntimeError):
@@ -72,6 +73,9 @@ class PrepareOptions:
     shard_size: patients per shard.
     workers: processes scanning patient folders, then writing shards.
     pseudonym_key: secret key file (created if missing); default ``<out>.pseudonym.key``.
+    imageless: a patient whose folder gives no image: 'clinical_only' writes her record with
+      the rhpc values alone (the rhpc model and the ensemble's fallback use it), 'skip' skips
+      her; either way the manifest counts and names her with the reason.
   """
   source: Path
   out: Path
@@ -84,6 +88,7 @@ class PrepareOptions:
   shard_size: int = 16
   workers: int = 1
   pseudonym_key: Path | None = None
+  imageless: str = "clinical_only"
 
   def __post_init__(self):
     fractions = tuple(float(f) for f in self.split_fractions)
@@ -92,13 +97,16 @@ class PrepareOptions:
                          f"to 1, got {self.split_fractions}")
     if self.shard_size < 1 or self.workers < 1:
       raise PrepareError("--shard_size and --workers must be >= 1")
+    if self.imageless not in IMAGELESS:
+      raise PrepareError(f"--imageless must be one of {IMAGELESS}, got {self.imageless!r}")
     object.__setattr__(self, "split_fractions", fractions)
 
   def fingerprint_fields(self) -> dict[str, Any]:
     return {"layout": self.layout, "layout_options": [list(o) for o in self.layout_options],
             "mri": dataclasses.asdict(self.mri), "mammogram": dataclasses.asdict(self.mammogram),
             "split_fractions": list(self.split_fractions), "seed": self.seed,
-            "shard_size": self.shard_size, "record_format": records.FORMAT_VERSION}
+            "shard_size": self.shard_size, "imageless": self.imageless,
+            "record_format": records.FORMAT_VERSION}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +257,9 @@ def _plan(patients: list[PatientSource], options: PrepareOptions, key: bytes):
     elif patient.label is None:
       skipped.append({"patient": pid, "stage": "discovery", "key": patient.key,
                       "reason": "no pCR label"})
+    elif patient.empty and options.imageless == "skip":
+      skipped.append({"patient": pid, "stage": "discovery", "key": patient.key,
+                      "reason": f"no image: {patient.empty} (--imageless=skip)"})
     else:
       usable.append((pid, patient))
   duplicates = [pid for pid, n in collections.Counter(pid for pid, _ in usable).items() if n > 1]
@@ -327,7 +338,7 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
   bar.close()
   manifest = _manifest(options, jobs, notes, skipped, fingerprint,
                        seconds=time.perf_counter() - started)
-  _write_private_report(options, notes, skipped)
+  _write_private_report(options, notes, skipped, jobs)
   _write_json(manifest_path, manifest)
   return manifest
 
@@ -361,6 +372,7 @@ def _manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> di
                             entry["patient"])
   for entry in splits.values():
     entry["phases"] = dict(sorted(entry["phases"].items()))
+  images = _image_accounting(options, jobs, notes, source_keys)
   return {
       "format_version": records.FORMAT_VERSION,
       "fingerprint": fingerprint,
@@ -374,6 +386,7 @@ def _manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> di
       "shards": [{"file": job.file, "split": job.split, "records": notes[job.file]["records"]}
                  for job in jobs],
       "skipped": sorted(skipped, key=lambda s: s["patient"]),
+      **images,
       "rhpc": {"missing": dict(sorted(unknown.items())),
                "unparsed": dict(sorted(unparsed.items()))},
       "timing": {"seconds": round(seconds, 1),
@@ -384,7 +397,42 @@ def _manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> di
   }
 
 
-def _write_private_report(options: PrepareOptions, notes, discovery_skips) -> None:
+def _image_accounting(options, jobs, notes, source_keys) -> dict[str, Any]:
+  """The manifest's account of the images of the planned patients: how many patients were
+  written with and without each modality, who was written clinical-only and why, every image
+  or series not used and why, and the warnings of the choices (all scrubbed)."""
+  written = {p["patient"]: p for note in notes.values() for p in note["written"]}
+  modalities = {name: {"with": 0, "without": 0}
+                for name in ("mammogram", *(f"mri_{p}" for p in schema.PHASE_NAMES))}
+  clinical_only, unused, warnings = [], [], []
+  warning_counts: collections.Counter = collections.Counter()
+  for job in jobs:
+    for pid, source in job.patients:
+
+      def clean(text: str) -> str:
+        return scrub(text, options.source, source_keys.get(pid, ""), pid)
+
+      unused += [{"patient": pid, "item": clean(u.item), "reason": clean(u.reason)}
+                 for u in source.unused]
+      warnings += [{"patient": pid, "warning": clean(w)} for w in source.warnings]
+      warning_counts.update(w.split(":")[0] for w in source.warnings)
+      if pid not in written:
+        continue
+      present = {"mammogram": written[pid]["mammogram"],
+                 **{f"mri_{name}": phase in written[pid]["phases"]
+                    for phase, name in enumerate(schema.PHASE_NAMES)}}
+      for name, has in present.items():
+        modalities[name]["with" if has else "without"] += 1
+      if source.empty:
+        clinical_only.append({"patient": pid, "reason": clean(source.empty)})
+  return {"modalities": modalities,
+          "clinical_only": sorted(clinical_only, key=lambda e: e["patient"]),
+          "unused_images": sorted(unused, key=lambda e: (e["patient"], e["item"])),
+          "warnings": {"counts": dict(sorted(warning_counts.items())),
+                       "patients": sorted(warnings, key=lambda e: (e["patient"], e["warning"]))}}
+
+
+def _write_private_report(options: PrepareOptions, notes, discovery_skips, jobs) -> None:
   """Identifying details for the data steward, outside --out: source ids and full reasons."""
   folder = options.out.with_name(options.out.name + ".private")
   folder.mkdir(parents=True, exist_ok=True)
@@ -403,6 +451,16 @@ def _write_private_report(options: PrepareOptions, notes, discovery_skips) -> No
       for variable, raw, n in note["parse"]["unparsed"]:
         counts[(variable, raw)] += n
     writer.writerows(sorted((v, r, n) for (v, r), n in counts.items()))
+  with open(folder / "unused_images.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["source_patient", "patient_id", "item", "file_or_folder", "reason"])
+    writer.writerows(sorted((p.key, pid, u.item, u.where, u.reason) for job in jobs
+                            for pid, p in job.patients for u in p.unused))
+  with open(folder / "warnings.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["source_patient", "patient_id", "warning"])
+    writer.writerows(sorted((p.key, pid, w) for job in jobs for pid, p in job.patients
+                            for w in p.warnings))
 
 
 # ---------------------------------------------------------------------------------------------

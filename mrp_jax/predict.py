@@ -91,14 +91,22 @@ def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
     answer: dict[str, Any] = {"patient": folder.name}
     try:
       row = _row_for(clinical, folder.name, len(folders) == 1)
-      mri, mammogram = generic.patient_imaging(folder, side=generic.tumour_side(row))
-      source = PatientSource(folder.name, label=None, clinical=row, mri=mri, mammogram=mammogram)
+      # The same choice of images as `prepare` (the generic layout's), with its reasons.
+      imaging = generic.patient_imaging(folder, side=generic.tumour_side(row))
+      source = PatientSource(folder.name, label=None, clinical=row)
+      source.take(imaging)
       report = ParseReport()
       record = process_patient(source, ANONYMOUS, "test", mri_options, mg_options, report)
       phase = _phase(record)
-      answer.update(phase=phase, images={"mri": list(record.mri), "mammogram": record.mg is not None},
+      answer.update(phase=phase,
+                    images={"mri": list(record.mri), "mammogram": record.mg is not None},
                     unknown_clinical=sorted(report.missing) + sorted(
-                        {v for v, _ in report.unparsed}))
+                        {v for v, _ in report.unparsed}),
+                    warnings=imaging.warnings,
+                    unused=[{"item": u.item, "file": u.where, "reason": u.reason}
+                            for u in imaging.unused])
+      if imaging.empty:
+        answer["no_images"] = imaging.empty
       probabilities, attributions = {}, {}
       example = batching.eval_example(record, phase)
       for run in loaded:
