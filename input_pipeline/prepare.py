@@ -16,12 +16,17 @@ Guarantees:
 * Nothing written under --out carries a direct identifier. Pseudonyms are an HMAC of the
   source patient id with a secret key kept outside --out (``<out>.pseudonym.key`` unless
   --pseudonym_key says otherwise); skip reasons are scrubbed of paths, ids, UIDs and dates.
-  The full, identifying skip report goes to ``<out>.private/skipped.csv`` for the data steward.
+  The full, identifying report goes to ``<out>.private/`` for the data steward (skipped.csv,
+  unused_images.csv, warnings.csv, unparsed_values.csv).
+* Every image is accounted for: each image or series found but not used is listed with its
+  reason (manifest ``unused_images``), each choice made without the attribute that should
+  decide it is a counted warning, patients written with and without each modality are
+  counted, and a patient without any image is written clinical-only or skipped
+  (``--imageless``), named with the reason.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import csv
@@ -39,11 +44,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import tqdm
+from absl import app, flags
 
 from input_pipeline import clinical_table, layouts, records, schema, tfrecord
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions, preprocess_mammogram
-from input_pipeline.mri import MriOptions, preprocess_exam
+from input_pipeline.mri import DTYPES as MRI_DTYPES
+from input_pipeline.mri import INTENSITIES, ON_SIZE_MISMATCH, MriOptions, preprocess_exam
 from input_pipeline.patient import PatientSource, worker_pool
 
 MANIFEST = "manifest.json"
@@ -140,7 +147,10 @@ def scrub(text: str, source: Path, patient_key: str, patient_id: str) -> str:
   patient id, DICOM UIDs and dates (YYYYMMDD)."""
   text = text.replace(str(source.resolve()), "<source>").replace(str(source), "<source>")
   if patient_key:
-    text = text.replace(patient_key, patient_id)
+    # Where it stands as a word or a name part ('P7/...', 'Breast_MRI_007_post'), not inside
+    # one: a short id such as 'C' or '12' would otherwise eat into 'DICOM' or '128 files'.
+    text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(patient_key)}(?![A-Za-z0-9])", patient_id,
+                  text)
   return _DATE.sub("<date>", _UID.sub("<uid>", text))
 
 
@@ -466,55 +476,102 @@ def _write_private_report(options: PrepareOptions, notes, discovery_skips, jobs)
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-def _numbers(text: str, kind=float) -> tuple:
-  return tuple(kind(v) for v in text.split(","))
+def _geometry_help() -> str:
+  return "; ".join(
+      f"{name}: MRI {'x'.join(map(str, g.mri_box))} voxels (z,y,x) of "
+      f"{'x'.join(f'{v:g}' for v in g.mri_spacing_mm)} mm, mammogram "
+      f"{'x'.join(map(str, g.mg_size))}" for name, g in sorted(GEOMETRIES.items()))
 
 
-def options_from_args(argv: Sequence[str] | None = None) -> tuple[PrepareOptions, bool]:
-  parser = argparse.ArgumentParser(prog="python -m input_pipeline.prepare",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--source", required=True, type=Path, help="the export / collection")
-  parser.add_argument("--out", required=True, type=Path, help="folder for shards + manifest")
-  parser.add_argument("--layout", default="generic", choices=sorted(layouts.LAYOUTS))
-  parser.add_argument("--geometry", default="full", choices=sorted(GEOMETRIES),
-                      help="preset of voxel spacing, MRI box and mammogram size")
-  parser.add_argument("--spacing_mm", type=_numbers, help="x,y,z (overrides --geometry)")
-  parser.add_argument("--box", type=lambda t: _numbers(t, int), help="z,y,x voxels")
-  parser.add_argument("--mg_size", type=lambda t: _numbers(t, int), help="rows,cols")
-  parser.add_argument("--intensity", default="relative", choices=("relative", "raw"))
-  parser.add_argument("--mri_dtype", default="float16", choices=("float16", "int16"))
-  parser.add_argument("--on_size_mismatch", default="skip", choices=("skip", "resample"))
-  parser.add_argument("--split", type=_numbers, default=(0.8, 0.1, 0.1),
-                      help="train,validation,test fractions")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--shard_size", type=int, default=16)
-  parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) - 1))
-  parser.add_argument("--pseudonym_key", type=Path)
-  parser.add_argument("--layout_option", action="append", default=[], metavar="NAME=VALUE",
-                      help="adapter option, e.g. post_index=2, two_study_followup=mid, "
-                           "clinical_file=..., mapping_file=... (repeatable)")
-  parser.add_argument("--no_progress", action="store_true")
-  args = parser.parse_args(argv)
-  geometry = GEOMETRIES[args.geometry]
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the command line's flags on ``flag_values``.
+
+  The command line defines them on absl's global FLAGS; :func:`main` on a fresh FlagValues per
+  call, so this module can be imported, and main() called, any number of times in a process.
+  """
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("source", None, "Required. The export or collection folder.", **fv)
+  flags.DEFINE_string("out", None, "Required. Folder for the shards and manifest.json.", **fv)
+  flags.DEFINE_enum("layout", "generic", sorted(layouts.LAYOUTS),
+                    "How the source is organised (README, 'Your own data').", **fv)
+  flags.DEFINE_enum("geometry", "full", sorted(GEOMETRIES),
+                    f"Preset of voxel spacing, MRI box and mammogram size: {_geometry_help()}.",
+                    **fv)
+  flags.DEFINE_list("spacing_mm", None, "MRI voxel spacing x,y,z in mm; overrides --geometry.",
+                    **fv)
+  flags.DEFINE_list("box", None, "MRI box z,y,x in voxels; overrides --geometry.", **fv)
+  flags.DEFINE_list("mg_size", None, "Mammogram rows,columns; overrides --geometry.", **fv)
+  flags.DEFINE_enum("intensity", "relative", list(INTENSITIES),
+                    "MRI subtraction scale: 'relative' divides by the pre-contrast body "
+                    "intensity, 'raw' keeps scanner units.", **fv)
+  flags.DEFINE_enum("mri_dtype", "float16", list(MRI_DTYPES),
+                    "Storage type of the MRI subtraction (int16 needs --intensity=raw).", **fv)
+  flags.DEFINE_enum("on_size_mismatch", "skip", list(ON_SIZE_MISMATCH),
+                    "Pre and post-contrast series of different geometry: skip the patient, or "
+                    "resample the post-contrast one onto the pre-contrast grid.", **fv)
+  flags.DEFINE_list("split", ["0.8", "0.1", "0.1"],
+                    "Train, validation, test fractions, by patient, stratified by label.", **fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the split.", **fv)
+  flags.DEFINE_integer("shard_size", 16, "Patients per shard.", **fv)
+  flags.DEFINE_integer("workers", max(1, (os.cpu_count() or 1) - 1),
+                       "Processes scanning patient folders, then writing shards (default: "
+                       "this machine's cores less one).", **fv)
+  flags.DEFINE_string("pseudonym_key", None,
+                      "Secret key file of the pseudonyms, created on first use (default: "
+                      "<out>.pseudonym.key beside --out; keep it outside --out).", **fv)
+  flags.DEFINE_enum("imageless", "clinical_only", list(IMAGELESS),
+                    "A patient whose folder gives no image (empty, no DICOM or NIfTI, none "
+                    "used): 'clinical_only' writes her rhpc values, 'skip' skips her; the "
+                    "manifest counts and names her either way.", **fv)
+  flags.DEFINE_multi_string("layout_option", [],
+                            "NAME=VALUE adapter option, e.g. post_index=2, mg_view=MLO, "
+                            "two_study_followup=mid, t1_phase=mid, clinical_file=..., "
+                            "mapping_file=... (repeat the flag for several)", **fv)
+  flags.DEFINE_bool("no_progress", False, "Hide the progress bar.", **fv)
+  flags.mark_flags_as_required(["source", "out"], **fv)
+
+
+def _numbers(values: Sequence[str] | None, kind, name: str) -> tuple | None:
+  if values is None:
+    return None
+  try:
+    return tuple(kind(v) for v in values)
+  except ValueError:
+    raise PrepareError(f"--{name}: expected comma-separated numbers, got "
+                       f"{','.join(values)!r}") from None
+
+
+def options_from_flags(fv: flags.FlagValues) -> tuple[PrepareOptions, bool]:
+  """(options, show progress) from parsed flags.
+
+  Raises:
+    PrepareError: a malformed or inconsistent option.
+  """
+  geometry = GEOMETRIES[fv.geometry]
   layout_options = []
-  for item in args.layout_option:
+  for item in fv.layout_option:
     name, sep, value = item.partition("=")
     if not sep:
-      parser.error(f"--layout_option {item!r}: expected NAME=VALUE")
+      raise PrepareError(f"--layout_option {item!r}: expected NAME=VALUE")
     layout_options.append((name, int(value) if value.isdigit() else value))
   try:
     options = PrepareOptions(
-        source=args.source, out=args.out, layout=args.layout,
+        source=Path(fv.source), out=Path(fv.out), layout=fv.layout,
         layout_options=tuple(layout_options),
-        mri=MriOptions(spacing_mm=args.spacing_mm or geometry.mri_spacing_mm,
-                       box=args.box or geometry.mri_box, intensity=args.intensity,
-                       dtype=args.mri_dtype, on_size_mismatch=args.on_size_mismatch),
-        mammogram=MammogramOptions(size=args.mg_size or geometry.mg_size),
-        split_fractions=args.split, seed=args.seed, shard_size=args.shard_size,
-        workers=args.workers, pseudonym_key=args.pseudonym_key)
-  except (ValueError, PrepareError) as error:
-    parser.error(str(error))
-  return options, not args.no_progress
+        mri=MriOptions(spacing_mm=_numbers(fv.spacing_mm, float, "spacing_mm")
+                       or geometry.mri_spacing_mm,
+                       box=_numbers(fv.box, int, "box") or geometry.mri_box,
+                       intensity=fv.intensity, dtype=fv.mri_dtype,
+                       on_size_mismatch=fv.on_size_mismatch),
+        mammogram=MammogramOptions(size=_numbers(fv.mg_size, int, "mg_size")
+                                   or geometry.mg_size),
+        split_fractions=_numbers(fv.split, float, "split"), seed=fv.seed,
+        shard_size=fv.shard_size, workers=fv.workers,
+        pseudonym_key=Path(fv.pseudonym_key) if fv.pseudonym_key else None,
+        imageless=fv.imageless)
+  except ValueError as error:
+    raise PrepareError(str(error)) from None
+  return options, not fv.no_progress
 
 
 def summary(manifest: dict[str, Any]) -> str:
@@ -529,9 +586,13 @@ def summary(manifest: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  options, progress = options_from_args(argv)
+def run(fv: flags.FlagValues, arguments: Sequence[str]) -> int:
+  """Runs the command on parsed flags; returns the exit status (2: bad options or a run that
+  cannot start)."""
   try:
+    if arguments:
+      raise PrepareError(f"unexpected arguments: {' '.join(arguments)}")
+    options, progress = options_from_flags(fv)
     manifest = prepare(options, progress=progress)
   except PrepareError as error:
     print(f"prepare: {error}", file=sys.stderr)
@@ -541,5 +602,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+def main(argv: Sequence[str]) -> int:
+  """The command for callers in Python: ``argv`` without the program name, e.g.
+  ``main(["--source", "export", "--out", "records"])``; returns the exit status."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  try:
+    arguments = fv(["prepare", *argv])[1:]
+  except flags.Error as error:
+    print(f"prepare: {error}", file=sys.stderr)
+    return 2
+  return run(fv, arguments)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags(flags.FLAGS)
+  app.run(lambda argv: run(flags.FLAGS, argv[1:]))
