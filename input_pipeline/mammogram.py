@@ -34,9 +34,14 @@ from input_pipeline.dicom_io import PreprocessError, decoded_pixels, read_dicom
 
 # The breast is segmented on a block-averaged copy whose longer side is about this many pixels.
 _SEGMENTATION_SIDE = 1024
-# Breast threshold = background level + this fraction of (Otsu threshold - background level), so
-# that the thin, dim breast periphery near the skin line stays inside.
-_OTSU_FRACTION = 0.5
+# The breast is what stands above the air (the median of the class below the lower of two Otsu
+# thresholds) by this many robust standard deviations of the air's noise, so that the thin, dim
+# periphery near the skin line stays inside; but by no less than _MIN_FRACTION and no more
+# than _MAX_FRACTION of the way up to that Otsu threshold (air clipped to one value has no
+# noise; very noisy air would lift the threshold into the tissue).
+_AIR_NOISE = 5.0
+_MIN_FRACTION = 0.1
+_MAX_FRACTION = 0.5
 # Width of the image border bands compared to find the chest wall (fraction of the width).
 _EDGE_BAND = 0.1
 # Film edges and rulers (see _band_edge): a band along a border starts within _BORDER_GAP of
@@ -199,8 +204,9 @@ def _clear_border_bands(foreground: np.ndarray, chest_wall_on_right: bool) -> np
 def _drop_radiopaque(values: np.ndarray, foreground: np.ndarray, background: float
                      ) -> np.ndarray:
   """Removes markers, labels and film edges that touch the breast: regions at the image's
-  saturation level (within :data:`_PLATEAU` of the maximum) that border the air along at least
-  :data:`_OBJECT_AIR_BORDER` of their outline.
+  saturation level (within :data:`_PLATEAU` of the maximum) that come within
+  :data:`_OBJECT_MARGIN` + 1 pixels of the air along at least :data:`_OBJECT_AIR_BORDER` of
+  their outline.
 
   Tissue that reaches that level (dense tissue of an image whose detector saturates) lies inside
   the breast, bordered by tissue, and stays; so does anything larger than
@@ -212,9 +218,10 @@ def _drop_radiopaque(values: np.ndarray, foreground: np.ndarray, background: flo
   if not count:
     return foreground
   eight = np.ones((3, 3), bool)
-  # Outline pixels of each component, and those of them with air among their 8 neighbours.
+  # Outline pixels of each component, and those of them near the air: within the margin, as
+  # block averaging and the object's own blur give it a rim between the plateau and the air.
   outline = bright & ~ndimage.binary_erosion(bright, eight, border_value=1)
-  air = outline & ndimage.binary_dilation(~foreground, eight)
+  air = outline & _within(~foreground, _OBJECT_MARGIN + 1)
   index = np.arange(count + 1)
   on_air = ndimage.sum_labels(air, labels, index)
   around = ndimage.sum_labels(outline, labels, index)
@@ -230,7 +237,7 @@ def segment_breast(image: np.ndarray) -> np.ndarray:
   """Breast mask of a display-ordered mammogram (dense tissue bright, air dark).
 
   On a block-averaged copy (longer side about :data:`_SEGMENTATION_SIDE` pixels):
-    1. threshold between the background and the tissue (a fraction of the way to Otsu's);
+    1. threshold above the air's noise (see _AIR_NOISE; three-class Otsu finds the air);
     2. remove straight bands along the border (film edges of a digitised film, rulers), which
        often touch the breast;
     3. remove radiopaque objects touching the air: skin markers, labels, film edges at the
@@ -259,8 +266,13 @@ def segment_breast(image: np.ndarray) -> np.ndarray:
   otsu.SetNumberOfThresholds(2)
   otsu.SetNumberOfHistogramBins(256)
   otsu.Execute(coarse)
-  air = min(otsu.GetThresholds())
-  foreground = values > background + _OTSU_FRACTION * (air - background)
+  split = min(otsu.GetThresholds())
+  air = values[values <= split]
+  level = float(np.median(air))
+  spread = 1.4826 * float(np.median(np.abs(air - level)))  # the air's noise, robustly
+  gap = split - level
+  foreground = values > level + np.clip(_AIR_NOISE * spread, _MIN_FRACTION * gap,
+                                        _MAX_FRACTION * gap)
   foreground = _clear_border_bands(foreground, _chest_wall_on_right(foreground))
   foreground = _drop_radiopaque(values, foreground, background)
   radius = max(1.0, _BRIDGE_RADIUS * max(values.shape))

@@ -117,37 +117,42 @@ def test_errors_name_the_file(tmp_path):
 FILM_ROWS, FILM_COLUMNS = 400, 320
 
 
-def _digital(chest_wall: str) -> tuple[np.ndarray, np.ndarray]:
+def _digital(chest_wall: str, scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
   """A breast reaching the top and bottom edges at the chest wall (as on an MLO film): values
-  and the true mask."""
-  r, c = np.mgrid[:FILM_ROWS, :FILM_COLUMNS].astype(np.float64)
-  depth = c if chest_wall == "left" else FILM_COLUMNS - 1 - c
+  and the true mask; ``scale`` multiplies the size."""
+  rows, columns = FILM_ROWS * scale, FILM_COLUMNS * scale
+  r, c = np.mgrid[:rows, :columns].astype(np.float64) / scale
+  depth = c if chest_wall == "left" else FILM_COLUMNS - 1 / scale - c
   breast = ((r - FILM_ROWS / 2) / (FILM_ROWS / 2 + 2)) ** 2 + (depth / 220) ** 2 <= 1
   tissue = 9000 - 25 * depth + 5000 * np.exp(-((r - 180) ** 2 + (depth - 70) ** 2) / 900)
   noise = np.random.default_rng(1).normal(0, 40, breast.shape)
   return np.where(breast, tissue + noise, 50 + np.abs(noise)), breast
 
 
-def _film(chest_wall: str):
-  image, breast = _digital(chest_wall)
+def _film(chest_wall: str, scale: int = 1):
+  image, breast = _digital(chest_wall, scale)
   return digitised_film(np.random.default_rng(2), image, breast, chest_wall)
 
 
-@pytest.mark.parametrize("chest_wall", ["left", "right"])
-def test_film_edges_label_ruler_and_skin_marker_are_not_breast(chest_wall):
-  film, truth = _film(chest_wall)
+@pytest.mark.parametrize("chest_wall,scale", [("left", 1), ("right", 1), ("right", 3)])
+def test_film_edges_label_ruler_and_skin_marker_are_not_breast(chest_wall, scale):
+  """At scale 3 (1200 x 960) the mask comes from a copy block-averaged by 2."""
+  film, truth = _film(chest_wall, scale)
+  breast = _digital(chest_wall, scale)[1]
   # The strips do touch the breast at the chest wall, and the marker sits on its skin line.
   near_chest_wall = np.s_[:, :20] if chest_wall == "left" else np.s_[:, -20:]
   assert (ndimage.binary_dilation(truth["strips"]) & truth["breast"])[near_chest_wall].any()
-  assert (truth["marker"] & _digital(chest_wall)[1]).any()
+  assert (truth["marker"] & breast).any()
   mask = mammogram.segment_breast(film.astype(np.float32))
   for artefact in ("strips", "label", "ruler", "marker"):
     assert not (mask & truth[artefact]).any(), artefact
-  # Nothing else is taken, and all of the breast is, but for the margin (2 pixels) taken with
-  # the marker and the strips where they touch it.
-  assert not (mask & ~truth["breast"]).any()
-  margin = ndimage.binary_dilation(truth["marker"] | truth["strips"], iterations=3)
-  assert not (truth["breast"] & ~mask & ~margin).any()
+  # The mask follows the breast to within a block along its outline, and takes all of it but
+  # the margin (2 blocks) removed with the marker and the strips where they touch it.
+  block = 1 if scale == 1 else 2
+  outline = truth["breast"] ^ ndimage.binary_erosion(truth["breast"], iterations=block)
+  assert not (mask & ~truth["breast"] & ~ndimage.binary_dilation(outline, iterations=block)).any()
+  margin = ndimage.binary_dilation(truth["marker"] | truth["strips"], iterations=3 * block + 1)
+  assert not (truth["breast"] & ~mask & ~margin & ~outline).any()
 
 
 def _fill(out: np.ndarray) -> float:
