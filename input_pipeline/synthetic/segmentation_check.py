@@ -19,9 +19,10 @@ hours). For every mammogram (its truth records the breast's bounding box):
   :data:`MIN_IOU`.
 
 Each image also goes through ``preprocess_mammogram`` at the paper's 1024 x 512; its fill is how
-much of the output the breast spans along the fitted direction (1 when it touches both sides).
-A failure is an error, a box or IoU out of tolerance, an artefact pixel kept, or a fill below
-:data:`MIN_FILL`. Prints one line per failure and a summary per variant.
+much of that output the true breast spans along the direction its crop is fitted to (1 when it
+touches both sides; a film edge kept across the image lowers it). A failure is an error, a box
+or IoU out of tolerance, an artefact pixel kept, or a fill below :data:`MIN_FILL`. Prints one
+line per failure and a summary per variant.
 """
 
 from __future__ import annotations
@@ -55,13 +56,21 @@ _GEOMETRY = flags.DEFINE_enum("geometry", "full", sorted(export_module.GEOMETRIE
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the rendered patients (--render).")
 
 
-def fill(out: np.ndarray) -> float:
-  """How much of ``out`` the breast (non-zero pixels) spans along the fitted direction."""
-  rows, columns = np.nonzero(out.any(axis=1))[0], np.nonzero(out.any(axis=0))[0]
-  if not rows.size:
-    return 0.0
-  return max((rows[-1] - rows[0] + 1) / out.shape[0],
-             (columns[-1] - columns[0] + 1) / out.shape[1])
+def fill(breast: np.ndarray, crop: np.ndarray, size: tuple[int, int]) -> float:
+  """How much of the output the breast spans along the direction the crop is fitted to.
+
+  Args:
+    breast, crop: [row0, row1, column0, column1) boxes of the true breast and of the mask the
+      crop is cut to.
+    size: the output's (rows, columns).
+
+  Returns:
+    1 when the breast touches both sides of the output; less when the crop holds something
+    beside the breast (a film edge across the image halves it).
+  """
+  scale = max((crop[1] - crop[0]) / size[0], (crop[3] - crop[2]) / size[1])
+  return max((breast[1] - breast[0]) / (scale * size[0]),
+             (breast[3] - breast[2]) / (scale * size[1]))
 
 
 def _box(mask: np.ndarray) -> np.ndarray:
@@ -109,9 +118,8 @@ def check(images: Iterable[tuple[str, Path, dict]], seed: int = 0
   options = mammogram.MammogramOptions()
   results: dict[str, dict[str, list]] = {}
 
-  def record(variant: str, name: str, problem: str | None, out: np.ndarray | None) -> None:
+  def record(variant: str, name: str, problem: str | None, value: float = 0.0) -> None:
     entry = results.setdefault(variant, {"fills": [], "failures": []})
-    value = fill(out) if out is not None else 0.0
     entry["fills"].append(value)
     if problem is None and value < MIN_FILL:
       problem = f"fill {value:.3f}"
@@ -125,28 +133,29 @@ def check(images: Iterable[tuple[str, Path, dict]], seed: int = 0
         values, _ = mammogram._decode(path)
         mask = mammogram.segment_breast(values)
         error = np.abs(_box(mask) - image_truth["breast_box_px"]).max() / max(values.shape)
-        out = mammogram.preprocess_mammogram(path, options)
+        mammogram.preprocess_mammogram(path, options)
       except PreprocessError as e:
-        record("digital", name, str(e), None)
+        record("digital", name, str(e))
         continue
       record("digital", name, f"box off by {error:.3f}" if error > BOX_TOLERANCE else None,
-             out)
+             fill(np.array(image_truth["breast_box_px"]), _box(mask), options.size))
       film, parts = digitised_film(rng, values, mask, image_truth["chest_wall_edge"])
       for monochrome1 in (False, True):
         variant = "film MONOCHROME1 12-bit" if monochrome1 else "film MONOCHROME2 16-bit"
         film_path = _write_film(Path(tmp), film, monochrome1)
         try:
           film_mask = mammogram.segment_breast(mammogram._decode(film_path)[0])
-          out = mammogram.preprocess_mammogram(film_path, options)
+          mammogram.preprocess_mammogram(film_path, options)
         except PreprocessError as e:
-          record(variant, name, str(e), None)
+          record(variant, name, str(e))
           continue
         kept = {k: int((film_mask & parts[k]).sum()) for k in
                 ("strips", "label", "ruler", "marker")}
         iou = (film_mask & parts["breast"]).sum() / (film_mask | parts["breast"]).sum()
         problem = ", ".join(f"{k} {n} px kept" for k, n in kept.items() if n) or (
             f"IoU {iou:.3f}" if iou < MIN_IOU else None)
-        record(variant, name, problem, out)
+        record(variant, name, problem,
+               fill(_box(parts["breast"]), _box(film_mask), options.size))
   return results
 
 
