@@ -1,11 +1,13 @@
 """Mammogram DICOM -> breast image of fixed size, chest wall on the left (paper Methods).
 
-Steps: decode with pydicom; apply the modality LUT (rescale or LUT); clip to the VOI window's
-range if the file has one; invert MONOCHROME1 so that dense tissue is bright; segment the breast
-(threshold + largest connected component, so burnt-in labels and markers apart from the breast
-are excluded); put the chest wall on the left; min-max normalise inside the breast (background
-0); crop to the breast and fit it, keeping its aspect ratio, into the output size (zero padding
-on the side away from the chest wall and equally above and below), with anti-aliasing.
+Steps: decode with pydicom (any transfer syntax, see dicom_io); apply the modality LUT
+(rescale or LUT); invert MONOCHROME1 so that dense tissue is bright; segment the breast, on
+digital mammograms and digitised film alike (:func:`segment_breast`: film edges, rulers, labels
+and skin markers are removed even where they touch the breast); clip to the VOI window's range
+if the file has one; put the chest wall on the left; min-max normalise inside the breast
+(background 0); crop to the breast and fit it, keeping its aspect ratio, into the output size
+(zero padding on the side away from the chest wall and equally above and below), with
+anti-aliasing.
 
 VOI: a 'For Presentation' image's window says which range radiologists look at; values outside
 it are saturated on their display, so we clip to it. The window's shape (LINEAR, SIGMOID) and
@@ -336,7 +338,8 @@ def preprocess_mammogram(path: Path | str,
   if useful is not None:
     image = np.clip(image, *useful)
   if not mask.any():
-    raise PreprocessError(f"{path}: no breast found (the image is uniform)")
+    raise PreprocessError(f"{path}: no breast found (a uniform image, or nothing left once "
+                          "film edges, labels and markers are removed)")
   if _chest_wall_on_right(mask):
     image, mask = image[:, ::-1], mask[:, ::-1]
   rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]

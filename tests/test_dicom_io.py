@@ -286,6 +286,8 @@ def test_every_transfer_syntax_decodes_to_the_written_image(tmp_path, name):
     assert error.max() > 0  # lossy indeed: the bound is what NEAR=3 guarantees
 
 
+# pydicom warns as it drops a cut-off encapsulated element; the error below is the report.
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
 @pytest.mark.parametrize("name", _SYNTAXES)
 def test_a_truncated_file_of_every_syntax_says_truncated(tmp_path, name):
   path, _, _ = _write_syntax(tmp_path, name)
