@@ -1,13 +1,16 @@
 """Command-line conventions shared by every command: flags and progress bars.
 
-Flags (:func:`run`), for every command but the main job: absl flags, parsed privately.
+Flags: every command declares its flags with ``absl.flags`` in a ``define_flags(flag_values)``
+function and does its work in ``command(flag_values, arguments) -> exit status``.
 
-Each command declares its flags with ``absl.flags`` into its own ``FlagValues`` (not the
-process-wide ``FLAGS``), so commands imported into one process (the demo uses prepare,
-verify and the synthetic export; tests call them all) never collide, and a command can run
-twice in one process. ``--help`` lists every flag with its help text and default; a bad or
-missing flag stops with its name and exit status 2. ``python -m mrp_jax.main`` (the jobs with
-configs) follows the same absl conventions through ``absl.app``.
+* As a program (``python -m input_pipeline.prepare ...``), :func:`run_program` defines the
+  flags on absl's global FLAGS and runs ``absl.app``: ``--help`` lists every flag with its help
+  text and default, a bad or missing flag stops with its name.
+* From Python (tests, the demo), :func:`call` parses ``argv`` into a fresh ``FlagValues``, so
+  commands imported into one process never collide and can run many times; a bad flag is
+  reported on stderr and returned as exit status 2.
+
+``python -m mrp_jax.main`` (the jobs with configs) follows the same absl conventions.
 
 Progress (:func:`progress`): a tqdm bar on a terminal; where output is not a terminal (CI, a
 pipe, a SLURM log) the same bar as a plain line every ``interval`` seconds and at the end, with
@@ -22,41 +25,32 @@ import sys
 from typing import Any, Callable, Iterable, Sequence, TextIO, TypeVar
 
 import tqdm
-from absl import flags
+from absl import app, flags
 
 T = TypeVar("T")
-_HELP = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+Command = Callable[[flags.FlagValues, Sequence[str]], int]
 
 
-def run(program: str, doc: str, define_flags: Callable[[flags.FlagValues], None],
-        main: Callable[[flags.FlagValues], T], argv: Sequence[str] | None = None) -> T:
-  """Parses ``argv`` (default ``sys.argv[1:]``) into a fresh FlagValues and calls ``main``.
-
-  Args:
-    program: how users run it, e.g. 'python -m input_pipeline.prepare'.
-    doc: the description printed by --help (the module docstring).
-    define_flags: declares the flags, each with ``flag_values=`` the given FlagValues.
-    main: the command, given the parsed flags.
-  """
+def call(program: str, define_flags: Callable[[flags.FlagValues], None], command: Command,
+         argv: Sequence[str]) -> int:
+  """Runs a command from Python: ``argv`` without the program name; returns the exit status."""
   values = flags.FlagValues()
   define_flags(values)
-  args = list(sys.argv[1:] if argv is None else argv)
-  if any(a in _HELP for a in args):
-    print(f"usage: {program} [flags]\n\n{doc.strip()}\n\nflags:")
-    print(values.get_help(prefix="  ", include_special_flags=False))
-    sys.exit(0)
   try:
-    rest = values([program, *args])
+    arguments = values([program, *argv])[1:]
   except flags.Error as error:
-    sys.exit(_usage_error(program, str(error)))
-  if len(rest) > 1:
-    sys.exit(_usage_error(program, f"unexpected arguments: {rest[1:]}"))
-  return main(values)
+    print(f"{program}: {error}", file=sys.stderr)
+    return 2
+  return command(values, arguments)
 
 
-def _usage_error(program: str, message: str) -> int:
-  print(f"{program}: error: {message}\n(see {program} --help)", file=sys.stderr)
-  return 2
+def run_program(define_flags: Callable[[flags.FlagValues], None], command: Command) -> None:
+  """Runs a command as a program (the ``__main__`` block): absl's app on the global flags."""
+  before = set(flags.FLAGS)
+  define_flags(flags.FLAGS)
+  for name in sorted(set(flags.FLAGS) - before):  # --help lists the program's key flags
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  app.run(lambda argv: command(flags.FLAGS, argv[1:]))
 
 
 class _PlainLines(io.TextIOBase):

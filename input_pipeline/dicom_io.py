@@ -1,9 +1,12 @@
 """Reads DICOM series and NIfTI volumes into float32 SimpleITK images with LPS geometry.
 
-Pixels are decoded with pydicom (native, RLE and whatever compressed transfer syntaxes its
-installed plugins decode) because SimpleITK/GDCM cannot read every file pydicom can (RLE written
-by pydicom, for one); the geometry is assembled here from the DICOM attributes and handed to
-SimpleITK, whose convention the rest of the pipeline uses: array [z, y, x], origin = LPS mm of
+Pixels are decoded with pydicom from the parsed dataset, so every transfer syntax pydicom reads
+works: native (implicit or explicit VR), deflated, RLE, and through its decoder plugins
+(project dependencies) JPEG baseline / extended / lossless, JPEG-LS and JPEG 2000.
+SimpleITK/GDCM is not used for reading because it cannot read every file pydicom can (RLE
+written by pydicom, for one). A file cut off before its pixel data ends is reported as
+truncated whatever its syntax (:func:`truncation`). The geometry is assembled here from the
+DICOM attributes and handed to SimpleITK, whose convention the rest of the pipeline uses: array [z, y, x], origin = LPS mm of
 voxel (0, 0, 0), spacing (x, y, z) mm, direction 3x3 row-major with columns = axis directions.
 
 Slices are ordered by their position along the slice normal, never by InstanceNumber, which
@@ -13,6 +16,8 @@ scanners number in acquisition order (descending, interleaved or per temporal po
 from __future__ import annotations
 
 import dataclasses
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +66,93 @@ def _where(path: Path, description: str) -> str:
   return f"{path} (series '{description}')" if description else str(path)
 
 
+_PIXEL_DATA = (0x7FE0, 0x0010)
+_ITEM, _SEQUENCE_DELIMITER = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
+_LONG_VRS = (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN")
+
+
+def _encapsulated_end(handle, size: int) -> int | None:
+  """Walks the items of encapsulated (compressed) Pixel Data from ``handle``'s position to the
+  sequence delimiter; returns where it ends, or None when the file ends first."""
+  position = handle.tell()
+  while position + 8 <= size:
+    handle.seek(position)
+    group, element, length = struct.unpack("<HHI", handle.read(8))
+    position += 8
+    if (group, element) == _SEQUENCE_DELIMITER:
+      return position
+    if (group, element) != _ITEM:
+      return position  # not an item: malformed, which decoding reports in its own words
+    position += length
+  return None
+
+
+def pixel_data_problem(handle, ds: Dataset, size: int) -> str | None:
+  """Why the Pixel Data element that starts at ``handle``'s position is cut off, or None.
+
+  ``dcmread(stop_before_pixels=True)`` leaves the file at the Pixel Data tag. A native
+  element's declared length says where the file must end; an encapsulated one (any compressed
+  syntax) must reach its sequence delimiter item. A cut-off download is so named cheaply, from
+  the header, rather than as a decoding failure.
+
+  Args:
+    handle: the open file, positioned after the header.
+    ds: the header read from it (for its byte order and VR encoding).
+    size: the file's size in bytes.
+  """
+  start = handle.tell()
+  head = handle.read(12)
+  if not head:
+    return None  # the file ends after a whole element: it has no pixel data, a different fault
+  if len(head) < 8:
+    return f"the file ends at byte {size}, before its pixel data (truncated file)"
+  implicit, little = ds.original_encoding
+  order = "<" if little is not False else ">"
+  if struct.unpack(order + "HH", head[:4]) != _PIXEL_DATA:
+    return None
+  if implicit:
+    header, length = 8, struct.unpack(order + "I", head[4:8])[0]
+  elif head[4:6] in _LONG_VRS:
+    if len(head) < 12:
+      return f"the file ends at byte {size}, inside its pixel data header (truncated file)"
+    header, length = 12, struct.unpack(order + "I", head[8:12])[0]
+  else:
+    header, length = 8, struct.unpack(order + "H", head[6:8])[0]
+  if length == 0xFFFFFFFF:
+    handle.seek(start + header)
+    if _encapsulated_end(handle, size) is None:
+      return (f"{size} bytes, but its compressed pixel data ends before its last fragment "
+              "(truncated file)")
+    return None
+  if start + header + length > size:
+    return (f"{size} bytes, but its pixel data ends at byte {start + header + length} "
+            "(truncated file)")
+  return None
+
+
+def truncation(path: Path | str) -> str | None:
+  """Why the file at ``path`` is cut off (any transfer syntax), or None if it is whole.
+
+  A deflated file is cut off when its zlib stream is incomplete; any other when its header or
+  its Pixel Data ends early (:func:`pixel_data_problem`).
+  """
+  path = Path(path)
+  try:
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+      try:
+        ds = pydicom.dcmread(handle, stop_before_pixels=True)
+      except zlib.error:
+        return f"{size} bytes, its deflated data stream ends early (truncated file)"
+      except (EOFError, struct.error):
+        return f"the file ends at byte {size}, inside its header (truncated file)"
+      if ds.file_meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return None  # the whole stream inflated: nothing is missing
+      return pixel_data_problem(handle, ds, size)
+  except Exception:  # a file too broken to parse has no truncation to name
+    return None
+
+
 def read_dicom(path: Path | str, *, stop_before_pixels: bool = False,
                description: str = "") -> Dataset:
   """Reads one DICOM file; any failure becomes a :class:`DicomError` naming the file.
@@ -73,8 +165,43 @@ def read_dicom(path: Path | str, *, stop_before_pixels: bool = False,
   path = Path(path)
   try:
     return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-  except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, KeyError) as e:
-    raise DicomError(f"{_where(path, description)}: not a readable DICOM file ({e})") from e
+  except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, KeyError,
+          zlib.error, struct.error) as e:
+    cut = truncation(path)
+    raise DicomError(f"{_where(path, description)}: "
+                     + (cut or f"not a readable DICOM file ({e})")) from e
+
+
+def decode_error(path: Path | str, error: Exception | None, description: str = "") -> DicomError:
+  """The error for a file whose pixel data is missing (``error`` None) or cannot be decoded.
+
+  Says 'truncated' when the file is cut off, whatever pydicom complained about (a short
+  native element, a compressed one without its delimiter, which pydicom drops silently);
+  otherwise pydicom's message, which names a missing decoder plugin when that is the cause.
+  """
+  path = Path(path)
+  cut = truncation(path)
+  if cut:
+    return DicomError(f"{_where(path, description)}: {cut}")
+  if error is None:
+    return DicomError(f"{_where(path, description)}: no pixel data")
+  message = " ".join(str(error).split())  # pydicom lists missing plugins on several lines
+  return DicomError(f"{_where(path, description)}: cannot decode pixel data "
+                    f"({type(error).__name__}: {message})")
+
+
+def decoded_pixels(ds: Dataset, path: Path | str, description: str = "") -> np.ndarray:
+  """All frames of a parsed dataset's pixel data, as stored (no rescale).
+
+  Raises:
+    DicomError: no, truncated or undecodable pixel data (see :func:`decode_error`).
+  """
+  if "PixelData" not in ds:
+    raise decode_error(path, None, description)
+  try:
+    return pixel_array(ds)
+  except Exception as e:  # pydicom raises many types for corrupt or truncated pixel data
+    raise decode_error(path, e, description) from e
 
 
 def _require(ds: Dataset, keyword: str, path: Path, description: str):
@@ -248,11 +375,9 @@ def _decode(frames: list[_Frame], enhanced: dict[Path, Dataset], description: st
   wanted: dict[Path, list[int]] = {}
   for z, frame in enumerate(frames):
     if frame.frame_index is None:
-      try:
-        pixels = pixel_array(str(frame.path))
-      except Exception as e:  # pydicom raises many types for corrupt or truncated pixel data
-        raise DicomError(f"{_where(frame.path, description)}: cannot decode pixel data "
-                         f"({type(e).__name__}: {e})") from e
+      # Through the parsed dataset, not pydicom's path reader, which cannot read deflated files.
+      pixels = decoded_pixels(read_dicom(frame.path, description=description), frame.path,
+                              description)
       if pixels.shape != frame.shape:
         raise DicomError(f"{_where(frame.path, description)}: pixel data of shape "
                          f"{pixels.shape}, expected {frame.shape}")
@@ -263,9 +388,8 @@ def _decode(frames: list[_Frame], enhanced: dict[Path, Dataset], description: st
     indices = [frames[z].frame_index for z in slots]
     try:
       decoded = list(iter_pixels(enhanced[path], indices=indices))
-    except Exception as e:  # as above
-      raise DicomError(f"{_where(path, description)}: cannot decode pixel data "
-                       f"({type(e).__name__}: {e})") from e
+    except Exception as e:  # pydicom raises many types for corrupt or truncated pixel data
+      raise decode_error(path, e, description) from e
     for z, pixels in zip(slots, decoded):
       volume[z] = pixels * frames[z].slope + frames[z].intercept
   return volume
@@ -304,7 +428,7 @@ def load_series(selection: SeriesSelection) -> sitk.Image:
       # frame would cost more than the pixels.
       enhanced[path] = read_dicom(path, description=description)
       if "PixelData" not in enhanced[path]:
-        raise DicomError(f"{_where(path, description)}: no pixel data")
+        raise decode_error(path, None, description)
       frames.extend(_enhanced_frames(enhanced[path], path, description))
     else:
       frames.extend(_classic_frames(header, path, description))

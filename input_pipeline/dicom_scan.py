@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import struct
 from pathlib import Path
 from typing import Iterable
 
 import pydicom
 
+from input_pipeline.dicom_io import pixel_data_problem
 from input_pipeline.patient import DicomDce, SeriesSelection
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
@@ -34,6 +34,12 @@ ENHANCED_MR_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
 })
 MR_CLASSES = ENHANCED_MR_CLASSES | {"1.2.840.10008.5.1.4.1.1.4"}
+MG_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray Image Storage, For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # ... For Processing
+})
+# Digitised film and secondary-capture exports label mammograms with these modalities.
+_OTHER_MG_MODALITIES = frozenset({"CR", "DX", "OT", "SC"})
 
 _HEADER_TAGS = [
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
@@ -43,7 +49,16 @@ _HEADER_TAGS = [
     "ImageOrientationPatient", "PixelSpacing", "RepetitionTime", "EchoTime",
     "ImageLaterality", "Laterality", "ViewPosition", "PresentationIntentType",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+    *("ContrastBolusAgent", "ContrastBolusRoute", "ContrastBolusVolume", "ContrastBolusTotalDose",
+      "ContrastBolusIngredient", "ContrastBolusStartTime", "ContrastBolusAgentSequence"),
+    *("ViewCodeSequence", "PatientOrientation", "ProtocolName", "ImageComments",
+      "AcquisitionDeviceProcessingDescription"),
 ]
+# Any of these set says the image was acquired with a contrast agent (Contrast/Bolus module;
+# the sequence is the Enhanced MR form).
+_CONTRAST_TAGS = ("ContrastBolusAgent", "ContrastBolusRoute", "ContrastBolusVolume",
+                  "ContrastBolusTotalDose", "ContrastBolusIngredient", "ContrastBolusStartTime",
+                  "ContrastBolusAgentSequence")
 
 # Series descriptions are compared lower-cased with every character except letters, digits,
 # '+' and '-' turned into spaces ('Ph1/ax 3d dyn' -> 'ph1 ax 3d dyn', 'ax t1 +c' stays).
@@ -113,6 +128,104 @@ def _rounded(values, digits: int) -> tuple[float, ...] | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------
+# Mammography view and laterality
+# --------------------------------------------------------------------------------------------
+# ViewCodeSequence codes (SNOMED-RT as DICOM CID 4014 lists them, and their SNOMED CT ids).
+_VIEW_CODES = {"R-10242": "CC", "399162004": "CC", "R-10226": "MLO", "399368009": "MLO",
+               "R-10224": "ML", "399260004": "ML", "R-10228": "LM", "399352003": "LM",
+               "R-1024A": "XCCL", "399099002": "XCCL", "R-1024B": "XCCM", "399192003": "XCCM"}
+_VIEW_WORDS = (("MLO", r"medio ?lateral oblique|oblique"), ("CC", r"cranio ?caudal"),
+               ("ML", r"medio ?lateral"), ("LM", r"latero ?medial"))
+_VIEW_TOKENS = ("xccl", "xccm", "mlo", "cc", "ml", "lm")
+_SIDE_WORDS = {"left": "L", "lt": "L", "l": "L", "right": "R", "rt": "R", "r": "R"}
+# 'lcc', 'rmlo', 'leftcc': a side and a view written as one token.
+_SIDE_VIEW_TOKEN = re.compile(r"(left|right|l|r)(" + "|".join(_VIEW_TOKENS) + r")")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageView:
+  """What one mammography image shows, and which attribute said so.
+
+  Attributes:
+    laterality: 'L', 'R', or '' when nothing says.
+    view: ViewPosition's code ('CC', 'MLO', 'ML', 'LM', 'XCCL', ...), or '' when nothing says.
+    intent: PresentationIntentType ('FOR PRESENTATION', 'FOR PROCESSING' or '').
+    laterality_from, view_from: the attribute that gave it ('ImageLaterality', 'ViewCodeSequence',
+      'SeriesDescription', 'file name', ...), '' when none did.
+  """
+  laterality: str = ""
+  view: str = ""
+  intent: str = ""
+  laterality_from: str = ""
+  view_from: str = ""
+
+
+def _text_view(text: str) -> tuple[str, str]:
+  """(laterality, view) a description or a file name states; '' for what it does not."""
+  words = " ".join(re.sub(r"[^a-z0-9]+", " ", (text or "").lower()).split())
+  side, view = "", ""
+  for token in words.split():
+    match = _SIDE_VIEW_TOKEN.fullmatch(token)
+    if match:
+      side = side or _SIDE_WORDS[match.group(1)]
+      view = view or match.group(2).upper()
+    elif token in _VIEW_TOKENS:
+      view = view or token.upper()
+    elif token in _SIDE_WORDS:
+      side = side or _SIDE_WORDS[token]
+  if not view:
+    view = next((code for code, words_re in _VIEW_WORDS if re.search(words_re, words)), "")
+  return side, view
+
+
+def _orientation_view(value) -> tuple[str, str]:
+  """(laterality, view) from PatientOrientation's column direction (DICOM PS3.3 C.8.11.7:
+  L CC 'A\\R', R CC 'P\\L', L MLO 'A\\FR', R MLO 'P\\FL'): going down the image runs
+  medially, toward the other side; a head or foot component means an oblique or lateral view."""
+  parts = [str(v).upper() for v in (value or [])]
+  if len(parts) != 2:
+    return "", ""
+  column = parts[1]
+  side = "L" if "R" in column and "L" not in column else (
+      "R" if "L" in column and "R" not in column else "")
+  return side, ("" if not side else "CC" if not set(column) & {"F", "H"} else "")
+
+
+def mammogram_view(ds: pydicom.Dataset, path: Path) -> ImageView:
+  """Laterality and view of a mammography image from every place exports put them.
+
+  In this order, the first that says wins, each for itself: ImageLaterality, Laterality;
+  ViewPosition, ViewCodeSequence (code, then meaning); SeriesDescription, ProtocolName,
+  ImageComments, AcquisitionDeviceProcessingDescription ('L CC', 'RMLO', 'left
+  craniocaudal'); PatientOrientation (its column direction gives the side, and CC when it has no
+  head or foot component); last the file and folder names ('..._LEFT_CC/1-1.dcm').
+  """
+  found = {"laterality": ("", ""), "view": ("", "")}
+
+  def offer(source: str, side: str = "", view: str = "") -> None:
+    if side in ("L", "R") and not found["laterality"][0]:
+      found["laterality"] = (side, source)
+    if view and not found["view"][0]:
+      found["view"] = (view, source)
+
+  for keyword in ("ImageLaterality", "Laterality"):
+    offer(keyword, side=str(ds.get(keyword, "") or "").strip().upper())
+  offer("ViewPosition", view=str(ds.get("ViewPosition", "") or "").strip().upper())
+  for item in ds.get("ViewCodeSequence") or ():
+    code = _VIEW_CODES.get(str(item.get("CodeValue", "") or "").strip())
+    offer("ViewCodeSequence", view=code or _text_view(str(item.get("CodeMeaning", "")))[1])
+  for keyword in ("SeriesDescription", "ProtocolName", "ImageComments",
+                  "AcquisitionDeviceProcessingDescription"):
+    offer(keyword, *_text_view(str(ds.get(keyword, "") or "")))
+  offer("PatientOrientation", *_orientation_view(ds.get("PatientOrientation")))
+  for part in (path.stem, *reversed(path.parent.parts[-3:])):
+    offer("file name", *_text_view(part))
+  (side, side_from), (view, view_from) = found["laterality"], found["view"]
+  return ImageView(side, view, str(ds.get("PresentationIntentType", "") or "").strip().upper(),
+                   side_from, view_from)
+
+
 @dataclasses.dataclass
 class SeriesInfo:
   """One image series, from its headers.
@@ -127,9 +240,12 @@ class SeriesInfo:
     trigger_time_ms: earliest TriggerTime.
     orientation: ImageOrientationPatient rounded to 1e-3; pixel_spacing rounded to 1e-2 mm.
     repetition_time_ms, echo_time_ms: TR and TE when present.
-    laterality, view: ImageLaterality (or Laterality) and ViewPosition of the first file.
-    views: per file (laterality, view, PresentationIntentType), for mammograms, whose series
-      may hold several views.
+    contrast: the first file carries a Contrast/Bolus attribute (agent, route, volume, dose,
+      ingredient, start time).
+    contrast_start_s: ContrastBolusStartTime, seconds since midnight, when given.
+    laterality, view: those of the first file (see ``views``).
+    views: per file, for mammograms (whose series may hold several views): laterality, view
+      and PresentationIntentType (:func:`mammogram_view`).
   """
   uid: str
   study_uid: str
@@ -150,15 +266,18 @@ class SeriesInfo:
   pixel_spacing: tuple[float, ...] | None = None
   repetition_time_ms: float | None = None
   echo_time_ms: float | None = None
-  views: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+  contrast: bool = False
+  contrast_start_s: float | None = None
+  body_part: str = ""
+  views: list[ImageView] = dataclasses.field(default_factory=list)
 
   @property
   def laterality(self) -> str:
-    return self.views[0][0] if self.views else ""
+    return self.views[0].laterality if self.views else ""
 
   @property
   def view(self) -> str:
-    return self.views[0][1] if self.views else ""
+    return self.views[0].view if self.views else ""
 
   @property
   def is_enhanced(self) -> bool:
@@ -171,6 +290,13 @@ class SeriesInfo:
   @property
   def is_mr(self) -> bool:
     return self.modality == "MR" or self.sop_class_uid in MR_CLASSES
+
+  @property
+  def is_mammogram(self) -> bool:
+    """MG, a mammography SOP class, or a breast radiograph of a film or secondary-capture
+    export (CR / DX / OT / SC with BodyPartExamined BREAST)."""
+    return (self.modality == "MG" or self.sop_class_uid in MG_CLASSES
+            or (self.modality in _OTHER_MG_MODALITIES and self.body_part == "BREAST"))
 
   @property
   def frames_per_position(self) -> int:
@@ -197,6 +323,9 @@ class SeriesInfo:
       self.echo_time_ms = _float(ds.get("EchoTime"))
       self.orientation = _rounded(ds.get("ImageOrientationPatient"), 3)
       self.pixel_spacing = _rounded(ds.get("PixelSpacing"), 2)
+      self.contrast = any(ds.get(keyword) not in (None, "") for keyword in _CONTRAST_TAGS)
+      self.contrast_start_s = _seconds(ds.get("ContrastBolusStartTime"))
+      self.body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     triggers = [_float(ds.get("TriggerTime"))]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None:
@@ -209,10 +338,7 @@ class SeriesInfo:
         self.temporal_positions.add(int(position))
     self.files.append(path)
     self.sop_instance_uids.append(str(ds.get("SOPInstanceUID", "")))
-    self.views.append((
-        str(ds.get("ImageLaterality") or ds.get("Laterality") or "").strip().upper(),
-        str(ds.get("ViewPosition", "") or "").strip().upper(),
-        str(ds.get("PresentationIntentType", "") or "").strip().upper()))
+    self.views.append(mammogram_view(ds, path) if self.is_mammogram else ImageView())
     time = _seconds(ds.get("AcquisitionTime"))
     if time is None:
       time = _seconds(ds.get("ContentTime"))
@@ -290,35 +416,6 @@ def _dicom_kind(path: Path) -> str:
   return "other"
 
 
-def _pixel_data_problem(handle, ds: pydicom.Dataset, size: int) -> str | None:
-  """Why the Pixel Data element that starts at ``handle``'s position is cut off, or None.
-
-  ``dcmread(stop_before_pixels=True)`` leaves the file at the Pixel Data tag; its declared
-  length says where the file must end, so a cut-off download is named here, cheaply, rather
-  than when the pixels are loaded.
-  """
-  start = handle.tell()
-  head = handle.read(12)
-  if len(head) < 8:
-    return f"the file ends at byte {size}, before its pixel data (truncated file)"
-  implicit, little = ds.original_encoding
-  order = "<" if little is not False else ">"
-  if struct.unpack(order + "HH", head[:4]) != (0x7FE0, 0x0010):
-    return None
-  if implicit:
-    header, length = 8, struct.unpack(order + "I", head[4:8])[0]
-  elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
-    header, length = 12, struct.unpack(order + "I", head[8:12])[0]
-  else:
-    header, length = 8, struct.unpack(order + "H", head[6:8])[0]
-  if length == 0xFFFFFFFF:  # encapsulated (compressed): fragments, no total length
-    return None
-  if start + header + length > size:
-    return (f"{size} bytes, but its pixel data ends at byte {start + header + length} "
-            "(truncated file)")
-  return None
-
-
 def read_header(path: Path, force: bool = False) -> pydicom.Dataset:
   """The header of one file (no pixels).
 
@@ -334,11 +431,12 @@ def read_header(path: Path, force: bool = False) -> pydicom.Dataset:
       if not ds.get(keyword):
         raise ValueError(f"no {keyword} in the header (truncated, or not an image file)")
     modality = str(ds.get("Modality", "") or "").upper()
-    if modality not in ("MR", "MG") and ds.get("SOPClassUID") not in MR_CLASSES:
+    if (modality not in ("MR", "MG", *_OTHER_MG_MODALITIES)
+        and ds.get("SOPClassUID") not in MR_CLASSES | MG_CLASSES):
       return ds
     if ds.get("Rows") is None or ds.get("Columns") is None:
       raise ValueError("no Rows/Columns in the header (truncated file)")
-    problem = _pixel_data_problem(handle, ds, size)
+    problem = pixel_data_problem(handle, ds, size)
   if problem:
     raise ValueError(problem)
   return ds
@@ -464,10 +562,30 @@ def _from_multiphase(series: SeriesInfo, post_index: int) -> DicomDce:
                   post=SeriesSelection(files, positions[post_index], series.description))
 
 
+def _contrast_evidence(group: list[SeriesInfo]) -> dict[str, bool]:
+  """Which series the contrast tags say were acquired after the injection.
+
+  A series acquired at or after ContrastBolusStartTime was; one acquired before it was not.
+  Without a start time, a series carrying contrast tags was, and one without them was not.
+  Tags only count when they set series apart: some vendors copy the agent onto every series of
+  the exam, the pre-contrast one included, and then they say nothing.
+  """
+  starts = [s.contrast_start_s for s in group if s.contrast_start_s is not None]
+  start = min(starts) if starts else None
+  after = {s.uid: (s.acquisition_time_s >= start
+                   if start is not None and s.acquisition_time_s is not None else s.contrast)
+           for s in group}
+  return after if len(set(after.values())) > 1 else {}
+
+
 def _pick_in_group(group: list[SeriesInfo], post_index: int
                    ) -> tuple[SeriesInfo | None, SeriesInfo | None]:
   """(pre, post) among series of one geometry; either is None when it cannot be told."""
   roles = {s.uid: _role(s) for s in group}
+  # A series the contrast tags place after the injection is never the pre-contrast one.
+  for uid, after in _contrast_evidence(group).items():
+    if after:
+      roles[uid] = dataclasses.replace(roles[uid], pre=0, post=True)
   ordered = sorted(group, key=lambda s: roles[s.uid].order)
   explicit = [s for s in ordered if roles[s.uid].pre and not roles[s.uid].post]
   if explicit:
@@ -508,6 +626,8 @@ def select_dce(series: Iterable[SeriesInfo], post_index: int = 1) -> DicomDce:
        'Ph1/ax 3d dyn', 'ax t1 +c', ...), pairing only series of one geometry;
     3. the acquisition order (AcquisitionTime, TriggerTime, SeriesNumber) of same-geometry
        series: the earliest is pre-contrast.
+  In 2 and 3 the contrast tags overrule: a series acquired after ContrastBolusStartTime, or
+  the one carrying contrast tags when others of its geometry do not, is never pre-contrast.
   Localizers, T2, DWI/ADC, MIPs, subtractions and other derived series are never chosen
   (derived multiphase series only when no original one exists).
 

@@ -43,9 +43,9 @@ _BODY_PERCENTILE = 99.0
 # Pre and post grids agree when origins differ by less than this fraction of a voxel.
 _GRID_TOLERANCE = 0.1
 
-_INTENSITIES = ("relative", "raw")
-_DTYPES = ("float16", "int16")
-_ON_SIZE_MISMATCH = ("skip", "resample")
+INTENSITIES = ("relative", "raw")
+DTYPES = ("float16", "int16")
+ON_SIZE_MISMATCH = ("skip", "resample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +75,8 @@ class MriOptions:
     if len(box) != 3 or min(box) < 1 or box != tuple(self.box):
       raise ValueError(f"MriOptions.box must be 3 positive voxel counts [z, y, x], got "
                        f"{self.box}")
-    for name, allowed in (("intensity", _INTENSITIES), ("dtype", _DTYPES),
-                          ("on_size_mismatch", _ON_SIZE_MISMATCH)):
+    for name, allowed in (("intensity", INTENSITIES), ("dtype", DTYPES),
+                          ("on_size_mismatch", ON_SIZE_MISMATCH)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"MriOptions.{name} must be one of {allowed}, got "
                          f"{getattr(self, name)!r}")

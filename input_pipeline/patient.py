@@ -49,6 +49,40 @@ class NiftiDce:
 MriExam = Union[DicomDce, NiftiDce]
 
 
+@dataclasses.dataclass(frozen=True)
+class Unused:
+  """An image or series that discovery found but does not use, and why.
+
+  Attributes:
+    item: what it is, named by its tags ("MG image 'R MLO' of study 'Mammo' of 20200101"); the
+      manifest carries it scrubbed of dates, UIDs and ids.
+    where: its file or folder (identifying: the private report only).
+    reason: why it is not used.
+  """
+  item: str
+  where: str
+  reason: str
+
+
+@dataclasses.dataclass
+class Imaging:
+  """What one patient folder holds for the models, and what it holds besides.
+
+  Attributes:
+    mri: DCE-MRI exam per phase.
+    mammogram: the Pre-NAT mammogram of the tumour side, or None.
+    unused: every other image or series, with its reason.
+    warnings: choices made without the attribute that should decide them (a view found in no
+      tag, a side chosen by rule); each also counted in the manifest.
+    empty: why the folder gives no image at all (None when it gives one).
+  """
+  mri: dict[Phase, MriExam] = dataclasses.field(default_factory=dict)
+  mammogram: Path | None = None
+  unused: list[Unused] = dataclasses.field(default_factory=list)
+  warnings: list[str] = dataclasses.field(default_factory=list)
+  empty: str | None = None
+
+
 @dataclasses.dataclass
 class PatientSource:
   """Everything an adapter found for one patient.
@@ -59,6 +93,7 @@ class PatientSource:
     clinical: the raw clinical row, keyed by the table's headers (parsed by mrp_jax.schema).
     mri: DCE-MRI exam per phase; absent phases are simply missing.
     mammogram: path of the Pre-NAT mammogram (DICOM), or None.
+    unused, warnings, empty: as in :class:`Imaging`.
     error: set when discovery already knows the patient cannot be used (the reason is
       reported and the patient skipped; nothing is raised).
   """
@@ -67,4 +102,13 @@ class PatientSource:
   clinical: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   mri: dict[Phase, MriExam] = dataclasses.field(default_factory=dict)
   mammogram: Path | None = None
+  unused: list[Unused] = dataclasses.field(default_factory=list)
+  warnings: list[str] = dataclasses.field(default_factory=list)
+  empty: str | None = None
   error: str | None = None
+
+  def take(self, imaging: Imaging) -> None:
+    """Takes what an adapter found in the patient's folder."""
+    self.mri, self.mammogram = imaging.mri, imaging.mammogram
+    self.unused, self.warnings, self.empty = imaging.unused, imaging.warnings, imaging.empty
+

@@ -16,12 +16,17 @@ Guarantees:
 * Nothing written under --out carries a direct identifier. Pseudonyms are an HMAC of the
   source patient id with a secret key kept outside --out (``<out>.pseudonym.key`` unless
   --pseudonym_key says otherwise); skip reasons are scrubbed of paths, ids, UIDs and dates.
-  The full, identifying skip report goes to ``<out>.private/skipped.csv`` for the data steward.
+  The full, identifying report goes to ``<out>.private/`` for the data steward (skipped.csv,
+  unused_images.csv, warnings.csv, unparsed_values.csv).
+* Every image is accounted for: each image or series found but not used is listed with its
+  reason (manifest ``unused_images``), each choice made without the attribute that should
+  decide it is a counted warning, patients written with and without each modality are
+  counted, and a patient without any image is written clinical-only or skipped
+  (``--imageless``), named with the reason.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import csv
@@ -39,17 +44,20 @@ from typing import Any, Sequence
 
 import numpy as np
 import tqdm
+from absl import flags
 
-from input_pipeline import clinical_table, layouts, records, schema, tfrecord
+from input_pipeline import cli, clinical_table, layouts, records, schema, tfrecord
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions, preprocess_mammogram
-from input_pipeline.mri import MriOptions, preprocess_exam
+from input_pipeline.mri import DTYPES as MRI_DTYPES
+from input_pipeline.mri import INTENSITIES, ON_SIZE_MISMATCH, MriOptions, preprocess_exam
 from input_pipeline.patient import PatientSource
 from input_pipeline.workers import worker_pool
 
-MANIFEST = "manifest.json"
+MANIFEST = records.MANIFEST
 PROGRESS_DIR = ".progress"
 SPLIT_NAMES = records.SPLITS
+IMAGELESS = ("clinical_only", "skip")
 
 
 class PrepareError(RuntimeError):
@@ -73,6 +81,9 @@ class PrepareOptions:
     shard_size: patients per shard.
     workers: processes scanning patient folders, then writing shards.
     pseudonym_key: secret key file (created if missing); default ``<out>.pseudonym.key``.
+    imageless: a patient whose folder gives no image: 'clinical_only' writes her record with
+      the rhpc values alone (the rhpc model and the ensemble's fallback use it), 'skip' skips
+      her; either way the manifest counts and names her with the reason.
   """
   source: Path
   out: Path
@@ -85,6 +96,7 @@ class PrepareOptions:
   shard_size: int = 16
   workers: int = 1
   pseudonym_key: Path | None = None
+  imageless: str = "clinical_only"
 
   def __post_init__(self):
     fractions = tuple(float(f) for f in self.split_fractions)
@@ -93,13 +105,16 @@ class PrepareOptions:
                          f"to 1, got {self.split_fractions}")
     if self.shard_size < 1 or self.workers < 1:
       raise PrepareError("--shard_size and --workers must be >= 1")
+    if self.imageless not in IMAGELESS:
+      raise PrepareError(f"--imageless must be one of {IMAGELESS}, got {self.imageless!r}")
     object.__setattr__(self, "split_fractions", fractions)
 
   def fingerprint_fields(self) -> dict[str, Any]:
     return {"layout": self.layout, "layout_options": [list(o) for o in self.layout_options],
             "mri": dataclasses.asdict(self.mri), "mammogram": dataclasses.asdict(self.mammogram),
             "split_fractions": list(self.split_fractions), "seed": self.seed,
-            "shard_size": self.shard_size, "record_format": records.FORMAT_VERSION}
+            "shard_size": self.shard_size, "imageless": self.imageless,
+            "record_format": records.FORMAT_VERSION}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +148,10 @@ def scrub(text: str, source: Path, patient_key: str, patient_id: str) -> str:
   patient id, DICOM UIDs and dates (YYYYMMDD)."""
   text = text.replace(str(source.resolve()), "<source>").replace(str(source), "<source>")
   if patient_key:
-    text = text.replace(patient_key, patient_id)
+    # Where it stands as a word or a name part ('P7/...', 'Breast_MRI_007_post'), not inside
+    # one: a short id such as 'C' or '12' would otherwise eat into 'DICOM' or '128 files'.
+    text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(patient_key)}(?![A-Za-z0-9])", patient_id,
+                  text)
   return _DATE.sub("<date>", _UID.sub("<uid>", text))
 
 
@@ -250,6 +268,9 @@ def _plan(patients: list[PatientSource], options: PrepareOptions, key: bytes):
     elif patient.label is None:
       skipped.append({"patient": pid, "stage": "discovery", "key": patient.key,
                       "reason": "no pCR label"})
+    elif patient.empty and options.imageless == "skip":
+      skipped.append({"patient": pid, "stage": "discovery", "key": patient.key,
+                      "reason": f"no image: {patient.empty} (--imageless=skip)"})
     else:
       usable.append((pid, patient))
   duplicates = [pid for pid, n in collections.Counter(pid for pid, _ in usable).items() if n > 1]
@@ -292,13 +313,14 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
     PrepareError: bad options, an unknown layout, or --out prepared with other options.
   """
   started = time.perf_counter()
-  key_path = options.pseudonym_key or options.out.with_name(options.out.name + ".pseudonym.key")
-  key = load_key(Path(key_path))
   try:
     patients = layouts.discover(options.layout, options.source, workers=options.workers,
                                 **dict(options.layout_options))
   except (ValueError, FileNotFoundError) as error:
     raise PrepareError(str(error)) from None
+  # Only now that discovery succeeded: a run that fails before its first patient writes nothing.
+  key_path = options.pseudonym_key or options.out.with_name(options.out.name + ".pseudonym.key")
+  key = load_key(Path(key_path))
   jobs, skipped = _plan(patients, options, key)
   fingerprint = _fingerprint(options, jobs)
   manifest_path = options.out / MANIFEST
@@ -327,7 +349,7 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
   bar.close()
   manifest = _manifest(options, jobs, notes, skipped, fingerprint,
                        seconds=time.perf_counter() - started)
-  _write_private_report(options, notes, skipped)
+  _write_private_report(options, notes, skipped, jobs)
   _write_json(manifest_path, manifest)
   return manifest
 
@@ -361,6 +383,7 @@ def _manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> di
                             entry["patient"])
   for entry in splits.values():
     entry["phases"] = dict(sorted(entry["phases"].items()))
+  images = _image_accounting(options, jobs, notes, source_keys)
   return {
       "format_version": records.FORMAT_VERSION,
       "fingerprint": fingerprint,
@@ -374,6 +397,7 @@ def _manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> di
       "shards": [{"file": job.file, "split": job.split, "records": notes[job.file]["records"]}
                  for job in jobs],
       "skipped": sorted(skipped, key=lambda s: s["patient"]),
+      **images,
       "rhpc": {"missing": dict(sorted(unknown.items())),
                "unparsed": dict(sorted(unparsed.items()))},
       "timing": {"seconds": round(seconds, 1),
@@ -384,7 +408,42 @@ def _manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> di
   }
 
 
-def _write_private_report(options: PrepareOptions, notes, discovery_skips) -> None:
+def _image_accounting(options, jobs, notes, source_keys) -> dict[str, Any]:
+  """The manifest's account of the images of the planned patients: how many patients were
+  written with and without each modality, who was written clinical-only and why, every image
+  or series not used and why, and the warnings of the choices (all scrubbed)."""
+  written = {p["patient"]: p for note in notes.values() for p in note["written"]}
+  modalities = {name: {"with": 0, "without": 0}
+                for name in ("mammogram", *(f"mri_{p}" for p in schema.PHASE_NAMES))}
+  clinical_only, unused, warnings = [], [], []
+  warning_counts: collections.Counter = collections.Counter()
+  for job in jobs:
+    for pid, source in job.patients:
+
+      def clean(text: str) -> str:
+        return scrub(text, options.source, source_keys.get(pid, ""), pid)
+
+      unused += [{"patient": pid, "item": clean(u.item), "reason": clean(u.reason)}
+                 for u in source.unused]
+      warnings += [{"patient": pid, "warning": clean(w)} for w in source.warnings]
+      warning_counts.update(w.split(":")[0] for w in source.warnings)
+      if pid not in written:
+        continue
+      present = {"mammogram": written[pid]["mammogram"],
+                 **{f"mri_{name}": phase in written[pid]["phases"]
+                    for phase, name in enumerate(schema.PHASE_NAMES)}}
+      for name, has in present.items():
+        modalities[name]["with" if has else "without"] += 1
+      if source.empty:
+        clinical_only.append({"patient": pid, "reason": clean(source.empty)})
+  return {"modalities": modalities,
+          "clinical_only": sorted(clinical_only, key=lambda e: e["patient"]),
+          "unused_images": sorted(unused, key=lambda e: (e["patient"], e["item"])),
+          "warnings": {"counts": dict(sorted(warning_counts.items())),
+                       "patients": sorted(warnings, key=lambda e: (e["patient"], e["warning"]))}}
+
+
+def _write_private_report(options: PrepareOptions, notes, discovery_skips, jobs) -> None:
   """Identifying details for the data steward, outside --out: source ids and full reasons."""
   folder = options.out.with_name(options.out.name + ".private")
   folder.mkdir(parents=True, exist_ok=True)
@@ -403,60 +462,117 @@ def _write_private_report(options: PrepareOptions, notes, discovery_skips) -> No
       for variable, raw, n in note["parse"]["unparsed"]:
         counts[(variable, raw)] += n
     writer.writerows(sorted((v, r, n) for (v, r), n in counts.items()))
+  with open(folder / "unused_images.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["source_patient", "patient_id", "item", "file_or_folder", "reason"])
+    writer.writerows(sorted((p.key, pid, u.item, u.where, u.reason) for job in jobs
+                            for pid, p in job.patients for u in p.unused))
+  with open(folder / "warnings.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["source_patient", "patient_id", "warning"])
+    writer.writerows(sorted((p.key, pid, w) for job in jobs for pid, p in job.patients
+                            for w in p.warnings))
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-def _numbers(text: str, kind=float) -> tuple:
-  return tuple(kind(v) for v in text.split(","))
+def _geometry_help() -> str:
+  return "; ".join(
+      f"{name}: MRI {'x'.join(map(str, g.mri_box))} voxels (z,y,x) of "
+      f"{'x'.join(f'{v:g}' for v in g.mri_spacing_mm)} mm, mammogram "
+      f"{'x'.join(map(str, g.mg_size))}" for name, g in sorted(GEOMETRIES.items()))
 
 
-def options_from_args(argv: Sequence[str] | None = None) -> tuple[PrepareOptions, bool]:
-  parser = argparse.ArgumentParser(prog="python -m input_pipeline.prepare",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--source", required=True, type=Path, help="the export / collection")
-  parser.add_argument("--out", required=True, type=Path, help="folder for shards + manifest")
-  parser.add_argument("--layout", default="generic", choices=sorted(layouts.LAYOUTS))
-  parser.add_argument("--geometry", default="full", choices=sorted(GEOMETRIES),
-                      help="preset of voxel spacing, MRI box and mammogram size")
-  parser.add_argument("--spacing_mm", type=_numbers, help="x,y,z (overrides --geometry)")
-  parser.add_argument("--box", type=lambda t: _numbers(t, int), help="z,y,x voxels")
-  parser.add_argument("--mg_size", type=lambda t: _numbers(t, int), help="rows,cols")
-  parser.add_argument("--intensity", default="relative", choices=("relative", "raw"))
-  parser.add_argument("--mri_dtype", default="float16", choices=("float16", "int16"))
-  parser.add_argument("--on_size_mismatch", default="skip", choices=("skip", "resample"))
-  parser.add_argument("--split", type=_numbers, default=(0.8, 0.1, 0.1),
-                      help="train,validation,test fractions")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--shard_size", type=int, default=16)
-  parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) - 1))
-  parser.add_argument("--pseudonym_key", type=Path)
-  parser.add_argument("--layout_option", action="append", default=[], metavar="NAME=VALUE",
-                      help="adapter option, e.g. post_index=2, two_study_followup=mid, "
-                           "clinical_file=..., mapping_file=... (repeatable)")
-  parser.add_argument("--no_progress", action="store_true")
-  args = parser.parse_args(argv)
-  geometry = GEOMETRIES[args.geometry]
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the command line's flags on ``flag_values``.
+
+  The command line defines them on absl's global FLAGS; :func:`main` on a fresh FlagValues per
+  call, so this module can be imported, and main() called, any number of times in a process.
+  """
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("source", None, "Required. The export or collection folder.", **fv)
+  flags.DEFINE_string("out", None, "Required. Folder for the shards and manifest.json.", **fv)
+  flags.DEFINE_enum("layout", "generic", sorted(layouts.LAYOUTS),
+                    "How the source is organised (README, 'Your own data').", **fv)
+  flags.DEFINE_enum("geometry", "full", sorted(GEOMETRIES),
+                    f"Preset of voxel spacing, MRI box and mammogram size: {_geometry_help()}.",
+                    **fv)
+  flags.DEFINE_list("spacing_mm", None, "MRI voxel spacing x,y,z in mm; overrides --geometry.",
+                    **fv)
+  flags.DEFINE_list("box", None, "MRI box z,y,x in voxels; overrides --geometry.", **fv)
+  flags.DEFINE_list("mg_size", None, "Mammogram rows,columns; overrides --geometry.", **fv)
+  flags.DEFINE_enum("intensity", "relative", list(INTENSITIES),
+                    "MRI subtraction scale: 'relative' divides by the pre-contrast body "
+                    "intensity, 'raw' keeps scanner units.", **fv)
+  flags.DEFINE_enum("mri_dtype", "float16", list(MRI_DTYPES),
+                    "Storage type of the MRI subtraction (int16 needs --intensity=raw).", **fv)
+  flags.DEFINE_enum("on_size_mismatch", "skip", list(ON_SIZE_MISMATCH),
+                    "Pre and post-contrast series of different geometry: skip the patient, or "
+                    "resample the post-contrast one onto the pre-contrast grid.", **fv)
+  flags.DEFINE_list("split", ["0.8", "0.1", "0.1"],
+                    "Train, validation, test fractions, by patient, stratified by label.", **fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the split.", **fv)
+  flags.DEFINE_integer("shard_size", 16, "Patients per shard.", **fv)
+  flags.DEFINE_integer("workers", max(1, (os.cpu_count() or 1) - 1),
+                       "Processes scanning patient folders, then writing shards (default: "
+                       "this machine's cores less one).", **fv)
+  flags.DEFINE_string("pseudonym_key", None,
+                      "Secret key file of the pseudonyms, created on first use (default: "
+                      "<out>.pseudonym.key beside --out; keep it outside --out).", **fv)
+  flags.DEFINE_enum("imageless", "clinical_only", list(IMAGELESS),
+                    "A patient whose folder gives no image (empty, no DICOM or NIfTI, none "
+                    "used): 'clinical_only' writes her rhpc values, 'skip' skips her; the "
+                    "manifest counts and names her either way.", **fv)
+  flags.DEFINE_multi_string("layout_option", [],
+                            "NAME=VALUE adapter option, e.g. post_index=2, mg_view=MLO, "
+                            "two_study_followup=mid, t1_phase=mid, clinical_file=..., "
+                            "mapping_file=... (repeat the flag for several)", **fv)
+  flags.DEFINE_bool("no_progress", False, "Hide the progress bar.", **fv)
+  flags.mark_flags_as_required(["source", "out"], **fv)
+
+
+def _numbers(values: Sequence[str] | None, kind, name: str) -> tuple | None:
+  if values is None:
+    return None
+  try:
+    return tuple(kind(v) for v in values)
+  except ValueError:
+    raise PrepareError(f"--{name}: expected comma-separated numbers, got "
+                       f"{','.join(values)!r}") from None
+
+
+def options_from_flags(fv: flags.FlagValues) -> tuple[PrepareOptions, bool]:
+  """(options, show progress) from parsed flags.
+
+  Raises:
+    PrepareError: a malformed or inconsistent option.
+  """
+  geometry = GEOMETRIES[fv.geometry]
   layout_options = []
-  for item in args.layout_option:
+  for item in fv.layout_option:
     name, sep, value = item.partition("=")
     if not sep:
-      parser.error(f"--layout_option {item!r}: expected NAME=VALUE")
+      raise PrepareError(f"--layout_option {item!r}: expected NAME=VALUE")
     layout_options.append((name, int(value) if value.isdigit() else value))
   try:
     options = PrepareOptions(
-        source=args.source, out=args.out, layout=args.layout,
+        source=Path(fv.source), out=Path(fv.out), layout=fv.layout,
         layout_options=tuple(layout_options),
-        mri=MriOptions(spacing_mm=args.spacing_mm or geometry.mri_spacing_mm,
-                       box=args.box or geometry.mri_box, intensity=args.intensity,
-                       dtype=args.mri_dtype, on_size_mismatch=args.on_size_mismatch),
-        mammogram=MammogramOptions(size=args.mg_size or geometry.mg_size),
-        split_fractions=args.split, seed=args.seed, shard_size=args.shard_size,
-        workers=args.workers, pseudonym_key=args.pseudonym_key)
-  except (ValueError, PrepareError) as error:
-    parser.error(str(error))
-  return options, not args.no_progress
+        mri=MriOptions(spacing_mm=_numbers(fv.spacing_mm, float, "spacing_mm")
+                       or geometry.mri_spacing_mm,
+                       box=_numbers(fv.box, int, "box") or geometry.mri_box,
+                       intensity=fv.intensity, dtype=fv.mri_dtype,
+                       on_size_mismatch=fv.on_size_mismatch),
+        mammogram=MammogramOptions(size=_numbers(fv.mg_size, int, "mg_size")
+                                   or geometry.mg_size),
+        split_fractions=_numbers(fv.split, float, "split"), seed=fv.seed,
+        shard_size=fv.shard_size, workers=fv.workers,
+        pseudonym_key=Path(fv.pseudonym_key) if fv.pseudonym_key else None,
+        imageless=fv.imageless)
+  except ValueError as error:
+    raise PrepareError(str(error)) from None
+  return options, not fv.no_progress
 
 
 def summary(manifest: dict[str, Any]) -> str:
@@ -471,9 +587,13 @@ def summary(manifest: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  options, progress = options_from_args(argv)
+def run(fv: flags.FlagValues, arguments: Sequence[str]) -> int:
+  """Runs the command on parsed flags; returns the exit status (2: bad options or a run that
+  cannot start)."""
   try:
+    if arguments:
+      raise PrepareError(f"unexpected arguments: {' '.join(arguments)}")
+    options, progress = options_from_flags(fv)
     manifest = prepare(options, progress=progress)
   except PrepareError as error:
     print(f"prepare: {error}", file=sys.stderr)
@@ -483,5 +603,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+def main(argv: Sequence[str]) -> int:
+  """The command for callers in Python: ``argv`` without the program name, e.g.
+  ``main(["--source", "export", "--out", "records"])``; returns the exit status."""
+  return cli.call("prepare", define_flags, run, argv)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_program(define_flags, run)

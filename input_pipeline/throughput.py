@@ -11,6 +11,7 @@ machine). The benchmark job's ``pipeline`` part uses :func:`pipeline_rate` too.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from typing import Sequence
 
@@ -95,8 +96,11 @@ def define_flags(values: flags.FlagValues) -> None:
                      "prefetching overlap with it.", lower_bound=0.0, flag_values=values)
 
 
-def measure(options: flags.FlagValues) -> None:
+def measure(options: flags.FlagValues, arguments: Sequence[str]) -> int:
   """Prints the plain read, each pipeline configuration, and the plain read again."""
+  if arguments:
+    print(f"throughput: unexpected arguments {list(arguments)}", file=sys.stderr)
+    return 2
   paths = pipeline.split_paths(options.records, options.split)
   plain_mb, plain_records = plain_read_rate(paths)
   print(f"plain read        {plain_mb:8.1f} MB/s  {plain_records:8.1f} records/s "
@@ -119,11 +123,13 @@ def measure(options: flags.FlagValues) -> None:
           f"workers={workers}, step {options.step_ms:g} ms)", flush=True)
   plain_mb, plain_records = plain_read_rate(paths)  # the machine may be shared: drift check
   print(f"plain read again  {plain_mb:8.1f} MB/s  {plain_records:8.1f} records/s")
+  return 0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  cli.run("python -m input_pipeline.throughput", __doc__, define_flags, measure, argv)
+def main(argv: Sequence[str]) -> int:
+  """The command for callers in Python: ``argv`` without the program name."""
+  return cli.call("throughput", define_flags, measure, argv)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_program(define_flags, measure)

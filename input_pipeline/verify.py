@@ -11,12 +11,11 @@ opaque)::
   {"shards": [{"file": "train-00000-of-00002.tfrecord", "records": 12, "split": "train"}, ...]}
 
 Prints one line per problem (file, byte offset, patient where known), then a summary; exits 1
-when anything is wrong, 0 otherwise.
+when anything is wrong, 0 otherwise (2 for bad arguments).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -24,9 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from input_pipeline import records, tfrecord
+from absl import flags
 
-MANIFEST = "manifest.json"
+from input_pipeline import cli, records, tfrecord
+
+MANIFEST = records.MANIFEST
 SHARD_PATTERN = "*.tfrecord"
 
 
@@ -201,15 +202,21 @@ def _check_manifest(manifest: Path, shards: list[ShardSummary]) -> list[Problem]
   return problems
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m input_pipeline.verify",
-      description="Checks the CRCs and the format of every record in a folder of TFRecord "
-                  "shards, and the counts in its manifest.json.")
-  parser.add_argument("--records", required=True, type=Path,
-                      help="folder holding the *.tfrecord shards (and manifest.json)")
-  args = parser.parse_args(argv)
-  report = verify_directory(args.records)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the command line's flags on ``flag_values`` (see ``prepare.define_flags``)."""
+  flags.DEFINE_string("records", None, "Required. Folder holding the *.tfrecord shards (and "
+                      "manifest.json) that `python -m input_pipeline.prepare` wrote.",
+                      flag_values=flag_values)
+  flags.mark_flag_as_required("records", flag_values=flag_values)
+
+
+def run(fv: flags.FlagValues, arguments: Sequence[str]) -> int:
+  """Verifies ``--records`` and prints the problems and the summary; returns the exit status
+  (0 intact, 1 a problem found, 2 bad arguments)."""
+  if arguments:
+    print(f"verify: unexpected arguments: {' '.join(arguments)}", file=sys.stderr)
+    return 2
+  report = verify_directory(Path(fv.records))
   for problem in report.problems:
     print(problem)
   for warning in report.warnings:
@@ -218,5 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0 if report.ok else 1
 
 
+def main(argv: Sequence[str]) -> int:
+  """The command for callers in Python: ``argv`` without the program name, e.g.
+  ``main(["--records", "DIR"])``; returns the exit status."""
+  return cli.call("verify", define_flags, run, argv)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_program(define_flags, run)

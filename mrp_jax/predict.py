@@ -19,7 +19,6 @@ data cannot be used gets an error message; the others still get answers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,8 +26,9 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from absl import flags
 
-from input_pipeline import batching
+from input_pipeline import batching, cli
 from input_pipeline.clinical_table import ParseReport
 from input_pipeline.layouts import generic
 from input_pipeline.mammogram import MammogramOptions
@@ -91,14 +91,22 @@ def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
     answer: dict[str, Any] = {"patient": folder.name}
     try:
       row = _row_for(clinical, folder.name, len(folders) == 1)
-      mri, mammogram = generic.patient_imaging(folder, side=generic.tumour_side(row))
-      source = PatientSource(folder.name, label=None, clinical=row, mri=mri, mammogram=mammogram)
+      # The same choice of images as `prepare` (the generic layout's), with its reasons.
+      imaging = generic.patient_imaging(folder, side=generic.tumour_side(row))
+      source = PatientSource(folder.name, label=None, clinical=row)
+      source.take(imaging)
       report = ParseReport()
       record = process_patient(source, ANONYMOUS, "test", mri_options, mg_options, report)
       phase = _phase(record)
-      answer.update(phase=phase, images={"mri": list(record.mri), "mammogram": record.mg is not None},
+      answer.update(phase=phase,
+                    images={"mri": list(record.mri), "mammogram": record.mg is not None},
                     unknown_clinical=sorted(report.missing) + sorted(
-                        {v for v, _ in report.unparsed}))
+                        {v for v, _ in report.unparsed}),
+                    warnings=imaging.warnings,
+                    unused=[{"item": u.item, "file": u.where, "reason": u.reason}
+                            for u in imaging.unused])
+      if imaging.empty:
+        answer["no_images"] = imaging.empty
       probabilities, attributions = {}, {}
       example = batching.eval_example(record, phase)
       for run in loaded:
@@ -134,30 +142,46 @@ def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
   return answers
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mrp_jax.predict",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("patients", nargs="+", type=Path, help="one folder per patient")
-  parser.add_argument("--runs", required=True, help="LABEL=TRAIN_WORKDIR,... (rhpc, iMGrhpc, "
-                      "iMRrhpc)")
-  parser.add_argument("--ensemble", type=Path, help="mrp_ensemble.json from `evaluate`")
-  parser.add_argument("--clinical", type=Path, help="CSV (patient_id column) or JSON")
-  parser.add_argument("--out", type=Path, help="write the answers here (JSON); else stdout")
-  parser.add_argument("--explain_steps", type=int, default=16,
-                      help="Integrated Gradients path steps (0: no attributions)")
-  args = parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the command line's flags on ``flag_values``.
+
+  The command line defines them on absl's global FLAGS; :func:`main` on a fresh FlagValues per
+  call, so predict can be called any number of times in one process.
+  """
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("runs", None, "Required. LABEL=TRAIN_WORKDIR,... of the trained runs "
+                      "(labels rhpc, iMGrhpc, iMRrhpc).", **fv)
+  flags.DEFINE_string("ensemble", None, "mrp_ensemble.json from `evaluate` (the MRP weights); "
+                      "without it no MRP probability is given.", **fv)
+  flags.DEFINE_string("clinical", None, "Clinical values: a CSV with a patient_id column "
+                      "matching the folder names, or JSON; without it every rhpc value is "
+                      "unknown.", **fv)
+  flags.DEFINE_string("out", None, "Write the answers here (JSON); without it they go to "
+                      "standard output.", **fv)
+  flags.DEFINE_integer("explain_steps", 16, "Integrated Gradients path steps (0: no "
+                       "attributions).", **fv)
+  flags.mark_flag_as_required("runs", **fv)
+
+
+def run(fv: flags.FlagValues, folders: Sequence[str]) -> int:
+  """Answers for the patient ``folders`` on parsed flags; returns the exit status (2: bad
+  arguments or runs)."""
+  if not folders:
+    print("predict: give one folder per patient after the flags", file=sys.stderr)
+    return 2
   try:
     mesh = sharding.make_mesh(jax.devices()[:1])
-    loaded = [runs.load_run(path, mesh, label) for label, path in runs.parse_runs(args.runs)]
-    weights = ensemble.EnsembleWeights.load(args.ensemble) if args.ensemble else None
-    clinical = _clinical_rows(args.clinical)
+    loaded = [runs.load_run(path, mesh, label) for label, path in runs.parse_runs(fv.runs)]
+    weights = ensemble.EnsembleWeights.load(Path(fv.ensemble)) if fv.ensemble else None
+    clinical = _clinical_rows(Path(fv.clinical) if fv.clinical else None)
   except (OSError, ValueError) as error:
     print(f"predict: {error}", file=sys.stderr)
     return 2
-  answers = predict_patients(args.patients, loaded, weights, clinical, args.explain_steps)
+  answers = predict_patients([Path(f) for f in folders], loaded, weights, clinical,
+                             fv.explain_steps)
   text = json.dumps(answers, indent=1)
-  if args.out:
-    args.out.write_text(text)
+  if fv.out:
+    Path(fv.out).write_text(text)
   else:
     print(text)
   failed = sum("error" in a for a in answers)
@@ -165,5 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+def main(argv: Sequence[str]) -> int:
+  """The command for callers in Python: ``argv`` without the program name (folders and
+  flags); returns the exit status."""
+  return cli.call("predict", define_flags, run, argv)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_program(define_flags, run)

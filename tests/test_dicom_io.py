@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import imagecodecs
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom import uid
+from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
-from input_pipeline import dicom_io
+from input_pipeline import dicom_io, mammogram
 from input_pipeline.patient import SeriesSelection
-from input_pipeline.synthetic.dicom_writer import write_mr_series
+from input_pipeline.synthetic.dicom_writer import write_mammogram, write_mr_series
 
 # An oblique geometry: rotations about z (20 deg) then x (15 deg); columns are axis directions.
 _A, _B = np.deg2rad(20), np.deg2rad(15)
@@ -169,7 +172,7 @@ def test_truncated_file_raises_naming_the_file_and_series(tmp_path):
   ds = pydicom.dcmread(paths[0])
   del ds.PixelData
   ds.save_as(paths[0])
-  with pytest.raises(dicom_io.DicomError, match=f"{paths[0].name}.*no 'Pixel Data'"):
+  with pytest.raises(dicom_io.DicomError, match=f"{paths[0].name}.*no pixel data"):
     dicom_io.load_series(_select(paths[:3]))
 
 
@@ -208,3 +211,108 @@ def test_nifti_loads_with_the_same_lps_geometry(tmp_path):
   (tmp_path / "bad.nii.gz").write_bytes(b"garbage")
   with pytest.raises(dicom_io.PreprocessError, match="bad.nii.gz"):
     dicom_io.load_nifti(tmp_path / "bad.nii.gz")
+
+
+# --------------------------------------------------------------------------------------------
+# Transfer syntaxes: one file per syntax, written from a known 12-bit image.
+# --------------------------------------------------------------------------------------------
+_R, _C = np.mgrid[:64, :48]
+_IMAGE = np.clip(2000 + 1500 * np.sin(_R / 7) * np.cos(_C / 5)
+                 + np.random.default_rng(0).normal(0, 30, _R.shape), 0, 4095).astype(np.uint16)
+_MG_TAGS = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.2"}
+# pydicom writes these itself (RLE natively; JPEG-LS with pyjpegls, JPEG 2000 with openjpeg).
+_POSSIBLE_BY_PYDICOM = {
+    "implicit": (uid.ImplicitVRLittleEndian, {}),
+    "explicit": (uid.ExplicitVRLittleEndian, {}),
+    "deflated": (uid.DeflatedExplicitVRLittleEndian, {}),
+    "rle": (uid.RLELossless, {}),
+    "jpeg_ls": (uid.JPEGLSLossless, {}),
+    "jpeg_ls_near": (uid.JPEGLSNearLossless, {"jls_error": 3}),
+    "jpeg_2000_lossless": (uid.JPEG2000Lossless, {}),
+    "jpeg_2000": (uid.JPEG2000, {"j2k_psnr": [50]}),
+}
+# pydicom cannot encode ISO 10918 JPEG: libjpeg-turbo (imagecodecs) writes the codestream,
+# pydicom encapsulates it. (syntax, bits stored, encoder arguments)
+_JPEG = {
+    "jpeg_baseline": (uid.JPEGBaseline8Bit, 8, {"level": 90}),
+    "jpeg_extended": (uid.JPEGExtended12Bit, 12, {"level": 90, "bitspersample": 12}),
+    "jpeg_lossless": (uid.JPEGLossless, 12, {"lossless": True, "predictor": 6,
+                                              "bitspersample": 12}),
+    "jpeg_lossless_sv1": (uid.JPEGLosslessSV1, 12, {"lossless": True, "predictor": 1,
+                                                     "bitspersample": 12}),
+}
+
+
+def _write_syntax(tmp_path, name: str):
+  """(path, the values a decoder must give, tolerance: 0 exact, None see the test)."""
+  path = tmp_path / f"{name}.dcm"
+  if name in _POSSIBLE_BY_PYDICOM:
+    syntax, encoding = _POSSIBLE_BY_PYDICOM[name]
+    write_mammogram(path, _IMAGE, laterality="R", view="CC", tags=_MG_TAGS, bits_stored=12,
+                    transfer_syntax=syntax, encoding=encoding)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+    return path, _IMAGE, encoding.get("jls_error", 0 if name != "jpeg_2000" else None)
+  syntax, bits, arguments = _JPEG[name]
+  values = _IMAGE if bits == 12 else (_IMAGE >> 4).astype(np.uint8)
+  codestream = imagecodecs.jpeg8_encode(values, **arguments)
+  write_mammogram(path, _IMAGE, laterality="R", view="CC", tags=_MG_TAGS, bits_stored=12)
+  ds = pydicom.dcmread(path)
+  ds.file_meta.TransferSyntaxUID = syntax
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8 if bits == 8 else 16, bits, bits - 1
+  ds.PixelData = encapsulate([codestream])
+  ds["PixelData"].VR = "OB"
+  ds.save_as(path, enforce_file_format=True)
+  # Lossy JPEG: what libjpeg-turbo itself decodes from the same codestream; two conforming
+  # IDCTs may differ by one unit in the last place (ISO 10918-2 allows +-1).
+  lossless = arguments.get("lossless", False)
+  return path, values if lossless else imagecodecs.jpeg8_decode(codestream), 0 if lossless else 1
+
+
+_SYNTAXES = sorted(_POSSIBLE_BY_PYDICOM) + sorted(_JPEG)
+
+
+@pytest.mark.parametrize("name", _SYNTAXES)
+def test_every_transfer_syntax_decodes_to_the_written_image(tmp_path, name):
+  path, expected, tolerance = _write_syntax(tmp_path, name)
+  decoded = mammogram.read_mammogram(path)  # float32, MONOCHROME2, no rescale: stored values
+  error = np.abs(decoded.astype(np.float64) - expected)
+  if tolerance is None:
+    # JPEG 2000 at a 50 dB PSNR target: openjpeg's rate control reaches it within ~1 dB.
+    psnr = 10 * np.log10(4095.0 ** 2 / np.mean(error ** 2))
+    assert psnr > 48, psnr
+  else:
+    assert error.max() <= tolerance, error.max()
+  if name == "jpeg_ls_near":
+    assert error.max() > 0  # lossy indeed: the bound is what NEAR=3 guarantees
+
+
+# pydicom warns as it drops a cut-off encapsulated element; the error below is the report.
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+@pytest.mark.parametrize("name", _SYNTAXES)
+def test_a_truncated_file_of_every_syntax_says_truncated(tmp_path, name):
+  path, _, _ = _write_syntax(tmp_path, name)
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) * 3 // 4])
+  with pytest.raises(dicom_io.DicomError, match=f"{path.name}.*truncated"):
+    mammogram.read_mammogram(path)
+
+
+def test_a_deflated_series_loads_like_the_plain_one(tmp_path):
+  volume = _volume()
+  plain = dicom_io.load_series(_select(write_mr_series(tmp_path / "p", volume, tags=_TAGS,
+                                                       **_GEOMETRY)))
+  deflated = dicom_io.load_series(_select(write_mr_series(
+      tmp_path / "d", volume, tags=_TAGS, transfer_syntax=uid.DeflatedExplicitVRLittleEndian,
+      **_GEOMETRY)))
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(deflated), sitk.GetArrayFromImage(plain))
+  assert _geometry(deflated) == _geometry(plain)
+
+
+def test_a_missing_decoder_plugin_is_named(tmp_path, monkeypatch):
+  path, _, _ = _write_syntax(tmp_path, "jpeg_ls")
+  decoder = pydicom.pixels.get_decoder(uid.JPEGLSLossless)
+  # As on an installation without the plugins (pydicom keeps what each would need).
+  monkeypatch.setattr(decoder, "_available", {})
+  monkeypatch.setattr(decoder, "_unavailable", {"pyjpegls": ("pyjpegls>=1.3",)})
+  with pytest.raises(dicom_io.DicomError, match=f"{path.name}: cannot decode.*JPEG-LS.*pyjpegls"):
+    mammogram.read_mammogram(path)

@@ -220,3 +220,49 @@ def test_description_patterns_exclude_what_is_never_dce():
                "original DCE", "T1 FL3D AX POST 1", "Ax Vibrant MultiPhase"):
     assert dicom_scan.is_dce_candidate(_series(name, 1)), name
   assert math.isclose(dicom_scan._seconds("093015.5"), 9 * 3600 + 30 * 60 + 15.5)
+
+
+# ---- select_dce: contrast tags --------------------------------------------------------------
+def test_contrast_tags_break_a_tie_of_description_and_time():
+  # Same description, same time; the contrast series has the lower SeriesNumber, so the
+  # acquisition order alone would take it as pre-contrast.
+  enhanced = _series("T1 AX FS", 5, time_s=36_000.0)
+  plain = _series("T1 AX FS", 6, time_s=36_000.0)
+  enhanced.contrast = True
+  assert _chosen_files(select_dce([enhanced, plain])) == (plain.files, enhanced.files)
+  assert _chosen_files(select_dce([plain, enhanced])) == (plain.files, enhanced.files)
+  # Without the tag the lower number wins, which is what the tag corrects above.
+  enhanced.contrast = False
+  assert _chosen_files(select_dce([enhanced, plain])) == (enhanced.files, plain.files)
+
+
+def test_contrast_tags_on_every_series_say_nothing_and_start_time_decides():
+  first, second = _series("T1 AX FS", 5, time_s=100.0), _series("T1 AX FS", 6, time_s=100.0)
+  first.contrast = second.contrast = True  # copied onto every series of the exam
+  assert _chosen_files(select_dce([first, second])) == (first.files, second.files)
+  # A bolus start between the acquisitions: the earlier number was acquired after it.
+  first.acquisition_time_s, second.acquisition_time_s = 200.0, 100.0
+  first.number, second.number = 5, 6
+  for s in (first, second):
+    s.contrast_start_s = 150.0
+  assert _chosen_files(select_dce([first, second])) == (second.files, first.files)
+
+
+def test_an_explicit_pre_description_with_contrast_tags_is_not_pre():
+  tagged, plain = _series("ax dyn pre", 3), _series("ax dyn", 4, time_s=10.0)
+  tagged.contrast, tagged.acquisition_time_s = True, 20.0
+  assert _chosen_files(select_dce([tagged, plain])) == (plain.files, tagged.files)
+
+
+def test_scan_reads_the_contrast_tags(tmp_path):
+  study = fx.study_tags("P1", "20200101")
+  fx.mr_series(tmp_path / "a", study, "T1 AX FS", 5, extra={"ContrastBolusAgent": "Gadovist",
+                                                            "ContrastBolusStartTime": "090130"})
+  fx.mr_series(tmp_path / "b", study, "T1 AX FS", 6)
+  series = {s.number: s for s in scan_folder(tmp_path).sorted_studies()[0].series.values()}
+  assert series[5].contrast and series[5].contrast_start_s == 9 * 3600 + 90
+  assert not series[6].contrast and series[6].contrast_start_s is None
+
+
+def _chosen_files(dce) -> tuple[list, list]:
+  return list(dce.pre.files), list(dce.post.files)

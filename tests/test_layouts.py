@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import layout_fixtures as fx
+import numpy as np
 import pydicom
 import pytest
 
@@ -428,3 +429,107 @@ def test_registry(generic_root, tmp_path):
     layouts.discover("tcia", root)
   with pytest.raises(FileNotFoundError, match="not a folder"):
     layouts.discover("duke", tmp_path / "missing")
+
+
+# ---- mammography view and side without ViewPosition -----------------------------------------
+_CODES = {"CC": ("R-10242", "cranio-caudal"), "MLO": ("R-10226", "medio-lateral oblique")}
+_ORIENTATION = {("L", "CC"): ["A", "R"], ("R", "CC"): ["P", "L"], ("L", "MLO"): ["A", "FR"],
+                ("R", "MLO"): ["P", "FL"]}
+
+
+def _untagged_mammograms(folder: Path, where: str, images=(("L", "CC"), ("L", "MLO"),
+                                                           ("R", "CC"), ("R", "MLO"))):
+  """Mammograms without ViewPosition and (Image)Laterality; ``where`` says which attribute or
+  name carries side and view instead. Returns {(side, view): path}."""
+  study = fx.study_tags("M1", "20200105", "Mammo")
+  out = {}
+  for number, (side, view) in enumerate(images, start=1):
+    tags = {**study, "SeriesNumber": number, "SeriesDescription": "Mammo"}
+    name = f"{number}"
+    if where == "description":
+      tags["SeriesDescription"] = f"{side} {view}"
+    elif where == "protocol":
+      tags["ProtocolName"] = f"{side}{view}"
+    elif where == "code":
+      tags["ImageLaterality"] = side
+      code = pydicom.Dataset()
+      code.CodeValue, code.CodingSchemeDesignator = _CODES[view][0], "SRT"
+      code.CodeMeaning = _CODES[view][1]
+      tags["ViewCodeSequence"] = pydicom.Sequence([code])
+    elif where == "orientation":
+      tags["PatientOrientation"] = _ORIENTATION[side, view]
+    elif where == "file name":
+      name = f"Mass-Training_P_00001_{'LEFT' if side == 'L' else 'RIGHT'}_{view}"
+    elif where == "side only":
+      tags["ImageLaterality"] = side
+    out[side, view] = fx.write_mammogram(folder / name / "1-1.dcm", np.full((16, 12), 1000,
+                                         np.uint16), laterality="", view="", tags=tags)
+  return out
+
+
+@pytest.mark.parametrize("where", ["description", "protocol", "code", "orientation",
+                                   "file name"])
+def test_view_and_side_from_where_exports_put_them(tmp_path, where):
+  made = _untagged_mammograms(tmp_path, where)
+  imaging = generic.patient_imaging(tmp_path, side="R")
+  assert imaging.mammogram == made["R", "CC"] and imaging.warnings == []
+  reasons = {Path(u.where): u.reason for u in imaging.unused}
+  assert set(reasons) == set(made.values()) - {made["R", "CC"]}
+  assert reasons[made["L", "CC"]] == "left breast; the tumour side is right"
+  # PatientOrientation names no oblique view: the MLO images are of unknown view there.
+  mlo = "unknown" if where == "orientation" else "MLO"
+  assert reasons[made["R", "MLO"]] == f"same breast, view {mlo}; the CC image is used"
+  if where != "orientation":
+    assert generic.patient_imaging(tmp_path, side="L", mg_view="MLO").mammogram == \
+        made["L", "MLO"]
+
+
+def test_an_image_whose_view_nothing_states_is_taken_with_a_warning(tmp_path):
+  made = _untagged_mammograms(tmp_path, "side only", images=(("L", "CC"), ("R", "CC")))
+  imaging = generic.patient_imaging(tmp_path, side="L")
+  assert imaging.mammogram == made["L", "CC"]
+  assert imaging.warnings == ["mammogram view not found (no ViewPosition, ViewCodeSequence, "
+                              "description, orientation or file name gives it)"]
+
+
+@pytest.mark.parametrize("images,expected,how", [
+    ((("R", "CC"), ("R", "MLO"), ("L", "CC")), ("R", "CC"),
+     "the right breast has more images (2 against 1)"),
+    ((("R", "CC"), ("L", "CC")), ("L", "CC"), "both breasts imaged equally, the left taken"),
+    ((("R", "MLO"),), ("R", "MLO"), "the study images the right breast only"),
+])
+def test_unknown_tumour_side_is_chosen_by_the_stated_rule(tmp_path, images, expected, how):
+  made = _untagged_mammograms(tmp_path, "description", images=images)
+  imaging = generic.patient_imaging(tmp_path, side=None)
+  assert imaging.mammogram == made[expected]
+  assert imaging.warnings == [f"tumour side unknown in the clinical table: {how}"]
+  other = [u.reason for u in imaging.unused if "breast; the tumour side" in u.reason]
+  assert all(r.endswith("(by rule)") for r in other)
+
+
+def test_every_unused_series_has_its_reason(tmp_path):
+  study = fx.study_tags("U1", "20200101", "MRI pre-NAT")
+  written = fx.dce_study(tmp_path / "mr", study, "ax dyn pre",
+                         ("ax dyn 1st pass", "ax dyn 2nd pass"))
+  early = fx.study_tags("U1", "20200201", "MRI", "T1")
+  fx.dce_study(tmp_path / "mr_t1", early)
+  imaging = generic.patient_imaging(tmp_path, side="R")
+  reasons = {u.item: u.reason for u in imaging.unused}
+  label = "study 'MRI pre-NAT' of 20200101"
+  assert reasons[f"MR series '3-Plane Loc' of {label}"].startswith("not a DCE phase")
+  assert reasons[f"MR series 'Ax T2 FSE' of {label}"].startswith("not a DCE phase")
+  assert reasons[f"MR series 'ax dyn 2nd pass' of {label}"] == (
+      "a DCE series other than the pre-contrast one and post-contrast phase 1")
+  assert sum("early-treatment time point (T1)" in r for r in reasons.values()) == 4
+  assert len(imaging.unused) == 3 + 4 and imaging.empty is None
+  used = {p for exam in imaging.mri.values() for p in (*exam.pre.files, *exam.post.files)}
+  assert used == set(written["ax dyn pre"]) | set(written["ax dyn 1st pass"])
+
+
+def test_a_folder_without_images_says_why(tmp_path):
+  (tmp_path / "empty").mkdir()
+  assert generic.patient_imaging(tmp_path / "empty").empty == "the folder is empty"
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "report.txt").write_text("no images")
+  assert generic.patient_imaging(tmp_path / "notes").empty == (
+      "none of its 1 files is a DICOM image or a NIfTI exam")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from input_pipeline import mammogram
 from input_pipeline.dicom_io import PreprocessError
 from input_pipeline.synthetic.dicom_writer import write_mammogram
+from input_pipeline.synthetic.images import digitised_film
 
 _TAGS = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.9"}
 SMALL = mammogram.MammogramOptions(size=(128, 64))
@@ -109,3 +111,78 @@ def test_errors_name_the_file(tmp_path):
     mammogram.preprocess_mammogram(blank, SMALL)
   with pytest.raises(ValueError, match="MammogramOptions.dtype"):
     mammogram.MammogramOptions(dtype="uint8")
+
+
+# ---- digitised film -------------------------------------------------------------------------
+FILM_ROWS, FILM_COLUMNS = 400, 320
+
+
+def _digital(chest_wall: str, scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """A breast reaching the top and bottom edges at the chest wall (as on an MLO film): values
+  and the true mask; ``scale`` multiplies the size."""
+  rows, columns = FILM_ROWS * scale, FILM_COLUMNS * scale
+  r, c = np.mgrid[:rows, :columns].astype(np.float64) / scale
+  depth = c if chest_wall == "left" else FILM_COLUMNS - 1 / scale - c
+  breast = ((r - FILM_ROWS / 2) / (FILM_ROWS / 2 + 2)) ** 2 + (depth / 220) ** 2 <= 1
+  tissue = 9000 - 25 * depth + 5000 * np.exp(-((r - 180) ** 2 + (depth - 70) ** 2) / 900)
+  noise = np.random.default_rng(1).normal(0, 40, breast.shape)
+  return np.where(breast, tissue + noise, 50 + np.abs(noise)), breast
+
+
+def _film(chest_wall: str, scale: int = 1):
+  image, breast = _digital(chest_wall, scale)
+  return digitised_film(np.random.default_rng(2), image, breast, chest_wall)
+
+
+@pytest.mark.parametrize("chest_wall,scale", [("left", 1), ("right", 1), ("right", 3)])
+def test_film_edges_label_ruler_and_skin_marker_are_not_breast(chest_wall, scale):
+  """At scale 3 (1200 x 960) the mask comes from a copy block-averaged by 2."""
+  film, truth = _film(chest_wall, scale)
+  breast = _digital(chest_wall, scale)[1]
+  # The strips do touch the breast at the chest wall, and the marker sits on its skin line.
+  near_chest_wall = np.s_[:, :20] if chest_wall == "left" else np.s_[:, -20:]
+  assert (ndimage.binary_dilation(truth["strips"]) & truth["breast"])[near_chest_wall].any()
+  assert (truth["marker"] & breast).any()
+  mask = mammogram.segment_breast(film.astype(np.float32))
+  for artefact in ("strips", "label", "ruler", "marker"):
+    assert not (mask & truth[artefact]).any(), artefact
+  # The mask follows the breast to within a block along its outline, and takes all of it but
+  # the margin (2 blocks) removed with the marker and the strips where they touch it.
+  block = 1 if scale == 1 else 2
+  outline = truth["breast"] ^ ndimage.binary_erosion(truth["breast"], iterations=block)
+  assert not (mask & ~truth["breast"] & ~ndimage.binary_dilation(outline, iterations=block)).any()
+  margin = ndimage.binary_dilation(truth["marker"] | truth["strips"], iterations=3 * block + 1)
+  assert not (truth["breast"] & ~mask & ~margin & ~outline).any()
+
+
+def _fill(out: np.ndarray) -> float:
+  """How much of the output the breast spans along its fitted direction (1 = touches both)."""
+  rows, columns = np.nonzero(out.any(axis=1))[0], np.nonzero(out.any(axis=0))[0]
+  return max((rows[-1] - rows[0] + 1) / out.shape[0], (columns[-1] - columns[0] + 1) / out.shape[1])
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("bits", [12, 14, 16])
+def test_film_gives_the_digital_output(tmp_path, photometric, bits):
+  """The film scan, in every storage, preprocesses to what the artefact-free breast gives: the
+  breast fills the crop, and no bright line runs along its top or bottom."""
+  image, breast = _digital("right")
+  film, truth = digitised_film(np.random.default_rng(2), image, breast, "right")
+  # The reference: the same breast values with the marker and strip pixels as air.
+  clean = np.where(truth["breast"], film, 0).astype(np.uint16)
+
+  def stored(values):
+    values = values.astype(np.int64) >> (16 - bits)
+    return (2 ** bits - 1 - values) if photometric == "MONOCHROME1" else values
+
+  out = mammogram.preprocess_mammogram(
+      _write(tmp_path, stored(film), name="film.dcm", photometric=photometric,
+             bits_stored=bits), SMALL)
+  reference = mammogram.preprocess_mammogram(
+      _write(tmp_path, stored(clean), name="clean.dcm", photometric=photometric,
+             bits_stored=bits), SMALL)
+  assert _fill(out) >= 0.98
+  differs = np.abs(out.astype(np.float64) - reference) > 0.05 * 65535
+  assert differs.mean() <= 0.01, differs.mean()
+  # No full-width bright line: every output row is at most as full as the reference's.
+  assert ((out > 0).mean(axis=1) <= (reference > 0).mean(axis=1) + 2 / out.shape[1]).all()

@@ -19,7 +19,12 @@ def patients(training_records, tmp_path_factory):
   export = training_records.parent / "export"
   root = tmp_path_factory.mktemp("new_patients")
   rows = {r["patient_id"]: r for r in csv.DictReader(open(export / "clinical.csv"))}
+  truth = {p["patient_id"]: p for p in json.loads(
+      (export / "synthetic_truth.json").read_text())["patients"]}
   chosen = [p.name for p in sorted(export.iterdir()) if p.is_dir() and p.name in rows][:2]
+  # And one with a mammogram whose row will not say the tumour side.
+  chosen += [p for p, t in sorted(truth.items()) if t["mammogram"] and not t["broken"]
+             and p in rows and p not in chosen][:1]
   folders = [root / name for name in chosen]
   for name, folder in zip(chosen, folders):
     shutil.copytree(export / name, folder)
@@ -34,7 +39,8 @@ def patients(training_records, tmp_path_factory):
     writer = csv.DictWriter(f, headers, extrasaction="ignore")
     writer.writeheader()
     for name in chosen:
-      writer.writerow({**rows[name], "Molecular subtype": ""})
+      writer.writerow({**rows[name], "Molecular subtype": "",
+                       **({"Laterality": ""} if name == chosen[-1] else {})})
   return folders, broken, clinical
 
 
@@ -67,11 +73,19 @@ def test_predict_answers_every_good_patient_and_reports_the_broken_one(
                                            abs=1e-6)
     else:
       assert probs["MRP"] == pytest.approx(probs["iMRrhpc"], abs=1e-6)
+    assert all(u["reason"] for u in answer["unused"])
     top = answer["top_attributions"]
     assert 0 < len(top) <= 8
     magnitudes = [abs(t["attribution"]) for t in top]
     assert magnitudes == sorted(magnitudes, reverse=True)
     assert all(np.isfinite(m) for m in magnitudes)
+
+
+  # Side unknown: the stated rule still takes a mammogram, and says so.
+  unknown_side = answers[folders[-1].name]
+  assert unknown_side["images"]["mammogram"] is True
+  assert unknown_side["warnings"][0].startswith("tumour side unknown in the clinical table: ")
+  assert "iMGrhpc" in unknown_side["probability"]
 
 
 def test_predict_rejects_a_bad_runs_argument(capsys, tmp_path):

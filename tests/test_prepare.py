@@ -1,13 +1,16 @@
 """generate -> prepare -> verify -> read back, on a tiny synthetic hospital export."""
 
+import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import layout_fixtures as fx
 import numpy as np
 import pydicom
 import pytest
@@ -268,9 +271,132 @@ def test_split_does_not_depend_on_the_pseudonym_key():
   assert first == second and len(first) == 60 and len(set(first.values())) == 3
 
 
-def test_cli_rejects_bad_split(export, tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "input_pipeline.prepare", "--source", str(export), "--out",
-       str(tmp_path / "r"), "--split", "0.5,0.6,0.1"], capture_output=True, text=True,
-      cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-  assert result.returncode == 2 and "--split must be three fractions" in result.stderr
+def test_cli_rejects_bad_options_each_call_with_fresh_flags(export, tmp_path, capsys):
+  out = tmp_path / "r"
+  assert prepare.main(["--source", str(export), "--out", str(out), "--split",
+                       "0.5,0.6,0.1"]) == 2
+  assert "--split must be three fractions" in capsys.readouterr().err
+  # A second call in the same process parses afresh: the earlier --split does not linger.
+  assert prepare.main(["--source", str(export), "--out", str(out), "--box", "2,x,3"]) == 2
+  err = capsys.readouterr().err
+  assert "--box: expected comma-separated numbers" in err and "split" not in err
+  assert prepare.main(["--out", str(out)]) == 2
+  assert "--source must have a value" in capsys.readouterr().err
+  assert prepare.main(["--source", str(export), "--out", str(out), "--layout", "nope"]) == 2
+  assert "<duke|generic|ispy2>" in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_a_run_that_fails_before_its_first_patient_writes_nothing(tmp_path, capsys):
+  out = tmp_path / "records"
+  assert prepare.main(["--source", str(tmp_path / "no such export"), "--out", str(out)]) == 2
+  assert "not a folder" in capsys.readouterr().err
+  (tmp_path / "export").mkdir()  # a folder, but no clinical.csv
+  assert prepare.main(["--source", str(tmp_path / "export"), "--out", str(out)]) == 2
+  assert "no clinical.csv" in capsys.readouterr().err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no key, no out, no report
+
+
+def test_help_shows_every_flag_with_its_help_and_default():
+  result = subprocess.run([sys.executable, "-m", "input_pipeline.prepare", "--help"],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+  text = result.stdout
+  for name, geometry in GEOMETRIES.items():  # the presets with their sizes
+    assert (f"{name}: MRI {'x'.join(map(str, geometry.mri_box))} voxels" in " ".join(
+        text.split()))
+  # One entry per flag: '  --name: help...' up to the next flag.
+  entries = dict(re.findall(r"^  --(?:\[no\])?(\w+): (.*?)(?=^  --|^\S|\Z)", text, re.M | re.S))
+  assert set(entries) >= {"source", "out", "layout", "geometry", "intensity", "seed", "workers",
+                          "pseudonym_key", "no_progress", "imageless", "layout_option"}
+  for name, entry in entries.items():
+    assert len(entry.split("(default")[0].strip()) > 10, name  # a help text
+    if name not in ("source", "out", "pseudonym_key", "spacing_mm", "box", "mg_size"):
+      assert "(default: " in entry, name  # no default for those: required or derived
+  assert "<clinical_only|skip>" in text and "<relative|raw>" in text
+
+
+def test_manifest_accounts_for_every_image(export, prepared):
+  out, manifest = prepared
+  written = _read_all(out)
+  for name, count in manifest["modalities"].items():
+    assert count["with"] + count["without"] == len(written), name
+  assert manifest["modalities"]["mammogram"]["with"] == sum(r.mg is not None
+                                                            for r in written.values())
+  assert manifest["modalities"]["mri_pre"]["with"] == sum("pre" in r.mri
+                                                          for r in written.values())
+  # The export's second views (MLO beside the CC) and its localizers / T2 are not used.
+  truth, key = _truth(export), _key(out)
+  unused = {}
+  for entry in manifest["unused_images"]:
+    unused.setdefault(entry["patient"], []).append(entry)
+  two_views = [pid for pid, t in truth.items() if t["mammogram"] and prepare.pseudonym(key, pid)
+               in written and len(t["mammogram"]["series"]) == 2]
+  assert two_views
+  for pid in two_views:
+    reasons = [e["reason"] for e in unused[prepare.pseudonym(key, pid)]]
+    assert "same breast, view MLO; the CC image is used" in reasons
+  assert any(e["reason"].startswith("not a DCE phase") for e in manifest["unused_images"])
+  private = out.with_name(out.name + ".private") / "unused_images.csv"
+  rows = list(csv.DictReader(private.open()))
+  assert len(rows) == len(manifest["unused_images"])
+  assert all(Path(r["file_or_folder"]).exists() and r["source_patient"] in truth for r in rows)
+
+
+@pytest.fixture(scope="module")
+def awkward_export(tmp_path_factory):
+  """A: mammograms whose side and view only their descriptions give, no clinical laterality,
+  no MRI. B: an empty folder. C: a folder with a text file only."""
+  root = tmp_path_factory.mktemp("awkward")
+  study = fx.study_tags("A", "20200105", "Mammo")
+  r, c = np.mgrid[:120, :90]
+  breast = np.where(((r - 60) / 50) ** 2 + (c / 70) ** 2 <= 1, 3000 - 20 * c, 40)
+  for number, (side, view) in enumerate((("R", "CC"), ("R", "MLO"), ("L", "CC")), start=1):
+    image = breast[:, ::-1] if side == "R" else breast
+    fx.write_mammogram(root / "A" / str(number) / "1.dcm", image.astype(np.uint16),
+                       laterality="", view="", tags={**study, "SeriesNumber": number,
+                                                     "SeriesDescription": f"{side} {view}"})
+  (root / "B").mkdir()
+  (root / "C").mkdir()
+  (root / "C" / "report.txt").write_text("see the paper chart")
+  fx.write_csv(root / "clinical.csv", [
+      {"patient_id": p, "pCR": label, "Laterality": ""} for p, label in
+      (("A", "1"), ("B", "0"), ("C", "1"))])
+  return root
+
+
+@pytest.mark.parametrize("imageless", ["clinical_only", "skip"])
+def test_imageless_patients_and_side_by_rule_are_counted_and_said(awkward_export, tmp_path,
+                                                                  imageless):
+  out = tmp_path / "records"
+  manifest = prepare.prepare(_options(awkward_export, out, imageless=imageless,
+                                      split_fractions=(1.0, 0.0, 0.0)), progress=False)
+  key = _key(out)
+  a, b, c = (prepare.pseudonym(key, p) for p in "ABC")
+  records = _read_all(out)
+  assert records[a].mg is not None and records[a].mri == {}
+  assert manifest["warnings"]["counts"] == {"tumour side unknown in the clinical table": 1}
+  assert manifest["warnings"]["patients"] == [{
+      "patient": a, "warning": "tumour side unknown in the clinical table: the right breast "
+      "has more images (2 against 1)"}]
+  reasons = {e["reason"] for e in manifest["unused_images"] if e["patient"] == a}
+  assert reasons == {"left breast; the tumour side is right (by rule)",
+                     "same breast, view MLO; the CC image is used"}
+  why = {b: "the folder is empty", c: "none of its 1 files is a DICOM image or a NIfTI exam"}
+  if imageless == "clinical_only":
+    assert set(records) == {a, b, c}
+    assert manifest["clinical_only"] == [{"patient": p, "reason": why[p]} for p in sorted(why)]
+    assert manifest["modalities"]["mammogram"] == {"with": 1, "without": 2}
+  else:
+    assert set(records) == {a}
+    assert {s["patient"]: s["reason"] for s in manifest["skipped"]} == {
+        p: f"no image: {why[p]} (--imageless=skip)" for p in why}
+    assert manifest["modalities"]["mammogram"] == {"with": 1, "without": 0}
+
+
+def test_scrub_replaces_the_patient_id_where_it_stands_as_a_name():
+  text = ("/data/export/12/20200105_MG_1/12_L_CC.dcm: 128 files, 12 DICOM images, uid "
+          "1.2.840.113619.2.55 of study 'MRI' of 20200105")
+  assert prepare.scrub(text, Path("/data/export"), "12", "P0") == (
+      "<source>/P0/<date>_MG_1/P0_L_CC.dcm: 128 files, P0 DICOM images, uid <uid> of study "
+      "'MRI' of <date>")

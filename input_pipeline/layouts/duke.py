@@ -37,8 +37,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import openpyxl
 
 from input_pipeline.dicom_scan import DiscoveryError, ScanResult, scan_folder, select_dce
-from input_pipeline.layouts.generic import find_file
-from input_pipeline.patient import DicomDce, PatientSource, SeriesSelection
+from input_pipeline.layouts.generic import find_file, unused_series
+from input_pipeline.patient import DicomDce, Imaging, PatientSource, SeriesSelection
 from input_pipeline.schema import Phase
 from input_pipeline.workers import map_patients
 
@@ -289,8 +289,8 @@ def patient_folders(root: Path) -> dict[str, Path]:
   return found
 
 
-def _patient_dce(folder: Path, key: str, mapping: FileMapping | None,
-                 post_index: int) -> DicomDce:
+def _patient_imaging(folder: Path, key: str, mapping: FileMapping | None,
+                     post_index: int) -> Imaging:
   scan = scan_folder(folder)
   if scan.problems:
     raise DiscoveryError(f"{scan.problems[0]}; repair or remove the file")
@@ -299,14 +299,20 @@ def _patient_dce(folder: Path, key: str, mapping: FileMapping | None,
     raise DiscoveryError(f"no MR study in {folder}")
   study = studies[0]  # Duke has one (Pre-NAT) exam per patient
   if mapping is not None and key in mapping.files:
-    return DicomDce(pre=mapping.selection(key, "pre", scan),
-                    post=mapping.selection(key, f"post_{post_index}", scan),
-                    study_description=study.description)
-  try:
-    dce = select_dce(study.series.values(), post_index)
-  except DiscoveryError as error:
-    raise DiscoveryError(f"{study.label()}: {error}") from None
-  return DicomDce(dce.pre, dce.post, study.description)
+    dce = DicomDce(pre=mapping.selection(key, "pre", scan),
+                   post=mapping.selection(key, f"post_{post_index}", scan),
+                   study_description=study.description)
+  else:
+    try:
+      dce = select_dce(study.series.values(), post_index)
+    except DiscoveryError as error:
+      raise DiscoveryError(f"{study.label()}: {error}") from None
+    dce = DicomDce(dce.pre, dce.post, study.description)
+  later = {s.uid: "a later MR study (Duke has one Pre-NAT exam per patient: the first is used)"
+           for s in studies[1:]}
+  unused = unused_series(scan, {study.uid: set(dce.pre.files) | set(dce.post.files)}, later,
+                         post_index)
+  return Imaging(mri={Phase.PRE: dce}, unused=unused)
 
 
 def discover(root: Path | str, *, clinical_file: Path | str | None = None,
@@ -354,10 +360,10 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
       continue
     scans.append((source, (folders[key], key, mapping and mapping.for_patient(key),
                            post_index)))
-  results = map_patients(_patient_dce, [job for _, job in scans], workers,
+  results = map_patients(_patient_imaging, [job for _, job in scans], workers,
                          (DiscoveryError, OSError))
-  for (source, _), (dce, error) in zip(scans, results):
+  for (source, _), (imaging, error) in zip(scans, results):
     source.error = error
-    if dce is not None:
-      source.mri = {Phase.PRE: dce}
+    if imaging is not None:
+      source.take(imaging)
   return sources

@@ -11,14 +11,17 @@ The NAT phase of each MR study comes from, in this order: DICOM ClinicalTrialTim
 'pre' / 'mid' / 'post'), keywords in StudyDescription ('pre-NAT', 'baseline', 'mid-NAT',
 'interim', 'post-NAT', 'pre-surgery', 'follow-up', or an I-SPY style '..._T2'), and last the
 StudyDate order of the studies left (one -> Pre-NAT; two -> Pre-NAT and ``two_study_followup``;
-three -> Pre-, Mid-, Post-NAT). The mammogram is the Pre-NAT MG image of the tumour side (the
-clinical laterality), view ``mg_view`` first, then the other of CC / MLO.
+three -> Pre-NAT, Mid-NAT, Post-NAT). The mammogram is the Pre-NAT MG image of the tumour side
+(the clinical laterality, or :data:`UNKNOWN_SIDE_RULE`), view ``mg_view`` first, then the other
+of CC / MLO (:func:`choose_mammogram`). Every other image or series is listed with the reason
+it is not used (:class:`~input_pipeline.patient.Unused`).
 
 :func:`patient_imaging` is shared with the I-SPY2 adapter.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import datetime
@@ -27,14 +30,30 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from input_pipeline import clinical_table, schema
-from input_pipeline.dicom_scan import DiscoveryError, StudyInfo, scan_folder, select_dce
-from input_pipeline.patient import MriExam, NiftiDce, PatientSource
+from input_pipeline.dicom_scan import (
+    DiscoveryError,
+    ImageView,
+    ScanResult,
+    SeriesInfo,
+    StudyInfo,
+    is_dce_candidate,
+    scan_folder,
+    select_dce,
+)
+from input_pipeline.patient import (
+    Imaging,
+    MriExam,
+    NiftiDce,
+    PatientSource,
+    Unused,
+)
 from input_pipeline.schema import Phase
 from input_pipeline.workers import map_patients
 
 CLINICAL_FILE = "clinical.csv"
 PATIENT_ID_COLUMN = "patient_id"
 _VIEWS = ("CC", "MLO")
+_SIDE_NAMES = {"L": "left", "R": "right"}
 _MISSING = frozenset({"", "nan", "na", "none", "null", "unknown", "missing"})
 
 _T1, _FOLLOW_UP = "t1", "follow-up"
@@ -138,16 +157,68 @@ def _date(study: StudyInfo) -> datetime.date | None:
     return None
 
 
+# The rule for a patient whose tumour side the clinical table does not give (README, "Your own
+# data"); prepare and predict both come here.
+UNKNOWN_SIDE_RULE = ("the breast the Pre-NAT mammography study images alone; if it images "
+                     "both, the one with more images (a work-up adds views of the tumour side); "
+                     "on a tie, the left (breast cancer is slightly more common on the left)")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Image:
+  study: StudyInfo
+  series: SeriesInfo
+  path: Path
+  view: ImageView
+
+  def item(self) -> str:
+    name = self.series.description or f"{self.view.laterality} {self.view.view}".strip()
+    return f"MG image {name or '(no description)'!r} of {self.study.label()}"
+
+
+def _view_rank(view: str, preferred: str) -> int:
+  """0 the preferred view, 1 the other of CC / MLO, 2 another known view, 3 unknown."""
+  if view == preferred:
+    return 0
+  return 1 if view in _VIEWS else 2 if view else 3
+
+
+def _side_by_rule(images: list[_Image]) -> tuple[str | None, str]:
+  """(side, how it was chosen) when the clinical table does not give it (UNKNOWN_SIDE_RULE)."""
+  counts = collections.Counter(i.view.laterality for i in images if i.view.laterality)
+  if not counts:
+    return None, "no image states its side either; any image may be taken"
+  if len(counts) == 1:
+    side = next(iter(counts))
+    return side, f"the study images the {_SIDE_NAMES[side]} breast only"
+  side = max(counts, key=lambda s: (counts[s], s == "L"))
+  how = ("both breasts imaged equally, the left taken" if counts["L"] == counts["R"] else
+         f"the {_SIDE_NAMES[side]} breast has more images ({counts[side]} against "
+         f"{counts['L' if side == 'R' else 'R']})")
+  return side, how
+
+
 def choose_mammogram(studies: list[StudyInfo], side: str | None, pre_mr: StudyInfo | None,
-                     mg_view: str = "CC") -> Path | None:
-  """The Pre-NAT mammogram of the tumour side ('L' / 'R'), or None.
+                     mg_view: str = "CC") -> tuple[Path | None, list[Unused], list[str]]:
+  """The Pre-NAT mammogram of the tumour side ('L' / 'R'), every other mammogram with the
+  reason it is not used, and warnings.
 
   The Pre-NAT MG study is the one tagged or described Pre-NAT; else, among untagged MG studies,
-  the one nearest in date to the Pre-NAT MRI (the earliest when that date is unknown).
+  the one nearest in date to the Pre-NAT MRI (the earliest when that date is unknown). In it:
+  the images of the tumour side (when the clinical table does not give it: UNKNOWN_SIDE_RULE;
+  when no image states the tumour side, those that state no side, with a warning), view
+  ``mg_view`` first, then the other of CC / MLO, then another view, then an image whose view
+  nothing states (with a warning); 'For Presentation' before 'For Processing'.
+
+  Returns:
+    (path or None, unused images, warnings).
   """
-  mg = [s for s in studies if any(x.modality == "MG" for x in s.series.values())]
-  if side is None or not mg:
-    return None
+  images = [_Image(study, series, path, view) for study in studies
+            for series in study.series.values() if series.is_mammogram
+            for path, view in zip(series.files, series.views)]
+  if not images:
+    return None, [], []
+  mg = sorted({i.study.uid: i.study for i in images}.values(), key=lambda s: s.sort_key)
   phases = {s.uid: phase_of_text(s.time_point_id, True) or phase_of_text(s.description, False)
             for s in mg}
   chosen = [s for s in mg if phases[s.uid] == Phase.PRE]
@@ -160,12 +231,46 @@ def choose_mammogram(studies: list[StudyInfo], side: str | None, pre_mr: StudyIn
 
     untagged = [s for s in mg if phases[s.uid] is None]
     chosen = sorted(untagged, key=lambda s: (distance(s), s.sort_key))[:1]
-  views = (mg_view.upper(), *[v for v in _VIEWS if v != mg_view.upper()])
-  images = [(views.index(view), intent != "FOR PRESENTATION", path)
-            for study in chosen for series in study.series.values() if series.modality == "MG"
-            for path, (laterality, view, intent) in zip(series.files, series.views)
-            if laterality == side and view in views]
-  return min(images)[2] if images else None
+  unused = [Unused(i.item(), str(i.path),
+                   f"mammography study of another time point ({phases[i.study.uid]})"
+                   if phases[i.study.uid] not in (None, Phase.PRE) else
+                   "not the Pre-NAT mammography study (the one nearest the Pre-NAT MRI is)")
+            for i in images if i.study.uid not in {s.uid for s in chosen}]
+  images = [i for i in images if i.study.uid in {s.uid for s in chosen}]
+  warnings: list[str] = []
+  rule = ""
+  if side is None:
+    side, how = _side_by_rule(images)
+    rule = " (by rule)"
+    warnings.append(f"tumour side unknown in the clinical table: {how}")
+  candidates = [i for i in images if side is None or i.view.laterality == side]
+  if not candidates and images:
+    candidates = [i for i in images if not i.view.laterality]
+    if candidates:
+      warnings.append(f"no image states the {_SIDE_NAMES[side]} side; took one that states "
+                      "no side")
+  preferred = mg_view.upper()
+  best = min(candidates, key=lambda i: (_view_rank(i.view.view, preferred),
+                                        i.view.intent == "FOR PROCESSING", str(i.path)),
+             default=None)
+  if best is not None and _view_rank(best.view.view, preferred) >= 2:
+    warnings.append(f"mammogram view {best.view.view}: no CC or MLO image" if best.view.view
+                    else "mammogram view not found (no ViewPosition, ViewCodeSequence, "
+                    "description, orientation or file name gives it)")
+  for image in images:
+    if image is best:
+      continue
+    if image.view.laterality and side and image.view.laterality != side:
+      reason = (f"{_SIDE_NAMES[image.view.laterality]} breast; the tumour side is "
+                f"{_SIDE_NAMES[side]}{rule}")
+    elif image not in candidates:
+      reason = "states no side while another image states the tumour side"
+    else:
+      reason = (f"same breast, view {image.view.view or 'unknown'}"
+                f"{', For Processing' if image.view.intent == 'FOR PROCESSING' else ''}; "
+                f"the {best.view.view or 'unknown-view'} image is used")
+    unused.append(Unused(image.item(), str(image.path), reason))
+  return (best.path if best else None), unused, warnings
 
 
 def _nifti_exams(folder: Path) -> dict[Phase, NiftiDce]:
@@ -186,11 +291,44 @@ def _nifti_exams(folder: Path) -> dict[Phase, NiftiDce]:
   return exams
 
 
+def _series_folder(series: SeriesInfo) -> str:
+  folders = {str(Path(f).parent) for f in series.files}
+  return folders.pop() if len(folders) == 1 else str(Path(series.files[0]).parent)
+
+
+def unused_series(scan: ScanResult, used: dict[str, set[Path]], reasons: dict[str, str],
+                  post_index: int) -> list[Unused]:
+  """Every series of the scan, other than mammograms, that the exams do not use, and why.
+
+  Args:
+    used: study uid -> the files its chosen DCE exam reads.
+    reasons: study uid -> why a whole study is not used (no phase, ...).
+  """
+  unused = []
+  for study in scan.sorted_studies():
+    for series in sorted(study.series.values(), key=lambda s: (s.number or 0, s.uid)):
+      if series.is_mammogram or used.get(study.uid, set()) & set(series.files):
+        continue
+      item = (f"{series.modality or 'unknown modality'} series "
+              f"{series.description or '(no description)'!r} of {study.label()}")
+      if study.uid in reasons:
+        reason = reasons[study.uid]
+      elif not series.is_mr:
+        reason = f"modality {series.modality or 'unknown'}: only MR and mammography are used"
+      elif not is_dce_candidate(series):
+        reason = ("not a DCE phase (a localizer, T2, diffusion, derived or other series, by "
+                  "its description, image type or TR / TE)")
+      else:
+        reason = (f"a DCE series other than the pre-contrast one and post-contrast phase "
+                  f"{post_index}")
+      unused.append(Unused(item, _series_folder(series), reason))
+  return unused
+
+
 def patient_imaging(folder: Path, *, side: str | None = None,
                     two_study_followup: Phase = Phase.POST, t1_phase: Phase | None = None,
-                    mg_view: str = "CC", post_index: int = 1
-                    ) -> tuple[dict[Phase, MriExam], Path | None]:
-  """The DCE exams per phase and the mammogram in one patient folder.
+                    mg_view: str = "CC", post_index: int = 1) -> Imaging:
+  """The DCE exams per phase, the mammogram, and what else the patient folder holds.
 
   Raises:
     DiscoveryError: an unreadable DICOM file, a study whose phase or DCE series cannot be
@@ -201,21 +339,39 @@ def patient_imaging(folder: Path, *, side: str | None = None,
     more = f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""
     raise DiscoveryError(f"{scan.problems[0]}{more}; repair or remove the file")
   mri: dict[Phase, MriExam] = {}
-  studies = resolve_phases(scan.sorted_studies(mr=True), two_study_followup, t1_phase)
+  mr_studies = scan.sorted_studies(mr=True)
+  studies = resolve_phases(mr_studies, two_study_followup, t1_phase)
+  used: dict[str, set[Path]] = {}
   for phase, study in studies.items():
     try:
       dce = select_dce(study.series.values(), post_index)
     except DiscoveryError as error:
       raise DiscoveryError(f"{phase.label} {study.label()}: {error}") from None
     mri[phase] = dataclasses.replace(dce, study_description=study.description)
-  for phase, exam in _nifti_exams(folder).items():
+    used[study.uid] = set(dce.pre.files) | set(dce.post.files)
+  assigned = {s.uid for s in studies.values()}
+  reasons = {s.uid: ("MR study of the early-treatment time point (T1): used only with the "
+                     "t1_phase=mid layout option" if phase_of_text(s.time_point_id, True) == _T1
+                     or phase_of_text(s.description, False) == _T1 else
+                     "MR study given no NAT phase")
+             for s in mr_studies if s.uid not in assigned}
+  nifti = _nifti_exams(folder)
+  for phase, exam in nifti.items():
     if phase in mri:
       raise DiscoveryError(f"{phase.label} is given twice: as DICOM {studies[phase].label()} "
                            f"and as NIfTI {exam.pre or exam.subtraction}")
     mri[phase] = exam
-  mammogram = choose_mammogram(scan.sorted_studies(mr=False), side, studies.get(Phase.PRE),
-                               mg_view)
-  return dict(sorted(mri.items())), mammogram
+  mammogram, unused_mg, warnings = choose_mammogram(scan.sorted_studies(mr=False), side,
+                                                    studies.get(Phase.PRE), mg_view)
+  imaging = Imaging(dict(sorted(mri.items())), mammogram,
+                    unused_series(scan, used, reasons, post_index) + unused_mg, warnings)
+  if not imaging.mri and imaging.mammogram is None:
+    files = sum(1 for p in folder.rglob("*") if p.is_file())
+    found = sum(len(s.files) for st in scan.studies.values() for s in st.series.values())
+    imaging.empty = ("the folder is empty" if not files else
+                     f"none of its {files} files is a DICOM image or a NIfTI exam" if not found
+                     else f"none of its {found} DICOM images is used (see the unused images)")
+  return imaging
 
 
 def tumour_side(row: Mapping[str, Any]) -> str | None:
@@ -324,10 +480,10 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
   for (source, _), (imaging, error) in zip(scans, results):
     source.error = error
     if imaging is not None:
-      source.mri, source.mammogram = imaging
+      source.take(imaging)
   return sources
 
 
-def _imaging_job(folder, side, followup, t1, mg_view, post_index):
+def _imaging_job(folder, side, followup, t1, mg_view, post_index) -> Imaging:
   return patient_imaging(folder, side=side, two_study_followup=followup, t1_phase=t1,
                          mg_view=mg_view, post_index=post_index)

@@ -170,5 +170,5 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
   for (source, _), (imaging, error) in zip(scans, results):
     source.error = error
     if imaging is not None:
-      source.mri = imaging[0]
+      source.take(imaging)
   return sources

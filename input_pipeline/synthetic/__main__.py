@@ -1,3 +1,8 @@
-from input_pipeline.synthetic.export import main
+"""python -m input_pipeline.synthetic: writes a synthetic hospital export (synthetic/export.py)."""
 
-main()
+from input_pipeline import cli
+from input_pipeline.synthetic import export
+
+__doc__ = export.__doc__  # what --help prints
+
+cli.run_program(export.define_flags, export.generate)

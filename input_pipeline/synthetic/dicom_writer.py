@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -83,11 +83,15 @@ def _set_pixels(ds: Dataset, stored: np.ndarray, signed: bool) -> None:
   ds.PixelData = _pixel_bytes(stored, signed)
 
 
-def _save(ds: Dataset, path: Path) -> Path:
-  transfer_syntax = ds._transfer_syntax
+def _save(ds: Dataset, path: Path, **encoding: Any) -> Path:
+  """Writes ``ds`` in its transfer syntax; ``encoding`` goes to pydicom's encoder (e.g.
+  ``jls_error``, ``j2k_psnr``)."""
+  transfer_syntax = UID(ds._transfer_syntax)
   del ds._transfer_syntax
-  if transfer_syntax == RLELossless:
-    ds.compress(RLELossless, generate_instance_uid=False)
+  if transfer_syntax.is_compressed:  # RLE always; JPEG-LS and JPEG 2000 with the plugins
+    ds.compress(transfer_syntax, generate_instance_uid=False, **encoding)
+  else:  # implicit VR, deflated: pydicom writes the dataset in the file meta's syntax
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
   path.parent.mkdir(parents=True, exist_ok=True)
   ds.save_as(path, enforce_file_format=True)
   return path
@@ -197,7 +201,8 @@ def write_mr_series(
     instance_order: 'ascending' (InstanceNumber grows with the slice index k, i.e. along
       direction[:, 2], which is against the row x column normal when the direction matrix is a
       reflection), 'descending', or 'shuffled'; files are named by InstanceNumber either way.
-    transfer_syntax: ExplicitVRLittleEndian or RLELossless.
+    transfer_syntax: any syntax pydicom writes: native little endian, deflated, RLE lossless,
+      and JPEG-LS / JPEG 2000 (pydicom's encoder plugins).
     trigger_times_ms: per temporal position, TriggerTime (defaults to 0, 90 s, 180 s, ...).
     seed: for 'shuffled'.
     uid_seed: derive every UID the writer creates from this string (deterministic files);
@@ -322,26 +327,34 @@ def write_mammogram(
     pixel_spacing_mm: float = 0.07,
     photometric: str = "MONOCHROME2",
     window: tuple[float, float] | None = None,
+    bits_stored: int = 16,
     transfer_syntax: str = ExplicitVRLittleEndian,
+    encoding: Mapping[str, Any] | None = None,
     uid_seed: str | None = None,
 ) -> Path:
   """Writes a 16-bit 'For Presentation' digital mammogram.
 
   Args:
-    image: [rows, columns] unsigned values (at most 16 bits).
-    laterality: 'L' or 'R' (ImageLaterality).
-    view: 'CC' or 'MLO' (ViewPosition).
+    image: [rows, columns] unsigned values (at most ``bits_stored`` bits).
+    laterality: 'L' or 'R' (ImageLaterality and Laterality); '' writes neither.
+    view: 'CC' or 'MLO' (ViewPosition); '' writes none (secondary-capture style exports name
+      the view only in a description or a file name).
     window: (WindowCenter, WindowWidth) VOI, if the modality sets one.
+    bits_stored: BitsStored (12, 14 or 16 for detectors and film scanners).
+    transfer_syntax: as in :func:`write_mr_series`; ``encoding`` goes to pydicom's encoder
+      (``jls_error`` for JPEG-LS near-lossless, ``j2k_psnr`` / ``j2k_cr`` for JPEG 2000).
     uid_seed: as in :func:`write_mr_series`.
   """
-  tags = {"ImageType": ["ORIGINAL", "PRIMARY", "", "RIGHT" if laterality == "R" else "LEFT"],
-          **tags}
+  tags = {"ImageType": ["ORIGINAL", "PRIMARY", "",
+                        {"R": "RIGHT", "L": "LEFT"}.get(laterality, "")], **tags}
   ds = _base(DIGITAL_MAMMOGRAPHY_STORAGE, "MG", tags, transfer_syntax, _uid_factory(uid_seed))
   ds.PresentationIntentType = "FOR PRESENTATION"
   ds.InstanceNumber = 1
-  ds.ImageLaterality = laterality
-  ds.Laterality = laterality
-  ds.ViewPosition = view
+  if laterality:
+    ds.ImageLaterality = laterality
+    ds.Laterality = laterality
+  if view:
+    ds.ViewPosition = view
   ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
   ds.ImagerPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
   ds.PhotometricInterpretation = photometric
@@ -349,8 +362,9 @@ def write_mammogram(
   if window is not None:
     ds.WindowCenter, ds.WindowWidth = float(window[0]), float(window[1])
   image = np.asarray(image)
-  if image.min() < 0 or image.max() > 65535:
-    raise ValueError("mammogram values must fit in uint16")
+  if image.min() < 0 or image.max() >= 2 ** bits_stored or not 8 < bits_stored <= 16:
+    raise ValueError(f"mammogram values must fit in {bits_stored} bits (9..16)")
+  ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
   _set_pixels(ds, image, signed=False)
-  return _save(ds, Path(path))
+  return _save(ds, Path(path), **dict(encoding or {}))
 

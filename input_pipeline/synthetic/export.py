@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -236,12 +237,20 @@ def define_flags(values: flags.FlagValues) -> None:
                        flag_values=values)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  def generate(options: flags.FlagValues) -> None:
-    print(generate_export(options.out, options.patients, options.seed, options.geometry,
-                          images=not options.clinical_only, workers=options.workers))
-  cli.run("python -m input_pipeline.synthetic", __doc__, define_flags, generate, argv)
+def generate(options: flags.FlagValues, arguments: Sequence[str]) -> int:
+  """The command: writes the export and prints its summary."""
+  if arguments:
+    print(f"synthetic: unexpected arguments {list(arguments)}", file=sys.stderr)
+    return 2
+  print(generate_export(options.out, options.patients, options.seed, options.geometry,
+                        images=not options.clinical_only, workers=options.workers))
+  return 0
+
+
+def main(argv: Sequence[str]) -> int:
+  """The command for callers in Python: ``argv`` without the program name."""
+  return cli.call("synthetic", define_flags, generate, argv)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_program(define_flags, generate)

@@ -248,7 +248,8 @@ def render_mammogram(rng: np.random.Generator, latent: ImageLatent, shape: tuple
 
   Returns:
     image: uint16 [rows, columns], values up to :data:`MG_MAX`.
-    truth: mass centre and radius in pixels, marker boxes [row0, row1, col0, col1].
+    truth: mass centre and radius in pixels; breast (soft edge at one half) and marker boxes
+      [row0, row1, col0, col1), rows then columns.
   """
   rows, cols = shape
   work = max(1, int(round(0.5 / spacing_mm)))  # render on a ~0.5 mm grid, then upsample
@@ -321,7 +322,11 @@ def render_mammogram(rng: np.random.Generator, latent: ImageLatent, shape: tuple
     inner = max(1, height // 4)
     image[box[0] + inner:box[1] - inner, box[2] + inner:box[2] + max(2, width // 3)] = MG_MAX // 3
     markers.append([int(v) for v in box])
+  inside = np.argwhere(ndimage.zoom(breast, work, order=1, grid_mode=True,
+                                    mode="nearest")[:rows, :cols] >= 0.5)
   truth = {"view": view, "mass_centre_px": [float(row_of(mass_v)), float(col_of(mass_u))],
+           "breast_box_px": [int(inside[:, 0].min()), int(inside[:, 0].max()) + 1,
+                             int(inside[:, 1].min()), int(inside[:, 1].max()) + 1],
            "mass_radius_px": float(mass_r / spacing_mm), "markers": markers,
            "chest_wall_edge": "left" if left else "right"}
   return np.clip(np.rint(image), 0, MG_MAX).astype(np.uint16), truth
@@ -330,3 +335,68 @@ def render_mammogram(rng: np.random.Generator, latent: ImageLatent, shape: tuple
 def _box_touches_breast(box, q: np.ndarray, work: int) -> bool:
   r0, r1, c0, c1 = (v // work for v in box)
   return bool((q[max(0, r0 - 1):r1 + 2, max(0, c0 - 1):c1 + 2] < 1.1).any())
+
+
+# --------------------------------------------------------------------------------------------
+# Digitised film
+# --------------------------------------------------------------------------------------------
+FILM_MAX = 65535  # the scanner's 16-bit range
+
+
+def digitised_film(rng: np.random.Generator, image: np.ndarray, breast: np.ndarray,
+                   chest_wall: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """A digital mammogram as a film scan shows it (the DDSM / CBIS-DDSM kind).
+
+  The breast's values are mapped affinely into the film's range (so a preprocessing that finds
+  the same breast gives the same output); the air becomes film fog with grain; and around it:
+  bright film-edge strips along the top and the bottom, slanted as a film lies on the scanner,
+  each reaching into the breast's first and last rows at the chest wall (they touch it there);
+  a scanner label in the corner away from the chest wall; a ruler with ticks along the far
+  edge; a radiopaque skin marker on the skin line at the breast's deepest point (the nipple).
+
+  Args:
+    image: [rows, columns] display-ordered values (dense bright).
+    breast: [rows, columns] bool, the breast.
+    chest_wall: 'left' or 'right', the image edge the breast touches.
+
+  Returns:
+    uint16 film image (MONOCHROME2, 16 bits) and bool masks of 'breast' (without the marker),
+    'strips', 'label', 'ruler', 'marker'.
+  """
+  rows, columns = image.shape
+  r, c = np.mgrid[:rows, :columns]
+  depth = c if chest_wall == "left" else columns - 1 - c  # columns from the chest wall
+  tissue = image[breast].astype(np.float64)
+  low, high = float(tissue.min()), float(tissue.max())
+  film = 0.2 * FILM_MAX + (image - low) / max(high - low, 1e-9) * 0.5 * FILM_MAX
+  fog = 0.06 * FILM_MAX + rng.normal(0.0, 0.006 * FILM_MAX, image.shape)
+  film = np.where(breast, film, fog)
+
+  chest_column = depth[0] == int(depth[0][breast.any(axis=0)].min())
+  first, last = np.flatnonzero(breast[:, chest_column].any(axis=1))[[0, -1]]
+  slope = 0.01 * rows / columns  # the film lies about half a degree off the scanner's axes
+  thin = max(2, int(round(0.015 * rows)))
+  top_edge = np.maximum(first + 1, thin) - slope * depth  # strip's inner edge per column
+  bottom_edge = np.minimum(last - 1, rows - 1 - thin) + slope * depth
+  strips = (r < np.maximum(top_edge, thin)) | (r > np.minimum(bottom_edge, rows - 1 - thin))
+  film[strips] = 0.92 * FILM_MAX + rng.normal(0.0, 0.005 * FILM_MAX, int(strips.sum()))
+
+  far = depth >= columns - max(2, int(round(0.012 * columns)))
+  ticks = (r % max(4, rows // 40) < 2) & (depth >= columns - max(4, int(round(0.03 * columns))))
+  ruler = (far | ticks) & ~strips
+  film[ruler] = FILM_MAX
+
+  label = ((r >= 2 * thin + 4) & (r < 2 * thin + 4 + rows // 10)
+           & (depth >= columns - columns // 5) & (depth < columns - columns // 20))
+  film[label] = FILM_MAX
+  film[label & (r % 6 < 2) & (c % 5 < 3)] = 0.7 * FILM_MAX  # print on the label
+
+  middle = (breast.sum(axis=0) > 0)
+  nipple_depth = int(depth[0][middle].max())
+  nipple_row = int(np.mean(np.flatnonzero(breast[:, depth[0] == nipple_depth].any(axis=1))))
+  radius = max(2.0, 0.02 * rows)
+  marker = (r - nipple_row) ** 2 + (depth - nipple_depth) ** 2 <= radius ** 2
+  film[marker] = FILM_MAX
+  film = np.clip(np.rint(film), 0, FILM_MAX).astype(np.uint16)
+  return film, {"breast": breast & ~marker & ~strips, "strips": strips,
+                "label": label, "ruler": ruler, "marker": marker}

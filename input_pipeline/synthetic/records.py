@@ -17,6 +17,7 @@ the pipeline reads from it (geometry and shards), not prepare's fingerprint or o
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,15 +82,22 @@ def define_flags(values: flags.FlagValues) -> None:
                            flag_values=values)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  def write_records(options: flags.FlagValues) -> None:
-    out = write(options.out, options.patients, mri_shape=tuple(map(int, options.mri_shape)),
-                mg_shape=tuple(map(int, options.mg_shape)), per_shard=options.per_shard)
-    size = sum(p.stat().st_size for p in out.glob("*.tfrecord"))
-    print(f"{options.patients} patients, {size / 1e9:.2f} GB in {out}")
-  cli.run("python -m input_pipeline.synthetic.records", __doc__, define_flags, write_records,
-          argv)
+def write_records(options: flags.FlagValues, arguments: Sequence[str]) -> int:
+  """The command: writes the records and prints their size."""
+  if arguments:
+    print(f"synthetic.records: unexpected arguments {list(arguments)}", file=sys.stderr)
+    return 2
+  out = write(options.out, options.patients, mri_shape=tuple(map(int, options.mri_shape)),
+              mg_shape=tuple(map(int, options.mg_shape)), per_shard=options.per_shard)
+  size = sum(p.stat().st_size for p in out.glob("*.tfrecord"))
+  print(f"{options.patients} patients, {size / 1e9:.2f} GB in {out}")
+  return 0
+
+
+def main(argv: Sequence[str]) -> int:
+  """The command for callers in Python: ``argv`` without the program name."""
+  return cli.call("synthetic.records", define_flags, write_records, argv)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_program(define_flags, write_records)
