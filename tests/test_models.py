@@ -62,6 +62,16 @@ def built():
   return out
 
 
+def _trained_head(variables):
+  """``variables`` with a non-zero last response layer, as after training (it starts at zero
+  beside the rhpc skip connection, so at init the images do not move the fused logit)."""
+  params = dict(variables["params"])
+  head = dict(params["response_head_1"])
+  head["kernel"] = jnp.full_like(head["kernel"], 0.1)
+  params["response_head_1"] = head
+  return {**variables, "params": params}
+
+
 _APPLY_CACHE = {}
 
 
@@ -125,7 +135,7 @@ def test_siamese_branches_share_parameters_and_both_receive_gradient(built):
     assert all(n > 0 for n in norms)  # every encoder parameter is reached from either branch
 
   def image_grad(images):
-    out = model.apply(variables, {**batch, "mri": images}, train=False)
+    out = model.apply(_trained_head(variables), {**batch, "mri": images}, train=False)
     return jnp.sum(out["logit"])
   g = jax.jit(jax.grad(image_grad))(jnp.asarray(batch["mri"]))
   assert float(jnp.abs(g[:, 0]).sum()) > 0 and float(jnp.abs(g[:, 1]).sum()) > 0
@@ -191,6 +201,7 @@ def test_unknown_rhpc_targets_do_not_enter_the_loss(built):
 
 def test_modality_dropout_hides_images_from_the_response_head_in_training_only(built):
   model, variables = built["iMRrhpc"]
+  variables = _trained_head(variables)
   batch = _batch("iMRrhpc", np.random.default_rng(0), "pre+post")
   other = dict(batch, mri=np.random.default_rng(1).normal(size=batch["mri"].shape).astype(
       batch["mri"].dtype))

@@ -147,7 +147,7 @@ class ImagingRhpcModel(nn.Module):
 
   def __init__(self, image_key: str, encoder: Mapping[str, Any], time_embedding: bool,
                knowledge_predictor: bool, siamese_batching: str, head_dim: int,
-               rhpc_embed_dim: int, rhpc_hidden_dim: int):
+               rhpc_embed_dim: int, rhpc_hidden_dim: int, rhpc_skip: bool = False):
     super().__init__()
     if siamese_batching not in ("joint", "separate"):
       raise ValueError(f"siamese_batching must be 'joint' or 'separate', got "
@@ -160,6 +160,7 @@ class ImagingRhpcModel(nn.Module):
     self.rhpc_encoder = RhpcEncoder(rhpc_embed_dim, rhpc_hidden_dim)
     self.response_head_0 = nn.Linear(self.slots * features + rhpc_hidden_dim, head_dim)
     self.response_head_1 = nn.Linear(head_dim, 1)
+    self.rhpc_classifier = nn.Linear(rhpc_hidden_dim, 1) if rhpc_skip else None
     self.knowledge = knowledge_predictor
     if knowledge_predictor:
       self.knowledge_0 = nn.Linear(self.slots * features, head_dim)
@@ -187,8 +188,11 @@ class ImagingRhpcModel(nn.Module):
     image_features = features.reshape(b, -1)
     rhpc_features = self.rhpc_encoder(batch["rhpc"].float())
     fused = torch.cat([image_features, rhpc_features.to(image_features.dtype)], dim=-1)
+    logit = self.response_head_1(F.elu(self.response_head_0(fused)))
+    if self.rhpc_classifier is not None:
+      logit = logit + self.rhpc_classifier(rhpc_features.to(logit.dtype))
     outputs = {
-        "logit": self.response_head_1(F.elu(self.response_head_0(fused)))[:, 0],
+        "logit": logit[:, 0],
         "image_present": slot_mask.any(dim=1),
         "image_features": image_features,
         "rhpc_features": rhpc_features,
@@ -211,7 +215,8 @@ def create_model(model: Mapping[str, Any]) -> nn.Module:
   encoder = models.encoder_kwargs(model["encoder"], 2 if image_key == "mg" else 3, "float32")
   return ImagingRhpcModel(image_key, encoder, model["time_embedding"],
                           model["knowledge_predictor"], model["siamese_batching"],
-                          model["head_dim"], model["rhpc_embed_dim"], model["rhpc_hidden_dim"])
+                          model["head_dim"], model["rhpc_embed_dim"], model["rhpc_hidden_dim"],
+                          model.get("rhpc_skip", False))
 
 
 # ---- weights ------------------------------------------------------------------------------------
