@@ -162,7 +162,8 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
 
   Returns:
     b = batch_size:
-    'rhpc' float32 [b, encoding.INPUT_DIM]; 'aux_targets', 'aux_masks' float32 [b, AUX_DIM];
+    'rhpc' float32 [b, encoding.INPUT_DIM]; 'aux_targets', 'aux_masks' float32 [b, AUX_DIM]
+    (masks 0 where the model's image cannot show the variable: encoding.UNSEEN);
     'label' float32 [b] (1 pCR, 0 non-pCR; -1 only for unlabeled evaluation patients);
     'example_mask' float32 [b]; 'phase' int32 [b];
     iMRrhpc: 'mri' [b, 2, z, y, x] (slot 0 baseline Pre, slot 1 follow-up; zeros when
@@ -182,6 +183,8 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
   parsed = clinical_table.ParsedRhpc(codes, values)
   rhpc = encoding.model_inputs(parsed)
   aux_targets, aux_masks = encoding.aux_targets(parsed)
+  image_key = IMAGE_KEYS[model_name]
+  aux_masks *= encoding.unseen_keep(image_key)  # what this model's image cannot show
   valid = np.arange(b) < n
   # Padding rows carry no information at all, not 'every variable Unknown'.
   rhpc[~valid] = 0.0
@@ -199,7 +202,6 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
     batch["label"][i] = example.record.label
     batch["phase"][i] = example.phase
 
-  image_key = IMAGE_KEYS[model_name]
   if image_key == "mri":
     mri = empty((b, 2, *spec.mri_shape), spec.mri_dtype)
     mask = np.zeros((b, 2), bool)
