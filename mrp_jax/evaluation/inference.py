@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -23,9 +24,11 @@ from mrp_jax import sharding
 
 @dataclasses.dataclass(frozen=True)
 class Predictions:
-  """patient_ids [N] str; probability [N] (pCR); label [N] (1/0); image_probability [N] (the
+  """patient_ids [N] str; logit [N] (pCR log-odds, float64 from the model's float32);
+  probability [N] (pCR, sigmoid of the logit); label [N] (1/0); image_probability [N] (the
   knowledge predictor's image-only estimate) and image_present [N] bool, None for rhpc."""
   patient_ids: np.ndarray
+  logit: np.ndarray
   probability: np.ndarray
   label: np.ndarray
   image_probability: np.ndarray | None
@@ -44,7 +47,8 @@ def make_eval_step(model: nn.Module, prepare: Callable[[Any], Any]) -> Callable[
   def eval_step(params, batch_stats, batch):
     outputs = model.apply({"params": params, "batch_stats": batch_stats}, prepare(batch),
                           train=False)
-    result = {"probability": jax.nn.sigmoid(outputs["logit"])}
+    result = {"logit": outputs["logit"].astype(jnp.float32),
+              "probability": jax.nn.sigmoid(outputs["logit"])}
     if "image_present" in outputs:
       result["image_present"] = outputs["image_present"]
     if "image_logit" in outputs:
@@ -71,13 +75,15 @@ def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *
         {"id": numbers, "label": batch["label"], "mask": batch["example_mask"]}, tiled=True)
     rows.append({**{k: np.asarray(v) for k, v in out.items()}, **gathered})
   if not rows:
-    return Predictions(np.zeros((0,), str), np.zeros((0,)), np.zeros((0,)), None, None)
+    return Predictions(np.zeros((0,), str), np.zeros((0,)), np.zeros((0,)), np.zeros((0,)),
+                       None, None)
   merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
   keep = merged["mask"] > 0
   order = np.argsort(merged["id"][keep], kind="stable")
   pick = lambda k: merged[k][keep][order]
   return Predictions(
       patient_ids=np.asarray([patient_string(n) for n in pick("id")]),
+      logit=pick("logit").astype(np.float64),
       probability=pick("probability").astype(np.float64),
       label=pick("label").astype(np.int64),
       image_probability=(pick("image_probability").astype(np.float64)
