@@ -96,7 +96,7 @@ class Evaluation:
     for name in ("calibration.json", "attribution_baseline.json"):
       if not (folder / name).exists():
         raise FileNotFoundError(f"{folder}: no {name}; give the report folder of an evaluate "
-                                "run that explained cases (config.evaluate.explain_cases > 0)")
+                                "run (WORKDIR/report)")
     ensemble_path = folder / "mrp_ensemble.json"
     baseline = json.loads((folder / "attribution_baseline.json").read_text())
     return cls(calibration.load(folder / "calibration.json"),

@@ -308,3 +308,31 @@ def test_paper_shape_pairs_patients_by_id():
   flipped = evaluate.paper_shape(scores, ("pre", "post"),
                                  {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, False, 200, 0)
   assert not flipped[-1]["holds"]
+
+
+def test_reference_patient_is_the_training_splits_most_common_values():
+  n = len(schema.VARIABLES)
+  j = {name: schema.VARIABLE_NAMES.index(name) for name in ("sex", "ct", "therapy", "age",
+                                                             "brca1", "laterality")}
+
+  def row(split, label, **codes):
+    c = np.full(n, schema.UNKNOWN, np.int32)
+    v = np.full(n, np.nan, np.float32)
+    for name, code in codes.items():
+      if name == "age":
+        c[j["age"]], v[j["age"]] = 0, code
+      else:
+        c[j[name]] = code
+    return {"split": split, "label": label, "codes": c, "values": v}
+  table = {"a": row("train", 1, sex=0, ct=2, therapy=0b101, age=40.0, laterality=1),
+           "b": row("train", 0, sex=0, ct=3, therapy=0b101, age=50.0, laterality=0),
+           "c": row("train", 0, sex=1, ct=3, therapy=0b001, age=70.0),
+           "d": row("validation", 0, sex=1, ct=2, therapy=0b001, age=20.0),
+           "e": row("train", -1, sex=1, ct=2, age=99.0)}  # unlabelled: not counted
+  values = cohort.reference_patient(table).decode(0)
+  assert values["sex"] == "female" and values["ct"] == "3"  # codes 2, 3, 3: the 4th category
+  assert values["therapy"] == ["chemotherapy", "immunotherapy"] and values["age"] == 50.0
+  assert values["laterality"] == "left"  # a tie (one each): the first declared category
+  assert values["brca1"] is None  # never known among them: stays Unknown
+  with pytest.raises(ValueError, match="no labelled test"):
+    cohort.reference_patient(table, "test")

@@ -3,6 +3,8 @@ explanations and a report.
 
 :func:`run` is a sequence of named stages, each a function below:
 
+0. the runs (runs.py), every split's patients (cohort.patient_table), the reported cohort
+   (cohort.reported_cohort) and the reference patient (:func:`attribution_baseline`);
 1. :func:`predict_splits`: every run (config.evaluate.runs) predicts the fit split
    (validation) and the reported split (test) at every phase (Pre: Pre data; Mid: Pre+Mid;
    Post: Pre+Post);
@@ -114,6 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   patients = cohort.patient_table(records_dir)
   reported_cohort = cohort.reported_cohort(patients, ev.split, ev.cohort)
   print(f"evaluate: reported cohort: {reported_cohort.describe()}", flush=True)
+  baseline = attribution_baseline(patients, ev.fit_split)
 
   predictions = predict_splits(loaded, records_dir, splits, phases, ev.batch_size, mesh)
   maps = calibrate(predictions, ev.fit_split, phases)
@@ -131,7 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
                       if key[1] == ev.split})
   attributions = {}
   if ev.explain_cases:
-    attributions = explain_cases(loaded, records_dir, ev, patients, reported_cohort, maps,
+    attributions = explain_cases(loaded, records_dir, ev, baseline, reported_cohort, maps,
                                  weights, by_model, scores)
   result = {
       "split": ev.split, "fit_split": ev.fit_split, "phases": list(phases),
@@ -147,10 +150,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
       "bootstrap": {"replicates": ev.bootstrap_replicates, "kind": "percentile",
                     "seed": config.seed},
   }
-  write_outputs(out_dir, _json_ready(result), attributions, scores, reported, predictions,
+  result = _json_ready(result)
+  write_outputs(out_dir, result, attributions, baseline, scores, reported, predictions,
                 patients, maps, weights, ev)
   print(f"evaluate: report in {out_dir}", flush=True)
-  return _json_ready(result)
+  return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,8 +483,23 @@ def paper_shape(reported, phases: tuple[str, ...], by_model: dict[str, str], has
 # ---------------------------------------------------------------------------------------------
 # 7: explanations
 # ---------------------------------------------------------------------------------------------
-def explain_cases(loaded, records_dir: Path, ev, patients, reported_cohort: cohort.Cohort,
-                  maps, weights: ensemble.EnsembleWeights | None, by_model: dict[str, str],
+def attribution_baseline(patients, fit_split: str) -> dict[str, Any]:
+  """The reference patient (cohort.reference_patient) of the train split (else the fit
+  split): {'rhpc': 'reference patient', 'reference_split', 'values': {variable: value},
+  'images': 'zeros (black)', 'rhpc_inputs': [INPUT_DIM]}."""
+  split = ("train" if any(row["split"] == "train" for row in patients.values())
+           else fit_split)
+  reference = cohort.reference_patient(patients, split)
+  values = {k: ("+".join(v) if isinstance(v, list) else v)
+            for k, v in reference.decode(0).items()}
+  return {"rhpc": "reference patient", "reference_split": split, "values": values,
+          "images": "zeros (black)",
+          "rhpc_inputs": encoding.model_inputs(reference)[0].tolist()}
+
+
+def explain_cases(loaded, records_dir: Path, ev, baseline: dict[str, Any],
+                  reported_cohort: cohort.Cohort, maps,
+                  weights: ensemble.EnsembleWeights | None, by_model: dict[str, str],
                   scores) -> dict[str, Any]:
   """Integrated Gradients of the first ``explain_cases`` patients of the reported cohort at
   ``explain_phase``, each model's calibrated probability against the reference patient; MRP's
@@ -501,10 +520,7 @@ def explain_cases(loaded, records_dir: Path, ev, patients, reported_cohort: coho
     if len(cases) >= ev.explain_cases:
       break
   ids = [case.record.patient_id for case in cases]
-  has_train = any(row["split"] == "train" for row in patients.values())
-  reference_split = "train" if has_train else ev.fit_split
-  reference = cohort.reference_patient(patients, reference_split)
-  rhpc_baseline = encoding.model_inputs(reference)[0]
+  rhpc_baseline = np.asarray(baseline["rhpc_inputs"], np.float32)
   per_model, mismatch = {}, {}
   for run_ in loaded:
     variables = {"params": jax.device_get(run_.state.params),
@@ -531,8 +547,7 @@ def explain_cases(loaded, records_dir: Path, ev, patients, reported_cohort: coho
   return {
       "phase": phase, "cases": len(cases), "split": ev.split, "cohort": reported_cohort.kind,
       "target": "calibrated probability of pCR (the one each model reports and MRP averages)",
-      "baseline": {"rhpc": "reference patient", "reference_split": reference_split,
-                   "values": _reference_values(reference), "images": "zeros (black)"},
+      "baseline": {k: v for k, v in baseline.items() if k != "rhpc_inputs"},
       "ranking": ev.explain_ranking,
       "ranked": {label: explain.rank_attributions(values, ev.explain_ranking)
                  for label, values in per_model.items()},
@@ -541,8 +556,7 @@ def explain_cases(loaded, records_dir: Path, ev, patients, reported_cohort: coho
           "max_abs_delta": float(np.max(np.abs(v["delta"]))),
           "mean_abs_output_difference": float(np.mean(np.abs(v["output_difference"]))),
           "max_abs_output_vs_reported": mismatch[label]}
-          for label, v in per_model.items() if len(v["delta"])},
-      "rhpc_baseline_inputs": rhpc_baseline.tolist()}
+          for label, v in per_model.items() if len(v["delta"])}}
 
 
 def _lookup(entry: Scores, ids: list[str]) -> np.ndarray:
@@ -550,23 +564,17 @@ def _lookup(entry: Scores, ids: list[str]) -> np.ndarray:
   return np.asarray([entry[2][position[i]] for i in ids], np.float64)
 
 
-def _reference_values(reference) -> dict[str, Any]:
-  values = reference.decode(0)
-  return {k: ("+".join(v) if isinstance(v, list) else v) for k, v in values.items()}
-
-
 # ---------------------------------------------------------------------------------------------
 # 8: outputs
 # ---------------------------------------------------------------------------------------------
-def write_outputs(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any], scores,
-                  reported, predictions, patients, maps, weights, ev) -> None:
+def write_outputs(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any],
+                  baseline: dict[str, Any], scores, reported, predictions, patients, maps,
+                  weights, ev) -> None:
   if weights is not None:
     weights.save(out_dir / "mrp_ensemble.json")
   calibration.save(out_dir / "calibration.json", maps, ev.fit_split)
-  if attributions:
-    (out_dir / "attribution_baseline.json").write_text(json.dumps(
-        {"rhpc_inputs": attributions.pop("rhpc_baseline_inputs"),
-         **_json_ready(attributions["baseline"])}, indent=1))
+  (out_dir / "attribution_baseline.json").write_text(json.dumps(_json_ready(baseline),
+                                                                indent=1))
   _write_predictions(out_dir / "predictions.csv", scores, reported, predictions, patients,
                      ev.split)
   (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
