@@ -153,7 +153,8 @@ def empty_batch(model_name: str, batch_size: int, spec: BatchSpec,
 
   Returns:
     Every row padding (zeros, masks False):
-    'rhpc' float32 [b, encoding.INPUT_DIM]; 'aux_targets', 'aux_masks' float32 [b, AUX_DIM];
+    'rhpc' float32 [b, encoding.INPUT_DIM]; 'aux_targets', 'aux_masks' float32 [b, AUX_DIM]
+    (collate masks what the model's image cannot show: encoding.UNSEEN);
     'label' float32 [b] (1 pCR, 0 non-pCR; -1 only for unlabeled evaluation patients);
     'example_mask' float32 [b] (1 for a real patient);
     iMRrhpc: 'mri' [b, 2, z, y, x] in spec.mri_dtype (slot 0 baseline Pre, slot 1
@@ -211,6 +212,8 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
       np.zeros((0, len(schema.VARIABLES)), np.float32))
   batch["rhpc"][:n] = encoding.model_inputs(parsed)
   batch["aux_targets"][:n], batch["aux_masks"][:n] = encoding.aux_targets(parsed)
+  # Targets the model's image cannot show (encoding.UNSEEN) stay out of its losses.
+  batch["aux_masks"][:n] *= encoding.unseen_keep(IMAGE_KEYS[model_name])
   batch["label"][:n] = [e.record.label for e in examples]
   batch["example_mask"][:n] = 1.0
 

@@ -4,7 +4,9 @@ Real tables spell categories many ways ('Invasive ductal carcinoma', 'IDC', 'duc
 values out in many ways ('', 'n/a', 'onbekend', '?') and mix units ('62 kg', '62,5'). Every
 value is normalised (case, spaces, punctuation) and looked up among the spellings that
 :mod:`input_pipeline.schema` declares for its variable; anything unparseable becomes Unknown
-and is counted in a :class:`ParseReport`, never raised.
+and is counted in a :class:`ParseReport`, never raised. So does a spelling that names more
+than one category (``Variable.ambiguous``: 'HER2 positive' without the ER status, 'T1' without
+the substage).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def _build_alias_tables() -> dict[str, dict[str, int]]:
         if table.get(key, index) != index:
           raise AssertionError(f"{var.name}: alias {spelling!r} names two categories")
         table[key] = index
+    for spelling in var.ambiguous:
+      if _token(normalise(spelling)) in table:
+        raise AssertionError(f"{var.name}: {spelling!r} is declared ambiguous and is an alias")
     tables[var.name] = table
   return tables
 

@@ -5,7 +5,8 @@
 Per patient: discover its studies (layouts/), preprocess every MRI exam into a subtraction
 volume and the mammogram into a fixed-size image, parse the 22 rhpc values, and write one
 ``tf.train.Example`` (records.py) keyed by a pseudonym. Patients are split train / validation /
-test by patient, stratified by label, seeded; each split is cut into shards of ``shard_size``
+test by patient, stratified by label, seeded, and test keeps only the patients with every
+image, as the paper's test cohort (splits.py); each split is cut into shards of ``shard_size``
 patients that worker processes write in parallel.
 
 Guarantees:
@@ -46,7 +47,7 @@ import numpy as np
 import tqdm
 from absl import flags
 
-from input_pipeline import cli, clinical_table, layouts, records, schema, tfrecord
+from input_pipeline import cli, clinical_table, layouts, records, schema, splits, tfrecord
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions, preprocess_mammogram
 from input_pipeline.mri import DTYPES as MRI_DTYPES
@@ -78,6 +79,8 @@ class PrepareOptions:
     mri, mammogram: preprocessing.
     split_fractions: train, validation, test.
     seed: of the split.
+    test_cohort: 'complete' (the paper's: test keeps the patients of its quota that have every
+      image the collection has; the others go to validation) or 'random' (splits.py).
     shard_size: patients per shard.
     workers: processes scanning patient folders, then writing shards.
     pseudonym_key: secret key file (created if missing); default ``<out>.pseudonym.key``.
@@ -93,6 +96,7 @@ class PrepareOptions:
   mammogram: MammogramOptions = MammogramOptions()
   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
   seed: int = 0
+  test_cohort: str = "complete"
   shard_size: int = 16
   workers: int = 1
   pseudonym_key: Path | None = None
@@ -103,6 +107,9 @@ class PrepareOptions:
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
       raise PrepareError(f"--split must be three fractions (train, validation, test) summing "
                          f"to 1, got {self.split_fractions}")
+    if self.test_cohort not in splits.TEST_COHORTS:
+      raise PrepareError(f"test_cohort must be one of {splits.TEST_COHORTS}, got "
+                         f"{self.test_cohort!r}")
     if self.shard_size < 1 or self.workers < 1:
       raise PrepareError("--shard_size and --workers must be >= 1")
     if self.imageless not in IMAGELESS:
@@ -118,7 +125,7 @@ class PrepareOptions:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pseudonyms, scrubbing, splits
+# Pseudonyms, scrubbing
 # ---------------------------------------------------------------------------------------------
 def load_key(path: Path) -> bytes:
   """Reads the pseudonym key, creating a random one (mode 0600) on first use."""
@@ -153,21 +160,6 @@ def scrub(text: str, source: Path, patient_key: str, patient_id: str) -> str:
     text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(patient_key)}(?![A-Za-z0-9])", patient_id,
                   text)
   return _DATE.sub("<date>", _UID.sub("<uid>", text))
-
-
-def stratified_split(ids: Sequence[str], labels: Sequence[int], fractions: Sequence[float],
-                     seed: int) -> dict[str, str]:
-  """patient id -> split, by patient, per label, seeded (independent of input order)."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for label in sorted(set(labels)):
-    group = sorted(i for i, lab in zip(ids, labels) if lab == label)
-    order = [group[k] for k in rng.permutation(len(group))]
-    n_train = round(fractions[0] * len(order))
-    n_val = round(fractions[1] * len(order))
-    for k, pid in enumerate(order):
-      out[pid] = SPLIT_NAMES[0 if k < n_train else 1 if k < n_train + n_val else 2]
-  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,12 +271,16 @@ def _plan(patients: list[PatientSource], options: PrepareOptions, key: bytes):
                        "patient ids must be unique")
   # Split by the source ids, not the pseudonyms: the same export and seed give the same split
   # whatever the (secret, per-installation) pseudonym key.
-  by_source = stratified_split([p.key for _, p in usable], [p.label for _, p in usable],
-                               options.split_fractions, options.seed)
-  splits = {pid: by_source[p.key] for pid, p in usable}
+  assignment = splits.assign_splits(
+      [p.key for _, p in usable], [p.label for _, p in usable],
+      [splits.images_of(p) for _, p in usable], options.split_fractions, options.seed,
+      options.test_cohort)
+  if assignment.note:
+    print(f"prepare: {assignment.note}", file=sys.stderr)
+  splits_of = {pid: assignment.of[p.key] for pid, p in usable}
   jobs = []
   for split in SPLIT_NAMES:
-    members = sorted((pid, p) for pid, p in usable if splits[pid] == split)
+    members = sorted((pid, p) for pid, p in usable if splits_of[pid] == split)
     chunks = [members[i:i + options.shard_size]
               for i in range(0, len(members), options.shard_size)]
     for i, chunk in enumerate(chunks):

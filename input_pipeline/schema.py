@@ -105,6 +105,10 @@ class Variable:
     group: r / h / p / c.
     kind: categorical / continuous / multilabel.
     categories: the known categories (Unknown is implicit and always last in the one-hot).
+    ambiguous: spellings real tables use that name more than one category ('HER2 positive':
+      ER+/HER2+ or ER-/HER2+; 'T1': 1A, 1B, 1C or 1mi). They parse to Unknown and are counted
+      as unparsed (the manifest, the private unparsed_values.csv), never filed under one of the
+      categories: that would give the model a precision the record does not have.
     aux_loss: the knowledge predictor's loss for this variable (its weight is a training
       hyperparameter: configs/common.py, loss.aux_weights).
     columns: column headers accepted for this variable in clinical tables (normalised).
@@ -119,6 +123,7 @@ class Variable:
   kind: Kind
   aux_loss: AuxLoss
   categories: tuple[Category, ...] = ()
+  ambiguous: tuple[str, ...] = ()
   columns: tuple[str, ...] = ()
   center: float = 0.0
   scale: float = 1.0
@@ -226,12 +231,16 @@ VARIABLES: tuple[Variable, ...] = (
             _("Luminal-like ER+/HER2-", 51, 579, "luminal like", "er+/her2-", "er pos her2 neg",
               "hr+/her2-", "er positive her2 negative", "hr positive her2 negative"),
             _("Triple positive ER+/HER2+", 126, 155, "triple positive", "er+/her2+",
-              "hr+/her2+", "luminal b her2 positive", "luminal b her2pos", "luminal her2"),
-            _("HER2-enriched ER-/HER2+", 113, 27, "her2 enriched", "her2-enriched", "her2+",
-              "er-/her2+", "hr-/her2+", "her2 positive", "her2pos", "her2"),
+              "hr+/her2+", "er positive her2 positive", "hr positive her2 positive",
+              "luminal b her2 positive", "luminal b her2pos", "luminal her2"),
+            _("HER2-enriched ER-/HER2+", 113, 27, "her2 enriched", "her2-enriched",
+              "er-/her2+", "hr-/her2+", "er negative her2 positive",
+              "hr negative her2 positive", "non luminal her2"),
             _("Triple negative", 177, 176, "triple negative", "tnbc", "tn", "er-/her2-",
               "hr-/her2-", "basal", "basal like"),
         ),
+        # HER2 status alone leaves the ER status open (and 'HER2-' normalises to 'her2').
+        ambiguous=("her2 positive", "her2+", "her2pos", "her2", "her2 pos"),
         columns=("molecular subtype", "subtype", "mol subtype", "receptor subtype"),
     ),
     Variable(
@@ -353,15 +362,17 @@ VARIABLES: tuple[Variable, ...] = (
         "ct", "Clinical T stage (cT)", Group.CLINICAL, Kind.CATEGORICAL, AuxLoss.MSE,
         categories=(
             _("1B", 14, 15, "t1b", "ct1b", ordinal=1.0),
-            _("1C", 108, 175, "t1c", "ct1c", "1", "t1", "ct1", ordinal=1.5),
+            _("1C", 108, 175, "t1c", "ct1c", ordinal=1.5),
             _("2", 270, 537, "t2", "ct2", ordinal=2.0),
             _("3", 54, 175, "t3", "ct3", ordinal=3.0),
             _("4A", 0, 1, "t4a", "ct4a", ordinal=4.0),
-            _("4B", 5, 18, "t4b", "ct4b", "4", "t4", "ct4", ordinal=4.3),
+            _("4B", 5, 18, "t4b", "ct4b", ordinal=4.3),
             _("4D", 5, 7, "t4d", "ct4d", ordinal=4.6),
             _("IS", 3, 3, "tis", "ctis", ordinal=0.0),
             _("other", 10, 7, "tx", "ctx", "t0", "ct0", "x"),
         ),
+        # Unspecified T1 / T4 (the table's substages 1B, 1C / 4A, 4B, 4D).
+        ambiguous=("1", "t1", "ct1", "4", "t4", "ct4"),
         columns=("ct", "clinical t", "t stage", "clinical t stage", "ct stage"),
     ),
     Variable(
@@ -373,13 +384,15 @@ VARIABLES: tuple[Variable, ...] = (
             _("1", 152, 425, "n1", "cn1", ordinal=1.0),
             _("1MS", 4, 9, "n1ms", "cn1ms", "n1mi", "n1mi(sn)", ordinal=0.8),
             _("1S", 7, 30, "n1s", "cn1s", "n1(sn)", "n1sn", ordinal=1.0),
-            _("2A", 0, 2, "n2a", "cn2a", "2", "n2", "cn2", ordinal=2.0),
+            _("2A", 0, 2, "n2a", "cn2a", ordinal=2.0),
             _("2B", 6, 4, "n2b", "cn2b", ordinal=2.3),
-            _("3A", 24, 43, "n3a", "cn3a", "3", "n3", "cn3", ordinal=3.0),
+            _("3A", 24, 43, "n3a", "cn3a", ordinal=3.0),
             _("3B", 26, 39, "n3b", "cn3b", ordinal=3.3),
             _("3C", 10, 39, "n3c", "cn3c", ordinal=3.6),
             _("other", 8, 10, "nx", "cnx", "x"),
         ),
+        # Unspecified N2 / N3 (substages 2A, 2B / 3A, 3B, 3C).
+        ambiguous=("2", "n2", "cn2", "3", "n3", "cn3"),
         columns=("cn", "clinical n", "n stage", "clinical n stage", "cn stage"),
     ),
     Variable(

@@ -19,7 +19,9 @@ from input_pipeline import schema
 from input_pipeline.geometries import GEOMETRIES
 from mrp_jax import benchmark, models
 from mrp_jax.benchmark.gpu_target import GPUS
+from mrp_jax.evaluation.cohort import COHORTS
 from mrp_jax.evaluation.evaluate import THRESHOLD_RULES
+from mrp_jax.evaluation.explain import RANKINGS
 from mrp_jax.models.fusion import SIAMESE_BATCHING
 from mrp_jax.models.resnet import LAYOUTS, NORMS, REMAT_POLICIES, SHORTCUTS
 from mrp_jax.training import augment
@@ -162,6 +164,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "evaluate.explain_cases": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
     "evaluate.explain_steps": _POSITIVE_INT,
     "evaluate.explain_phase": _one_of(*schema.PHASE_NAMES),
+    "evaluate.explain_ranking": _one_of(*RANKINGS),
+    "evaluate.cohort": _one_of(*COHORTS),
     "demo.patients": (lambda v: _positive_int(v) and v >= 12,
                       "must be an integer >= 12 (the first 11 synthetic patients are the "
                       "unusual encodings and broken cases)"),

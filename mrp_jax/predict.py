@@ -1,7 +1,7 @@
 """The `predict` command: pCR probabilities for new patients, one folder each.
 
   python -m mrp_jax.predict --runs rhpc=runs/rhpc,iMGrhpc=runs/iMGrhpc,iMRrhpc=runs/iMRrhpc \
-      --ensemble runs/eval/report/mrp_ensemble.json --clinical clinical.csv \
+      --evaluation runs/eval/report --clinical clinical.csv \
       --out predictions.json /data/new/PATIENT_A /data/new/PATIENT_B
 
 Each patient folder holds DICOM studies (any structure; MR and MG mixed) or NIfTI files named
@@ -12,13 +12,18 @@ missing. Preprocessing is the one the runs were trained with (their preprocessin
 
 The phase is the latest one the images support: Post-NAT with Pre and Post MRI, else Mid-NAT
 with Pre and Mid, else Pre-NAT. Every applicable model answers (iMGrhpc needs the mammogram,
-iMRrhpc an MRI), MRP combines them with the validation-fitted weights, and the strongest
-Integrated-Gradients attributions of the MRP (or the single model) are listed. A patient whose
-data cannot be used gets an error message; the others still get answers.
+iMRrhpc an MRI). With ``--evaluation`` (the evaluate job's report folder) the answers are what
+the evaluation reported: each model's probability through its calibration map for that phase
+(calibration.json), MRP combining them with the validation-fitted weights (mrp_ensemble.json),
+and the strongest Integrated-Gradients attributions of MRP (or the single model) against the
+evaluation's reference patient (attribution_baseline.json). Without it, each model's own,
+uncalibrated probability and nothing else. A patient whose data cannot be used gets an error
+message; the others still get answers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -36,7 +41,7 @@ from input_pipeline.mri import MriOptions
 from input_pipeline.patient import PatientSource
 from input_pipeline.prepare import process_patient
 from mrp_jax import sharding
-from mrp_jax.evaluation import ensemble, explain, runs
+from mrp_jax.evaluation import calibration, ensemble, explain, runs
 
 ANONYMOUS = "P000000000000"  # in-memory records need a pseudonym; nothing is written
 
@@ -73,8 +78,40 @@ def _applicable(model_name: str, record) -> bool:
           "iMRrhpc": "pre" in record.mri}[model_name]
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """What `predict` takes from an evaluate job's report folder.
+
+  Attributes:
+    calibration: run label -> phase -> Platt map.
+    weights: the MRP weights, None when the evaluation had no MRP.
+    rhpc_baseline: [INPUT_DIM] the reference patient's rhpc inputs (the attribution baseline).
+  """
+  calibration: dict[str, dict[str, calibration.PlattMap]]
+  weights: ensemble.EnsembleWeights | None
+  rhpc_baseline: np.ndarray
+
+  @classmethod
+  def load(cls, folder: Path) -> "Evaluation":
+    for name in ("calibration.json", "attribution_baseline.json"):
+      if not (folder / name).exists():
+        raise FileNotFoundError(f"{folder}: no {name}; give the report folder of an evaluate "
+                                "run (WORKDIR/report)")
+    ensemble_path = folder / "mrp_ensemble.json"
+    baseline = json.loads((folder / "attribution_baseline.json").read_text())
+    return cls(calibration.load(folder / "calibration.json"),
+               ensemble.EnsembleWeights.load(ensemble_path) if ensemble_path.exists() else None,
+               np.asarray(baseline["rhpc_inputs"], np.float32))
+
+  def platt(self, label: str, phase: str) -> calibration.PlattMap:
+    if phase not in self.calibration.get(label, {}):
+      raise ValueError(f"the evaluation has no calibration of {label} at the {phase} phase "
+                       "(evaluate it with that phase)")
+    return self.calibration[label][phase]
+
+
 def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
-                     weights: ensemble.EnsembleWeights | None, clinical: dict[str, Any],
+                     evaluation: Evaluation | None, clinical: dict[str, Any],
                      explain_steps: int = 16, top: int = 8) -> list[dict[str, Any]]:
   by_name = {run.model_name: run for run in loaded}
   reference = by_name.get("iMRrhpc") or by_name.get("iMGrhpc") or loaded[0]
@@ -115,25 +152,34 @@ def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
         batch = batching.collate([example], run.model_name, spec)
         variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
         out = run.eval_step(run.state.params, run.state.batch_stats, batch)
-        probabilities[run.label] = float(np.asarray(out["probability"])[0])
+        if evaluation is None:
+          probabilities[run.label] = float(np.asarray(out["probability"])[0])
+          continue
+        platt = evaluation.platt(run.label, phase)
+        probabilities[run.label] = float(platt(np.asarray(out["logit"], np.float64))[0])
         if explain_steps:
           attributions[run.model_name] = explain.model_attributions(
-              run.model, variables, batch, target="probability", steps=explain_steps)
+              run.model, variables, batch, target="probability", steps=explain_steps,
+              rhpc_baseline=evaluation.rhpc_baseline,
+              calibration=(platt.slope, platt.intercept))
+      weights = evaluation.weights if evaluation is not None else None
       combined = None
       if weights is not None and {"iMGrhpc", "iMRrhpc"} & set(attributions):
         p_mg = probabilities.get(by_name["iMGrhpc"].label) if "iMGrhpc" in by_name else None
         p_mr = probabilities.get(by_name["iMRrhpc"].label) if "iMRrhpc" in by_name else None
-        mg_ok, mr_ok = p_mg is not None, p_mr is not None
+        present = np.asarray([p_mg is not None]), np.asarray([p_mr is not None])
         probabilities["MRP"] = float(ensemble.combine(
-            weights, np.asarray([p_mg or 0.0]), np.asarray([p_mr or 0.0]),
-            np.asarray([mg_ok]), np.asarray([mr_ok]))[0])
-        w = {"iMGrhpc": weights.w_mg if mr_ok else 1.0, "iMRrhpc": weights.w_mr if mg_ok else 1.0}
+            weights, np.asarray([p_mg or 0.0]), np.asarray([p_mr or 0.0]), *present)[0])
+        w_mg, w_mr = ensemble.case_weights(weights, *present)
+        members = {name: attributions[name] for name in ("iMGrhpc", "iMRrhpc")
+                   if name in attributions}
         combined = explain.combine_attributions(
-            {name: attributions[name] for name in ("iMGrhpc", "iMRrhpc") if name in attributions},
-            {name: w[name] for name in attributions if name in w})
+            members, {"iMGrhpc": w_mg, "iMRrhpc": w_mr},
+            output=np.asarray([probabilities["MRP"]]))
       elif attributions:
         combined = next(iter(attributions.values()))
       answer["probability"] = probabilities
+      answer["calibrated"] = evaluation is not None
       if combined is not None:
         answer["top_attributions"] = explain.top_features(combined, top)
     except Exception as error:  # one bad patient never stops the others
@@ -151,8 +197,10 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   fv = {"flag_values": flag_values}
   flags.DEFINE_string("runs", None, "Required. LABEL=TRAIN_WORKDIR,... of the trained runs "
                       "(labels rhpc, iMGrhpc, iMRrhpc).", **fv)
-  flags.DEFINE_string("ensemble", None, "mrp_ensemble.json from `evaluate` (the MRP weights); "
-                      "without it no MRP probability is given.", **fv)
+  flags.DEFINE_string("evaluation", None, "The evaluate job's report folder "
+                      "(calibration.json, mrp_ensemble.json, attribution_baseline.json): "
+                      "calibrated probabilities, MRP and attributions; without it each model's "
+                      "uncalibrated probability only.", **fv)
   flags.DEFINE_string("clinical", None, "Clinical values: a CSV with a patient_id column "
                       "matching the folder names, or JSON; without it every rhpc value is "
                       "unknown.", **fv)
@@ -172,12 +220,12 @@ def run(fv: flags.FlagValues, folders: Sequence[str]) -> int:
   try:
     mesh = sharding.make_mesh(jax.devices()[:1])
     loaded = [runs.load_run(path, mesh, label) for label, path in runs.parse_runs(fv.runs)]
-    weights = ensemble.EnsembleWeights.load(Path(fv.ensemble)) if fv.ensemble else None
+    evaluation = Evaluation.load(Path(fv.evaluation)) if fv.evaluation else None
     clinical = _clinical_rows(Path(fv.clinical) if fv.clinical else None)
   except (OSError, ValueError) as error:
     print(f"predict: {error}", file=sys.stderr)
     return 2
-  answers = predict_patients([Path(f) for f in folders], loaded, weights, clinical,
+  answers = predict_patients([Path(f) for f in folders], loaded, evaluation, clinical,
                              fv.explain_steps)
   text = json.dumps(answers, indent=1)
   if fv.out:

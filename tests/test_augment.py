@@ -18,6 +18,7 @@ import pytest
 from numerics import EPS32, assert_close_at_scale, gamma
 
 from configs import common
+from input_pipeline import batching, clinical_table, encoding, records, schema
 from mrp_jax.models import dummy_batch
 from mrp_jax.training import augment
 
@@ -217,6 +218,96 @@ def test_random_geometry_is_the_one_reported_and_shared_by_both_slots():
   # Switching intensity transforms on does not change the geometry drawn.
   geometry_only = np.asarray(jitted(geometric)(batch, key)["mri"])
   np.testing.assert_array_equal(out != 0, geometry_only != 0)
+
+
+def _targets(location: str, laterality: str, b: int) -> tuple[np.ndarray, np.ndarray]:
+  """Auxiliary targets and masks [b, AUX_DIM] of b patients with one tumour site."""
+  codes = np.full((b, len(schema.VARIABLES)), schema.UNKNOWN, np.int32)
+  for name, value in (("location", location), ("laterality", laterality)):
+    codes[:, schema.VARIABLE_NAMES.index(name)] = schema.BY_NAME[name].category_names.index(
+        value)
+  return encoding.aux_targets(clinical_table.ParsedRhpc(codes, np.full(codes.shape, np.nan)))
+
+
+def _category(targets: np.ndarray, masks: np.ndarray, name: str) -> str | None:
+  """The one-hot category of variable ``name`` in one example's targets, None if masked."""
+  start, stop = encoding.AUX_SLICES[schema.VARIABLE_NAMES.index(name)]
+  if not masks[start:stop].any():
+    return None
+  assert np.sort(targets[start:stop]).tolist() == [0.0] * (stop - start - 1) + [1.0]
+  return schema.BY_NAME[name].category_names[int(np.argmax(targets[start:stop]))]
+
+
+@pytest.mark.parametrize("location, upside_down", [("C50.4", "C50.5"), ("C50.3", "C50.2"),
+                                                   ("C50.6", "C50.5"), ("C50.1", "C50.1")])
+def test_targets_follow_the_flips_the_volumes_got(location, upside_down):
+  """A tumour in the upper-outer left breast, flipped at random along every axis (with the
+  affine on): where the blob ends up says which flips were drawn, and the targets must say
+  the same side and quadrant."""
+  b = 24
+  shape = (16, 12, 20)  # z = S-I (index up = superior), y = A-P, x = R->L (LPS)
+  centre = (np.asarray(shape) - 1) / 2
+  start = centre + np.asarray([4.0, 0.0, 5.0])  # superior, patient's left
+  batch = dummy_batch("iMRrhpc", b, mri_shape=shape)
+  batch["mri"] = np.broadcast_to(blob(shape, start), batch["mri"].shape).astype(np.float32)
+  batch["aux_targets"], batch["aux_masks"] = _targets(location, "left", b)
+  geometric = dataclasses.replace(
+      OFF, mri_flip_probability=(0.5, 0.5, 0.5), mri_affine_probability=1.0,
+      mri_rotation_degrees=(5.0, 5.0, 5.0), mri_zoom=0.1, mri_translation_voxels=1.0)
+  out = jax.device_get(jitted(geometric)(batch, jax.random.key(5)))
+  seen = set()
+  for i in range(b):
+    z, _, x = centroid(out["mri"][i, 0]) - centre
+    upper, left = z > 0, x > 0
+    seen.add((upper, left))
+    targets, masks = out["aux_targets"][i], out["aux_masks"][i]
+    assert _category(targets, masks, "laterality") == ("left" if left else "right"), i
+    assert _category(targets, masks, "location") == (location if upper else upside_down), i
+    np.testing.assert_array_equal(masks, batch["aux_masks"][i])  # MRI masks nothing
+  assert len(seen) == 4  # every combination of the two flips was drawn
+  np.testing.assert_array_equal(  # switched off: the targets stay as they were
+      jitted(OFF)(batch, jax.random.key(5))["aux_targets"], batch["aux_targets"])
+
+
+def test_mammogram_targets_hide_the_side_and_a_flipped_location():
+  """The chest-wall-left mammogram shows no side: laterality is masked for iMGrhpc at collate;
+  a vertical flip (CC: inner <-> outer, MLO: upper-outer <-> lower-inner; the records do not
+  say which view) masks the location of that draw only."""
+  b = 16
+  batch = mg_batch(b)
+  images = np.array(batch["mg"])
+  images[:, :, : MG_SHAPE[0] // 2] = 0  # breast in the bottom half only
+  batch["mg"] = images
+  batch["aux_targets"], batch["aux_masks"] = _targets("C50.4", "left", b)
+  flipping = dataclasses.replace(OFF, mg_vertical_flip_probability=0.5)
+  out = jax.device_get(jitted(flipping)(batch, jax.random.key(1)))
+  flipped = [bool(np.any(out["mg"][i, 0, : MG_SHAPE[0] // 2])) for i in range(b)]
+  assert 0 < sum(flipped) < b
+  for i in range(b):
+    location = _category(out["aux_targets"][i], out["aux_masks"][i], "location")
+    assert location == (None if flipped[i] else "C50.4"), i
+    assert _category(out["aux_targets"][i], out["aux_masks"][i], "laterality") == "left"
+  # collate masks the side of every iMGrhpc example, and of no iMRrhpc one.
+  records_batch = {name: batching.collate(
+      [batching.Example(_record(), None, None, 0)], name,
+      batching.BatchSpec(mri_shape=(2, 2, 2), mg_shape=MG_SHAPE)) for name in ("iMGrhpc",
+                                                                                 "iMRrhpc")}
+  assert _category(records_batch["iMGrhpc"]["aux_targets"][0],
+                   records_batch["iMGrhpc"]["aux_masks"][0], "laterality") is None
+  assert _category(records_batch["iMRrhpc"]["aux_targets"][0],
+                   records_batch["iMRrhpc"]["aux_masks"][0], "laterality") == "right"
+  assert _category(records_batch["iMGrhpc"]["aux_targets"][0],
+                   records_batch["iMGrhpc"]["aux_masks"][0], "location") == "C50.2"
+
+
+def _record() -> records.PatientRecord:
+  codes = np.full(len(schema.VARIABLES), schema.UNKNOWN, np.int32)
+  codes[schema.VARIABLE_NAMES.index("laterality")] = 1  # right
+  codes[schema.VARIABLE_NAMES.index("location")] = 2  # C50.2
+  return records.PatientRecord(
+      patient_id="P000000000001", split="train", label=1, mri={},
+      mg=np.ones(MG_SHAPE, np.uint16), rhpc_raw=("",) * len(schema.VARIABLES), rhpc_codes=codes,
+      rhpc_values=np.full(len(schema.VARIABLES), np.nan, np.float32), spacing_mm=None)
 
 
 def test_missing_slots_stay_zero():

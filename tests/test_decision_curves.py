@@ -57,6 +57,25 @@ def test_net_benefit_by_hand_in_both_directions():
   assert therapy.prevalence == 0.65
 
 
+def test_equation_1_by_hand_and_the_same_for_either_event():
+  # The paper's Eq. (1): (TP - FP)/N - (FN - TN)/N. Surgery, t = 0.3 (see above): TP 6, FP 6,
+  # FN 1 (pCR .12), TN 7: (0 - (1 - 7)) / 20 = 0.3. Therapy, t = 0.2: TP 13, FP 4, FN 0,
+  # TN 3 (pCR .92 .81 .88): (9 + 3) / 20 = 0.6.
+  surgery = dc.decision_curve(Y, P, "surgery", [0.3], per=1000)
+  assert surgery.net_reduction_in_interventions[0] == pytest.approx(300.0)
+  therapy = dc.decision_curve(Y, P, "therapy", [0.2], per=100)
+  assert therapy.net_reduction_in_interventions[0] == pytest.approx(60.0)
+  # (correct - wrong) / N: predicting non-pCR below 1 - t is predicting pCR above it.
+  t = np.asarray([0.13, 0.37, 0.71])  # no score equals 1 - t
+  np.testing.assert_allclose(
+      dc.decision_curve(Y, P, "therapy", t).net_reduction_in_interventions,
+      dc.decision_curve(Y, P, "surgery", 1 - t).net_reduction_in_interventions, atol=1e-12)
+  # Not dcurves' net interventions avoided (150 per 1000 at t = 0.1, surgery; Eq. (1): 0).
+  curve = dc.decision_curve(Y, P, "surgery", [0.1], per=1000)
+  assert curve.net_interventions_avoided[0] == pytest.approx(150.0)
+  assert curve.net_reduction_in_interventions[0] == pytest.approx(1000 * (7 - 10 - (0 - 3)) / 20)
+
+
 @pytest.mark.parametrize("direction", dc.DIRECTIONS)
 def test_matches_numbers_from_dcurves(direction):
   curve = dc.decision_curve(Y, P, direction, THRESHOLDS)
@@ -97,6 +116,11 @@ def test_bootstrap_bands_equal_a_loop_over_resampled_cohorts():
   loop = np.stack([dc.decision_curve(y[i], p[i], "therapy", thresholds,
                                      per=1000).net_interventions_avoided for i in indices])
   low, high = curve.bands["net_interventions_avoided"]
+  np.testing.assert_allclose(low, np.percentile(loop, 2.5, axis=0), atol=1e-9)
+  np.testing.assert_allclose(high, np.percentile(loop, 97.5, axis=0), atol=1e-9)
+  loop = np.stack([dc.decision_curve(y[i], p[i], "therapy", thresholds,
+                                     per=1000).net_reduction_in_interventions for i in indices])
+  low, high = curve.bands["net_reduction_in_interventions"]
   np.testing.assert_allclose(low, np.percentile(loop, 2.5, axis=0), atol=1e-9)
   np.testing.assert_allclose(high, np.percentile(loop, 97.5, axis=0), atol=1e-9)
   low, high = curve.bands["net_benefit"]

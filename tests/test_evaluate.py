@@ -1,4 +1,5 @@
-"""The evaluate job on tiny trained runs: predictions, MRP, statistics and the report files."""
+"""The evaluate job on tiny trained runs: predictions, calibration, MRP, statistics, the
+cohort, explanations and the report files."""
 
 import csv
 import json
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs import evaluate as evaluate_config
+from input_pipeline import encoding, schema
 from mrp_jax import configuration
-from mrp_jax.evaluation import ensemble, evaluate
+from mrp_jax.evaluation import calibration, cohort, ensemble, evaluate, statistics
 
 PHASES = ("pre", "mid", "post")
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
@@ -16,6 +18,8 @@ MODELS = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
 
 @pytest.fixture(scope="module")
 def report(trained_runs, training_records, tmp_path_factory):
+  """The evaluate job with readers and an ablation label, its phases in an order that does not
+  start with Pre-NAT (that once raised KeyError where Table 2's labels were looked up)."""
   workdir = tmp_path_factory.mktemp("evaluation")
   # Readers: two readers who rated some test patients at Pre-NAT.
   readers = workdir / "readers.csv"
@@ -28,8 +32,9 @@ def report(trained_runs, training_records, tmp_path_factory):
       + [f"{label}={path}" for label, path in trained_runs.items()])
   config.evaluate.split = "validation"  # the tiny cohort has no test split
   config.evaluate.fit_split = "validation"
+  config.evaluate.phases = ("mid", "post", "pre")
   config.evaluate.bootstrap_replicates = 100
-  config.evaluate.explain_cases = 2
+  config.evaluate.explain_cases = 6  # every validation patient, some without a mammogram
   config.evaluate.explain_steps = 4
   config.evaluate.batch_size = 4
   ids = [row["patient_id"] for row in _first_run_predictions(config, trained_runs)]
@@ -43,7 +48,7 @@ def report(trained_runs, training_records, tmp_path_factory):
   config.evaluate.readers = str(readers)
   configuration.validate(config)
   result = evaluate.run(config, workdir)
-  return workdir / "report", result
+  return workdir / "report", result, training_records
 
 
 def _first_run_predictions(config, trained_runs):
@@ -56,13 +61,13 @@ def _first_run_predictions(config, trained_runs):
 
 
 def test_metrics_json_has_every_model_phase_and_metric(report):
-  folder, result = report
+  folder, result, records = report
   metrics = json.loads((folder / "metrics.json").read_text())
   for model in MODELS:
     for phase in PHASES:
       entry = metrics["models"][model][phase]
       assert entry["n"] > 0
-      for metric in ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv"):
+      for metric in ("auroc", "auprc", "sensitivity", "specificity", "ppv", "npv", "brier"):
         assert set(entry[metric]) >= {"value", "ci_low", "ci_high"}, (model, phase, metric)
       if entry["auroc"]["value"] is not None and entry["auroc"]["ci_low"] is not None:
         assert entry["auroc"]["ci_low"] <= entry["auroc"]["value"] <= entry["auroc"]["ci_high"]
@@ -78,45 +83,192 @@ def test_metrics_json_has_every_model_phase_and_metric(report):
   curve = metrics["decision_curves"]["post"]["MRP"]
   assert len(curve["net_benefit"]) == len(curve["thresholds"]) == 60
   assert set(metrics["thresholds"]["MRP"]) == set(PHASES)
-  assert "molecular_subtype" in metrics["subgroups"]["by_phase"]["pre"]
-  assert "molecular_subtype" in metrics["odds_ratios"]
+  assert {"molecular_subtype", "mutation"} <= set(metrics["subgroups"]["by_phase"]["pre"])
+  assert "brca1" not in metrics["subgroups"]["by_phase"]["pre"]
+  assert {"molecular_subtype", "density", "density_group"} <= set(
+      metrics["odds_ratios"]["by_variable"])
+  # Eq. (1) beside dcurves' quantity, at the tabulated thresholds, with CIs.
+  row = metrics["decision_thresholds"]["pre"]["MRP"][0]
+  assert row["threshold"] == pytest.approx(0.1)
+  assert {"value", "ci_low", "ci_high"} <= set(row["net_reduction_in_interventions_per_1000"])
+  assert "net_interventions_avoided_per_1000" in row
+  assert len(curve["net_reduction_in_interventions"]) == 60
+  # Calibration curves per model (not readers) and phase; Brier before calibration for runs.
+  assert set(metrics["calibration_curves"]["pre"]) == {"iMRrhpc ablation", *MODELS}
+  assert "brier_uncalibrated" in metrics["models"]["rhpc"]["pre"]
+  assert "brier_uncalibrated" not in metrics["models"]["MRP"]["pre"]
 
 
-def test_mrp_weights_are_saved_and_used(report):
-  folder, result = report
+def _predictions(folder):
+  return list(csv.DictReader(open(folder / "predictions.csv")))
+
+
+def test_mrp_averages_calibrated_probabilities_with_the_saved_weights(report):
+  folder, result, records = report
   weights = ensemble.EnsembleWeights.load(folder / "mrp_ensemble.json")
   assert weights.w_mg + weights.w_mr == pytest.approx(1.0)
-  rows = list(csv.DictReader(open(folder / "predictions.csv")))
+  rows = _predictions(folder)
   by = {(r["model"], r["phase"], r["patient_id"]): float(r["probability"]) for r in rows}
+  table = cohort.patient_table(records)
+  checked = 0
   for (model, phase, pid), p in by.items():
     if model == "MRP":
       p_mg, p_mr = by[("iMGrhpc", phase, pid)], by[("iMRrhpc", phase, pid)]
-      # Every tiny patient has an MRI; those with a mammogram get the weighted mix.
-      assert p == pytest.approx(weights.w_mg * p_mg + weights.w_mr * p_mr, abs=1e-5) or \
-          p == pytest.approx(p_mr, abs=1e-5)
+      # Every tiny patient has an MRI: with a mammogram the weighted mix, else iMRrhpc's.
+      # The CSV's six decimals: each probability within 5e-7 of its value, so the mix and MRP
+      # within 1e-6 of each other (plus float64 rounding).
+      expected = (weights.w_mg * p_mg + weights.w_mr * p_mr if "mg" in table[pid]["images"]
+                  else p_mr)
+      assert p == pytest.approx(expected, abs=1.5e-6)
+      checked += 1
+  assert checked
+
+
+def test_calibration_is_saved_and_leaves_every_auroc_unchanged(report):
+  folder, result, records = report
+  maps = calibration.load(folder / "calibration.json")
+  assert set(maps) == {"iMRrhpc ablation", "rhpc", "iMGrhpc", "iMRrhpc"}
+  assert all(set(by_phase) == set(PHASES) for by_phase in maps.values())
+  metrics = json.loads((folder / "metrics.json").read_text())
+  rows = [r for r in _predictions(folder) if r["reported"] == "1" and r["model"] in maps]
+  for model in maps:
+    for phase in PHASES:
+      mine = [r for r in rows if r["model"] == model and r["phase"] == phase]
+      y = np.asarray([int(r["label"]) for r in mine])
+      raw = np.asarray([float(r["uncalibrated_probability"]) for r in mine])
+      assert len(set(raw)) == len(raw)  # distinct, so the order is the logits' order
+      # The reported AUROC is that of the model's own probabilities.
+      assert metrics["models"][model][phase]["auroc"]["value"] == statistics.auroc(y, raw)
+      assert metrics["models"][model][phase]["n"] == len(mine)
 
 
 def test_predictions_csv_and_report_files(report):
-  folder, _ = report
+  folder, _, _ = report
   rows = list(csv.DictReader(open(folder / "predictions.csv")))
   assert {r["model"] for r in rows} >= set(MODELS)
   assert {"patient_id", "split", "phase", "probability", "label", "molecular_subtype"} <= set(
       rows[0])
   assert all(r["patient_id"].startswith("P") and len(r["patient_id"]) == 13 for r in rows)
   for phase in PHASES:
-    for name in (f"roc_{phase}.png", f"pr_{phase}.png", f"decision_curve_{phase}.png"):
+    for name in (f"roc_{phase}.png", f"pr_{phase}.png", f"decision_curve_{phase}.png",
+                 f"calibration_{phase}.png"):
       assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
   text = (folder / "report.md").read_text()
   assert "| MRP |" in text and "Post-NAT" in text and "DeLong" in text
-  attributions = json.loads((folder / "attributions.json").read_text())
-  assert attributions["cases"] == 2  # explain_cases, however many shards the split has
-  ranked = attributions["ranked"]["MRP"]
-  assert {r["feature"] for r in ranked} >= {"Molecular subtype", "MRI", "MG"}
+  assert "Eq. (1)" in text and "net interventions avoided (dcurves" in text
+  assert "## Table 2" in text and "## Calibration" in text and "| Readers (mean) |" in text
+  # The tiny validation split has no complete pCR patient: the report says which cohort.
+  assert "cohort **per phase" in text and "no complete patient of each label" in text
   assert (folder / "attributions.png").exists()
 
 
+def test_attributions_explain_pre_nat_against_the_reference_patient(report):
+  folder, result, records = report
+  attributions = json.loads((folder / "attributions.json").read_text())
+  assert attributions["phase"] == "pre" and attributions["ranking"] == "signed"
+  assert attributions["cases"] == 6  # explain_cases, however many shards the split has
+  baseline = attributions["baseline"]
+  assert baseline["reference_split"] == "train" and baseline["values"]["sex"] == "female"
+  for label, ranked in attributions["ranked"].items():
+    sex = next(r for r in ranked if r["feature"] == "Sex")
+    # Every tiny patient is a woman, as the reference: sex explains nothing, ranks low.
+    assert sex["value"] == 0.0 and sex["rank"] > len(ranked) / 2, label
+    values = [r["value"] for r in ranked]
+    assert values == sorted(values, reverse=True)  # the figure's order
+    assert sum(abs(v) for v in values) == pytest.approx(1.0)  # normalised across attributes
+  assert {r["feature"] for r in attributions["ranked"]["MRP"]} >= {"Molecular subtype", "MRI",
+                                                                    "MG"}
+  # MRP's completeness is checked against the MRP probability the report states. Its cases
+  # include patients without a mammogram (MRP = iMRrhpc there): had the attribution mixed in
+  # iMGrhpc's, its error would exceed what the members' own quadrature errors add up to.
+  completeness = attributions["completeness"]
+  members = max(completeness[m]["max_abs_delta"] + completeness[m]["max_abs_output_vs_reported"]
+                for m in ("iMGrhpc", "iMRrhpc"))
+  assert completeness["MRP"]["max_abs_delta"] <= members + 1e-6
+  table = cohort.patient_table(records)
+  assert any("mg" not in row["images"] for row in table.values()
+             if row["split"] == "validation")
+  saved = json.loads((folder / "attribution_baseline.json").read_text())
+  np.testing.assert_array_equal(  # what `predict` explains against
+      saved["rhpc_inputs"], encoding.model_inputs(cohort.reference_patient(table))[0])
+
+
+def test_odds_ratios_use_every_split_and_density_is_also_dense_vs_non_dense(report):
+  folder, result, records = report
+  odds = json.loads((folder / "metrics.json").read_text())["odds_ratios"]
+  table = cohort.patient_table(records)
+  labelled = [row for row in table.values() if row["label"] in (0, 1)]
+  assert odds["splits"] == ["train", "validation"] and odds["n"] == len(labelled)
+  subtype = odds["by_variable"]["molecular_subtype"]
+  for name, row in subtype.items():
+    members = [r for r in labelled if (r["molecular_subtype"] or "Unknown") == name]
+    assert (row["n"], row["n_pcr"]) == (len(members), sum(r["label"] for r in members))
+  density = odds["by_variable"]["density_group"]
+  assert set(density) <= {cohort.DENSE, cohort.NON_DENSE, "Unknown"}
+  assert all(row["reference"] == cohort.NON_DENSE for row in density.values())
+
+
+def test_readers_mean_row_is_the_mean_of_the_readers(report):
+  folder, _, _ = report
+  rows = [r for r in _predictions(folder) if r["phase"] == "pre"]
+  by = {(r["model"], r["patient_id"]): float(r["probability"]) for r in rows}
+  mean = {pid: p for (model, pid), p in by.items() if model == evaluate.READERS_MEAN}
+  assert mean
+  for pid, p in mean.items():
+    assert p == pytest.approx((by[("Reader A", pid)] + by[("Reader B", pid)]) / 2, abs=1e-6)
+  metrics = json.loads((folder / "metrics.json").read_text())
+  assert metrics["readers"] == ["Reader A", "Reader B", evaluate.READERS_MEAN]
+  assert set(metrics["models"][evaluate.READERS_MEAN]) == {"pre"}  # readers read Pre-NAT only
+
+
+def test_complete_cohort_is_the_same_patients_at_every_phase():
+  def row(split, label, images):
+    return {"split": split, "label": label, "images": frozenset(images)}
+  table = {"P1": row("test", 1, ("mg", "pre", "mid", "post")),
+           "P2": row("test", 0, ("mg", "pre", "mid", "post")),
+           "P3": row("test", 0, ("pre", "mid", "post")),  # no mammogram
+           "P4": row("test", 1, ("mg", "pre", "post")),  # no Mid-NAT MRI
+           "P5": row("validation", 1, ("mg", "pre", "mid", "post")),
+           "P6": row("test", -1, ("mg", "pre", "mid", "post"))}  # unlabelled
+  reported_cohort = cohort.reported_cohort(table, "test", "complete")
+  assert reported_cohort.kind == "complete" and reported_cohort.patients == {"P1", "P2"}
+  assert "2 patients with mammogram + Pre-NAT MRI + Mid-NAT MRI" in reported_cohort.describe()
+  # Each phase's population as inference gives it (Mid: patients with Mid MRI).
+  ids = {"pre": ["P1", "P2", "P3", "P4"], "mid": ["P1", "P2", "P3"], "post": ["P1", "P2", "P3",
+                                                                                "P4"]}
+  scores = {(model, "test", phase): (np.asarray(ids[phase]),
+                                     np.asarray([table[i]["label"] for i in ids[phase]]),
+                                     np.linspace(0, 1, len(ids[phase])))
+            for model in ("rhpc", "MRP") for phase in PHASES}
+  reported = evaluate.reported_scores(scores, "test", reported_cohort)
+  assert {tuple(v[0]) for v in reported.values()} == {("P1", "P2")}
+  per_phase = evaluate.reported_scores(
+      scores, "test", cohort.reported_cohort(table, "test", "per_phase"))
+  assert [len(per_phase[("rhpc", p)][0]) for p in PHASES] == [4, 3, 4]
+  # Without a complete patient of each label the per-phase populations are kept, and said so.
+  del table["P1"]
+  fallback = cohort.reported_cohort(table, "test", "complete")
+  assert fallback.kind == "per_phase" and "no complete patient" in fallback.note
+
+
+def test_mutation_groups_every_gene_and_density_its_two_classes():
+  def derived(**values):
+    base = {name: None for name in schema.VARIABLE_NAMES}
+    return cohort._derived({**base, **values})
+  assert derived(chek2="mutated", brca1="wild type")["mutation"] == "carrier"
+  assert derived(tp53="mutated")["mutation"] == "carrier"
+  assert derived(brca2="mutated")["mutation"] == "carrier"
+  assert derived(brca1="wild type")["mutation"] == "none"
+  assert derived()["mutation"] is None  # no gene tested: Unknown
+  assert derived(density="C")["density_group"] == cohort.DENSE
+  assert derived(density="B")["density_group"] == cohort.NON_DENSE
+  assert derived(age=50.0, therapy=["chemotherapy", "immunotherapy"]) == {
+      "age_group": "<=50", "mutation": None, "density_group": None,
+      "therapy": "chemotherapy+immunotherapy"}
+
+
 def test_paper_shape_claims_match_the_metrics(report):
-  folder, _ = report
+  folder, _, _ = report
   metrics = json.loads((folder / "metrics.json").read_text())
   claims = metrics["paper_shape"]
   assert len(claims) == 3 * 4 + 1  # per phase: iMR > rhpc, MRP >= each model; Post >= Pre
@@ -139,21 +291,48 @@ def test_paper_shape_pairs_patients_by_id():
   good = y + rng.normal(0, 0.6, n)  # AUROC ~0.87
   weak = y + rng.normal(0, 2.0, n)  # AUROC ~0.64
   post = rng.permutation(n)[:90]  # a subset of the patients, in another order
-  scores = {("rhpc", "test", "pre"): (ids, y, weak),
-            ("iMRrhpc", "test", "pre"): (ids, y, weak + 0.01 * good),
-            ("iMRrhpc", "test", "post"): (ids[post], y[post], good[post])}
-  claims = evaluate.paper_shape(scores, "test", ("pre", "post"),
+  scores = {("rhpc", "pre"): (ids, y, weak),
+            ("iMRrhpc", "pre"): (ids, y, weak + 0.01 * good),
+            ("iMRrhpc", "post"): (ids[post], y[post], good[post])}
+  claims = evaluate.paper_shape(scores, ("pre", "post"),
                                 {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, False, 200, 0)
   by_claim = {c["claim"]: c for c in claims}
   assert set(by_claim) == {"iMRrhpc > rhpc", "iMRrhpc Post-NAT >= Pre-NAT"}
   later = by_claim["iMRrhpc Post-NAT >= Pre-NAT"]
   assert later["n"] == 90 and later["holds"]
-  from mrp_jax.evaluation import statistics
   pre_of_post = (weak + 0.01 * good)[post]
   assert later["auroc_b"] == pytest.approx(statistics.auroc(y[post], pre_of_post))
   assert later["difference"]["ci_low"] > 0  # a large gain on 90 patients: CI above zero
   # Swapping the roles turns the claim false.
-  scores[("iMRrhpc", "test", "post")] = (ids[post], y[post], -good[post])
-  flipped = evaluate.paper_shape(scores, "test", ("pre", "post"),
+  scores[("iMRrhpc", "post")] = (ids[post], y[post], -good[post])
+  flipped = evaluate.paper_shape(scores, ("pre", "post"),
                                  {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, False, 200, 0)
   assert not flipped[-1]["holds"]
+
+
+def test_reference_patient_is_the_training_splits_most_common_values():
+  n = len(schema.VARIABLES)
+  j = {name: schema.VARIABLE_NAMES.index(name) for name in ("sex", "ct", "therapy", "age",
+                                                             "brca1", "laterality")}
+
+  def row(split, label, **codes):
+    c = np.full(n, schema.UNKNOWN, np.int32)
+    v = np.full(n, np.nan, np.float32)
+    for name, code in codes.items():
+      if name == "age":
+        c[j["age"]], v[j["age"]] = 0, code
+      else:
+        c[j[name]] = code
+    return {"split": split, "label": label, "codes": c, "values": v}
+  table = {"a": row("train", 1, sex=0, ct=2, therapy=0b101, age=40.0, laterality=1),
+           "b": row("train", 0, sex=0, ct=3, therapy=0b101, age=50.0, laterality=0),
+           "c": row("train", 0, sex=1, ct=3, therapy=0b001, age=70.0),
+           "d": row("validation", 0, sex=1, ct=2, therapy=0b001, age=20.0),
+           "e": row("train", -1, sex=1, ct=2, age=99.0)}  # unlabelled: not counted
+  values = cohort.reference_patient(table).decode(0)
+  assert values["sex"] == "female" and values["ct"] == "3"  # codes 2, 3, 3: the 4th category
+  assert values["therapy"] == ["chemotherapy", "immunotherapy"] and values["age"] == 50.0
+  assert values["laterality"] == "left"  # a tie (one each): the first declared category
+  assert values["brca1"] is None  # never known among them: stays Unknown
+  with pytest.raises(ValueError, match="no labelled test"):
+    cohort.reference_patient(table, "test")

@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from input_pipeline import encoding
 from mrp_jax import predict
-from mrp_jax.evaluation import ensemble
+from mrp_jax.evaluation import calibration, ensemble
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +45,36 @@ def patients(training_records, tmp_path_factory):
   return folders, broken, clinical
 
 
+def _evaluation(folder, trained_runs):
+  """An evaluate report folder's files: MRP weights 0.3 / 0.7, a Platt map per run and phase
+  (distinct, so that a wrong one shows), the reference patient's rhpc inputs."""
+  folder.mkdir()
+  ensemble.EnsembleWeights(w_mg=0.3, w_mr=0.7, objective="test", grid_step=0.05,
+                           validation_auroc=0.5).save(folder / "mrp_ensemble.json")
+  maps = {label: {phase: calibration.PlattMap(0.5 + 0.1 * k, -1.0 + 0.5 * j, 10, 4)
+                  for j, phase in enumerate(("pre", "mid", "post"))}
+          for k, label in enumerate(trained_runs)}
+  calibration.save(folder / "calibration.json", maps, "validation")
+  reference = np.zeros(encoding.INPUT_DIM, np.float32)
+  for start, stop in encoding.INPUT_SLICES:
+    reference[start] = 1.0  # every variable at its first category
+  (folder / "attribution_baseline.json").write_text(json.dumps(
+      {"rhpc_inputs": reference.tolist()}))
+  return maps
+
+
 def test_predict_answers_every_good_patient_and_reports_the_broken_one(
     trained_runs, patients, tmp_path):
   folders, broken, clinical = patients
-  weights = ensemble.EnsembleWeights(w_mg=0.3, w_mr=0.7, objective="test", grid_step=0.05,
-                                     validation_auroc=0.5)
-  weights_path = tmp_path / "mrp_ensemble.json"
-  weights.save(weights_path)
+  maps = _evaluation(tmp_path / "report", trained_runs)
   out = tmp_path / "answers.json"
   runs_arg = ",".join(f"{k}={v}" for k, v in trained_runs.items())
-  code = predict.main([*map(str, folders), str(broken), "--runs", runs_arg, "--ensemble",
-                       str(weights_path), "--clinical", str(clinical), "--out", str(out),
+  raw_out = tmp_path / "raw.json"
+  assert predict.main([*map(str, folders), "--runs", runs_arg, "--clinical", str(clinical),
+                       "--out", str(raw_out)]) == 0
+  raw = {a["patient"]: a for a in json.loads(raw_out.read_text())}
+  code = predict.main([*map(str, folders), str(broken), "--runs", runs_arg, "--evaluation",
+                       str(tmp_path / "report"), "--clinical", str(clinical), "--out", str(out),
                        "--explain_steps", "4"])
   assert code == 0
   answers = {a["patient"]: a for a in json.loads(out.read_text())}
@@ -66,8 +86,16 @@ def test_predict_answers_every_good_patient_and_reports_the_broken_one(
     assert answer["phase"] in ("pre", "mid", "post")
     assert "molecular_subtype" in answer["unknown_clinical"]  # blanked above
     probs = answer["probability"]
-    assert set(probs) >= {"rhpc", "iMRrhpc", "MRP"}
+    assert set(probs) >= {"rhpc", "iMRrhpc", "MRP"} and answer["calibrated"]
     assert all(0.0 <= p <= 1.0 for p in probs.values())
+    # Each model's probability through its map at the patient's phase (the uncalibrated
+    # answer gives the model's own probability in float32: 2^-24 relative, which moves its
+    # logit by 2^-24 / (1 - p), up to ~1e-5 for p near 0.99).
+    own = raw[folder.name]
+    assert not own["calibrated"] and "MRP" not in own["probability"]
+    for label, p in own["probability"].items():
+      logit = np.log(p / (1 - p))
+      assert probs[label] == pytest.approx(maps[label][answer["phase"]](logit), abs=1e-5)
     if "iMGrhpc" in probs:
       assert probs["MRP"] == pytest.approx(0.3 * probs["iMGrhpc"] + 0.7 * probs["iMRrhpc"],
                                            abs=1e-6)

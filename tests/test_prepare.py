@@ -243,20 +243,6 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
         os.kill(pid, signal.SIGKILL)
 
 
-def test_stratified_split_is_seeded_balanced_and_order_free():
-  ids = [f"P{i:012x}" for i in range(200)]
-  labels = [int(i % 3 == 0) for i in range(200)]
-  a = prepare.stratified_split(ids, labels, (0.8, 0.1, 0.1), seed=0)
-  b = prepare.stratified_split(ids[::-1], labels[::-1], (0.8, 0.1, 0.1), seed=0)
-  assert a == b
-  assert a != prepare.stratified_split(ids, labels, (0.8, 0.1, 0.1), seed=1)
-  for split, share in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
-    members = [i for i in ids if a[i] == split]
-    assert len(members) == pytest.approx(share * 200, abs=2)
-    positives = sum(labels[ids.index(i)] for i in members)
-    assert positives / len(members) == pytest.approx(67 / 200, abs=0.05)
-
-
 def test_split_does_not_depend_on_the_pseudonym_key():
   from input_pipeline.patient import PatientSource
   patients = [PatientSource(f"SRC{i:03d}", label=int(i % 3 == 0), clinical={}, mri={},

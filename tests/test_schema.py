@@ -68,6 +68,31 @@ def test_unparseable_values_become_unknown_and_are_counted(variable, raw):
   assert report.unparsed[(variable, str(raw))] == 1
 
 
+@pytest.mark.parametrize("variable, raw, expected", [
+    # HER2 status alone: ER+/HER2+ (triple positive) or ER-/HER2+ (HER2-enriched), whose pCR
+    # rates differ twofold in Table 2; both spellings are Unknown, never HER2-enriched.
+    ("molecular_subtype", "HER2 positive", None),
+    ("molecular_subtype", "HER2+", None),
+    ("molecular_subtype", "HER2-", None),  # negative, and normalises to 'her2'
+    ("molecular_subtype", "ER+/HER2+", "Triple positive ER+/HER2+"),
+    ("molecular_subtype", "ER positive HER2 positive", "Triple positive ER+/HER2+"),
+    ("molecular_subtype", "ER-/HER2+", "HER2-enriched ER-/HER2+"),
+    ("molecular_subtype", "HER2-enriched", "HER2-enriched ER-/HER2+"),
+    # Unspecified stages name several of the table's substages: Unknown, not the first one.
+    ("ct", "1", None), ("ct", "cT1", None), ("ct", 1.0, None), ("ct", "T4", None),
+    ("ct", "T1c", "1C"), ("ct", "cT4b", "4B"),
+    ("cn", "N2", None), ("cn", "3", None), ("cn", "N2a", "2A"), ("cn", "N1", "1"),
+])
+def test_spellings_of_several_categories_are_unknown_and_counted(variable, raw, expected):
+  var = BY_NAME[variable]
+  report = clinical_table.ParseReport()
+  code, _ = parse_value(var, raw, report)
+  if expected is None:
+    assert code == UNKNOWN and report.unparsed[(variable, str(raw))] == 1
+  else:
+    assert var.categories[code].name == expected and not report.unparsed
+
+
 def test_therapy_is_multilabel():
   code, _ = parse_value(BY_NAME["therapy"], "Chemotherapy + Immunotherapy")
   assert code == 0b101

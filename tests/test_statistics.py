@@ -6,10 +6,13 @@ import warnings
 
 import numpy as np
 import pytest
+from numerics import gamma
 from scipy import stats as scipy_stats
 from sklearn import metrics as skm
 
 from mrp_jax.evaluation import statistics as st
+
+UNIT_ROUNDOFF64 = float(np.finfo(np.float64).eps) / 2
 
 
 def _data(seed: int, n: int = 60, decimals: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -360,3 +363,50 @@ def test_curve_bands_skip_one_class_replicates():
   no_pcr = int((y[st.bootstrap_indices(y, 1000, seed=0)].sum(1) == 0).sum())
   assert (band.replicates_skipped, band.replicates_used) == (no_pcr, 1000 - no_pcr)
   assert np.isnan(st.pr_band([1, 1], [0.2, 0.4], replicates=10).value).all()
+
+
+# ---------------------------------------------------------------- calibration
+
+# Two float64 means of n terms in [0, 1], summed in different orders (numpy's pairwise sum, a
+# matrix product, scikit-learn): each within gamma_n of the exact mean (Higham).
+def _mean_tolerance(n: int) -> float:
+  return 2 * gamma(n, UNIT_ROUNDOFF64)
+
+
+def test_brier_score_matches_scikit_learn_and_its_replicates():
+  y, p = _data(21, n=70, decimals=None)
+  estimate = st.brier_score(y, p, replicates=200, seed=3)
+  assert estimate.value == pytest.approx(skm.brier_score_loss(y, p), abs=_mean_tolerance(70))
+  loop = [skm.brier_score_loss(y[i], p[i]) for i in st.bootstrap_indices(y, 200, seed=3)]
+  assert (estimate.ci_low, estimate.ci_high) == pytest.approx(
+      tuple(np.percentile(loop, (2.5, 97.5))), abs=_mean_tolerance(70))
+  # A constant prediction at the prevalence q scores q (1 - q).
+  q = y.mean()
+  assert st.brier_score(y, np.full(y.size, q), replicates=0).value == pytest.approx(q * (1 - q))
+  with pytest.raises(ValueError, match="probabilities"):
+    st.brier_score(y, p + 1.0)
+
+
+def test_calibration_curve_matches_scikit_learn_and_its_replicates():
+  from sklearn.calibration import calibration_curve
+  y, p = _data(22, n=120, decimals=None)  # continuous: no probability on a bin edge
+  curve = st.calibration_curve(y, p, bins=10, replicates=100, seed=1)
+  observed, predicted = calibration_curve(y, p, n_bins=10, strategy="uniform")
+  filled = curve.count > 0
+  tolerance = _mean_tolerance(120)
+  np.testing.assert_allclose(curve.observed[filled], observed, atol=tolerance)
+  np.testing.assert_allclose(curve.predicted[filled], predicted, atol=tolerance)
+  assert np.isnan(curve.observed[~filled]).all() and curve.count.sum() == y.size
+  # The band is the percentiles of each resampled cohort's observed share, per bin.
+  shares = []
+  for i in st.bootstrap_indices(y, 100, seed=1):
+    bins = np.clip(np.searchsorted(curve.edges, p[i], side="right") - 1, 0, 9)
+    shares.append([y[i][bins == b].mean() if (bins == b).any() else np.nan
+                   for b in range(10)])
+  shares = np.asarray(shares)
+  dense = np.isfinite(shares).sum(0) >= 50
+  np.testing.assert_allclose(curve.low[dense], np.nanpercentile(shares, 2.5, axis=0)[dense],
+                             atol=tolerance)
+  np.testing.assert_allclose(curve.high[dense], np.nanpercentile(shares, 97.5, axis=0)[dense],
+                             atol=tolerance)
+  assert np.isnan(curve.low[~dense]).all()

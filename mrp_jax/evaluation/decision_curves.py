@@ -8,8 +8,20 @@ test-positive when risk >= t, and over N cases
   treat_all(t)    = prevalence - t / (1 - t) * (1 - prevalence)       treat_none(t) = 0
   net_interventions_avoided(t) = (net_benefit(t) - treat_all(t)) / (t / (1 - t))
 
-(dcurves' ``net_intervention_avoided``). Thresholds 0 and 1 are excluded: t / (1 - t) is 0 or
-infinite there.
+(dcurves' ``net_intervention_avoided``: how many more patients per N are spared the
+intervention than by treating everyone, at equal net benefit). Thresholds 0 and 1 are excluded:
+t / (1 - t) is 0 or infinite there.
+
+Beside them, the paper's own Eq. (1), its "net reduction of interventions" (NRI):
+
+  net_reduction_in_interventions(t) = (TP - FP) / N - (FN - TN) / N
+
+with TP, FP, FN, TN counted for the event at risk >= t. As printed it equals
+(TP + TN - FP - FN) / N, the share of correct minus the share of wrong decisions: unlike net
+benefit it weighs every error alike (not by the threshold's odds), it is the same for either
+choice of event, and it is not measured against treat-all. It is not dcurves' quantity: the
+paper's "220 per 1,000" reads as Eq. (1), ``net_interventions_avoided`` answers another
+question; both are reported, under these two names.
 
 The paper's two directions (its Fig. 5), named by the intervention a prediction may spare:
 
@@ -33,7 +45,8 @@ from mrp_jax.evaluation import statistics
 
 DIRECTIONS = ("therapy", "surgery")
 DEFAULT_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)  # dcurves' grid without 0
-_CURVES = ("net_benefit", "treat_all", "net_interventions_avoided")
+_CURVES = ("net_benefit", "treat_all", "net_interventions_avoided",
+           "net_reduction_in_interventions")
 
 
 def event_and_risk(y_true: Any, p_pcr: Any, direction: str) -> tuple[np.ndarray, np.ndarray]:
@@ -56,11 +69,15 @@ class DecisionCurve:
     net_benefit: [T] TP/N - t/(1-t) FP/N, times per.
     treat_all: [T] net benefit of treating everyone, times per.
     treat_none: [T] zeros.
-    net_interventions_avoided: [T] (net_benefit - treat_all) / (t/(1-t)), times per.
+    net_interventions_avoided: [T] (net_benefit - treat_all) / (t/(1-t)), times per
+      (dcurves' quantity).
+    net_reduction_in_interventions: [T] the paper's Eq. (1), (TP - FP)/N - (FN - TN)/N, times
+      per.
     per: the number of patients the curves are expressed per (1, 100, 1000).
     n: cases N; prevalence: share of cases with the event.
     bands: {curve: (low [T], high [T])} bootstrap percentile 95% bands of net_benefit,
-      treat_all and net_interventions_avoided, times per; empty without replicates.
+      treat_all, net_interventions_avoided and net_reduction_in_interventions, times per;
+      empty without replicates.
     replicates: bootstrap replicates behind the bands (0: none).
   """
   direction: str
@@ -69,6 +86,7 @@ class DecisionCurve:
   treat_all: np.ndarray
   treat_none: np.ndarray
   net_interventions_avoided: np.ndarray
+  net_reduction_in_interventions: np.ndarray
   per: int
   n: int
   prevalence: float
@@ -96,11 +114,13 @@ def _curves(event: np.ndarray, risk: np.ndarray, weights: np.ndarray,
   tp = weights @ (positive * event[:, None]) / total
   fp = weights @ (positive * (1 - event[:, None])) / total
   prevalence = weights @ event[:, None] / total
+  fn, tn = prevalence - tp, (1 - prevalence) - fp  # shares, like tp and fp
   odds = thresholds / (1 - thresholds)
   net_benefit = tp - odds * fp
   treat_all = prevalence - odds * (1 - prevalence)
   return {"net_benefit": net_benefit, "treat_all": np.broadcast_to(treat_all, tp.shape),
-          "net_interventions_avoided": (net_benefit - treat_all) / odds}
+          "net_interventions_avoided": (net_benefit - treat_all) / odds,
+          "net_reduction_in_interventions": (tp - fp) - (fn - tn)}
 
 
 def decision_curve(y_true: Any, p_pcr: Any, direction: str,
@@ -136,7 +156,9 @@ def decision_curve(y_true: Any, p_pcr: Any, direction: str,
   return DecisionCurve(
       direction=direction, thresholds=thresholds, net_benefit=point["net_benefit"][0] * per,
       treat_all=point["treat_all"][0] * per, treat_none=np.zeros_like(thresholds),
-      net_interventions_avoided=point["net_interventions_avoided"][0] * per, per=int(per),
+      net_interventions_avoided=point["net_interventions_avoided"][0] * per,
+      net_reduction_in_interventions=point["net_reduction_in_interventions"][0] * per,
+      per=int(per),
       n=int(event.size), prevalence=float(event.mean()), bands=bands, replicates=int(replicates))
 
 

@@ -1,5 +1,8 @@
 """The MRP ensemble: p = W1 * p(iMGrhpc) + W2 * p(iMRrhpc), weights chosen on validation.
 
+p(iMGrhpc) and p(iMRrhpc) are the models' calibrated probabilities (calibration.py): averaging
+two probabilities is only meaningful on one scale.
+
 Objective: the mean validation AUROC over the evaluated phases (each phase counts once, as the
 paper reports every phase), searched on the grid W1 in {0, 0.05, ..., 1}, W2 = 1 - W1 (a
 convex combination keeps the output a probability); ties go to the weights closest to 0.5.
@@ -38,12 +41,20 @@ class EnsembleWeights:
     return cls(**json.loads(Path(path).read_text()))
 
 
+def case_weights(weights: EnsembleWeights, mg_present: np.ndarray,
+                 mr_present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(weight on iMGrhpc [N], weight on iMRrhpc [N]) per patient: (W1, W2) with both images,
+  (0, 1) with MRI only, (1, 0) with the mammogram only, (0.5, 0.5) with neither."""
+  mg, mr = np.asarray(mg_present, bool), np.asarray(mr_present, bool)
+  w_mg = np.where(mg & mr, weights.w_mg, np.where(mr, 0.0, np.where(mg, 1.0, 0.5)))
+  return w_mg, 1.0 - w_mg
+
+
 def combine(weights: EnsembleWeights, p_mg: np.ndarray, p_mr: np.ndarray,
             mg_present: np.ndarray, mr_present: np.ndarray) -> np.ndarray:
   """MRP probability [N] with the per-patient fallback for a missing modality."""
-  both = weights.w_mg * p_mg + weights.w_mr * p_mr
-  return np.where(mg_present & mr_present, both,
-                  np.where(mr_present, p_mr, np.where(mg_present, p_mg, 0.5 * (p_mg + p_mr))))
+  w_mg, w_mr = case_weights(weights, mg_present, mr_present)
+  return w_mg * np.asarray(p_mg, np.float64) + w_mr * np.asarray(p_mr, np.float64)
 
 
 def fit(phases: Sequence[Mapping[str, np.ndarray]], grid_step: float = 0.05) -> EnsembleWeights:

@@ -1,18 +1,38 @@
-"""The `evaluate` job: trained runs -> predictions, the MRP ensemble, statistics and a report.
+"""The `evaluate` job: trained runs -> predictions, calibration, the MRP ensemble, statistics,
+explanations and a report.
 
-For every run (config.evaluate.runs) and every phase (Pre: Pre data; Mid: Pre+Mid; Post:
-Pre+Post) the models predict the fit split (validation) and the reported split (test). On the
-fit split the MRP weights (mrp_jax/evaluation/ensemble.py) and each model's operating threshold (Youden's J,
-or a fixed probability) are chosen; on the reported split everything is measured:
+:func:`run` is a sequence of named stages, each a function below:
+
+0. the runs (runs.py), every split's patients (cohort.patient_table), the reported cohort
+   (cohort.reported_cohort) and the reference patient (:func:`attribution_baseline`);
+1. :func:`predict_splits`: every run (config.evaluate.runs) predicts the fit split
+   (validation) and the reported split (test) at every phase (Pre: Pre data; Mid: Pre+Mid;
+   Post: Pre+Post);
+2. :func:`calibrate`: a Platt map per run and phase fitted on the fit split (calibration.py);
+   every later stage reads calibrated probabilities (the AUROCs are unchanged by it);
+3. :func:`add_mrp`: the MRP weights fitted on the fit split (ensemble.py) and MRP's scores;
+4. :func:`add_readers`: readers' probabilities and their mean ("Readers (mean)", the paper's
+   +R);
+5. :func:`reported_scores`: the reported split's scores of the reported cohort
+   (config.evaluate.cohort; cohort.py): by default the patients with every image, the same at
+   every phase;
+6. :func:`measure`: on the fit split each model's operating threshold (Youden's J, or a fixed
+   probability); on the reported cohort Table 1 (AUROC, AUPRC, sensitivity, specificity, PPV,
+   NPV, Brier, with bootstrap CIs), DeLong tests, the paper's claims, decision curves with the
+   paper's Eq. (1), operating points, calibration curves and subgroups; over every split the
+   odds ratios of Table 2;
+7. :func:`explain_cases`: Integrated Gradients as the paper's Fig. 4 (explain.py);
+8. :func:`write_outputs`:
 
 WORKDIR/report/
-  predictions.csv     one row per patient x phase x model (pseudonym, split, phase, model,
-                      probability, label, and the rhpc subgroup variables)
-  metrics.json        {model: {phase: {metric: {value, ci_low, ci_high}, "n": N}}}, DeLong
-                      p-values between models per phase, decision curves, operating points,
-                      thresholds, subgroup metrics, odds ratios, the ensemble weights, readers
-  mrp_ensemble.json   the MRP weights (for `predict`)
-  attributions.json   Integrated Gradients ranked per model (the paper's Fig. 4)
+  predictions.csv        one row per patient x split x phase x model: pseudonym, calibrated
+                         and uncalibrated probability, label, whether the row is reported, the
+                         rhpc subgroup variables
+  metrics.json           everything measured (README, "Reading the report")
+  calibration.json       the Platt maps (for `predict`)
+  mrp_ensemble.json      the MRP weights (for `predict`)
+  attribution_baseline.json  the reference patient, Integrated Gradients' baseline (`predict`)
+  attributions.json      Integrated Gradients ranked per model (the paper's Fig. 4)
   report.md and PNG figures (report.py)
 """
 
@@ -30,9 +50,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import batching, clinical_table, pipeline, records, schema, tfrecord
+from input_pipeline import batching, encoding, pipeline, records, tfrecord
 from mrp_jax import sharding
-from mrp_jax.evaluation import decision_curves, ensemble, inference, report, runs, statistics
+from mrp_jax.evaluation import (
+  calibration,
+  cohort,
+  decision_curves,
+  ensemble,
+  inference,
+  report,
+  runs,
+  statistics,
+)
 
 # How an operating threshold is chosen on the fit split (or config.evaluate.threshold is a
 # probability): Youden's J per model and phase.
@@ -41,7 +70,18 @@ THRESHOLD_RULES = ("youden",)
 # before and during NAT; omit surgery for predicted pCR after it.
 DIRECTIONS = {"pre": "therapy", "mid": "therapy", "post": "surgery"}
 SUBGROUP_VARIABLES = ("in_situ", "differentiation", "histology", "molecular_subtype", "therapy",
-                      "ct", "cn", "focality", "brca1", "age_group")
+                      "ct", "cn", "focality", "mutation", "age_group")
+# Table 2's odds ratios: the paper's top factors, density in BI-RADS classes and as dense vs
+# non-dense (its reference: non-dense), and the gene-mutation group.
+ODDS_RATIO_VARIABLES = {"molecular_subtype": None, "histology": None, "in_situ": None,
+                        "focality": None, "density": None, "density_group": cohort.NON_DENSE,
+                        "mutation": None}
+DECISION_THRESHOLDS = decision_curves.DEFAULT_THRESHOLDS[:60]
+# Thresholds at which the report tabulates the decision curves (the paper quotes 10% and 21%).
+REPORTED_THRESHOLDS = (0.1, 0.2, 0.3)
+READERS_MEAN = "Readers (mean)"
+
+Scores = tuple[np.ndarray, np.ndarray, np.ndarray]  # patient ids [N], labels [N], p(pCR) [N]
 
 
 def _json_ready(value: Any) -> Any:
@@ -55,54 +95,11 @@ def _json_ready(value: Any) -> Any:
     return None if not math.isfinite(float(value)) else float(value)
   if isinstance(value, (np.integer,)):
     return int(value)
+  if isinstance(value, (set, frozenset)):
+    return sorted(value)
   if hasattr(value, "__dataclass_fields__"):
     return _json_ready({k: getattr(value, k) for k in value.__dataclass_fields__})
   return value
-
-
-def patient_table(records_dir: Path, splits: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-  """Pseudonym -> split and decoded rhpc subgroup values, for the patients of ``splits``."""
-  table = {}
-  for split in splits:
-    for path in pipeline.split_paths(records_dir, split):
-      for _, data in tfrecord.iter_records(path):
-        record = records.decode(data)
-        parsed = clinical_table.ParsedRhpc(record.rhpc_codes[None], record.rhpc_values[None])
-        values = parsed.decode(0)
-        age = values.get("age")
-        values["age_group"] = None if age is None else ("<=50" if age <= 50 else ">50")
-        values["therapy"] = "+".join(values["therapy"]) if values["therapy"] else None
-        table[record.patient_id] = {"split": split, **values}
-  return table
-
-
-def _readers(path: str) -> dict[tuple[str, str], dict[str, float]]:
-  """(reader, phase) -> {case: probability} from a CSV with case, phase, reader, probability."""
-  out: dict[tuple[str, str], dict[str, float]] = collections.defaultdict(dict)
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    missing = {"case", "phase", "reader", "probability"} - set(reader.fieldnames or [])
-    if missing:
-      raise ValueError(f"{path}: missing columns {sorted(missing)} (need case, phase, reader, "
-                       "probability)")
-    for line, row in enumerate(reader, start=2):
-      phase = row["phase"].strip().lower().replace("-nat", "")
-      if phase not in schema.PHASE_NAMES:
-        raise ValueError(f"{path}:{line}: phase {row['phase']!r} is not pre, mid or post")
-      try:
-        out[(f"Reader {row['reader'].strip()}", phase)][row["case"].strip()] = float(
-            row["probability"])
-      except ValueError:
-        raise ValueError(f"{path}:{line}: probability {row['probability']!r} is not a "
-                         "number") from None
-  return out
-
-
-def _threshold(config, y, p) -> float:
-  if config.evaluate.threshold not in THRESHOLD_RULES:
-    return float(config.evaluate.threshold)
-  t = statistics.youden_threshold(y, p)
-  return t if math.isfinite(t) else 0.5
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -114,148 +111,321 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   if not loaded:
     raise ValueError("config.evaluate.runs is empty: give LABEL=TRAIN_WORKDIR,...")
   records_dir = Path(config.data.records)
-  splits = (ev.fit_split, ev.split)
-  patients = patient_table(records_dir, splits)
-  phases = tuple(config.evaluate.phases)
+  phases = tuple(ev.phases)
+  splits = tuple(dict.fromkeys((ev.fit_split, ev.split)))
+  patients = cohort.patient_table(records_dir)
+  reported_cohort = cohort.reported_cohort(patients, ev.split, ev.cohort)
+  print(f"evaluate: reported cohort: {reported_cohort.describe()}", flush=True)
+  baseline = attribution_baseline(patients, ev.fit_split)
 
-  # ---- predictions ------------------------------------------------------------------------
-  predictions: dict[tuple[str, str, str], inference.Predictions] = {}
+  predictions = predict_splits(loaded, records_dir, splits, phases, ev.batch_size, mesh)
+  maps = calibrate(predictions, ev.fit_split, phases)
+  scores = {key: (p.patient_ids, p.label, maps[key[0]][key[2]](p.logit))
+            for key, p in predictions.items()}
+  by_model = mrp_members(loaded)
+  weights = add_mrp(scores, predictions, by_model, splits, phases, ev.fit_split)
+  reader_labels = add_readers(scores, ev.readers, ev.split, patients) if ev.readers else []
+  model_labels = [r.label for r in loaded] + (["MRP"] if weights else [])
+  reported = reported_scores(scores, ev.split, reported_cohort)
+
+  measured = measure(config, scores, reported, model_labels, reader_labels, phases, patients,
+                     by_model, bool(weights),
+                     {key: p.probability for key, p in predictions.items()
+                      if key[1] == ev.split})
+  attributions = {}
+  if ev.explain_cases:
+    attributions = explain_cases(loaded, records_dir, ev, baseline, reported_cohort, maps,
+                                 weights, by_model, scores)
+  result = {
+      "split": ev.split, "fit_split": ev.fit_split, "phases": list(phases),
+      "cohort": {"kind": reported_cohort.kind, "description": reported_cohort.describe(),
+                 "images": list(reported_cohort.images),
+                 "n": {phase: _reported_n(reported, phase) for phase in phases},
+                 "note": reported_cohort.note},
+      **measured,
+      "calibration": {"method": calibration.METHOD, "fit_split": ev.fit_split, "maps": maps},
+      "ensemble": weights, "readers": reader_labels,
+      "runs": {r.label: {"model": r.model_name, "workdir": str(r.workdir), "step": r.step}
+               for r in loaded},
+      "bootstrap": {"replicates": ev.bootstrap_replicates, "kind": "percentile",
+                    "seed": config.seed},
+  }
+  result = _json_ready(result)
+  write_outputs(out_dir, result, attributions, baseline, scores, reported, predictions,
+                patients, maps, weights, ev)
+  print(f"evaluate: report in {out_dir}", flush=True)
+  return result
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-5: predictions, calibration, MRP, readers, the reported cohort
+# ---------------------------------------------------------------------------------------------
+def predict_splits(loaded, records_dir: Path, splits: tuple[str, ...], phases: tuple[str, ...],
+                   batch_size: int, mesh) -> dict[tuple[str, str, str], inference.Predictions]:
+  """(run label, split, phase) -> every eligible patient's prediction."""
+  predictions = {}
   for run_ in loaded:
     for split in splits:
       paths = pipeline.split_paths(records_dir, split)
       for phase in phases:
         predictions[(run_.label, split, phase)] = inference.predict(
             run_.eval_step, run_.state, mesh, paths, model_name=run_.model_name, phase=phase,
-            batch_size=config.evaluate.batch_size)
+            batch_size=batch_size)
         print(f"evaluate: {run_.label} {split} {phase}: "
               f"{len(predictions[(run_.label, split, phase)].label)} patients", flush=True)
-  scores = {key: (p.patient_ids, p.label, p.probability) for key, p in predictions.items()}
+  return predictions
 
-  # ---- MRP ----------------------------------------------------------------------------------
-  # MRP combines the runs labelled iMGrhpc and iMRrhpc; ablation runs ('iMRrhpc no time') are
-  # reported beside them. Without such a label, the first run of each model.
+
+def calibrate(predictions, fit_split: str, phases: tuple[str, ...]
+              ) -> dict[str, dict[str, calibration.PlattMap]]:
+  """run label -> phase -> the Platt map fitted on the fit split's logits."""
+  maps: dict[str, dict[str, calibration.PlattMap]] = collections.defaultdict(dict)
+  for (label, split, phase), p in predictions.items():
+    if split == fit_split and phase in phases:
+      maps[label][phase] = calibration.fit_platt(p.label, p.logit)
+  return dict(maps)
+
+
+def mrp_members(loaded) -> dict[str, str]:
+  """Model name -> the run label MRP uses: the run labelled with the model's name, else the
+  first run of that model (ablations such as 'iMRrhpc no time' are reported beside)."""
   by_model: dict[str, str] = {}
   for r in loaded:
     if r.label == r.model_name or r.model_name not in by_model:
       by_model[r.model_name] = r.label
-  weights = None
-  if "iMGrhpc" in by_model and "iMRrhpc" in by_model:
-    mg, mr = by_model["iMGrhpc"], by_model["iMRrhpc"]
+  return by_model
 
-    def arrays(split, phase):
-      a, b = predictions[(mg, split, phase)], predictions[(mr, split, phase)]
-      if not np.array_equal(a.patient_ids, b.patient_ids):
-        raise RuntimeError(f"{split} {phase}: iMGrhpc and iMRrhpc saw different patients")
-      return {"label": a.label, "p_mg": a.probability, "p_mr": b.probability,
-              "mg_present": a.image_present, "mr_present": b.image_present}
 
-    weights = ensemble.fit([arrays(ev.fit_split, phase) for phase in phases])
-    weights.save(out_dir / "mrp_ensemble.json")
-    for split, phase in itertools.product(splits, phases):
-      a = arrays(split, phase)
-      scores[("MRP", split, phase)] = (
-          predictions[(mg, split, phase)].patient_ids, a["label"],
-          ensemble.combine(weights, a["p_mg"], a["p_mr"], a["mg_present"], a["mr_present"]))
+def add_mrp(scores, predictions, by_model: dict[str, str], splits, phases,
+            fit_split: str) -> ensemble.EnsembleWeights | None:
+  """Fits the MRP weights on the fit split's calibrated probabilities and adds MRP's scores
+  for every split and phase; None without both an iMGrhpc and an iMRrhpc run."""
+  if "iMGrhpc" not in by_model or "iMRrhpc" not in by_model:
+    return None
+  mg, mr = by_model["iMGrhpc"], by_model["iMRrhpc"]
 
-  # ---- readers ------------------------------------------------------------------------------
-  reader_labels = []
-  if ev.readers:
-    for (reader, phase), cases in _readers(ev.readers).items():
-      reference = next(v for k, v in scores.items() if k[1] == ev.split and k[2] == phase)
-      ids, label, _ = reference
-      keep = np.asarray([i in cases for i in ids])
-      scores[(reader, ev.split, phase)] = (ids[keep], label[keep],
-                                           np.asarray([cases[i] for i in ids[keep]]))
-      reader_labels.append(reader)
-  model_labels = [r.label for r in loaded] + (["MRP"] if weights else [])
-  labels = model_labels + sorted(set(reader_labels))
+  def arrays(split, phase):
+    a, b = predictions[(mg, split, phase)], predictions[(mr, split, phase)]
+    if not np.array_equal(a.patient_ids, b.patient_ids):
+      raise RuntimeError(f"{split} {phase}: iMGrhpc and iMRrhpc saw different patients")
+    return {"label": a.label, "p_mg": scores[(mg, split, phase)][2],
+            "p_mr": scores[(mr, split, phase)][2], "mg_present": a.image_present,
+            "mr_present": b.image_present}
 
-  # ---- metrics on the reported split --------------------------------------------------------
+  weights = ensemble.fit([arrays(fit_split, phase) for phase in phases])
+  for split, phase in itertools.product(splits, phases):
+    a = arrays(split, phase)
+    scores[("MRP", split, phase)] = (
+        predictions[(mg, split, phase)].patient_ids, a["label"],
+        ensemble.combine(weights, a["p_mg"], a["p_mr"], a["mg_present"], a["mr_present"]))
+  return weights
+
+
+def read_readers(path: str) -> dict[tuple[str, str], dict[str, float]]:
+  """(reader, phase) -> {case: probability} from a CSV with case, phase, reader, probability."""
+  out: dict[tuple[str, str], dict[str, float]] = collections.defaultdict(dict)
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    missing = {"case", "phase", "reader", "probability"} - set(reader.fieldnames or [])
+    if missing:
+      raise ValueError(f"{path}: missing columns {sorted(missing)} (need case, phase, reader, "
+                       "probability)")
+    for line, row in enumerate(reader, start=2):
+      phase = row["phase"].strip().lower().replace("-nat", "")
+      if phase not in DIRECTIONS:
+        raise ValueError(f"{path}:{line}: phase {row['phase']!r} is not pre, mid or post")
+      try:
+        probability = float(row["probability"])
+      except ValueError:
+        raise ValueError(f"{path}:{line}: probability {row['probability']!r} is not a "
+                         "number") from None
+      if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"{path}:{line}: probability {probability} is not in [0, 1]")
+      out[(f"Reader {row['reader'].strip()}", phase)][row["case"].strip()] = probability
+  return out
+
+
+def add_readers(scores, path: str, split: str, patients) -> list[str]:
+  """Adds each reader's scores on ``split`` (cases of other splits or unlabelled are left out,
+  and counted) and, per phase with two or more readers, their mean on the cases every one of
+  them read (READERS_MEAN, the paper's '+R'). Returns the labels added."""
+  by_reader = read_readers(path)
+  labels = set()
+  for (reader, phase), cases in sorted(by_reader.items()):
+    ids = np.asarray(sorted(c for c in cases if c in patients and patients[c]["split"] == split
+                            and patients[c]["label"] in (0, 1)))
+    if len(ids) < len(cases):
+      print(f"evaluate: {reader} {phase}: {len(cases) - len(ids)} of {len(cases)} cases are not "
+            f"labelled {split} patients; left out", flush=True)
+    scores[(reader, split, phase)] = (
+        ids, np.asarray([patients[i]["label"] for i in ids], np.int64),
+        np.asarray([cases[i] for i in ids], np.float64))
+    labels.add(reader)
+  for phase in DIRECTIONS:
+    readers = [r for (r, ph) in by_reader if ph == phase]
+    if len(readers) < 2:
+      continue
+    common = sorted(set.intersection(*(set(scores[(r, split, phase)][0]) for r in readers)))
+    ids = np.asarray(common)
+    scores[(READERS_MEAN, split, phase)] = (
+        ids, np.asarray([patients[i]["label"] for i in ids], np.int64),
+        np.mean([[by_reader[(r, phase)][i] for i in ids] for r in readers], axis=0))
+    labels.add(READERS_MEAN)
+  return sorted(labels - {READERS_MEAN}) + sorted(labels & {READERS_MEAN})
+
+
+def reported_scores(scores, split: str, reported_cohort: cohort.Cohort
+                    ) -> dict[tuple[str, str], Scores]:
+  """(label, phase) -> the scores of ``split`` restricted to the reported cohort."""
+  out = {}
+  for (label, s, phase), (ids, y, p) in scores.items():
+    if s == split:
+      keep = reported_cohort.keep(ids)
+      out[(label, phase)] = (ids[keep], y[keep], p[keep])
+  return out
+
+
+def _reported_n(reported, phase: str) -> int:
+  """Patients reported at ``phase`` (the most any model has there)."""
+  return max((len(v[0]) for (label, ph), v in reported.items() if ph == phase), default=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6: measurements
+# ---------------------------------------------------------------------------------------------
+def _threshold(config, y, p) -> float:
+  if config.evaluate.threshold not in THRESHOLD_RULES:
+    return float(config.evaluate.threshold)
+  t = statistics.youden_threshold(y, p)
+  return t if math.isfinite(t) else 0.5
+
+
+def measure(config, scores, reported, model_labels: list[str], reader_labels: list[str],
+            phases: tuple[str, ...], patients, by_model: dict[str, str], has_mrp: bool,
+            uncalibrated: dict[tuple[str, str, str], np.ndarray]) -> dict[str, Any]:
+  """Every statistic of the report (see the module docstring), keyed as metrics.json.
+
+  Args:
+    scores: (label, split, phase) -> calibrated scores of every patient.
+    reported: (label, phase) -> the reported cohort's scores.
+    model_labels: the runs' labels and 'MRP'; reader_labels: the readers' (no calibration
+      curves: their probabilities are their own).
+    uncalibrated: (run label, reported split, phase) -> the runs' own probabilities, aligned
+      with ``scores`` (for the Brier score before calibration).
+  """
+  ev = config.evaluate
+  labels = model_labels + reader_labels
+  focus = "MRP" if has_mrp else model_labels[-1]
+  replicates, seed = ev.bootstrap_replicates, config.seed
   metrics: dict[str, Any] = {}
   thresholds: dict[str, dict[str, float]] = {}
-  replicates = ev.bootstrap_replicates
   for label in labels:
     metrics[label], thresholds[label] = {}, {}
     for phase in phases:
-      if (label, ev.split, phase) not in scores:
+      if (label, phase) not in reported:
         continue
-      _, y, p = scores[(label, ev.split, phase)]
+      ids, y, p = reported[(label, phase)]
       fit = scores.get((label, ev.fit_split, phase))
       t = _threshold(config, fit[1], fit[2]) if fit is not None else 0.5
       thresholds[label][phase] = t
-      table = statistics.metric_table(y, p, t, replicates=replicates, seed=config.seed)
-      metrics[label][phase] = {
-          # "auprc" is the average precision; the trapezoidal area is reported beside it.
-          "auroc": table["auroc"], "auprc": table["auprc_average_precision"],
-          "auprc_trapezoidal": table["auprc_trapezoidal"],
-          **{m: table[m] for m in ("sensitivity", "specificity", "ppv", "npv")},
-          "n": int(len(y)), "n_pcr": int(np.sum(y))}
+      metrics[label][phase] = table_1_row(y, p, t, replicates, seed)
+      raw = uncalibrated.get((label, ev.split, phase))
+      if raw is not None:  # a model (MRP and readers have no uncalibrated output)
+        all_ids = scores[(label, ev.split, phase)][0]
+        keep = np.isin(all_ids, ids)
+        metrics[label][phase]["brier_uncalibrated"] = statistics.brier_score(
+            y, raw[keep], replicates=replicates, seed=seed).as_dict()
 
-  delong = {}
-  for phase in phases:
-    delong[phase] = []
-    present = [l for l in labels if (l, ev.split, phase) in scores]
-    for a, b in itertools.combinations(present, 2):
-      ids_a, y, pa = scores[(a, ev.split, phase)]
-      ids_b, _, pb = scores[(b, ev.split, phase)]
-      y, pa, pb = _paired(ids_a, y, pa, ids_b, pb)  # readers may have read a subset
-      test = statistics.delong_test(y, pa, pb)
-      delong[phase].append({"a": a, "b": b, "auc_a": test.auc_a, "auc_b": test.auc_b,
-                            "p_value": test.p_value, "n": int(len(y))})
-
-  shape = paper_shape(scores, ev.split, phases, by_model, bool(weights), replicates,
-                      config.seed)
-
-  curves, points = {}, {}
+  curves, points, eq1, calibration_curves = {}, {}, {}, {}
   for phase in phases:
     direction = DIRECTIONS[phase]
-    curves[phase] = {"direction": direction}
-    points[phase] = {}
+    curves[phase], points[phase], eq1[phase] = {"direction": direction}, {}, {}
+    calibration_curves[phase] = {}
     for label in labels:
-      if (label, ev.split, phase) in scores:
-        _, y, p = scores[(label, ev.split, phase)]
-        curves[phase][label] = decision_curves.decision_curve(
-            y, p, direction, decision_curves.DEFAULT_THRESHOLDS[:60], per=1000,
-            replicates=replicates, seed=config.seed).as_dict()
-        points[phase][label] = decision_curves.operating_points(y, p)
+      if (label, phase) not in reported:
+        continue
+      _, y, p = reported[(label, phase)]
+      curve = decision_curves.decision_curve(y, p, direction, DECISION_THRESHOLDS, per=1000,
+                                             replicates=replicates, seed=seed)
+      curves[phase][label] = curve.as_dict()
+      eq1[phase][label] = _at_thresholds(curve)
+      points[phase][label] = decision_curves.operating_points(y, p)
+      if label in model_labels:
+        calibration_curves[phase][label] = statistics.calibration_curve(
+            y, p, replicates=replicates, seed=seed).as_dict()
 
-  focus = "MRP" if weights else model_labels[-1]
-  subgroups, odds = {}, {}
+  subgroups = {}
   for phase in phases:
-    ids, y, p = scores[(focus, ev.split, phase)]
+    ids, y, p = reported[(focus, phase)]
     subgroups[phase] = {
         variable: statistics.subgroup_metrics(
             y, p, [patients[i].get(variable) for i in ids], thresholds[focus][phase],
-            replicates=replicates, seed=config.seed)
+            replicates=replicates, seed=seed)
         for variable in SUBGROUP_VARIABLES}
-  cohort = [i for i in patients if patients[i]["split"] in splits]
-  cohort_y = _cohort_labels(scores, splits, phases[0], cohort)
-  for variable in ("molecular_subtype", "histology", "in_situ", "focality", "density"):
-    odds[variable] = statistics.odds_ratios(cohort_y, [patients[i].get(variable) for i in cohort])
+  return {
+      "models": metrics, "thresholds": thresholds,
+      "delong": delong_tests(reported, labels, phases),
+      "paper_shape": paper_shape(reported, phases, by_model, has_mrp, replicates, seed),
+      "decision_curves": curves, "decision_thresholds": eq1, "operating_points": points,
+      "calibration_curves": calibration_curves,
+      "subgroups": {"model": focus, "by_phase": subgroups},
+      "odds_ratios": table_2_odds_ratios(patients)}
 
-  # ---- attributions -------------------------------------------------------------------------
-  attributions = {}
-  if ev.explain_cases:
-    attributions = _attributions(loaded, records_dir, ev, weights, by_model)
 
-  # ---- outputs ------------------------------------------------------------------------------
-  _write_predictions(out_dir / "predictions.csv", scores, patients)
-  result = {
-      "split": ev.split, "fit_split": ev.fit_split, "phases": list(phases),
-      "models": metrics, "thresholds": thresholds, "delong": delong, "paper_shape": shape,
-      "decision_curves": curves, "operating_points": points,
-      "subgroups": {"model": focus, "by_phase": subgroups}, "odds_ratios": odds,
-      "ensemble": weights, "readers": sorted(set(reader_labels)),
-      "runs": {r.label: {"model": r.model_name, "workdir": str(r.workdir), "step": r.step}
-               for r in loaded},
-      "bootstrap": {"replicates": replicates, "kind": "percentile", "seed": config.seed},
-  }
-  result = _json_ready(result)
-  (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
-  (out_dir / "attributions.json").write_text(json.dumps(_json_ready(attributions), indent=1))
-  report.write(out_dir, result, attributions, scores, ev.split)
-  print(f"evaluate: report in {out_dir}", flush=True)
-  return result
+def table_1_row(y, p, threshold: float, replicates: int, seed: int) -> dict[str, Any]:
+  """One model at one phase: the paper's Table 1 metrics and the Brier score with CIs."""
+  table = statistics.metric_table(y, p, threshold, replicates=replicates, seed=seed)
+  return {
+      # "auprc" is the average precision; the trapezoidal area is reported beside it.
+      "auroc": table["auroc"], "auprc": table["auprc_average_precision"],
+      "auprc_trapezoidal": table["auprc_trapezoidal"],
+      **{m: table[m] for m in ("sensitivity", "specificity", "ppv", "npv")},
+      "brier": statistics.brier_score(y, p, replicates=replicates, seed=seed).as_dict(),
+      "n": int(len(y)), "n_pcr": int(np.sum(y))}
+
+
+def _at_thresholds(curve: decision_curves.DecisionCurve) -> list[dict[str, Any]]:
+  """The decision curve's quantities at REPORTED_THRESHOLDS, each {value, ci_low, ci_high}."""
+  rows = []
+  for t in REPORTED_THRESHOLDS:
+    k = int(np.argmin(np.abs(curve.thresholds - t)))
+    row = {"threshold": float(curve.thresholds[k])}
+    for name in ("net_benefit", "net_interventions_avoided", "net_reduction_in_interventions"):
+      low, high = curve.bands.get(name, (np.full(k + 1, np.nan), np.full(k + 1, np.nan)))
+      row[f"{name}_per_{curve.per}"] = {"value": float(getattr(curve, name)[k]),
+                                        "ci_low": float(low[k]), "ci_high": float(high[k])}
+    rows.append(row)
+  return rows
+
+
+def delong_tests(reported, labels, phases) -> dict[str, list[dict[str, Any]]]:
+  """DeLong's test between every pair of labels per phase, on the patients both have."""
+  out = {}
+  for phase in phases:
+    out[phase] = []
+    present = [label for label in labels if (label, phase) in reported]
+    for a, b in itertools.combinations(present, 2):
+      ids_a, y, pa = reported[(a, phase)]
+      ids_b, _, pb = reported[(b, phase)]
+      y, pa, pb = _paired(ids_a, y, pa, ids_b, pb)  # readers may have read a subset
+      test = statistics.delong_test(y, pa, pb)
+      out[phase].append({"a": a, "b": b, "auc_a": test.auc_a, "auc_b": test.auc_b,
+                         "p_value": test.p_value, "n": int(len(y))})
+  return out
+
+
+def table_2_odds_ratios(patients) -> dict[str, Any]:
+  """Odds ratios of pCR per category over every labelled patient of every split (Table 2)."""
+  labelled = [pid for pid, row in patients.items() if row["label"] in (0, 1)]
+  y = np.asarray([patients[pid]["label"] for pid in labelled])
+  out = {}
+  for variable, reference in ODDS_RATIO_VARIABLES.items():
+    groups = [patients[pid].get(variable) for pid in labelled]
+    present = set(statistics.category_labels(groups).tolist())
+    out[variable] = statistics.odds_ratios(
+        y, groups, reference=reference if reference in present else None)
+  return {"splits": sorted({patients[pid]["split"] for pid in labelled}), "n": len(labelled),
+          "n_pcr": int(y.sum()), "by_variable": out}
 
 
 def _paired(ids_a, y, pa, ids_b, pb) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -278,9 +448,10 @@ def _compare(claim: str, phase: str, a: str, b: str, ids_a, ids_b, y, pa, pb, st
           "holds": bool(np.isfinite(value) and (value > 0 if strict else value >= 0))}
 
 
-def paper_shape(scores, split: str, phases: tuple[str, ...], by_model: dict[str, str],
-                has_mrp: bool, replicates: int, seed: int) -> list[dict[str, Any]]:
-  """The paper's result as claims checked on ``split``, each on the patients both sides share.
+def paper_shape(reported, phases: tuple[str, ...], by_model: dict[str, str], has_mrp: bool,
+                replicates: int, seed: int) -> list[dict[str, Any]]:
+  """The paper's result as claims checked on the reported scores ((label, phase) -> scores),
+  each on the patients both sides share.
 
   Per phase: iMRrhpc above rhpc, and MRP at least as good as iMRrhpc, iMGrhpc and rhpc; across
   phases: iMRrhpc at Post-NAT at least as good as at Pre-NAT (same patients, their Pre-NAT and
@@ -295,75 +466,134 @@ def paper_shape(scores, split: str, phases: tuple[str, ...], by_model: dict[str,
   claims = []
   for phase in phases:
     for a, b, strict in pairs:
-      if (a, split, phase) in scores and (b, split, phase) in scores:
-        ids_a, y, pa = scores[(a, split, phase)]
-        ids_b, _, pb = scores[(b, split, phase)]
+      if (a, phase) in reported and (b, phase) in reported:
+        ids_a, y, pa = reported[(a, phase)]
+        ids_b, _, pb = reported[(b, phase)]
         claims.append(_compare(f"{a} {'>' if strict else '>='} {b}", phase, a, b, ids_a,
                                ids_b, y, pa, pb, strict, replicates, seed))
-  if all((imr, split, phase) in scores for phase in ("pre", "post")):
-    ids_post, y, p_post = scores[(imr, split, "post")]
-    ids_pre, _, p_pre = scores[(imr, split, "pre")]
+  if all((imr, phase) in reported for phase in ("pre", "post")):
+    ids_post, y, p_post = reported[(imr, "post")]
+    ids_pre, _, p_pre = reported[(imr, "pre")]
     claims.append(_compare(f"{imr} Post-NAT >= Pre-NAT", "post vs pre", f"{imr} post",
                            f"{imr} pre", ids_post, ids_pre, y, p_post, p_pre, False,
                            replicates, seed))
   return claims
 
 
-def _cohort_labels(scores, splits, phase, cohort) -> np.ndarray:
-  label_of = {}
-  for (label, split, ph), (ids, y, _) in scores.items():
-    if ph == phase and split in splits:
-      label_of.update(zip(ids.tolist(), y.tolist()))
-  return np.asarray([label_of[i] for i in cohort])
+# ---------------------------------------------------------------------------------------------
+# 7: explanations
+# ---------------------------------------------------------------------------------------------
+def attribution_baseline(patients, fit_split: str) -> dict[str, Any]:
+  """The reference patient (cohort.reference_patient) of the train split (else the fit
+  split): {'rhpc': 'reference patient', 'reference_split', 'values': {variable: value},
+  'images': 'zeros (black)', 'rhpc_inputs': [INPUT_DIM]}."""
+  split = ("train" if any(row["split"] == "train" for row in patients.values())
+           else fit_split)
+  reference = cohort.reference_patient(patients, split)
+  values = {k: ("+".join(v) if isinstance(v, list) else v)
+            for k, v in reference.decode(0).items()}
+  return {"rhpc": "reference patient", "reference_split": split, "values": values,
+          "images": "zeros (black)",
+          "rhpc_inputs": encoding.model_inputs(reference)[0].tolist()}
 
 
-def _write_predictions(path: Path, scores, patients) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["patient_id", "split", "phase", "model", "probability", "label",
-                     *SUBGROUP_VARIABLES])
-    for (label, split, phase), (ids, y, p) in sorted(scores.items()):
-      for i, yi, pi in zip(ids, y, p):
-        info = patients.get(i, {})
-        writer.writerow([i, split, phase, label, f"{pi:.6f}", int(yi),
-                         *[("" if info.get(v) is None else info.get(v))
-                           for v in SUBGROUP_VARIABLES]])
-
-
-def _attributions(loaded, records_dir, ev, weights, by_model) -> dict[str, Any]:
-  """Integrated Gradients on the first explain_cases patients of the reported split."""
+def explain_cases(loaded, records_dir: Path, ev, baseline: dict[str, Any],
+                  reported_cohort: cohort.Cohort, maps,
+                  weights: ensemble.EnsembleWeights | None, by_model: dict[str, str],
+                  scores) -> dict[str, Any]:
+  """Integrated Gradients of the first ``explain_cases`` patients of the reported cohort at
+  ``explain_phase``, each model's calibrated probability against the reference patient; MRP's
+  per case as the ensemble combines it, its completeness checked against MRP's reported
+  probability."""
   from mrp_jax.evaluation import explain
+  phase = ev.explain_phase
   spec = pipeline.batch_spec(records_dir)
   cases = []
   for path in pipeline.split_paths(records_dir, ev.split):
     for _, data in tfrecord.iter_records(path):
       record = records.decode(data)
-      if batching.evaluates(record, ev.explain_phase):
-        cases.append(batching.eval_example(record, ev.explain_phase))
+      if (batching.evaluates(record, phase)
+          and reported_cohort.keep(np.asarray([record.patient_id]))[0]):
+        cases.append(batching.eval_example(record, phase))
       if len(cases) >= ev.explain_cases:
         break
     if len(cases) >= ev.explain_cases:
       break
-  per_model = {}
+  ids = [case.record.patient_id for case in cases]
+  rhpc_baseline = np.asarray(baseline["rhpc_inputs"], np.float32)
+  per_model, mismatch = {}, {}
   for run_ in loaded:
     variables = {"params": jax.device_get(run_.state.params),
                  "batch_stats": jax.device_get(run_.state.batch_stats)}
+    platt = maps[run_.label][phase]
     chunks = []
     for start in range(0, len(cases), 8):
       batch = batching.collate(cases[start:start + 8], run_.model_name, spec)
-      # Probabilities, not logits: MRP averages probabilities, and IG is linear in the
-      # function, so W1 * IG(iMGrhpc) + W2 * IG(iMRrhpc) is exactly MRP's attribution.
-      chunks.append(explain.model_attributions(run_.model, variables, batch,
-                                               target="probability", steps=ev.explain_steps))
+      chunks.append(explain.model_attributions(
+          run_.model, variables, batch, target="probability", steps=ev.explain_steps,
+          rhpc_baseline=rhpc_baseline, calibration=(platt.slope, platt.intercept)))
     per_model[run_.label] = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    # The explained function against the reported one (bfloat16 runs differ by rounding).
+    reported_p = _lookup(scores[(run_.label, ev.split, phase)], ids)
+    mismatch[run_.label] = float(np.max(np.abs(per_model[run_.label]["output"] - reported_p)))
   if weights is not None:
+    mg_present = np.asarray([case.record.mg is not None for case in cases])
+    mr_present = np.asarray([case.baseline is not None for case in cases])
+    w_mg, w_mr = ensemble.case_weights(weights, mg_present, mr_present)
     per_model["MRP"] = explain.combine_attributions(
         {"mg": per_model[by_model["iMGrhpc"]], "mr": per_model[by_model["iMRrhpc"]]},
-        {"mg": weights.w_mg, "mr": weights.w_mr})
-  return {"phase": ev.explain_phase, "cases": len(cases),
-          "ranked": {label: explain.rank_attributions(values)
-                     for label, values in per_model.items()},
-          "completeness": {label: {"mean_abs_delta": float(np.mean(np.abs(v["delta"]))),
-                                   "mean_abs_output_difference": float(
-                                       np.mean(np.abs(v["output_difference"])))}
-                           for label, v in per_model.items() if "delta" in v}}
+        {"mg": w_mg, "mr": w_mr}, output=_lookup(scores[("MRP", ev.split, phase)], ids))
+    mismatch["MRP"] = 0.0  # checked against MRP's reported probability itself
+  return {
+      "phase": phase, "cases": len(cases), "split": ev.split, "cohort": reported_cohort.kind,
+      "target": "calibrated probability of pCR (the one each model reports and MRP averages)",
+      "baseline": {k: v for k, v in baseline.items() if k != "rhpc_inputs"},
+      "ranking": ev.explain_ranking,
+      "ranked": {label: explain.rank_attributions(values, ev.explain_ranking)
+                 for label, values in per_model.items()},
+      "completeness": {label: {
+          "mean_abs_delta": float(np.mean(np.abs(v["delta"]))),
+          "max_abs_delta": float(np.max(np.abs(v["delta"]))),
+          "mean_abs_output_difference": float(np.mean(np.abs(v["output_difference"]))),
+          "max_abs_output_vs_reported": mismatch[label]}
+          for label, v in per_model.items() if len(v["delta"])}}
+
+
+def _lookup(entry: Scores, ids: list[str]) -> np.ndarray:
+  position = {patient: k for k, patient in enumerate(entry[0])}
+  return np.asarray([entry[2][position[i]] for i in ids], np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8: outputs
+# ---------------------------------------------------------------------------------------------
+def write_outputs(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any],
+                  baseline: dict[str, Any], scores, reported, predictions, patients, maps,
+                  weights, ev) -> None:
+  if weights is not None:
+    weights.save(out_dir / "mrp_ensemble.json")
+  calibration.save(out_dir / "calibration.json", maps, ev.fit_split)
+  (out_dir / "attribution_baseline.json").write_text(json.dumps(_json_ready(baseline),
+                                                                indent=1))
+  _write_predictions(out_dir / "predictions.csv", scores, reported, predictions, patients,
+                     ev.split)
+  (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+  (out_dir / "attributions.json").write_text(json.dumps(_json_ready(attributions), indent=1))
+  report.write(out_dir, result, attributions, reported)
+
+
+def _write_predictions(path: Path, scores, reported, predictions, patients, split: str) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["patient_id", "split", "phase", "model", "probability",
+                     "uncalibrated_probability", "label", "reported", *SUBGROUP_VARIABLES])
+    for (label, s, phase), (ids, y, p) in sorted(scores.items()):
+      raw = predictions.get((label, s, phase))
+      kept = set(reported[(label, phase)][0]) if s == split else set()
+      for k, (i, yi, pi) in enumerate(zip(ids, y, p)):
+        info = patients.get(i, {})
+        writer.writerow([i, s, phase, label, f"{pi:.6f}",
+                         "" if raw is None else f"{raw.probability[k]:.6f}", int(yi),
+                         int(i in kept),
+                         *[("" if info.get(v) is None else info.get(v))
+                           for v in SUBGROUP_VARIABLES]])

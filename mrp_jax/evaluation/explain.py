@@ -20,7 +20,15 @@ gradient at once.
 
 The model-level functions then sum attributions per rhpc variable (its one-hot slice of the
 input vector, ``encoding.INPUT_SLICES``) and per image (each MRI slot, the mammogram), combine the
-models of the MRP ensemble linearly, and rank features over cases as the paper's Fig. 4 does.
+models of the MRP ensemble per case as the ensemble itself does (its weights, or the one model
+whose image the case has), and rank features over cases as the paper's Fig. 4 does.
+
+The baseline is chosen by the caller. The evaluate job and `predict` use the *reference patient*
+(the training split's most common value of every rhpc variable, evaluation/cohort.py) for the
+rhpc input and black images: a variable at its most common value then gets exactly no
+attribution, so a variable that hardly varies (sex) cannot rank for carrying no information,
+and every path point is a one-hot input the model was trained on. An all-zero rhpc baseline
+would mean "no category at all", an input no patient has.
 """
 
 from __future__ import annotations
@@ -196,16 +204,19 @@ def auto_chunk_size(steps: int, batch_size: int, voxels_per_example: int) -> int
 
 
 @functools.partial(jax.jit, static_argnames=("model", "target", "steps", "method", "chunk_size"))
-def _model_attributions(variables, fixed, inputs, *, model, target, steps, method, chunk_size):
+def _model_attributions(variables, fixed, inputs, baseline, calibration, *, model, target, steps,
+                        method, chunk_size):
   """Jitted core of model_attributions: per-label sums [B] (on the device, so full volumes of
   attributions never travel to the host)."""
 
   def f(attributed):
     logit = model.apply(variables, {**fixed, **attributed}, train=False)["logit"]
     logit = logit.astype(jnp.float32)
-    return jax.nn.sigmoid(logit) if target == "probability" else logit
+    if target == "logit":
+      return logit
+    return jax.nn.sigmoid(calibration[0] * logit + calibration[1])
 
-  attributions, delta = integrated_gradients(f, inputs, steps=steps, method=method,
+  attributions, delta = integrated_gradients(f, inputs, baseline, steps=steps, method=method,
                                              chunk_size=chunk_size)
   out = {}
   rhpc = attributions["rhpc"]
@@ -220,19 +231,23 @@ def _model_attributions(variables, fixed, inputs, *, model, target, steps, metho
   out["delta"] = delta
   # sum(attributions) - delta is f(x) - f(baseline) without two more forward passes.
   out["output_difference"] = sum(_per_example_sum(a) for a in attributions.values()) - delta
+  out["output"] = f(inputs)
+  out["baseline_output"] = out["output"] - out["output_difference"]
   return out
 
 
 def model_attributions(model: nn.Module, variables: Mapping[str, Any],
                        batch: Mapping[str, Any], *, target: str = "logit", steps: int = 50,
                        chunk_size: int | None = None, method: str = "gausslegendre",
-                       float32: bool = True) -> dict[str, np.ndarray]:
+                       float32: bool = True, rhpc_baseline: Any = None,
+                       calibration: tuple[float, float] = (1.0, 0.0)) -> dict[str, np.ndarray]:
   """Integrated Gradients of one MRP model's pCR output, summed per feature.
 
-  The rhpc vector and the model's images are attributed together against a zero baseline
-  (captum's default: every one-hot column 0, the images black); phases, masks and the other
-  batch entries are held fixed. A missing image slot is zero in the input and in the baseline,
-  so its attribution is exactly 0.
+  The rhpc vector and the model's images are attributed together against a baseline: the rhpc
+  vector ``rhpc_baseline`` (default zeros, captum's default) and black images; phases, masks
+  and the other batch entries are held fixed. A missing image slot is zero in the input and in
+  the baseline, so its attribution is exactly 0; so is a variable whose value is the
+  baseline's.
 
   Args:
     model: rhpc, iMGrhpc or iMRrhpc module (``models.create_model``).
@@ -240,16 +255,22 @@ def model_attributions(model: nn.Module, variables: Mapping[str, Any],
     batch: as ``input_pipeline.examples.collate`` makes it: 'rhpc' [B, encoding.INPUT_DIM] and,
       for image models, 'mri' [B, 2, z, y, x] or 'mg' [B, 1, rows, cols] with their masks and
       phases (raw dtypes: ``augment.prepare_images`` scales them first).
-    target: 'logit' (pCR log-odds) or 'probability' (sigmoid; what the MRP ensemble averages).
+    target: 'logit' (pCR log-odds) or 'probability' (sigmoid(slope * logit + intercept) with
+      ``calibration`` = (slope, intercept): the calibrated probability the MRP ensemble
+      averages; (1, 0) is the model's own probability).
     steps, method: quadrature (see :func:`path_nodes`).
     chunk_size: path points per chunk; None chooses one from the image size
       (:func:`auto_chunk_size`).
     float32: compute in float32 even when the model is configured for bfloat16.
+    rhpc_baseline: [INPUT_DIM] or [B, INPUT_DIM] rhpc baseline (e.g. the reference patient's
+      ``encoding.model_inputs``); None: zeros.
+    calibration: (slope, intercept) of the 'probability' target.
 
   Returns:
     label -> float32 [B]: one entry per rhpc variable (``Variable.label``); 'MRI', 'MRI
-    baseline', 'MRI follow-up' (iMRrhpc) or 'MG' (iMGrhpc); 'delta' (completeness error) and
-    'output_difference' (f(x) - f(baseline)).
+    baseline', 'MRI follow-up' (iMRrhpc) or 'MG' (iMGrhpc); 'delta' (completeness error),
+    'output_difference' (f(x) - f(baseline)), 'output' (f(x)) and 'baseline_output'
+    (f(baseline)).
   """
   if target not in ("logit", "probability"):
     raise ValueError(f"target must be 'logit' or 'probability', got {target!r}")
@@ -264,7 +285,10 @@ def model_attributions(model: nn.Module, variables: Mapping[str, Any],
   if chunk_size is None:
     voxels = sum(math.prod(inputs[k].shape[1:]) for k in attributed if k != "rhpc")
     chunk_size = auto_chunk_size(steps, inputs["rhpc"].shape[0], voxels)
-  out = _model_attributions(dict(variables), fixed, inputs, model=model, target=target,
+  baseline = {} if rhpc_baseline is None else {
+      "rhpc": jnp.broadcast_to(jnp.asarray(rhpc_baseline, jnp.float32), inputs["rhpc"].shape)}
+  out = _model_attributions(dict(variables), fixed, inputs, baseline,
+                            jnp.asarray(calibration, jnp.float32), model=model, target=target,
                             steps=steps, method=method, chunk_size=chunk_size)
   return {k: np.asarray(v, np.float32) for k, v in jax.device_get(out).items()}
 
@@ -272,17 +296,28 @@ def model_attributions(model: nn.Module, variables: Mapping[str, Any],
 # --------------------------------------------------------------------------------------------
 # Combining, picking and ranking (plain numpy)
 # --------------------------------------------------------------------------------------------
+# Entries combined like features (linear in the function) but never ranked.
+_OUTPUTS = ("output", "baseline_output")
+
+
 def combine_attributions(per_model: Mapping[str, Mapping[str, np.ndarray]],
-                         weights: Mapping[str, float]) -> dict[str, np.ndarray]:
-  """The MRP ensemble's attributions: sum over models of weight x attributions.
+                         weights: Mapping[str, Any],
+                         output: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """An ensemble's attributions: per case, the sum over models of its weight x attributions.
 
   IG is linear in the function for a fixed baseline, so IG(W1 F1 + W2 F2) = W1 IG(F1) +
-  W2 IG(F2); a feature a model lacks (MG for iMRrhpc) counts as 0 for it. 'delta' and
-  'output_difference' combine the same way and stay consistent.
+  W2 IG(F2) case by case, also when the weights differ per case (the MRP ensemble falls back to
+  the model whose image a case has: ensemble.case_weights). A feature a model lacks (MG for
+  iMRrhpc) counts as 0 for it. 'output' and 'baseline_output' combine the same way.
 
   Args:
     per_model: model name -> label -> [B] (the same B patients in every model).
-    weights: model name -> weight, for every model of ``per_model``.
+    weights: model name -> weight, a scalar or [B] per case, for every model of
+      ``per_model``.
+    output: [B] the ensemble's own output for these cases (e.g. the MRP probability the
+      evaluation reports). Given, 'output' is it, and 'delta' and 'output_difference' are
+      recomputed against it, so completeness is checked against what the ensemble really
+      outputs, not against the mixture of the models' outputs. Else they combine linearly.
   """
   missing = set(per_model) - set(weights)
   if missing:
@@ -292,15 +327,24 @@ def combine_attributions(per_model: Mapping[str, Mapping[str, np.ndarray]],
     features += [k for k in attributions if k not in features]
   combined = {}
   for feature in features:
-    parts = [weights[name] * np.asarray(a[feature], np.float64)
+    parts = [np.asarray(weights[name], np.float64) * np.asarray(a[feature], np.float64)
              for name, a in per_model.items() if feature in a]
     combined[feature] = np.sum(np.broadcast_arrays(*parts), axis=0)
+  if output is not None:
+    if "baseline_output" not in combined:
+      raise ValueError("combine_attributions: checking against an output needs each model's "
+                       "'baseline_output' (model_attributions returns it)")
+    combined["output"] = np.asarray(output, np.float64)
+    combined["output_difference"] = combined["output"] - combined["baseline_output"]
+    total = sum(combined[k] for k in _feature_keys(combined))
+    combined["delta"] = total - combined["output_difference"]
   return combined
 
 
 def _feature_keys(attributions: Mapping[str, Any]) -> list[str]:
-  """Features to rank: no diagnostics, and no per-slot MRI entries when 'MRI' is present."""
-  return [k for k in attributions if k not in DIAGNOSTICS
+  """Features to rank: no diagnostics or outputs, and no per-slot MRI entries when 'MRI' is
+  present (they are parts of it)."""
+  return [k for k in attributions if k not in DIAGNOSTICS and k not in _OUTPUTS
           and not (k in MRI_SLOTS and "MRI" in attributions)]
 
 
@@ -323,33 +367,59 @@ def top_features(attributions: Mapping[str, Any], k: int) -> list[dict[str, Any]
   return [{"feature": key, "attribution": values[key]} for key in ordered[:k]]
 
 
-def rank_attributions(per_case: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-  """Features ranked as in the paper's Fig. 4.
+# How rank_attributions summarises cases: 'signed' is the paper's Fig. 4, 'magnitude' ranks
+# importance whatever its direction.
+RANKINGS = ("signed", "magnitude")
+_GROUP_OF = {v.label: v.group.value for v in schema.VARIABLES}
 
-  Each case's attributions are normalised by the sum of their absolute values over the features
-  (so every case weighs the same, whatever its f(x) - f(baseline)); per feature the mean and
-  standard deviation over cases of the normalised |attribution|, and the mean of the normalised
-  signed attribution (positive: pushes towards pCR).
+
+def feature_group(feature: str) -> str:
+  """'r', 'h', 'p', 'c' for an rhpc variable's label (the paper's colours), 'image' else."""
+  return _GROUP_OF.get(feature, "image")
+
+
+def rank_attributions(per_case: Mapping[str, np.ndarray],
+                      ranking: str = "signed") -> list[dict[str, Any]]:
+  """Features summarised over cases and ranked, as the paper's Fig. 4 does.
+
+  'signed' (Fig. 4): per feature the mean over cases of its signed attribution ("averaged
+  contributing values among cases") and their standard deviation, both divided by the sum of
+  |mean| over the features ("normalized across the included attributes"); sorted by the signed
+  value, largest first, so features that push towards non-pCR come last with negative bars.
+
+  'magnitude': each case's |attributions| divided by their sum over the features (every case
+  weighs the same), then mean and standard deviation over cases; sorted by the mean.
 
   Args:
-    per_case: label -> [N] attributions of N cases (diagnostics and per-slot MRI entries are
-      left out as in :func:`top_features`).
+    per_case: label -> [N] attributions of N cases (diagnostics, outputs and per-slot MRI
+      entries are left out as in :func:`top_features`).
+    ranking: one of RANKINGS.
 
   Returns:
-    [{'feature', 'mean', 'std', 'signed_mean'}] sorted by 'mean', largest first; empty when
-    there are no cases.
+    [{'feature', 'group', 'value', 'std', 'rank'}] in the figure's order; 'value' is the bar
+    (normalised signed mean, or mean normalised magnitude), 'std' its error bar, 'rank' the
+    feature's place by |value| (1: most important). Empty when there are no cases.
   """
+  if ranking not in RANKINGS:
+    raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
   keys = _feature_keys(per_case)
   if not keys:
     return []
   values = np.stack([np.asarray(per_case[k], np.float64).reshape(-1) for k in keys], axis=1)
   if values.shape[0] == 0:
     return []
-  scale = np.sum(np.abs(values), axis=1, keepdims=True)
-  # A case with every attribution 0 (f(x) == f(baseline)) carries no ranking information.
-  normalised = np.divide(values, scale, out=np.zeros_like(values), where=scale > 0)
-  magnitude = np.abs(normalised)
-  rows = [{"feature": key, "mean": float(magnitude[:, j].mean()),
-           "std": float(magnitude[:, j].std()), "signed_mean": float(normalised[:, j].mean())}
-          for j, key in enumerate(keys)]
-  return sorted(rows, key=lambda row: -row["mean"])
+  if ranking == "signed":
+    mean, std = values.mean(0), values.std(0)
+    scale = np.abs(mean).sum()
+    # Every case with f(x) == f(baseline): no direction anywhere, all bars 0.
+    value, spread = ((mean / scale, std / scale) if scale > 0
+                     else (np.zeros_like(mean), np.zeros_like(std)))
+  else:
+    scale = np.sum(np.abs(values), axis=1, keepdims=True)
+    # A case with every attribution 0 (f(x) == f(baseline)) carries no ranking information.
+    normalised = np.abs(np.divide(values, scale, out=np.zeros_like(values), where=scale > 0))
+    value, spread = normalised.mean(0), normalised.std(0)
+  importance = np.argsort(np.argsort(-np.abs(value), kind="stable"), kind="stable") + 1
+  rows = [{"feature": key, "group": feature_group(key), "value": float(value[j]),
+           "std": float(spread[j]), "rank": int(importance[j])} for j, key in enumerate(keys)]
+  return sorted(rows, key=lambda row: -row["value"])

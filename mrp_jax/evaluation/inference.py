@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -24,9 +25,11 @@ from mrp_jax.training import augment
 
 @dataclasses.dataclass(frozen=True)
 class Predictions:
-  """patient_ids [N] str; probability [N] (pCR); label [N] (1/0); image_probability [N] (the
+  """patient_ids [N] str; logit [N] (pCR log-odds, float64 from the model's float32);
+  probability [N] (pCR, sigmoid of the logit); label [N] (1/0); image_probability [N] (the
   knowledge predictor's image-only estimate) and image_present [N] bool, None for rhpc."""
   patient_ids: np.ndarray
+  logit: np.ndarray
   probability: np.ndarray
   label: np.ndarray
   image_probability: np.ndarray | None
@@ -48,7 +51,8 @@ def make_eval_step(model: nn.Module) -> Callable[..., Any]:
   def eval_step(params, batch_stats, batch):
     outputs = model.apply({"params": params, "batch_stats": batch_stats},
                           augment.prepare_images(batch), train=False)
-    outputs = dict(outputs, probability=jax.nn.sigmoid(outputs["logit"]))
+    outputs = dict(outputs, logit=outputs["logit"].astype(jnp.float32),
+                   probability=jax.nn.sigmoid(outputs["logit"]))
     if "image_logit" in outputs:
       outputs["image_probability"] = jax.nn.sigmoid(outputs["image_logit"])
     return outputs
@@ -62,7 +66,7 @@ def jit_eval_step(model: nn.Module, in_shardings: Any = None) -> Callable[..., A
 
 
 # What prediction keeps of the eval step's outputs (gathered from every process).
-PREDICTION_KEYS = ("probability", "image_probability", "image_present")
+PREDICTION_KEYS = ("logit", "probability", "image_probability", "image_present")
 
 
 def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *,
@@ -84,13 +88,15 @@ def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *
         {"id": numbers, "label": batch["label"], "mask": batch["example_mask"]}, tiled=True)
     rows.append({**{k: np.asarray(v) for k, v in out.items()}, **gathered})
   if not rows:
-    return Predictions(np.zeros((0,), str), np.zeros((0,)), np.zeros((0,)), None, None)
+    return Predictions(np.zeros((0,), str), np.zeros((0,)), np.zeros((0,)), np.zeros((0,)),
+                       None, None)
   merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
   keep = merged["mask"] > 0
   order = np.argsort(merged["id"][keep], kind="stable")
   pick = lambda k: merged[k][keep][order]
   return Predictions(
       patient_ids=np.asarray([patient_string(n) for n in pick("id")]),
+      logit=pick("logit").astype(np.float64),
       probability=pick("probability").astype(np.float64),
       label=pick("label").astype(np.int64),
       image_probability=(pick("image_probability").astype(np.float64)

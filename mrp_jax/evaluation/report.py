@@ -1,9 +1,11 @@
 """report.md and the figures of the evaluation (matplotlib, no display needed).
 
-Table 1 of the paper per phase: AUROC and AUPRC with 95% CIs, sensitivity, specificity, PPV and
-NPV at the stated threshold; DeLong p-values against MRP (or the last model); the operating
-points; the ensemble weights. Figures: ROC and PR curves with bootstrap 95% bands per phase,
-decision curves per phase in the paper's direction, and attribution bars.
+Per phase the paper's Table 1 (AUROC and AUPRC with 95% CIs, sensitivity, specificity, PPV and
+NPV at the stated threshold) with the Brier score, DeLong p-values, the decision curves at a few
+thresholds with the paper's Eq. (1) beside dcurves' quantities; the calibration maps; the
+paper's claims checked; Table 2's odds ratios; the attributions as the paper's Fig. 4.
+Figures: ROC and PR curves with bootstrap 95% bands, decision curves (net benefit and Eq. (1))
+and calibration curves per phase, and the attribution bars.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ def _difference(entry: dict[str, Any]) -> str:
   return f"{entry['value']:+.3f}{ci}"
 
 
+def _interval(entry: dict[str, Any] | None, digits: int = 0) -> str:
+  """A value that may be negative with its CI, 'to' between the bounds."""
+  if not entry or entry.get("value") is None:
+    return "n/a"
+  low, high = entry.get("ci_low"), entry.get("ci_high")
+  ci = (f" ({low:.{digits}f} to {high:.{digits}f})" if low is not None and high is not None
+        else "")
+  return f"{entry['value']:.{digits}f}{ci}"
+
+
 def shape_summary(claims: list[dict[str, Any]]) -> str:
   """One line per claim of ``metrics.json``'s paper_shape, for a terminal."""
   held = sum(c["holds"] for c in claims)
@@ -55,14 +67,12 @@ def shape_summary(claims: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def _curves_figure(path: Path, scores, split: str, phase: str, labels: list[str],
-                   kind: str) -> None:
+def _curves_figure(path: Path, reported, phase: str, labels: list[str], kind: str) -> None:
   fig, ax = plt.subplots(figsize=(5, 5))
   for label in labels:
-    key = (label, split, phase)
-    if key not in scores:
+    if (label, phase) not in reported:
       continue
-    _, y, p = scores[key]
+    _, y, p = reported[(label, phase)]
     band_fn = statistics.roc_band if kind == "roc" else statistics.pr_band
     band = band_fn(y, p, replicates=_BAND_REPLICATES, stratified=True)
     line, = ax.plot(band.grid, band.value, label=label)
@@ -72,7 +82,7 @@ def _curves_figure(path: Path, scores, split: str, phase: str, labels: list[str]
     ax.set(xlabel="1 - specificity", ylabel="sensitivity")
   else:
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)")
-  ax.set(title=f"{_PHASE_TITLES[phase]} {kind.upper()} ({split})", xlim=(0, 1), ylim=(0, 1.02))
+  ax.set(title=f"{_PHASE_TITLES[phase]} {kind.upper()}", xlim=(0, 1), ylim=(0, 1.02))
   ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -80,7 +90,8 @@ def _curves_figure(path: Path, scores, split: str, phase: str, labels: list[str]
 
 
 def _decision_figure(path: Path, curves: dict[str, Any], phase: str) -> None:
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  """Left: net benefit with treat-all / treat-none (dcurves); right: the paper's Eq. (1)."""
+  fig, (ax, ax_eq1) = plt.subplots(1, 2, figsize=(11, 4.5))
   direction = curves["direction"]
   reference = None
   for label, curve in curves.items():
@@ -88,9 +99,11 @@ def _decision_figure(path: Path, curves: dict[str, Any], phase: str) -> None:
       continue
     t = np.asarray(curve["thresholds"])
     line, = ax.plot(t, curve["net_benefit"], label=label)
-    if curve.get("net_benefit_low") is not None:
-      ax.fill_between(t, curve["net_benefit_low"], curve["net_benefit_high"],
-                      color=line.get_color(), alpha=0.12)
+    ax_eq1.plot(t, curve["net_reduction_in_interventions"], label=label, color=line.get_color())
+    for axis, name in ((ax, "net_benefit"), (ax_eq1, "net_reduction_in_interventions")):
+      if curve.get(f"{name}_low") is not None:
+        axis.fill_between(t, curve[f"{name}_low"], curve[f"{name}_high"],
+                          color=line.get_color(), alpha=0.12)
     reference = curve
   if reference is not None:
     t = np.asarray(reference["thresholds"])
@@ -100,82 +113,172 @@ def _decision_figure(path: Path, curves: dict[str, Any], phase: str) -> None:
                 for v in c["net_benefit"] if v is not None]
     if positive:
       ax.set_ylim(min(-50, min(positive)), max(positive) * 1.1 + 1)
-  event = "non-pCR (therapy avoided)" if direction == "therapy" else "pCR (surgery avoided)"
+    ax_eq1.axhline(0.0, color="black", lw=0.8)
+  event = "non-pCR (therapy changed)" if direction == "therapy" else "pCR (surgery avoided)"
   ax.set(xlabel=f"threshold probability of {event.split(' ')[0]}",
          ylabel="net benefit per 1000 patients",
          title=f"{_PHASE_TITLES[phase]} decision curve: {event}")
+  ax_eq1.set(xlabel=f"threshold probability of {event.split(' ')[0]}",
+             ylabel="(TP - FP)/N - (FN - TN)/N, per 1000",
+             title="net reduction in interventions, the paper's Eq. (1)")
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def _attribution_figure(path: Path, ranked: dict[str, list[dict[str, Any]]]) -> None:
-  labels = list(ranked)
-  fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 6), squeeze=False)
-  for ax, label in zip(axes[0], labels):
-    rows = ranked[label][:15][::-1]
-    names = [r["feature"] for r in rows]
-    means = [r["mean"] for r in rows]
-    stds = [r["std"] for r in rows]
-    ax.barh(names, means, xerr=stds, color="tab:blue", alpha=0.8)
-    ax.set(title=label, xlabel="normalised |attribution|")
-    ax.tick_params(axis="y", labelsize=7)
+def _calibration_figure(path: Path, curves: dict[str, Any], phase: str) -> None:
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="calibrated")
+  for label, curve in curves.items():
+    predicted = np.asarray(curve["predicted"], dtype=float)
+    filled = np.isfinite(predicted)
+    line, = ax.plot(predicted[filled], np.asarray(curve["observed"], dtype=float)[filled],
+                    marker="o", ms=3, label=label)
+    low = np.asarray(curve["low"], dtype=float)
+    high = np.asarray(curve["high"], dtype=float)
+    band = filled & np.isfinite(low)
+    ax.fill_between(predicted[band], low[band], high[band], color=line.get_color(), alpha=0.12)
+  ax.set(xlabel="predicted probability of pCR (calibrated)", ylabel="observed pCR rate",
+         title=f"{_PHASE_TITLES[phase]} calibration", xlim=(0, 1), ylim=(0, 1))
+  ax.legend(fontsize=8, loc="upper left")
   fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# The paper's Fig. 4 colours its bars by the variable's group.
+_GROUP_COLOURS = {"r": "tab:blue", "h": "tab:orange", "p": "tab:green", "c": "tab:purple",
+                  "image": "tab:red"}
+_GROUP_NAMES = {"r": "radiological", "h": "histopathological", "p": "personal",
+                "c": "clinical", "image": "image"}
+
+
+def _attribution_figure(path: Path, attributions: dict[str, Any]) -> None:
+  """The paper's Fig. 4: per model every feature's bar (signed: normalised mean contribution;
+  magnitude: mean normalised |attribution|) with its standard deviation, in ranked order."""
+  ranked = attributions["ranked"]
+  labels = list(ranked)
+  rows_max = max(len(rows) for rows in ranked.values())
+  fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 0.25 * rows_max + 1.5),
+                           squeeze=False)
+  for ax, label in zip(axes[0], labels):
+    rows = ranked[label][::-1]  # barh draws bottom-up: the first row on top
+    ax.barh([r["feature"] for r in rows], [r["value"] for r in rows],
+            xerr=[r["std"] for r in rows], color=[_GROUP_COLOURS[r["group"]] for r in rows],
+            alpha=0.85, error_kw={"lw": 0.8})
+    ax.axvline(0.0, color="black", lw=0.6)
+    signed = attributions["ranking"] == "signed"
+    ax.set(title=f"{label} (n = {attributions['cases']})",
+           xlabel="normalised coefficient" if signed else "normalised |attribution|")
+    ax.tick_params(axis="y", labelsize=7)
+  handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _GROUP_COLOURS.values()]
+  fig.legend(handles, _GROUP_NAMES.values(), loc="upper right", fontsize=7)
+  fig.tight_layout(rect=(0, 0, 0.93, 1))
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
-def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any], scores,
-          split: str) -> None:
-  """Writes report.md and the figures into ``out_dir``."""
+def _table_1(lines: list[str], result: dict[str, Any], phase: str) -> None:
+  lines += ["| model | n | AUROC (95% CI) | AUPRC (95% CI) | threshold | sensitivity | "
+            "specificity | PPV | NPV | Brier (95% CI) |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for label, by_phase in result["models"].items():
+    entry = by_phase.get(phase)
+    if not entry:
+      continue
+    t = result["thresholds"][label][phase]
+    lines.append(f"| {label} | {entry['n']} | {_fmt(entry['auroc'])} | "
+                 f"{_fmt(entry['auprc'])} | {t:.3f} | {_fmt(entry['sensitivity'], 2)} | "
+                 f"{_fmt(entry['specificity'], 2)} | {_fmt(entry['ppv'], 2)} | "
+                 f"{_fmt(entry['npv'], 2)} | {_fmt(entry['brier'])} |")
+
+
+def _decision_table(lines: list[str], result: dict[str, Any], phase: str) -> None:
+  direction = result["decision_curves"][phase]["direction"]
+  event = "non-pCR (change therapy)" if direction == "therapy" else "pCR (avoid surgery)"
+  lines += [f"Decision curves for {event}, per 1,000 patients (95% CI): net benefit; "
+            "net interventions avoided (dcurves, against treat-all); net reduction in "
+            "interventions (the paper's Eq. (1): (TP - FP)/N - (FN - TN)/N).", "",
+            "| model | threshold | net benefit | net interventions avoided (dcurves) | "
+            "net reduction in interventions, Eq. (1) |", "|---|---|---|---|---|"]
+  for label, rows in result["decision_thresholds"][phase].items():
+    for row in rows:
+      lines.append(f"| {label} | {row['threshold']:.2f} | "
+                   f"{_interval(row['net_benefit_per_1000'])} | "
+                   f"{_interval(row['net_interventions_avoided_per_1000'])} | "
+                   f"{_interval(row['net_reduction_in_interventions_per_1000'])} |")
+
+
+def _odds_table(lines: list[str], odds: dict[str, Any]) -> None:
+  lines += ["## Table 2: pCR by characteristic (all splits)", "",
+            f"{odds['n']} labelled patients of the {', '.join(odds['splits'])} splits "
+            f"({odds['n_pcr']} pCR). Odds ratio of pCR against the reference category (the most "
+            "common; non-dense for density), Woolf 95% CI, Fisher's exact p.", "",
+            "| characteristic | category | n | pCR (%) | OR (95% CI) | p |",
+            "|---|---|---|---|---|---|"]
+  for variable, categories in odds["by_variable"].items():
+    for name, row in categories.items():
+      reference = row["category"] == row["reference"]
+      ci = "" if reference else f" ({_num(row['ci_low'], 2)}-{_num(row['ci_high'], 2)})"
+      p = "reference" if reference else _num(row["p_value"], 3)
+      lines.append(f"| {variable} | {name} | {row['n']} | {row['n_pcr']} "
+                   f"({100 * row['pcr_rate']:.1f}) | {_num(row['odds_ratio'], 2)}{ci} | {p} |")
+
+
+def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any], reported) -> None:
+  """Writes report.md and the figures into ``out_dir``; ``reported``: (label, phase) -> the
+  reported cohort's (ids, labels, probabilities)."""
   phases = result["phases"]
-  models = result["models"]
-  labels = list(models)
-  figures = []
+  labels = list(result["models"])
   for phase in phases:
     for kind in ("roc", "pr"):
-      name = f"{kind}_{phase}.png"
-      _curves_figure(out_dir / name, scores, split, phase, labels, kind)
-      figures.append(name)
-    name = f"decision_curve_{phase}.png"
-    _decision_figure(out_dir / name, result["decision_curves"][phase], phase)
-    figures.append(name)
+      _curves_figure(out_dir / f"{kind}_{phase}.png", reported, phase, labels, kind)
+    _decision_figure(out_dir / f"decision_curve_{phase}.png", result["decision_curves"][phase],
+                     phase)
+    _calibration_figure(out_dir / f"calibration_{phase}.png",
+                        result["calibration_curves"][phase], phase)
   if attributions.get("ranked"):
-    _attribution_figure(out_dir / "attributions.png", attributions["ranked"])
-    figures.append("attributions.png")
+    _attribution_figure(out_dir / "attributions.png", attributions)
 
+  cohort = result["cohort"]
+  sizes = ", ".join(f"{_PHASE_TITLES[p]} {cohort['n'][p]}" for p in phases)
   lines = ["# MRP evaluation report", "",
-           f"Split reported: **{split}**; thresholds and MRP weights chosen on "
-           f"**{result['fit_split']}**. 95% CIs: bootstrap percentile, "
-           f"{result['bootstrap']['replicates']} replicates. AUPRC is average precision.", ""]
+           f"Split reported: **{result['split']}**, cohort **{cohort['description']}** "
+           f"(patients per phase: {sizes}). Calibration maps, thresholds and MRP weights "
+           f"chosen on **{result['fit_split']}**. Probabilities are calibrated (Platt "
+           "scaling per model and phase; AUROCs are those of the models' own outputs). "
+           f"95% CIs: bootstrap percentile, {result['bootstrap']['replicates']} replicates. "
+           "AUPRC is average precision.", ""]
   if result.get("ensemble"):
     w = result["ensemble"]
     fit_auroc = w.get("validation_auroc")
     fit_text = (f"{fit_auroc:.3f}" if isinstance(fit_auroc, (int, float)) and np.isfinite(
         fit_auroc) else "undefined: no fit phase has both classes, equal weights")
-    lines += [f"MRP = {w['w_mg']:.2f} x iMGrhpc + {w['w_mr']:.2f} x iMRrhpc "
-              f"({w['objective']}: {fit_text}).", ""]
+    lines += [f"MRP = {w['w_mg']:.2f} x iMGrhpc + {w['w_mr']:.2f} x iMRrhpc, calibrated "
+              f"probabilities ({w['objective']}: {fit_text}).", ""]
   for phase in phases:
-    lines += [f"## {_PHASE_TITLES[phase]}", "",
-              "| model | n | AUROC (95% CI) | AUPRC (95% CI) | threshold | sensitivity | "
-              "specificity | PPV | NPV |", "|---|---|---|---|---|---|---|---|---|"]
-    for label in labels:
-      entry = models[label].get(phase)
-      if not entry:
-        continue
-      t = result["thresholds"][label][phase]
-      lines.append(f"| {label} | {entry['n']} | {_fmt(entry['auroc'])} | "
-                   f"{_fmt(entry['auprc'])} | {t:.3f} | {_fmt(entry['sensitivity'], 2)} | "
-                   f"{_fmt(entry['specificity'], 2)} | {_fmt(entry['ppv'], 2)} | "
-                   f"{_fmt(entry['npv'], 2)} |")
+    lines += [f"## {_PHASE_TITLES[phase]}", ""]
+    _table_1(lines, result, phase)
     lines += ["", "DeLong p-values (AUROC):", ""]
     for test in result["delong"][phase]:
       p = test["p_value"]
       lines.append(f"- {test['a']} vs {test['b']}: "
                    + ("n/a" if p is None else f"p = {p:.3g}") + f" (n = {test['n']})")
-    lines += ["", f"![ROC](roc_{phase}.png) ![PR](pr_{phase}.png)",
-              f"![decision curve](decision_curve_{phase}.png)", ""]
+    lines += ["", f"![ROC](roc_{phase}.png) ![PR](pr_{phase}.png)", ""]
+    _decision_table(lines, result, phase)
+    lines += ["", f"![decision curve](decision_curve_{phase}.png)",
+              f"![calibration](calibration_{phase}.png)", ""]
+  lines += ["## Calibration", "",
+            "Platt maps p = sigmoid(a logit + b) fitted on the fit split; Brier score of the "
+            "reported cohort before and after.", "",
+            "| model | phase | a | b | fit n | Brier uncalibrated | Brier calibrated |",
+            "|---|---|---|---|---|---|---|"]
+  for label, maps in result["calibration"]["maps"].items():
+    for phase, m in maps.items():
+      entry = result["models"].get(label, {}).get(phase, {})
+      lines.append(f"| {label} | {phase} | {m['slope']:.3f} | {m['intercept']:.3f} | {m['n']} | "
+                   f"{_fmt(entry.get('brier_uncalibrated'))} | {_fmt(entry.get('brier'))} |")
+  lines.append("")
   if result.get("paper_shape"):
     lines += ["## The paper's result, checked", "",
               "Each claim compares AUROCs on the patients both sides share; the difference "
@@ -190,9 +293,25 @@ def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any], s
           f"{_num(claim['auroc_b'])} | {_difference(claim['difference'])} | "
           f"{'n/a' if p is None else f'{p:.3g}'} | {'yes' if claim['holds'] else 'no'} |")
     lines.append("")
+  _odds_table(lines, result["odds_ratios"])
+  lines.append("")
   if attributions.get("ranked"):
-    lines += ["## Feature attributions (Integrated Gradients)", "",
-              f"{attributions['cases']} {split} patients at the {attributions['phase']} phase; "
-              "per case |attribution| normalised to sum 1, mean over cases.", "",
-              "![attributions](attributions.png)", ""]
+    how = ("mean signed contribution over cases, normalised across the attributes (sum of "
+           "|values| 1), error bar one standard deviation; positive pushes towards pCR"
+           if attributions["ranking"] == "signed" else
+           "per case |attribution| normalised to sum 1, mean and standard deviation over cases")
+    baseline = attributions["baseline"]
+    lines += ["## Feature attributions (Integrated Gradients, the paper's Fig. 4)", "",
+              f"{attributions['cases']} {attributions['split']} patients of the reported "
+              f"cohort at the {_PHASE_TITLES[attributions['phase']]} phase; target: each "
+              "model's calibrated probability (MRP: its own, per case as the ensemble combines "
+              f"them); baseline: the {baseline['reference_split']} split's reference patient "
+              f"(every variable at its most common value) and black images; {how}.", "",
+              "![attributions](attributions.png)", "",
+              "| model | mean abs completeness error | mean abs f(x) - f(baseline) |",
+              "|---|---|---|"]
+    for label, c in attributions["completeness"].items():
+      lines.append(f"| {label} | {c['mean_abs_delta']:.2g} | "
+                   f"{c['mean_abs_output_difference']:.2g} |")
+    lines.append("")
   (out_dir / "report.md").write_text("\n".join(lines) + "\n")

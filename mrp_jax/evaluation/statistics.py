@@ -21,6 +21,7 @@ warning for some of these.)
   (recall 0, precision 1), as ``auc(recall, precision)`` over ``precision_recall_curve``).
 * 95% CIs: bootstrap percentile intervals (Carpenter & Bithell 2000), 1000 seeded replicates by
   default, optionally stratified by class.
+* Brier score and reliability diagrams (calibration curves) with bootstrap bands.
 * DeLong's test and CI for correlated AUROCs (fast midrank algorithm of Sun & Xu 2014).
 * Subgroup tables and disproportionality odds ratios of pCR (Woolf CI, Fisher's exact p).
 """
@@ -437,6 +438,77 @@ def pr_band(y_true: Any, score: Any, *, grid_points: int = 101, replicates: int 
   band (the step curve of the average precision)."""
   return _curve_band(_precision_at_recall, y_true, score, grid_points, replicates, seed,
                      stratified)
+
+# ---------------------------------------------------------------- calibration
+
+def brier_score(y_true: Any, probability: Any, *, replicates: int = 1000, seed: int = 0,
+                stratified: bool = False, min_valid: int | None = None) -> Estimate:
+  """Brier score mean((p - y)^2) of probabilities of pCR, with its bootstrap percentile 95% CI
+  (the replicates of ``metric_table`` for the same seed). 0 is perfect; a constant prediction
+  at the prevalence q scores q (1 - q). NaN without cases."""
+  y, p = check_predictions(y_true, probability)
+  if y.size and ((p < 0) | (p > 1)).any():
+    raise ValueError("brier_score needs probabilities in [0, 1]")
+  squared = (p - y) ** 2
+  if y.size == 0:
+    return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, int(replicates))
+  weights = multiplicities(bootstrap_indices(y, replicates, seed, stratified), y.size)
+  values = weights @ squared / y.size
+  return percentile_estimate(float(squared.mean()), values, y.size,
+                             _min_valid(replicates, min_valid))
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationCurve:
+  """Observed pCR rate against predicted probability in equal-width bins, for a reliability
+  diagram, with bootstrap percentile 95% bands.
+
+  Attributes:
+    edges: [B + 1] bin edges on [0, 1] (a case falls in [e_k, e_k+1), the last bin closed).
+    count: [B] cases per bin.
+    predicted: [B] mean predicted probability of the bin's cases (NaN for an empty bin).
+    observed: [B] share of pCR among them (NaN for an empty bin).
+    low, high: [B] 2.5th / 97.5th percentiles of the observed share over the replicates in
+      which the bin holds a case; NaN where fewer than half the replicates do.
+    replicates: bootstrap replicates drawn.
+  """
+  edges: np.ndarray
+  count: np.ndarray
+  predicted: np.ndarray
+  observed: np.ndarray
+  low: np.ndarray
+  high: np.ndarray
+  replicates: int
+
+  def as_dict(self) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for k, v in dataclasses.asdict(self).items()}
+
+
+def calibration_curve(y_true: Any, probability: Any, *, bins: int = 10, replicates: int = 1000,
+                      seed: int = 0, stratified: bool = False) -> CalibrationCurve:
+  """The reliability diagram of probabilities of pCR in ``bins`` equal-width bins (see
+  :class:`CalibrationCurve`); a calibrated model lies on the diagonal."""
+  y, p = check_predictions(y_true, probability)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  member = np.zeros((y.size, bins))
+  member[np.arange(y.size), np.clip(np.searchsorted(edges, p, side="right") - 1, 0,
+                                    bins - 1)] = 1.0
+  count = member.sum(0)
+  predicted = _divide(p @ member, count)
+  observed = _divide(y @ member, count)
+  weights = multiplicities(bootstrap_indices(y, replicates, seed, stratified), y.size)
+  counts = weights @ member  # [R, B]
+  shares = _divide(weights @ (member * y[:, None]), counts)
+  low = high = np.full(bins, np.nan)
+  if replicates:
+    enough = np.isfinite(shares).sum(0) >= math.ceil(replicates / 2)
+    with np.errstate(all="ignore"):
+      bounds = np.nanpercentile(np.where(enough, shares, 0.0), PERCENTILES, axis=0)
+    low, high = (np.where(enough, bound, np.nan) for bound in bounds)
+  return CalibrationCurve(edges, count.astype(int), predicted, observed, low, high,
+                          int(replicates))
+
 
 # ---------------------------------------------------------------- DeLong
 

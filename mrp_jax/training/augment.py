@@ -16,6 +16,11 @@ MRI-specifically as TorchIO does" and mammograms by flipping, brightness and con
 * Mammogram: vertical flip (the chest wall stays on the left, so horizontal flip is off by
   default), contrast about the breast mean and a brightness shift, on breast pixels only, clipped
   to [0, 1]; the background stays 0.
+* The knowledge predictor's targets ('aux_targets', 'aux_masks') move with the flips that change
+  their meaning, drawn from the same numbers as the image's flips: an MRI L-R flip swaps the
+  laterality target, an S-I flip upper / lower location, a vertical mammogram flip masks the
+  location (encoding.MRI_FLIP_TARGETS and MG_FLIP_TARGETS give the anatomy). Rotations of a few
+  degrees change no quadrant and leave the targets alone.
 
 Randomness: example ``i`` of the global batch draws from ``fold_in(key, i)`` alone, so its
 augmentation depends only on (seed, step, i): not on the batch size or the device count. Each
@@ -32,6 +37,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from input_pipeline import encoding
 
 # Random streams of one example (fold_in constants), so that the geometry, each volume's
 # intensities and the mammogram never share numbers.
@@ -160,12 +167,23 @@ def rotation_matrix(angles: jax.Array) -> jax.Array:
   return matrix
 
 
+def _geometry_numbers(key: jax.Array) -> jax.Array:
+  """Every number of one patient's geometry in one draw (one threefry call compiles and runs
+  faster than eleven): [0:3] flips, [3] affine applied, [4:7] angles, [7] zoom, [8:11]
+  translation."""
+  return jax.random.uniform(key, (11,))
+
+
+def mri_flips(key: jax.Array, options: AugmentOptions) -> jax.Array:
+  """bool [3]: whether the patient's volumes are flipped along z, y, x (``key``: its geometry
+  key); the flips sample_geometry and the exact reversals apply."""
+  return _geometry_numbers(key)[0:3] < jnp.asarray(options.mri_flip_probability)
+
+
 def sample_geometry(key: jax.Array, options: AugmentOptions) -> Geometry:
   """One patient's geometric transform (flips, then rotation and zoom, then translation)."""
-  # Every number in one draw (one threefry call compiles and runs faster than eleven):
-  # [0:3] flips, [3] affine applied, [4:7] angles, [7] zoom, [8:11] translation.
-  u = jax.random.uniform(key, (11,))
-  signs = jnp.where(u[0:3] < jnp.asarray(options.mri_flip_probability), -1.0, 1.0)
+  u = _geometry_numbers(key)
+  signs = jnp.where(mri_flips(key, options), -1.0, 1.0)
   applied = u[3] < options.mri_affine_probability
   limits = jnp.deg2rad(jnp.asarray(options.mri_rotation_degrees, jnp.float32))
   angles = jnp.where(applied, _signed(u[4:7]) * limits, 0.0)
@@ -197,7 +215,7 @@ def warp_volumes(volumes: jax.Array, geometry: Geometry) -> jax.Array:
 
 def _flip_volumes(volumes: jax.Array, key: jax.Array, options: AugmentOptions) -> jax.Array:
   """sample_geometry's flips as exact reversals (used when no affine can be drawn)."""
-  flips = jax.random.uniform(key, (11,))[0:3] < jnp.asarray(options.mri_flip_probability)
+  flips = mri_flips(key, options)
   for axis, probability in enumerate(options.mri_flip_probability):
     if probability > 0:
       volumes = jnp.where(flips[axis], jnp.flip(volumes, axis + 1), volumes)
@@ -289,17 +307,28 @@ def _augment_mri_example(volumes: jax.Array, mask: jax.Array, key: jax.Array,
 
 # ---- mammogram ---------------------------------------------------------------------------------
 
+def _mammogram_numbers(key: jax.Array) -> jax.Array:
+  """One patient's mammogram draw (``key``: the example's key): [0] vertical flip, [1]
+  horizontal flip, [2] contrast applied, [3] contrast, [4] brightness applied, [5] brightness."""
+  return jax.random.uniform(jax.random.fold_in(key, _MAMMOGRAM), (6,))
+
+
+def mg_flips(key: jax.Array, options: AugmentOptions) -> jax.Array:
+  """bool [2]: whether the patient's mammogram is flipped vertically (rows) and horizontally."""
+  return _mammogram_numbers(key)[0:2] < jnp.asarray(
+      (options.mg_vertical_flip_probability, options.mg_horizontal_flip_probability))
+
+
 def _augment_mg_example(images: jax.Array, mask: jax.Array, key: jax.Array,
                         options: AugmentOptions) -> jax.Array:
   """One patient's mammograms [S, rows, cols] in [0, 1] and mask [S] bool -> [S, rows, cols]."""
   o = options
-  # [0] vertical flip, [1] horizontal flip, [2] contrast applied, [3] contrast,
-  # [4] brightness applied, [5] brightness.
-  u = jax.random.uniform(jax.random.fold_in(key, _MAMMOGRAM), (6,))
-  for axis, probability, draw in ((1, o.mg_vertical_flip_probability, u[0]),
-                                  (2, o.mg_horizontal_flip_probability, u[1])):
+  u = _mammogram_numbers(key)
+  flips = mg_flips(key, options)
+  for axis, probability, flip in ((1, o.mg_vertical_flip_probability, flips[0]),
+                                  (2, o.mg_horizontal_flip_probability, flips[1])):
     if probability > 0:
-      images = jnp.where(draw < probability, jnp.flip(images, axis), images)
+      images = jnp.where(flip, jnp.flip(images, axis), images)
   contrast = o.mg_contrast_probability > 0 and o.mg_contrast > 0
   brightness = o.mg_brightness_probability > 0 and o.mg_brightness > 0
   if contrast or brightness:
@@ -318,6 +347,32 @@ def _augment_mg_example(images: jax.Array, mask: jax.Array, key: jax.Array,
   return jnp.where(mask[:, None, None], images, 0.0)
 
 
+# ---- auxiliary targets -------------------------------------------------------------------------
+
+def _move_targets(targets: jax.Array, masks: jax.Array, flips: jax.Array,
+                  maps: tuple[encoding.TargetMap, ...],
+                  probabilities: tuple[float, ...]) -> tuple[jax.Array, jax.Array]:
+  """One example's targets and masks [AUX_DIM] after its flips (bool [len(maps)])."""
+  for flip, target_map, probability in zip(flips, maps, probabilities):
+    if probability > 0 and target_map is not encoding.IDENTITY_TARGETS:
+      # 0/1 matrix: exact in float32 at HIGHEST precision (the default may round to bf16).
+      moved = jnp.matmul(targets, jnp.asarray(target_map.matrix),
+                         precision=jax.lax.Precision.HIGHEST)
+      targets = jnp.where(flip, moved, targets)
+      masks = jnp.where(flip, masks * jnp.asarray(target_map.keep), masks)
+  return targets, masks
+
+
+def _flips_and_maps(name: str, options: AugmentOptions):
+  """(flips of one example from its key, their target maps, their probabilities) of image
+  ``name``."""
+  if name == "mri":
+    return (lambda key: mri_flips(jax.random.fold_in(key, _GEOMETRY), options),
+            encoding.MRI_FLIP_TARGETS, options.mri_flip_probability)
+  return (lambda key: mg_flips(key, options), encoding.MG_FLIP_TARGETS,
+          (options.mg_vertical_flip_probability, options.mg_horizontal_flip_probability))
+
+
 # ---- the batch ---------------------------------------------------------------------------------
 
 def augment_batch(batch: Mapping[str, Any], key: jax.Array, options: AugmentOptions,
@@ -326,14 +381,16 @@ def augment_batch(batch: Mapping[str, Any], key: jax.Array, options: AugmentOpti
 
   Args:
     batch: after prepare_images: 'mri' [B, S, z, y, x] float32 with 'mri_mask' [B, S] bool,
-      and/or 'mg' [B, S, rows, cols] float32 in [0, 1] with 'mg_mask' [B, S] bool. Other keys
-      pass through.
+      and/or 'mg' [B, S, rows, cols] float32 in [0, 1] with 'mg_mask' [B, S] bool; optionally
+      'aux_targets' and 'aux_masks' [B, encoding.AUX_DIM], moved with the flips (a batch has
+      the images of one model, whose targets they are). Other keys pass through.
     key: the step's key (the caller folds the seed with the step); typed, or raw uint32 [2].
     options: what to draw; ``enabled=False`` returns the batch unchanged.
     first_index: global index of example 0 (nonzero when a global batch is fed in chunks).
 
   Returns:
-    The batch with 'mri' / 'mg' augmented (float32); slots whose mask is False are 0.
+    The batch with 'mri' / 'mg' augmented (float32), slots whose mask is False 0, and the
+    auxiliary targets and masks of the flipped examples transformed.
   """
   batch = dict(batch)
   present = [name for name in ("mri", "mg") if name in batch]
@@ -354,4 +411,9 @@ def augment_batch(batch: Mapping[str, Any], key: jax.Array, options: AugmentOpti
                       "augment_batch")
     batch[name] = jax.vmap(lambda x, m, k, f=augment_one[name]: f(x, m, k, options))(
         images.astype(jnp.float32), jnp.asarray(batch[f"{name}_mask"], bool), example_keys)
+    if "aux_targets" in batch:
+      draw, maps, probabilities = _flips_and_maps(name, options)
+      batch["aux_targets"], batch["aux_masks"] = jax.vmap(
+          lambda t, m, k: _move_targets(t, m, draw(k), maps, probabilities))(
+              jnp.asarray(batch["aux_targets"]), jnp.asarray(batch["aux_masks"]), example_keys)
   return batch
