@@ -8,7 +8,7 @@ Stages (each skipped or resumed when its output already exists):
                checkpoints; a run with final.json is done). The fused models start their rhpc
                encoder from the rhpc run (config.demo.rhpc_init);
   4. evaluate: the MRP ensemble and the report in WORKDIR/report (the evaluate job), then the
-               paper's result checked claim by claim (metrics.json "paper_shape").
+               paper's result checked claim by claim (metrics.json "paper_claims").
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     cfg = evaluate_config(config, options.out, workdirs)
     configuration.validate(cfg)
     result = evaluate.run(cfg, workdir)
-  if result.get("paper_shape"):  # absent in reports of older versions
-    _stage(report.shape_summary(result["paper_shape"]), start)
+  if result.get("paper_claims"):  # absent in reports of older versions
+    _stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {})), start)
   _stage(f"done: {report_dir / 'report.md'}", start)
   return manifest

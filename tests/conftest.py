@@ -36,9 +36,11 @@ def _run_temp(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def training_records(tmp_path_factory):
-  """A prepared tiny synthetic cohort (20 patients, 16 usable; train/validation 60/40), built
-  once per test session even under pytest-xdist (the workers share it through a file lock)."""
+  """A prepared tiny synthetic cohort (20 patients, 16 usable; train/validation 60/40) with its
+  oracle (the generator's truth keyed by pseudonym), built once per test session even under
+  pytest-xdist (the workers share it through a file lock)."""
   from input_pipeline import prepare, synthetic
+  from input_pipeline.synthetic import oracle
   from input_pipeline.geometries import GEOMETRIES
   from input_pipeline.mammogram import MammogramOptions
   from input_pipeline.mri import MriOptions
@@ -55,6 +57,9 @@ def training_records(tmp_path_factory):
           mri=MriOptions(spacing_mm=tiny.mri_spacing_mm, box=tiny.mri_box),
           mammogram=MammogramOptions(size=tiny.mg_size), shard_size=4,
           split_fractions=(0.6, 0.4, 0.0)), progress=False)
+      key = prepare.load_key(root / "records.pseudonym.key")
+      oracle.write_for_records(root / "export", root / "records",
+                               lambda source: prepare.pseudonym(key, source))
   return root / "records"
 
 

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from input_pipeline import verify
@@ -11,15 +13,25 @@ from input_pipeline import verify
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+
+
+def _command(workdir):
+  return [sys.executable, "-m", "mrp_jax.main", "--config", "configs/demo.py:tiny",
+          "--workdir", str(workdir)]
+
+
 def _demo(workdir):
-  return subprocess.run(
-      [sys.executable, "-m", "mrp_jax.main", "--config", "configs/demo.py:tiny",
-       "--workdir", str(workdir)], capture_output=True, text=True, cwd=ROOT, timeout=900,
-      env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
+  return subprocess.run(_command(workdir), capture_output=True, text=True, cwd=ROOT,
+                        timeout=900, env=_ENV)
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
-  first = _demo(tmp_path)
+  """Every stage, then the same command again: nothing is redone. Then the same command in
+  another folder, killed with SIGKILL in the middle of training and run again: it resumes and
+  writes byte for byte the report of the uninterrupted run (same seed, same machine)."""
+  first = _demo(tmp_path / "a")
+  tmp_path = tmp_path / "a"
   assert first.returncode == 0, first.stderr[-3000:]
   assert "generating 24 synthetic patients" in first.stdout
   manifest = json.loads((tmp_path / "records" / "manifest.json").read_text())
@@ -34,14 +46,17 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert imr_config["model"]["rhpc_init"] == str(tmp_path / "runs" / "rhpc")
   report = tmp_path / "report"
   metrics = json.loads((report / "metrics.json").read_text())
-  assert set(metrics["models"]) == {"rhpc", "iMGrhpc", "iMRrhpc", "MRP"}
+  models = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
+  assert set(metrics["models"]) == {*models, *(f"oracle {m}" for m in models)}
   for phase in ("pre", "mid", "post"):
     assert metrics["models"]["MRP"][phase]["n"] > 0
   assert (report / "report.md").read_text().count("| MRP |") >= 1
   assert (report / "mrp_ensemble.json").exists() and (report / "roc_post.png").exists()
-  # The paper's claims are checked and printed (their outcome at 6 steps means nothing).
-  assert len(metrics["paper_shape"]) == 13
+  # The paper's claims are checked and printed (their outcome at 6 steps means nothing), with
+  # the synthetic cohort's oracle rows beside the models.
+  assert len(metrics["paper_claims"]["claims"]) == 16
   assert "the paper's result:" in first.stdout and "iMRrhpc Post-NAT >= Pre-NAT" in first.stdout
+  assert "ordering at post" in first.stdout
   stamps = {p: p.stat().st_mtime_ns for p in
             [*(tmp_path / "records").glob("*.tfrecord"), report / "metrics.json"]}
 
@@ -51,3 +66,21 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert second.stdout.count("done before") == 4  # three runs and the report
   assert "the paper's result:" in second.stdout  # read back from metrics.json
   assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing rewritten
+
+  # Same command elsewhere, killed mid-training (iMGrhpc has a checkpoint, not its last one).
+  other = tmp_path.parent / "b"
+  victim = subprocess.Popen(_command(other), cwd=ROOT, env=_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  checkpoints = other / "runs" / "iMGrhpc" / "checkpoints"
+  deadline = time.time() + 600
+  while time.time() < deadline and victim.poll() is None and not (
+      checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    time.sleep(0.05)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  assert not (other / "runs" / "iMGrhpc" / "final.json").exists()  # really killed mid-run
+  resumed = _demo(other)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from step" in resumed.stdout
+  for name in ("metrics.json", "predictions.csv", "mrp_ensemble.json", "calibration.json"):
+    assert (report / name).read_bytes() == (other / "report" / name).read_bytes(), name

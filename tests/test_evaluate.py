@@ -94,7 +94,8 @@ def test_metrics_json_has_every_model_phase_and_metric(report):
   assert "net_interventions_avoided_per_1000" in row
   assert len(curve["net_reduction_in_interventions"]) == 60
   # Calibration curves per model (not readers) and phase; Brier before calibration for runs.
-  assert set(metrics["calibration_curves"]["pre"]) == {"iMRrhpc ablation", *MODELS}
+  assert set(metrics["calibration_curves"]["pre"]) == {"iMRrhpc ablation", *MODELS,
+                                                        *metrics["oracle"]}
   assert "brier_uncalibrated" in metrics["models"]["rhpc"]["pre"]
   assert "brier_uncalibrated" not in metrics["models"]["MRP"]["pre"]
 
@@ -267,47 +268,97 @@ def test_mutation_groups_every_gene_and_density_its_two_classes():
       "therapy": "chemotherapy+immunotherapy"}
 
 
-def test_paper_shape_claims_match_the_metrics(report):
+def test_paper_claims_match_the_metrics(report):
   folder, _, _ = report
   metrics = json.loads((folder / "metrics.json").read_text())
-  claims = metrics["paper_shape"]
-  assert len(claims) == 3 * 4 + 1  # per phase: iMR > rhpc, MRP >= each model; Post >= Pre
+  paper = metrics["paper_claims"]
+  claims = paper["claims"]
+  assert len(claims) == 3 * 5 + 1  # per phase: 5 strict comparisons; Post >= Pre
+  assert paper["total"] == len(claims)
+  assert paper["held"] == sum(c["holds"] for c in claims)
+  assert paper["held_with_ci"] == sum(c["ci_above_zero"] for c in claims)
   for claim in claims:
     if claim["phase"] in PHASES:
       assert claim["auroc_a"] == pytest.approx(
           metrics["models"][claim["a"]][claim["phase"]]["auroc"]["value"])
     difference = claim["difference"]
     assert difference["value"] == pytest.approx(claim["auroc_a"] - claim["auroc_b"])
-    assert claim["holds"] == (difference["value"] > 0 if ">=" not in claim["claim"]
-                              else difference["value"] >= 0)
+    if claim.get("degenerate"):
+      assert not claim["holds"]
+    elif ">=" in claim["claim"]:
+      assert claim["holds"] == (difference["value"] >= 0)
+    else:
+      assert claim["holds"] == (difference["value"] > 0)
+    assert claim["ci_above_zero"] == (difference["ci_low"] > 0)
+  for phase in PHASES:
+    entry = paper["ordering"][phase]
+    assert entry["order"] == sorted(entry["order"], key=lambda m: entry["auroc"][m])
   assert "The paper's result" in (folder / "report.md").read_text()
+  # No paths: the same runs give the same bytes wherever they live.
+  assert all(set(run) == {"model", "step"} for run in metrics["runs"].values())
+  assert str(folder.parent) not in (folder / "metrics.json").read_text()
 
 
-def test_paper_shape_pairs_patients_by_id():
-  rng = np.random.default_rng(0)
-  n = 120
+def _scores(n=120, seed=0):
+  rng = np.random.default_rng(seed)
   ids = np.array([f"P{k:03d}" for k in range(n)])
   y = rng.integers(0, 2, n)
+  return rng, ids, y
+
+
+def test_paper_claims_pair_patients_by_id():
+  rng, ids, y = _scores()
+  n = len(ids)
   good = y + rng.normal(0, 0.6, n)  # AUROC ~0.87
   weak = y + rng.normal(0, 2.0, n)  # AUROC ~0.64
   post = rng.permutation(n)[:90]  # a subset of the patients, in another order
   scores = {("rhpc", "pre"): (ids, y, weak),
             ("iMRrhpc", "pre"): (ids, y, weak + 0.01 * good),
             ("iMRrhpc", "post"): (ids[post], y[post], good[post])}
-  claims = evaluate.paper_shape(scores, ("pre", "post"),
-                                {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, False, 200, 0)
-  by_claim = {c["claim"]: c for c in claims}
+  paper = evaluate.paper_claims(scores, ("pre", "post"),
+                                {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, None, 200, 0)
+  by_claim = {c["claim"]: c for c in paper["claims"]}
   assert set(by_claim) == {"iMRrhpc > rhpc", "iMRrhpc Post-NAT >= Pre-NAT"}
   later = by_claim["iMRrhpc Post-NAT >= Pre-NAT"]
-  assert later["n"] == 90 and later["holds"]
+  assert later["n"] == 90 and later["holds"] and later["ci_above_zero"]
   pre_of_post = (weak + 0.01 * good)[post]
   assert later["auroc_b"] == pytest.approx(statistics.auroc(y[post], pre_of_post))
-  assert later["difference"]["ci_low"] > 0  # a large gain on 90 patients: CI above zero
   # Swapping the roles turns the claim false.
   scores[("iMRrhpc", "post")] = (ids[post], y[post], -good[post])
-  flipped = evaluate.paper_shape(scores, ("pre", "post"),
-                                 {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, False, 200, 0)
-  assert not flipped[-1]["holds"]
+  flipped = evaluate.paper_claims(scores, ("pre", "post"),
+                                  {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, None, 200, 0)
+  assert not flipped["claims"][-1]["holds"]
+
+
+def test_mrp_claims_cannot_hold_by_construction():
+  """MRP with one part at weight 0 is the other part: strict claims against it fail on their
+  own (difference exactly 0), and every MRP-versus-part claim is marked degenerate."""
+  rng, ids, y = _scores(seed=1)
+  n = len(ids)
+  rhpc = y + rng.normal(0, 2.0, n)
+  img = y + rng.normal(0, 1.5, n)
+  imr = y + rng.normal(0, 1.0, n)
+  scores = {(m, "pre"): (ids, y, p) for m, p in
+            (("rhpc", rhpc), ("iMGrhpc", img), ("iMRrhpc", imr), ("MRP", imr))}
+  members = {"rhpc": "rhpc", "iMGrhpc": "iMGrhpc", "iMRrhpc": "iMRrhpc"}
+  weights = ensemble.EnsembleWeights(w_mg=0.0, w_mr=1.0, objective="test", grid_step=0.05,
+                                     validation_auroc=0.5)
+  paper = evaluate.paper_claims(scores, ("pre",), members, weights, 200, 0)
+  by_claim = {c["claim"]: c for c in paper["claims"]}
+  assert "weight 0" in paper["degenerate_weights"]
+  assert by_claim["MRP > iMRrhpc"]["difference"]["value"] == 0  # MRP is iMRrhpc
+  for part in ("iMGrhpc", "iMRrhpc"):
+    assert by_claim[f"MRP > {part}"]["degenerate"] and not by_claim[f"MRP > {part}"]["holds"]
+  assert by_claim["iMRrhpc > rhpc"]["holds"]  # the others are judged as usual
+  assert not paper["ordering"]["pre"]["paper"]  # MRP ties iMRrhpc: not the paper's order
+  # With both parts weighted, the same claims are judged on their values.
+  weights = ensemble.EnsembleWeights(w_mg=0.4, w_mr=0.6, objective="test", grid_step=0.05,
+                                     validation_auroc=0.5)
+  scores[("MRP", "pre")] = (ids, y, 0.4 * img + 0.6 * imr + 0.5 * y)
+  paper = evaluate.paper_claims(scores, ("pre",), members, weights, 200, 0)
+  assert paper["degenerate_weights"] is None and paper["held"] == paper["total"] == 5
+  assert paper["ordering"]["pre"]["order"] == ["rhpc", "iMGrhpc", "iMRrhpc", "MRP"]
+  assert paper["ordering"]["pre"]["paper"]
 
 
 def test_reference_patient_is_the_training_splits_most_common_values():
@@ -336,3 +387,27 @@ def test_reference_patient_is_the_training_splits_most_common_values():
   assert values["brca1"] is None  # never known among them: stays Unknown
   with pytest.raises(ValueError, match="no labelled test"):
     cohort.reference_patient(table, "test")
+
+
+def test_a_synthetic_cohort_is_reported_against_its_oracle(report, training_records):
+  """Records made from a synthetic export carry the generator's truth: evaluate adds the four
+  oracle rows (the exact posteriors, scored like models) and each model's gap to its oracle;
+  a trained model cannot beat its Bayes-optimal counterpart by more than sampling noise."""
+  from input_pipeline.synthetic import oracle
+  folder, _, _ = report
+  metrics = json.loads((folder / "metrics.json").read_text())
+  truth = oracle.read(training_records)
+  assert metrics["oracle"] == [f"oracle {m}" for m in oracle.MODELS]
+  rows = list(csv.DictReader(open(folder / "predictions.csv")))
+  for row in rows:
+    if row["model"].startswith("oracle "):
+      expected = truth[row["patient_id"]][row["model"].split()[1]][row["phase"]]
+      assert float(row["probability"]) == pytest.approx(expected, abs=1e-6)
+  for phase in PHASES:
+    gaps = {g["model"]: g for g in metrics["oracle_gaps"][phase]}
+    assert set(gaps) == {"rhpc", "iMGrhpc", "iMRrhpc", "MRP"}
+    for gap in gaps.values():
+      assert gap["auroc_oracle"] == pytest.approx(
+          metrics["models"][gap["oracle"]][phase]["auroc"]["value"])
+      assert gap["gap"]["value"] == pytest.approx(gap["auroc"] - gap["auroc_oracle"])
+  assert "Against the truth" in (folder / "report.md").read_text()

@@ -51,6 +51,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import batching, encoding, pipeline, records, tfrecord
+from input_pipeline.synthetic import oracle as synthetic_oracle
 from mrp_jax import sharding
 from mrp_jax.evaluation import (
   calibration,
@@ -125,11 +126,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   by_model = mrp_members(loaded)
   weights = add_mrp(scores, predictions, by_model, splits, phases, ev.fit_split)
   reader_labels = add_readers(scores, ev.readers, ev.split, patients) if ev.readers else []
-  model_labels = [r.label for r in loaded] + (["MRP"] if weights else [])
+  oracle_labels = add_oracle(scores, records_dir, predictions, splits, phases)
+  model_labels = [r.label for r in loaded] + (["MRP"] if weights else []) + oracle_labels
   reported = reported_scores(scores, ev.split, reported_cohort)
 
   measured = measure(config, scores, reported, model_labels, reader_labels, phases, patients,
-                     by_model, bool(weights),
+                     by_model, weights,
                      {key: p.probability for key, p in predictions.items()
                       if key[1] == ev.split})
   attributions = {}
@@ -144,9 +146,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
                  "note": reported_cohort.note},
       **measured,
       "calibration": {"method": calibration.METHOD, "fit_split": ev.fit_split, "maps": maps},
-      "ensemble": weights, "readers": reader_labels,
-      "runs": {r.label: {"model": r.model_name, "workdir": str(r.workdir), "step": r.step}
-               for r in loaded},
+      "ensemble": weights, "readers": reader_labels, "oracle": oracle_labels,
+      # No paths, dates or timings: the same runs give the same bytes wherever they live.
+      "runs": {r.label: {"model": r.model_name, "step": r.step} for r in loaded},
       "bootstrap": {"replicates": ev.bootstrap_replicates, "kind": "percentile",
                     "seed": config.seed},
   }
@@ -219,6 +221,26 @@ def add_mrp(scores, predictions, by_model: dict[str, str], splits, phases,
         predictions[(mg, split, phase)].patient_ids, a["label"],
         ensemble.combine(weights, a["p_mg"], a["p_mr"], a["mg_present"], a["mr_present"]))
   return weights
+
+
+def add_oracle(scores, records_dir: Path, predictions, splits, phases) -> list[str]:
+  """For records of a synthetic export: adds each model's Bayes-optimal probability
+  ('oracle rhpc', ... 'oracle MRP'; input_pipeline/synthetic/oracle.py) for the patients the
+  runs predicted, per split and phase. Returns the labels added (none for real data)."""
+  truth = synthetic_oracle.read(records_dir)
+  if truth is None:
+    return []
+  labels = []
+  for model in synthetic_oracle.MODELS:
+    label = f"oracle {model}"
+    for split, phase in itertools.product(splits, phases):
+      ids, y = next((p.patient_ids, p.label) for (_, s, ph), p in sorted(predictions.items())
+                    if s == split and ph == phase)
+      known = np.asarray([phase in truth.get(i, {}).get(model, {}) for i in ids], bool)
+      scores[(label, split, phase)] = (
+          ids[known], y[known], np.asarray([truth[i][model][phase] for i in ids[known]]))
+    labels.append(label)
+  return labels
 
 
 def read_readers(path: str) -> dict[tuple[str, str], dict[str, float]]:
@@ -301,7 +323,8 @@ def _threshold(config, y, p) -> float:
 
 
 def measure(config, scores, reported, model_labels: list[str], reader_labels: list[str],
-            phases: tuple[str, ...], patients, by_model: dict[str, str], has_mrp: bool,
+            phases: tuple[str, ...], patients, by_model: dict[str, str],
+            weights: ensemble.EnsembleWeights | None,
             uncalibrated: dict[tuple[str, str, str], np.ndarray]) -> dict[str, Any]:
   """Every statistic of the report (see the module docstring), keyed as metrics.json.
 
@@ -315,7 +338,8 @@ def measure(config, scores, reported, model_labels: list[str], reader_labels: li
   """
   ev = config.evaluate
   labels = model_labels + reader_labels
-  focus = "MRP" if has_mrp else model_labels[-1]
+  trained = [m for m in model_labels if not m.startswith("oracle ")]
+  focus = "MRP" if weights is not None else trained[-1]
   replicates, seed = ev.bootstrap_replicates, config.seed
   metrics: dict[str, Any] = {}
   thresholds: dict[str, dict[str, float]] = {}
@@ -365,7 +389,10 @@ def measure(config, scores, reported, model_labels: list[str], reader_labels: li
   return {
       "models": metrics, "thresholds": thresholds,
       "delong": delong_tests(reported, labels, phases),
-      "paper_shape": paper_shape(reported, phases, by_model, has_mrp, replicates, seed),
+      "paper_claims": paper_claims(reported, phases, by_model, weights, replicates, seed),
+      "oracle_gaps": oracle_gaps(reported, phases, by_model,
+                                 [m for m in model_labels if m.startswith("oracle ")],
+                                 replicates, seed),
       "decision_curves": curves, "decision_thresholds": eq1, "operating_points": points,
       "calibration_curves": calibration_curves,
       "subgroups": {"model": focus, "by_phase": subgroups},
@@ -436,48 +463,103 @@ def _paired(ids_a, y, pa, ids_b, pb) -> tuple[np.ndarray, np.ndarray, np.ndarray
   return y[pick_a], pa[pick_a], pb[pick_b]
 
 
-def _compare(claim: str, phase: str, a: str, b: str, ids_a, ids_b, y, pa, pb, strict: bool,
+def _compare(claim: str, phase: str, a: str, b: str, ids_a, ids_b, y, pa, pb,
              replicates: int, seed: int) -> dict[str, Any]:
+  """``a`` above ``b`` on the patients both have: both AUROCs, their paired bootstrap
+  difference, DeLong's p, and whether it holds by the point estimate (strictly) and with the
+  95% CI above 0."""
   y, pa, pb = _paired(ids_a, y, pa, ids_b, pb)
   difference = statistics.paired_difference(y, pa, pb, replicates=replicates, seed=seed)
-  value = difference.value
+  value, low = difference.value, difference.ci_low
   return {"claim": claim, "phase": phase, "a": a, "b": b, "n": int(len(y)),
           "auroc_a": statistics.auroc(y, pa), "auroc_b": statistics.auroc(y, pb),
           "difference": difference.as_dict(),
           "p_value": statistics.delong_test(y, pa, pb).p_value,
-          "holds": bool(np.isfinite(value) and (value > 0 if strict else value >= 0))}
+          "holds": bool(np.isfinite(value) and value > 0),
+          "ci_above_zero": bool(np.isfinite(low) and low > 0)}
 
 
-def paper_shape(reported, phases: tuple[str, ...], by_model: dict[str, str], has_mrp: bool,
-                replicates: int, seed: int) -> list[dict[str, Any]]:
-  """The paper's result as claims checked on the reported scores ((label, phase) -> scores),
-  each on the patients both sides share.
+# The paper's comparisons per phase (cohort A): each image model above rhpc, MRP above each of
+# its parts and above rhpc; all strict, so nothing can hold by construction.
+CLAIMS = (("iMGrhpc", "rhpc"), ("iMRrhpc", "rhpc"), ("MRP", "iMGrhpc"), ("MRP", "iMRrhpc"),
+          ("MRP", "rhpc"))
+# The paper's ordering of the four models at every phase (ascending AUROC).
+ORDERING = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
 
-  Per phase: iMRrhpc above rhpc, and MRP at least as good as iMRrhpc, iMGrhpc and rhpc; across
+
+def paper_claims(reported, phases: tuple[str, ...], by_model: dict[str, str],
+                 weights: ensemble.EnsembleWeights | None, replicates: int,
+                 seed: int) -> dict[str, Any]:
+  """The paper's result as the paper states it, checked on the reported scores ((label,
+  phase) -> scores), each claim on the patients both sides share.
+
+  Per phase: iMGrhpc > rhpc, iMRrhpc > rhpc, MRP > iMGrhpc, MRP > iMRrhpc, MRP > rhpc; across
   phases: iMRrhpc at Post-NAT at least as good as at Pre-NAT (same patients, their Pre-NAT and
-  Post-NAT predictions). Each claim carries both AUROCs, their difference with a paired
-  bootstrap 95% CI, the DeLong p and ``holds`` (the point estimate, as the paper reports it;
-  the CI says how sure that is). Claims whose models were not evaluated are left out.
+  Post-NAT predictions). Each claim carries both AUROCs, the paired bootstrap 95% CI of their
+  difference, DeLong's p, ``holds`` (the point estimate, as the paper reports it) and
+  ``ci_above_zero``. When MRP's weights put one part at 0, MRP is the other part: its claims
+  against its parts are marked degenerate and never hold. Claims whose models were not
+  evaluated are left out. Also per phase: the four models ordered by AUROC, and whether that
+  is the paper's order.
   """
-  rhpc, img, imr = (by_model.get(m) for m in ("rhpc", "iMGrhpc", "iMRrhpc"))
-  pairs = [(imr, rhpc, True)]
-  if has_mrp:
-    pairs += [("MRP", imr, False), ("MRP", img, False), ("MRP", rhpc, False)]
-  claims = []
+  name = {m: by_model.get(m, m) for m in ORDERING}
+  degenerate = None
+  if weights is not None and min(weights.w_mg, weights.w_mr) == 0:
+    only = "iMRrhpc" if weights.w_mg == 0 else "iMGrhpc"
+    degenerate = (f"MRP = {only}: the other part has weight 0 (w_mg {weights.w_mg:.2f}, "
+                  f"w_mr {weights.w_mr:.2f}), so MRP adds nothing to it")
+  claims, ordering = [], {}
   for phase in phases:
-    for a, b, strict in pairs:
-      if (a, phase) in reported and (b, phase) in reported:
-        ids_a, y, pa = reported[(a, phase)]
-        ids_b, _, pb = reported[(b, phase)]
-        claims.append(_compare(f"{a} {'>' if strict else '>='} {b}", phase, a, b, ids_a,
-                               ids_b, y, pa, pb, strict, replicates, seed))
+    for a, b in CLAIMS:
+      la, lb = name[a], name[b]
+      if (la, phase) in reported and (lb, phase) in reported:
+        ids_a, y, pa = reported[(la, phase)]
+        ids_b, _, pb = reported[(lb, phase)]
+        claim = _compare(f"{a} > {b}", phase, la, lb, ids_a, ids_b, y, pa, pb, replicates,
+                         seed)
+        if degenerate and a == "MRP" and b != "rhpc":
+          claim.update(holds=False, ci_above_zero=False, degenerate=True)
+        claims.append(claim)
+    present = [m for m in ORDERING if (name[m], phase) in reported]
+    aurocs = {m: statistics.auroc(*reported[(name[m], phase)][1:]) for m in present}
+    order = sorted(present, key=lambda m: aurocs[m])
+    ordering[phase] = {"order": order, "auroc": aurocs,
+                       "paper": len(present) == len(ORDERING) and order == list(ORDERING)
+                       and len(set(aurocs.values())) == len(ORDERING)}
+  imr = name["iMRrhpc"]
   if all((imr, phase) in reported for phase in ("pre", "post")):
     ids_post, y, p_post = reported[(imr, "post")]
     ids_pre, _, p_pre = reported[(imr, "pre")]
-    claims.append(_compare(f"{imr} Post-NAT >= Pre-NAT", "post vs pre", f"{imr} post",
-                           f"{imr} pre", ids_post, ids_pre, y, p_post, p_pre, False,
-                           replicates, seed))
-  return claims
+    claim = _compare("iMRrhpc Post-NAT >= Pre-NAT", "post vs pre", f"{imr} post",
+                     f"{imr} pre", ids_post, ids_pre, y, p_post, p_pre, replicates, seed)
+    value = claim["difference"]["value"]
+    claim["holds"] = bool(value is not None and np.isfinite(value) and value >= 0)
+    claims.append(claim)
+  return {"claims": claims, "held": sum(c["holds"] for c in claims),
+          "held_with_ci": sum(c["ci_above_zero"] for c in claims), "total": len(claims),
+          "degenerate_weights": degenerate, "ordering": ordering}
+
+
+def oracle_gaps(reported, phases: tuple[str, ...], by_model: dict[str, str],
+                oracle_labels: list[str], replicates: int, seed: int
+                ) -> dict[str, list[dict[str, Any]]]:
+  """Per phase, each trained model's AUROC against its oracle's (the Bayes-optimal P(pCR)
+  given what that model sees) on the same patients: how much of what the data holds the
+  model found. Empty for real data."""
+  out = {}
+  for phase in phases:
+    out[phase] = []
+    for model in ORDERING:
+      label, target = by_model.get(model, model), f"oracle {model}"
+      if target in oracle_labels and (label, phase) in reported and (target, phase) in reported:
+        ids_a, y, pa = reported[(label, phase)]
+        ids_b, _, pb = reported[(target, phase)]
+        gap = _compare(f"{model} - oracle", phase, label, target, ids_a, ids_b, y, pa, pb,
+                       replicates, seed)
+        out[phase].append({"model": label, "oracle": target, "n": gap["n"],
+                           "auroc": gap["auroc_a"], "auroc_oracle": gap["auroc_b"],
+                           "gap": gap["difference"]})
+  return out
 
 
 # ---------------------------------------------------------------------------------------------

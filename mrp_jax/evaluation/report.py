@@ -56,14 +56,25 @@ def _interval(entry: dict[str, Any] | None, digits: int = 0) -> str:
   return f"{entry['value']:.{digits}f}{ci}"
 
 
-def shape_summary(claims: list[dict[str, Any]]) -> str:
-  """One line per claim of ``metrics.json``'s paper_shape, for a terminal."""
-  held = sum(c["holds"] for c in claims)
-  lines = [f"the paper's result: {held} of {len(claims)} claims hold on this split"]
-  for c in claims:
-    lines.append(f"  {'yes' if c['holds'] else 'NO '} {c['claim']:<34} {c['phase']:<12} "
-                 f"{_num(c['auroc_a'])} vs {_num(c['auroc_b'])}, difference "
-                 f"{_difference(c['difference'])}, n = {c['n']}")
+def claims_summary(paper: dict[str, Any], gaps: dict[str, list[dict[str, Any]]]) -> str:
+  """The paper's claims (metrics.json 'paper_claims'), the ordering per phase and each model's
+  gap to its oracle ('oracle_gaps'), for a terminal."""
+  lines = [f"the paper's result: {paper['held']} of {paper['total']} claims hold by the point "
+           f"estimate, {paper['held_with_ci']} with the 95% CI of the difference above 0"]
+  if paper.get("degenerate_weights"):
+    lines.append(f"  MRP's weights are degenerate: {paper['degenerate_weights']}")
+  for c in paper["claims"]:
+    mark = "yes" if c["holds"] else ("n/a" if c.get("degenerate") else "NO ")
+    lines.append(f"  {mark} {c['claim']:<30} {c['phase']:<12} {_num(c['auroc_a'])} vs "
+                 f"{_num(c['auroc_b'])}, difference {_difference(c['difference'])}, "
+                 f"n = {c['n']}")
+  for phase, entry in paper["ordering"].items():
+    order = " < ".join(f"{m} {_num(entry['auroc'][m])}" for m in entry["order"])
+    lines.append(f"  {'yes' if entry['paper'] else 'NO '} ordering at {phase:<4}  {order}")
+  for phase, rows in gaps.items():
+    if rows:
+      lines.append(f"  gap to the oracle at {phase}: " + ", ".join(
+          f"{r['model']} {_num(r['auroc'])} / {_num(r['auroc_oracle'])}" for r in rows))
   return "\n".join(lines)
 
 
@@ -181,7 +192,8 @@ def _attribution_figure(path: Path, attributions: dict[str, Any]) -> None:
 
 def _table_1(lines: list[str], result: dict[str, Any], phase: str) -> None:
   lines += ["| model | n | AUROC (95% CI) | AUPRC (95% CI) | threshold | sensitivity | "
-            "specificity | PPV | NPV | Brier (95% CI) |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "specificity | PPV | NPV | Brier (95% CI) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
   for label, by_phase in result["models"].items():
     entry = by_phase.get(phase)
     if not entry:
@@ -279,19 +291,45 @@ def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any], r
       lines.append(f"| {label} | {phase} | {m['slope']:.3f} | {m['intercept']:.3f} | {m['n']} | "
                    f"{_fmt(entry.get('brier_uncalibrated'))} | {_fmt(entry.get('brier'))} |")
   lines.append("")
-  if result.get("paper_shape"):
+  paper = result["paper_claims"]
+  if paper["claims"]:
     lines += ["## The paper's result, checked", "",
-              "Each claim compares AUROCs on the patients both sides share; the difference "
-              "has a paired bootstrap 95% CI. 'holds' reads the point estimate, as the paper "
-              "reports it; a CI that includes 0 means this split cannot tell.", "",
-              "| claim | phase | n | AUROC a | AUROC b | difference (95% CI) | DeLong p | holds |",
-              "|---|---|---|---|---|---|---|---|"]
-    for claim in result["paper_shape"]:
+              f"**{paper['held']} of {paper['total']}** claims hold by the point estimate, "
+              f"**{paper['held_with_ci']}** with the 95% CI of the difference above 0. Each "
+              "claim compares AUROCs on the patients both sides share; the difference has a "
+              "paired bootstrap 95% CI. Strict claims: a model equal to another does not "
+              "beat it.", ""]
+    if paper.get("degenerate_weights"):
+      lines += [f"MRP's weights are degenerate: {paper['degenerate_weights']}; its claims "
+                "against its parts cannot hold.", ""]
+    lines += ["| claim | phase | n | AUROC a | AUROC b | difference (95% CI) | DeLong p | holds "
+              "| CI above 0 |", "|---|---|---|---|---|---|---|---|---|"]
+    for claim in paper["claims"]:
       p = claim["p_value"]
       lines.append(
           f"| {claim['claim']} | {claim['phase']} | {claim['n']} | {_num(claim['auroc_a'])} | "
           f"{_num(claim['auroc_b'])} | {_difference(claim['difference'])} | "
-          f"{'n/a' if p is None else f'{p:.3g}'} | {'yes' if claim['holds'] else 'no'} |")
+          f"{'n/a' if p is None else f'{p:.3g}'} | "
+          f"{'degenerate' if claim.get('degenerate') else 'yes' if claim['holds'] else 'no'} | "
+          f"{'yes' if claim['ci_above_zero'] else 'no'} |")
+    lines += ["", "The paper's ordering rhpc < iMGrhpc < iMRrhpc < MRP per phase:", ""]
+    for phase, entry in paper["ordering"].items():
+      order = " < ".join(f"{m} {_num(entry['auroc'][m])}" for m in entry["order"])
+      verdict = "the paper's order" if entry["paper"] else "not the paper's order"
+      lines.append(f"- {_PHASE_TITLES[phase]}: {order} ({verdict})")
+    lines.append("")
+  if any(result.get("oracle_gaps", {}).values()):
+    lines += ["## Against the truth (synthetic cohort)", "",
+              "The oracle of a model is the Bayes-optimal P(pCR) given what that model sees, "
+              "computed from the generator's truth (input_pipeline/synthetic/oracle.py). The "
+              "gap is the trained model's AUROC minus its oracle's on the same patients (paired "
+              "bootstrap 95% CI): what the data holds that the model did not find.", "",
+              "| phase | model | AUROC | oracle AUROC | gap (95% CI) | n |",
+              "|---|---|---|---|---|---|"]
+    for phase, rows in result["oracle_gaps"].items():
+      for r in rows:
+        lines.append(f"| {phase} | {r['model']} | {_num(r['auroc'])} | "
+                     f"{_num(r['auroc_oracle'])} | {_difference(r['gap'])} | {r['n']} |")
     lines.append("")
   _odds_table(lines, result["odds_ratios"])
   lines.append("")
