@@ -19,6 +19,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.job = "train"  # one of mrp_jax.main.JOBS: train | evaluate | benchmark | demo | describe
   config.seed = 0  # model init, data order and augmentation all derive from it
   config.distributed = False  # jax.distributed.initialize() (auto when JAX_COORDINATOR_ADDRESS)
+  # GPU: XLA's deterministic reductions and scatters (--xla_gpu_deterministic_ops), so the same
+  # command gives the same bytes on one GPU too. Costs speed; not measured yet (no GPU here).
+  # CPU runs are deterministic without it (BUILD_NOTES.md, issue #14).
+  config.deterministic_gpu = False
 
   # ---- devices ---------------------------------------------------------------------------------
   config.mesh = mh = ml_collections.ConfigDict()

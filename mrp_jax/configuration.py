@@ -94,6 +94,7 @@ def _optional(rule):
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: isinstance(v, int), "must be an integer"),
+    "deterministic_gpu": (lambda v: isinstance(v, bool), "must be True or False"),
     "model.name": _one_of(*models.MODEL_NAMES),
     "model.dtype": _one_of("bfloat16", "float32", "float16"),
     "model.rhpc_embed_dim": _POSITIVE_INT,

@@ -68,6 +68,9 @@ def main(argv) -> None:
   if config.job == "train" and not config.data.records:
     sys.exit("mrp_jax: config.data.records is empty: give the folder that "
              "`python -m input_pipeline.prepare` wrote (--config.data.records=DIR)")
+  if config.deterministic_gpu:  # read when the GPU backend starts, i.e. after this
+    os.environ["XLA_FLAGS"] = " ".join(
+        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_gpu_deterministic_ops=true"]))
   if config.job == "benchmark" and config.benchmark.target:
     # Compiling for a GPU that is not here: start only the CPU backend (the CUDA plugin, if it
     # were started without a GPU, would fail and leave no way to describe the target).

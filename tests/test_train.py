@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import tiny_train_config
+from numerics import assert_close_at_scale
 
 from configs import rhpc
 from mrp_jax.training import train
@@ -144,3 +145,38 @@ def test_two_processes_joined_by_jax_distributed(records, tmp_path):
   summary = json.loads((tmp_path / "run" / "final.json").read_text())
   assert summary["steps"] == 6
   assert (tmp_path / "run" / "checkpoints" / "6").exists()
+
+
+def test_a_fused_model_starts_as_the_trained_rhpc_model(trained_runs, training_records):
+  """rhpc_init with the rhpc skip connection: the fused model's initial logits are the rhpc
+  run's, whatever the images (the response head's last layer starts at zero); without the
+  warm start they are not."""
+  from configs import iMGrhpc
+  from input_pipeline import batching, pipeline, records, tfrecord
+  from mrp_jax import sharding
+  from mrp_jax.evaluation import inference, runs
+  from mrp_jax.training import state as state_lib
+
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  source = runs.load_run(trained_runs["rhpc"], mesh)
+  config = tiny_train_config(iMGrhpc, training_records)
+  recipe = state_lib.build_state(config, mesh)
+  fresh = recipe.create(config.seed)
+  warm = fresh.replace(params=train.rhpc_parts_from(trained_runs["rhpc"],
+                                                    jax.device_get(fresh.params)))
+  spec = pipeline.batch_spec(training_records)
+  patients = [records.decode(data) for path in pipeline.split_paths(training_records, "train")
+              for _, data in tfrecord.iter_records(path)]
+  examples = [batching.eval_example(r, "pre") for r in patients[:4]]
+  batch = batching.collate(examples, "iMGrhpc", spec)
+  noise = np.random.default_rng(0).integers(0, 65535, batch["mg"].shape).astype(batch["mg"].dtype)
+  expected = source.eval_step(source.state.params, source.state.batch_stats,
+                              batching.collate(examples, "rhpc", spec))["logit"]
+  step = inference.jit_eval_step(recipe.model)
+  for images in (batch["mg"], noise):
+    logit = step(warm.params, warm.batch_stats, {**batch, "mg": images})["logit"]
+    # The same MLP in another program (the fused graph may sum in another order): a few ulps
+    # per layer of the logits' scale; the image term adds exactly 0.
+    assert_close_at_scale(logit, expected, ulps=64)
+  assert np.abs(np.asarray(step(fresh.params, fresh.batch_stats, batch)["logit"])
+                - np.asarray(expected)).max() > 1e-3
