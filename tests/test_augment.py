@@ -289,7 +289,7 @@ def test_mammogram_targets_hide_the_side_and_a_flipped_location():
     assert _category(out["aux_targets"][i], out["aux_masks"][i], "laterality") == "left"
   # collate masks the side of every iMGrhpc example, and of no iMRrhpc one.
   records_batch = {name: batching.collate(
-      [batching.Example(_record(), None, None, 0)], name,
+      [batching.Example(_record(), None, None)], name,
       batching.BatchSpec(mri_shape=(2, 2, 2), mg_shape=MG_SHAPE)) for name in ("iMGrhpc",
                                                                                  "iMRrhpc")}
   assert _category(records_batch["iMGrhpc"]["aux_targets"][0],
