@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import collections
 import json
+import mmap
 import struct
 from pathlib import Path
 
 import grain
 import grain.python
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -231,6 +233,47 @@ def test_worker_processes_hand_over_shared_memory_and_resume(shards):
   restored.set_state(json.loads(json.dumps(state)))
   _assert_same_batches(expected, _take(restored, 6))
   restored.close()
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2 worker processes"])
+def test_a_held_batch_survives_any_number_of_later_batches(shards, workers):
+  """Image buffers are reused (input_pipeline/buffers.py), but never under a batch the consumer
+  still holds, nor under a jax.Array that aliases it (jax.device_put on the CPU backend does
+  not copy an aligned host array). A ring reused after a fixed number of batches fails here:
+  every later batch differs from the held one, so any overwrite shows."""
+  iterator = _train(shards, batch_size=4, workers=workers)
+  _take(iterator, 2)
+  held = next(iterator)
+  expected = {key: np.array(value) for key, value in held.items()}
+  device = jax.device_put(held["mri"], jax.devices("cpu")[0])
+  image = held.pop("mri")  # the device array and the other arrays hold the buffer alone
+  del image
+  for _ in range(6 * (pipeline.DEFAULT_PREFETCH_BATCHES + 2)):
+    later = next(iterator)
+    assert not np.array_equal(later["mri"], expected["mri"])
+    del later
+  iterator.close()
+  np.testing.assert_array_equal(np.asarray(device), expected["mri"])
+  for key, value in held.items():
+    np.testing.assert_array_equal(value, expected[key], err_msg=key)
+
+
+@pytest.mark.parametrize("workers, most", [(0, pipeline.DEFAULT_PREFETCH_BATCHES + 3), (2, 12)],
+                         ids=["in-process", "2 worker processes"])
+def test_batches_let_go_of_give_their_buffers_to_later_ones(shards, workers, most):
+  """Batches that nobody holds any more hand their image buffer on: a handful of buffers (those
+  prefetched or in transit at once) serve every batch."""
+  iterator = _train(shards, batch_size=4, workers=workers)
+  buffers_seen = {}
+  for _ in range(40):
+    image = next(iterator)["mri"]
+    # The pool's mapping in this process, or the worker's segment (held here: ids stay unique).
+    memory = image.shm.name if workers else image.base
+    assert workers or isinstance(memory, mmap.mmap)
+    buffers_seen[memory if workers else id(memory)] = memory
+    del image, memory
+  iterator.close()
+  assert len(buffers_seen) <= most
 
 
 def test_a_damaged_record_stops_training_naming_shard_and_offset(shards, tmp_path):
