@@ -249,20 +249,23 @@ def measure(options: flags.FlagValues, arguments: Sequence[str]) -> int:
   configs = _configs(options)
   ratios: dict[str, list[float]] = {c.name: [] for c in configs}
 
-  def plain(label: str) -> Rate:
-    rate = plain_read_rate(paths, options.plain_seconds)
-    print(f"plain read {label:<14} {rate.mb_per_s:8.1f} MB/s {rate.per_s:7.1f} records/s"
-          f"          cpu {rate.cpu_ms:5.1f} ms/record ({len(paths)} shards, CRC-checked)",
-          flush=True)
-    return rate
+  def plain() -> Rate:
+    return plain_read_rate(paths, options.plain_seconds)
 
-  before = plain("")
+  def show(rate: Rate) -> None:
+    print(f"plain read                {rate.mb_per_s:8.1f} MB/s {rate.per_s:7.1f} records/s"
+          f"              cpu {rate.cpu_ms:5.1f} ms/record ({len(paths)} shards, "
+          "CRC-checked)", flush=True)
+
+  before = plain()
+  show(before)
   for round_ in range(options.rounds):
     if options.rounds > 1:
       print(f"round {round_ + 1} of {options.rounds}", flush=True)
     for config in configs:
       rate = _run(config, paths, options)
-      after = plain("again")
+      after = plain()
+      # Against the plain reads just before and just after it.
       ratio = rate.per_s / ((before.per_s + after.per_s) / 2)
       ratios[config.name].append(ratio)
       cpu = (f"cpu {rate.cpu_ms:5.1f} ms/example" if not config.workers
@@ -271,12 +274,13 @@ def measure(options: flags.FlagValues, arguments: Sequence[str]) -> int:
             f"examples/s {ratio:5.2f}x plain  {cpu} (payload; read_buffer={config.read_buffer}, "
             f"prefetch_batches={config.prefetch}, workers={config.workers}, "
             f"step {options.step_ms:g} ms)", flush=True)
+      show(after)
       before = after
   if options.rounds > 1:
     print("ratio to the plain read (records/s), median [min, max] over "
           f"{options.rounds} rounds:")
     for name, values in ratios.items():
-      print(f"  {name:<16} {statistics.median(values):.2f} [{min(values):.2f}, "
+      print(f"  {name:<17} {statistics.median(values):.2f} [{min(values):.2f}, "
             f"{max(values):.2f}]")
   return 0
 
