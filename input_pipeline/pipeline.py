@@ -203,8 +203,8 @@ class _Collate:
   """batching.collate as Grain's batch_fn, into reused image buffers (input_pipeline/buffers.py).
 
   In this process the image array comes from a :class:`buffers.BufferPool`. In a worker
-  process of ``mp_prefetch`` Grain calls :meth:`enable_shared_memory_output`: the image array
-  is then built in the worker's :class:`buffers.SharedBufferPool` and travels as a
+  process of ``mp_prefetch`` (``shared``, or Grain's :meth:`enable_shared_memory_output`) it
+  is built in the worker's :class:`buffers.SharedBufferPool` and travels as a
   :class:`buffers.SharedBuffer`, which :func:`_open_shared_buffers` opens in the training
   process without a copy.
   """
@@ -239,8 +239,8 @@ class _Collate:
       return array
 
     batch = batching.collate(values, self._model_name, self._spec, empty=empty)
-    for handle in handles:  # one image array (or none, for rhpc)
-      batch[IMAGE_KEYS[self._model_name]] = handle
+    if handles:  # the image array (rhpc batches have none)
+      (batch[IMAGE_KEYS[self._model_name]],) = handles
     return batch
 
 

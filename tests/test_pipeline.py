@@ -396,3 +396,36 @@ def test_synthetic_records_feed_the_pipeline(tmp_path):
   batch = next(iterator)
   iterator.close()
   assert batch["mri"].shape == (5, 2, 4, 6, 8) and batch["mri_mask"][:, 0].all()
+
+
+def test_per_record_transfers_build_the_pipelines_batches(shards):
+  """throughput --transfer records (volumes put on the device one by one, stacked there) makes
+  the image arrays of the same batches as the pipeline, from the same stream of examples."""
+  from input_pipeline import throughput
+  iterator = _train(shards, batch_size=3, prefetch_batches=0)
+  examples = iter(pipeline.example_dataset(shards, model_name="iMRrhpc", seed=0,
+                                           shuffle_window=4))
+  on_device = throughput._RecordsToDevice(examples, "iMRrhpc", 3, pipeline.batch_spec(
+      Path(shards[0]).parent))
+  for _ in range(4):
+    host, device = next(iterator), next(on_device)
+    np.testing.assert_array_equal(np.asarray(device["mri"]), host["mri"])
+    np.testing.assert_array_equal(device["mri_mask"], host["mri_mask"])
+  iterator.close()
+  on_device.close()
+
+
+def test_throughput_alternates_configurations_with_plain_reads(shards, capsys):
+  from input_pipeline import throughput
+  status = throughput.main(["--records", str(Path(shards[0]).parent), "--batch_size", "2",
+                            "--batches", "2", "--shuffle_window", "4", "--threads", "read",
+                            "--transfer", "batch", "--rounds", "2", "--plain_seconds", "0.1"])
+  lines = capsys.readouterr().out.splitlines()
+  assert status == 0
+  kinds = [line.split()[0] + " " + line.split()[1] for line in lines
+           if line.startswith(("plain read", "pipeline"))]
+  # plain, then each configuration followed by a plain read, round after round.
+  assert kinds == ["plain read"] + ["pipeline read", "plain read",
+                                    "pipeline batch", "plain read"] * 2
+  summary = lines[next(i for i, line in enumerate(lines) if line.startswith("ratio to")) + 1:]
+  assert [line.split()[0] for line in summary] == ["read", "batch"]
