@@ -9,10 +9,16 @@ Training (:func:`train_iterator`), per process::
     -> the model's training patients
     -> one random MRI combination per patient (Grain random_map: seeded by the seed, the
        process and the position in the stream) -> batches of ``batch_size`` (remainder dropped;
-       the only copy of the image data is into the batch)
+       the only copy of the image data is into the batch, whose image buffer is reused:
+       input_pipeline/buffers.py)
     -> ``prefetch_batches`` batches prepared ahead in a background thread, or, with
        ``workers`` > 0, all of the above in that many worker processes, each on its share of
-       the shard order, batches handed over in shared memory
+       the shard order, batches handed over in reused shared memory
+
+Reused buffers, the consumer's contract: a batch's image array is written again only once
+no reference to it is left (the batch, a view of it, or a jax.Array that aliases it: on the CPU
+backend jax.device_put of a batch aliases its page-aligned image array instead of copying).
+Holding batches is always safe; see input_pipeline/buffers.py.
 
 The iterator is a ``grain.DatasetIterator``: ``get_state()`` is a small JSON-able dict (file
 offsets, window start, counters; never record bytes) that ``set_state`` or
@@ -25,7 +31,8 @@ records of one patient (~66 MB at full geometry, ~1.1 MB demo), per process or w
 * ``shuffle_window`` records in the shuffle window (default 16: ~1 GB at full geometry);
 * per open shard (``cycle_length``, plus the next one opened ahead) up to ``read_buffer`` + 1
   records in its reader thread (defaults 4 and 1: ~10 records, ~0.7 GB);
-* ``prefetch_batches`` + 1 batches of ``batch_size`` patients (2 volumes each, ~44 MB).
+* ``prefetch_batches`` + 2 batches of ``batch_size`` patients (2 volumes each, ~44 MB),
+  plus those the consumer still holds, in reused buffers (up to 4 idle ones are kept).
 
 Records are pages of the shards' memory maps, i.e. the kernel's page cache: they count
 towards a process's RSS but are not anonymous memory, and a data set that fits in RAM is read
@@ -47,14 +54,15 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grain
-import grain.python
 import numpy as np
 from absl import flags
 
-from input_pipeline import batching, records, tfrecord
+from input_pipeline import batching, buffers, records, tfrecord
 from input_pipeline.batching import BatchSpec
+from input_pipeline.schema import IMAGE_KEYS
 
 # Records held for shuffling; RAM = window x record size (~66 MB each at full geometry).
 DEFAULT_SHUFFLE_WINDOW = 16
@@ -102,21 +110,30 @@ def batch_spec(records_dir: str | os.PathLike) -> BatchSpec:
                    mg_dtype=manifest["mammogram"]["dtype"])
 
 
-def _spec_and_counts(paths: Sequence[str], spec: BatchSpec | None
-                     ) -> tuple[BatchSpec, dict[str, int]]:
-  """The batch spec (given, else from the shards' manifest) and records per shard file name
-  (empty when there is no manifest)."""
-  folders = {str(Path(p).parent) for p in paths}
-  manifest = None
-  if len(folders) == 1 and (Path(next(iter(folders))) / records.MANIFEST).exists():
-    manifest = records.read_manifest(next(iter(folders)))
-  if spec is None:
-    if manifest is None:
-      raise ValueError(f"no {records.MANIFEST} beside the shards ({sorted(folders)[:2]}): pass "
-                       "spec= (the MRI and mammogram shapes and dtypes)")
-    spec = batch_spec(next(iter(folders)))
-  counts = {s["file"]: s["records"] for s in manifest["shards"]} if manifest else {}
-  return spec, counts
+def _manifest_beside(paths: Sequence[str]) -> tuple[dict[str, Any] | None, list[str]]:
+  """The manifest of the folder holding ``paths`` (None if there is none or several folders),
+  and the folders."""
+  folders = sorted({str(Path(p).parent) for p in paths})
+  if len(folders) == 1 and (Path(folders[0]) / records.MANIFEST).exists():
+    return records.read_manifest(folders[0]), folders
+  return None, folders
+
+
+def _spec(paths: Sequence[str], spec: BatchSpec | None) -> BatchSpec:
+  """``spec``, else the image shapes and dtypes from the manifest beside the shards."""
+  if spec is not None:
+    return spec
+  manifest, folders = _manifest_beside(paths)
+  if manifest is None:
+    raise ValueError(f"no {records.MANIFEST} beside the shards ({folders[:2]}): pass "
+                     "spec= (the MRI and mammogram shapes and dtypes)")
+  return batch_spec(folders[0])
+
+
+def _record_counts(paths: Sequence[str]) -> dict[str, int]:
+  """Records per shard file name, from the manifest beside the shards (empty without one)."""
+  manifest, _ = _manifest_beside(paths)
+  return {s["file"]: s["records"] for s in manifest["shards"]} if manifest else {}
 
 
 def host_shards(paths: Sequence[str], process_index: int, process_count: int) -> list[str]:
@@ -183,20 +200,54 @@ def _decode(element: tuple[str, int, memoryview]) -> records.PatientRecord:
 
 
 class _Collate:
-  """batching.collate as Grain's batch_fn. In a worker process of ``mp_prefetch`` Grain calls
-  :meth:`enable_shared_memory_output`: the image array is then built in shared memory, so a
-  batch reaches the training process without another copy."""
+  """batching.collate as Grain's batch_fn, into reused image buffers (input_pipeline/buffers.py).
 
-  def __init__(self, model_name: str, spec: BatchSpec):
+  In this process the image array comes from a :class:`buffers.BufferPool`. In a worker
+  process of ``mp_prefetch`` (``shared``, or Grain's :meth:`enable_shared_memory_output`) it
+  is built in the worker's :class:`buffers.SharedBufferPool` and travels as a
+  :class:`buffers.SharedBuffer`, which :func:`_open_shared_buffers` opens in the training
+  process without a copy.
+  """
+
+  def __init__(self, model_name: str, spec: BatchSpec, shared: bool = False):
     self._model_name = model_name
     self._spec = spec
-    self._empty = np.empty
+    # Set here for worker processes: Grain calls enable_shared_memory_output only with 2 or
+    # more workers (a single one would otherwise copy every batch into fresh shared memory).
+    self._shared = shared
+    self._pool: buffers.BufferPool | buffers.SharedBufferPool | None = None
+
+  def __getstate__(self) -> dict:
+    # Pools are made where the batches are built (this process or a worker), never pickled.
+    return {**self.__dict__, "_pool": None}
 
   def enable_shared_memory_output(self) -> None:
-    self._empty = grain.python.SharedMemoryArray
+    self._shared = True
 
-  def __call__(self, values: Sequence[batching.Example]) -> dict[str, np.ndarray]:
-    return batching.collate(values, self._model_name, self._spec, empty=self._empty)
+  def __call__(self, values: Sequence[batching.Example]) -> dict[str, Any]:
+    if not self._shared:
+      if self._pool is None:
+        self._pool = buffers.BufferPool()
+      return batching.collate(values, self._model_name, self._spec, empty=self._pool.empty)
+    if self._pool is None:
+      self._pool = buffers.SharedBufferPool()
+    handles = []
+
+    def empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+      array, handle = self._pool.take(shape, dtype)
+      handles.append(handle)
+      return array
+
+    batch = batching.collate(values, self._model_name, self._spec, empty=empty)
+    if handles:  # the image array (rhpc batches have none)
+      (batch[IMAGE_KEYS[self._model_name]],) = handles
+    return batch
+
+
+def _open_shared_buffers(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+  """In the training process: a worker's batch with its image array opened (no copy)."""
+  return {key: value.open() if isinstance(value, buffers.SharedBuffer) else value
+          for key, value in batch.items()}
 
 
 class _TrainingPatients:
@@ -235,22 +286,26 @@ def _seeds(seed: int, process_index: int) -> tuple[int, int, int]:
   return tuple(int(s) >> 1 for s in state)
 
 
-def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, seed: int,
-                  shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
-                  process_count: int = 1, spec: BatchSpec | None = None,
-                  cycle_length: int = DEFAULT_CYCLE_LENGTH,
-                  read_buffer: int = DEFAULT_READ_BUFFER,
-                  prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-                  workers: int = 0) -> grain.IterDataset:
-  """The endless training dataset of one process (see :func:`train_iterator`)."""
+def _check_train_arguments(**values: int) -> None:
+  low = {"prefetch_batches": 0, "workers": 0}
+  for name, value in values.items():
+    if value < low.get(name, 1):
+      raise ValueError(f"{name} must be >= {low.get(name, 1)}, got {value}")
+
+
+def example_dataset(paths: Sequence[str], *, model_name: str, seed: int,
+                    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
+                    process_count: int = 1, cycle_length: int = DEFAULT_CYCLE_LENGTH,
+                    read_buffer: int = DEFAULT_READ_BUFFER) -> grain.IterDataset:
+  """The endless training examples of one process, before batching: each a
+  :class:`batching.Example` whose volumes are views of the mapped shards (what a per-record
+  transfer to the device consumes; ``python -m input_pipeline.throughput --transfer records``
+  measures it). :func:`train_dataset` batches exactly this stream."""
   batching.check_model_name(model_name)
-  for name, value, low in (("batch_size", batch_size, 1), ("shuffle_window", shuffle_window, 1),
-                           ("cycle_length", cycle_length, 1), ("read_buffer", read_buffer, 1),
-                           ("prefetch_batches", prefetch_batches, 0), ("workers", workers, 0)):
-    if value < low:
-      raise ValueError(f"{name} must be >= {low}, got {value}")
+  _check_train_arguments(shuffle_window=shuffle_window, cycle_length=cycle_length,
+                         read_buffer=read_buffer)
   mine = host_shards(paths, process_index, process_count)
-  spec, counts = _spec_and_counts(paths, spec)
+  counts = _record_counts(paths)
   local_records = (sum(counts[Path(p).name] for p in mine)
                    if all(Path(p).name in counts for p in mine) else None)
   file_seed, window_seed, draw_seed = _seeds(seed, process_index)
@@ -265,8 +320,25 @@ def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, see
   ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
                                                    seed=window_seed)
   ds = ds.map(_decode).filter(_TrainingPatients(model_name, mine, local_records))
-  ds = ds.random_map(batching.draw_training_example, seed=draw_seed)
-  ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_Collate(model_name, spec))
+  return ds.random_map(batching.draw_training_example, seed=draw_seed)
+
+
+def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, seed: int,
+                  shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
+                  process_count: int = 1, spec: BatchSpec | None = None,
+                  cycle_length: int = DEFAULT_CYCLE_LENGTH,
+                  read_buffer: int = DEFAULT_READ_BUFFER,
+                  prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
+                  workers: int = 0) -> grain.IterDataset:
+  """The endless training dataset of one process (see :func:`train_iterator`)."""
+  _check_train_arguments(batch_size=batch_size, prefetch_batches=prefetch_batches,
+                         workers=workers)
+  ds = example_dataset(paths, model_name=model_name, seed=seed, shuffle_window=shuffle_window,
+                       process_index=process_index, process_count=process_count,
+                       cycle_length=cycle_length, read_buffer=read_buffer)
+  spec = _spec(paths, spec)
+  ds = ds.batch(batch_size, drop_remainder=True,
+                batch_fn=_Collate(model_name, spec, shared=workers > 0))
   if workers:
     if not flags.FLAGS.is_parsed():
       # Grain's worker processes read its absl flags; a caller without absl.app (this
@@ -274,10 +346,12 @@ def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, see
       flags.FLAGS.mark_as_parsed()
     # Worker k runs everything above on files k, k + workers, ... of the shuffled, repeated
     # shard order; batches come back through shared memory, taken from the workers in turn.
-    # One batch ready per worker (plus the one it builds): workers batches ahead in all, and
-    # /dev/shm holds ~2 x workers local batches (44 MB per full-geometry MRI example).
+    # One batch ready per worker (plus the one it builds, and those in transit and held by
+    # the consumer): /dev/shm holds ~4 x workers local batches (44 MB per full-geometry MRI
+    # example), segments that each worker fills again once the consumer has let go of them.
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                      per_worker_buffer_size=1))
+    ds = ds.map(_open_shared_buffers)
   elif prefetch_batches:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
   return ds
@@ -310,13 +384,14 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
     workers: worker processes (Grain ``mp_prefetch``, spawned) that read, decode and batch,
       each on its own share of the shards; 0 runs everything in this process (threads). Each
       worker holds its own shuffle window and open shards; batches travel through /dev/shm,
-      which must hold ~2 x workers batches (a container's too; Docker's default 64 MB is too
+      which must hold ~4 x workers batches (a container's too; Docker's default 64 MB is too
       small at full geometry). The iterator state records the workers' states: a run
       resumes with the same ``workers``.
 
   Returns:
     A grain.DatasetIterator of batch dicts (:func:`batching.collate`), with get_state /
-    set_state. Call its ``close()``
+    set_state. The image array of a batch lives in a reused buffer, written again only once
+    nothing refers to it (module docstring). Call its ``close()``
     when done: it stops the reader and batch threads. (Grain's iterators hold reference
     cycles; left for the interpreter's exit, their __del__ prints ignored exceptions.)
 
@@ -367,7 +442,7 @@ def eval_batches(paths: Sequence[str], *, model_name: str, phase: str, batch_siz
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   if not paths:
     raise ValueError("eval_batches: no shards given")
-  spec, _ = _spec_and_counts(paths, spec)
+  spec = _spec(paths, spec)
   # Arguments are checked above, at the call; the batches are read when iterated.
   return _eval_batches(list(paths), model_name, phase, batch_size, process_index,
                        process_count, spec, include_unlabeled)
@@ -377,8 +452,10 @@ def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int
                   process_index: int, process_count: int, spec: BatchSpec,
                   include_unlabeled: bool
                   ) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
+  # Reused image buffers: each batch of a full-geometry evaluation would otherwise fault in
+  # fresh pages (input_pipeline/buffers.py).
   collate = functools.partial(batching.collate, model_name=model_name, spec=spec,
-                              batch_size=batch_size)
+                              batch_size=batch_size, empty=buffers.BufferPool().empty)
 
   def emit(pending: list[batching.Example]):
     ids = [e.record.patient_id for e in pending] + [""] * (batch_size - len(pending))

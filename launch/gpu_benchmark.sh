@@ -23,7 +23,7 @@ RECORDS=${RECORDS:-/tmp/mrp_full_records}
 VARIANT=${VARIANT:-full}             # configs/benchmark.py variant: full geometry, bfloat16
 RECORD_ARGS=${RECORD_ARGS:---patients 48}  # input_pipeline.synthetic.records arguments
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import grain, ml_collections' 2>/dev/null; then
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import grain, ml_collections, crc32c' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
       .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import collections
 import json
+import mmap
 import struct
 from pathlib import Path
 
 import grain
 import grain.python
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -233,6 +235,47 @@ def test_worker_processes_hand_over_shared_memory_and_resume(shards):
   restored.close()
 
 
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2 worker processes"])
+def test_a_held_batch_survives_any_number_of_later_batches(shards, workers):
+  """Image buffers are reused (input_pipeline/buffers.py), but never under a batch the consumer
+  still holds, nor under a jax.Array that aliases it (jax.device_put on the CPU backend does
+  not copy an aligned host array). A ring reused after a fixed number of batches fails here:
+  every later batch differs from the held one, so any overwrite shows."""
+  iterator = _train(shards, batch_size=4, workers=workers)
+  _take(iterator, 2)
+  held = next(iterator)
+  expected = {key: np.array(value) for key, value in held.items()}
+  device = jax.device_put(held["mri"], jax.devices("cpu")[0])
+  image = held.pop("mri")  # the device array and the other arrays hold the buffer alone
+  del image
+  for _ in range(6 * (pipeline.DEFAULT_PREFETCH_BATCHES + 2)):
+    later = next(iterator)
+    assert not np.array_equal(later["mri"], expected["mri"])
+    del later
+  iterator.close()
+  np.testing.assert_array_equal(np.asarray(device), expected["mri"])
+  for key, value in held.items():
+    np.testing.assert_array_equal(value, expected[key], err_msg=key)
+
+
+@pytest.mark.parametrize("workers, most", [(0, pipeline.DEFAULT_PREFETCH_BATCHES + 3), (2, 12)],
+                         ids=["in-process", "2 worker processes"])
+def test_batches_let_go_of_give_their_buffers_to_later_ones(shards, workers, most):
+  """Batches that nobody holds any more hand their image buffer on: a handful of buffers (those
+  prefetched or in transit at once) serve every batch."""
+  iterator = _train(shards, batch_size=4, workers=workers)
+  buffers_seen = {}
+  for _ in range(40):
+    image = next(iterator)["mri"]
+    # The pool's mapping in this process, or the worker's segment (held here: ids stay unique).
+    memory = image.shm.name if workers else image.base
+    assert workers or isinstance(memory, mmap.mmap)
+    buffers_seen[memory if workers else id(memory)] = memory
+    del image, memory
+  iterator.close()
+  assert len(buffers_seen) <= most
+
+
 def test_a_damaged_record_stops_training_naming_shard_and_offset(shards, tmp_path):
   damaged = tmp_path / Path(shards[1]).name
   data = bytearray(Path(shards[1]).read_bytes())
@@ -353,3 +396,36 @@ def test_synthetic_records_feed_the_pipeline(tmp_path):
   batch = next(iterator)
   iterator.close()
   assert batch["mri"].shape == (5, 2, 4, 6, 8) and batch["mri_mask"][:, 0].all()
+
+
+def test_per_record_transfers_build_the_pipelines_batches(shards):
+  """throughput --transfer records (volumes put on the device one by one, stacked there) makes
+  the image arrays of the same batches as the pipeline, from the same stream of examples."""
+  from input_pipeline import throughput
+  iterator = _train(shards, batch_size=3, prefetch_batches=0)
+  examples = iter(pipeline.example_dataset(shards, model_name="iMRrhpc", seed=0,
+                                           shuffle_window=4))
+  on_device = throughput._RecordsToDevice(examples, "iMRrhpc", 3, pipeline.batch_spec(
+      Path(shards[0]).parent))
+  for _ in range(4):
+    host, device = next(iterator), next(on_device)
+    np.testing.assert_array_equal(np.asarray(device["mri"]), host["mri"])
+    np.testing.assert_array_equal(device["mri_mask"], host["mri_mask"])
+  iterator.close()
+  on_device.close()
+
+
+def test_throughput_alternates_configurations_with_plain_reads(shards, capsys):
+  from input_pipeline import throughput
+  status = throughput.main(["--records", str(Path(shards[0]).parent), "--batch_size", "2",
+                            "--batches", "2", "--shuffle_window", "4", "--threads", "read",
+                            "--transfer", "batch", "--rounds", "2", "--plain_seconds", "0.1"])
+  lines = capsys.readouterr().out.splitlines()
+  assert status == 0
+  kinds = [line.split()[0] + " " + line.split()[1] for line in lines
+           if line.startswith(("plain read", "pipeline"))]
+  # plain, then each configuration followed by a plain read, round after round.
+  assert kinds == ["plain read"] + ["pipeline read", "plain read",
+                                    "pipeline batch", "plain read"] * 2
+  summary = lines[next(i for i, line in enumerate(lines) if line.startswith("ratio to")) + 1:]
+  assert [line.split()[0] for line in summary] == ["read", "batch"]

@@ -14,7 +14,7 @@ from input_pipeline import tfrecord
 
 
 def _slow_crc32c(data: bytes) -> int:
-  """Bitwise reflected CRC-32C (polynomial 0x82F63B78), independent of google-crc32c."""
+  """Bitwise reflected CRC-32C (polynomial 0x82F63B78), independent of the crc32c package."""
   crc = 0xFFFFFFFF
   for byte in data:
     crc ^= byte

@@ -5,32 +5,45 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+def _summary(times: list[float], warmup_s: list[float]) -> dict[str, Any]:
+  p10, median, p90 = np.percentile(times, [10, 50, 90])
+  return {"median_s": float(median), "p10_s": float(p10), "p90_s": float(p90),
+          "mean_s": float(np.mean(times)), "steps": len(times), "warmup_s": warmup_s}
+
+
 def time_steps(step: Callable[[], Any], warmup: int, steps: int, budget_s: float) -> dict[str, Any]:
   """Runs ``step`` (which must block until its work is done) ``warmup`` times untimed, then up to
   ``steps`` times, stopping early once ``budget_s`` has passed and 3 steps are timed."""
-  first = []
+  return time_alternating({"step": step}, warmup, steps, budget_s)["step"]
+
+
+def time_alternating(steps: Mapping[str, Callable[[], Any]], warmup: int, count: int,
+                     budget_s: float) -> dict[str, dict[str, Any]]:
+  """:func:`time_steps` for several steps taken in turn (a, b, a, b, ...), so that the load of
+  a shared machine weighs on each alike; ``budget_s`` bounds all of them together."""
+  first: dict[str, list[float]] = {name: [] for name in steps}
   for _ in range(warmup):
-    t = time.perf_counter()
-    step()
-    first.append(time.perf_counter() - t)
-  times: list[float] = []
+    for name, step in steps.items():
+      t = time.perf_counter()
+      step()
+      first[name].append(time.perf_counter() - t)
+  times: dict[str, list[float]] = {name: [] for name in steps}
   start = time.perf_counter()
-  while len(times) < steps:
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-    if time.perf_counter() - start > budget_s and len(times) >= 3:
+  for _ in range(count):
+    for name, step in steps.items():
+      t = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - t)
+    if time.perf_counter() - start > budget_s and len(next(iter(times.values()))) >= 3:
       break
-  p10, median, p90 = np.percentile(times, [10, 50, 90])
-  return {"median_s": float(median), "p10_s": float(p10), "p90_s": float(p90),
-          "mean_s": float(np.mean(times)), "steps": len(times), "warmup_s": first}
+  return {name: _summary(times[name], first[name]) for name in steps}
 
 
 def measure_matmul_tflops(dtype: str, size: int, reps: int = 10) -> float:

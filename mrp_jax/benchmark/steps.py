@@ -188,7 +188,9 @@ class JaxModelBench:
     return {"compile_and_first_s": first_s, **measure.rate(timing, self.batch_size, 0.0, 0.0)}
 
   def time_pipeline(self, b: Any) -> dict[str, Any]:
-    """The train step fed by the Grain pipeline; also the pipeline alone."""
+    """The train step fed by the Grain pipeline, and the same step on a batch already on the
+    devices, taken in turn (a shared machine's load weighs on both alike); also the pipeline
+    alone."""
     from input_pipeline import pipeline, throughput  # Grain: only this part needs it
 
     records = self.config.data.records
@@ -203,16 +205,24 @@ class JaxModelBench:
         spec.mg_shape) == tuple(self.config.data.mg_shape) and self.train_compiled is not None
     # Same geometry: the executable compiled above; else the jitted step compiles for the records.
     fn = self.train_compiled if same else self.train_jit
-    try:
-      mb_s, alone = throughput.pipeline_rate(iterator, b.pipeline_steps, warmup=1)
 
-      def step():
-        local = {k: v for k, v in next(iterator).items() if k in keys}
-        return self._train_once(fn, sharding.global_batch(local, self.mesh))
-      timing = measure.time_steps(step, b.warmup_steps, b.pipeline_steps, b.budget_s)
+    def next_batch() -> dict[str, jax.Array]:
+      local = {k: v for k, v in next(iterator).items() if k in keys}
+      return sharding.global_batch(local, self.mesh)
+
+    try:
+      alone = throughput.pipeline_rate(iterator, b.pipeline_steps, warmup=1)
+      on_device = jax.block_until_ready(next_batch())  # records' geometry, on the devices
+      timing = measure.time_alternating(
+          {"fed": lambda: self._train_once(fn, next_batch()),
+           "device": lambda: self._train_once(fn, on_device)},
+          b.warmup_steps, b.pipeline_steps, b.budget_s)
     finally:
       iterator.close()
     return {"records": str(records), "records_mri_shape": list(spec.mri_shape),
-            "recompiled_for_records": not same, "pipeline_alone_examples_per_s": alone,
-            "pipeline_alone_payload_mb_per_s": mb_s,
-            **measure.rate(timing, self.batch_size, 0.0, 0.0)}
+            "recompiled_for_records": not same,
+            "pipeline_alone_examples_per_s": alone.per_s,
+            "pipeline_alone_payload_mb_per_s": alone.mb_per_s,
+            **measure.rate(timing["fed"], self.batch_size, 0.0, 0.0),
+            "device_batch": measure.rate(timing["device"], self.batch_size, 0.0, 0.0),
+            "fed_over_device": timing["fed"]["median_s"] / timing["device"]["median_s"]}

@@ -44,6 +44,11 @@ def format_table(result: Mapping[str, Any]) -> str:
           f"{_fmt(r.get('xla_over_analytic_valid'), 1, 3):>7} {_fmt(r.get('mfu'), 100, 1):>6} "
           f"{_fmt(r.get('compile_s'), 1, 1):>9} {_fmt(planned, 1e-9, 2):>8} "
           f"{_fmt(r.get('device_peak_bytes'), 1e-9, 2):>8}")
+    fed = entry["jax"].get("pipeline", {})
+    if "fed_over_device" in fed:
+      lines.append(f"{'':<9} train step fed by the pipeline / on a batch already on the devices "
+                   f"(taken in turn): {fed['fed_over_device']:.3f} (medians "
+                   f"{fed['median_s'] * 1e3:.2f} / {fed['device_batch']['median_s'] * 1e3:.2f} ms)")
     for part, r in entry.get("hlo", {}).items():
       if part in ("batch_size", "devices", "flops"):
         continue
