@@ -53,7 +53,7 @@ def patient_table(records_dir: str | Path) -> dict[str, dict[str, Any]]:
   """Pseudonym -> {'split', 'label', 'images' (frozenset of IMAGES), 'codes' int32 [22],
   'values' float32 [22], every rhpc variable's decoded value and the derived groups}, for the
   patients of every split that has records, in manifest order."""
-  manifest = pipeline.read_manifest(records_dir)
+  manifest = records.read_manifest(records_dir)
   present = {shard["split"] for shard in manifest["shards"] if shard["records"] > 0}
   table = {}
   for split in (s for s in records.SPLITS if s in present):
