@@ -55,17 +55,23 @@ def run_program(define_flags: Callable[[flags.FlagValues], None], command: Comma
 
 class _PlainLines(io.TextIOBase):
   """A text stream for tqdm off a terminal: each refresh (tqdm starts them with a carriage
-  return) becomes its own line; cursor movements and empty refreshes are dropped."""
+  return) becomes its own line; cursor movements, empty refreshes and a refresh that repeats
+  the previous line (a periodic one just before the closing one) are dropped, and so is
+  everything written while ``quiet``."""
   _CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-  def __init__(self, stream: TextIO):
+  def __init__(self, stream: TextIO, quiet: bool = False):
     super().__init__()
     self._stream = stream
+    self._last = ""
+    self.quiet = quiet
 
   def write(self, text: str) -> int:
     for line in re.split(r"[\r\n]", self._CONTROL.sub("", text)):
-      if line.strip():
-        self._stream.write(line.rstrip() + "\n")
+      line = line.rstrip()
+      if line.strip() and line != self._last and not self.quiet:
+        self._stream.write(line + "\n")
+        self._last = line
     self._stream.flush()
     return len(text)
 
@@ -74,20 +80,34 @@ class _PlainLines(io.TextIOBase):
 
 
 _PLAIN_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) in {elapsed}{postfix}"
+_PLAIN_COUNT = "{desc}: {n_fmt} {unit} in {elapsed}{postfix}"  # no total known
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
-             unit: str = "it", enabled: bool = True, interval: float = 30.0,
+             unit: str = "it", initial: int = 0, enabled: bool = True, interval: float = 30.0,
              stream: TextIO | None = None) -> Any:
   """A tqdm progress bar on stdout (``enabled=False``: silent, same interface).
 
-  On a terminal it redraws in place; elsewhere it prints a plain line every ``interval``
-  seconds and one when it closes. ``bar.set_postfix_str(...)`` adds live figures (a loss).
+  On a terminal it redraws in place. Elsewhere (a pipe, a file, a CI or SLURM log) it prints a
+  plain line every ``interval`` seconds and one when it closes, with no control characters
+  (the stage that starts it says what starts, so no line at 0%). ``initial``: work already
+  done (a resumed run). ``bar.set_postfix_str(text, refresh=False)`` adds live figures (a loss)
+  to the next line without printing one now.
   """
   stream = sys.stdout if stream is None else stream
-  terminal = stream.isatty()
-  return tqdm.tqdm(
-      iterable, total=total, desc=desc, unit=unit, disable=not enabled, leave=True,
-      file=stream if terminal else _PlainLines(stream), dynamic_ncols=terminal,
-      mininterval=0.1 if terminal else interval, maxinterval=interval,
-      bar_format=None if terminal else _PLAIN_FORMAT)
+  if stream.isatty():
+    return tqdm.tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial,
+                     disable=not enabled, leave=True, file=stream, dynamic_ncols=True,
+                     mininterval=0.1, maxinterval=interval)
+  counted = total is not None or hasattr(iterable, "__len__")
+  plain = _PlainLines(stream, quiet=True)  # tqdm draws the bar once as it is made
+  # miniters=1: a line at the first update `interval` seconds after the last one, whatever the
+  # rate. (tqdm's default sets the updates between lines from the early rate, so a stage that
+  # slows down goes quiet; its monitor thread, which makes up for that, printed each burst of a
+  # process pool's results as two lines.)
+  bar = tqdm.tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial,
+                  disable=not enabled, leave=True, file=plain, mininterval=interval,
+                  maxinterval=interval, miniters=1,
+                  bar_format=_PLAIN_FORMAT if counted else _PLAIN_COUNT)
+  plain.quiet = False
+  return bar

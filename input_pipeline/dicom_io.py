@@ -6,8 +6,9 @@ works: native (implicit or explicit VR), deflated, RLE, and through its decoder 
 SimpleITK/GDCM is not used for reading because it cannot read every file pydicom can (RLE
 written by pydicom, for one). A file cut off before its pixel data ends is reported as
 truncated whatever its syntax (:func:`truncation`). The geometry is assembled here from the
-DICOM attributes and handed to SimpleITK, whose convention the rest of the pipeline uses: array [z, y, x], origin = LPS mm of
-voxel (0, 0, 0), spacing (x, y, z) mm, direction 3x3 row-major with columns = axis directions.
+DICOM attributes and handed to SimpleITK, whose convention the rest of the pipeline uses:
+array [z, y, x], origin = LPS mm of voxel (0, 0, 0), spacing (x, y, z) mm, direction 3x3
+row-major with columns = axis directions.
 
 Slices are ordered by their position along the slice normal, never by InstanceNumber, which
 scanners number in acquisition order (descending, interleaved or per temporal position).

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import tqdm
 from absl import flags
 
 from input_pipeline import cli, clinical_table, layouts, records, schema, splits, tfrecord
@@ -311,7 +310,7 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
   started = time.perf_counter()
   try:
     patients = layouts.discover(options.layout, options.source, workers=options.workers,
-                                **dict(options.layout_options))
+                                progress=progress, **dict(options.layout_options))
   except (ValueError, FileNotFoundError) as error:
     raise PrepareError(str(error)) from None
   # Only now that discovery succeeded: a run that fails before its first patient writes nothing.
@@ -329,8 +328,9 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
   # Stale notes from an interrupted run with other options would never match; drop them.
   notes = {job.file: _done_note(options, job, fingerprint) for job in jobs}
   todo = [job for job in jobs if notes[job.file] is None]
-  bar = tqdm.tqdm(total=sum(len(j.patients) for j in jobs), unit="patient", disable=not progress,
-                  desc="prepare", initial=sum(len(j.patients) for j in jobs if j not in todo))
+  bar = cli.progress(total=sum(len(j.patients) for j in jobs), unit="patient", enabled=progress,
+                     desc="prepare shards",
+                     initial=sum(len(j.patients) for j in jobs if j not in todo))
   if options.workers > 1 and len(todo) > 1:
     # Spawned (a caller such as the demo holds JAX's threads); they exit if this process dies.
     with worker_pool(min(options.workers, len(todo))) as pool:
@@ -524,7 +524,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                             "NAME=VALUE adapter option, e.g. post_index=2, mg_view=MLO, "
                             "two_study_followup=mid, t1_phase=mid, clinical_file=..., "
                             "mapping_file=... (repeat the flag for several)", **fv)
-  flags.DEFINE_bool("no_progress", False, "Hide the progress bar.", **fv)
+  flags.DEFINE_bool("no_progress", False, "Hide the progress bars (the folder scan and the "
+                    "shards).", **fv)
   flags.mark_flags_as_required(["source", "out"], **fv)
 
 

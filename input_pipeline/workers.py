@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from input_pipeline import cli
+
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -70,7 +72,7 @@ def _call(fn: Callable[..., Any], args: tuple, failures: tuple[type[BaseExceptio
 
 
 def map_patients(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1,
-                 failures: tuple[type[BaseException], ...] = (OSError,)
+                 failures: tuple[type[BaseException], ...] = (OSError,), progress: bool = False
                  ) -> list[tuple[Any, str | None]]:
   """``fn(*job)`` for every job, as (result, None) or (None, error message) in job order.
 
@@ -78,10 +80,15 @@ def map_patients(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1
   part of discovery on a large export. ``workers`` > 1 runs the jobs in that many spawned
   processes (not forked: callers such as the demo hold JAX's threads); ``fn`` must then be a
   module-level function and the jobs picklable. Exceptions of the ``failures`` types become one
-  patient's error; anything else propagates (a bug, not a bad patient).
+  patient's error; anything else propagates (a bug, not a bad patient). ``progress`` shows a
+  progress bar ("scan", one step per job).
   """
+  def shown(results):
+    return list(cli.progress(results, total=len(jobs), desc="scan", unit="patient",
+                             enabled=progress))
+
   if workers <= 1 or len(jobs) <= 1:
-    return [_call(fn, tuple(job), failures) for job in jobs]
+    return shown(_call(fn, tuple(job), failures) for job in jobs)
   with worker_pool(min(workers, len(jobs))) as pool:
-    return list(pool.map(_call, [fn] * len(jobs), [tuple(j) for j in jobs],
-                         [failures] * len(jobs), chunksize=max(1, len(jobs) // (8 * workers))))
+    return shown(pool.map(_call, [fn] * len(jobs), [tuple(j) for j in jobs],
+                          [failures] * len(jobs), chunksize=max(1, len(jobs) // (8 * workers))))

@@ -10,6 +10,10 @@ The console keeps:
   plain line every 30 s elsewhere);
 * warnings a user must act on (:meth:`Console.warn`, also logged);
 * a closing summary: what was written where and how to look at it (:meth:`Console.summary`).
+
+main.py starts the console of the job it runs (:func:`start`); the code of a job prints through
+:func:`current`, so a job run inside another (the demo trains and evaluates in-process) speaks
+with the outer job's name and clock.
 """
 
 from __future__ import annotations
@@ -22,7 +26,18 @@ from typing import Sequence
 
 from absl import logging
 
-_ABSL_LINE = "{level}{time} {thread} {file}:{line}] {message}"
+
+class _WarningCount(std_logging.Handler):
+  """Counts the warning and error records that are not the console's own (the summary says how
+  many the library log holds)."""
+
+  def __init__(self):
+    super().__init__(std_logging.WARNING)
+    self.count = 0
+
+  def emit(self, record: std_logging.LogRecord) -> None:
+    if not getattr(record, "console", False):
+      self.count += 1
 
 
 class Console:
@@ -32,37 +47,83 @@ class Console:
     self.job = job
     self.start = time.time()
     self.log_path: Path | None = None
+    self._warnings = _WarningCount()
+    self._file_handler: std_logging.StreamHandler | None = None  # with show=True
 
-  def capture_library_logs(self, workdir: str | Path, show: bool = False) -> Path:
-    """Sends every log record to ``workdir/logs/<job>.log`` (and to the console too when
-    ``show``); returns the file's path."""
-    path = Path(workdir) / "logs" / f"{self.job}.log"
+  def capture_library_logs(self, workdir: str | Path, show: bool = False,
+                           process: int = 0) -> Path:
+    """Sends every log record and Python warning to ``workdir/logs/<job>.log`` (appended; a
+    resumed job continues it; process ``process`` > 0 of a multi-process job:
+    ``<job>.<process>.log``), and to stderr too when ``show``; returns the file's path. Called
+    again, it moves to the new file.
+
+    Records go through absl's own handler (absl's line format, the level of ``--verbosity``):
+    its stream becomes the file, or, when ``show``, a second handler with absl's formatter
+    writes the file while absl keeps writing stderr.
+    """
+    name = self.job if process == 0 else f"{self.job}.{process}"
+    path = Path(workdir) / "logs" / f"{name}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the process's life)
-    handler = logging.get_absl_handler()
-    if show:
-      file_handler = std_logging.StreamHandler(stream)
-      file_handler.setFormatter(handler.formatter)
-      std_logging.getLogger().addHandler(file_handler)
+    handler = logging.get_absl_handler().python_handler
+    root = std_logging.getLogger()
+    if show and self._file_handler is None:
+      self._file_handler = std_logging.StreamHandler(stream)
+      self._file_handler.setFormatter(handler.formatter)
+      root.addHandler(self._file_handler)
+    elif show:
+      self._file_handler.setStream(stream).close()
     else:
-      handler.python_handler.setStream(stream)
+      previous = handler.setStream(stream)
+      if self.log_path is not None:
+        previous.close()
+    if self._warnings not in root.handlers:
+      root.addHandler(self._warnings)
     std_logging.captureWarnings(True)
     logging.info("%s: logging to %s", self.job, path)
     self.log_path = path
     return path
 
+  def elapsed(self) -> float:
+    """Seconds since the job started."""
+    return time.time() - self.start
+
   def stage(self, text: str) -> None:
-    print(f"{self.job} [{time.time() - self.start:6.0f} s] {text}", flush=True)
+    """One line on stdout, ``<job> [  12 s] <text>`` (also logged)."""
+    print(f"{self.job} [{self.elapsed():6.0f} s] {text}", flush=True)
     logging.info("%s", text)
 
   def warn(self, text: str) -> None:
+    """A warning the user must act on: one line on stderr (also logged)."""
     print(f"{self.job}: warning: {text}", file=sys.stderr, flush=True)
-    logging.warning("%s", text)
+    logging.warning("%s", text, extra={"console": True})
 
   def summary(self, lines: Sequence[str]) -> None:
     """The closing lines: outputs, how to open them, the log file."""
-    self.stage(f"done in {time.time() - self.start:.0f} s")
+    self.stage(f"done in {self.elapsed():.0f} s")
     for line in lines:
       print(f"  {line}", flush=True)
     if self.log_path is not None:
-      print(f"  library log: {self.log_path}", flush=True)
+      count = self._warnings.count
+      print(f"  library log: {self.log_path}"
+            + (f" ({count} warnings or errors in it)" if count else ""), flush=True)
+
+
+# Log records of a stage or warning name the line that called it, not this module.
+for _method in ("stage", "warn", "summary"):
+  logging.ABSLLogger.register_frame_to_skip(__file__, _method)
+
+_current: Console | None = None
+
+
+def start(job: str) -> Console:
+  """Starts the console of the job this process runs; :func:`current` returns it from now on."""
+  global _current
+  _current = Console(job)
+  return _current
+
+
+def current(job: str) -> Console:
+  """The console of the running job; one named ``job`` is started when there is none (a job
+  called from Python, as the tests do)."""
+  return _current if _current is not None else start(job)

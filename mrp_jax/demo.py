@@ -15,24 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import ml_collections
-from absl import logging
 
 from input_pipeline import prepare, records, synthetic, verify
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.mammogram import MammogramOptions
 from input_pipeline.mri import MriOptions
 from input_pipeline.synthetic import oracle
-from mrp_jax import configuration
+from mrp_jax import configuration, console
 
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc")  # trained in this order (the fused ones start from rhpc)
-
-
-def _stage(text: str, start: float) -> None:
-  print(f"demo [{time.time() - start:6.0f} s] {text}", flush=True)
 
 
 def train_config(config: ml_collections.ConfigDict, model_name: str, records: Path,
@@ -73,23 +67,23 @@ def evaluate_config(config: ml_collections.ConfigDict, records: Path,
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
+  """Runs (or resumes) every stage; returns the closing summary's lines (main.py prints them)."""
   from mrp_jax.evaluation import evaluate, report
   from mrp_jax.training import train
 
-  start = time.time()
+  stage = console.current("demo").stage
   workdir = Path(workdir)
   demo = config.demo
   export = workdir / "export"
   if (export / synthetic.TRUTH_FILE).exists():
-    logging.info("export: reusing %s", export)
-    _stage(f"export: reusing {export}", start)
+    stage(f"export: reusing {export}")
   else:
-    _stage(f"export: generating {demo.patients} synthetic patients ({demo.geometry} "
-           f"geometry) in {export}", start)
+    stage(f"export: generating {demo.patients} synthetic patients ({demo.geometry} "
+          f"geometry) in {export}")
     summary = synthetic.generate_export(export, demo.patients, seed=config.seed,
                                         geometry=demo.geometry, workers=demo.workers)
-    _stage(f"export: {summary}", start)
+    stage(f"export: {summary}")
 
   geometry = GEOMETRIES[demo.geometry]
   # The demo's patients are synthetic, so its pseudonym key may be public: derived from the
@@ -107,43 +101,43 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       split_fractions=tuple(demo.split_fractions), pseudonym_key=key_path)
   manifest_path = options.out / records.MANIFEST
   if manifest_path.exists():  # prepare writes the manifest last, once every shard is complete
-    manifest = json.loads(manifest_path.read_text())
-    _stage(f"records: reusing {options.out}", start)
+    stage(f"records: reusing {options.out}")
   else:
+    stage(f"records: preparing {options.out}")
     manifest = prepare.prepare(options)
-    _stage(f"records in {options.out}\n{prepare.summary(manifest)}", start)
+    stage(f"records in {options.out}\n{prepare.summary(manifest)}")
   if oracle.read(options.out) is None:  # the synthetic truth, keyed by pseudonym
     key = prepare.load_key(key_path)
     oracle.write_for_records(export, options.out, lambda source: prepare.pseudonym(key, source))
   verified = verify.verify_directory(options.out)
   if not verified.ok:
     raise RuntimeError(f"demo: the prepared records failed verification:\n{verified.summary()}")
-  _stage(f"verify: {verified.summary()}", start)
+  stage(f"verify: {verified.summary()}")
 
   workdirs: dict[str, Path] = {}
   for model_name in MODELS:
     run_dir = workdirs[model_name] = workdir / "runs" / model_name
     if (run_dir / "final.json").exists():
-      _stage(f"train {model_name}: done before, reusing {run_dir}", start)
+      stage(f"train {model_name}: done before, reusing {run_dir}")
       continue
-    settings = demo.train[model_name]
-    _stage(f"train {model_name}: {settings.steps} steps of {settings.batch_size} in {run_dir}",
-           start)
     cfg = train_config(config, model_name, options.out, workdirs.get("rhpc"))
     configuration.validate(cfg)
     train.train_and_evaluate(cfg, run_dir)
 
   report_dir = workdir / "report"
   if (report_dir / "report.md").exists():
-    _stage(f"evaluate: done before, see {report_dir / 'report.md'}", start)
+    stage(f"evaluate: done before, see {report_dir / 'report.md'}")
     result = json.loads((report_dir / "metrics.json").read_text())
   else:
-    _stage(f"evaluate: MRP ensemble, metrics with {demo.evaluate.bootstrap_replicates} "
-           f"bootstrap replicates, explanations -> {report_dir}", start)
+    stage(f"evaluate: MRP ensemble, metrics with {demo.evaluate.bootstrap_replicates} "
+          f"bootstrap replicates, explanations -> {report_dir}")
     cfg = evaluate_config(config, options.out, workdirs)
     configuration.validate(cfg)
     result = evaluate.run(cfg, workdir)
   if result.get("paper_claims"):  # absent in reports of older versions
-    _stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {})), start)
-  _stage(f"done: {report_dir / 'report.md'}", start)
-  return manifest
+    stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {})))
+  return [*evaluate.outputs(report_dir),
+          f"training curves of the {len(MODELS)} models: tensorboard --logdir {workdir / 'runs'} "
+          "(pip install tensorboard)",
+          f"records: {options.out}; synthetic export: {export}",
+          "run the same command again to resume or to reprint this"]

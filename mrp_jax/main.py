@@ -1,50 +1,61 @@
 """Entry point: ``python -m mrp_jax.main --config configs/<name>.py --workdir DIR``.
 
-Parses the config (locked: a misspelt field is an error), validates it, sets up JAX's
-multi-process runtime when the environment describes one, and runs the config's benchmark.
+Parses the config (locked: a misspelt field is an error), validates it, starts the job's console
+(mrp_jax/console.py: library logging to WORKDIR/logs/<job>.log unless ``-v``/``--verbosity``
+is given), sets up JAX's multi-process runtime when the environment describes one, runs the job
+and prints its summary: what was written where and how to look at it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from pathlib import Path
+from typing import Callable
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mrp_jax import configuration
+from mrp_jax import configuration, console
 
 
-def _describe(config, workdir):
+def _describe(config, workdir: Path) -> list[str]:
   from mrp_jax.models import describe
-  return describe.describe(config, workdir)
+  describe.describe(config, workdir)
+  return [f"model summary: {workdir / 'describe.json'}"]
 
 
-def _train(config, workdir):
+def _train(config, workdir: Path) -> list[str]:
   from mrp_jax.training import train
-  return train.train_and_evaluate(config, workdir)
+  summary = train.train_and_evaluate(config, workdir)
+  return [f"best checkpoint: {workdir / 'best'} ({train.describe_best(summary)})",
+          f"checkpoints for resuming: {workdir / 'checkpoints'}",
+          f"metrics of every logged step: {workdir / 'metrics.jsonl'}",
+          f"curves: tensorboard --logdir {workdir / 'tensorboard'} (pip install tensorboard)"]
 
 
-def _evaluate(config, workdir):
+def _evaluate(config, workdir: Path) -> list[str]:
   from mrp_jax.evaluation import evaluate
-  return evaluate.run(config, workdir)
+  evaluate.run(config, workdir)
+  return evaluate.outputs(workdir / "report")
 
 
-def _benchmark(config, workdir):
+def _benchmark(config, workdir: Path) -> list[str]:
   from mrp_jax import benchmark
-  return benchmark.run(config, workdir)
+  benchmark.run(config, workdir)
+  return [f"measurements: {workdir / 'benchmark.json'}"]
 
 
-def _demo(config, workdir):
+def _demo(config, workdir: Path) -> list[str]:
   from mrp_jax import demo
   return demo.run(config, workdir)
 
 
-# config.job -> what runs it (each imports its modules when it runs).
-JOBS: dict[str, Callable[[ml_collections.ConfigDict, str], Any]] = {
+# config.job -> what runs it (each imports its modules when it runs) and returns the lines of
+# its closing summary.
+JOBS: dict[str, Callable[[ml_collections.ConfigDict, Path], list[str]]] = {
     "train": _train, "evaluate": _evaluate, "benchmark": _benchmark, "demo": _demo,
     "describe": _describe}
 
@@ -71,6 +82,10 @@ def main(argv) -> None:
   if config.deterministic_gpu:  # read when the GPU backend starts, i.e. after this
     os.environ["XLA_FLAGS"] = " ".join(
         filter(None, [os.environ.get("XLA_FLAGS"), "--xla_gpu_deterministic_ops=true"]))
+  workdir = Path(_WORKDIR.value)
+  job_console = console.start(config.job)
+  show_logs = flags.FLAGS["verbosity"].present
+  job_console.capture_library_logs(workdir, show=show_logs)
   if config.job == "benchmark" and config.benchmark.target:
     # Compiling for a GPU that is not here: start only the CPU backend (the CUDA plugin, if it
     # were started without a GPU, would fail and leave no way to describe the target).
@@ -80,10 +95,20 @@ def main(argv) -> None:
     # hosts pass JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch/).
     jax.distributed.initialize(
         num_processes=_env_int("JAX_NUM_PROCESSES"), process_id=_env_int("JAX_PROCESS_ID"))
-  logging.info("job %s, workdir %s, process %d of %d", config.job, _WORKDIR.value,
-               jax.process_index(), jax.process_count())
-
-  JOBS[config.job](config, _WORKDIR.value)
+  if jax.process_index() > 0:  # its own log from here on (its first lines went to process 0's)
+    job_console.capture_library_logs(workdir, show=show_logs, process=jax.process_index())
+  # The devices JAX found (a GPU machine without a CUDA jaxlib falls back to the CPU, and says so
+  # only in the library log).
+  job_console.stage(f"JAX {jax.__version__}: {jax.device_count()} {jax.default_backend()} "
+                    "device(s)" + (f", process {jax.process_index()} of {jax.process_count()}"
+                                   if jax.process_count() > 1 else ""))
+  try:
+    summary = JOBS[config.job](config, workdir)
+  except BaseException:
+    job_console.warn(f"stopped after {job_console.elapsed():.0f} s by the error below; the "
+                     f"library log: {job_console.log_path}")
+    raise
+  job_console.summary(summary)
 
 
 def _env_int(name: str) -> int | None:

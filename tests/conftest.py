@@ -40,10 +40,10 @@ def training_records(tmp_path_factory):
   oracle (the generator's truth keyed by pseudonym), built once per test session even under
   pytest-xdist (the workers share it through a file lock)."""
   from input_pipeline import prepare, synthetic
-  from input_pipeline.synthetic import oracle
   from input_pipeline.geometries import GEOMETRIES
   from input_pipeline.mammogram import MammogramOptions
   from input_pipeline.mri import MriOptions
+  from input_pipeline.synthetic import oracle
 
   root = _run_temp(tmp_path_factory) / "training_cohort"
   root.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Small DICOM trees and tables in the generic, Duke and I-SPY2 layouts, for the tests.
 
-Volumes are 4 x 8 x 8 voxels (one file per slice), written with input_pipeline.synthetic.dicom_writer.
+Volumes are 4 x 8 x 8 voxels (one file per slice), written with
+input_pipeline.synthetic.dicom_writer.
 """
 
 from __future__ import annotations

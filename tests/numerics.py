@@ -57,7 +57,8 @@ def assert_reduction_close(actual, exact, abs_sum, terms: int, err_msg: str = ""
   excess = np.abs(actual - exact) - bound
   assert np.all(excess <= 0), (
       f"{err_msg} {int((excess > 0).sum())} of {excess.size} elements beyond the float32 "
-      f"rounding bound; worst by {excess.max():.3g} (bound there {bound.flat[excess.argmax()]:.3g})")
+      f"rounding bound; worst by {excess.max():.3g} "
+      f"(bound there {bound.flat[excess.argmax()]:.3g})")
 
 
 def assert_as_accurate_as(actual, reference, exact, factor: float = 4.0, ulps: float = 16.0,

@@ -1,4 +1,5 @@
-"""Benchmark: analytic FLOP counts against the reference figures and XLA, and the benchmark job at tiny size
+"""Benchmark: analytic FLOP counts against the reference figures and XLA, and the benchmark job at
+tiny size
 (a correctness run: no timing is asserted)."""
 
 import json

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,26 @@ from pathlib import Path
 from input_pipeline import verify
 
 ROOT = Path(__file__).resolve().parents[1]
+# absl's line format: level and date, time to microseconds, thread id, file:line].
+ABSL_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6}\s+\d+ \S+:\d+\]", re.M)
+# Control characters other than newline and tab: carriage returns, ANSI escapes, ...
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# The console's budget: the tiny demo printed 1,035 lines before it had a console (953 of them
+# absl lines); it prints about 60 now.
+LINE_BUDGET = 100
+
+
+def _check_console(result, workdir):
+  """What a person reads: no library log line, no control character, a few dozen lines; the
+  library's lines are in WORKDIR/logs/demo.log instead."""
+  console = result.stdout + result.stderr
+  assert not ABSL_LINE.search(console), ABSL_LINE.search(console).group(0)
+  assert not CONTROL.search(console), repr(CONTROL.search(console).group(0))
+  assert len(console.splitlines()) <= LINE_BUDGET, console
+  assert not re.search(r"^step\s+\d+", console, re.M)  # per-step metrics: metrics.jsonl only
+  log = workdir / "logs" / "demo.log"
+  assert f"  library log: {log}" in result.stdout
+  return log.read_text()
 
 
 _ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
@@ -57,6 +78,14 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert len(metrics["paper_claims"]["claims"]) == 16
   assert "the paper's result:" in first.stdout and "iMRrhpc Post-NAT >= Pre-NAT" in first.stdout
   assert "ordering at post" in first.stdout
+  log = _check_console(first, tmp_path)
+  assert len(ABSL_LINE.findall(log)) > 100 and "checkpoint_manager.py" in log  # Orbax's lines
+  for run in ("rhpc", "iMGrhpc", "iMRrhpc"):  # one bar per run, its last line at the end
+    assert re.search(rf"^train {run}: 6/6 step \(100%\) in \d\d:\d\d, loss \S+, "
+                     r"val AUROC (nan|\d\.\d{3})$", first.stdout, re.M), run
+    assert (tmp_path / "runs" / run / "metrics.jsonl").read_text().count('"step": 6') == 2
+  assert f"tensorboard --logdir {tmp_path / 'runs'}" in first.stdout
+  assert f"report: {report / 'report.md'}" in first.stdout
   stamps = {p: p.stat().st_mtime_ns for p in
             [*(tmp_path / "records").glob("*.tfrecord"), report / "metrics.json"]}
 
@@ -65,6 +94,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert "generating" not in second.stdout  # the export is reused
   assert second.stdout.count("done before") == 4  # three runs and the report
   assert "the paper's result:" in second.stdout  # read back from metrics.json
+  assert len(_check_console(second, tmp_path)) > len(log)  # the log continues
   assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing rewritten
 
   # Same command elsewhere, killed mid-training (iMGrhpc has a checkpoint, not its last one).

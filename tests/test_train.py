@@ -142,6 +142,11 @@ def test_two_processes_joined_by_jax_distributed(records, tmp_path):
   logs = [(tmp_path / f"process-{i}.log").read_text() for i in range(2)]
   assert result.returncode == 0, "\n".join(log[-2000:] for log in logs)
   assert "process 0 of 2" in logs[0] and "process 1 of 2" in logs[1]
+  # Each process its own library log (process 1's from the moment it knows its index).
+  library = [(tmp_path / "run" / "logs" / name).read_text() for name in ("train.log",
+                                                                           "train.1.log")]
+  assert "process 0 of 2" in library[0] and "process 1 of 2" not in library[0]
+  assert "process 1 of 2" in library[1]
   summary = json.loads((tmp_path / "run" / "final.json").read_text())
   assert summary["steps"] == 6
   assert (tmp_path / "run" / "checkpoints" / "6").exists()

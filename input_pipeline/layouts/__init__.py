@@ -1,9 +1,10 @@
 """Layout adapters: from a source folder to :class:`~input_pipeline.patient.PatientSource` objects.
 
-Each adapter is ``discover(root, *, workers=1, **options) -> list[PatientSource]``; it never
-raises for one bad patient (the patient's ``error`` says why it is skipped) and raises at once
-for a bad option or a missing table. ``workers`` > 1 scans the patient folders (every DICOM
-header) in that many processes; the result is the same.
+Each adapter is ``discover(root, *, workers=1, progress=False, **options) ->
+list[PatientSource]``; it never raises for one bad patient (the patient's ``error`` says why it
+is skipped) and raises at once for a bad option or a missing table. ``workers`` > 1 scans the
+patient folders (every DICOM header) in that many processes; the result is the same.
+``progress`` shows the scan's progress bar.
 
   generic  clinical.csv + one DICOM / NIfTI folder per patient (layouts/generic.py)
   duke     Duke-Breast-Cancer-MRI as TCIA publishes it (layouts/duke.py)

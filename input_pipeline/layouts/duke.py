@@ -316,8 +316,8 @@ def _patient_imaging(folder: Path, key: str, mapping: FileMapping | None,
 
 
 def discover(root: Path | str, *, clinical_file: Path | str | None = None,
-             mapping_file: Path | str | None = None, post_index: int = 1, workers: int = 1
-             ) -> list[PatientSource]:
+             mapping_file: Path | str | None = None, post_index: int = 1, workers: int = 1,
+             progress: bool = False) -> list[PatientSource]:
   """Finds every Duke patient with images or a clinical row.
 
   Args:
@@ -327,6 +327,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
       ``root`` if there; without it series descriptions decide.
     post_index: which post-contrast phase (post_1 .. post_4) is subtracted.
     workers: processes scanning patient folders (see ``workers.map_patients``).
+    progress: show the scan's progress bar (input_pipeline.cli.progress).
 
   Returns:
     PatientSources sorted by id, Pre-NAT MRI only; clinical holds the rhpc variables by
@@ -361,7 +362,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
     scans.append((source, (folders[key], key, mapping and mapping.for_patient(key),
                            post_index)))
   results = map_patients(_patient_imaging, [job for _, job in scans], workers,
-                         (DiscoveryError, OSError))
+                         (DiscoveryError, OSError), progress=progress)
   for (source, _), (imaging, error) in zip(scans, results):
     source.error = error
     if imaging is not None:

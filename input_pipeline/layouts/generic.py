@@ -425,7 +425,8 @@ def read_clinical_csv(path: Path) -> tuple[list[str], dict[str, list[dict[str, s
 
 def discover(root: Path | str, *, two_study_followup: str = "post",
              t1_phase: str | None = None, mg_view: str = "CC",
-             post_index: int = 1, workers: int = 1) -> list[PatientSource]:
+             post_index: int = 1, workers: int = 1,
+             progress: bool = False) -> list[PatientSource]:
   """Finds every patient of a generic export.
 
   Args:
@@ -436,6 +437,7 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
     mg_view: preferred mammography view ('CC' or 'MLO').
     post_index: which post-contrast phase is subtracted (1 = first).
     workers: processes scanning patient folders (see ``workers.map_patients``).
+    progress: show the scan's progress bar (input_pipeline.cli.progress).
 
   Returns:
     One PatientSource per patient in the CSV or with a folder, sorted by id; patients that
@@ -476,7 +478,7 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
       continue
     scans.append((source, (folders[key], tumour_side(row), followup, t1, mg_view, post_index)))
   results = map_patients(_imaging_job, [job for _, job in scans], workers,
-                         (DiscoveryError, OSError))
+                         (DiscoveryError, OSError), progress=progress)
   for (source, _), (imaging, error) in zip(scans, results):
     source.error = error
     if imaging is not None:

@@ -121,8 +121,8 @@ def patient_folders(root: Path) -> dict[int, Path]:
 
 
 def discover(root: Path | str, *, clinical_file: Path | str | None = None,
-             t1_phase: str | None = None, post_index: int = 1, workers: int = 1
-             ) -> list[PatientSource]:
+             t1_phase: str | None = None, post_index: int = 1, workers: int = 1,
+             progress: bool = False) -> list[PatientSource]:
   """Finds every I-SPY2 patient with images or a clinical row.
 
   Args:
@@ -133,6 +133,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
       None ignores T1 visits.
     post_index: which post-contrast temporal position is subtracted.
     workers: processes scanning patient folders (see ``workers.map_patients``).
+    progress: show the scan's progress bar (input_pipeline.cli.progress).
 
   Returns:
     PatientSources keyed 'ISPY2-<n>', sorted by number; clinical holds the rhpc variables by
@@ -166,7 +167,7 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
     scans.append((source, (folders[number], None, schema.Phase.POST,
                            schema.Phase.MID if t1_phase else None, "CC", post_index)))
   results = map_patients(generic._imaging_job, [job for _, job in scans], workers,
-                         (DiscoveryError, OSError))
+                         (DiscoveryError, OSError), progress=progress)
   for (source, _), (imaging, error) in zip(scans, results):
     source.error = error
     if imaging is not None:

@@ -181,7 +181,7 @@ def _generate(args) -> tuple[dict[str, str], dict[str, Any], dict[str, int]]:
 
 def generate_export(out_dir: Path | str, num_patients: int, seed: int, geometry: str = "tiny",
                     *, rates: Rates = Rates(), images: bool = True,
-                    workers: int = 1) -> ExportSummary:
+                    workers: int = 1, progress: bool = True) -> ExportSummary:
   """Writes a synthetic export of ``num_patients`` patients to ``out_dir``.
 
   Args:
@@ -189,6 +189,7 @@ def generate_export(out_dir: Path | str, num_patients: int, seed: int, geometry:
     rates: missing phases / mammograms / clinical values.
     images: False writes only clinical.csv and the truth (fast; for statistics of the table).
     workers: processes generating patients in parallel (1: in this process).
+    progress: show a progress bar, one step per patient (input_pipeline.cli.progress).
   """
   if geometry not in GEOMETRIES:
     raise ValueError(f"geometry must be one of {sorted(GEOMETRIES)}, got {geometry!r}")
@@ -196,12 +197,17 @@ def generate_export(out_dir: Path | str, num_patients: int, seed: int, geometry:
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   jobs = [(out_dir, seed, i, geometry, rates, images) for i in range(num_patients)]
+
+  def shown(results):
+    return list(cli.progress(results, total=len(jobs), desc="synthetic export", unit="patient",
+                             enabled=progress))
+
   if workers > 1:
     # Spawned workers that exit with this process (the demo may hold JAX's threads).
     with worker_pool(workers) as pool:
-      results = list(pool.map(_generate, jobs))
+      results = shown(pool.map(_generate, jobs))
   else:
-    results = [_generate(job) for job in jobs]
+    results = shown(_generate(job) for job in jobs)
   rows = [r for r, _, _ in results]
   with open(out_dir / "clinical.csv", "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")

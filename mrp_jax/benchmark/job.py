@@ -45,7 +45,7 @@ from typing import Any
 
 import jax
 
-from mrp_jax import models, sharding
+from mrp_jax import console, models, sharding
 from mrp_jax.benchmark import (
   COMPILE_ONLY_PARTS,
   PARTS,
@@ -115,10 +115,13 @@ def _devices_and_rates(config: Any) -> tuple[list[Any], float, float, str]:
 def run(config: Any, workdir: str | Path) -> dict[str, Any]:
   """Runs the benchmark described by ``config.benchmark``; returns what benchmark.json holds."""
   _check(config)
+  stage = console.current("benchmark").stage
   b = config.benchmark
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   out_path = workdir / "benchmark.json"
+  if not b.peak_tflops and set(b.parts) - COMPILE_ONLY_PARTS:
+    stage(f"the peak: a {config.model.dtype} matmul of side {b.matmul_size}")
   devices, peak, bandwidth, source = _devices_and_rates(config)
   result: dict[str, Any] = {
       "environment": environment(devices),
@@ -131,7 +134,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     out_path.write_text(json.dumps(result, indent=1, default=str))
 
   def note(text: str) -> None:
-    print(f"benchmark: {text}", flush=True)
+    stage(f"note: {text}")
     result["notes"].append(text)
 
   mesh = sharding.make_mesh(devices)
@@ -139,16 +142,20 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
   save()
 
   torch_inputs = {}
+  timed = f"compiled, {b.warmup_steps} warm-up and up to {b.steps} timed steps"
   for name in b.models:
     entry = result["models"][name] = {"jax": {}}
     if "plan" in b.parts and name != "rhpc":
+      stage(f"{name}: memory plan of remat {list(b.plan_remat)} x batch {list(b.plan_batches)}")
       entry["plan"] = compile_only.plan_memory(config, name, mesh)
       save()
     if "hlo" in b.parts:
+      stage(f"{name}: HLO census of the train and eval steps")
       entry["hlo"] = compile_only.hlo_part(config, name, mesh, peak, bandwidth, workdir)
       save()
     if not set(b.parts) - COMPILE_ONLY_PARTS:
       continue
+    stage(f"{name}: JAX, batch {b.batch_size[name]}")
     bench = steps.JaxModelBench(config, name, mesh)
     entry.update(batch_size=bench.batch_size, parameters=bench.parameters, flops=bench.flops)
     if name == "iMRrhpc" and tuple(config.data.mri_shape) == flops.FULL_MRI_SHAPE:
@@ -157,11 +164,13 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
           config.model.encoder.layout, 0.0) * 1e9
     outputs = None
     if "eval" in b.parts or "torch" in b.parts:
+      stage(f"{name}: eval step ({timed})")
       entry["jax"]["eval"], outputs = bench.time_eval(peak, b)
       save()
     if "torch" in b.parts:
       torch_inputs[name] = (bench.host_batch, bench.host_variables(), outputs, bench.flops)
     if "train" in b.parts or "pipeline" in b.parts:
+      stage(f"{name}: train step ({timed})")
       entry["jax"]["train"] = bench.time_train(peak, bandwidth, b, workdir)
       ratio = entry["jax"]["train"]["xla_over_analytic_valid"]
       # Convolutions dominate an imaging model's count; elsewhere the optimizer and elementwise
@@ -170,10 +179,12 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
         note(f"{name}: XLA counts {ratio:.2f}x the analytic train FLOPs (valid taps)")
       save()
     if "augment" in b.parts and name != "rhpc":
+      stage(f"{name}: augmentation ({timed})")
       entry["jax"]["augment"] = bench.time_augment(b)
       save()
     if "pipeline" in b.parts:
       if config.data.records:
+        stage(f"{name}: train step fed by the Grain pipeline ({b.pipeline_steps} batches)")
         entry["jax"]["pipeline"] = bench.time_pipeline(b)
       else:
         note(f"{name}: pipeline part skipped: config.data.records is empty")
@@ -184,6 +195,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     try:
       from mrp_jax.benchmark import torch_comparison  # torch: only this part needs it
       entry = result["models"][name]
+      stage(f"{name}: PyTorch, the same eval and train steps")
       entry["torch"] = torch_comparison.torch_part(config, name, host_batch, variables, outputs,
                                                    peak, model_flops)
     except ImportError as error:
@@ -198,5 +210,4 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     save()
 
   print(table.format_table(result), flush=True)
-  print(f"benchmark: wrote {out_path}", flush=True)
   return result

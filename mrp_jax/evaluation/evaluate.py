@@ -50,9 +50,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline import batching, encoding, pipeline, records, tfrecord
+from input_pipeline import batching, cli, encoding, pipeline, records, tfrecord
 from input_pipeline.synthetic import oracle as synthetic_oracle
-from mrp_jax import sharding
+from mrp_jax import console, sharding
 from mrp_jax.evaluation import (
   calibration,
   cohort,
@@ -116,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   splits = tuple(dict.fromkeys((ev.fit_split, ev.split)))
   patients = cohort.patient_table(records_dir)
   reported_cohort = cohort.reported_cohort(patients, ev.split, ev.cohort)
-  print(f"evaluate: reported cohort: {reported_cohort.describe()}", flush=True)
+  console.current("evaluate").stage(f"reported cohort: {reported_cohort.describe()}")
   baseline = attribution_baseline(patients, ev.fit_split)
 
   predictions = predict_splits(loaded, records_dir, splits, phases, ev.batch_size, mesh)
@@ -136,6 +136,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
                       if key[1] == ev.split})
   attributions = {}
   if ev.explain_cases:
+    console.current("evaluate").stage(
+        f"explanations: Integrated Gradients ({ev.explain_steps} steps) of up to "
+        f"{ev.explain_cases} reported patients at {ev.explain_phase}")
     attributions = explain_cases(loaded, records_dir, ev, baseline, reported_cohort, maps,
                                  weights, by_model, scores)
   result = {
@@ -155,7 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   result = _json_ready(result)
   write_outputs(out_dir, result, attributions, baseline, scores, reported, predictions,
                 patients, maps, weights, ev)
-  print(f"evaluate: report in {out_dir}", flush=True)
+  console.current("evaluate").stage(f"report written: {out_dir / 'report.md'}")
   return result
 
 
@@ -166,6 +169,8 @@ def predict_splits(loaded, records_dir: Path, splits: tuple[str, ...], phases: t
                    batch_size: int, mesh) -> dict[tuple[str, str, str], inference.Predictions]:
   """(run label, split, phase) -> every eligible patient's prediction."""
   predictions = {}
+  bar = cli.progress(total=len(loaded) * len(splits) * len(phases),
+                     desc="predict (run x split x phase)", unit="set")
   for run_ in loaded:
     for split in splits:
       paths = pipeline.split_paths(records_dir, split)
@@ -173,8 +178,15 @@ def predict_splits(loaded, records_dir: Path, splits: tuple[str, ...], phases: t
         predictions[(run_.label, split, phase)] = inference.predict(
             run_.eval_step, run_.state, mesh, paths, model_name=run_.model_name, phase=phase,
             batch_size=batch_size)
-        print(f"evaluate: {run_.label} {split} {phase}: "
-              f"{len(predictions[(run_.label, split, phase)].label)} patients", flush=True)
+        bar.update(1)
+  bar.close()
+  for split in splits:
+    counts = []
+    for phase in phases:
+      n = sorted({len(predictions[(r.label, split, phase)].label) for r in loaded})
+      counts.append(f"{phase} {n[0]}" + (f"-{n[-1]}" if len(n) > 1 else ""))
+    console.current("evaluate").stage(f"predicted {split} with {len(loaded)} runs: patients "
+                                      f"per phase {', '.join(counts)}")
   return predictions
 
 
@@ -277,8 +289,9 @@ def add_readers(scores, path: str, split: str, patients) -> list[str]:
     ids = np.asarray(sorted(c for c in cases if c in patients and patients[c]["split"] == split
                             and patients[c]["label"] in (0, 1)))
     if len(ids) < len(cases):
-      print(f"evaluate: {reader} {phase}: {len(cases) - len(ids)} of {len(cases)} cases are not "
-            f"labelled {split} patients; left out", flush=True)
+      console.current("evaluate").warn(
+          f"{reader} {phase}: {len(cases) - len(ids)} of {len(cases)} cases are not labelled "
+          f"{split} patients; left out")
     scores[(reader, split, phase)] = (
         ids, np.asarray([patients[i]["label"] for i in ids], np.int64),
         np.asarray([cases[i] for i in ids], np.float64))
@@ -341,6 +354,10 @@ def measure(config, scores, reported, model_labels: list[str], reader_labels: li
   trained = [m for m in model_labels if not m.startswith("oracle ")]
   focus = "MRP" if weights is not None else trained[-1]
   replicates, seed = ev.bootstrap_replicates, config.seed
+  # The bootstrap's progress: Table 1 and the curves per (label, phase), subgroups per phase.
+  cells = sum((label, phase) in reported for label in labels for phase in phases)
+  bar = cli.progress(total=2 * cells + len(phases), unit="table",
+                     desc=f"bootstrap ({replicates} replicates)")
   metrics: dict[str, Any] = {}
   thresholds: dict[str, dict[str, float]] = {}
   for label in labels:
@@ -359,6 +376,7 @@ def measure(config, scores, reported, model_labels: list[str], reader_labels: li
         keep = np.isin(all_ids, ids)
         metrics[label][phase]["brier_uncalibrated"] = statistics.brier_score(
             y, raw[keep], replicates=replicates, seed=seed).as_dict()
+      bar.update(1)
 
   curves, points, eq1, calibration_curves = {}, {}, {}, {}
   for phase in phases:
@@ -377,6 +395,7 @@ def measure(config, scores, reported, model_labels: list[str], reader_labels: li
       if label in model_labels:
         calibration_curves[phase][label] = statistics.calibration_curve(
             y, p, replicates=replicates, seed=seed).as_dict()
+      bar.update(1)
 
   subgroups = {}
   for phase in phases:
@@ -386,6 +405,8 @@ def measure(config, scores, reported, model_labels: list[str], reader_labels: li
             y, p, [patients[i].get(variable) for i in ids], thresholds[focus][phase],
             replicates=replicates, seed=seed)
         for variable in SUBGROUP_VARIABLES}
+    bar.update(1)
+  bar.close()
   return {
       "models": metrics, "thresholds": thresholds,
       "delong": delong_tests(reported, labels, phases),
@@ -604,6 +625,7 @@ def explain_cases(loaded, records_dir: Path, ev, baseline: dict[str, Any],
   ids = [case.record.patient_id for case in cases]
   rhpc_baseline = np.asarray(baseline["rhpc_inputs"], np.float32)
   per_model, mismatch = {}, {}
+  bar = cli.progress(total=len(loaded) * len(cases), desc="explain (run x case)", unit="case")
   for run_ in loaded:
     variables = {"params": jax.device_get(run_.state.params),
                  "batch_stats": jax.device_get(run_.state.batch_stats)}
@@ -614,10 +636,12 @@ def explain_cases(loaded, records_dir: Path, ev, baseline: dict[str, Any],
       chunks.append(explain.model_attributions(
           run_.model, variables, batch, target="probability", steps=ev.explain_steps,
           rhpc_baseline=rhpc_baseline, calibration=(platt.slope, platt.intercept)))
+      bar.update(len(cases[start:start + 8]))
     per_model[run_.label] = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     # The explained function against the reported one (bfloat16 runs differ by rounding).
     reported_p = _lookup(scores[(run_.label, ev.split, phase)], ids)
     mismatch[run_.label] = float(np.max(np.abs(per_model[run_.label]["output"] - reported_p)))
+  bar.close()
   if weights is not None:
     mg_present = np.asarray([case.record.mg is not None for case in cases])
     mr_present = np.asarray([case.baseline is not None for case in cases])
@@ -662,6 +686,15 @@ def write_outputs(out_dir: Path, result: dict[str, Any], attributions: dict[str,
   (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
   (out_dir / "attributions.json").write_text(json.dumps(_json_ready(attributions), indent=1))
   report.write(out_dir, result, attributions, reported)
+
+
+def outputs(out_dir: Path) -> list[str]:
+  """The console's closing lines for a report folder: what is where, how to open it."""
+  return [f"report: {out_dir / 'report.md'} (Markdown with its PNG figures beside it: open it "
+          "in a Markdown viewer, e.g. VS Code's preview)",
+          f"everything measured: {out_dir / 'metrics.json'}; per patient: "
+          f"{out_dir / 'predictions.csv'}",
+          f"for new patients: python -m mrp_jax.predict --evaluation {out_dir} --runs ..."]
 
 
 def _write_predictions(path: Path, scores, reported, predictions, patients, split: str) -> None:

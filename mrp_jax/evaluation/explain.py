@@ -79,7 +79,8 @@ def path_nodes(steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, n
     (alphas [steps], weights [steps]) float64; the weights sum to 1.
   """
   if steps < 1 or (method == "riemann_trapezoid" and steps < 2):
-    raise ValueError(f"Integrated Gradients needs steps >= {2 if method == 'riemann_trapezoid' else 1}"
+    least = 2 if method == "riemann_trapezoid" else 1
+    raise ValueError(f"Integrated Gradients needs steps >= {least}"
                      f" for method {method!r}, got {steps}")
   n = steps
   if method == "gausslegendre":

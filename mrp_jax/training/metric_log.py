@@ -1,4 +1,5 @@
-"""Training metrics to a JSON-lines file, TensorBoard event files and a console line.
+"""Training metrics to a JSON-lines file and TensorBoard event files (the console shows the
+training's progress bar instead: train.py).
 
 Only process 0 writes. Keys are namespaced ('loss/response', 'norm/grads', 'val/auroc/pre',
 'perf/examples_per_s'); a resumed run appends, so a step can appear twice in metrics.jsonl
@@ -27,7 +28,7 @@ class MetricLog:
       self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
       self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
-  def write(self, step: int, scalars: Mapping[str, float], console: bool = True) -> None:
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
@@ -36,10 +37,6 @@ class MetricLog:
     for key, value in scalars.items():
       if math.isfinite(value):
         self._tensorboard.add_scalar(key, value, step)
-    if console:
-      shown = [f"{k}={v:.4g}" for k, v in scalars.items()
-               if not k.startswith(("loss/aux/", "norm/"))]
-      print(f"step {step:>6}  " + "  ".join(shown), flush=True)
 
   def close(self) -> None:
     if self.enabled:

@@ -20,9 +20,9 @@ import numpy as np
 from absl import logging
 from sklearn.metrics import roc_auc_score
 
-from input_pipeline import pipeline
+from input_pipeline import cli, pipeline
 from input_pipeline import records as records_lib
-from mrp_jax import sharding
+from mrp_jax import console, sharding
 from mrp_jax.evaluation import inference
 from mrp_jax.models import pretrained
 from mrp_jax.training import checkpoint, train_step
@@ -158,9 +158,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
   if checkpoints.latest_step() is not None:
     state = checkpoints.restore(recipe.abstract_sharded, data)
-    logging.info("resumed from step %d", int(state.step))
-    print(f"train: resumed from step {int(state.step)} in {workdir}", flush=True)
+    console.current("train").stage(
+        f"train {config.model.name}: resumed from step {int(state.step)} of "
+        f"{config.train.num_steps} in {workdir}")
   else:
+    console.current("train").stage(
+        f"train {config.model.name}: {config.train.num_steps} steps of "
+        f"{config.train.batch_size} in {workdir}")
     state = recipe.create(config.seed)
     if config.model.pretrained:
       variables = pretrained.load_encoder(
@@ -177,9 +181,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   eval_step = inference.jit_eval_step(recipe.model)
 
   # ---- loop -----------------------------------------------------------------------------------
+  bar = cli.progress(total=config.train.num_steps, initial=int(state.step),
+                     desc=f"train {config.model.name}", unit="step",
+                     enabled=jax.process_index() == 0)
   try:
-    state = _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log)
+    state = _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log,
+                  bar)
   finally:
+    bar.close()  # its last line says how far a run that stopped came
     checkpoints.wait()  # a save in flight completes, even when the loop raised
 
   # ---- end ------------------------------------------------------------------------------------
@@ -191,19 +200,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     (workdir / "final.json").write_text(json.dumps(summary, indent=1))
   checkpoints.close()
   log.close()
-  print(f"train: done: {json.dumps(summary)}", flush=True)
+  console.current("train").stage(f"train {config.model.name}: {summary['steps']} steps, best "
+                                 f"{describe_best(summary)}")
   return summary
 
 
-def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log):
-  """Steps from state.step to config.train.num_steps: log, validate, checkpoint."""
+def describe_best(summary: dict[str, Any]) -> str:
+  """'step 300, validation AUROC 0.812' from a final summary (final.json)."""
+  if summary["best_step"] is None:
+    return "no checkpoint kept"
+  auroc = summary["best_validation"]["auroc"]  # -1: NaN (no validation phase had both classes)
+  return (f"step {summary['best_step']}, validation AUROC "
+          + (f"{auroc:.3f}" if auroc >= 0 else "undefined (no validation phase has both classes)"))
+
+
+def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log, bar):
+  """Steps from state.step to config.train.num_steps: log, validate, checkpoint.
+
+  ``bar`` (the console's progress bar) shows the step, the last logged loss and the last
+  validation AUROC; every logged value goes to metrics.jsonl and TensorBoard.
+  """
   t = config.train
   first = int(state.step)
   pending: tuple[int, Any] | None = None
   clock, clock_step = time.perf_counter(), first
+  shown: dict[str, str] = {}  # the bar's figures
   for step in range(first + 1, t.num_steps + 1):
     batch = sharding.global_batch(next(data), mesh)
     state, metrics = step_fn(state, batch)
+    bar.update(1)
     if pending is not None:  # one step late, so the host never waits for the device
       _check_finite(*pending)
     pending = (step, metrics)
@@ -215,6 +240,7 @@ def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints,
       values["perf/examples_per_s"] = (step - clock_step) * t.batch_size / (now - clock)
       clock, clock_step = now, step
       log.write(step, values)
+      shown["loss"] = f"{values['loss']:.4g}"
     if step % t.eval_every_steps == 0 or step == t.num_steps:
       if pending is not None:
         _check_finite(pending[0], {k: float(v) for k, v in jax.device_get(pending[1]).items()})
@@ -222,6 +248,7 @@ def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints,
       val = validate(eval_step, state, mesh, val_paths, config)
       log.write(step, val)
       auroc = val["val/auroc"]
+      shown["val AUROC"] = f"{auroc:.3f}"
       if t.optimizer == "paper":
         state = _plateau(state, auroc, config)
       checkpoints.save_best(step, state, {"auroc": -1.0 if math.isnan(auroc) else auroc,
@@ -229,4 +256,5 @@ def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints,
                                              if not math.isnan(v)}})
     if step % t.checkpoint_every_steps == 0 or step == t.num_steps:
       checkpoints.save(step, state, data)
+    bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in shown.items()), refresh=False)
   return state
