@@ -59,6 +59,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The strided stem as a stride-1 convolution over space-to-depth blocks (same function and
   # weights; for GPUs, whose kernels handle one input channel poorly). BUILD_NOTES.md.
   e.stem_space_to_depth = False
+  # How convolutions reach XLA: direct (one convolution op each) | decomposed (the forms XLA:CPU
+  # runs fast: 2D convolutions over depth taps, matmuls over patches for small planes) | auto
+  # (decomposed on CPU, direct on accelerators). Same function and weights; BUILD_NOTES.md.
+  e.conv_lowering = "auto"
   m.rhpc_init = ""  # fused models: start the rhpc encoder from this rhpc train workdir's
   m.pretrained = ""  # PyTorch checkpoint for the image encoder (MedicalNet .pth / torchvision)
 

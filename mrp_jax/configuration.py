@@ -23,7 +23,7 @@ from mrp_jax.evaluation.cohort import COHORTS
 from mrp_jax.evaluation.evaluate import THRESHOLD_RULES
 from mrp_jax.evaluation.explain import RANKINGS
 from mrp_jax.models.fusion import SIAMESE_BATCHING
-from mrp_jax.models.resnet import LAYOUTS, NORMS, REMAT_POLICIES, SHORTCUTS
+from mrp_jax.models.resnet import CONV_LOWERINGS, LAYOUTS, NORMS, REMAT_POLICIES, SHORTCUTS
 from mrp_jax.training import augment
 from mrp_jax.training.train_step import OPTIMIZERS
 
@@ -114,6 +114,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.encoder.width": _POSITIVE_INT,
     "model.encoder.remat": _one_of("none", *REMAT_POLICIES),
     "model.encoder.stem_space_to_depth": (lambda v: isinstance(v, bool), "must be True or False"),
+    "model.encoder.conv_lowering": _one_of("auto", *CONV_LOWERINGS),
     "model.pretrained": _OPTIONAL_FILE,
     "model.rhpc_init": (lambda v: v == "" or os.path.isfile(os.path.join(v, "config.json")),
                         "must be '' or a train workdir of an rhpc run (with config.json)"),

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from numerics import assert_as_accurate_as, assert_reduction_close
 
-from mrp_jax.models.resnet import LAYOUTS, ResNet, space_to_depth_conv
+from mrp_jax.models.resnet import (
+  LAYOUTS,
+  ResNet,
+  convolution,
+  max_pool,
+  resolve_conv_lowering,
+  space_to_depth_conv,
+)
 
 
 def _count(tree):
@@ -159,3 +166,98 @@ def test_space_to_depth_stem_keeps_function_and_parameters():
                     jnp.asarray(np.asarray(x), jnp.float64))
   # The blocked stem is as close to the exact function as the strided one is on this machine.
   assert_as_accurate_as(outputs(s2d, variables, x), outputs(plain, variables, x), exact)
+
+
+# Windows that take each branch of the decomposed lowering: a 3D convolution folded into a 2D
+# one (depth taps as channels), the matmul over patches where a plane is smaller than the window
+# (the last stages; a 1 x 1 x 2 input), the strided 7^3 stem, dilation, and 2D convolutions.
+CONVOLUTIONS = [
+    ((6, 8, 8), 3, 1, 1),   # depth-folded
+    ((7, 9, 8), 3, 2, 1),   # depth-folded, strided, odd sizes
+    ((9, 10, 11), 7, 2, 1),  # the stem
+    ((6, 6, 6), 3, 1, 2),   # dilated (MedicalNet's last stages)
+    ((2, 2, 3), 3, 1, 1),   # patches: 2 x 3 plane, 9 taps
+    ((1, 1, 2), 3, 2, 1),   # patches: the last stage of the demo's geometry
+    ((12, 13), 7, 2, 1),    # 2D: XLA's own convolution
+    ((2, 3), 3, 1, 1),      # 2D patches
+]
+
+
+@pytest.mark.parametrize("shape, kernel, stride, dilation", CONVOLUTIONS)
+def test_decomposed_convolution_is_the_convolution(shape, kernel, stride, dilation):
+  """The same sums in another order: forward and both gradients within float32's rounding of
+  the float64 convolution."""
+  n = len(shape)
+  keys = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(keys[0], (2, *shape, 3))
+  w = jax.random.normal(keys[1], (kernel,) * n + (3, 4))
+  args = ((stride,) * n, [(dilation * (kernel // 2),) * 2] * n, (dilation,) * n)
+  direct = functools.partial(convolution, lowering="direct")
+  decomposed = functools.partial(convolution, lowering="decomposed")
+  with jax.enable_x64(True):
+    x64, w64 = (jnp.asarray(np.asarray(v), jnp.float64) for v in (x, w))
+    exact, abs_sum = direct(x64, w64, *args), direct(jnp.abs(x64), jnp.abs(w64), *args)
+  out = decomposed(x, w, *args)
+  assert out.shape == exact.shape
+  assert_reduction_close(out, exact, abs_sum, kernel ** n * x.shape[-1])
+
+  cotangent = jax.random.normal(keys[2], out.shape)
+
+  def grads(conv, x, w, g):
+    return jax.vjp(lambda x, w: conv(x, w, *args), x, w)[1](g)
+  with jax.enable_x64(True):
+    exact_grads = grads(direct, x64, w64, jnp.asarray(np.asarray(cotangent), jnp.float64))
+  assert_as_accurate_as(grads(decomposed, x, w, cotangent), grads(direct, x, w, cotangent),
+                        exact_grads)
+
+
+@pytest.mark.parametrize("shape", [(9, 10, 11), (12, 13), (1, 1, 2)])
+def test_decomposed_max_pool_is_the_max_pool(shape):
+  """Max is exact, so the forward pass is equal. Without ties (random floats) the gradient
+  routes each cotangent to the same input; where windows overlap (window 3, stride 2) an input
+  sums up to 2 per axis of them, in either order."""
+  x = jax.random.normal(jax.random.key(4), (2, *shape, 3))
+  direct, decomposed = (jax.jit(functools.partial(max_pool, lowering=lowering))
+                        for lowering in ("direct", "decomposed"))
+  np.testing.assert_array_equal(decomposed(x), direct(x))
+  g = jax.random.normal(jax.random.key(5), direct(x).shape)
+  with jax.enable_x64(True):
+    x64, g64 = (jnp.asarray(np.asarray(v), jnp.float64) for v in (x, g))
+    pool64 = functools.partial(max_pool, lowering="direct")
+    exact = jax.vjp(pool64, x64)[1](g64)[0]
+    abs_sum = jax.vjp(pool64, x64)[1](jnp.abs(g64))[0]
+  assert_reduction_close(jax.vjp(decomposed, x)[1](g)[0], exact, abs_sum, 2 ** len(shape))
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(3, (2, 8, 8, 16, 1)), (2, (2, 32, 16, 1))])
+def test_decomposed_resnet_keeps_function_and_parameters(spatial_dims, shape):
+  """The whole trunk (training mode, gradients and batch statistics) with either lowering:
+  one parameter tree, and as close to the float64 network as XLA's own convolutions are."""
+  x = jax.random.normal(jax.random.key(1), shape)
+  direct = ResNet(spatial_dims=spatial_dims, width=4, dtype=jnp.float32)
+  decomposed = direct.clone(conv_lowering="decomposed")
+  variables = direct.init(jax.random.key(0), x, train=False)
+  jax.tree.map(np.testing.assert_array_equal, variables,
+               decomposed.init(jax.random.key(0), x, train=False))
+
+  def outputs(model, variables, x):
+    def loss(params):
+      out, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                 x, train=True, mutable=["batch_stats"])
+      return jnp.sum(out ** 2), updates
+    (value, updates), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    return value, grads, updates
+
+  with jax.enable_x64(True):
+    exact = outputs(direct.clone(dtype=jnp.float64),
+                    jax.tree.map(lambda v: jnp.asarray(np.asarray(v), jnp.float64), variables),
+                    jnp.asarray(np.asarray(x), jnp.float64))
+  assert_as_accurate_as(outputs(decomposed, variables, x), outputs(direct, variables, x), exact)
+
+
+def test_auto_lowering_is_decomposed_on_cpu_only():
+  assert resolve_conv_lowering("auto") == (
+      "decomposed" if jax.default_backend() == "cpu" else "direct")
+  assert resolve_conv_lowering("direct") == "direct"
+  with pytest.raises(ValueError, match="conv_lowering"):
+    resolve_conv_lowering("im2col")

@@ -22,12 +22,20 @@ from mrp_jax.evaluation import inference
 from mrp_jax.training import augment
 
 
+def accelerator_model_config(config: Any, name: str) -> dict[str, Any]:
+  """``name``'s model section with every convolution one XLA convolution op ('direct'): these
+  parts describe the program an accelerator runs, whichever backend compiles it."""
+  model_cfg = steps.model_config(config, name)
+  model_cfg["encoder"]["conv_lowering"] = "direct"
+  return model_cfg
+
+
 def hlo_part(config: Any, name: str, mesh: jax.sharding.Mesh, peak_tflops: float,
              bandwidth_gbs: float, workdir: Path) -> dict[str, Any]:
   """The train and eval steps of ``name`` compiled from shapes on ``mesh`` (real devices or a
   compile-only target), each with its memory plan and the census of its optimised HLO."""
   b = config.benchmark
-  recipe, train_jit = steps.train_setup(config, name, mesh)
+  recipe, train_jit = steps.train_setup(config, name, mesh, accelerator_model_config(config, name))
   abstract, shardings = recipe.abstract, recipe.shardings
   batch_size = int(b.batch_size[name])
   batch = steps.abstract_batch(config, name, batch_size, sharding.batch_sharding(mesh))
@@ -104,7 +112,7 @@ def plan_memory(config: Any, name: str, mesh: jax.sharding.Mesh) -> list[dict[st
   options = measure.compiler_options(b.compiler_options)
   rows = []
   for remat in b.plan_remat:
-    model_cfg = steps.model_config(config, name)
+    model_cfg = accelerator_model_config(config, name)
     model_cfg["encoder"]["remat"] = remat
     recipe, step = steps.train_setup(config, name, mesh, model_cfg)
     model, abstract = recipe.model, recipe.abstract

@@ -11,7 +11,7 @@ import numpy as np
 
 from input_pipeline import batching, schema
 from mrp_jax.models.fusion import ImagingRhpcModel
-from mrp_jax.models.resnet import LAYOUTS, ResNet
+from mrp_jax.models.resnet import LAYOUTS, ResNet, resolve_conv_lowering
 from mrp_jax.models.rhpc import RhpcEncoder, RhpcModel
 
 # Declared in schema (no JAX there: the input pipeline's worker processes import it).
@@ -27,7 +27,8 @@ def encoder_kwargs(encoder: Mapping[str, Any], spatial_dims: int, dtype: str) ->
   kwargs.update(spatial_dims=spatial_dims, shortcut=encoder["shortcut"], norm=encoder["norm"],
                 width=int(encoder["width"]), stem_kernel=int(encoder["stem_kernel"]),
                 remat=encoder["remat"], dtype=jnp.dtype(dtype),
-                stem_space_to_depth=bool(encoder.get("stem_space_to_depth", False)))
+                stem_space_to_depth=bool(encoder.get("stem_space_to_depth", False)),
+                conv_lowering=resolve_conv_lowering(encoder.get("conv_lowering", "auto")))
   return kwargs
 
 

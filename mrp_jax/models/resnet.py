@@ -18,6 +18,7 @@ Weights do not depend on strides or dilations, so either layout loads the same c
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -27,6 +28,9 @@ import jax.numpy as jnp
 Dtype = Any
 NORMS = ("batch", "group")
 SHORTCUTS = ("A", "B")  # A: parameter-free (MedicalNet); B: 1x1 conv + norm (torchvision)
+# How a convolution reaches XLA (:func:`convolution`): 'direct' (one convolution op: what cuDNN
+# and TPUs run) or 'decomposed' (the forms XLA:CPU runs fast); the same function either way.
+CONV_LOWERINGS = ("direct", "decomposed")
 
 # PyTorch's ResNet initialisation (kaiming normal, fan_out) so training from scratch behaves like
 # the reference implementations.
@@ -58,6 +62,149 @@ def batch_stats_mask(mask: jax.Array | None, x: jax.Array, kind: str,
   return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 
 
+def resolve_conv_lowering(lowering: str) -> str:
+  """'auto' -> 'decomposed' when JAX's default backend is the CPU, else 'direct'; the other
+  values as they are."""
+  if lowering == "auto":
+    return "decomposed" if jax.default_backend() == "cpu" else "direct"
+  if lowering not in CONV_LOWERINGS:
+    raise ValueError(f"conv_lowering must be 'auto' or one of {CONV_LOWERINGS}, got "
+                     f"{lowering!r}")
+  return lowering
+
+
+def _windows(x: jax.Array, axis: int, taps: Sequence[int], stride: int, dilation: int,
+             out: int) -> list[jax.Array]:
+  """The views of padded ``x`` that a window's ``taps`` read along ``axis`` for ``out`` output
+  positions: view t holds x[t * dilation + stride * i] at position i."""
+  return [jax.lax.slice_in_dim(x, t * dilation, t * dilation + stride * (out - 1) + 1, stride,
+                               axis) for t in taps]
+
+
+def _output_size(size: int, padding: tuple[int, int], window: int, stride: int,
+                 dilation: int) -> int:
+  return (size + padding[0] + padding[1] - dilation * (window - 1) - 1) // stride + 1
+
+
+def _patches_matmul(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                    padding: Sequence[tuple[int, int]], dilation: Sequence[int]) -> jax.Array:
+  """The convolution as one matmul of the input's patches [B, *out, taps x C] with the kernel
+  [taps x C, F]. Patches are gathered one spatial axis at a time (last axis first), so their
+  feature order is the kernel's row-major (tap_1, ..., tap_n, C). Taps that read only padding
+  at every output position (most of a 3^3 window on a 1 x 1 x 2 input) add exact zeros and are
+  left out, with their kernel rows."""
+  n = x.ndim - 2
+  live = []  # per spatial axis: (the taps that read the input somewhere, output size)
+  for size, pad, k, s, d in zip(x.shape[1:-1], padding, kernel.shape[:n], strides, dilation):
+    out = _output_size(size, pad, k, s, d)
+    # Tap t reads padded positions t * d ... t * d + s * (out - 1); the input is at
+    # pad[0] ... pad[0] + size - 1. The live taps are contiguous.
+    live.append(([t for t in range(k) if t * d <= pad[0] + size - 1
+                  and t * d + s * (out - 1) >= pad[0]], out))
+  x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+  kernel = kernel[tuple(slice(taps[0], taps[-1] + 1) for taps, _ in live)]
+  for axis in range(n, 0, -1):
+    taps, out = live[axis - 1]
+    x = jnp.stack(_windows(x, axis, taps, strides[axis - 1], dilation[axis - 1], out), axis=-2)
+    x = x.reshape(x.shape[:-2] + (-1,))
+  return jax.lax.dot_general(x, kernel.reshape(-1, kernel.shape[-1]),
+                             (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _depth_folded(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                  padding: Sequence[tuple[int, int]], dilation: Sequence[int]) -> jax.Array:
+  """A 3D convolution as one 2D convolution: the input's depth taps become channels
+  ([B * out_depth, H, W, taps x C]; what the kernel's depth axis reads) and the kernel
+  [d, h, w, C, F] becomes [h, w, d x C, F]."""
+  out = _output_size(x.shape[1], padding[0], kernel.shape[0], strides[0], dilation[0])
+  x = jnp.pad(x, [(0, 0), padding[0], (0, 0), (0, 0), (0, 0)])
+  views = _windows(x, 1, range(kernel.shape[0]), strides[0], dilation[0], out)
+  b = x.shape[0]
+  x = jnp.concatenate(views, axis=-1)
+  kernel = jnp.moveaxis(kernel, 0, 2)
+  kernel = kernel.reshape(kernel.shape[:2] + (-1, kernel.shape[-1]))
+  y = jax.lax.conv_general_dilated(
+      x.reshape((b * out,) + x.shape[2:]), kernel, strides[1:], padding[1:],
+      rhs_dilation=dilation[1:], dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y.reshape((b, out) + y.shape[1:])
+
+
+def convolution(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                padding: Sequence[tuple[int, int]], dilation: Sequence[int],
+                lowering: str = "direct") -> jax.Array:
+  """``x`` [B, *spatial, C] convolved with ``kernel`` [*window, C, F] (channels last, no bias).
+
+  'direct' is one ``conv_general_dilated``. 'decomposed' gives XLA:CPU the forms it runs fast
+  (BUILD_NOTES.md, "CPU speed"): XLA:CPU sends 2D convolutions to its YNNPACK library but
+  computes 3D ones with a slow generic loop nest, and it swaps the operands of any convolution
+  whose window has more taps than its input has positions (the small last stages; its backward
+  pass too), which then runs 10-100x slower. So a 3D convolution becomes a 2D one with its
+  depth taps as channels, and where a plane (input or output) has fewer positions than the
+  window has taps, the convolution is one matmul over patches (small there by definition).
+  The same sums in another order: equal within float32 rounding.
+  """
+  n = x.ndim - 2
+  window = kernel.shape[:n]
+  if lowering not in CONV_LOWERINGS:
+    raise ValueError(f"convolution lowering must be one of {CONV_LOWERINGS}, got {lowering!r}")
+  spatial = "DHW"[-n:]
+  direct = functools.partial(jax.lax.conv_general_dilated, x, kernel, tuple(strides),
+                             list(padding), rhs_dilation=tuple(dilation),
+                             dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+  if lowering == "direct" or math.prod(window) == 1:
+    return direct()  # 1x1 convolutions are matmuls already
+  out = [_output_size(*args) for args in zip(x.shape[1:-1], padding, window, strides, dilation)]
+  plane = slice(n - 2, n)  # the last two spatial axes: what a 2D convolution sees
+  taps = math.prod(window[plane])
+  if min(math.prod(x.shape[1:-1][plane]), math.prod(out[plane])) < taps:
+    return _patches_matmul(x, kernel, strides, padding, dilation)
+  return direct() if n == 2 else _depth_folded(x, kernel, strides, padding, dilation)
+
+
+def max_pool(x: jax.Array, lowering: str = "direct") -> jax.Array:
+  """The stem's 3/2/1 max-pool of ``x`` [B, *spatial, C] (window 3, stride 2, padding 1).
+
+  'decomposed' pools one axis at a time (max is separable over a box; the same values):
+  XLA:CPU's reduce-window and, above all, the select-and-scatter of its gradient are slow
+  (95 ms against 9 ms for a 3D stem's output, forward and backward). The gradient differs only
+  where a window holds equal maxima: split between them instead of given to the first; after
+  the stem's ReLU those ties are zeros, whose gradient the ReLU stops either way.
+  """
+  n = x.ndim - 2
+  if lowering == "direct":
+    return nn.max_pool(x, (3,) * n, strides=(2,) * n, padding=[(1, 1)] * n)
+  for axis in range(1, n + 1):
+    out = _output_size(x.shape[axis], (1, 1), 3, 2, 1)
+    padding = [(0, 0)] * x.ndim
+    padding[axis] = (1, 1)
+    x = jnp.pad(x, padding, constant_values=-jnp.inf)
+    x = functools.reduce(jnp.maximum, _windows(x, axis, range(3), 2, 1, out))
+  return x
+
+
+class Conv(nn.Module):
+  """``nn.Conv(use_bias=False)``'s parameter (``kernel`` [*window, C, F], float32, the same
+  initialiser and name, so checkpoints and converters are unchanged) applied through
+  :func:`convolution` with the given lowering."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | None = None
+  padding: Sequence[tuple[int, int]] | None = None
+  kernel_dilation: Sequence[int] | None = None
+  dtype: Dtype = jnp.bfloat16
+  lowering: str = "direct"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n = len(self.kernel_size)
+    kernel = self.param("kernel", conv_init, tuple(self.kernel_size) + (x.shape[-1],
+                                                                       self.features),
+                        jnp.float32)
+    return convolution(x.astype(self.dtype), kernel.astype(self.dtype),
+                       self.strides or (1,) * n, self.padding or [(0, 0)] * n,
+                       self.kernel_dilation or (1,) * n, self.lowering)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3(x3) convolutions with a residual connection."""
   features: int
@@ -67,12 +214,12 @@ class BasicBlock(nn.Module):
   shortcut: str = "B"  # 'A' (parameter-free) | 'B' (1x1 conv + norm)
   norm: str = "batch"
   dtype: Dtype = jnp.bfloat16
+  conv_lowering: str = "direct"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
     n = self.spatial_dims
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32, kernel_init=conv_init)
+    conv = functools.partial(Conv, dtype=self.dtype, lowering=self.conv_lowering)
     norm = functools.partial(make_norm, self.norm, self.features, train, self.dtype)
     norm_mask = batch_stats_mask(mask, x, self.norm, train)
     pad = [(self.dilation, self.dilation)] * n
@@ -169,6 +316,7 @@ class Stem(nn.Module):
   norm: str
   dtype: Dtype
   space_to_depth: bool = False
+  conv_lowering: str = "direct"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
@@ -177,14 +325,13 @@ class Stem(nn.Module):
     if self.space_to_depth and self.stride > 1:
       x = _SpaceToDepthConv(self.width, self.kernel, self.stride, self.dtype, name="conv1")(x)
     else:
-      x = nn.Conv(self.width, (self.kernel,) * n, strides=(self.stride,) * n,
-                  padding=[(pad, pad)] * n, use_bias=False, dtype=self.dtype,
-                  param_dtype=jnp.float32, kernel_init=conv_init,
-                  name="conv1")(x.astype(self.dtype))
+      x = Conv(self.width, (self.kernel,) * n, strides=(self.stride,) * n,
+               padding=[(pad, pad)] * n, dtype=self.dtype, lowering=self.conv_lowering,
+               name="conv1")(x)
     x = nn.relu(make_norm(self.norm, self.width, train, self.dtype, "bn1")(
         x, mask=batch_stats_mask(mask, x, self.norm, train)))
     if self.pool:
-      x = nn.max_pool(x, (3,) * n, strides=(2,) * n, padding=[(1, 1)] * n)
+      x = max_pool(x, self.conv_lowering)
     return x
 
 
@@ -207,6 +354,8 @@ class ResNet(nn.Module):
       per patient (none / dots / full; BUILD_NOTES.md, "Memory plan").
     stem_space_to_depth: compute the strided stem convolution as a stride-1 convolution of the
       space-to-depth input (:func:`space_to_depth_conv`): the same function and parameters.
+    conv_lowering: how convolutions reach XLA (:func:`convolution`): 'direct' or 'decomposed'
+      (XLA:CPU's fast forms); the same function and parameters.
   """
   spatial_dims: int = 3
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -221,6 +370,7 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.bfloat16
   remat: str = "none"
   stem_space_to_depth: bool = False
+  conv_lowering: str = "direct"
 
   @property
   def num_features(self) -> int:
@@ -244,7 +394,7 @@ class ResNet(nn.Module):
                                       policy=REMAT_POLICIES[self.remat])
                              for cls in (Stem, BasicBlock))
     stem = stem_cls(n, self.width, self.stem_kernel, self.stem_stride, self.stem_pool,
-                    self.norm, self.dtype, self.stem_space_to_depth)
+                    self.norm, self.dtype, self.stem_space_to_depth, self.conv_lowering)
     nn.share_scope(self, stem)
     x = stem(x, train, mask)
     for stage, (blocks, stride, dilation) in enumerate(
@@ -252,7 +402,8 @@ class ResNet(nn.Module):
       for block in range(blocks):
         x = block_cls(self.width * 2**stage, n, strides=stride if block == 0 else 1,
                        dilation=dilation, shortcut=self.shortcut, norm=self.norm,
-                       dtype=self.dtype, name=f"layer{stage + 1}_{block}")(x, train, mask)
+                       dtype=self.dtype, conv_lowering=self.conv_lowering,
+                       name=f"layer{stage + 1}_{block}")(x, train, mask)
     return jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, n + 1)))
 
 
