@@ -179,9 +179,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                              and abs(sum(v) - 1) < 1e-6,
                              "must be 3 fractions (train, validation, test) summing to 1, "
                              "train and validation > 0"),
-    "demo.learning_rate": _POSITIVE,
     **{f"demo.train.{m}.{k}": _POSITIVE_INT for m in models.MODEL_NAMES
        for k in ("steps", "batch_size")},
+    **{f"demo.train.{m}.learning_rate": _POSITIVE for m in models.MODEL_NAMES},
     "benchmark.models": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
                          and all(m in models.MODEL_NAMES for m in v),
                          f"must be a non-empty tuple of {list(models.MODEL_NAMES)}"),

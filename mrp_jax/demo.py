@@ -32,7 +32,7 @@ MODELS = ("rhpc", "iMGrhpc", "iMRrhpc")  # trained in this order (the fused ones
 def train_config(config: ml_collections.ConfigDict, model_name: str, records: Path,
                  rhpc_run: Path | None) -> ml_collections.ConfigDict:
   """The train config of one demo model: its config file (variant tiny) at the demo's
-  geometry, with the demo's steps, batch size and learning rate."""
+  geometry, with the model's steps, batch size and learning rate from ``config.demo.train``."""
   demo = config.demo
   out = configuration.load(f"{demo.configs[model_name]}:tiny")
   out.seed = config.seed
@@ -43,7 +43,7 @@ def train_config(config: ml_collections.ConfigDict, model_name: str, records: Pa
   settings = demo.train[model_name]
   out.train.num_steps = settings.steps
   out.train.batch_size = settings.batch_size
-  out.train.learning_rate = demo.learning_rate
+  out.train.learning_rate = settings.learning_rate
   out.train.warmup_steps = max(1, settings.steps // 15)
   out.train.log_every_steps = max(1, settings.steps // 6)
   out.train.eval_every_steps = max(1, settings.steps // 3)
