@@ -265,7 +265,8 @@ def model_attributions(model: nn.Module, variables: Mapping[str, Any],
     float32: compute in float32 even when the model is configured for bfloat16.
     rhpc_baseline: [INPUT_DIM] or [B, INPUT_DIM] rhpc baseline (e.g. the reference patient's
       ``encoding.model_inputs``); None: zeros.
-    calibration: (slope, intercept) of the 'probability' target.
+    calibration: (slope, intercept) of the 'probability' target: scalars, or [B] each (one
+      map per example: `predict` batches patients at different phases).
 
   Returns:
     label -> float32 [B]: one entry per rhpc variable (``Variable.label``); 'MRI', 'MRI
