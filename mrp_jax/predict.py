@@ -23,8 +23,8 @@ message; the others still get answers.
 Patients go through each model in batches of ``--batch_size`` rows (the last one padded), and
 the compiled programs are kept in JAX's persistent compilation cache (``--compilation_cache``),
 so a later call, with any number of patients, compiles nothing: the first call on a machine
-compiles every model's programs once (minutes on a small CPU server), later calls only read
-and run (BUILD_NOTES.md has the figures).
+compiles every model's programs once (about 30 s for the demo's runs on 2 CPU cores), later
+calls only read and run (BUILD_NOTES.md has the figures).
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ from mrp_jax.evaluation import calibration, ensemble, explain, runs
 
 ANONYMOUS = "P000000000000"  # in-memory records need a pseudonym; nothing is written
 # Patients per model call: every call has this many rows (padding rows cost compute when there
-# are fewer patients), so that one compiled program per model serves any number of patients.
-DEFAULT_BATCH_SIZE = 4
+# are fewer patients), so that one compiled program per model serves any number of patients. On
+# a CPU larger batches gained nothing (16 demo patients: 1.8 s each with batches of 1, 4 or 8)
+# and padding a one-patient call to 4 rows cost 4 s (BUILD_NOTES.md).
+DEFAULT_BATCH_SIZE = 1
 
 
 def default_compilation_cache() -> str:
