@@ -19,12 +19,20 @@ and the strongest Integrated-Gradients attributions of MRP (or the single model)
 evaluation's reference patient (attribution_baseline.json). Without it, each model's own,
 uncalibrated probability and nothing else. A patient whose data cannot be used gets an error
 message; the others still get answers.
+
+Patients go through each model in batches of ``--batch_size`` rows (the last one padded), and
+the compiled programs are kept in JAX's persistent compilation cache (``--compilation_cache``),
+so a later call, with any number of patients, compiles nothing: the first call on a machine
+compiles every model's programs once (about 30 s for the demo's runs on 2 CPU cores), later
+calls only read and run (BUILD_NOTES.md has the figures).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +40,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from absl import flags
+from jax.experimental.compilation_cache import compilation_cache
 
 from input_pipeline import batching, cli
 from input_pipeline.clinical_table import ParseReport
@@ -44,6 +53,57 @@ from mrp_jax import sharding
 from mrp_jax.evaluation import calibration, ensemble, explain, runs
 
 ANONYMOUS = "P000000000000"  # in-memory records need a pseudonym; nothing is written
+# Patients per model call: every call has this many rows (padding rows cost compute when there
+# are fewer patients), so that one compiled program per model serves any number of patients. On
+# a CPU larger batches gained nothing (16 demo patients: 1.8 s each with batches of 1, 4 or 8)
+# and padding a one-patient call to 4 rows cost 4 s (BUILD_NOTES.md).
+DEFAULT_BATCH_SIZE = 1
+
+
+def default_compilation_cache() -> str:
+  """Where `predict` keeps compiled programs unless told otherwise: JAX's own
+  ``JAX_COMPILATION_CACHE_DIR`` when the environment sets it, else
+  ``$XDG_CACHE_HOME/mrp-jax/jax-compilation`` (``~/.cache/mrp-jax/jax-compilation`` without
+  ``XDG_CACHE_HOME``)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "mrp-jax", "jax-compilation")
+
+
+# jax.config settings of the persistent compilation cache.
+_CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                   "jax_persistent_cache_min_entry_size_bytes")
+
+
+def _apply_cache_settings(settings: dict[str, Any]) -> None:
+  moved = settings["jax_compilation_cache_dir"] != jax.config.jax_compilation_cache_dir
+  for name in _CACHE_SETTINGS:
+    jax.config.update(name, settings[name])
+  if moved:  # JAX opens its cache folder once per process; it must open the new one
+    compilation_cache.reset_cache()
+
+
+@contextlib.contextmanager
+def persistent_compilation_cache(directory: str | None):
+  """JAX's persistent compilation cache in ``directory`` (None or '': none) while the block runs.
+
+  Every program is kept, whatever its compile time and size (JAX keeps only those compiling
+  for over 1 s by default; predict's many small programs add up on a CPU). A folder predict
+  makes is private to its owner (mode 0700): JAX runs what it finds there, so it must be
+  trusted. The previous settings come back afterwards, so a caller in Python (the tests) keeps
+  its own cache.
+  """
+  before = {name: getattr(jax.config, name) for name in _CACHE_SETTINGS}
+  if directory:
+    Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
+  _apply_cache_settings({"jax_compilation_cache_dir": directory or None,
+                         "jax_persistent_cache_min_compile_time_secs": 0.0,
+                         "jax_persistent_cache_min_entry_size_bytes": -1})
+  try:
+    yield
+  finally:
+    _apply_cache_settings(before)
 
 
 def _clinical_rows(path: Path | None) -> dict[str, dict[str, Any]] | dict[str, Any]:
@@ -110,9 +170,139 @@ class Evaluation:
     return self.calibration[label][phase]
 
 
+@dataclasses.dataclass
+class _Patient:
+  """One patient folder on its way through `predict`.
+
+  Attributes:
+    answer: what the patient's JSON answer says so far ('error' once anything failed).
+    example: the patient at its phase, None when it failed before getting there.
+    platt: run label -> the calibration map at the patient's phase (with an evaluation).
+    probability: run label -> the model's probability (calibrated with an evaluation).
+    attributions: model name -> label -> [1] the model's attributions of this patient.
+  """
+  answer: dict[str, Any]
+  example: batching.Example | None = None
+  platt: dict[str, calibration.PlattMap] = dataclasses.field(default_factory=dict)
+  probability: dict[str, float] = dataclasses.field(default_factory=dict)
+  attributions: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+  def fail(self, error: Exception) -> None:
+    self.answer["error"] = f"{type(error).__name__}: {error}"
+
+  def waiting_for(self, run: runs.Run) -> bool:
+    return "error" not in self.answer and _applicable(run.model_name, self.example.record)
+
+
+def _read_patient(folder: Path, row: dict[str, Any], loaded: Sequence[runs.Run],
+                  evaluation: Evaluation | None, mri_options: MriOptions,
+                  mg_options: MammogramOptions) -> _Patient:
+  """The patient of ``folder`` preprocessed as the runs' records were, at its phase; a failure
+  becomes the patient's error."""
+  patient = _Patient({"patient": folder.name})
+  try:
+    # The same choice of images as `prepare` (the generic layout's), with its reasons.
+    imaging = generic.patient_imaging(folder, side=generic.tumour_side(row))
+    source = PatientSource(folder.name, label=None, clinical=row)
+    source.take(imaging)
+    report = ParseReport()
+    record = process_patient(source, ANONYMOUS, "test", mri_options, mg_options, report)
+    phase = _phase(record)
+    patient.answer.update(phase=phase,
+                          images={"mri": list(record.mri), "mammogram": record.mg is not None},
+                          unknown_clinical=sorted(report.missing) + sorted(
+                              {v for v, _ in report.unparsed}),
+                          warnings=imaging.warnings,
+                          unused=[{"item": u.item, "file": u.where, "reason": u.reason}
+                                  for u in imaging.unused])
+    if imaging.empty:
+      patient.answer["no_images"] = imaging.empty
+    patient.example = batching.eval_example(record, phase)
+    if evaluation is not None:
+      patient.platt = {run.label: evaluation.platt(run.label, phase) for run in loaded
+                       if _applicable(run.model_name, record)}
+  except Exception as error:  # one bad patient never stops the others
+    patient.fail(error)
+  return patient
+
+
+def _answer_batch(run: runs.Run, patients: Sequence[_Patient], spec: batching.BatchSpec,
+                  batch_size: int, evaluation: Evaluation | None, explain_steps: int) -> None:
+  """Puts ``run``'s probabilities (and attributions) of ``patients`` (at most ``batch_size``)
+  into them, from one batch of ``batch_size`` rows: the rows past the patients are padding, so
+  every batch has the shape the cached programs were compiled for. Rows are independent (the
+  models in eval mode), so a patient's answer does not depend on the others of its batch."""
+  n = len(patients)
+  batch = batching.collate([p.example for p in patients], run.model_name, spec, batch_size)
+  out = run.eval_step(run.state.params, run.state.batch_stats, batch)
+  if evaluation is None:
+    for patient, probability in zip(patients, np.asarray(out["probability"])[:n]):
+      patient.probability[run.label] = float(probability)
+    return
+  maps = [patient.platt[run.label] for patient in patients]
+  for patient, platt, logit in zip(patients, maps, np.asarray(out["logit"], np.float64)[:n]):
+    patient.probability[run.label] = float(platt(logit))
+  if not explain_steps:
+    return
+  # Each row's own calibration map (patients of one batch may be at different phases); the
+  # padding rows take the identity.
+  slope = np.asarray([m.slope for m in maps] + [1.0] * (batch_size - n), np.float32)
+  intercept = np.asarray([m.intercept for m in maps] + [0.0] * (batch_size - n), np.float32)
+  attributions = explain.model_attributions(
+      run.model, {"params": run.state.params, "batch_stats": run.state.batch_stats}, batch,
+      target="probability", steps=explain_steps, rhpc_baseline=evaluation.rhpc_baseline,
+      calibration=(slope, intercept))
+  for j, patient in enumerate(patients):
+    patient.attributions[run.model_name] = {k: v[j:j + 1] for k, v in attributions.items()}
+
+
+def _combine(patient: _Patient, by_name: dict[str, runs.Run], evaluation: Evaluation | None,
+             top: int) -> None:
+  """MRP from the patient's calibrated probabilities and its strongest attributions."""
+  probabilities, attributions = patient.probability, patient.attributions
+  weights = evaluation.weights if evaluation is not None else None
+  combined = None
+  if weights is not None and {"iMGrhpc", "iMRrhpc"} & set(attributions):
+    p_mg = probabilities.get(by_name["iMGrhpc"].label) if "iMGrhpc" in by_name else None
+    p_mr = probabilities.get(by_name["iMRrhpc"].label) if "iMRrhpc" in by_name else None
+    present = np.asarray([p_mg is not None]), np.asarray([p_mr is not None])
+    probabilities["MRP"] = float(ensemble.combine(
+        weights, np.asarray([p_mg or 0.0]), np.asarray([p_mr or 0.0]), *present)[0])
+    w_mg, w_mr = ensemble.case_weights(weights, *present)
+    members = {name: attributions[name] for name in ("iMGrhpc", "iMRrhpc")
+               if name in attributions}
+    combined = explain.combine_attributions(
+        members, {"iMGrhpc": w_mg, "iMRrhpc": w_mr}, output=np.asarray([probabilities["MRP"]]))
+  elif attributions:
+    combined = next(iter(attributions.values()))
+  patient.answer["probability"] = probabilities
+  patient.answer["calibrated"] = evaluation is not None
+  if combined is not None:
+    patient.answer["top_attributions"] = explain.top_features(combined, top)
+
+
 def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
                      evaluation: Evaluation | None, clinical: dict[str, Any],
-                     explain_steps: int = 16, top: int = 8) -> list[dict[str, Any]]:
+                     explain_steps: int = 16, top: int = 8,
+                     batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+  """The answers for the patients of ``folders``, in their order.
+
+  Every patient is read first; then each model takes the patients it applies to in batches of
+  ``batch_size`` rows (the last one padded), so one compiled program per model serves any
+  number of patients.
+
+  Args:
+    folders: one folder per patient (its name is the patient's name in the answers).
+    loaded: the trained runs.
+    evaluation: the evaluate job's report (calibration, MRP, attributions), or None.
+    clinical: folder name -> rhpc values, or one patient's values when there is one folder.
+    explain_steps: Integrated Gradients path steps (0: no attributions).
+    top: attributions kept per patient.
+    batch_size: patients per model call.
+
+  Returns:
+    One JSON-ready answer per folder (see the module docstring).
+  """
   by_name = {run.model_name: run for run in loaded}
   reference = by_name.get("iMRrhpc") or by_name.get("iMGrhpc") or loaded[0]
   geometry = reference.preprocessing
@@ -123,69 +313,24 @@ def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
                                 dtype=geometry["mammogram"]["dtype"])
   spec = batching.BatchSpec(mri_shape=mri_options.box, mri_dtype=mri_options.dtype,
                             mg_shape=mg_options.size, mg_dtype=mg_options.dtype)
-  answers = []
-  for folder in folders:
-    answer: dict[str, Any] = {"patient": folder.name}
-    try:
-      row = _row_for(clinical, folder.name, len(folders) == 1)
-      # The same choice of images as `prepare` (the generic layout's), with its reasons.
-      imaging = generic.patient_imaging(folder, side=generic.tumour_side(row))
-      source = PatientSource(folder.name, label=None, clinical=row)
-      source.take(imaging)
-      report = ParseReport()
-      record = process_patient(source, ANONYMOUS, "test", mri_options, mg_options, report)
-      phase = _phase(record)
-      answer.update(phase=phase,
-                    images={"mri": list(record.mri), "mammogram": record.mg is not None},
-                    unknown_clinical=sorted(report.missing) + sorted(
-                        {v for v, _ in report.unparsed}),
-                    warnings=imaging.warnings,
-                    unused=[{"item": u.item, "file": u.where, "reason": u.reason}
-                            for u in imaging.unused])
-      if imaging.empty:
-        answer["no_images"] = imaging.empty
-      probabilities, attributions = {}, {}
-      example = batching.eval_example(record, phase)
-      for run in loaded:
-        if not _applicable(run.model_name, record):
-          continue
-        batch = batching.collate([example], run.model_name, spec)
-        variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
-        out = run.eval_step(run.state.params, run.state.batch_stats, batch)
-        if evaluation is None:
-          probabilities[run.label] = float(np.asarray(out["probability"])[0])
-          continue
-        platt = evaluation.platt(run.label, phase)
-        probabilities[run.label] = float(platt(np.asarray(out["logit"], np.float64))[0])
-        if explain_steps:
-          attributions[run.model_name] = explain.model_attributions(
-              run.model, variables, batch, target="probability", steps=explain_steps,
-              rhpc_baseline=evaluation.rhpc_baseline,
-              calibration=(platt.slope, platt.intercept))
-      weights = evaluation.weights if evaluation is not None else None
-      combined = None
-      if weights is not None and {"iMGrhpc", "iMRrhpc"} & set(attributions):
-        p_mg = probabilities.get(by_name["iMGrhpc"].label) if "iMGrhpc" in by_name else None
-        p_mr = probabilities.get(by_name["iMRrhpc"].label) if "iMRrhpc" in by_name else None
-        present = np.asarray([p_mg is not None]), np.asarray([p_mr is not None])
-        probabilities["MRP"] = float(ensemble.combine(
-            weights, np.asarray([p_mg or 0.0]), np.asarray([p_mr or 0.0]), *present)[0])
-        w_mg, w_mr = ensemble.case_weights(weights, *present)
-        members = {name: attributions[name] for name in ("iMGrhpc", "iMRrhpc")
-                   if name in attributions}
-        combined = explain.combine_attributions(
-            members, {"iMGrhpc": w_mg, "iMRrhpc": w_mr},
-            output=np.asarray([probabilities["MRP"]]))
-      elif attributions:
-        combined = next(iter(attributions.values()))
-      answer["probability"] = probabilities
-      answer["calibrated"] = evaluation is not None
-      if combined is not None:
-        answer["top_attributions"] = explain.top_features(combined, top)
-    except Exception as error:  # one bad patient never stops the others
-      answer["error"] = f"{type(error).__name__}: {error}"
-    answers.append(answer)
-  return answers
+  patients = [_read_patient(folder, _row_for(clinical, folder.name, len(folders) == 1), loaded,
+                            evaluation, mri_options, mg_options) for folder in folders]
+  for run in loaded:
+    waiting = [patient for patient in patients if patient.waiting_for(run)]
+    for start in range(0, len(waiting), batch_size):
+      chunk = waiting[start:start + batch_size]
+      try:
+        _answer_batch(run, chunk, spec, batch_size, evaluation, explain_steps)
+      except Exception as error:  # the patients of other batches still get answers
+        for patient in chunk:
+          patient.fail(error)
+  for patient in patients:
+    if "error" not in patient.answer:
+      try:
+        _combine(patient, by_name, evaluation, top)
+      except Exception as error:  # one bad patient never stops the others
+        patient.fail(error)
+  return [patient.answer for patient in patients]
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -208,6 +353,14 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       "standard output.", **fv)
   flags.DEFINE_integer("explain_steps", 16, "Integrated Gradients path steps (0: no "
                        "attributions).", **fv)
+  flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Patients per model call (the last "
+                       "call padded to it); another value compiles the models once more.",
+                       lower_bound=1, **fv)
+  flags.DEFINE_string("compilation_cache", None, "Keep compiled programs in this folder "
+                      "(JAX's persistent compilation cache) so that later calls do not compile "
+                      "again; '' keeps none. Default: $JAX_COMPILATION_CACHE_DIR if set, else "
+                      "$XDG_CACHE_HOME/mrp-jax/jax-compilation (~/.cache/mrp-jax/"
+                      "jax-compilation).", **fv)
   flags.mark_flag_as_required("runs", **fv)
 
 
@@ -217,16 +370,18 @@ def run(fv: flags.FlagValues, folders: Sequence[str]) -> int:
   if not folders:
     print("predict: give one folder per patient after the flags", file=sys.stderr)
     return 2
-  try:
-    mesh = sharding.make_mesh(jax.devices()[:1])
-    loaded = [runs.load_run(path, mesh, label) for label, path in runs.parse_runs(fv.runs)]
-    evaluation = Evaluation.load(Path(fv.evaluation)) if fv.evaluation else None
-    clinical = _clinical_rows(Path(fv.clinical) if fv.clinical else None)
-  except (OSError, ValueError) as error:
-    print(f"predict: {error}", file=sys.stderr)
-    return 2
-  answers = predict_patients([Path(f) for f in folders], loaded, evaluation, clinical,
-                             fv.explain_steps)
+  cache = default_compilation_cache() if fv.compilation_cache is None else fv.compilation_cache
+  with persistent_compilation_cache(cache):
+    try:
+      mesh = sharding.make_mesh(jax.devices()[:1])
+      loaded = [runs.load_run(path, mesh, label) for label, path in runs.parse_runs(fv.runs)]
+      evaluation = Evaluation.load(Path(fv.evaluation)) if fv.evaluation else None
+      clinical = _clinical_rows(Path(fv.clinical) if fv.clinical else None)
+    except (OSError, ValueError) as error:
+      print(f"predict: {error}", file=sys.stderr)
+      return 2
+    answers = predict_patients([Path(f) for f in folders], loaded, evaluation, clinical,
+                               fv.explain_steps, batch_size=fv.batch_size)
   text = json.dumps(answers, indent=1)
   if fv.out:
     Path(fv.out).write_text(text)

@@ -1,10 +1,16 @@
 """The predict command on synthetic patient folders: every model, MRP, phase, attributions, and
-a broken patient that gets an error while the others get answers."""
+a broken patient that gets an error while the others get answers; batches that do not change a
+patient's answer, and compiled programs kept between calls."""
 
 import csv
 import json
+import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -119,3 +125,64 @@ def test_predict_answers_every_good_patient_and_reports_the_broken_one(
 def test_predict_rejects_a_bad_runs_argument(capsys, tmp_path):
   assert predict.main([str(tmp_path), "--runs", "iMRrhpc"]) == 2
   assert "LABEL=WORKDIR" in capsys.readouterr().err
+
+
+def test_patients_batched_together_get_their_answers_alone(trained_runs, training_records,
+                                                          patients, tmp_path):
+  """Three patients in batches of two (one full, one padded) answer exactly as each does alone
+  (row 0 of a padded batch): every batch has the same shape, so they all run one program, and
+  each row is computed from its own patient only (the models in eval mode)."""
+  folders, _, clinical = patients
+  # A patient at the Pre-NAT phase (the others are at Post-NAT): one batch mixes calibration maps.
+  truth = {p["patient_id"]: p for p in json.loads(
+      (training_records.parent / "export" / "synthetic_truth.json").read_text())["patients"]}
+  pre_only = tmp_path / "PRE_ONLY"
+  follow_ups = {pathlib.Path(study["folder"]).name for study in truth[folders[0].name]["studies"]
+                if study["phase"] != "pre"}
+  shutil.copytree(folders[0], pre_only, ignore=lambda _, names: follow_ups & set(names))
+  group = [folders[0], pre_only, folders[-1]]  # the last one has a mammogram
+  _evaluation(tmp_path / "report", trained_runs)
+  runs_arg = ",".join(f"{k}={v}" for k, v in trained_runs.items())
+
+  def answers(group, out):
+    cache_before = jax.config.jax_compilation_cache_dir
+    assert predict.main([*map(str, group), "--runs", runs_arg, "--evaluation",
+                         str(tmp_path / "report"), "--clinical", str(clinical), "--out",
+                         str(out), "--explain_steps", "1", "--batch_size", "2",
+                         "--compilation_cache", str(tmp_path / "cache")]) == 0
+    assert jax.config.jax_compilation_cache_dir == cache_before  # the caller's setting is back
+    return {a["patient"]: a for a in json.loads(out.read_text())}
+
+  together = answers(group, tmp_path / "together.json")
+  assert together["PRE_ONLY"]["phase"] == "pre" and together[folders[0].name]["phase"] != "pre"
+  assert together[folders[-1].name]["images"]["mammogram"]
+  assert all("error" not in a and "top_attributions" in a for a in together.values())
+  for folder in group:
+    alone = answers([folder], tmp_path / f"{folder.name}.json")
+    assert alone[folder.name] == together[folder.name]
+
+
+def test_a_second_call_compiles_nothing(trained_runs, patients, tmp_path):
+  """Two processes, one cache folder: the first writes every program it compiles (predict keeps
+  them whatever their compile time or size), so a second process that compiled anything would
+  add an entry. It adds none and answers the same bytes."""
+  folders, _, clinical = patients
+  _evaluation(tmp_path / "report", trained_runs)
+  cache = tmp_path / "cache"
+  root = pathlib.Path(__file__).resolve().parents[1]
+
+  def call(out):
+    result = subprocess.run(
+        [sys.executable, "-m", "mrp_jax.predict", *map(str, folders[:2]),
+         "--runs", ",".join(f"{k}={v}" for k, v in trained_runs.items()),
+         "--evaluation", str(tmp_path / "report"), "--clinical", str(clinical),
+         "--explain_steps", "1", "--compilation_cache", str(cache), "--out", str(out)],
+        capture_output=True, text=True, cwd=root, timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sorted(path.name for path in cache.iterdir())
+
+  first = call(tmp_path / "first.json")
+  assert len(first) >= 6  # at least the eval step and the attributions of each of three models
+  assert call(tmp_path / "second.json") == first
+  assert (tmp_path / "second.json").read_bytes() == (tmp_path / "first.json").read_bytes()
