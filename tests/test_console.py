@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tqdm
 
 from input_pipeline import cli
@@ -31,11 +32,16 @@ class _Clock:
     return self.now
 
 
-def test_progress_off_a_terminal_prints_a_plain_line_every_interval_and_at_the_end(
-    monkeypatch):
+@pytest.fixture
+def clock(monkeypatch):
+  """tqdm reads this clock, and no refresh thread runs: every line comes from an update."""
   clock = _Clock()
   monkeypatch.setattr(tqdm.std, "time", clock)
-  monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)  # no refresh thread
+  monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+  return clock
+
+
+def test_progress_off_a_terminal_prints_a_plain_line_every_interval_and_at_the_end(clock):
   out = io.StringIO()  # not a terminal
   bar = cli.progress(total=12, desc="train rhpc", unit="step", stream=out, interval=30)
   for step in range(1, 13):
@@ -54,10 +60,7 @@ def test_progress_off_a_terminal_prints_a_plain_line_every_interval_and_at_the_e
   ]
 
 
-def test_progress_off_a_terminal_drops_a_repeated_line_and_can_be_silent(monkeypatch):
-  clock = _Clock()
-  monkeypatch.setattr(tqdm.std, "time", clock)
-  monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+def test_progress_off_a_terminal_drops_a_repeated_line_and_can_be_silent(clock):
   out = io.StringIO()
   bar = cli.progress(total=2, desc="scan", unit="patient", stream=out, interval=30)
   for _ in range(2):
@@ -74,12 +77,9 @@ def test_progress_off_a_terminal_drops_a_repeated_line_and_can_be_silent(monkeyp
   assert out.getvalue() == "x: 3 file in 00:00\n"
 
 
-def test_progress_off_a_terminal_keeps_its_interval_when_the_rate_drops(monkeypatch):
+def test_progress_off_a_terminal_keeps_its_interval_when_the_rate_drops(clock):
   """Work that slows down (fast cached patients, then slow ones) still gets its line every
   interval: the number of updates between lines does not adapt to the early rate."""
-  clock = _Clock()
-  monkeypatch.setattr(tqdm.std, "time", clock)
-  monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
   out = io.StringIO()
   bar = cli.progress(total=110, desc="scan", unit="patient", stream=out, interval=30)
   for _ in range(100):

@@ -9,13 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from test_console import ABSL_LINE, CONTROL
+
 from input_pipeline import verify
 
 ROOT = Path(__file__).resolve().parents[1]
-# absl's line format: level and date, time to microseconds, thread id, file:line].
-ABSL_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6}\s+\d+ \S+:\d+\]", re.M)
-# Control characters other than newline and tab: carriage returns, ANSI escapes, ...
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # The console's budget: the tiny demo printed 1,035 lines before it had a console (953 of them
 # absl lines); it prints about 60 now.
 LINE_BUDGET = 100
