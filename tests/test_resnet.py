@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 from numerics import assert_as_accurate_as, assert_reduction_close
 
+from mrp_jax import configuration, models
+from mrp_jax.evaluation import inference
 from mrp_jax.models.resnet import (
   LAYOUTS,
   ResNet,
   convolution,
+  forward_compiler_options,
   max_pool,
   resolve_conv_lowering,
   space_to_depth_conv,
@@ -261,3 +264,36 @@ def test_auto_lowering_is_decomposed_on_cpu_only():
   assert resolve_conv_lowering("direct") == "direct"
   with pytest.raises(ValueError, match="conv_lowering"):
     resolve_conv_lowering("im2col")
+
+
+def test_forward_compiler_options_keep_the_convolution():
+  """On the CPU the options move convolutions off XLA's YNNPACK fusions (one thread each) to
+  its own convolution; the result stays within float32's rounding of the float64 one. The
+  eval step is compiled with them; elsewhere they are empty."""
+  options = forward_compiler_options()
+  if jax.default_backend() != "cpu":
+    assert options == {}
+    return
+  assert options
+  x = jax.random.normal(jax.random.key(6), (2, 8, 8, 16, 5))
+  w = jax.random.normal(jax.random.key(7), (3, 3, 3, 5, 4))
+  args = ((1, 1, 1), [(1, 1)] * 3, (1, 1, 1))
+  conv = jax.jit(lambda x, w: convolution(x, w, *args, lowering="decomposed"),
+                 compiler_options=options)
+  assert "ynn" not in conv.lower(x, w).compile().as_text()
+  with jax.enable_x64(True):
+    x64, w64 = (jnp.asarray(np.asarray(v), jnp.float64) for v in (x, w))
+    exact = convolution(x64, w64, *args)
+    abs_sum = convolution(jnp.abs(x64), jnp.abs(w64), *args)
+  assert_reduction_close(conv(x, w), exact, abs_sum, 27 * 5)
+
+
+def test_eval_step_is_compiled_with_the_forward_options():
+  """Validation, evaluate and predict run the eval step: it carries the options."""
+  config = configuration.load("configs/iMRrhpc.py:tiny")
+  model = models.create_model(config.model)
+  batch = models.dummy_batch("iMRrhpc", 2, mri_shape=(8, 8, 16))
+  variables = model.init(jax.random.key(0), batch, train=False)
+  text = inference.jit_eval_step(model).lower(
+      variables["params"], variables["batch_stats"], batch).compile().as_text()
+  assert ("ynn" not in text) if forward_compiler_options() else True

@@ -40,7 +40,8 @@ def hlo_part(config: Any, name: str, mesh: jax.sharding.Mesh, peak_tflops: float
   batch_size = int(b.batch_size[name])
   batch = steps.abstract_batch(config, name, batch_size, sharding.batch_sharding(mesh))
   eval_jit = inference.jit_eval_step(recipe.model, in_shardings=(
-      shardings.params, shardings.batch_stats, sharding.batch_sharding(mesh)))
+      shardings.params, shardings.batch_stats, sharding.batch_sharding(mesh)),
+      compiler_options={})  # compiled for the target: this host's CPU options do not apply
   programs = {"train": (train_jit, (abstract, batch)),
               "eval": (eval_jit, (abstract.params, abstract.batch_stats, batch))}
   analytic = flops.model_flops(name, steps.encoder_kwargs(steps.model_config(config, name)),

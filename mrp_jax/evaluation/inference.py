@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from input_pipeline import pipeline
 from input_pipeline.schema import PHASE_NAMES
 from mrp_jax import sharding
+from mrp_jax.models import resnet
 from mrp_jax.training import augment
 
 
@@ -59,10 +60,14 @@ def make_eval_step(model: nn.Module) -> Callable[..., Any]:
   return eval_step
 
 
-def jit_eval_step(model: nn.Module, in_shardings: Any = None) -> Callable[..., Any]:
-  """The jitted :func:`make_eval_step` (``in_shardings`` as jax.jit takes them, if given)."""
-  step = make_eval_step(model)
-  return jax.jit(step) if in_shardings is None else jax.jit(step, in_shardings=in_shardings)
+def jit_eval_step(model: nn.Module, in_shardings: Any = None,
+                  compiler_options: dict[str, str] | None = None) -> Callable[..., Any]:
+  """The jitted :func:`make_eval_step` (``in_shardings`` as jax.jit takes them, if given),
+  compiled with ``compiler_options`` (default: this backend's options for forward-only
+  programs, :func:`mrp_jax.models.resnet.forward_compiler_options`)."""
+  options = resnet.forward_compiler_options() if compiler_options is None else compiler_options
+  kwargs = {} if in_shardings is None else {"in_shardings": in_shardings}
+  return jax.jit(make_eval_step(model), compiler_options=options or None, **kwargs)
 
 
 # What prediction keeps of the eval step's outputs (gathered from every process).
