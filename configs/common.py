@@ -109,6 +109,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # process, enough for the demo; a full-geometry GPU run wants several, README "Input
   # pipeline"). Each holds its own shuffle window; a run resumes with the same number.
   d.workers = 0
+  # How the training images reach the device: 'views' (no host batch: each record's volumes,
+  # pages of the mapped shards, put on the device as they are and stacked inside the step),
+  # 'batch' (copied into a reused host batch, one transfer), 'auto' ('views' on one device
+  # with workers = 0, else 'batch'). README "Input pipeline".
+  d.transfer = "auto"
 
   # ---- augmentation (on the device, inside the train step; mrp_jax/training/augment.py) ------
   # Axes of a volume are (z, y, x) = (S-I, A-P, L-R); probabilities per example (geometry,

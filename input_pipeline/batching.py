@@ -30,7 +30,11 @@ host never widens 40-66 MB volumes to float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import mmap
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -183,8 +187,8 @@ def empty_batch(model_name: str, batch_size: int, spec: BatchSpec,
 
 def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
             batch_size: int | None = None,
-            empty: Callable[[tuple[int, ...], str], np.ndarray] = np.empty
-            ) -> dict[str, np.ndarray]:
+            empty: Callable[[tuple[int, ...], str], np.ndarray] = np.empty,
+            views: bool = False) -> dict[str, Any]:
   """Stacks examples into one batch of the contract of :func:`empty_batch`, padded to
   ``batch_size`` rows.
 
@@ -197,12 +201,17 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
     empty: allocates the image array, called as ``empty(shape, dtype)`` (the pipeline's worker
       processes pass Grain's SharedMemoryArray); every element is then written, so the
       allocation need not be zeroed.
+    views: no image array at all: the image key holds, per row, a tuple of its slots' arrays
+      (:data:`ImageViews`): the records' own arrays (views of the mapped shards, nothing
+      copied), and for an empty slot or a padding row one shared read-only zero image
+      (:func:`zero_image`). ``stack_views`` (or the device, inside the step) makes the
+      contract's [b, slots, ...] array of them.
   """
   b = len(examples) if batch_size is None else batch_size
   if len(examples) > b:
     raise ValueError(f"{len(examples)} examples do not fit a batch of {b}")
   n = len(examples)
-  batch = empty_batch(model_name, b, spec, allocate=empty)
+  batch = empty_batch(model_name, b, spec, allocate=_no_array if views else empty)
   # Padding rows carry no information at all, not 'every variable Unknown': only the real
   # rows are encoded.
   parsed = clinical_table.ParsedRhpc(
@@ -217,33 +226,74 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
   batch["label"][:n] = [e.record.label for e in examples]
   batch["example_mask"][:n] = 1.0
 
-  if "mri" in batch:
-    mri, mask, phases = batch["mri"], batch["mri_mask"], batch["mri_phase"]
-    mri[n:] = 0
+  key = IMAGE_KEYS[model_name]
+  if key is None:
+    return batch
+  if key == "mri":
+    shape, dtype = spec.mri_shape, spec.mri_dtype
+    phases = batch["mri_phase"]
     for i, example in enumerate(examples):
-      for slot, name in enumerate((example.baseline, example.follow_up)):
-        if name is None:
-          mri[i, slot] = 0
-          continue
-        mri[i, slot] = _image(example.record, f"MRI {name}", example.record.mri[name],
-                              spec.mri_shape, spec.mri_dtype)
-        mask[i, slot] = True
       if example.follow_up is not None:  # else PRE (0), as an empty slot's phase
         phases[i, 1] = schema.PHASE_NAMES.index(example.follow_up)
-  elif "mg" in batch:
-    mg, mask = batch["mg"], batch["mg_mask"]
-    mg[n:] = 0
-    for i, example in enumerate(examples):
-      if example.record.mg is None:
-        mg[i, 0] = 0
-      else:
-        mg[i, 0] = _image(example.record, "mammogram", example.record.mg, spec.mg_shape,
-                          spec.mg_dtype)
-        mask[i, 0] = True
+  else:
+    shape, dtype = spec.mg_shape, spec.mg_dtype
+  mask = batch[f"{key}_mask"]
+  rows: list[tuple[np.ndarray | None, ...]] = []
+  for i, example in enumerate(examples):
+    if key == "mri":
+      named = [(f"MRI {name}", None if name is None else example.record.mri[name])
+               for name in (example.baseline, example.follow_up)]
+    else:
+      named = [("mammogram", example.record.mg)]
+    rows.append(tuple(None if array is None else
+                      _image(example.record, what, array, shape, dtype)
+                      for what, array in named))
+    mask[i] = [array is not None for array in rows[-1]]
+  slots = mask.shape[1]
+  if views:
+    zeros = zero_image(shape, dtype)
+    batch[key] = tuple(tuple(zeros if array is None else array for array in row)
+                       for row in rows + [(None,) * slots] * (b - n))
+    return batch
+  images = batch[key]
+  images[n:] = 0
+  for i, row in enumerate(rows):
+    for slot, array in enumerate(row):
+      images[i, slot] = 0 if array is None else array
   return batch
 
 
-def payload_bytes(batch: dict[str, np.ndarray]) -> int:
+# A batch's image entry in ``views`` mode: per row, a tuple of its slots' [*shape] arrays.
+ImageViews = tuple[tuple[np.ndarray, ...], ...]
+
+
+def _no_array(shape: tuple[int, ...], dtype: str) -> None:
+  return None
+
+
+@functools.lru_cache(maxsize=8)
+def zero_image(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+  """One read-only zero image per shape and dtype, page-aligned (so that the CPU backend uses
+  it in place too), shared by every empty slot of every ``views`` batch."""
+  nbytes = max(1, math.prod(shape) * np.dtype(dtype).itemsize)
+  zeros = np.frombuffer(mmap.mmap(-1, nbytes), np.dtype(dtype), math.prod(shape)).reshape(shape)
+  zeros.flags.writeable = False
+  return zeros
+
+
+def is_views(images: Any) -> bool:
+  """Whether a batch's image entry is in ``views`` mode (:data:`ImageViews`)."""
+  return isinstance(images, tuple)
+
+
+def stack_views(batch: dict[str, Any]) -> dict[str, Any]:
+  """``batch`` with a ``views`` image entry stacked on the host into the contract's
+  [b, slots, ...] array (a copy; what the device does inside the step otherwise)."""
+  return {key: np.stack([np.stack(row) for row in value]) if is_views(value) else value
+          for key, value in batch.items()}
+
+
+def payload_bytes(batch: dict[str, Any]) -> int:
   """Bytes of real data in ``batch``: present image slots and the rows of real examples
   (padding rows and empty image slots are not payload)."""
   rows = batch["example_mask"] > 0
@@ -251,7 +301,8 @@ def payload_bytes(batch: dict[str, np.ndarray]) -> int:
   for key, array in batch.items():
     if key in IMAGE_KEYS.values():
       mask = batch[f"{key}_mask"]
-      total += int(mask.sum()) * (array[0, 0].nbytes if array.size else 0)
+      image = array[0][0] if is_views(array) else (array[0, 0] if array.size else None)
+      total += int(mask.sum()) * (image.nbytes if image is not None else 0)
     else:
       total += int(rows.sum()) * (array[0].nbytes if array.size else 0)
   return total

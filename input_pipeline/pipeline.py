@@ -15,6 +15,15 @@ Training (:func:`train_iterator`), per process::
        ``workers`` > 0, all of the above in that many worker processes, each on its share of
        the shard order, batches handed over in reused shared memory
 
+Views (``views=True``), the default of training on one device: no host batch of images at all.
+A batch's image entry holds each row's arrays as the records hold them, views of the mapped
+shards (64-byte aligned in records of format version 2), and one shared zero image for empty
+slots. ``sharding.global_batch`` puts each on the device: on the CPU backend without a copy
+(XLA uses the mapped pages in place), on an accelerator one transfer per volume; the step
+stacks them (``augment.prepare_images``), on a CPU fused into the first pass over the images,
+so the host's only work per patient is reading it (its CRCs). With several devices the host
+stacks them (the ``sharding.global_batch`` fallback: a copy, as the reused buffers below).
+
 Reused buffers, the consumer's contract: a batch's image array is written again only once
 no reference to it is left (the batch, a view of it, or a jax.Array that aliases it: on the CPU
 backend jax.device_put of a batch aliases its page-aligned image array instead of copying).
@@ -209,9 +218,11 @@ class _Collate:
   process without a copy.
   """
 
-  def __init__(self, model_name: str, spec: BatchSpec, shared: bool = False):
+  def __init__(self, model_name: str, spec: BatchSpec, shared: bool = False,
+               views: bool = False):
     self._model_name = model_name
     self._spec = spec
+    self._views = views
     # Set here for worker processes: Grain calls enable_shared_memory_output only with 2 or
     # more workers (a single one would otherwise copy every batch into fresh shared memory).
     self._shared = shared
@@ -225,6 +236,8 @@ class _Collate:
     self._shared = True
 
   def __call__(self, values: Sequence[batching.Example]) -> dict[str, Any]:
+    if self._views:
+      return batching.collate(values, self._model_name, self._spec, views=True)
     if not self._shared:
       if self._pool is None:
         self._pool = buffers.BufferPool()
@@ -329,16 +342,19 @@ def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, see
                   cycle_length: int = DEFAULT_CYCLE_LENGTH,
                   read_buffer: int = DEFAULT_READ_BUFFER,
                   prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-                  workers: int = 0) -> grain.IterDataset:
+                  workers: int = 0, views: bool = False) -> grain.IterDataset:
   """The endless training dataset of one process (see :func:`train_iterator`)."""
   _check_train_arguments(batch_size=batch_size, prefetch_batches=prefetch_batches,
                          workers=workers)
+  if views and workers:
+    raise ValueError("views=True needs workers=0: views are pages of this process's maps of "
+                     "the shards, and worker processes hand batches over in shared memory")
   ds = example_dataset(paths, model_name=model_name, seed=seed, shuffle_window=shuffle_window,
                        process_index=process_index, process_count=process_count,
                        cycle_length=cycle_length, read_buffer=read_buffer)
   spec = _spec(paths, spec)
   ds = ds.batch(batch_size, drop_remainder=True,
-                batch_fn=_Collate(model_name, spec, shared=workers > 0))
+                batch_fn=_Collate(model_name, spec, shared=workers > 0, views=views))
   if workers:
     if not flags.FLAGS.is_parsed():
       # Grain's worker processes read its absl flags; a caller without absl.app (this
@@ -363,7 +379,7 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
                    cycle_length: int = DEFAULT_CYCLE_LENGTH,
                    read_buffer: int = DEFAULT_READ_BUFFER,
                    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-                   workers: int = 0) -> grain.DatasetIterator:
+                   workers: int = 0, views: bool = False) -> grain.DatasetIterator:
   """Endless training batches of one process, checkpointable.
 
   Args:
@@ -387,6 +403,11 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
       which must hold ~4 x workers batches (a container's too; Docker's default 64 MB is too
       small at full geometry). The iterator state records the workers' states: a run
       resumes with the same ``workers``.
+    views: no host batch of images (module docstring, "Views"): a batch's image entry is,
+      per row, the tuple of its slots' arrays as the records hold them (views of the mapped
+      shards) or a shared zero image, stacked on the device inside the step
+      (``sharding.global_batch`` and ``augment.prepare_images``). Needs ``workers`` = 0.
+      The batches' contents, order and the iterator state are those of views=False.
 
   Returns:
     A grain.DatasetIterator of batch dicts (:func:`batching.collate`), with get_state /
@@ -403,7 +424,7 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
       paths, model_name=model_name, batch_size=batch_size, seed=seed,
       shuffle_window=shuffle_window, process_index=process_index, process_count=process_count,
       spec=spec, cycle_length=cycle_length, read_buffer=read_buffer,
-      prefetch_batches=prefetch_batches, workers=workers))
+      prefetch_batches=prefetch_batches, workers=workers, views=views))
 
 
 # ---------------------------------------------------------------------------------------------

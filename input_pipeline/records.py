@@ -20,6 +20,19 @@ as raw little-endian array bytes plus a shape (an int64 list would be 4x larger)
   rhpc/codes      int64[22] schema codes (-1 Unknown)
   rhpc/values     float[22] raw numbers, NaN where not numeric
   format_version  int64   FORMAT_VERSION
+  align/<key>     bytes   zero padding before image <key>, and align/end after the last one
+                          (version 2; readers ignore them)
+
+Alignment (format version 2): :func:`encode` places every image payload so that it starts 64
+bytes after a 64-byte boundary of the record's data minus 12 (a TFRecord's length and CRC
+header), and pads the record so that its framed size is a multiple of 64. Written one after
+another into a shard from offset 0 (tfrecord.TFRecordWriter), every record starts at a 64-byte
+file offset and every volume at a 64-byte address of the mapped shard: XLA's CPU client then
+uses the mapped pages in place (``jax.device_put`` of a 64-byte aligned host array does not
+copy), and a DMA engine reads whole cache lines. The padding entries are ordinary features (a
+``tf.train.Example`` map does not depend on entry order), so any Example reader still reads the
+records. Version 1 records (no padding) are still read; their volumes are copied when put on a
+device.
 
 :func:`decode` rejects anything else (a missing or unknown key, a wrong feature kind or list
 length, an unknown dtype, a shape that does not match the byte count) with a
@@ -42,7 +55,10 @@ from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
 
 from input_pipeline.schema import PHASE_NAMES, VARIABLES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# Image payloads start at this alignment in a shard's file (module docstring).
+ALIGNMENT = 64
 SPLITS = ("train", "validation", "test")
 # The records folder's index, written last by prepare: shards, splits, geometry, counts.
 MANIFEST = "manifest.json"
@@ -66,7 +82,11 @@ _REQUIRED = ("patient_id", "split", "label", "mri/phases", "rhpc/raw", "rhpc/cod
              "rhpc/values", "format_version")
 _MRI_KEYS = ("mri/shape", "mri/dtype", "mri/spacing_mm")
 _MG_KEYS = ("mg", "mg/shape", "mg/dtype")
-_KNOWN = frozenset(_REQUIRED + _MRI_KEYS + _MG_KEYS + tuple(f"mri/{p}" for p in PHASE_NAMES))
+_PAYLOAD_ORDER = tuple(f"mri/{p}" for p in PHASE_NAMES) + ("mg",)
+_ALIGN_KEYS = tuple(f"align/{k}" for k in _PAYLOAD_ORDER) + ("align/end",)
+_KNOWN = frozenset(_REQUIRED + _MRI_KEYS + _MG_KEYS + _PAYLOAD_ORDER + _ALIGN_KEYS)
+# A TFRecord frames each record's data with a 12-byte header and a 4-byte footer.
+_FRAME_HEADER, _FRAME_FOOTER = 12, 4
 
 
 class RecordFormatError(ValueError):
@@ -163,7 +183,12 @@ def _little_endian_bytes(array: np.ndarray) -> bytes:
 
 
 def encode(record: PatientRecord) -> bytes:
-  """Serialises ``record`` as a ``tf.train.Example``.
+  """Serialises ``record`` as a ``tf.train.Example`` whose image payloads are aligned (module
+  docstring: they start at 64-byte file offsets once written into a shard).
+
+  The bytes are deterministic: protobuf's sorted serialisation of the small features, then per
+  image (Pre, Mid, Post, mammogram) a padding entry and the image entry, then a final padding
+  entry.
 
   Raises:
     ValueError: naming the patient and field, when the record breaks the format (see
@@ -177,22 +202,71 @@ def encode(record: PatientRecord) -> bytes:
   feature["label"].int64_list.value.append(int(record.label))
   # An empty int64 list, not a missing key: 'no MRI' is stated, not implied.
   feature["mri/phases"].int64_list.value.extend(record.phases)
+  payloads: list[tuple[str, bytes]] = []
   if record.mri:
     first = next(iter(record.mri.values()))
-    for name, volume in record.mri.items():
-      feature[f"mri/{name}"].bytes_list.value.append(_little_endian_bytes(volume))
+    payloads += [(f"mri/{name}", _little_endian_bytes(record.mri[name]))
+                 for name in PHASE_NAMES if name in record.mri]
     feature["mri/shape"].int64_list.value.extend(first.shape)
     feature["mri/dtype"].bytes_list.value.append(first.dtype.name.encode())
     feature["mri/spacing_mm"].float_list.value.extend(float(s) for s in record.spacing_mm)
   if record.mg is not None:
-    feature["mg"].bytes_list.value.append(_little_endian_bytes(record.mg))
+    payloads.append(("mg", _little_endian_bytes(record.mg)))
     feature["mg/shape"].int64_list.value.extend(record.mg.shape)
     feature["mg/dtype"].bytes_list.value.append(record.mg.dtype.name.encode())
   feature["rhpc/raw"].bytes_list.value.extend(s.encode() for s in record.rhpc_raw)
   feature["rhpc/codes"].int64_list.value.extend(int(c) for c in record.rhpc_codes)
   feature["rhpc/values"].float_list.value.extend(float(v) for v in record.rhpc_values)
   feature["format_version"].int64_list.value.append(FORMAT_VERSION)
-  return example.SerializeToString(deterministic=True)  # sorted map keys: stable bytes
+  small = memoryview(example.SerializeToString(deterministic=True))  # sorted map keys
+  begin, end = _only_field(small, 0, len(small), _TAG_1_LEN)  # Example.features
+  return _aligned_example(bytes(small[begin:end]), payloads)
+
+
+def _length_delimited(tag: int, value: bytes) -> bytes:
+  return bytes([tag]) + _varint_bytes(len(value)) + value
+
+
+def _map_entry_head(key: str, payload_size: int) -> bytes:
+  """A feature-map entry ``key -> Feature{bytes_list{value: [payload]}}`` up to (without) the
+  payload's first byte."""
+  key_field = _length_delimited(_TAG_1_LEN, key.encode())
+  bytes_list_size = 1 + len(_varint_bytes(payload_size)) + payload_size
+  feature_size = 1 + len(_varint_bytes(bytes_list_size)) + bytes_list_size
+  entry_size = len(key_field) + 1 + len(_varint_bytes(feature_size)) + feature_size
+  return (bytes([_TAG_1_LEN]) + _varint_bytes(entry_size) + key_field
+          + bytes([_TAG_2_LEN]) + _varint_bytes(feature_size)
+          + bytes([_TAG_1_LEN]) + _varint_bytes(bytes_list_size)
+          + bytes([_TAG_1_LEN]) + _varint_bytes(payload_size))
+
+
+def _padding_entry(key: str, size_mod: int) -> bytes:
+  """A feature-map entry ``key -> bytes_list [zeros]`` whose size is ``size_mod`` modulo
+  :data:`ALIGNMENT` (every length fits one varint byte: 1 + 1 + the key field, the 0x12 tag
+  and length, the lists' tags and lengths: 10 + len(key) bytes plus the zeros)."""
+  zeros = (size_mod - 10 - len(key)) % ALIGNMENT
+  entry = _map_entry_head(key, zeros) + bytes(zeros)
+  assert len(entry) % ALIGNMENT == size_mod % ALIGNMENT, (key, len(entry), size_mod)
+  return entry
+
+
+def _aligned_example(features_body: bytes, payloads: list[tuple[str, bytes]]) -> bytes:
+  """Example{features{features_body, then the payload entries}} with every payload at
+  data-relative offset 64k - 12 and the framed record (12 + data + 4) a multiple of 64."""
+  header_size = 1 + len(_varint_bytes(len(features_body)))
+  while True:  # the outer length's varint size depends on the padding: converges in <= 2 rounds
+    parts = [features_body]
+    position = header_size + len(features_body)  # offset in the record's data
+    for key, payload in payloads:
+      head = _map_entry_head(key, len(payload))
+      pad = _padding_entry(f"align/{key}", -(position + len(head) + _FRAME_HEADER))
+      parts += [pad, head, payload]
+      position += len(pad) + len(head) + len(payload)
+    parts.append(_padding_entry("align/end", -(position + _FRAME_HEADER + _FRAME_FOOTER)))
+    body_size = sum(len(p) for p in parts)
+    if 1 + len(_varint_bytes(body_size)) == header_size:
+      return bytes([_TAG_1_LEN]) + _varint_bytes(body_size) + b"".join(parts)
+    header_size = 1 + len(_varint_bytes(body_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,8 +468,8 @@ def decode(data: bytes | memoryview) -> PatientRecord:
     if key not in _KNOWN:
       raise reader.fail(key, "unknown key (not in this record format)")
   (version,) = reader.values("format_version", "int64_list", 1)
-  if version != FORMAT_VERSION:
-    raise reader.fail("format_version", f"is {version}, this code reads {FORMAT_VERSION}")
+  if version not in READABLE_VERSIONS:
+    raise reader.fail("format_version", f"is {version}, this code reads {READABLE_VERSIONS}")
   split = reader.text("split", SPLITS)
   (label,) = reader.values("label", "int64_list", 1)
   if label not in LABELS:

@@ -1,8 +1,11 @@
 """The training pipeline's throughput next to a plain sequential read of the same shards.
 
   python -m input_pipeline.throughput --records DIR [--model_name iMRrhpc --batch_size 4
-      --batches 50 --threads read --threads read+batch --workers 4 --transfer batch
-      --transfer records --rounds 3 --step_ms 40]
+      --batches 50 --threads read --threads read+batch --workers 4 --transfer views
+      --transfer batch --transfer records --rounds 3 --step_ms 40]
+
+By default: reader threads alone, reader and batch threads (host batches), and the views a
+training run on one device takes (``--transfer views``).
 
 Each round reads the shards plainly (sequentially, both CRCs checked: what every pipeline
 configuration does too before decoding and batching), then runs one configuration, then reads
@@ -16,8 +19,10 @@ against the plain read's per record: the cost that decides the rate on a loaded 
 
 Configurations: ``--threads`` (reader threads, batch thread), ``--workers`` (worker processes),
 ``--transfer`` (the batch also put on the JAX device: ``batch``, one ``jax.device_put`` of the
-batch from its reused buffer; ``records``, no host batch: each record's volumes put on the device
-as they are read, and stacked into the batch there).
+batch from its reused buffer; ``views``, no host batch: the pipeline's views of the records'
+volumes, each put on the device as it is (in place on the CPU backend), left for the train step
+to stack, as training on one device does; ``records``, each record's volumes put on the device
+as read and stacked into the batch there by a program of its own).
 
 The benchmark job's ``pipeline`` part uses :func:`pipeline_rate` too.
 """
@@ -109,9 +114,10 @@ def pipeline_rate(iterator: Iterator[dict[str, Any]], num_batches: int, warmup: 
 
 class _RecordsToDevice:
   """Batches without a host batch: every example's volumes put on the JAX device as read (on
-  the CPU backend a copy, since mapped records are read-only and unaligned), then stacked into
-  the image array on the device. Only the image array, its mask and ``example_mask`` are made
-  (the rest of a batch is a few hundred bytes per example)."""
+  the CPU backend in place for aligned records of format 2, a copy for format 1), then stacked
+  into the image array by a program of its own (a copy on the device). Only the image array,
+  its mask and ``example_mask`` are made (the rest of a batch is a few hundred bytes per
+  example). Training's views (``--transfer views``) leave the stacking to the train step."""
 
   def __init__(self, examples: grain.DatasetIterator, model_name: str, batch_size: int,
                spec: batching.BatchSpec):
@@ -177,10 +183,12 @@ def define_flags(values: flags.FlagValues) -> None:
   flags.DEFINE_multi_integer("workers", [], "Also time the pipeline with this many worker "
                              "processes (repeat the flag for several configurations).",
                              lower_bound=1, flag_values=values)
-  flags.DEFINE_multi_enum("transfer", [], ["batch", "records"],
+  flags.DEFINE_multi_enum("transfer", ["views"], ["batch", "views", "records"],
                           "Also time the batches put on the JAX device: 'batch' (read+batch, "
-                          "then one jax.device_put of the batch), 'records' (no host batch: "
-                          "each record's volumes put on the device, stacked there).",
+                          "then one jax.device_put of the batch), 'views' (read+batch without "
+                          "a host batch: each volume put on the device as the record holds "
+                          "it, stacked by the train step), 'records' (each record's volumes "
+                          "put on the device, stacked there by a separate program).",
                           flag_values=values)
   flags.DEFINE_integer("rounds", 1, "Times every configuration is run, alternating with plain "
                        "reads.", lower_bound=1, flag_values=values)
@@ -223,11 +231,13 @@ def _run(config: _Config, paths: Sequence[str], options: flags.FlagValues) -> Ra
   else:
     iterator = pipeline.train_iterator(paths, batch_size=options.batch_size,
                                        prefetch_batches=config.prefetch,
-                                       workers=config.workers, **common)
-    if config.transfer == "batch":
-      import jax  # only this configuration needs JAX
+                                       workers=config.workers,
+                                       views=config.transfer == "views", **common)
+    if config.transfer in ("batch", "views"):
+      import jax  # only these configurations need JAX
 
       def consume(batch):
+        # A views batch: a device_put per volume (jax.device_put maps over the tuples).
         jax.block_until_ready(jax.device_put(batch))
   try:
     return pipeline_rate(iterator, options.batches, step_seconds=options.step_ms / 1e3,

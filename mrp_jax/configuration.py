@@ -148,6 +148,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.shuffle_window": _POSITIVE_INT,
     "data.workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                      "must be an integer >= 0 (0: read in the training process)"),
+    "data.transfer": _one_of("auto", "views", "batch"),
     "mesh.fsdp": (lambda v: isinstance(v, bool), "must be True or False"),
     "mesh.fsdp_min_size": _POSITIVE_INT,
     "distributed": (lambda v: isinstance(v, bool), "must be True or False"),

@@ -55,15 +55,28 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool, min_size: int) 
   return jax.tree.map(rule, abstract_state)
 
 
-def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
   """Host-local batch (this process's rows) -> global arrays sharded over 'data'.
 
   Every process passes its own rows; together they form the global batch (process k's rows
   come k-th), without any host reading another's data.
+
+  An image entry in the pipeline's ``views`` form (per row, a tuple of its slots' arrays:
+  input_pipeline/batching.py) stays a tuple on one device: each array is put there as it is
+  (on the CPU backend a 64-byte aligned array is used in place, not copied; on an accelerator
+  one transfer each), and ``augment.prepare_images`` stacks them inside the step. On several
+  devices the host stacks them first (a copy) and the batch is split as usual.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items()}
+  out = {}
+  for key, value in local.items():
+    if isinstance(value, tuple):
+      if mesh.size == 1:
+        out[key] = jax.tree.map(lambda a: jax.device_put(a, sharding), value)
+        continue
+      value = np.stack([np.stack(row) for row in value])
+    out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
+  return out
 
 
 def local_batch_size(global_size: int) -> int:

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
 UNIT_ROUNDOFF32 = EPS32 / 2
 
 

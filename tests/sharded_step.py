@@ -1,4 +1,5 @@
-"""One iMRrhpc train step on 1 device, on 4 devices, and on 4 devices with FSDP, for
+"""One iMRrhpc train step on 1 device, on 4 devices (the batch given as the input pipeline's
+views, which the host stacks for several devices), and on 4 devices with FSDP, for
 tests/test_train.py (a subprocess: the device count is fixed when JAX starts).
 
   XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/sharded_step.py
@@ -19,7 +20,7 @@ from mrp_jax import models, sharding
 from mrp_jax.training import state as state_lib
 
 
-def run(devices: int, fsdp: bool) -> dict:
+def run(devices: int, fsdp: bool, views: bool = False) -> dict:
   config = iMRrhpc.get_config("tiny")
   config.mesh.fsdp, config.mesh.fsdp_min_size = fsdp, 256
   # Smaller than 'tiny': three SPMD compilations of the step must stay cheap on CPU.
@@ -45,6 +46,8 @@ def run(devices: int, fsdp: bool) -> dict:
                               {"laterality": "right", "histology": "lobular"}, {}])
   batch["rhpc"] = encoding.model_inputs(parsed)
   batch["aux_targets"], batch["aux_masks"] = encoding.aux_targets(parsed)  # auxiliary losses too
+  if views:  # the input pipeline's form: per row, its slots' volumes (stacked on the host)
+    batch["mri"] = tuple(tuple(row) for row in batch["mri"])
   step = state_lib.jit_train_step(recipe, config, mesh, config.augment)
   state, metrics = step(state, sharding.global_batch(batch, mesh))
   leaves = jax.tree.leaves(state.params)
@@ -60,4 +63,5 @@ def run(devices: int, fsdp: bool) -> dict:
 if __name__ == "__main__":
   jax.config.update("jax_default_matmul_precision", "highest")
   assert jax.device_count() == 4, jax.devices()
-  print(json.dumps({"one": run(1, False), "four": run(4, False), "fsdp": run(4, True)}))
+  print(json.dumps({"one": run(1, False), "four": run(4, False, views=True),
+                    "fsdp": run(4, True)}))

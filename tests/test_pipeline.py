@@ -415,6 +415,47 @@ def test_per_record_transfers_build_the_pipelines_batches(shards):
   on_device.close()
 
 
+@pytest.mark.parametrize("model_name, key", [("iMRrhpc", "mri"), ("iMGrhpc", "mg")])
+def test_views_are_the_batches_without_a_host_copy(shards, model_name, key):
+  """views=True: the same batches in the same order with the same iterator state, but each
+  image slot is the record's own array (a read-only view of the mapped shard; empty slots one
+  shared zero image), and on one CPU device it stays where it is: the device uses the mapped
+  pages in place."""
+  from mrp_jax import sharding
+
+  copied = _train(shards, model_name, batch_size=3, prefetch_batches=0)
+  viewed = _train(shards, model_name, batch_size=3, prefetch_batches=0, views=True)
+  spec = pipeline.batch_spec(Path(shards[0]).parent)
+  shape, dtype = (spec.mri_shape, spec.mri_dtype) if key == "mri" else (spec.mg_shape,
+                                                                        spec.mg_dtype)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  empty = 0
+  for _ in range(6):
+    a, b = next(copied), next(viewed)
+    assert batching.is_views(b[key]) and [len(row) for row in b[key]] == [a[key].shape[1]] * 3
+    _assert_same_batches([a], [batching.stack_views(b)])
+    assert batching.payload_bytes(a) == batching.payload_bytes(b)
+    on_device = sharding.global_batch(b, mesh)
+    for row, mask, device_row in zip(b[key], b[f"{key}_mask"], on_device[key]):
+      for image, present, device_image in zip(row, mask, device_row):
+        assert not image.flags.writeable and image.ctypes.data % 64 == 0
+        if present:
+          assert not image.flags.owndata  # a view of the record
+        else:
+          assert image is batching.zero_image(tuple(shape), dtype)
+          empty += 1
+        assert device_image.unsafe_buffer_pointer() == image.ctypes.data  # no copy
+  assert copied.get_state() == viewed.get_state()
+  assert empty > 0 if key == "mri" else True  # Pre-only draws leave the follow-up slot empty
+  copied.close()
+  viewed.close()
+
+
+def test_views_need_the_training_process(shards):
+  with pytest.raises(ValueError, match="views=True needs workers=0"):
+    _train(shards, workers=1, views=True)
+
+
 def test_throughput_alternates_configurations_with_plain_reads(shards, capsys):
   from input_pipeline import throughput
   status = throughput.main(["--records", str(Path(shards[0]).parent), "--batch_size", "2",

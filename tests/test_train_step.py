@@ -108,3 +108,46 @@ def test_optimizer_presets(preset):
   grads = {"w": jnp.full(3, 100.0)}
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   assert np.all(np.isfinite(np.asarray(updates["w"])))
+
+
+def test_a_step_on_the_pipelines_views_is_the_step_on_the_stacked_batch():
+  """The input pipeline's views (per row, a tuple of its slots' volumes, input_pipeline/
+  batching.py) are stacked inside the jitted step, before augmentation: the train job's step
+  gives the same state and metrics, bit for bit, as on the batch stacked on the host."""
+  from mrp_jax import sharding
+  from mrp_jax.training import state as state_lib
+
+  config = iMRrhpc.get_config("tiny")
+  config.data.mri_shape = (8, 8, 16)
+  config.model.encoder.width = 4
+  config.model.head_dim = config.model.rhpc_hidden_dim = 16
+  config.train.warmup_steps = 0
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  recipe = state_lib.build_state(config, mesh)
+  step = state_lib.jit_train_step(recipe, config, mesh, config.augment)
+  batch = _mri_batch(np.random.default_rng(0), 4)
+  batch["mri"] = batch["mri"].astype(np.float16)  # as records store them
+  views = dict(batch, mri=tuple(tuple(batch["mri"][i, s] for s in range(2)) for i in range(4)))
+  outcomes = [step(recipe.create(0), sharding.global_batch(b, mesh)) for b in (batch, views)]
+  (state_a, metrics_a), (state_b, metrics_b) = jax.device_get(outcomes)
+  jax.tree.map(np.testing.assert_array_equal, metrics_a, metrics_b)
+  jax.tree.map(np.testing.assert_array_equal, state_a.params, state_b.params)
+  jax.tree.map(np.testing.assert_array_equal, state_a.batch_stats, state_b.batch_stats)
+
+
+def test_the_train_job_chooses_views_on_one_device_without_workers():
+  import ml_collections
+
+  from mrp_jax import sharding
+  from mrp_jax.training.train import uses_views
+
+  one = sharding.make_mesh(jax.devices()[:1])
+  data = lambda transfer, workers: ml_collections.ConfigDict(  # noqa: E731
+      {"transfer": transfer, "workers": workers})
+  assert uses_views(data("auto", 0), one)
+  assert not uses_views(data("auto", 2), one)  # batches come from the workers' shared memory
+  assert not uses_views(data("batch", 0), one)
+  assert not uses_views(data("auto", 0), one, record_format=1)  # unaligned volumes
+  assert uses_views(data("views", 0), one)
+  with pytest.raises(ValueError, match="config.data.transfer='views' needs config.data.workers=0"):
+    uses_views(data("views", 2), one)

@@ -191,20 +191,26 @@ class JaxModelBench:
     """The train step fed by the Grain pipeline, and the same step on a batch already on the
     devices, taken in turn (a shared machine's load weighs on both alike); also the pipeline
     alone."""
-    from input_pipeline import pipeline, throughput  # Grain: only this part needs it
+    from input_pipeline import batching, pipeline, throughput  # Grain: only this part
+    from input_pipeline import records as records_lib
+    from mrp_jax.training import train  # the train job's choice of views
 
     records = self.config.data.records
     spec = pipeline.batch_spec(records)
+    views = train.uses_views(self.config.data, self.mesh,
+                             records_lib.read_manifest(records).get("format_version", 1))
     iterator = pipeline.train_iterator(
         pipeline.split_paths(records, "train"), model_name=self.name,
         batch_size=sharding.local_batch_size(self.batch_size), seed=self.config.seed,
         shuffle_window=self.config.data.shuffle_window, process_index=jax.process_index(),
-        process_count=jax.process_count(), workers=self.config.data.workers)
+        process_count=jax.process_count(), workers=self.config.data.workers, views=views)
     keys = set(self.host_batch)
     same = tuple(spec.mri_shape) == tuple(self.config.data.mri_shape) and tuple(
         spec.mg_shape) == tuple(self.config.data.mg_shape) and self.train_compiled is not None
-    # Same geometry: the executable compiled above; else the jitted step compiles for the records.
-    fn = self.train_compiled if same else self.train_jit
+    # Same geometry: the executable compiled above; else the jitted step compiles for the
+    # records. Views are another argument structure: the jitted step compiles for them.
+    fn = self.train_compiled if same and not views else self.train_jit
+    device_fn = self.train_compiled if same else self.train_jit
 
     def next_batch() -> dict[str, jax.Array]:
       local = {k: v for k, v in next(iterator).items() if k in keys}
@@ -212,14 +218,17 @@ class JaxModelBench:
 
     try:
       alone = throughput.pipeline_rate(iterator, b.pipeline_steps, warmup=1)
-      on_device = jax.block_until_ready(next_batch())  # records' geometry, on the devices
+      # The records' geometry, stacked, on the devices: the batch the step would wish for.
+      on_device = jax.block_until_ready(sharding.global_batch(
+          batching.stack_views({k: v for k, v in next(iterator).items() if k in keys}),
+          self.mesh))
       timing = measure.time_alternating(
           {"fed": lambda: self._train_once(fn, next_batch()),
-           "device": lambda: self._train_once(fn, on_device)},
+           "device": lambda: self._train_once(device_fn, on_device)},
           b.warmup_steps, b.pipeline_steps, b.budget_s)
     finally:
       iterator.close()
-    return {"records": str(records), "records_mri_shape": list(spec.mri_shape),
+    return {"records": str(records), "records_mri_shape": list(spec.mri_shape), "views": views,
             "recompiled_for_records": not same,
             "pipeline_alone_examples_per_s": alone.per_s,
             "pipeline_alone_payload_mb_per_s": alone.mb_per_s,

@@ -413,7 +413,9 @@ class ResNet(nn.Module):
                        dilation=dilation, shortcut=self.shortcut, norm=self.norm,
                        dtype=self.dtype, conv_lowering=self.conv_lowering,
                        name=f"layer{stage + 1}_{block}")(x, train, mask)
-    return jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, n + 1)))
+    # float32 at least (a float64 network, as the tests build, stays float64).
+    return jnp.mean(x.astype(jnp.promote_types(self.dtype, jnp.float32)),
+                    axis=tuple(range(1, n + 1)))
 
 
 REMAT_POLICIES = {

@@ -112,11 +112,15 @@ def prepare_images(batch: Mapping[str, Any]) -> dict[str, Any]:
   Args:
     batch: 'mri' [B, 2, z, y, x] float16 / int16 subtraction intensities (relative to the
       pre-contrast scale); 'mg' [B, 1, rows, cols] uint16 (0..65535) or float16 (0..1).
+      Either may come as the input pipeline's views (per row, a tuple of its slots' arrays),
+      stacked here: inside a jitted step the stack fuses with the conversion below, so the
+      images are read once, from where the pipeline left them.
 
   Returns:
     The batch with 'mri' float32 (values unchanged) and 'mg' float32 in [0, 1].
   """
-  batch = dict(batch)
+  batch = {key: jnp.stack([jnp.stack(row) for row in value]) if isinstance(value, tuple)
+           else value for key, value in batch.items()}
   if "mri" in batch:
     batch["mri"] = jnp.asarray(batch["mri"]).astype(jnp.float32)
   if "mg" in batch:

@@ -148,7 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   data = pipeline.train_iterator(
       train_paths, model_name=config.model.name, batch_size=local_batch, seed=config.seed,
       shuffle_window=config.data.shuffle_window, process_index=jax.process_index(),
-      process_count=jax.process_count(), workers=config.data.workers)
+      process_count=jax.process_count(), workers=config.data.workers,
+      views=uses_views(config.data, mesh, manifest.get("format_version", 1)))
 
   # ---- model, optimizer and the state's shapes and shardings -----------------------------------
   recipe = state_lib.build_state(config, mesh)
@@ -203,6 +204,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   console.current("train").stage(f"train {config.model.name}: {summary['steps']} steps, best "
                                  f"{describe_best(summary)}")
   return summary
+
+
+def uses_views(data: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               record_format: int = records_lib.FORMAT_VERSION) -> bool:
+  """Whether training images travel as the pipeline's views (``config.data.transfer``):
+  'auto' takes them on one device, without worker processes, from records whose volumes are
+  aligned (format 2: unaligned ones would be copied one by one, slower than one batch).
+
+  Raises:
+    ValueError: 'views' asked for with worker processes (their batches come through shared
+      memory, not as views of this process's maps).
+  """
+  if data.transfer == "views" and data.workers:
+    raise ValueError(f"config.data.transfer='views' needs config.data.workers=0 (got "
+                     f"{data.workers}): worker processes hand batches over in shared memory")
+  if data.transfer == "auto":
+    return mesh.size == 1 and not data.workers and record_format >= 2
+  return data.transfer == "views"
 
 
 def describe_best(summary: dict[str, Any]) -> str:
