@@ -460,13 +460,14 @@ def test_throughput_alternates_configurations_with_plain_reads(shards, capsys):
   from input_pipeline import throughput
   status = throughput.main(["--records", str(Path(shards[0]).parent), "--batch_size", "2",
                             "--batches", "2", "--shuffle_window", "4", "--threads", "read",
-                            "--transfer", "batch", "--rounds", "2", "--plain_seconds", "0.1"])
+                            "--transfer", "batch", "--transfer", "views", "--rounds", "2",
+                            "--plain_seconds", "0.1"])
   lines = capsys.readouterr().out.splitlines()
   assert status == 0
   kinds = [line.split()[0] + " " + line.split()[1] for line in lines
            if line.startswith(("plain read", "pipeline"))]
   # plain, then each configuration followed by a plain read, round after round.
-  assert kinds == ["plain read"] + ["pipeline read", "plain read",
-                                    "pipeline batch", "plain read"] * 2
+  assert kinds == ["plain read"] + ["pipeline read", "plain read", "pipeline batch",
+                                    "plain read", "pipeline views", "plain read"] * 2
   summary = lines[next(i for i, line in enumerate(lines) if line.startswith("ratio to")) + 1:]
-  assert [line.split()[0] for line in summary] == ["read", "batch"]
+  assert [line.split()[0] for line in summary] == ["read", "batch", "views"]
