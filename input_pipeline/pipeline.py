@@ -432,8 +432,8 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
 # ---------------------------------------------------------------------------------------------
 def eval_batches(paths: Sequence[str], *, model_name: str, phase: str, batch_size: int,
                  process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
-                 include_unlabeled: bool = False
-                 ) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
+                 include_unlabeled: bool = False, views: bool = False
+                 ) -> Iterator[tuple[dict[str, Any], list[str]]]:
   """Every evaluation patient of ``phase`` exactly once, in shard order.
 
   Args:
@@ -446,6 +446,8 @@ def eval_batches(paths: Sequence[str], *, model_name: str, phase: str, batch_siz
       process yields the same number of batches (trailing ones may be all padding).
     spec: image shapes and dtypes; default: from the manifest beside the shards.
     include_unlabeled: also yield patients with label -1 (for prediction; their 'label' is -1).
+    views: image entries as the records' views instead of a host batch (module docstring,
+      "Views"; padding rows and empty slots hold the shared zero image).
 
   Yields:
     (batch, patient_ids): the batch as :func:`batching.collate` pads it, and the pseudonym of
@@ -466,17 +468,18 @@ def eval_batches(paths: Sequence[str], *, model_name: str, phase: str, batch_siz
   spec = _spec(paths, spec)
   # Arguments are checked above, at the call; the batches are read when iterated.
   return _eval_batches(list(paths), model_name, phase, batch_size, process_index,
-                       process_count, spec, include_unlabeled)
+                       process_count, spec, include_unlabeled, views)
 
 
 def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int,
                   process_index: int, process_count: int, spec: BatchSpec,
-                  include_unlabeled: bool
-                  ) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
-  # Reused image buffers: each batch of a full-geometry evaluation would otherwise fault in
-  # fresh pages (input_pipeline/buffers.py).
+                  include_unlabeled: bool, views: bool
+                  ) -> Iterator[tuple[dict[str, Any], list[str]]]:
+  # Views, or reused image buffers: each batch of a full-geometry evaluation would otherwise
+  # fault in fresh pages (input_pipeline/buffers.py).
   collate = functools.partial(batching.collate, model_name=model_name, spec=spec,
-                              batch_size=batch_size, empty=buffers.BufferPool().empty)
+                              batch_size=batch_size, views=views,
+                              empty=np.empty if views else buffers.BufferPool().empty)
 
   def emit(pending: list[batching.Example]):
     ids = [e.record.patient_id for e in pending] + [""] * (batch_size - len(pending))

@@ -23,16 +23,16 @@ as raw little-endian array bytes plus a shape (an int64 list would be 4x larger)
   align/<key>     bytes   zero padding before image <key>, and align/end after the last one
                           (version 2; readers ignore them)
 
-Alignment (format version 2): :func:`encode` places every image payload so that it starts 64
-bytes after a 64-byte boundary of the record's data minus 12 (a TFRecord's length and CRC
-header), and pads the record so that its framed size is a multiple of 64. Written one after
-another into a shard from offset 0 (tfrecord.TFRecordWriter), every record starts at a 64-byte
-file offset and every volume at a 64-byte address of the mapped shard: XLA's CPU client then
-uses the mapped pages in place (``jax.device_put`` of a 64-byte aligned host array does not
-copy), and a DMA engine reads whole cache lines. The padding entries are ordinary features (a
-``tf.train.Example`` map does not depend on entry order), so any Example reader still reads the
-records. Version 1 records (no padding) are still read; their volumes are copied when put on a
-device.
+Alignment (format version 2): :func:`encode` places every image payload at an offset of the
+record's data that is 12 short of a multiple of 64 (12: the TFRecord header of length and CRC
+in front of the data), and pads the record so that its framed size (12 + data + 4) is a
+multiple of 64. Written one after another into a shard from offset 0
+(tfrecord.TFRecordWriter), every record starts at a 64-byte file offset and every volume at a
+64-byte address of the mapped shard: XLA's CPU client then uses the mapped pages in place
+(``jax.device_put`` of a 64-byte aligned host array does not copy), and a DMA engine reads
+whole cache lines. The padding entries are ordinary features (a ``tf.train.Example`` map does
+not depend on entry order), so any Example reader still reads the records. Version 1 records
+(no padding) are still read; their volumes are copied when put on a device.
 
 :func:`decode` rejects anything else (a missing or unknown key, a wrong feature kind or list
 length, an unknown dtype, a shape that does not match the byte count) with a

@@ -451,6 +451,18 @@ def test_views_are_the_batches_without_a_host_copy(shards, model_name, key):
   viewed.close()
 
 
+@pytest.mark.parametrize("model_name, key", [("iMRrhpc", "mri"), ("iMGrhpc", "mg")])
+def test_evaluation_views_are_the_evaluation_batches(shards, model_name, key):
+  """eval_batches(views=True): the same batches and ids, padding rows included (the shared
+  zero image), with the records' own arrays in the image slots."""
+  kwargs = dict(model_name=model_name, phase="post", batch_size=4)
+  for (a, ids_a), (b, ids_b) in zip(pipeline.eval_batches(shards, **kwargs),
+                                    pipeline.eval_batches(shards, **kwargs, views=True),
+                                    strict=True):
+    assert ids_a == ids_b and batching.is_views(b[key])
+    _assert_same_batches([a], [batching.stack_views(b)])
+
+
 def test_views_need_the_training_process(shards):
   with pytest.raises(ValueError, match="views=True needs workers=0"):
     _train(shards, workers=1, views=True)

@@ -113,7 +113,8 @@ def test_optimizer_presets(preset):
 def test_a_step_on_the_pipelines_views_is_the_step_on_the_stacked_batch():
   """The input pipeline's views (per row, a tuple of its slots' volumes, input_pipeline/
   batching.py) are stacked inside the jitted step, before augmentation: the train job's step
-  gives the same state and metrics, bit for bit, as on the batch stacked on the host."""
+  gives the same state and metrics, bit for bit, as on the batch stacked on the host, and the
+  eval step the same outputs."""
   from mrp_jax import sharding
   from mrp_jax.training import state as state_lib
 
@@ -133,6 +134,12 @@ def test_a_step_on_the_pipelines_views_is_the_step_on_the_stacked_batch():
   jax.tree.map(np.testing.assert_array_equal, metrics_a, metrics_b)
   jax.tree.map(np.testing.assert_array_equal, state_a.params, state_b.params)
   jax.tree.map(np.testing.assert_array_equal, state_a.batch_stats, state_b.batch_stats)
+  # The eval step (validation, evaluate) too.
+  from mrp_jax.evaluation import inference
+  eval_step = inference.jit_eval_step(recipe.model)
+  a, b = (jax.device_get(eval_step(state_a.params, state_a.batch_stats,
+                                   sharding.global_batch(x, mesh))) for x in (batch, views))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_the_train_job_chooses_views_on_one_device_without_workers():

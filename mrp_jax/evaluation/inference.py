@@ -76,7 +76,11 @@ PREDICTION_KEYS = ("logit", "probability", "image_probability", "image_present")
 
 def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *,
             model_name: str, phase: str, batch_size: int) -> Predictions:
-  """Runs ``eval_step`` (jitted) over every eligible patient of ``paths`` at ``phase``."""
+  """Runs ``eval_step`` (jitted) over every eligible patient of ``paths`` at ``phase``.
+
+  On a one-device mesh the images reach the device as the records' views (no host batch:
+  input_pipeline/pipeline.py, "Views"), stacked inside the eval step.
+  """
   if phase not in PHASE_NAMES:
     raise ValueError(f"phase must be one of {PHASE_NAMES}, got {phase!r}")
   local = sharding.local_batch_size(batch_size)
@@ -84,7 +88,8 @@ def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *
   for batch, ids in pipeline.eval_batches(paths, model_name=model_name, phase=phase,
                                           batch_size=local,
                                           process_index=jax.process_index(),
-                                          process_count=jax.process_count()):
+                                          process_count=jax.process_count(),
+                                          views=mesh.size == 1):
     numbers = np.asarray([patient_number(i) for i in ids], np.int64)
     out = eval_step(state.params, state.batch_stats, sharding.global_batch(batch, mesh))
     out = {k: multihost_utils.process_allgather(out[k], tiled=True)
