@@ -478,8 +478,9 @@ def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int
   # Views, or reused image buffers: each batch of a full-geometry evaluation would otherwise
   # fault in fresh pages (input_pipeline/buffers.py).
   collate = functools.partial(batching.collate, model_name=model_name, spec=spec,
-                              batch_size=batch_size, views=views,
-                              empty=np.empty if views else buffers.BufferPool().empty)
+                              batch_size=batch_size, views=views)
+  if not views:
+    collate = functools.partial(collate, empty=buffers.BufferPool().empty)
 
   def emit(pending: list[batching.Example]):
     ids = [e.record.patient_id for e in pending] + [""] * (batch_size - len(pending))

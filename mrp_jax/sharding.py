@@ -17,6 +17,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from input_pipeline import batching
+
 DATA = "data"
 
 
@@ -68,15 +70,11 @@ def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
   devices the host stacks them first (a copy) and the batch is split as usual.
   """
   sharding = batch_sharding(mesh)
-  out = {}
-  for key, value in local.items():
-    if isinstance(value, tuple):
-      if mesh.size == 1:
-        out[key] = jax.tree.map(lambda a: jax.device_put(a, sharding), value)
-        continue
-      value = np.stack([np.stack(row) for row in value])
-    out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
-  return out
+  if mesh.size > 1:
+    local = batching.stack_views(local)
+  return {k: jax.tree.map(lambda a: jax.device_put(a, sharding), v) if batching.is_views(v)
+          else jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items()}
 
 
 def local_batch_size(global_size: int) -> int:

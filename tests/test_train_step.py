@@ -154,7 +154,8 @@ def test_the_train_job_chooses_views_on_one_device_without_workers():
   assert uses_views(data("auto", 0), one)
   assert not uses_views(data("auto", 2), one)  # batches come from the workers' shared memory
   assert not uses_views(data("batch", 0), one)
-  assert not uses_views(data("auto", 0), one, record_format=1)  # unaligned volumes
+  assert not uses_views(data("auto", 0), one, {"format_version": 1})  # unaligned volumes
+  assert uses_views(data("auto", 0), one, {"format_version": 2})
   assert uses_views(data("views", 0), one)
   with pytest.raises(ValueError, match="config.data.transfer='views' needs config.data.workers=0"):
     uses_views(data("views", 2), one)

@@ -197,8 +197,7 @@ class JaxModelBench:
 
     records = self.config.data.records
     spec = pipeline.batch_spec(records)
-    views = train.uses_views(self.config.data, self.mesh,
-                             records_lib.read_manifest(records).get("format_version", 1))
+    views = train.uses_views(self.config.data, self.mesh, records_lib.read_manifest(records))
     iterator = pipeline.train_iterator(
         pipeline.split_paths(records, "train"), model_name=self.name,
         batch_size=sharding.local_batch_size(self.batch_size), seed=self.config.seed,

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import encoding
+from input_pipeline import batching, encoding
 
 # Random streams of one example (fold_in constants), so that the geometry, each volume's
 # intensities and the mammogram never share numbers.
@@ -119,7 +119,7 @@ def prepare_images(batch: Mapping[str, Any]) -> dict[str, Any]:
   Returns:
     The batch with 'mri' float32 (values unchanged) and 'mg' float32 in [0, 1].
   """
-  batch = {key: jnp.stack([jnp.stack(row) for row in value]) if isinstance(value, tuple)
+  batch = {key: jnp.stack([jnp.stack(row) for row in value]) if batching.is_views(value)
            else value for key, value in batch.items()}
   if "mri" in batch:
     batch["mri"] = jnp.asarray(batch["mri"]).astype(jnp.float32)

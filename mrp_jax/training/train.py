@@ -11,7 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -149,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       train_paths, model_name=config.model.name, batch_size=local_batch, seed=config.seed,
       shuffle_window=config.data.shuffle_window, process_index=jax.process_index(),
       process_count=jax.process_count(), workers=config.data.workers,
-      views=uses_views(config.data, mesh, manifest.get("format_version", 1)))
+      views=uses_views(config.data, mesh, manifest))
 
   # ---- model, optimizer and the state's shapes and shardings -----------------------------------
   recipe = state_lib.build_state(config, mesh)
@@ -207,10 +207,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def uses_views(data: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-               record_format: int = records_lib.FORMAT_VERSION) -> bool:
+               manifest: Mapping[str, Any] | None = None) -> bool:
   """Whether training images travel as the pipeline's views (``config.data.transfer``):
   'auto' takes them on one device, without worker processes, from records whose volumes are
-  aligned (format 2: unaligned ones would be copied one by one, slower than one batch).
+  aligned (the records' ``manifest`` says format 2; unaligned volumes would be copied one by
+  one, slower than one batch; None: records of this code's format).
 
   Raises:
     ValueError: 'views' asked for with worker processes (their batches come through shared
@@ -220,6 +221,8 @@ def uses_views(data: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     raise ValueError(f"config.data.transfer='views' needs config.data.workers=0 (got "
                      f"{data.workers}): worker processes hand batches over in shared memory")
   if data.transfer == "auto":
+    record_format = (records_lib.FORMAT_VERSION if manifest is None
+                     else manifest.get("format_version", 1))
     return mesh.size == 1 and not data.workers and record_format >= 2
   return data.transfer == "views"
 
