@@ -135,7 +135,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
     configuration.validate(cfg)
     result = evaluate.run(cfg, workdir)
   if result.get("paper_claims"):  # absent in reports of older versions
-    stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {})))
+    stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {}),
+                                result.get("image_evidence", {})))
   return [*evaluate.outputs(report_dir),
           f"training curves of the {len(MODELS)} models: tensorboard --logdir {workdir / 'runs'} "
           "(pip install tensorboard)",

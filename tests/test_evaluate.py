@@ -2,6 +2,7 @@
 cohort, explanations and the report files."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -361,6 +362,48 @@ def test_mrp_claims_cannot_hold_by_construction():
   assert paper["ordering"]["pre"]["paper"]
 
 
+def test_image_encoders_are_scored_alone_against_what_the_image_tells():
+  """Each fused model's image-only estimate is scored on the reported patients who have the
+  image, and, given oracle rows, against the log-odds the oracle adds to the table's, paired by
+  patient whatever the order of either side."""
+  from mrp_jax.evaluation import inference
+  rng, ids, y = _scores(seed=2)
+  n = len(ids)
+  table = rng.normal(0, 1, n)  # the oracle rhpc's log-odds
+  image_truth = 1.5 * y + rng.normal(0, 1, n)  # what the image adds, in truth
+  found = 0.5 * image_truth + rng.normal(0, 1.5, n)  # an encoder that finds part of it
+  present = rng.random(n) < 0.8
+  sigmoid = lambda v: 1 / (1 + np.exp(-v))
+
+  def run_predictions(image_probability):
+    return inference.Predictions(patient_ids=ids, logit=np.zeros(n), probability=np.zeros(n),
+                                 label=y, image_probability=image_probability,
+                                 image_present=present)
+
+  predictions = {("rhpc", "test", "pre"): dataclasses.replace(
+      run_predictions(None), image_present=None),
+                 ("iMGrhpc", "test", "pre"): run_predictions(sigmoid(found))}
+  order = rng.permutation(n)  # the oracle's rows in another order
+  reported = {("oracle rhpc", "pre"): (ids[order], y[order], sigmoid(table[order])),
+              ("oracle iMGrhpc", "pre"): (ids, y, sigmoid(table + image_truth))}
+  everyone = cohort.Cohort(kind="per_phase", patients=None, images=())
+  rows = evaluate.image_evidence(predictions, everyone, reported, "test", ("pre",),
+                                 {"rhpc": "rhpc", "iMGrhpc": "iMGrhpc"}, 200, 0)["pre"]
+  assert len(rows) == 1  # rhpc has no image
+  row = rows[0]
+  assert row["model"] == "iMGrhpc" and row["image"] == "mammogram"
+  assert row["n"] == present.sum()
+  assert row["auroc"] == pytest.approx(statistics.auroc(y[present], found[present]))
+  assert row["auroc_oracle_evidence"] == pytest.approx(
+      statistics.auroc(y[present], image_truth[present]), abs=1e-12)
+  assert row["gap"]["value"] == pytest.approx(row["auroc"] - row["auroc_oracle_evidence"])
+  assert row["gap"]["ci_high"] < 0  # the encoder finds less than the image holds
+  # Real data (no oracle rows): the image-only AUROC alone.
+  rows = evaluate.image_evidence(predictions, everyone, {}, "test", ("pre",),
+                                 {"iMGrhpc": "iMGrhpc"}, 200, 0)["pre"]
+  assert "auroc_oracle_evidence" not in rows[0] and rows[0]["n"] == present.sum()
+
+
 def test_reference_patient_is_the_training_splits_most_common_values():
   n = len(schema.VARIABLES)
   j = {name: schema.VARIABLE_NAMES.index(name) for name in ("sex", "ct", "therapy", "age",
@@ -411,3 +454,9 @@ def test_a_synthetic_cohort_is_reported_against_its_oracle(report, training_reco
           metrics["models"][gap["oracle"]][phase]["auroc"]["value"])
       assert gap["gap"]["value"] == pytest.approx(gap["auroc"] - gap["auroc_oracle"])
   assert "Against the truth" in (folder / "report.md").read_text()
+  for phase in PHASES:
+    alone = {r["model"]: r for r in metrics["image_evidence"][phase]}
+    assert set(alone) == {"iMGrhpc", "iMRrhpc"}
+    for row in alone.values():
+      assert 0 < row["n"] and "auroc_oracle_evidence" in row  # None: one class only
+  assert "What the image encoders find alone" in (folder / "report.md").read_text()

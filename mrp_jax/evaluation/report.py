@@ -56,9 +56,11 @@ def _interval(entry: dict[str, Any] | None, digits: int = 0) -> str:
   return f"{entry['value']:.{digits}f}{ci}"
 
 
-def claims_summary(paper: dict[str, Any], gaps: dict[str, list[dict[str, Any]]]) -> str:
-  """The paper's claims (metrics.json 'paper_claims'), the ordering per phase and each model's
-  gap to its oracle ('oracle_gaps'), for a terminal."""
+def claims_summary(paper: dict[str, Any], gaps: dict[str, list[dict[str, Any]]],
+                   images: dict[str, list[dict[str, Any]]] | None = None) -> str:
+  """The paper's claims (metrics.json 'paper_claims'), the ordering per phase, each model's
+  gap to its oracle ('oracle_gaps') and what each image encoder finds alone
+  ('image_evidence'), for a terminal."""
   lines = [f"the paper's result: {paper['held']} of {paper['total']} claims hold by the point "
            f"estimate, {paper['held_with_ci']} with the 95% CI of the difference above 0"]
   if paper.get("degenerate_weights"):
@@ -75,6 +77,15 @@ def claims_summary(paper: dict[str, Any], gaps: dict[str, list[dict[str, Any]]])
     if rows:
       lines.append(f"  gap to the oracle at {phase}: " + ", ".join(
           f"{r['model']} {_num(r['auroc'])} / {_num(r['auroc_oracle'])}" for r in rows))
+  for phase, rows in (images or {}).items():
+    if rows:
+      truth = any("auroc_oracle_evidence" in r for r in rows)
+      lines.append(f"  image encoder alone at {phase}"
+                   + (" (AUROC / what the image tells in truth)" if truth else " (AUROC)")
+                   + ": " + ", ".join(
+                       f"{r['model']} {_num(r['auroc'])}"
+                       + (f" / {_num(r['auroc_oracle_evidence'])}"
+                          if "auroc_oracle_evidence" in r else "") for r in rows))
   return "\n".join(lines)
 
 
@@ -330,6 +341,29 @@ def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any], r
       for r in rows:
         lines.append(f"| {phase} | {r['model']} | {_num(r['auroc'])} | "
                      f"{_num(r['auroc_oracle'])} | {_difference(r['gap'])} | {r['n']} |")
+    lines.append("")
+  if any(result.get("image_evidence", {}).values()):
+    truth = any("auroc_oracle_evidence" in r for rows in result["image_evidence"].values()
+                for r in rows)
+    lines += ["## What the image encoders find alone", "",
+              "The AUROC of each fused model's image-only pCR estimate (its cross-modal knowledge "
+              "predictor, which sees the image and nothing else) on the reported patients with "
+              "that image. A fused model gains over rhpc only what its encoder finds."
+              + (" Beside it, for a synthetic cohort, what the image tells in truth: the "
+                 "log-odds the model's oracle adds to the oracle rhpc's, scored by AUROC on the "
+                 "same patients, and the difference (paired bootstrap 95% CI)." if truth else ""),
+              ""]
+    if truth:
+      lines += ["| phase | model | image | image-only AUROC | the image in truth | "
+                "difference (95% CI) | n |", "|---|---|---|---|---|---|---|"]
+    else:
+      lines += ["| phase | model | image | image-only AUROC | n |", "|---|---|---|---|---|"]
+    for phase, rows in result["image_evidence"].items():
+      for r in rows:
+        cells = [phase, r["model"], r["image"], _num(r["auroc"])]
+        if truth:
+          cells += [_num(r.get("auroc_oracle_evidence")), _difference(r.get("gap", {}))]
+        lines.append("| " + " | ".join(cells + [str(r["n"])]) + " |")
     lines.append("")
   _odds_table(lines, result["odds_ratios"])
   lines.append("")
