@@ -600,8 +600,9 @@ def image_evidence(predictions, reported_cohort: cohort.Cohort, reported, split:
   For records of a synthetic export, beside it the AUROC of what the image tells in truth: the
   log-odds the oracle of the fused model adds to the oracle rhpc's (the image's likelihood
   ratio, with what it reveals of variables the table leaves Unknown), on the same patients,
-  and the paired bootstrap difference. The fused model's gain over rhpc can only come from
-  what its encoder finds, so this row says where a fused model's gap to its oracle lies.
+  and the paired bootstrap difference. A fused model's gain over rhpc can only come from its
+  encoder's features, and this says how much of the label they carry on their own (through
+  the knowledge predictor's head): where a fused model's gap to its oracle lies.
   """
   out: dict[str, list[dict[str, Any]]] = {}
   for phase in phases:

@@ -348,7 +348,8 @@ def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any], r
     lines += ["## What the image encoders find alone", "",
               "The AUROC of each fused model's image-only pCR estimate (its cross-modal knowledge "
               "predictor, which sees the image and nothing else) on the reported patients with "
-              "that image. A fused model gains over rhpc only what its encoder finds."
+              "that image. A fused model's gain over rhpc can only come from its encoder's "
+              "features; this shows how much of the label they carry on their own."
               + (" Beside it, for a synthetic cohort, what the image tells in truth: the "
                  "log-odds the model's oracle adds to the oracle rhpc's, scored by AUROC on the "
                  "same patients, and the difference (paired bootstrap 95% CI)." if truth else ""),
