@@ -49,6 +49,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from scipy import special
 
 from input_pipeline import batching, cli, encoding, pipeline, records, tfrecord
 from input_pipeline.synthetic import oracle as synthetic_oracle
@@ -586,11 +587,6 @@ def oracle_gaps(reported, phases: tuple[str, ...], by_model: dict[str, str],
   return out
 
 
-def _log_odds(p: np.ndarray) -> np.ndarray:
-  p = np.clip(np.asarray(p, np.float64), 1e-15, 1 - 1e-15)
-  return np.log(p) - np.log1p(-p)
-
-
 def image_evidence(predictions, reported_cohort: cohort.Cohort, reported, split: str,
                    phases: tuple[str, ...], by_model: dict[str, str], replicates: int,
                    seed: int) -> dict[str, list[dict[str, Any]]]:
@@ -616,14 +612,15 @@ def image_evidence(predictions, reported_cohort: cohort.Cohort, reported, split:
       ids, y, score = p.patient_ids[keep], p.label[keep], p.image_probability[keep]
       row = {"model": label, "image": "mammogram" if model == "iMGrhpc" else "MRI",
              "n": int(len(y)), "auroc": statistics.auroc(y, score)}
-      fused, table = reported.get((f"oracle {model}", phase)), reported.get(("oracle rhpc",
-                                                                              phase))
+      fused = reported.get((f"oracle {model}", phase))
+      table = reported.get(("oracle rhpc", phase))
       if fused is not None and table is not None:
         table_p = dict(zip(table[0], table[2]))
         both = np.asarray([i in table_p for i in fused[0]], bool)
         truth_ids = fused[0][both]
-        evidence = (_log_odds(fused[2][both])
-                    - _log_odds(np.asarray([table_p[i] for i in truth_ids])))
+        log_odds = lambda p: special.logit(np.clip(np.asarray(p, np.float64), 1e-15, 1 - 1e-15))
+        evidence = (log_odds(fused[2][both])
+                    - log_odds(np.asarray([table_p[i] for i in truth_ids])))
         compared = _compare(f"{model} image-only - oracle image evidence", phase,
                             f"{label} image-only", f"oracle {model} - oracle rhpc", ids,
                             truth_ids, y, score, evidence, replicates, seed)
