@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---- data ----------------------------------------------------------------------------------
   config.data = d = ml_collections.ConfigDict()
-  d.records = ""  # folder of prepared TFRecord shards (python -m input_pipeline.prepare)
+  d.records = ""  # folder of prepared TFRecord shards (python -m input_pipeline.records.prepare)
   d.mri_shape = (176, 176, 352)  # [z, y, x] voxels of the stored subtraction volumes
   d.mri_spacing_mm = (1.0, 1.0, 1.0)  # (x, y, z) resampling target
   d.mg_shape = (1024, 512)  # [rows, cols] of the stored mammogram
@@ -115,7 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # with workers = 0, else 'batch'). README "Input pipeline".
   d.transfer = "auto"
 
-  # ---- augmentation (on the device, inside the train step; mrp_jax/training/augment.py) ------
+  # ---- augmentation (on the device, inside the train step; mrp_jax/core/augment.py) ------
   # Axes of a volume are (z, y, x) = (S-I, A-P, L-R); probabilities per example (geometry,
   # mammogram) or per volume (MRI intensity).
   config.augment = a = ml_collections.ConfigDict()

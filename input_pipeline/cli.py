@@ -3,7 +3,7 @@
 Flags: every command declares its flags with ``absl.flags`` in a ``define_flags(flag_values)``
 function and does its work in ``command(flag_values, arguments) -> exit status``.
 
-* As a program (``python -m input_pipeline.prepare ...``), :func:`run_program` defines the
+* As a program (``python -m input_pipeline.records.prepare ...``), :func:`run_program` defines the
   flags on absl's global FLAGS and runs ``absl.app``: ``--help`` lists every flag with its help
   text and default, a bad or missing flag stops with its name.
 * From Python (tests, the demo), :func:`call` parses ``argv`` into a fresh ``FlagValues``, so

@@ -126,7 +126,7 @@ def _target_map(relabel: dict[str, dict[str, str]] | None = None,
 IDENTITY_TARGETS = _target_map()  # a transform that changes no target
 
 # Volumes are [z, y, x] = S-I, A-P, L-R of an LPS-oriented box holding both breasts, centred on
-# the body's left-right centre (input_pipeline/mri.py). ICD-O C50 codes a breast tumour's
+# the body's left-right centre (input_pipeline/ingestion/mri.py). ICD-O C50 codes a breast tumour's
 # quadrant in that breast's coronal plane: upper / lower is superior / inferior, inner / outer
 # is medial (towards the sternum) / lateral (towards the axilla). Per flip axis:
 #
@@ -147,7 +147,7 @@ MRI_FLIP_TARGETS: tuple[TargetMap, TargetMap, TargetMap] = (
     _target_map({"laterality": {"left": "right", "right": "left"}}),
 )
 
-# Mammograms are stored with the chest wall on the left (input_pipeline/mammogram.py), so a
+# Mammograms are stored with the chest wall on the left (input_pipeline/ingestion/mammogram.py), so a
 # left and a right breast look alike: laterality cannot be seen (UNSEEN). Columns run chest
 # wall -> nipple (posterior -> anterior): a horizontal flip leaves the quadrant. Rows depend on
 # the view: in a CC view (the layouts' first choice) they run lateral -> medial by the display

@@ -40,7 +40,7 @@ for stage in $STAGES; do
       # reader + batch thread, and 4 / 8 / 12 worker processes.
       timeout 240 bash -c "
         python3 -m input_pipeline.synthetic.records --out '$RECORDS' $RECORD_ARGS &&
-        python3 -m input_pipeline.throughput --records '$RECORDS' --batch_size 8 --batches 20 \
+        python3 -m input_pipeline.feed.throughput --records '$RECORDS' --batch_size 8 --batches 20 \
             --threads read+batch --workers 4 --workers 8 --workers 12" 2>&1 | tee "$OUT/pipeline.log" || true
       ;;
     models)

@@ -19,13 +19,13 @@ from input_pipeline import schema
 from input_pipeline.geometries import GEOMETRIES
 from mrp_jax import benchmark, models
 from mrp_jax.benchmark.gpu_target import GPUS
+from mrp_jax.core import augment
+from mrp_jax.core.train_step import OPTIMIZERS
 from mrp_jax.evaluation.cohort import COHORTS
 from mrp_jax.evaluation.evaluate import THRESHOLD_RULES
 from mrp_jax.evaluation.explain import RANKINGS
 from mrp_jax.models.fusion import SIAMESE_BATCHING
 from mrp_jax.models.resnet import CONV_LOWERINGS, LAYOUTS, NORMS, REMAT_POLICIES, SHORTCUTS
-from mrp_jax.training import augment
-from mrp_jax.training.train_step import OPTIMIZERS
 
 
 class ConfigError(ValueError):

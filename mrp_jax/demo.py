@@ -19,10 +19,11 @@ from pathlib import Path
 
 import ml_collections
 
-from input_pipeline import prepare, records, synthetic, verify
+from input_pipeline import records, synthetic
 from input_pipeline.geometries import GEOMETRIES
-from input_pipeline.mammogram import MammogramOptions
-from input_pipeline.mri import MriOptions
+from input_pipeline.ingestion.mammogram import MammogramOptions
+from input_pipeline.ingestion.mri import MriOptions
+from input_pipeline.records import prepare, verify
 from input_pipeline.synthetic import oracle
 from mrp_jax import configuration, console
 

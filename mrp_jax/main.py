@@ -78,7 +78,7 @@ def main(argv) -> None:
     sys.exit(f"mrp_jax: {error}")
   if config.job == "train" and not config.data.records:
     sys.exit("mrp_jax: config.data.records is empty: give the folder that "
-             "`python -m input_pipeline.prepare` wrote (--config.data.records=DIR)")
+             "`python -m input_pipeline.records.prepare` wrote (--config.data.records=DIR)")
   if config.deterministic_gpu:  # read when the GPU backend starts, i.e. after this
     os.environ["XLA_FLAGS"] = " ".join(
         filter(None, [os.environ.get("XLA_FLAGS"), "--xla_gpu_deterministic_ops=true"]))

@@ -42,15 +42,16 @@ import numpy as np
 from absl import flags
 from jax.experimental.compilation_cache import compilation_cache
 
-from input_pipeline import batching, cli
+from input_pipeline import cli
 from input_pipeline.clinical_table import ParseReport
-from input_pipeline.layouts import generic
-from input_pipeline.mammogram import MammogramOptions
-from input_pipeline.mri import MriOptions
-from input_pipeline.patient import PatientSource
-from input_pipeline.prepare import process_patient
-from mrp_jax import sharding
-from mrp_jax.evaluation import calibration, ensemble, explain, runs
+from input_pipeline.feed import batching
+from input_pipeline.ingestion.layouts import generic
+from input_pipeline.ingestion.mammogram import MammogramOptions
+from input_pipeline.ingestion.mri import MriOptions
+from input_pipeline.ingestion.patient import PatientSource
+from input_pipeline.records.prepare import process_patient
+from mrp_jax.core import runs, sharding
+from mrp_jax.evaluation import calibration, ensemble, explain
 
 ANONYMOUS = "P000000000000"  # in-memory records need a pseudonym; nothing is written
 # Patients per model call: every call has this many rows (padding rows cost compute when there

@@ -39,10 +39,11 @@ def training_records(tmp_path_factory):
   """A prepared tiny synthetic cohort (20 patients, 16 usable; train/validation 60/40) with its
   oracle (the generator's truth keyed by pseudonym), built once per test session even under
   pytest-xdist (the workers share it through a file lock)."""
-  from input_pipeline import prepare, synthetic
+  from input_pipeline import synthetic
   from input_pipeline.geometries import GEOMETRIES
-  from input_pipeline.mammogram import MammogramOptions
-  from input_pipeline.mri import MriOptions
+  from input_pipeline.ingestion.mammogram import MammogramOptions
+  from input_pipeline.ingestion.mri import MriOptions
+  from input_pipeline.records import prepare
   from input_pipeline.synthetic import oracle
 
   root = _run_temp(tmp_path_factory) / "training_cohort"

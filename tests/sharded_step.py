@@ -16,8 +16,9 @@ import numpy as np
 from configs import iMRrhpc
 from input_pipeline import clinical_table, encoding
 from input_pipeline.schema import Phase
-from mrp_jax import models, sharding
-from mrp_jax.training import state as state_lib
+from mrp_jax import models
+from mrp_jax.core import sharding
+from mrp_jax.core import state as state_lib
 
 
 def run(devices: int, fsdp: bool, views: bool = False) -> dict:

@@ -18,9 +18,10 @@ import pytest
 from numerics import EPS32, assert_close_at_scale, gamma
 
 from configs import common
-from input_pipeline import batching, clinical_table, encoding, records, schema
+from input_pipeline import clinical_table, encoding, records, schema
+from input_pipeline.feed import batching
+from mrp_jax.core import augment
 from mrp_jax.models import dummy_batch
-from mrp_jax.training import augment
 
 MRI_SHAPE = (10, 12, 14)  # [z, y, x]
 MG_SHAPE = (16, 8)  # [rows, cols]
@@ -392,7 +393,7 @@ SHARDED = textwrap.dedent("""
     import dataclasses, functools, re, sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
-    from mrp_jax.training import augment
+    from mrp_jax.core import augment
     assert jax.device_count() == 4
     from configs import common
     options = dataclasses.replace(

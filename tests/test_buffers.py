@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from grain.python import SharedMemoryArray
 
-from input_pipeline import buffers
+from input_pipeline.feed import buffers
 
 SHAPE = (2, 3, 64, 64)
 

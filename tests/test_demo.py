@@ -11,7 +11,7 @@ from pathlib import Path
 
 from test_console import ABSL_LINE, CONTROL
 
-from input_pipeline import verify
+from input_pipeline.records import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 # The console's budget: the tiny demo printed 1,035 lines before it had a console (953 of them

@@ -1,4 +1,4 @@
-"""Tests for input_pipeline/dicom_io.py: DICOM series and NIfTI volumes -> SimpleITK images."""
+"""Tests for input_pipeline/ingestion/dicom_io.py: DICOM series and NIfTI volumes -> SimpleITK images."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pydicom import uid
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
-from input_pipeline import dicom_io, mammogram
-from input_pipeline.patient import SeriesSelection
+from input_pipeline.ingestion import dicom_io, mammogram
+from input_pipeline.ingestion.patient import SeriesSelection
 from input_pipeline.synthetic.dicom_writer import write_mammogram, write_mr_series
 
 # An oblique geometry: rotations about z (20 deg) then x (15 deg); columns are axis directions.

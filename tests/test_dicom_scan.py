@@ -1,4 +1,4 @@
-"""Tests of input_pipeline.dicom_scan: indexing DICOM headers and choosing the DCE series."""
+"""Tests of input_pipeline.ingestion.dicom_scan: indexing DICOM headers and choosing the DCE series."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import layout_fixtures as fx
 import pytest
 
-from input_pipeline import dicom_scan
-from input_pipeline.dicom_scan import DiscoveryError, SeriesInfo, scan_folder, select_dce
+from input_pipeline.ingestion import dicom_scan
+from input_pipeline.ingestion.dicom_scan import DiscoveryError, SeriesInfo, scan_folder, select_dce
 
 
 def _series(description: str, number: int, *, time_s: float | None = None,

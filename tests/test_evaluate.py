@@ -53,7 +53,9 @@ def report(trained_runs, training_records, tmp_path_factory):
 
 
 def _first_run_predictions(config, trained_runs):
-  from input_pipeline import pipeline, records, tfrecord
+  from input_pipeline import records
+  from input_pipeline.feed import pipeline
+  from input_pipeline.records import tfrecord
   out = []
   for path in pipeline.split_paths(config.data.records, "validation"):
     for _, data in tfrecord.iter_records(path):
@@ -366,7 +368,7 @@ def test_image_encoders_are_scored_alone_against_what_the_image_tells():
   """Each fused model's image-only estimate is scored on the reported patients who have the
   image, and, given oracle rows, against the log-odds the oracle adds to the table's, paired by
   patient whatever the order of either side."""
-  from mrp_jax.evaluation import inference
+  from mrp_jax.core import inference
   rng, ids, y = _scores(seed=2)
   n = len(ids)
   table = rng.normal(0, 1, n)  # the oracle rhpc's log-odds

@@ -76,9 +76,10 @@ def test_chunked_steps_and_baselines():
 def trained_imr(trained_runs, training_records):
   """The tiny trained iMRrhpc run and a batch of two validation patients: one at Post-NAT,
   one at Pre-NAT (follow-up slot empty)."""
-  from input_pipeline import batching, pipeline, records, tfrecord
-  from mrp_jax import sharding
-  from mrp_jax.evaluation import runs
+  from input_pipeline import records
+  from input_pipeline.feed import batching, pipeline
+  from input_pipeline.records import tfrecord
+  from mrp_jax.core import runs, sharding
 
   run = runs.load_run(trained_runs["iMRrhpc"], sharding.make_mesh(jax.devices()[:1]))
   recs = [records.decode(data)

@@ -11,10 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from input_pipeline import clinical_table, layouts, schema, synthetic
-from input_pipeline.dicom_scan import scan_folder
-from input_pipeline.layouts import duke, generic, ispy2
-from input_pipeline.patient import DicomDce, NiftiDce
+from input_pipeline import clinical_table, schema, synthetic
+from input_pipeline.ingestion import layouts
+from input_pipeline.ingestion.dicom_scan import scan_folder
+from input_pipeline.ingestion.layouts import duke, generic, ispy2
+from input_pipeline.ingestion.patient import DicomDce, NiftiDce
 from input_pipeline.schema import Phase
 
 

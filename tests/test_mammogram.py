@@ -1,4 +1,4 @@
-"""Tests for input_pipeline/mammogram.py: mammogram DICOM -> fixed-size breast image."""
+"""Tests for input_pipeline/ingestion/mammogram.py: mammogram DICOM -> fixed-size breast image."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from input_pipeline import mammogram
-from input_pipeline.dicom_io import PreprocessError
+from input_pipeline.ingestion import mammogram
+from input_pipeline.ingestion.dicom_io import PreprocessError
 from input_pipeline.synthetic.dicom_writer import write_mammogram
 from input_pipeline.synthetic.images import digitised_film
 

@@ -1,4 +1,4 @@
-"""Tests for input_pipeline/mri.py: DCE exams -> LPS subtraction volumes on the breast box.
+"""Tests for input_pipeline/ingestion/mri.py: DCE exams -> LPS subtraction volumes on the breast box.
 
 A phantom is defined in patient (LPS) space: a body block, two breasts anterior to it and an
 enhancing lesion (a soft-edged sphere, present in the post-contrast volume only) at a known LPS
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from input_pipeline import mri
-from input_pipeline.dicom_io import DicomError, PreprocessError, load_series
-from input_pipeline.patient import DicomDce, NiftiDce, SeriesSelection
+from input_pipeline.ingestion import mri
+from input_pipeline.ingestion.dicom_io import DicomError, PreprocessError, load_series
+from input_pipeline.ingestion.patient import DicomDce, NiftiDce, SeriesSelection
 from input_pipeline.synthetic.dicom_writer import write_mr_series
 
 LESION_LPS = np.array([45.0, -15.0, 8.0])  # in the left breast, anterior, slightly superior

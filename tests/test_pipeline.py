@@ -16,7 +16,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from input_pipeline import batching, encoding, pipeline, records, schema, tfrecord
+from input_pipeline import encoding, records, schema
+from input_pipeline.feed import batching, pipeline
+from input_pipeline.records import tfrecord
 from mrp_jax.models import MODEL_NAMES, dummy_batch
 
 MRI_SHAPE = (4, 4, 8)
@@ -237,7 +239,7 @@ def test_worker_processes_hand_over_shared_memory_and_resume(shards):
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2 worker processes"])
 def test_a_held_batch_survives_any_number_of_later_batches(shards, workers):
-  """Image buffers are reused (input_pipeline/buffers.py), but never under a batch the consumer
+  """Image buffers are reused (input_pipeline/feed/buffers.py), but never under a batch the consumer
   still holds, nor under a jax.Array that aliases it (jax.device_put on the CPU backend does
   not copy an aligned host array). A ring reused after a fixed number of batches fails here:
   every later batch differs from the held one, so any overwrite shows."""
@@ -401,7 +403,7 @@ def test_synthetic_records_feed_the_pipeline(tmp_path):
 def test_per_record_transfers_build_the_pipelines_batches(shards):
   """throughput --transfer records (volumes put on the device one by one, stacked there) makes
   the image arrays of the same batches as the pipeline, from the same stream of examples."""
-  from input_pipeline import throughput
+  from input_pipeline.feed import throughput
   iterator = _train(shards, batch_size=3, prefetch_batches=0)
   examples = iter(pipeline.example_dataset(shards, model_name="iMRrhpc", seed=0,
                                            shuffle_window=4))
@@ -421,7 +423,7 @@ def test_views_are_the_batches_without_a_host_copy(shards, model_name, key):
   image slot is the record's own array (a read-only view of the mapped shard; empty slots one
   shared zero image), and on one CPU device it stays where it is: the device uses the mapped
   pages in place."""
-  from mrp_jax import sharding
+  from mrp_jax.core import sharding
 
   copied = _train(shards, model_name, batch_size=3, prefetch_batches=0)
   viewed = _train(shards, model_name, batch_size=3, prefetch_batches=0, views=True)
@@ -469,7 +471,7 @@ def test_views_need_the_training_process(shards):
 
 
 def test_throughput_alternates_configurations_with_plain_reads(shards, capsys):
-  from input_pipeline import throughput
+  from input_pipeline.feed import throughput
   status = throughput.main(["--records", str(Path(shards[0]).parent), "--batch_size", "2",
                             "--batches", "2", "--shuffle_window", "4", "--threads", "read",
                             "--transfer", "batch", "--transfer", "views", "--rounds", "2",

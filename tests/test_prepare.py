@@ -15,10 +15,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from input_pipeline import prepare, records, synthetic, tfrecord, verify
+from input_pipeline import records, synthetic
 from input_pipeline.geometries import GEOMETRIES
-from input_pipeline.mammogram import MammogramOptions
-from input_pipeline.mri import MriOptions
+from input_pipeline.ingestion.mammogram import MammogramOptions
+from input_pipeline.ingestion.mri import MriOptions
+from input_pipeline.records import prepare, tfrecord, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GEOMETRIES["tiny"]
@@ -170,7 +171,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(export, prepared, tmp_
   reference, _ = prepared
   out = tmp_path / "records"
   key = reference.with_name(reference.name + ".pseudonym.key")
-  command = [sys.executable, "-m", "input_pipeline.prepare", "--source", str(export),
+  command = [sys.executable, "-m", "input_pipeline.records.prepare", "--source", str(export),
              "--out", str(out), "--geometry", "tiny", "--shard_size", "3", "--workers", "1",
              "--pseudonym_key", str(key), "--no_progress"]
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -244,7 +245,7 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
 
 
 def test_split_does_not_depend_on_the_pseudonym_key():
-  from input_pipeline.patient import PatientSource
+  from input_pipeline.ingestion.patient import PatientSource
   patients = [PatientSource(f"SRC{i:03d}", label=int(i % 3 == 0), clinical={}, mri={},
                             mammogram=None) for i in range(60)]
   options = prepare.PrepareOptions(source=Path("/nonexistent"), out=Path("/nonexistent/out"))
@@ -284,7 +285,7 @@ def test_a_run_that_fails_before_its_first_patient_writes_nothing(tmp_path, caps
 
 
 def test_help_shows_every_flag_with_its_help_and_default():
-  result = subprocess.run([sys.executable, "-m", "input_pipeline.prepare", "--help"],
+  result = subprocess.run([sys.executable, "-m", "input_pipeline.records.prepare", "--help"],
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
   text = result.stdout

@@ -172,7 +172,7 @@ def test_images_are_aligned_in_a_shard(tmp_path, shapes):
   place instead of copying them."""
   import jax
 
-  from input_pipeline import tfrecord
+  from input_pipeline.records import tfrecord
 
   mri_shape, mg_shape = shapes
   rng = np.random.default_rng(0)

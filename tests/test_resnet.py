@@ -7,7 +7,7 @@ import pytest
 from numerics import EPS32, EPS64, assert_as_accurate_as, assert_reduction_close
 
 from mrp_jax import configuration, models
-from mrp_jax.evaluation import inference
+from mrp_jax.core import inference
 from mrp_jax.models.resnet import (
   LAYOUTS,
   ResNet,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from input_pipeline import splits
+from input_pipeline.records import splits
 
 ALL = frozenset({"mg", "pre", "mid", "post"})
 

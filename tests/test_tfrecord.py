@@ -10,7 +10,7 @@ import grain
 import numpy as np
 import pytest
 
-from input_pipeline import tfrecord
+from input_pipeline.records import tfrecord
 
 
 def _slow_crc32c(data: bytes) -> int:

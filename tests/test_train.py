@@ -157,10 +157,11 @@ def test_a_fused_model_starts_as_the_trained_rhpc_model(trained_runs, training_r
   run's, whatever the images (the response head's last layer starts at zero); without the
   warm start they are not."""
   from configs import iMGrhpc
-  from input_pipeline import batching, pipeline, records, tfrecord
-  from mrp_jax import sharding
-  from mrp_jax.evaluation import inference, runs
-  from mrp_jax.training import state as state_lib
+  from input_pipeline import records
+  from input_pipeline.feed import batching, pipeline
+  from input_pipeline.records import tfrecord
+  from mrp_jax.core import inference, runs, sharding
+  from mrp_jax.core import state as state_lib
 
   mesh = sharding.make_mesh(jax.devices()[:1])
   source = runs.load_run(trained_runs["rhpc"], mesh)

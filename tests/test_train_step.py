@@ -10,7 +10,7 @@ from configs import iMRrhpc, rhpc
 from input_pipeline import clinical_table, encoding, schema
 from input_pipeline.schema import Phase
 from mrp_jax import models
-from mrp_jax.training import train_step
+from mrp_jax.core import train_step
 
 SUBTYPES = [c.name for c in schema.BY_NAME["molecular_subtype"].categories]
 
@@ -115,8 +115,8 @@ def test_a_step_on_the_pipelines_views_is_the_step_on_the_stacked_batch():
   batching.py) are stacked inside the jitted step, before augmentation: the train job's step
   gives the same state and metrics, bit for bit, as on the batch stacked on the host, and the
   eval step the same outputs."""
-  from mrp_jax import sharding
-  from mrp_jax.training import state as state_lib
+  from mrp_jax.core import sharding
+  from mrp_jax.core import state as state_lib
 
   config = iMRrhpc.get_config("tiny")
   config.data.mri_shape = (8, 8, 16)
@@ -135,7 +135,7 @@ def test_a_step_on_the_pipelines_views_is_the_step_on_the_stacked_batch():
   jax.tree.map(np.testing.assert_array_equal, state_a.params, state_b.params)
   jax.tree.map(np.testing.assert_array_equal, state_a.batch_stats, state_b.batch_stats)
   # The eval step (validation, evaluate) too.
-  from mrp_jax.evaluation import inference
+  from mrp_jax.core import inference
   eval_step = inference.jit_eval_step(recipe.model)
   a, b = (jax.device_get(eval_step(state_a.params, state_a.batch_stats,
                                    sharding.global_batch(x, mesh))) for x in (batch, views))
@@ -145,7 +145,7 @@ def test_a_step_on_the_pipelines_views_is_the_step_on_the_stacked_batch():
 def test_the_train_job_chooses_views_on_one_device_without_workers():
   import ml_collections
 
-  from mrp_jax import sharding
+  from mrp_jax.core import sharding
   from mrp_jax.training.train import uses_views
 
   one = sharding.make_mesh(jax.devices()[:1])

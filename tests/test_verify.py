@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from input_pipeline import records, tfrecord, verify
+from input_pipeline import records
+from input_pipeline.records import tfrecord, verify
 from input_pipeline.schema import VARIABLES
 
 

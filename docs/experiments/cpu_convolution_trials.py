@@ -29,8 +29,8 @@ import numpy as np
 from absl import app, flags
 
 from configs import benchmark
-from mrp_jax import sharding
 from mrp_jax.benchmark import steps
+from mrp_jax.core import sharding
 from mrp_jax.models import resnet
 
 FLAGS = flags.DEFINE_enum("trial", "layouts", ["layouts", "patches"], "What to measure.")

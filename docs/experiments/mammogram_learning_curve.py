@@ -31,7 +31,7 @@ from flax import linen as nn
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from input_pipeline import mammogram
+from input_pipeline.ingestion import mammogram
 from input_pipeline.synthetic import export
 from input_pipeline.synthetic.dicom_writer import write_mammogram
 from input_pipeline.synthetic.images import render_mammogram

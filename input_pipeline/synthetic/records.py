@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from input_pipeline import cli, records, schema, tfrecord
+from input_pipeline import cli, records, schema
+from input_pipeline.records import tfrecord
 
 
 def write(out_dir: str | Path, num_patients: int, *, mri_shape: Sequence[int] = (176, 176, 352),

@@ -35,8 +35,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from absl import app, flags
 
-from input_pipeline import mammogram
-from input_pipeline.dicom_io import PreprocessError
+from input_pipeline.ingestion import mammogram
+from input_pipeline.ingestion.dicom_io import PreprocessError
 from input_pipeline.synthetic import export as export_module
 from input_pipeline.synthetic.dicom_writer import write_mammogram
 from input_pipeline.synthetic.images import digitised_film, render_mammogram

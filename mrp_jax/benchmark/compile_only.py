@@ -10,7 +10,6 @@ from typing import Any, Mapping
 
 import jax
 
-from mrp_jax import sharding
 from mrp_jax.benchmark import (
   flops,
   hlo_census,
@@ -18,8 +17,7 @@ from mrp_jax.benchmark import (
   steps,
   table,
 )
-from mrp_jax.evaluation import inference
-from mrp_jax.training import augment
+from mrp_jax.core import augment, inference, sharding
 
 
 def accelerator_model_config(config: Any, name: str) -> dict[str, Any]:

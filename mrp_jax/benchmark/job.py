@@ -45,7 +45,7 @@ from typing import Any
 
 import jax
 
-from mrp_jax import console, models, sharding
+from mrp_jax import console, models
 from mrp_jax.benchmark import (
   COMPILE_ONLY_PARTS,
   PARTS,
@@ -56,6 +56,7 @@ from mrp_jax.benchmark import (
   steps,
   table,
 )
+from mrp_jax.core import sharding
 
 
 def environment(devices: list[Any]) -> dict[str, Any]:

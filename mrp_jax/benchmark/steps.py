@@ -1,7 +1,7 @@
 """What the benchmark runs: each model's config, state, synthetic batch and compiled steps.
 
-The state and the train step are the train job's (mrp_jax/training/state.py), the eval step
-evaluation's (mrp_jax/evaluation/inference.py): the benchmark times what training runs."""
+The state and the train step are the train job's (mrp_jax/core/state.py), the eval step
+evaluation's (mrp_jax/core/inference.py): the benchmark times what training runs."""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ import jax
 import numpy as np
 
 from input_pipeline import encoding, schema
-from mrp_jax import models, sharding
+from mrp_jax import models
 from mrp_jax.benchmark import (
   flops,
   hlo_census,
   measure,
 )
-from mrp_jax.evaluation import inference
-from mrp_jax.training import augment
-from mrp_jax.training import state as state_lib
+from mrp_jax.core import augment, inference, sharding
+from mrp_jax.core import state as state_lib
 
 
 def model_config(config: Any, name: str) -> dict[str, Any]:
@@ -191,8 +190,8 @@ class JaxModelBench:
     """The train step fed by the Grain pipeline, and the same step on a batch already on the
     devices, taken in turn (a shared machine's load weighs on both alike); also the pipeline
     alone."""
-    from input_pipeline import batching, pipeline, throughput  # Grain: only this part
     from input_pipeline import records as records_lib
+    from input_pipeline.feed import batching, pipeline, throughput  # Grain: only this part
     from mrp_jax.training import train  # the train job's choice of views
 
     records = self.config.data.records

@@ -20,7 +20,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from input_pipeline import clinical_table, pipeline, records, schema, tfrecord
+from input_pipeline import clinical_table, records, schema
+from input_pipeline.feed import pipeline
+from input_pipeline.records import tfrecord
 from input_pipeline.schema import UNKNOWN, Kind
 
 COHORTS = ("complete", "per_phase")

@@ -51,19 +51,13 @@ import ml_collections
 import numpy as np
 from scipy import special
 
-from input_pipeline import batching, cli, encoding, pipeline, records, tfrecord
+from input_pipeline import cli, encoding, records
+from input_pipeline.feed import batching, pipeline
+from input_pipeline.records import tfrecord
 from input_pipeline.synthetic import oracle as synthetic_oracle
-from mrp_jax import console, sharding
-from mrp_jax.evaluation import (
-  calibration,
-  cohort,
-  decision_curves,
-  ensemble,
-  inference,
-  report,
-  runs,
-  statistics,
-)
+from mrp_jax import console
+from mrp_jax.core import inference, runs, sharding
+from mrp_jax.evaluation import calibration, cohort, decision_curves, ensemble, report, statistics
 
 # How an operating threshold is chosen on the fit split (or config.evaluate.threshold is a
 # probability): Youden's J per model and phase.

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from input_pipeline import encoding, schema
-from mrp_jax.training import augment
+from mrp_jax.core import augment
 
 METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
            "riemann_trapezoid")

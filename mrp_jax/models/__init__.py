@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import batching, schema
+from input_pipeline import schema
+from input_pipeline.feed import batching
 from mrp_jax.models.fusion import ImagingRhpcModel
 from mrp_jax.models.resnet import LAYOUTS, ResNet, resolve_conv_lowering
 from mrp_jax.models.rhpc import RhpcEncoder, RhpcModel
@@ -57,7 +58,7 @@ def create_model(model: Mapping[str, Any]) -> nn.Module:
 
 def dummy_batch(model_name: str, batch_size: int, mri_shape=(8, 8, 16),
                 mg_shape=(32, 16)) -> dict[str, np.ndarray]:
-  """A zero batch of the batch contract (input_pipeline.batching.empty_batch) with every
+  """A zero batch of the batch contract (input_pipeline.feed.batching.empty_batch) with every
   example and image slot present and float32 images: for init and eval_shape.
 
   mri_shape is [z, y, x] voxels, mg_shape [rows, cols] pixels.

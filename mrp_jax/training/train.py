@@ -20,13 +20,13 @@ import numpy as np
 from absl import logging
 from sklearn.metrics import roc_auc_score
 
-from input_pipeline import cli, pipeline
+from input_pipeline import cli
 from input_pipeline import records as records_lib
-from mrp_jax import console, sharding
-from mrp_jax.evaluation import inference
+from input_pipeline.feed import pipeline
+from mrp_jax import console
+from mrp_jax.core import checkpoint, inference, runs, sharding, train_step
+from mrp_jax.core import state as state_lib
 from mrp_jax.models import pretrained
-from mrp_jax.training import checkpoint, train_step
-from mrp_jax.training import state as state_lib
 from mrp_jax.training.metric_log import MetricLog
 
 
@@ -99,8 +99,6 @@ def rhpc_parts_from(workdir: str | Path, params: Any) -> Any:
   (BUILD_NOTES.md, demo experiments). Shapes must match: the rhpc run and this model need the
   same rhpc_embed_dim and rhpc_hidden_dim.
   """
-  from mrp_jax.evaluation import runs
-
   source = runs.load_run(workdir, sharding.make_mesh(jax.devices()[:1]))
   if "rhpc_encoder" not in params:
     raise ValueError(f"config.model.rhpc_init: model {source.model_name} has no rhpc_encoder")

@@ -2,7 +2,7 @@
 
 Everything here reads headers only (``dcmread(..., stop_before_pixels=True)`` with a fixed tag
 list), so a whole export is indexed quickly; pixels are read later by ``dicom_io`` from the
-:class:`~input_pipeline.patient.SeriesSelection` chosen here.
+:class:`~input_pipeline.ingestion.patient.SeriesSelection` chosen here.
 
 :func:`scan_folder` groups every DICOM file under a folder by StudyInstanceUID, then
 SeriesInstanceUID, and keeps per series what choosing needs (description, SOP class, ImageType,
@@ -25,8 +25,8 @@ from typing import Iterable
 
 import pydicom
 
-from input_pipeline.dicom_io import pixel_data_problem
-from input_pipeline.patient import DicomDce, SeriesSelection
+from input_pipeline.ingestion.dicom_io import pixel_data_problem
+from input_pipeline.ingestion.patient import DicomDce, SeriesSelection
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 ENHANCED_MR_CLASSES = frozenset({

@@ -1,4 +1,4 @@
-"""Layout adapters: from a source folder to :class:`~input_pipeline.patient.PatientSource` objects.
+"""Layout adapters: from a source folder to :class:`~input_pipeline.ingestion.patient.PatientSource` objects.
 
 Each adapter is ``discover(root, *, workers=1, progress=False, **options) ->
 list[PatientSource]``; it never raises for one bad patient (the patient's ``error`` says why it
@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from input_pipeline.layouts import duke, generic, ispy2
-from input_pipeline.patient import PatientSource
+from input_pipeline.ingestion.layouts import duke, generic, ispy2
+from input_pipeline.ingestion.patient import PatientSource
 
 LAYOUTS: dict[str, Callable[..., list[PatientSource]]] = {
     "generic": generic.discover,

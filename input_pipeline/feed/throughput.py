@@ -1,6 +1,6 @@
 """The training pipeline's throughput next to a plain sequential read of the same shards.
 
-  python -m input_pipeline.throughput --records DIR [--model_name iMRrhpc --batch_size 4
+  python -m input_pipeline.feed.throughput --records DIR [--model_name iMRrhpc --batch_size 4
       --batches 50 --threads read --threads read+batch --workers 4 --transfer views
       --transfer batch --transfer records --rounds 3 --step_ms 40]
 
@@ -41,7 +41,9 @@ import grain
 import numpy as np
 from absl import flags
 
-from input_pipeline import batching, cli, pipeline, tfrecord
+from input_pipeline import cli
+from input_pipeline.feed import batching, pipeline
+from input_pipeline.records import tfrecord
 from input_pipeline.schema import IMAGE_KEYS, MODEL_NAMES
 
 
@@ -163,7 +165,7 @@ _THREADS = {"read": (1, 0), "read+batch": (1, pipeline.DEFAULT_PREFETCH_BATCHES)
 
 def define_flags(values: flags.FlagValues) -> None:
   """The command line (input_pipeline/cli.py)."""
-  flags.DEFINE_string("records", None, "Folder written by `python -m input_pipeline.prepare`.",
+  flags.DEFINE_string("records", None, "Folder written by `python -m input_pipeline.records.prepare`.",
                       required=True, flag_values=values)
   flags.DEFINE_enum("split", "train", ["train", "validation", "test"],
                     "Split whose shards to read.", flag_values=values)

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from input_pipeline.patient import PatientSource
+from input_pipeline.ingestion.patient import PatientSource
 from input_pipeline.records import SPLITS
 from input_pipeline.schema import PHASE_NAMES
 

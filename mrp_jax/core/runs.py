@@ -16,9 +16,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import ml_collections
 
-from mrp_jax.evaluation import inference
-from mrp_jax.training import checkpoint, train_step
-from mrp_jax.training import state as state_lib
+from mrp_jax.core import checkpoint, inference, train_step
+from mrp_jax.core import state as state_lib
 
 
 @dataclasses.dataclass

@@ -19,8 +19,8 @@ import jax
 import ml_collections
 import optax
 
-from mrp_jax import models, sharding
-from mrp_jax.training import augment, train_step
+from mrp_jax import models
+from mrp_jax.core import augment, sharding, train_step
 
 
 @dataclasses.dataclass(frozen=True)

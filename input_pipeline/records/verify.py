@@ -1,6 +1,6 @@
 """The ``verify`` command: are the record shards in a folder intact and complete?
 
-  python -m input_pipeline.verify --records DIR
+  python -m input_pipeline.records.verify --records DIR
 
 For every ``*.tfrecord`` file under DIR it checks the framing and both CRCs of every record and
 decodes every record with :func:`input_pipeline.records.decode`. It also reports a patient that
@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from input_pipeline import cli, records, tfrecord
+from input_pipeline import cli, records
+from input_pipeline.records import tfrecord
 
 MANIFEST = records.MANIFEST
 SHARD_PATTERN = "*.tfrecord"
@@ -205,7 +206,7 @@ def _check_manifest(manifest: Path, shards: list[ShardSummary]) -> list[Problem]
 def define_flags(flag_values: flags.FlagValues) -> None:
   """Defines the command line's flags on ``flag_values`` (see ``prepare.define_flags``)."""
   flags.DEFINE_string("records", None, "Required. Folder holding the *.tfrecord shards (and "
-                      "manifest.json) that `python -m input_pipeline.prepare` wrote.",
+                      "manifest.json) that `python -m input_pipeline.records.prepare` wrote.",
                       flag_values=flag_values)
   flags.mark_flag_as_required("records", flag_values=flag_values)
 

@@ -32,7 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from scipy import ndimage, stats
 
-from input_pipeline.dicom_io import PreprocessError, decoded_pixels, read_dicom
+from input_pipeline.ingestion.dicom_io import PreprocessError, decoded_pixels, read_dicom
 
 # The breast is segmented on a block-averaged copy whose longer side is about this many pixels.
 _SEGMENTATION_SIDE = 1024

@@ -36,9 +36,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import openpyxl
 
-from input_pipeline.dicom_scan import DiscoveryError, ScanResult, scan_folder, select_dce
-from input_pipeline.layouts.generic import find_file, unused_series
-from input_pipeline.patient import DicomDce, Imaging, PatientSource, SeriesSelection
+from input_pipeline.ingestion.dicom_scan import DiscoveryError, ScanResult, scan_folder, select_dce
+from input_pipeline.ingestion.layouts.generic import find_file, unused_series
+from input_pipeline.ingestion.patient import DicomDce, Imaging, PatientSource, SeriesSelection
 from input_pipeline.schema import Phase
 from input_pipeline.workers import map_patients
 

@@ -10,7 +10,7 @@ Training (:func:`train_iterator`), per process::
     -> one random MRI combination per patient (Grain random_map: seeded by the seed, the
        process and the position in the stream) -> batches of ``batch_size`` (remainder dropped;
        the only copy of the image data is into the batch, whose image buffer is reused:
-       input_pipeline/buffers.py)
+       input_pipeline/feed/buffers.py)
     -> ``prefetch_batches`` batches prepared ahead in a background thread, or, with
        ``workers`` > 0, all of the above in that many worker processes, each on its share of
        the shard order, batches handed over in reused shared memory
@@ -27,7 +27,7 @@ stacks them (the ``sharding.global_batch`` fallback: a copy, as the reused buffe
 Reused buffers, the consumer's contract: a batch's image array is written again only once
 no reference to it is left (the batch, a view of it, or a jax.Array that aliases it: on the CPU
 backend jax.device_put of a batch aliases its page-aligned image array instead of copying).
-Holding batches is always safe; see input_pipeline/buffers.py.
+Holding batches is always safe; see input_pipeline/feed/buffers.py.
 
 The iterator is a ``grain.DatasetIterator``: ``get_state()`` is a small JSON-able dict (file
 offsets, window start, counters; never record bytes) that ``set_state`` or
@@ -52,7 +52,7 @@ order, so that every process knows how many patients there are and all yield the
 of batches (a multi-host jitted step needs that); eligible patient i belongs to process
 i % count. Shards are CRC-checked while read (tfrecord.iter_records).
 
-``python -m input_pipeline.throughput --records DIR`` measures it next to a plain sequential read
+``python -m input_pipeline.feed.throughput --records DIR`` measures it next to a plain sequential read
 of the same shards.
 """
 
@@ -69,8 +69,10 @@ import grain
 import numpy as np
 from absl import flags
 
-from input_pipeline import batching, buffers, records, tfrecord
-from input_pipeline.batching import BatchSpec
+from input_pipeline import records
+from input_pipeline.feed import batching, buffers
+from input_pipeline.feed.batching import BatchSpec
+from input_pipeline.records import tfrecord
 from input_pipeline.schema import IMAGE_KEYS
 
 # Records held for shuffling; RAM = window x record size (~66 MB each at full geometry).
@@ -209,7 +211,7 @@ def _decode(element: tuple[str, int, memoryview]) -> records.PatientRecord:
 
 
 class _Collate:
-  """batching.collate as Grain's batch_fn, into reused image buffers (input_pipeline/buffers.py).
+  """batching.collate as Grain's batch_fn, into reused image buffers (input_pipeline/feed/buffers.py).
 
   In this process the image array comes from a :class:`buffers.BufferPool`. In a worker
   process of ``mp_prefetch`` (``shared``, or Grain's :meth:`enable_shared_memory_output`) it
@@ -312,7 +314,7 @@ def example_dataset(paths: Sequence[str], *, model_name: str, seed: int,
                     read_buffer: int = DEFAULT_READ_BUFFER) -> grain.IterDataset:
   """The endless training examples of one process, before batching: each a
   :class:`batching.Example` whose volumes are views of the mapped shards (what a per-record
-  transfer to the device consumes; ``python -m input_pipeline.throughput --transfer records``
+  transfer to the device consumes; ``python -m input_pipeline.feed.throughput --transfer records``
   measures it). :func:`train_dataset` batches exactly this stream."""
   batching.check_model_name(model_name)
   _check_train_arguments(shuffle_window=shuffle_window, cycle_length=cycle_length,
@@ -476,7 +478,7 @@ def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int
                   include_unlabeled: bool, views: bool
                   ) -> Iterator[tuple[dict[str, Any], list[str]]]:
   # Views, or reused image buffers: each batch of a full-geometry evaluation would otherwise
-  # fault in fresh pages (input_pipeline/buffers.py).
+  # fault in fresh pages (input_pipeline/feed/buffers.py).
   collate = functools.partial(batching.collate, model_name=model_name, spec=spec,
                               batch_size=batch_size, views=views)
   if not views:

@@ -75,7 +75,7 @@ def read_manifest(records_dir: str | os.PathLike) -> dict[str, Any]:
   path = Path(records_dir) / MANIFEST
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: is {records_dir} a folder written by "
-                            "python -m input_pipeline.prepare?")
+                            "python -m input_pipeline.records.prepare?")
   return json.loads(path.read_text())
 
 _REQUIRED = ("patient_id", "split", "label", "mri/phases", "rhpc/raw", "rhpc/codes",

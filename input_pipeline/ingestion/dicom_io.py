@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels, pixel_array
 
-from input_pipeline.patient import SeriesSelection
+from input_pipeline.ingestion.patient import SeriesSelection
 
 # Two slices closer than this along the normal are the same position (mm).
 _DUPLICATE_TOLERANCE_MM = 0.01

@@ -14,7 +14,7 @@ StudyDate order of the studies left (one -> Pre-NAT; two -> Pre-NAT and ``two_st
 three -> Pre-NAT, Mid-NAT, Post-NAT). The mammogram is the Pre-NAT MG image of the tumour side
 (the clinical laterality, or :data:`UNKNOWN_SIDE_RULE`), view ``mg_view`` first, then the other
 of CC / MLO (:func:`choose_mammogram`). Every other image or series is listed with the reason
-it is not used (:class:`~input_pipeline.patient.Unused`).
+it is not used (:class:`~input_pipeline.ingestion.patient.Unused`).
 
 :func:`patient_imaging` is shared with the I-SPY2 adapter.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from input_pipeline import clinical_table, schema
-from input_pipeline.dicom_scan import (
+from input_pipeline.ingestion.dicom_scan import (
     DiscoveryError,
     ImageView,
     ScanResult,
@@ -40,7 +40,7 @@ from input_pipeline.dicom_scan import (
     scan_folder,
     select_dce,
 )
-from input_pipeline.patient import (
+from input_pipeline.ingestion.patient import (
     Imaging,
     MriExam,
     NiftiDce,

@@ -17,11 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from input_pipeline import pipeline
+from input_pipeline.feed import pipeline
 from input_pipeline.schema import PHASE_NAMES
-from mrp_jax import sharding
+from mrp_jax.core import augment, sharding
 from mrp_jax.models import resnet
-from mrp_jax.training import augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +78,7 @@ def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *
   """Runs ``eval_step`` (jitted) over every eligible patient of ``paths`` at ``phase``.
 
   On a one-device mesh the images reach the device as the records' views (no host batch:
-  input_pipeline/pipeline.py, "Views"), stacked inside the eval step.
+  input_pipeline/feed/pipeline.py, "Views"), stacked inside the eval step.
   """
   if phase not in PHASE_NAMES:
     raise ValueError(f"phase must be one of {PHASE_NAMES}, got {phase!r}")

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import batching, encoding
+from input_pipeline import encoding
+from input_pipeline.feed import batching
 
 # Random streams of one example (fold_in constants), so that the geometry, each volume's
 # intensities and the mammogram never share numbers.

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from input_pipeline import batching
+from input_pipeline.feed import batching
 
 DATA = "data"
 
@@ -64,7 +64,7 @@ def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
   come k-th), without any host reading another's data.
 
   An image entry in the pipeline's ``views`` form (per row, a tuple of its slots' arrays:
-  input_pipeline/batching.py) stays a tuple on one device: each array is put there as it is
+  input_pipeline/feed/batching.py) stays a tuple on one device: each array is put there as it is
   (on the CPU backend a 64-byte aligned array is used in place, not copied; on an accelerator
   one transfer each), and ``augment.prepare_images`` stacks them inside the step. On several
   devices the host stacks them first (a copy) and the batch is split as usual.

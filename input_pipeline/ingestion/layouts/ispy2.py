@@ -26,10 +26,10 @@ from typing import Any, Mapping
 import openpyxl
 
 from input_pipeline import schema
-from input_pipeline.dicom_scan import DiscoveryError
-from input_pipeline.layouts import generic
-from input_pipeline.layouts.generic import find_file
-from input_pipeline.patient import PatientSource
+from input_pipeline.ingestion.dicom_scan import DiscoveryError
+from input_pipeline.ingestion.layouts import generic
+from input_pipeline.ingestion.layouts.generic import find_file
+from input_pipeline.ingestion.patient import PatientSource
 from input_pipeline.workers import map_patients
 
 CLINICAL_FILE = "ISPY2-Imaging-Cohort-1-Clinical-Data.xlsx"

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from input_pipeline.dicom_io import PreprocessError, load_nifti, load_series
-from input_pipeline.patient import DicomDce, MriExam, NiftiDce, SeriesSelection
+from input_pipeline.ingestion.dicom_io import PreprocessError, load_nifti, load_series
+from input_pipeline.ingestion.patient import DicomDce, MriExam, NiftiDce, SeriesSelection
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # Spacing of the coarse copy that the body mask is computed on (mm); coarser inputs keep theirs.

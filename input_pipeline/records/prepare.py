@@ -1,6 +1,6 @@
 """The `prepare` command: a source folder -> de-identified TFRecord shards and a manifest.
 
-  python -m input_pipeline.prepare --source /data/export --layout generic --out /data/records
+  python -m input_pipeline.records.prepare --source /data/export --layout generic --out /data/records
 
 Per patient: discover its studies (layouts/), preprocess every MRI exam into a subtraction
 volume and the mammogram into a fixed-size image, parse the 22 rhpc values, and write one
@@ -46,12 +46,14 @@ from typing import Any, Sequence
 import numpy as np
 from absl import flags
 
-from input_pipeline import cli, clinical_table, layouts, records, schema, splits, tfrecord
+from input_pipeline import cli, clinical_table, records, schema
 from input_pipeline.geometries import GEOMETRIES
-from input_pipeline.mammogram import MammogramOptions, preprocess_mammogram
-from input_pipeline.mri import DTYPES as MRI_DTYPES
-from input_pipeline.mri import INTENSITIES, ON_SIZE_MISMATCH, MriOptions, preprocess_exam
-from input_pipeline.patient import PatientSource
+from input_pipeline.ingestion import layouts
+from input_pipeline.ingestion.mammogram import MammogramOptions, preprocess_mammogram
+from input_pipeline.ingestion.mri import DTYPES as MRI_DTYPES
+from input_pipeline.ingestion.mri import INTENSITIES, ON_SIZE_MISMATCH, MriOptions, preprocess_exam
+from input_pipeline.ingestion.patient import PatientSource
+from input_pipeline.records import splits, tfrecord
 from input_pipeline.workers import worker_pool
 
 MANIFEST = records.MANIFEST

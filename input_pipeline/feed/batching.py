@@ -1,6 +1,6 @@
 """One decoded patient record -> one training or evaluation example -> a model batch.
 
-Pure numpy, no Grain: the pipeline (``input_pipeline/pipeline.py``) decides which records flow
+Pure numpy, no Grain: the pipeline (``input_pipeline/feed/pipeline.py``) decides which records flow
 where; this module decides what a record means for a model.
 
 Who trains a model (docs/background.md section 1):
