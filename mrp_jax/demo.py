@@ -25,9 +25,30 @@ from input_pipeline.ingestion.mammogram import MammogramOptions
 from input_pipeline.ingestion.mri import MriOptions
 from input_pipeline.records import prepare, verify
 from input_pipeline.synthetic import oracle
-from mrp_jax import configuration, console
+from mrp_jax import configuration, console, models
+from mrp_jax.training import checks as train_checks
 
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc")  # trained in this order (the fused ones start from rhpc)
+
+# config.demo; the rest of the demo's config is checked as the train job checks it (each
+# stage's own config is checked again before the stage runs).
+CONFIG_RULES: dict[str, configuration.Rule] = {
+    "demo.patients": (lambda v: configuration.positive_int(v) and v >= 12,
+                      ("must be an integer >= 12 (the first 11 synthetic patients are the "
+                       "unusual encodings and broken cases)")),
+    "demo.geometry": configuration.one_of(*GEOMETRIES),
+    "demo.workers": configuration.POSITIVE_INT,
+    "demo.shard_size": configuration.POSITIVE_INT,
+    "demo.split_fractions": (lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(
+        isinstance(x, (int, float)) and x >= 0 for x in v) and v[0] > 0 and v[1] > 0
+                             and abs(sum(v) - 1) < 1e-6,
+                             ("must be 3 fractions (train, validation, test) summing to 1, "
+                              "train and validation > 0")),
+    **{f"demo.train.{m}.{k}": configuration.POSITIVE_INT for m in models.MODEL_NAMES
+       for k in ("steps", "batch_size")},
+    **{f"demo.train.{m}.learning_rate": configuration.POSITIVE for m in models.MODEL_NAMES},
+}
+CONFIG_CHECKS: tuple[configuration.Check, ...] = (*train_checks.CONFIG_CHECKS, CONFIG_RULES)
 
 
 def train_config(config: ml_collections.ConfigDict, model_name: str, records: Path,
@@ -122,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
       stage(f"train {model_name}: done before, reusing {run_dir}")
       continue
     cfg = train_config(config, model_name, options.out, workdirs.get("rhpc"))
-    configuration.validate(cfg)
+    configuration.validate(cfg, train_checks.CONFIG_CHECKS)
     train.train_and_evaluate(cfg, run_dir)
 
   report_dir = workdir / "report"
@@ -133,7 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
     stage(f"evaluate: MRP ensemble, metrics with {demo.evaluate.bootstrap_replicates} "
           f"bootstrap replicates, explanations -> {report_dir}")
     cfg = evaluate_config(config, options.out, workdirs)
-    configuration.validate(cfg)
+    configuration.validate(cfg, evaluate.CONFIG_CHECKS)
     result = evaluate.run(cfg, workdir)
   if result.get("paper_claims"):  # absent in reports of older versions
     stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {}),

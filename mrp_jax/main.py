@@ -1,6 +1,7 @@
 """Entry point: ``python -m mrp_jax.main --config configs/<name>.py --workdir DIR``.
 
-Parses the config (locked: a misspelt field is an error), validates it, starts the job's console
+Parses the config (locked: a misspelt field is an error), checks it with the checks of the
+modules its job runs (:data:`JOBS`; importing nothing else), starts the job's console
 (mrp_jax/console.py: library logging to WORKDIR/logs/<job>.log unless ``-v``/``--verbosity``
 is given), sets up JAX's multi-process runtime when the environment describes one, runs the job
 and prints its summary: what was written where and how to look at it.
@@ -8,10 +9,11 @@ and prints its summary: what was written where and how to look at it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
 
 import jax
 import ml_collections
@@ -36,10 +38,20 @@ def _train(config, workdir: Path) -> list[str]:
           f"curves: tensorboard --logdir {workdir / 'tensorboard'} (pip install tensorboard)"]
 
 
+def _train_checks() -> Sequence[configuration.Check]:
+  from mrp_jax.training import checks
+  return checks.CONFIG_CHECKS
+
+
 def _evaluate(config, workdir: Path) -> list[str]:
   from mrp_jax.evaluation import evaluate
   evaluate.run(config, workdir)
   return evaluate.outputs(workdir / "report")
+
+
+def _evaluate_checks() -> Sequence[configuration.Check]:
+  from mrp_jax.evaluation import evaluate
+  return evaluate.CONFIG_CHECKS
 
 
 def _benchmark(config, workdir: Path) -> list[str]:
@@ -48,16 +60,55 @@ def _benchmark(config, workdir: Path) -> list[str]:
   return [f"measurements: {workdir / 'benchmark.json'}"]
 
 
+def _benchmark_checks() -> Sequence[configuration.Check]:
+  from mrp_jax.benchmark import job
+  return job.CONFIG_CHECKS
+
+
 def _demo(config, workdir: Path) -> list[str]:
   from mrp_jax import demo
   return demo.run(config, workdir)
 
 
-# config.job -> what runs it (each imports its modules when it runs) and returns the lines of
-# its closing summary.
-JOBS: dict[str, Callable[[ml_collections.ConfigDict, Path], list[str]]] = {
-    "train": _train, "evaluate": _evaluate, "benchmark": _benchmark, "demo": _demo,
-    "describe": _describe}
+def _demo_checks() -> Sequence[configuration.Check]:
+  from mrp_jax import demo
+  return demo.CONFIG_CHECKS
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One value of config.job. Both functions import the job's modules when called, so a job
+  loads only what it runs.
+
+  Attributes:
+    run: runs the job; returns the lines of its closing summary.
+    checks: the config checks of what the job runs (configuration.py), each job module's
+      ``CONFIG_CHECKS``.
+  """
+  run: Callable[[ml_collections.ConfigDict, Path], list[str]]
+  checks: Callable[[], Sequence[configuration.Check]]
+
+
+JOBS: dict[str, Job] = {
+    "train": Job(_train, _train_checks),
+    "evaluate": Job(_evaluate, _evaluate_checks),
+    "benchmark": Job(_benchmark, _benchmark_checks),
+    "demo": Job(_demo, _demo_checks),
+    "describe": Job(_describe, _train_checks),  # what a train config builds
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks ``config`` as its job (config.job) reads it.
+
+  Raises:
+    configuration.ConfigError: naming every invalid field, or an unknown job.
+  """
+  if config.job not in JOBS:
+    raise configuration.ConfigError(
+        f"config.job={config.job!r} is not a job; jobs: {', '.join(JOBS)}")
+  configuration.validate(config, JOBS[config.job].checks())
+
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with variants: configs/iMRrhpc.py:tiny",
@@ -70,10 +121,8 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  if config.job not in JOBS:
-    sys.exit(f"mrp_jax: config.job={config.job!r} is not a job; jobs: {', '.join(JOBS)}")
   try:
-    configuration.validate(config)
+    validate(config)
   except configuration.ConfigError as error:
     sys.exit(f"mrp_jax: {error}")
   if config.job == "train" and not config.data.records:
@@ -103,7 +152,7 @@ def main(argv) -> None:
                     "device(s)" + (f", process {jax.process_index()} of {jax.process_count()}"
                                    if jax.process_count() > 1 else ""))
   try:
-    summary = JOBS[config.job](config, workdir)
+    summary = JOBS[config.job].run(config, workdir)
   except BaseException:
     job_console.warn(f"stopped after {job_console.elapsed():.0f} s by the error below; the "
                      f"library log: {job_console.log_path}")
@@ -116,8 +165,22 @@ def _env_int(name: str) -> int | None:
   return int(value) if value else None
 
 
+def _config_argument(argv: list[str]) -> str | None:
+  """The value of --config in ``argv`` (as absl reads it: '--config X' or '--config=X')."""
+  for k, arg in enumerate(argv):
+    name, equals, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      return value if equals else (argv[k + 1] if k + 1 < len(argv) else None)
+  return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with config overrides' errors turned into one readable line."""
+  """absl flag parsing, with a missing config file and config overrides' errors each turned
+  into one readable line."""
+  spec = _config_argument(argv[1:])
+  if spec and not Path(spec.partition(":")[0]).is_file():
+    # config_flags would defer this error to the first use of the config, as a traceback.
+    sys.exit(f"mrp_jax: --config: {configuration.missing_file(spec.partition(':')[0])}")
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:

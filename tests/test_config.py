@@ -10,7 +10,7 @@ import pytest
 
 from configs import benchmark, common, demo, evaluate, iMGrhpc, iMRrhpc, rhpc
 from input_pipeline import schema
-from mrp_jax import configuration
+from mrp_jax import configuration, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
                                       "no_knowledge,no_time"])
 def test_every_config_and_variant_validates(module, variants):
   config = module.get_config(variants)
-  configuration.validate(config)
+  main.validate(config)
   assert set(config.loss.aux_weights) == set(schema.VARIABLE_NAMES)
 
 
@@ -52,15 +52,49 @@ def test_invalid_values_are_named(path, value, message):
     node = node[part]
   node[leaf] = value
   with pytest.raises(configuration.ConfigError) as raised:
-    configuration.validate(config)
+    main.validate(config)
   assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("module, path, value, message", [
+    (evaluate, "evaluate.threshold", "otsu",
+     "config.evaluate.threshold: must be one of ['youden'] or a probability in (0, 1)"),
+    (evaluate, "evaluate.cohort", "all", "config.evaluate.cohort: must be one of"),
+    (benchmark, "benchmark.parts", ("eval", "speed"),
+     "config.benchmark.parts: must be a non-empty tuple of ['eval', 'train'"),
+    (demo, "demo.patients", 11, "config.demo.patients: must be an integer >= 12"),
+    (rhpc, "augment.mri_zoom", 1.5, "config.augment.mri_zoom must be < 1"),
+    (rhpc, "mesh.fsdp_min_size", 0, "config.mesh.fsdp_min_size: must be a positive integer"),
+])
+def test_each_job_checks_its_sections(module, path, value, message):
+  """Each job's checks (main.JOBS) reach the sections its modules read."""
+  config = module.get_config()
+  section, leaf = path.split(".")
+  config[section][leaf] = value
+  with pytest.raises(configuration.ConfigError) as raised:
+    main.validate(config)
+  assert message in str(raised.value)
+
+
+def test_a_job_checks_only_what_it_reads():
+  """The evaluate job does not read config.train (each run has its own): a bad value there
+  does not stop it; the train job refuses it."""
+  config = evaluate.get_config()
+  config.train.b1 = 1.5
+  main.validate(config)
+  config.job = "train"
+  with pytest.raises(configuration.ConfigError, match=r"config\.train\.b1"):
+    main.validate(config)
 
 
 def test_every_validation_rule_names_a_real_field():
   configs = (common.get_config(), demo.get_config(), evaluate.get_config(),
              benchmark.get_config())
-  for path in configuration.RULES:
-    assert any(configuration._lookup(c, path) is not configuration._MISSING
+  tables = [check for job in main.JOBS.values() for check in job.checks()
+            if not callable(check)]
+  assert tables
+  for path in {path for table in tables for path in table}:
+    assert any(configuration.lookup(c, path) is not configuration.MISSING
                for c in configs), path
 
 
@@ -75,6 +109,20 @@ def test_cli_names_a_misspelt_field(tmp_path):
   assert result.returncode != 0
   assert "batchsize" in result.stderr and 'Did you mean "batch_size"' in result.stderr
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("spec, hint", [
+    ("configs/rhpcc.py", "did you mean configs/rhpc.py?"),
+    ("configs/rhpcc.py:tiny --config.train.batch_size=3", "did you mean configs/rhpc.py?"),
+    ("confs/rhpc.py", "no folder 'confs'"),
+])
+def test_cli_names_a_missing_config_file(tmp_path, spec, hint):
+  path, *overrides = spec.split()
+  result = _main(tmp_path, "--config", path, *overrides)
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert f"no config file '{path.partition(':')[0]}'" in lines[0] and hint in lines[0]
 
 
 def test_cli_names_an_invalid_value(tmp_path):

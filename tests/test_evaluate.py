@@ -47,7 +47,7 @@ def report(trained_runs, training_records, tmp_path_factory):
       for case in ids:
         writer.writerow([case, "Pre-NAT", reader, f"{rng.random():.2f}"])
   config.evaluate.readers = str(readers)
-  configuration.validate(config)
+  configuration.validate(config, evaluate.CONFIG_CHECKS)
   result = evaluate.run(config, workdir)
   return workdir / "report", result, training_records
 

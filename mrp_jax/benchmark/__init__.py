@@ -1,6 +1,6 @@
 """The benchmark job: compiled step times, FLOPs, MFU, memory plans, the PyTorch twin.
 
-Light on purpose (config validation imports it): the job's modules load when it runs.
+The job and its config checks are in job.py.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from typing import Any
 
 import jax
 
+from mrp_jax import configuration as cfg
 from mrp_jax import console, models
 from mrp_jax.benchmark import (
   COMPILE_ONLY_PARTS,
@@ -57,6 +58,33 @@ from mrp_jax.benchmark import (
   table,
 )
 from mrp_jax.core import sharding
+from mrp_jax.models.resnet import REMAT_POLICIES
+from mrp_jax.training import checks as train_checks
+
+# config.benchmark; the rest of the config is checked as the train job checks it (the
+# benchmark times the train job's state, step and pipeline).
+CONFIG_RULES: dict[str, cfg.Rule] = {
+    "benchmark.models": cfg.tuple_of(*models.MODEL_NAMES),
+    "benchmark.parts": cfg.tuple_of(*PARTS),
+    **{f"benchmark.batch_size.{m}": cfg.POSITIVE_INT for m in models.MODEL_NAMES},
+    "benchmark.warmup_steps": cfg.COUNT,
+    "benchmark.steps": cfg.POSITIVE_INT,
+    "benchmark.budget_s": cfg.POSITIVE,
+    "benchmark.pipeline_steps": cfg.POSITIVE_INT,
+    "benchmark.peak_tflops": cfg.NON_NEGATIVE,
+    "benchmark.matmul_size": cfg.POSITIVE_INT,
+    "benchmark.plan_batches": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                               and all(cfg.positive_int(x) for x in v),
+                               "must be a non-empty tuple of positive integers"),
+    "benchmark.plan_compile": cfg.BOOLEAN,
+    "benchmark.bandwidth_gbs": cfg.NON_NEGATIVE,
+    "benchmark.target": cfg.one_of("", *gpu_target.GPUS),
+    "benchmark.target_devices": cfg.POSITIVE_INT,
+    "benchmark.compiler_options": (lambda v: isinstance(v, str),
+                                   "must be a string 'name=value,name=value' of XLA options"),
+    "benchmark.plan_remat": cfg.tuple_of("none", *REMAT_POLICIES),
+}
+CONFIG_CHECKS: tuple[cfg.Check, ...] = (*train_checks.CONFIG_CHECKS, CONFIG_RULES)
 
 
 def environment(devices: list[Any]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ import numpy as np
 
 from input_pipeline import encoding
 from input_pipeline.feed import batching
+from mrp_jax import configuration
 
 # Random streams of one example (fold_in constants), so that the geometry, each volume's
 # intensities and the mammogram never share numbers.
@@ -105,6 +106,19 @@ class AugmentOptions:
     """Whether any example can be resampled (else flips are exact array reversals)."""
     return self.mri_affine_probability > 0 and (
         any(self.mri_rotation_degrees) or self.mri_zoom > 0 or self.mri_translation_voxels > 0)
+
+
+def config_problems(config: Mapping[str, Any]) -> list[str]:
+  """The problems of ``config.augment`` (none when the config has no such section), as
+  :class:`AugmentOptions` finds them."""
+  if configuration.lookup(config, "augment") is configuration.MISSING:
+    return []
+  try:
+    AugmentOptions.from_config(config["augment"])
+  except (TypeError, ValueError) as error:
+    return [f"config.{error}" if str(error).startswith("augment.") else
+            f"config.augment: {error}"]
+  return []
 
 
 def prepare_images(batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,15 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from input_pipeline.feed import batching
+from mrp_jax import configuration as cfg
 
 DATA = "data"
+
+# config.mesh: how state_shardings places the state.
+CONFIG_RULES: dict[str, cfg.Rule] = {
+    "mesh.fsdp": cfg.BOOLEAN,
+    "mesh.fsdp_min_size": cfg.POSITIVE_INT,
+}
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:

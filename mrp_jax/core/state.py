@@ -19,8 +19,20 @@ import jax
 import ml_collections
 import optax
 
-from mrp_jax import models
+from mrp_jax import configuration, models
 from mrp_jax.core import augment, sharding, train_step
+from mrp_jax.models import losses
+
+# config.data's image shapes, which the initial state's example batch takes.
+CONFIG_RULES: dict[str, configuration.Rule] = {
+    "data.mri_shape": configuration.ints(3),
+    "data.mg_shape": configuration.ints(2),
+}
+# Everything build_state and jit_train_step read: the model, its loss, the optimiser, the
+# mesh, the example's shapes and the augmentation.
+CONFIG_CHECKS: tuple[configuration.Check, ...] = (
+    models.CONFIG_RULES, losses.CONFIG_RULES, CONFIG_RULES, train_step.CONFIG_RULES,
+    sharding.CONFIG_RULES, augment.config_problems)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mrp_jax import configuration as cfg
 from mrp_jax.models import losses
 
 
@@ -35,6 +36,19 @@ class TrainState:
 
 # adamw: AdamW with warmup-cosine; paper: the authors' Adam with L2 decay and ReduceLROnPlateau.
 OPTIMIZERS = ("adamw", "paper")
+
+# The fields of config.train the optimiser and its schedule read.
+CONFIG_RULES: dict[str, cfg.Rule] = {
+    "train.num_steps": cfg.POSITIVE_INT,
+    "train.optimizer": cfg.one_of(*OPTIMIZERS),
+    "train.learning_rate": cfg.POSITIVE,
+    "train.warmup_steps": cfg.COUNT,
+    "train.weight_decay": cfg.NON_NEGATIVE,
+    "train.b1": cfg.UNIT_INTERVAL,
+    "train.b2": cfg.UNIT_INTERVAL,
+    "train.grad_clip_norm": cfg.NON_NEGATIVE,
+}
+
 
 def learning_rate_schedule(train: Mapping[str, Any]) -> optax.Schedule:
   if train["optimizer"] == "paper":

@@ -43,6 +43,7 @@ import csv
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +52,39 @@ import ml_collections
 import numpy as np
 from scipy import special
 
-from input_pipeline import cli, encoding, records
+from input_pipeline import cli, encoding, records, schema
 from input_pipeline.feed import batching, pipeline
 from input_pipeline.records import tfrecord
 from input_pipeline.synthetic import oracle as synthetic_oracle
+from mrp_jax import configuration as cfg
 from mrp_jax import console
 from mrp_jax.core import inference, runs, sharding
 from mrp_jax.evaluation import calibration, cohort, decision_curves, ensemble, report, statistics
+from mrp_jax.evaluation.explain import RANKINGS
 
 # How an operating threshold is chosen on the fit split (or config.evaluate.threshold is a
 # probability): Youden's J per model and phase.
 THRESHOLD_RULES = ("youden",)
+
+# config.evaluate, as the stages below read it.
+CONFIG_RULES: dict[str, cfg.Rule] = {
+    "evaluate.runs": (lambda v: isinstance(v, str), "must be LABEL=WORKDIR,... (a string)"),
+    "evaluate.split": cfg.one_of("validation", "test"),
+    "evaluate.phases": cfg.tuple_of(*schema.PHASE_NAMES),
+    "evaluate.batch_size": cfg.POSITIVE_INT,
+    "evaluate.fit_split": cfg.one_of("train", "validation"),
+    "evaluate.threshold": (lambda v: v in THRESHOLD_RULES or cfg.is_probability(v),
+                           f"must be one of {list(THRESHOLD_RULES)} or a probability in (0, 1)"),
+    "evaluate.bootstrap_replicates": (lambda v: cfg.positive_int(v) and v >= 100,
+                                      "must be an integer >= 100"),
+    "evaluate.readers": (lambda v: v == "" or os.path.isfile(v), "must be '' or an existing CSV"),
+    "evaluate.explain_cases": cfg.COUNT,
+    "evaluate.explain_steps": cfg.POSITIVE_INT,
+    "evaluate.explain_phase": cfg.one_of(*schema.PHASE_NAMES),
+    "evaluate.explain_ranking": cfg.one_of(*RANKINGS),
+    "evaluate.cohort": cfg.one_of(*cohort.COHORTS),
+}
+CONFIG_CHECKS: tuple[cfg.Check, ...] = (cfg.RULES, CONFIG_RULES)
 # Decision-curve direction per phase (the paper's Fig. 5): change therapy for predicted non-pCR
 # before and during NAT; omit surgery for predicted pCR after it.
 DIRECTIONS = {"pre": "therapy", "mid": "therapy", "post": "surgery"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import flax
@@ -11,12 +12,48 @@ import numpy as np
 
 from input_pipeline import schema
 from input_pipeline.feed import batching
-from mrp_jax.models.fusion import ImagingRhpcModel
-from mrp_jax.models.resnet import LAYOUTS, ResNet, resolve_conv_lowering
+from mrp_jax import configuration as cfg
+from mrp_jax.models.fusion import SIAMESE_BATCHING, ImagingRhpcModel
+from mrp_jax.models.resnet import (
+  CONV_LOWERINGS,
+  LAYOUTS,
+  NORMS,
+  REMAT_POLICIES,
+  SHORTCUTS,
+  ResNet,
+  resolve_conv_lowering,
+)
 from mrp_jax.models.rhpc import RhpcEncoder, RhpcModel
 
 # Declared in schema (no JAX there: the input pipeline's worker processes import it).
 MODEL_NAMES, IMAGE_KEYS = schema.MODEL_NAMES, schema.IMAGE_KEYS
+
+# config.model, as create_model and the train job read it.
+CONFIG_RULES: dict[str, cfg.Rule] = {
+    "model.name": cfg.one_of(*MODEL_NAMES),
+    "model.dtype": cfg.one_of("bfloat16", "float32", "float16"),
+    "model.rhpc_embed_dim": cfg.POSITIVE_INT,
+    "model.rhpc_hidden_dim": cfg.POSITIVE_INT,
+    "model.head_dim": cfg.POSITIVE_INT,
+    "model.modality_dropout": cfg.UNIT_INTERVAL,
+    "model.siamese_batching": cfg.one_of(*SIAMESE_BATCHING),
+    "model.rhpc_skip": cfg.BOOLEAN,
+    "model.encoder.layout": cfg.one_of(*LAYOUTS),
+    "model.encoder.stem_kernel": (lambda v: cfg.positive_int(v) and v % 2 == 1,
+                                  "must be an odd positive integer"),
+    "model.encoder.stem_stride": cfg.optional(cfg.POSITIVE_INT),
+    "model.encoder.strides": cfg.optional(cfg.ints(4)),
+    "model.encoder.dilations": cfg.optional(cfg.ints(4)),
+    "model.encoder.shortcut": cfg.one_of(*SHORTCUTS),
+    "model.encoder.norm": cfg.one_of(*NORMS),
+    "model.encoder.width": cfg.POSITIVE_INT,
+    "model.encoder.remat": cfg.one_of("none", *REMAT_POLICIES),
+    "model.encoder.stem_space_to_depth": cfg.BOOLEAN,
+    "model.encoder.conv_lowering": cfg.one_of("auto", *CONV_LOWERINGS),
+    "model.pretrained": cfg.OPTIONAL_FILE,
+    "model.rhpc_init": (lambda v: v == "" or os.path.isfile(os.path.join(v, "config.json")),
+                        "must be '' or a train workdir of an rhpc run (with config.json)"),
+}
 
 
 def encoder_kwargs(encoder: Mapping[str, Any], spatial_dims: int, dtype: str) -> dict[str, Any]:
@@ -73,4 +110,4 @@ def dummy_batch(model_name: str, batch_size: int, mri_shape=(8, 8, 16),
 
 
 __all__ = ["ImagingRhpcModel", "ResNet", "RhpcEncoder", "RhpcModel", "create_model",
-           "dummy_batch", "encoder_kwargs", "MODEL_NAMES", "IMAGE_KEYS"]
+           "dummy_batch", "encoder_kwargs", "CONFIG_RULES", "MODEL_NAMES", "IMAGE_KEYS"]

@@ -15,6 +15,14 @@ import jax.numpy as jnp
 import optax
 
 from input_pipeline import encoding, schema
+from mrp_jax import configuration as cfg
+
+# config.loss: the weights of the terms below.
+CONFIG_RULES: dict[str, cfg.Rule] = {
+    "loss.response_weight": cfg.NON_NEGATIVE,
+    "loss.image_response_weight": cfg.NON_NEGATIVE,
+    **{f"loss.aux_weights.{name}": cfg.NON_NEGATIVE for name in schema.VARIABLE_NAMES},
+}
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -1,0 +1,33 @@
+"""The train job's config checks: the fields the training loop reads (config.train's schedule
+of logs, validations and checkpoints, config.validation, config.data's feed) beside those of
+the state it trains (mrp_jax/core/state.py)."""
+
+from __future__ import annotations
+
+from input_pipeline import schema
+from mrp_jax import configuration as cfg
+from mrp_jax.core import state
+
+# How training images reach the device (config.data.transfer; train.uses_views).
+TRANSFERS = ("auto", "views", "batch")
+
+CONFIG_RULES: dict[str, cfg.Rule] = {
+    "train.batch_size": cfg.POSITIVE_INT,
+    "train.log_every_steps": cfg.POSITIVE_INT,
+    "train.eval_every_steps": cfg.POSITIVE_INT,
+    "train.checkpoint_every_steps": cfg.POSITIVE_INT,
+    "train.keep_checkpoints": cfg.POSITIVE_INT,
+    "train.plateau_patience": cfg.COUNT,
+    "train.plateau_factor": (lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
+                             "must be in (0, 1]"),
+    "validation.batch_size": cfg.POSITIVE_INT,
+    "validation.phases": cfg.tuple_of(*schema.PHASE_NAMES),
+    # Saved with the run: predict resamples new patients' MRI to it.
+    "data.mri_spacing_mm": cfg.positive_numbers(3),
+    "data.shuffle_window": cfg.POSITIVE_INT,
+    "data.workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                     "must be an integer >= 0 (0: read in the training process)"),
+    "data.transfer": cfg.one_of(*TRANSFERS),
+}
+
+CONFIG_CHECKS: tuple[cfg.Check, ...] = (cfg.RULES, *state.CONFIG_CHECKS, CONFIG_RULES)
