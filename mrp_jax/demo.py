@@ -91,7 +91,7 @@ def evaluate_config(config: ml_collections.ConfigDict, records: Path,
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
   """Runs (or resumes) every stage; returns the closing summary's lines (main.py prints them)."""
-  from mrp_jax.evaluation import evaluate, report
+  from mrp_jax.evaluation import evaluate, outputs, report
   from mrp_jax.training import train
 
   stage = console.current("demo").stage
@@ -159,7 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
   if result.get("paper_claims"):  # absent in reports of older versions
     stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {}),
                                 result.get("image_evidence", {})))
-  return [*evaluate.outputs(report_dir),
+  return [*outputs.summary(report_dir),
           f"training curves of the {len(MODELS)} models: tensorboard --logdir {workdir / 'runs'} "
           "(pip install tensorboard)",
           f"records: {options.out}; synthetic export: {export}",

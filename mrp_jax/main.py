@@ -44,9 +44,9 @@ def _train_checks() -> Sequence[configuration.Check]:
 
 
 def _evaluate(config, workdir: Path) -> list[str]:
-  from mrp_jax.evaluation import evaluate
+  from mrp_jax.evaluation import evaluate, outputs
   evaluate.run(config, workdir)
-  return evaluate.outputs(workdir / "report")
+  return outputs.summary(workdir / "report")
 
 
 def _evaluate_checks() -> Sequence[configuration.Check]:

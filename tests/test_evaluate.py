@@ -11,7 +11,18 @@ import pytest
 from configs import evaluate as evaluate_config
 from input_pipeline import encoding, schema
 from mrp_jax import configuration
-from mrp_jax.evaluation import calibration, cohort, ensemble, evaluate, statistics
+from mrp_jax.evaluation import (
+    calibration,
+    claims,
+    cohort,
+    ensemble,
+    evaluate,
+    evidence,
+    readers,
+    scores,
+    statistics,
+)
+from mrp_jax.evaluation.scores import Bootstrap, Scores
 
 PHASES = ("pre", "mid", "post")
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
@@ -216,13 +227,13 @@ def test_readers_mean_row_is_the_mean_of_the_readers(report):
   folder, _, _ = report
   rows = [r for r in _predictions(folder) if r["phase"] == "pre"]
   by = {(r["model"], r["patient_id"]): float(r["probability"]) for r in rows}
-  mean = {pid: p for (model, pid), p in by.items() if model == evaluate.READERS_MEAN}
+  mean = {pid: p for (model, pid), p in by.items() if model == readers.READERS_MEAN}
   assert mean
   for pid, p in mean.items():
     assert p == pytest.approx((by[("Reader A", pid)] + by[("Reader B", pid)]) / 2, abs=1e-6)
   metrics = json.loads((folder / "metrics.json").read_text())
-  assert metrics["readers"] == ["Reader A", "Reader B", evaluate.READERS_MEAN]
-  assert set(metrics["models"][evaluate.READERS_MEAN]) == {"pre"}  # readers read Pre-NAT only
+  assert metrics["readers"] == ["Reader A", "Reader B", readers.READERS_MEAN]
+  assert set(metrics["models"][readers.READERS_MEAN]) == {"pre"}  # readers read Pre-NAT only
 
 
 def test_complete_cohort_is_the_same_patients_at_every_phase():
@@ -240,15 +251,14 @@ def test_complete_cohort_is_the_same_patients_at_every_phase():
   # Each phase's population as inference gives it (Mid: patients with Mid MRI).
   ids = {"pre": ["P1", "P2", "P3", "P4"], "mid": ["P1", "P2", "P3"], "post": ["P1", "P2", "P3",
                                                                                 "P4"]}
-  scores = {(model, "test", phase): (np.asarray(ids[phase]),
-                                     np.asarray([table[i]["label"] for i in ids[phase]]),
-                                     np.linspace(0, 1, len(ids[phase])))
-            for model in ("rhpc", "MRP") for phase in PHASES}
-  reported = evaluate.reported_scores(scores, "test", reported_cohort)
-  assert {tuple(v[0]) for v in reported.values()} == {("P1", "P2")}
-  per_phase = evaluate.reported_scores(
-      scores, "test", cohort.reported_cohort(table, "test", "per_phase"))
-  assert [len(per_phase[("rhpc", p)][0]) for p in PHASES] == [4, 3, 4]
+  every = {scores.Key(model, "test", phase): Scores(
+      np.asarray(ids[phase]), np.asarray([table[i]["label"] for i in ids[phase]]),
+      np.linspace(0, 1, len(ids[phase]))) for model in ("rhpc", "MRP") for phase in PHASES}
+  reported = scores.reported_scores(every, "test", reported_cohort)
+  assert {tuple(v.ids) for v in reported.values()} == {("P1", "P2")}
+  per_phase = scores.reported_scores(
+      every, "test", cohort.reported_cohort(table, "test", "per_phase"))
+  assert [len(per_phase[("rhpc", p)]) for p in PHASES] == [4, 3, 4]
   # Without a complete patient of each label the per-phase populations are kept, and said so.
   del table["P1"]
   fallback = cohort.reported_cohort(table, "test", "complete")
@@ -315,11 +325,11 @@ def test_paper_claims_pair_patients_by_id():
   good = y + rng.normal(0, 0.6, n)  # AUROC ~0.87
   weak = y + rng.normal(0, 2.0, n)  # AUROC ~0.64
   post = rng.permutation(n)[:90]  # a subset of the patients, in another order
-  scores = {("rhpc", "pre"): (ids, y, weak),
-            ("iMRrhpc", "pre"): (ids, y, weak + 0.01 * good),
-            ("iMRrhpc", "post"): (ids[post], y[post], good[post])}
-  paper = evaluate.paper_claims(scores, ("pre", "post"),
-                                {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, None, 200, 0)
+  reported = {("rhpc", "pre"): Scores(ids, y, weak),
+              ("iMRrhpc", "pre"): Scores(ids, y, weak + 0.01 * good),
+              ("iMRrhpc", "post"): Scores(ids[post], y[post], good[post])}
+  paper = claims.paper_claims(reported, ("pre", "post"),
+                              {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, None, Bootstrap(200, 0))
   by_claim = {c["claim"]: c for c in paper["claims"]}
   assert set(by_claim) == {"iMRrhpc > rhpc", "iMRrhpc Post-NAT >= Pre-NAT"}
   later = by_claim["iMRrhpc Post-NAT >= Pre-NAT"]
@@ -327,9 +337,9 @@ def test_paper_claims_pair_patients_by_id():
   pre_of_post = (weak + 0.01 * good)[post]
   assert later["auroc_b"] == pytest.approx(statistics.auroc(y[post], pre_of_post))
   # Swapping the roles turns the claim false.
-  scores[("iMRrhpc", "post")] = (ids[post], y[post], -good[post])
-  flipped = evaluate.paper_claims(scores, ("pre", "post"),
-                                  {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, None, 200, 0)
+  reported[("iMRrhpc", "post")] = Scores(ids[post], y[post], -good[post])
+  flipped = claims.paper_claims(reported, ("pre", "post"),
+                                {"rhpc": "rhpc", "iMRrhpc": "iMRrhpc"}, None, Bootstrap(200, 0))
   assert not flipped["claims"][-1]["holds"]
 
 
@@ -341,12 +351,12 @@ def test_mrp_claims_cannot_hold_by_construction():
   rhpc = y + rng.normal(0, 2.0, n)
   img = y + rng.normal(0, 1.5, n)
   imr = y + rng.normal(0, 1.0, n)
-  scores = {(m, "pre"): (ids, y, p) for m, p in
-            (("rhpc", rhpc), ("iMGrhpc", img), ("iMRrhpc", imr), ("MRP", imr))}
+  reported = {(m, "pre"): Scores(ids, y, p) for m, p in
+              (("rhpc", rhpc), ("iMGrhpc", img), ("iMRrhpc", imr), ("MRP", imr))}
   members = {"rhpc": "rhpc", "iMGrhpc": "iMGrhpc", "iMRrhpc": "iMRrhpc"}
   weights = ensemble.EnsembleWeights(w_mg=0.0, w_mr=1.0, objective="test", grid_step=0.05,
                                      validation_auroc=0.5)
-  paper = evaluate.paper_claims(scores, ("pre",), members, weights, 200, 0)
+  paper = claims.paper_claims(reported, ("pre",), members, weights, Bootstrap(200, 0))
   by_claim = {c["claim"]: c for c in paper["claims"]}
   assert "weight 0" in paper["degenerate_weights"]
   assert by_claim["MRP > iMRrhpc"]["difference"]["value"] == 0  # MRP is iMRrhpc
@@ -357,8 +367,8 @@ def test_mrp_claims_cannot_hold_by_construction():
   # With both parts weighted, the same claims are judged on their values.
   weights = ensemble.EnsembleWeights(w_mg=0.4, w_mr=0.6, objective="test", grid_step=0.05,
                                      validation_auroc=0.5)
-  scores[("MRP", "pre")] = (ids, y, 0.4 * img + 0.6 * imr + 0.5 * y)
-  paper = evaluate.paper_claims(scores, ("pre",), members, weights, 200, 0)
+  reported[("MRP", "pre")] = Scores(ids, y, 0.4 * img + 0.6 * imr + 0.5 * y)
+  paper = claims.paper_claims(reported, ("pre",), members, weights, Bootstrap(200, 0))
   assert paper["degenerate_weights"] is None and paper["held"] == paper["total"] == 5
   assert paper["ordering"]["pre"]["order"] == ["rhpc", "iMGrhpc", "iMRrhpc", "MRP"]
   assert paper["ordering"]["pre"]["paper"]
@@ -386,11 +396,18 @@ def test_image_encoders_are_scored_alone_against_what_the_image_tells():
       run_predictions(None), image_present=None),
                  ("iMGrhpc", "test", "pre"): run_predictions(sigmoid(found))}
   order = rng.permutation(n)  # the oracle's rows in another order
-  reported = {("oracle rhpc", "pre"): (ids[order], y[order], sigmoid(table[order])),
-              ("oracle iMGrhpc", "pre"): (ids, y, sigmoid(table + image_truth))}
-  everyone = cohort.Cohort(kind="per_phase", patients=None, images=())
-  rows = evaluate.image_evidence(predictions, everyone, reported, "test", ("pre",),
-                                 {"rhpc": "rhpc", "iMGrhpc": "iMGrhpc"}, 200, 0)["pre"]
+  reported = {("oracle rhpc", "pre"): Scores(ids[order], y[order], sigmoid(table[order])),
+              ("oracle iMGrhpc", "pre"): Scores(ids, y, sigmoid(table + image_truth))}
+
+  def scored(reported, members):
+    return scores.Scored(
+        split="test", fit_split="validation", phases=("pre",), patients={},
+        cohort=cohort.Cohort(kind="per_phase", patients=None, images=()),
+        predictions=predictions, calibration={}, scores={}, reported=reported,
+        members=members, weights=None, model_labels=list(members), reader_labels=[],
+        bootstrap=Bootstrap(200, 0))
+
+  rows = evidence.image_evidence(scored(reported, {"rhpc": "rhpc", "iMGrhpc": "iMGrhpc"}))["pre"]
   assert len(rows) == 1  # rhpc has no image
   row = rows[0]
   assert row["model"] == "iMGrhpc" and row["image"] == "mammogram"
@@ -401,8 +418,7 @@ def test_image_encoders_are_scored_alone_against_what_the_image_tells():
   assert row["gap"]["value"] == pytest.approx(row["auroc"] - row["auroc_oracle_evidence"])
   assert row["gap"]["ci_high"] < 0  # the encoder finds less than the image holds
   # Real data (no oracle rows): the image-only AUROC alone.
-  rows = evaluate.image_evidence(predictions, everyone, {}, "test", ("pre",),
-                                 {"iMGrhpc": "iMGrhpc"}, 200, 0)["pre"]
+  rows = evidence.image_evidence(scored({}, {"iMGrhpc": "iMGrhpc"}))["pre"]
   assert "auroc_oracle_evidence" not in rows[0] and rows[0]["n"] == present.sum()
 
 

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mrp_jax.evaluation import statistics
+from mrp_jax.evaluation.scores import Cell, Scores
 
 _PHASE_TITLES = {"pre": "Pre-NAT", "mid": "Mid-NAT", "post": "Post-NAT"}
 _BAND_REPLICATES = 200
@@ -89,14 +90,15 @@ def claims_summary(paper: dict[str, Any], gaps: dict[str, list[dict[str, Any]]],
   return "\n".join(lines)
 
 
-def _curves_figure(path: Path, reported, phase: str, labels: list[str], kind: str) -> None:
+def _curves_figure(path: Path, reported: dict[Cell, Scores], phase: str, labels: list[str],
+                   kind: str) -> None:
   fig, ax = plt.subplots(figsize=(5, 5))
   for label in labels:
     if (label, phase) not in reported:
       continue
-    _, y, p = reported[(label, phase)]
+    s = reported[(label, phase)]
     band_fn = statistics.roc_band if kind == "roc" else statistics.pr_band
-    band = band_fn(y, p, replicates=_BAND_REPLICATES, stratified=True)
+    band = band_fn(s.labels, s.probability, replicates=_BAND_REPLICATES, stratified=True)
     line, = ax.plot(band.grid, band.value, label=label)
     ax.fill_between(band.grid, band.low, band.high, color=line.get_color(), alpha=0.15)
   if kind == "roc":
@@ -248,9 +250,10 @@ def _odds_table(lines: list[str], odds: dict[str, Any]) -> None:
                    f"({100 * row['pcr_rate']:.1f}) | {_num(row['odds_ratio'], 2)}{ci} | {p} |")
 
 
-def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any], reported) -> None:
-  """Writes report.md and the figures into ``out_dir``; ``reported``: (label, phase) -> the
-  reported cohort's (ids, labels, probabilities)."""
+def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any],
+          reported: dict[Cell, Scores]) -> None:
+  """Writes report.md and the figures into ``out_dir``; ``reported``: the reported cohort's
+  scores of each label and phase."""
   phases = result["phases"]
   labels = list(result["models"])
   for phase in phases:

@@ -1,0 +1,122 @@
+"""Stages 1-3 of the evaluation: every run's predictions, their calibration, MRP's scores, and
+for a synthetic export the oracles' scores."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from input_pipeline import cli
+from input_pipeline.feed import pipeline
+from input_pipeline.synthetic import oracle as synthetic_oracle
+from mrp_jax import console
+from mrp_jax.core import inference, runs
+from mrp_jax.evaluation import calibration, ensemble
+from mrp_jax.evaluation.scores import Key, Scores
+
+
+def predict_splits(loaded: list[runs.Run], records_dir: Path, splits: tuple[str, ...],
+                   phases: tuple[str, ...], batch_size: int, mesh
+                   ) -> dict[Key, inference.Predictions]:
+  """Every eligible patient's prediction by every run, per split and phase."""
+  predictions = {}
+  bar = cli.progress(total=len(loaded) * len(splits) * len(phases),
+                     desc="predict (run x split x phase)", unit="set")
+  for run_ in loaded:
+    for split in splits:
+      paths = pipeline.split_paths(records_dir, split)
+      for phase in phases:
+        predictions[Key(run_.label, split, phase)] = inference.predict(
+            run_.eval_step, run_.state, mesh, paths, model_name=run_.model_name, phase=phase,
+            batch_size=batch_size)
+        bar.update(1)
+  bar.close()
+  for split in splits:
+    counts = []
+    for phase in phases:
+      n = sorted({len(predictions[Key(r.label, split, phase)].label) for r in loaded})
+      counts.append(f"{phase} {n[0]}" + (f"-{n[-1]}" if len(n) > 1 else ""))
+    console.current("evaluate").stage(f"predicted {split} with {len(loaded)} runs: patients "
+                                      f"per phase {', '.join(counts)}")
+  return predictions
+
+
+def calibrate(predictions: dict[Key, inference.Predictions], fit_split: str,
+              phases: tuple[str, ...]) -> dict[str, dict[str, calibration.PlattMap]]:
+  """run label -> phase -> the Platt map fitted on the fit split's logits."""
+  maps: dict[str, dict[str, calibration.PlattMap]] = collections.defaultdict(dict)
+  for key, p in predictions.items():
+    if key.split == fit_split and key.phase in phases:
+      maps[key.label][key.phase] = calibration.fit_platt(p.label, p.logit)
+  return dict(maps)
+
+
+def calibrated(predictions: dict[Key, inference.Predictions],
+               maps: dict[str, dict[str, calibration.PlattMap]]) -> dict[Key, Scores]:
+  """Every prediction's calibrated scores (the Platt map of its run and phase)."""
+  return {key: Scores(p.patient_ids, p.label, maps[key.label][key.phase](p.logit))
+          for key, p in predictions.items()}
+
+
+def mrp_members(loaded: list[runs.Run]) -> dict[str, str]:
+  """Model name -> the run label MRP uses: the run labelled with the model's name, else the
+  first run of that model (ablations such as 'iMRrhpc no time' are reported beside)."""
+  by_model: dict[str, str] = {}
+  for r in loaded:
+    if r.label == r.model_name or r.model_name not in by_model:
+      by_model[r.model_name] = r.label
+  return by_model
+
+
+def add_mrp(scores: dict[Key, Scores], predictions: dict[Key, inference.Predictions],
+            members: dict[str, str], fit_split: str) -> ensemble.EnsembleWeights | None:
+  """Fits the MRP weights on the fit split's calibrated probabilities and adds MRP's scores
+  for every split and phase the runs predicted; None without both an iMGrhpc and an iMRrhpc
+  run."""
+  if "iMGrhpc" not in members or "iMRrhpc" not in members:
+    return None
+  mg, mr = members["iMGrhpc"], members["iMRrhpc"]
+  splits = tuple(dict.fromkeys(key.split for key in predictions))
+  phases = tuple(dict.fromkeys(key.phase for key in predictions))
+
+  def arrays(split, phase):
+    a, b = predictions[Key(mg, split, phase)], predictions[Key(mr, split, phase)]
+    if not np.array_equal(a.patient_ids, b.patient_ids):
+      raise RuntimeError(f"{split} {phase}: iMGrhpc and iMRrhpc saw different patients")
+    return {"label": a.label, "p_mg": scores[Key(mg, split, phase)].probability,
+            "p_mr": scores[Key(mr, split, phase)].probability, "mg_present": a.image_present,
+            "mr_present": b.image_present}
+
+  weights = ensemble.fit([arrays(fit_split, phase) for phase in phases])
+  for split, phase in itertools.product(splits, phases):
+    a = arrays(split, phase)
+    scores[Key("MRP", split, phase)] = Scores(
+        predictions[Key(mg, split, phase)].patient_ids, a["label"],
+        ensemble.combine(weights, a["p_mg"], a["p_mr"], a["mg_present"], a["mr_present"]))
+  return weights
+
+
+def add_oracle(scores: dict[Key, Scores], records_dir: Path,
+               predictions: dict[Key, inference.Predictions]) -> list[str]:
+  """For records of a synthetic export: adds each model's Bayes-optimal probability
+  ('oracle rhpc', ... 'oracle MRP'; input_pipeline/synthetic/oracle.py) for the patients the
+  runs predicted, per split and phase. Returns the labels added (none for real data)."""
+  truth = synthetic_oracle.read(records_dir)
+  if truth is None:
+    return []
+  splits = tuple(dict.fromkeys(key.split for key in predictions))
+  phases = tuple(dict.fromkeys(key.phase for key in predictions))
+  labels = []
+  for model in synthetic_oracle.MODELS:
+    label = f"oracle {model}"
+    for split, phase in itertools.product(splits, phases):
+      ids, y = next((p.patient_ids, p.label) for key, p in sorted(predictions.items())
+                    if key.split == split and key.phase == phase)
+      known = np.asarray([phase in truth.get(i, {}).get(model, {}) for i in ids], bool)
+      scores[Key(label, split, phase)] = Scores(
+          ids[known], y[known], np.asarray([truth[i][model][phase] for i in ids[known]]))
+    labels.append(label)
+  return labels
