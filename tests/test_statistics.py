@@ -10,6 +10,7 @@ from numerics import gamma
 from scipy import stats as scipy_stats
 from sklearn import metrics as skm
 
+from mrp_jax.evaluation import calibration, delong, subgroups
 from mrp_jax.evaluation import statistics as st
 
 UNIT_ROUNDOFF64 = float(np.finfo(np.float64).eps) / 2
@@ -233,7 +234,7 @@ def test_delong_matches_brute_force_with_ties(seed):
   y, a = _data(seed, n=50 + 10 * seed)
   rng = np.random.default_rng(seed + 10)
   b = np.round(np.clip(a + rng.normal(0, 0.2, a.size), 0, 1), 1)
-  result = st.delong_test(y, a, b)
+  result = delong.delong_test(y, a, b)
   aucs, cov = _delong_brute_force(y, [a, b])
   variance = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
   z = (aucs[0] - aucs[1]) / np.sqrt(variance)
@@ -243,7 +244,7 @@ def test_delong_matches_brute_force_with_ties(seed):
   assert result.covariance == pytest.approx(cov[0, 1], abs=1e-10)
   assert result.z == pytest.approx(z, abs=1e-8)
   assert result.p_value == pytest.approx(2 * scipy_stats.norm.sf(abs(z)), abs=1e-10)
-  interval = st.delong_interval(y, a)
+  interval = delong.delong_interval(y, a)
   assert interval.variance == pytest.approx(cov[0, 0], abs=1e-10)
   half = 1.959963984540054 * np.sqrt(cov[0, 0])
   assert (interval.ci_low, interval.ci_high) == pytest.approx(
@@ -252,14 +253,14 @@ def test_delong_matches_brute_force_with_ties(seed):
 
 def test_delong_identical_scores_give_p_one_and_separation_is_significant():
   y, a = _data(11)
-  same = st.delong_test(y, a, a)
+  same = delong.delong_test(y, a, a)
   assert (same.difference, same.z, same.p_value) == (0.0, 0.0, 1.0)
   rng = np.random.default_rng(0)
   y = np.r_[np.ones(60), np.zeros(60)].astype(int)
   good = y + rng.normal(0, 0.5, 120)
   useless = rng.normal(0, 1, 120)
-  assert st.delong_test(y, good, useless).p_value < 1e-6
-  assert np.isnan(st.delong_test([1, 0, 0], [0.3, 0.2, 0.1], [0.1, 0.2, 0.3]).p_value)
+  assert delong.delong_test(y, good, useless).p_value < 1e-6
+  assert np.isnan(delong.delong_test([1, 0, 0], [0.3, 0.2, 0.1], [0.1, 0.2, 0.3]).p_value)
 
 
 # ---------------------------------------------------------------- subgroups, odds ratios
@@ -267,7 +268,7 @@ def test_delong_identical_scores_give_p_one_and_separation_is_significant():
 def test_odds_ratios_by_hand_and_fisher():
   groups = ["ER+/HER2-"] * 50 + ["ER-/HER2+"] * 20 + ["TNBC"] * 10 + ["lobular"] * 5 + [None] * 4
   y = [1] * 5 + [0] * 45 + [1] * 12 + [0] * 8 + [1] * 5 + [0] * 5 + [0] * 5 + [1, 0, 0, 0]
-  table = st.odds_ratios(y, groups)
+  table = subgroups.odds_ratios(y, groups)
   assert list(table) == ["ER+/HER2-", "ER-/HER2+", "TNBC", "lobular", "Unknown"]
   reference = table["ER+/HER2-"]
   assert reference.odds_ratio == 1.0 and np.isnan(reference.p_value) and reference.n_pcr == 5
@@ -286,17 +287,17 @@ def test_odds_ratios_by_hand_and_fisher():
   assert lobular.haldane and lobular.odds_ratio == pytest.approx(0.5 * 45.5 / (5.5 * 5.5))
   assert lobular.p_value == pytest.approx(scipy_stats.fisher_exact([[0, 5], [5, 45]]).pvalue)
   # Another reference flips the ratio.
-  flipped = st.odds_ratios(y, groups, reference="ER-/HER2+")["ER+/HER2-"]
+  flipped = subgroups.odds_ratios(y, groups, reference="ER-/HER2+")["ER+/HER2-"]
   assert flipped.odds_ratio == pytest.approx(1 / 13.5)
   with pytest.raises(ValueError, match="not among"):
-    st.odds_ratios(y, groups, reference="HR+")
+    subgroups.odds_ratios(y, groups, reference="HR+")
 
 
 def test_subgroup_metrics_equal_the_metrics_of_each_subset():
   y, score = _data(12, n=90, decimals=2)
   groups = np.array(["luminal"] * 50 + ["her2"] * 30 + ["tnbc"] * 10, dtype=object)
   groups[-2:] = np.nan  # missing becomes Unknown
-  table = st.subgroup_metrics(y, score, groups, 0.5, replicates=200, seed=0)
+  table = subgroups.subgroup_metrics(y, score, groups, 0.5, replicates=200, seed=0)
   assert list(table) == ["luminal", "her2", "tnbc", "Unknown"]
   her2 = slice(50, 80)
   assert table["her2"]["n"] == 30 and table["her2"]["n_pcr"] == int(y[her2].sum())
@@ -314,7 +315,7 @@ def test_metric_table_auprc_is_the_average_precision():
 
 def test_missing_categories_include_pandas_na():
   pandas = pytest.importorskip("pandas")
-  labels = st.category_labels(pandas.Series(["a", None, pandas.NA, np.nan, " ", "b"],
+  labels = subgroups.category_labels(pandas.Series(["a", None, pandas.NA, np.nan, " ", "b"],
                                             dtype=object))
   assert labels.tolist() == ["a", "Unknown", "Unknown", "Unknown", "Unknown", "b"]
 
@@ -390,7 +391,7 @@ def test_brier_score_matches_scikit_learn_and_its_replicates():
 def test_calibration_curve_matches_scikit_learn_and_its_replicates():
   from sklearn.calibration import calibration_curve
   y, p = _data(22, n=120, decimals=None)  # continuous: no probability on a bin edge
-  curve = st.calibration_curve(y, p, bins=10, replicates=100, seed=1)
+  curve = calibration.calibration_curve(y, p, bins=10, replicates=100, seed=1)
   observed, predicted = calibration_curve(y, p, n_bins=10, strategy="uniform")
   filled = curve.count > 0
   tolerance = _mean_tolerance(120)

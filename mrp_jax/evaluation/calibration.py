@@ -1,4 +1,5 @@
-"""Platt scaling: each model's pCR probability as a calibrated risk, fitted on the fit split.
+"""Platt scaling: each model's pCR probability as a calibrated risk, fitted on the fit split;
+and reliability diagrams (:func:`calibration_curve`), which show how calibrated it is.
 
 The decision curves, every threshold and the MRP ensemble read a model's output as the risk of
 pCR, but a fused model trained with weighted losses and modality dropout need not be calibrated:
@@ -30,6 +31,14 @@ from typing import Any, Mapping
 
 import numpy as np
 from scipy import optimize, special
+
+from mrp_jax.evaluation.statistics import (
+    PERCENTILES,
+    bootstrap_indices,
+    check_predictions,
+    divide,
+    multiplicities,
+)
 
 # Smallest slope allowed: a model that ranks the fit split backwards gets the flattest
 # increasing map instead of a decreasing one (its ranking, and so its AUROC, is kept).
@@ -115,3 +124,57 @@ def load(path: str | Path) -> dict[str, dict[str, PlattMap]]:
     raise ValueError(f"{path}: not a calibration file of method {METHOD!r}")
   return {label: {phase: PlattMap(**m) for phase, m in phases.items()}
           for label, phases in data["maps"].items()}
+
+
+# ---------------------------------------------------------------- reliability diagrams
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationCurve:
+  """Observed pCR rate against predicted probability in equal-width bins, for a reliability
+  diagram, with bootstrap percentile 95% bands.
+
+  Attributes:
+    edges: [B + 1] bin edges on [0, 1] (a case falls in [e_k, e_k+1), the last bin closed).
+    count: [B] cases per bin.
+    predicted: [B] mean predicted probability of the bin's cases (NaN for an empty bin).
+    observed: [B] share of pCR among them (NaN for an empty bin).
+    low, high: [B] 2.5th / 97.5th percentiles of the observed share over the replicates in
+      which the bin holds a case; NaN where fewer than half the replicates do.
+    replicates: bootstrap replicates drawn.
+  """
+  edges: np.ndarray
+  count: np.ndarray
+  predicted: np.ndarray
+  observed: np.ndarray
+  low: np.ndarray
+  high: np.ndarray
+  replicates: int
+
+  def as_dict(self) -> dict[str, Any]:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for k, v in dataclasses.asdict(self).items()}
+
+
+def calibration_curve(y_true: Any, probability: Any, *, bins: int = 10, replicates: int = 1000,
+                      seed: int = 0, stratified: bool = False) -> CalibrationCurve:
+  """The reliability diagram of probabilities of pCR in ``bins`` equal-width bins (see
+  :class:`CalibrationCurve`); a calibrated model lies on the diagonal."""
+  y, p = check_predictions(y_true, probability)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  member = np.zeros((y.size, bins))
+  member[np.arange(y.size), np.clip(np.searchsorted(edges, p, side="right") - 1, 0,
+                                    bins - 1)] = 1.0
+  count = member.sum(0)
+  predicted = divide(p @ member, count)
+  observed = divide(y @ member, count)
+  weights = multiplicities(bootstrap_indices(y, replicates, seed, stratified), y.size)
+  counts = weights @ member  # [R, B]
+  shares = divide(weights @ (member * y[:, None]), counts)
+  low = high = np.full(bins, np.nan)
+  if replicates:
+    enough = np.isfinite(shares).sum(0) >= math.ceil(replicates / 2)
+    with np.errstate(all="ignore"):
+      bounds = np.nanpercentile(np.where(enough, shares, 0.0), PERCENTILES, axis=0)
+    low, high = (np.where(enough, bound, np.nan) for bound in bounds)
+  return CalibrationCurve(edges, count.astype(int), predicted, observed, low, high,
+                          int(replicates))

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mrp_jax.evaluation import ensemble, statistics
+from mrp_jax.evaluation import delong, ensemble, statistics
 from mrp_jax.evaluation.scores import Bootstrap, Cell, Scores, paired
 
 # The paper's comparisons per phase (cohort A): each image model above rhpc, MRP above each of
@@ -34,7 +34,7 @@ def compare(claim: str, phase: str, a: Side, b: Side, bootstrap: Bootstrap) -> d
   return {"claim": claim, "phase": phase, "a": a.name, "b": b.name, "n": int(len(y)),
           "auroc_a": statistics.auroc(y, pa), "auroc_b": statistics.auroc(y, pb),
           "difference": difference.as_dict(),
-          "p_value": statistics.delong_test(y, pa, pb).p_value,
+          "p_value": delong.delong_test(y, pa, pb).p_value,
           "holds": bool(np.isfinite(value) and value > 0),
           "ci_above_zero": bool(np.isfinite(low) and low > 0)}
 

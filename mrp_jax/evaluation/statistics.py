@@ -21,16 +21,17 @@ warning for some of these.)
   (recall 0, precision 1), as ``auc(recall, precision)`` over ``precision_recall_curve``).
 * 95% CIs: bootstrap percentile intervals (Carpenter & Bithell 2000), 1000 seeded replicates by
   default, optionally stratified by class.
-* Brier score and reliability diagrams (calibration curves) with bootstrap bands.
-* DeLong's test and CI for correlated AUROCs (fast midrank algorithm of Sun & Xu 2014).
-* Subgroup tables and disproportionality odds ratios of pCR (Woolf CI, Fisher's exact p).
+* Brier score with its bootstrap CI; ROC and PR curves with bootstrap bands (for plots).
+
+Beside it: delong.py (DeLong's test and CI for correlated AUROCs), subgroups.py (subgroup
+tables and odds ratios of pCR) and calibration.py (reliability diagrams).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -39,7 +40,7 @@ METRICS = ("auroc", "auprc_average_precision", "auprc_trapezoidal", "sensitivity
            "specificity", "ppv", "npv")
 _THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv")
 PERCENTILES = (2.5, 97.5)  # the 95% percentile interval
-_Z95 = float(scipy_stats.norm.ppf(0.975))
+Z95 = float(scipy_stats.norm.ppf(0.975))
 INTERVAL = "bootstrap percentile 95% (Carpenter & Bithell 2000)"
 
 
@@ -59,7 +60,7 @@ def check_predictions(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
   return y.astype(bool), s
 
 
-def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
   """num / den, NaN where den is 0 (an undefined rate, not an error)."""
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
@@ -105,7 +106,7 @@ def _metrics(c: _GroupCounts, threshold: float | None) -> dict[str, np.ndarray]:
   recall_prev = np.pad(recall, ((0, 0), (1, 0)))[:, :-1]
   precision_prev = np.pad(precision, ((0, 0), (1, 0)), constant_values=1.0)[:, :-1]
   out = {
-      "auroc": _divide(u, m * n),
+      "auroc": divide(u, m * n),
       "auprc_average_precision": (c.pos * precision).sum(1) / np.maximum(m, 1),
       "auprc_trapezoidal": ((recall - recall_prev) * (precision + precision_prev) / 2).sum(1),
   }
@@ -121,8 +122,8 @@ def _confusion_rates(c: _GroupCounts, threshold: float) -> dict[str, np.ndarray]
   predicted = c.scores >= threshold
   tp, fp = c.pos @ predicted, c.neg @ predicted
   fn, tn = c.pos.sum(1) - tp, c.neg.sum(1) - fp
-  rates = {"sensitivity": _divide(tp, tp + fn), "specificity": _divide(tn, tn + fp),
-           "ppv": _divide(tp, tp + fp), "npv": _divide(tn, tn + fn)}
+  rates = {"sensitivity": divide(tp, tp + fn), "specificity": divide(tn, tn + fp),
+           "ppv": divide(tp, tp + fp), "npv": divide(tn, tn + fn)}
   if math.isnan(threshold):  # e.g. Youden's J on a one-class validation set
     rates = {k: np.full_like(v, np.nan) for k, v in rates.items()}
   return dict(rates, tp=tp, fp=fp, tn=tn, fn=fn)
@@ -173,7 +174,7 @@ def roc_curve(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarr
   y, s = check_predictions(y_true, score)
   c = _group_counts(y, s, np.ones((1, y.size)))
   tp, fp = np.r_[0.0, np.cumsum(c.pos[0])], np.r_[0.0, np.cumsum(c.neg[0])]
-  return _divide(fp, np.full_like(fp, fp[-1])), _divide(tp, np.full_like(tp, tp[-1])), np.r_[
+  return divide(fp, np.full_like(fp, fp[-1])), divide(tp, np.full_like(tp, tp[-1])), np.r_[
       np.inf, c.scores]
 
 
@@ -184,7 +185,7 @@ def pr_curve(y_true: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarra
   y, s = check_predictions(y_true, score)
   c = _group_counts(y, s, np.ones((1, y.size)))
   tp, fp = np.cumsum(c.pos[0]), np.cumsum(c.neg[0])
-  recall = _divide(tp, np.full_like(tp, tp[-1] if tp.size else 0.0))
+  recall = divide(tp, np.full_like(tp, tp[-1] if tp.size else 0.0))
   return np.r_[(tp / (tp + fp))[::-1], 1.0], np.r_[recall[::-1], 0.0], c.scores[::-1]
 
 
@@ -456,218 +457,3 @@ def brier_score(y_true: Any, probability: Any, *, replicates: int = 1000, seed: 
   values = weights @ squared / y.size
   return percentile_estimate(float(squared.mean()), values, y.size,
                              _min_valid(replicates, min_valid))
-
-
-@dataclasses.dataclass(frozen=True)
-class CalibrationCurve:
-  """Observed pCR rate against predicted probability in equal-width bins, for a reliability
-  diagram, with bootstrap percentile 95% bands.
-
-  Attributes:
-    edges: [B + 1] bin edges on [0, 1] (a case falls in [e_k, e_k+1), the last bin closed).
-    count: [B] cases per bin.
-    predicted: [B] mean predicted probability of the bin's cases (NaN for an empty bin).
-    observed: [B] share of pCR among them (NaN for an empty bin).
-    low, high: [B] 2.5th / 97.5th percentiles of the observed share over the replicates in
-      which the bin holds a case; NaN where fewer than half the replicates do.
-    replicates: bootstrap replicates drawn.
-  """
-  edges: np.ndarray
-  count: np.ndarray
-  predicted: np.ndarray
-  observed: np.ndarray
-  low: np.ndarray
-  high: np.ndarray
-  replicates: int
-
-  def as_dict(self) -> dict[str, Any]:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-            for k, v in dataclasses.asdict(self).items()}
-
-
-def calibration_curve(y_true: Any, probability: Any, *, bins: int = 10, replicates: int = 1000,
-                      seed: int = 0, stratified: bool = False) -> CalibrationCurve:
-  """The reliability diagram of probabilities of pCR in ``bins`` equal-width bins (see
-  :class:`CalibrationCurve`); a calibrated model lies on the diagonal."""
-  y, p = check_predictions(y_true, probability)
-  edges = np.linspace(0.0, 1.0, bins + 1)
-  member = np.zeros((y.size, bins))
-  member[np.arange(y.size), np.clip(np.searchsorted(edges, p, side="right") - 1, 0,
-                                    bins - 1)] = 1.0
-  count = member.sum(0)
-  predicted = _divide(p @ member, count)
-  observed = _divide(y @ member, count)
-  weights = multiplicities(bootstrap_indices(y, replicates, seed, stratified), y.size)
-  counts = weights @ member  # [R, B]
-  shares = _divide(weights @ (member * y[:, None]), counts)
-  low = high = np.full(bins, np.nan)
-  if replicates:
-    enough = np.isfinite(shares).sum(0) >= math.ceil(replicates / 2)
-    with np.errstate(all="ignore"):
-      bounds = np.nanpercentile(np.where(enough, shares, 0.0), PERCENTILES, axis=0)
-    low, high = (np.where(enough, bound, np.nan) for bound in bounds)
-  return CalibrationCurve(edges, count.astype(int), predicted, observed, low, high,
-                          int(replicates))
-
-
-# ---------------------------------------------------------------- DeLong
-
-@dataclasses.dataclass(frozen=True)
-class DeLongTest:
-  """Two correlated AUROCs on the same cases: difference = auc_a - auc_b, variance = Var(diff),
-  z = difference / sqrt(variance), p_value two-sided under the standard normal."""
-  auc_a: float
-  auc_b: float
-  difference: float
-  variance: float
-  covariance: float  # Cov(auc_a, auc_b)
-  z: float
-  p_value: float
-
-
-@dataclasses.dataclass(frozen=True)
-class DeLongInterval:
-  """One AUROC with its DeLong variance and normal 95% CI auc +- 1.96 sqrt(var), clipped to
-  [0, 1]."""
-  auc: float
-  variance: float
-  ci_low: float
-  ci_high: float
-  n: int
-
-
-def delong_covariance(y_true: Any, scores: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-  """AUROCs [K] of K score vectors [N] and their DeLong covariance S [K, K] (Sun & Xu 2014).
-
-  With midranks Tz over all cases, Tx among the m pCR, Ty among the n non-pCR:
-  AUC = sum(Tz[pCR]) / (m n) - (m + 1) / (2 n); placement values V10 = (Tz[pCR] - Tx) / n and
-  V01 = 1 - (Tz[non-pCR] - Ty) / m; S = cov(V10) / m + cov(V01) / n (covariances with 1/(m-1),
-  1/(n-1)). All NaN with fewer than 2 cases of a class.
-  """
-  validated = [check_predictions(y_true, row) for row in scores]
-  y = validated[0][0]
-  s = np.stack([row for _, row in validated]) if validated else np.zeros((0, y.size))
-  m, n = int(y.sum()), int((~y).sum())
-  if m < 2 or n < 2:
-    return np.full(len(s), np.nan), np.full((len(s), len(s)), np.nan)
-  tz = scipy_stats.rankdata(s, axis=1)
-  tx, ty = scipy_stats.rankdata(s[:, y], axis=1), scipy_stats.rankdata(s[:, ~y], axis=1)
-  aucs = tz[:, y].sum(1) / (m * n) - (m + 1) / (2 * n)
-  v10 = (tz[:, y] - tx) / n
-  v01 = 1.0 - (tz[:, ~y] - ty) / m
-  return aucs, np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
-
-
-def delong_test(y_true: Any, score_a: Any, score_b: Any) -> DeLongTest:
-  """DeLong's test of AUROC(a) = AUROC(b) for two models (or a model and a reader) on the same
-  cases. A zero variance (e.g. identical scores) gives z = 0, p = 1 when the AUROCs are equal
-  and z = +-inf, p = 0 otherwise; all NaN with fewer than 2 pCR or 2 non-pCR."""
-  aucs, cov = delong_covariance(y_true, [score_a, score_b])
-  difference = aucs[0] - aucs[1]
-  variance = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
-  if not np.isfinite(variance):
-    z = p = float("nan")
-  elif variance <= 0:
-    z, p = (0.0, 1.0) if difference == 0 else (math.copysign(math.inf, difference), 0.0)
-  else:
-    z = difference / math.sqrt(variance)
-    p = 2 * scipy_stats.norm.sf(abs(z))
-  return DeLongTest(float(aucs[0]), float(aucs[1]), float(difference), float(variance),
-                    float(cov[0, 1]), float(z), float(p))
-
-
-def delong_interval(y_true: Any, score: Any) -> DeLongInterval:
-  """AUROC with its DeLong variance and normal 95% CI (NaN with < 2 cases of a class)."""
-  aucs, cov = delong_covariance(y_true, [score])
-  half = _Z95 * math.sqrt(cov[0, 0]) if np.isfinite(cov[0, 0]) else float("nan")
-  return DeLongInterval(float(aucs[0]), float(cov[0, 0]), float(max(aucs[0] - half, 0.0)),
-                        float(min(aucs[0] + half, 1.0)), int(np.size(y_true)))
-
-
-# ---------------------------------------------------------------- subgroups, odds ratios
-
-def category_labels(groups: Any) -> np.ndarray:
-  """Category labels [N] as str; missing values (None, NaN, pandas NA / NaT, '') become
-  'Unknown'."""
-  def label(value: Any) -> str:
-    # By the printed form: comparing pandas NA with == raises ("boolean value of NA").
-    text = str(value).strip()
-    return "Unknown" if text in ("", "nan", "NaN", "None", "<NA>", "NaT") else text
-  return np.asarray([label(v) for v in np.asarray(groups, dtype=object).ravel()], dtype=object)
-
-
-def _most_common_first(labels: np.ndarray) -> list[str]:
-  names, counts = np.unique(labels.astype(str), return_counts=True)
-  return [str(names[i]) for i in sorted(range(names.size), key=lambda i: (-counts[i], names[i]))]
-
-
-def subgroup_metrics(y_true: Any, score: Any, groups: Any, threshold: float,
-                     **bootstrap: Any) -> dict[str, dict[str, Any]]:
-  """``metric_table`` per category of ``groups`` [N] (e.g. molecular subtype), most common
-  first; each table carries n and n_pcr. ``bootstrap``: metric_table's keyword arguments."""
-  y, s = check_predictions(y_true, score)
-  labels = category_labels(groups)
-  if labels.size != y.size:
-    raise ValueError(f"groups has {labels.size} values for {y.size} cases")
-  return {name: metric_table(y[labels == name], s[labels == name], threshold, **bootstrap)
-          for name in _most_common_first(labels)}
-
-
-@dataclasses.dataclass(frozen=True)
-class OddsRatio:
-  """Odds of pCR in one category relative to the reference category (2x2 table a b / c d:
-  a, b = pCR, non-pCR in the category; c, d = pCR, non-pCR in the reference).
-
-  odds_ratio = (a d) / (b c); ci_low / ci_high: Woolf 95% CI exp(log OR +- 1.96 SE),
-  SE = sqrt(1/a + 1/b + 1/c + 1/d); haldane: a cell was 0, so 0.5 was added to all four cells for
-  OR, CI and p_value_wald; p_value: Fisher's exact test, two-sided, on the uncorrected table;
-  p_value_wald: the Wald z test of log OR that matches the Woolf CI. The reference category has
-  OR 1 and NaN CI and p-values.
-  """
-  category: str
-  n: int
-  n_pcr: int
-  pcr_rate: float
-  odds_ratio: float
-  ci_low: float
-  ci_high: float
-  p_value: float
-  p_value_wald: float
-  reference: str
-  haldane: bool
-
-  def as_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-
-def odds_ratios(y_true: Any, groups: Any, *, reference: str | None = None) -> dict[str, OddsRatio]:
-  """Disproportionality analysis: the odds ratio of pCR of each category of ``groups`` [N]
-  against ``reference`` (default: the most common category), most common category first."""
-  y, _ = check_predictions(y_true, np.zeros(np.shape(y_true)))
-  labels = category_labels(groups)
-  if labels.size != y.size:
-    raise ValueError(f"groups has {labels.size} values for {y.size} cases")
-  order = _most_common_first(labels)
-  reference = order[0] if reference is None and order else reference
-  if reference not in order:
-    raise ValueError(f"reference category {reference!r} is not among {order}")
-  c = int(y[labels == reference].sum())
-  d = int((labels == reference).sum()) - c
-  out = {}
-  for name in order:
-    a = int(y[labels == name].sum())
-    b = int((labels == name).sum()) - a
-    if name == reference:
-      out[name] = OddsRatio(name, a + b, a, a / (a + b), 1.0, *(float("nan"),) * 4, name, False)
-      continue
-    table = np.array([[a, b], [c, d]], dtype=np.float64)
-    haldane = bool((table == 0).any())
-    cells = table + 0.5 if haldane else table  # Haldane-Anscombe: keeps OR and SE finite
-    log_or = math.log(cells[0, 0] * cells[1, 1] / (cells[0, 1] * cells[1, 0]))
-    se = math.sqrt((1.0 / cells).sum())
-    fisher = float(scipy_stats.fisher_exact(table.astype(int)).pvalue)
-    wald = float(2 * scipy_stats.norm.sf(abs(log_or) / se))
-    out[name] = OddsRatio(name, a + b, a, a / (a + b), math.exp(log_or),
-                          math.exp(log_or - _Z95 * se), math.exp(log_or + _Z95 * se), fisher,
-                          wald, reference, haldane)
-  return out

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from input_pipeline import cli
-from mrp_jax.evaluation import cohort, decision_curves, statistics
+from mrp_jax.evaluation import calibration, cohort, decision_curves, delong, statistics, subgroups
 from mrp_jax.evaluation.scores import Cell, Key, Scored, Scores, paired
 
 # How an operating threshold is chosen on the fit split (or config.evaluate.threshold is a
@@ -73,7 +73,7 @@ def measure(scored: Scored, threshold_rule: str | float) -> Tables:
   for phase in scored.phases:
     s = scored.reported[(focus, phase)]
     subgroups[phase] = {
-        variable: statistics.subgroup_metrics(
+        variable: subgroups.subgroup_metrics(
             s.labels, s.probability, [scored.patients[i].get(variable) for i in s.ids],
             thresholds[focus][phase], replicates=scored.bootstrap.replicates,
             seed=scored.bootstrap.seed)
@@ -128,7 +128,7 @@ def _curves(scored: Scored, labels: list[str], bar) -> dict[str, Any]:
       eq1[phase][label] = _at_thresholds(curve)
       points[phase][label] = decision_curves.operating_points(s.labels, s.probability)
       if label in scored.model_labels:
-        calibration_curves[phase][label] = statistics.calibration_curve(
+        calibration_curves[phase][label] = calibration.calibration_curve(
             s.labels, s.probability, replicates=replicates, seed=seed).as_dict()
       bar.update(1)
   return {"decision_curves": curves, "decision_thresholds": eq1, "operating_points": points,
@@ -172,7 +172,7 @@ def delong_tests(reported: dict[Cell, Scores], labels: list[str], phases: tuple[
     for a, b in itertools.combinations(present, 2):
       # Readers may have read a subset.
       y, pa, pb = paired(reported[(a, phase)], reported[(b, phase)])
-      test = statistics.delong_test(y, pa, pb)
+      test = delong.delong_test(y, pa, pb)
       out[phase].append({"a": a, "b": b, "auc_a": test.auc_a, "auc_b": test.auc_b,
                          "p_value": test.p_value, "n": int(len(y))})
   return out
@@ -185,8 +185,8 @@ def table_2_odds_ratios(patients: dict[str, dict[str, Any]]) -> dict[str, Any]:
   out = {}
   for variable, reference in ODDS_RATIO_VARIABLES.items():
     groups = [patients[pid].get(variable) for pid in labelled]
-    present = set(statistics.category_labels(groups).tolist())
-    out[variable] = statistics.odds_ratios(
+    present = set(subgroups.category_labels(groups).tolist())
+    out[variable] = subgroups.odds_ratios(
         y, groups, reference=reference if reference in present else None)
   return {"splits": sorted({patients[pid]["split"] for pid in labelled}), "n": len(labelled),
           "n_pcr": int(y.sum()), "by_variable": out}
