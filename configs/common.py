@@ -2,7 +2,8 @@
 
 Variants are picked after a colon: ``--config configs/iMRrhpc.py:tiny,medicalnet``; single
 fields from the command line: ``--config.train.batch_size=8``. A misspelt field or an invalid
-value stops the run before any work (mrp_jax/configuration.py).
+value stops the run before any work (each job checks the sections its modules read:
+mrp_jax/configuration.py).
 
 Configs are plain data: they import nothing from the project. The code owns the lists of valid
 choices and checks every field against them.

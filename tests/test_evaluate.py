@@ -18,10 +18,10 @@ from mrp_jax.evaluation import (
     ensemble,
     evaluate,
     evidence,
-    readers,
     scores,
     statistics,
 )
+from mrp_jax.evaluation.readers import READERS_MEAN
 from mrp_jax.evaluation.scores import Bootstrap, Scores
 
 PHASES = ("pre", "mid", "post")
@@ -227,13 +227,13 @@ def test_readers_mean_row_is_the_mean_of_the_readers(report):
   folder, _, _ = report
   rows = [r for r in _predictions(folder) if r["phase"] == "pre"]
   by = {(r["model"], r["patient_id"]): float(r["probability"]) for r in rows}
-  mean = {pid: p for (model, pid), p in by.items() if model == readers.READERS_MEAN}
+  mean = {pid: p for (model, pid), p in by.items() if model == READERS_MEAN}
   assert mean
   for pid, p in mean.items():
     assert p == pytest.approx((by[("Reader A", pid)] + by[("Reader B", pid)]) / 2, abs=1e-6)
   metrics = json.loads((folder / "metrics.json").read_text())
-  assert metrics["readers"] == ["Reader A", "Reader B", readers.READERS_MEAN]
-  assert set(metrics["models"][readers.READERS_MEAN]) == {"pre"}  # readers read Pre-NAT only
+  assert metrics["readers"] == ["Reader A", "Reader B", READERS_MEAN]
+  assert set(metrics["models"][READERS_MEAN]) == {"pre"}  # readers read Pre-NAT only
 
 
 def test_complete_cohort_is_the_same_patients_at_every_phase():
@@ -285,12 +285,12 @@ def test_paper_claims_match_the_metrics(report):
   folder, _, _ = report
   metrics = json.loads((folder / "metrics.json").read_text())
   paper = metrics["paper_claims"]
-  claims = paper["claims"]
-  assert len(claims) == 3 * 5 + 1  # per phase: 5 strict comparisons; Post >= Pre
-  assert paper["total"] == len(claims)
-  assert paper["held"] == sum(c["holds"] for c in claims)
-  assert paper["held_with_ci"] == sum(c["ci_above_zero"] for c in claims)
-  for claim in claims:
+  checked = paper["claims"]
+  assert len(checked) == 3 * 5 + 1  # per phase: 5 strict comparisons; Post >= Pre
+  assert paper["total"] == len(checked)
+  assert paper["held"] == sum(c["holds"] for c in checked)
+  assert paper["held_with_ci"] == sum(c["ci_above_zero"] for c in checked)
+  for claim in checked:
     if claim["phase"] in PHASES:
       assert claim["auroc_a"] == pytest.approx(
           metrics["models"][claim["a"]][claim["phase"]]["auroc"]["value"])

@@ -69,10 +69,10 @@ def measure(scored: Scored, threshold_rule: str | float) -> Tables:
   curves = _curves(scored, labels, bar)
   trained = [m for m in scored.model_labels if not m.startswith("oracle ")]
   focus = "MRP" if scored.weights is not None else trained[-1]
-  subgroups = {}
+  by_phase = {}
   for phase in scored.phases:
     s = scored.reported[(focus, phase)]
-    subgroups[phase] = {
+    by_phase[phase] = {
         variable: subgroups.subgroup_metrics(
             s.labels, s.probability, [scored.patients[i].get(variable) for i in s.ids],
             thresholds[focus][phase], replicates=scored.bootstrap.replicates,
@@ -81,7 +81,7 @@ def measure(scored: Scored, threshold_rule: str | float) -> Tables:
     bar.update(1)
   bar.close()
   return Tables(models=metrics, thresholds=thresholds, **curves,
-                subgroups={"model": focus, "by_phase": subgroups})
+                subgroups={"model": focus, "by_phase": by_phase})
 
 
 def _table_1(scored: Scored, labels: list[str], threshold_rule: str | float, bar
