@@ -153,11 +153,20 @@ def main(argv) -> None:
                                    if jax.process_count() > 1 else ""))
   try:
     summary = JOBS[config.job].run(config, workdir)
-  except BaseException:
+  except BaseException as error:
+    if _is_checkpoint_error(error):  # its one line says what is wrong with each step
+      sys.exit(f"{config.job}: {error}")
     job_console.warn(f"stopped after {job_console.elapsed():.0f} s by the error below; the "
                      f"library log: {job_console.log_path}")
     raise
   job_console.summary(summary)
+
+
+def _is_checkpoint_error(error: BaseException) -> bool:
+  # Without importing the checkpoint module (and Orbax) into jobs that read no checkpoint: a job
+  # that raised its error has loaded it.
+  module = sys.modules.get("mrp_jax.core.checkpoint")
+  return module is not None and isinstance(error, module.CheckpointError)
 
 
 def _env_int(name: str) -> int | None:

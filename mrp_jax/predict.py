@@ -50,7 +50,8 @@ from input_pipeline.ingestion.mammogram import MammogramOptions
 from input_pipeline.ingestion.mri import MriOptions
 from input_pipeline.ingestion.patient import PatientSource
 from input_pipeline.records.prepare import process_patient
-from mrp_jax.core import runs, sharding
+from mrp_jax import console
+from mrp_jax.core import checkpoint, runs, sharding
 from mrp_jax.evaluation import calibration, ensemble, explain
 
 ANONYMOUS = "P000000000000"  # in-memory records need a pseudonym; nothing is written
@@ -371,6 +372,7 @@ def run(fv: flags.FlagValues, folders: Sequence[str]) -> int:
   if not folders:
     print("predict: give one folder per patient after the flags", file=sys.stderr)
     return 2
+  console.current("predict")  # a run's checkpoint warnings are predict's
   cache = default_compilation_cache() if fv.compilation_cache is None else fv.compilation_cache
   with persistent_compilation_cache(cache):
     try:
@@ -378,7 +380,7 @@ def run(fv: flags.FlagValues, folders: Sequence[str]) -> int:
       loaded = [runs.load_run(path, mesh, label) for label, path in runs.parse_runs(fv.runs)]
       evaluation = Evaluation.load(Path(fv.evaluation)) if fv.evaluation else None
       clinical = _clinical_rows(Path(fv.clinical) if fv.clinical else None)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, checkpoint.CheckpointError) as error:
       print(f"predict: {error}", file=sys.stderr)
       return 2
     answers = predict_patients([Path(f) for f in folders], loaded, evaluation, clinical,

@@ -156,7 +156,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   # ---- state: resume > pretrained > scratch ---------------------------------------------------
   checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
   if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(recipe.abstract_sharded, data)
+    try:
+      state = checkpoints.restore(recipe.abstract_sharded, data)
+    except checkpoint.CheckpointError:
+      checkpoints.close()
+      raise
     console.current("train").stage(
         f"train {config.model.name}: resumed from step {int(state.step)} of "
         f"{config.train.num_steps} in {workdir}")
