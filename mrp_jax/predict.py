@@ -8,7 +8,8 @@ Each patient folder holds DICOM studies (any structure; MR and MG mixed) or NIfT
 `<phase>_pre.nii.gz` / `<phase>_post.nii.gz` / `<phase>_sub.nii.gz`, as in the generic layout.
 The clinical data is a CSV with a `patient_id` column matching the folder names, or a JSON file
 (one object of rhpc values, or an object of such objects keyed by folder name); any field may be
-missing. Preprocessing is the one the runs were trained with (their preprocessing.json).
+missing, and a field holding an object or a list instead of a value is left out and named in the
+answer's ``unused_clinical`` (the other fields are kept). Preprocessing is the one the runs were trained with (their preprocessing.json).
 
 The phase is the latest one the images support: Post-NAT with Pre and Post MRI, else Mid-NAT
 with Pre and Mid, else Pre-NAT. Every applicable model answers (iMGrhpc needs the mammogram,
@@ -18,7 +19,7 @@ the evaluation reported: each model's probability through its calibration map fo
 and the strongest Integrated-Gradients attributions of MRP (or the single model) against the
 evaluation's reference patient (attribution_baseline.json). Without it, each model's own,
 uncalibrated probability and nothing else. A patient whose data cannot be used gets an error
-message; the others still get answers.
+message; the others still get answers. The exit status is 1 when no patient got one.
 
 Patients go through each model in batches of ``--batch_size`` rows (the last one padded), and
 the compiled programs are kept in JAX's persistent compilation cache (``--compilation_cache``),
@@ -112,7 +113,10 @@ def _clinical_rows(path: Path | None) -> dict[str, dict[str, Any]] | dict[str, A
   if path is None:
     return {}
   if path.suffix.lower() == ".json":
-    data = json.loads(path.read_text())
+    try:
+      data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+      raise ValueError(f"{path}: not a JSON file ({error})") from None
     if not isinstance(data, dict):
       raise ValueError(f"{path}: expected a JSON object")
     return data
@@ -120,12 +124,34 @@ def _clinical_rows(path: Path | None) -> dict[str, dict[str, Any]] | dict[str, A
   return {key: found[0] for key, found in rows.items()}
 
 
-def _row_for(clinical: dict[str, Any], key: str, single_patient: bool) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class ClinicalRow:
+  """One patient's clinical values as predict takes them.
+
+  Attributes:
+    values: field -> value, the fields that hold a value (a string, number, true/false or null).
+    left_out: the fields that do not (a JSON object or list), with why; they stay unknown.
+    found: whether the clinical data had an entry for the patient at all.
+  """
+  values: dict[str, Any]
+  left_out: tuple[dict[str, str], ...] = ()
+  found: bool = True
+
+
+def _row_for(clinical: dict[str, Any], key: str, single_patient: bool) -> ClinicalRow:
+  """The clinical values of folder ``key``: its entry when the data is keyed by folder name,
+  else, for the one patient of a call, the data itself when it holds values (one JSON object of
+  values; a field whose value is an object or a list is left out and named, the others kept)."""
   if key in clinical and isinstance(clinical[key], dict):
-    return clinical[key]
-  if single_patient and clinical and not any(isinstance(v, dict) for v in clinical.values()):
-    return clinical  # one JSON object of values for the one patient
-  return {}
+    row = clinical[key]
+  elif single_patient and any(not isinstance(v, dict) for v in clinical.values()):
+    row = clinical
+  else:
+    return ClinicalRow({}, found=not clinical)
+  kinds = {dict: "a JSON object", list: "a JSON list"}
+  left_out = tuple({"field": field, "reason": f"{kinds[type(value)]}, not a value"}
+                   for field, value in row.items() if type(value) in kinds)
+  return ClinicalRow({f: v for f, v in row.items() if type(v) not in kinds}, left_out)
 
 
 def _phase(record) -> str:
@@ -196,7 +222,7 @@ class _Patient:
     return "error" not in self.answer and _applicable(run.model_name, self.example.record)
 
 
-def _read_patient(folder: Path, row: dict[str, Any], loaded: Sequence[runs.Run],
+def _read_patient(folder: Path, row: ClinicalRow, loaded: Sequence[runs.Run],
                   evaluation: Evaluation | None, mri_options: MriOptions,
                   mg_options: MammogramOptions) -> _Patient:
   """The patient of ``folder`` preprocessed as the runs' records were, at its phase; a failure
@@ -204,8 +230,8 @@ def _read_patient(folder: Path, row: dict[str, Any], loaded: Sequence[runs.Run],
   patient = _Patient({"patient": folder.name})
   try:
     # The same choice of images as `prepare` (the generic layout's), with its reasons.
-    imaging = generic.patient_imaging(folder, side=generic.tumour_side(row))
-    source = PatientSource(folder.name, label=None, clinical=row)
+    imaging = generic.patient_imaging(folder, side=generic.tumour_side(row.values))
+    source = PatientSource(folder.name, label=None, clinical=row.values)
     source.take(imaging)
     report = ParseReport()
     record = process_patient(source, ANONYMOUS, "test", mri_options, mg_options, report)
@@ -214,7 +240,10 @@ def _read_patient(folder: Path, row: dict[str, Any], loaded: Sequence[runs.Run],
                           images={"mri": list(record.mri), "mammogram": record.mg is not None},
                           unknown_clinical=sorted(report.missing) + sorted(
                               {v for v, _ in report.unparsed}),
-                          warnings=imaging.warnings,
+                          unused_clinical=list(row.left_out),
+                          warnings=imaging.warnings + ([] if row.found else [
+                              "no entry for this patient in the clinical data: every rhpc "
+                              "value unknown"]),
                           unused=[{"item": u.item, "file": u.where, "reason": u.reason}
                                   for u in imaging.unused])
     if imaging.empty:
@@ -367,8 +396,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues, folders: Sequence[str]) -> int:
-  """Answers for the patient ``folders`` on parsed flags; returns the exit status (2: bad
-  arguments or runs)."""
+  """Answers for the patient ``folders`` on parsed flags; returns the exit status (1: no
+  patient answered; 2: bad arguments or runs, no checkpoint left to load)."""
   if not folders:
     print("predict: give one folder per patient after the flags", file=sys.stderr)
     return 2
@@ -391,6 +420,10 @@ def run(fv: flags.FlagValues, folders: Sequence[str]) -> int:
   else:
     print(text)
   failed = sum("error" in a for a in answers)
+  if failed == len(answers):
+    print(f"predict: no patient answered ({failed} failed; each answer's \"error\" says why)",
+          file=sys.stderr)
+    return 1
   print(f"predict: {len(answers) - failed} answered, {failed} failed", file=sys.stderr)
   return 0
 

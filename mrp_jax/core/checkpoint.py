@@ -195,7 +195,9 @@ def _first_good(steps: list[_Step], abstract_state: Any, data_iterator: Any = No
     try:
       state, digest = _read(step, abstract_state, data_iterator)
     except _BadStep as bad:
-      logging.warning("checkpoint %s passed over", step.name, exc_info=True)
+      # The library log keeps the traceback of an unreadable item (the warning has one line).
+      logging.info("checkpoint %s passed over: %s", step.name, bad,
+                   exc_info=bad.__cause__ is not None)
       problems.append(str(bad))
       continue
     if digest is None:
