@@ -186,3 +186,78 @@ def test_a_second_call_compiles_nothing(trained_runs, patients, tmp_path):
   assert len(first) >= 6  # at least the eval step and the attributions of each of three models
   assert call(tmp_path / "second.json") == first
   assert (tmp_path / "second.json").read_bytes() == (tmp_path / "first.json").read_bytes()
+
+
+def test_row_for_keeps_the_values_of_a_json_and_names_the_rest():
+  one = {"Age": 48, "Weight": "70.2", "Laterality": None, "Molecular subtype": {"value": "luma"},
+         "BRCA1": ["wt"]}
+  row = predict._row_for(one, "PATIENT_A", single_patient=True)
+  assert row.values == {"Age": 48, "Weight": "70.2", "Laterality": None} and row.found
+  assert row.left_out == ({"field": "Molecular subtype", "reason": "a JSON object, not a value"},
+                          {"field": "BRCA1", "reason": "a JSON list, not a value"})
+  keyed = {"PATIENT_A": one, "PATIENT_B": {"Age": 50}}
+  assert predict._row_for(keyed, "PATIENT_A", single_patient=False) == row
+  assert predict._row_for(keyed, "PATIENT_C", single_patient=True) == predict.ClinicalRow(
+      {}, found=False)
+  assert predict._row_for({}, "PATIENT_C", single_patient=True).found  # no clinical data given
+
+
+def test_a_single_patient_json_with_an_object_keeps_its_other_fields(trained_runs, patients,
+                                                                     tmp_path):
+  """One patient's JSON with an object among its values: the other values are used exactly as
+  without the object field (same probability), the field is named, and it stays unknown."""
+  folders, _, _ = patients
+  values = {"Age": 48, "Weight": "70.2", "Molecular subtype": "luminal A", "BRCA1": "wt"}
+  runs_arg = f"rhpc={trained_runs['rhpc']}"
+
+  def answer(clinical):
+    (tmp_path / "clinical.json").write_text(json.dumps(clinical))
+    assert predict.main([str(folders[0]), "--runs", runs_arg, "--clinical",
+                         str(tmp_path / "clinical.json"), "--out", str(tmp_path / "out.json")]) == 0
+    (out,) = json.loads((tmp_path / "out.json").read_text())
+    return out
+
+  with_object = answer({**values, "Molecular subtype": {"value": "luminal A"}})
+  assert with_object["unused_clinical"] == [
+      {"field": "Molecular subtype", "reason": "a JSON object, not a value"}]
+  assert "molecular_subtype" in with_object["unknown_clinical"]
+  assert "age" not in with_object["unknown_clinical"]
+  without = answer({k: v for k, v in values.items() if k != "Molecular subtype"})
+  assert with_object["probability"] == without["probability"]
+  assert answer(values)["probability"] != without["probability"]  # the field matters
+
+
+def test_predict_exits_1_when_no_patient_is_answered(trained_runs, patients, capsys, tmp_path):
+  _, broken, _ = patients
+  out = tmp_path / "answers.json"
+  assert predict.main([str(broken), str(broken), "--runs", f"rhpc={trained_runs['rhpc']}",
+                       "--out", str(out)]) == 1
+  assert all("error" in answer for answer in json.loads(out.read_text()))
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      "predict: no patient answered (2 failed; each answer's \"error\" says why)")
+
+
+def test_predict_passes_over_a_damaged_best_checkpoint(trained_runs, patients, capsys, tmp_path):
+  """A byte flipped in the best checkpoint's data: predict says so in one warning and answers
+  from the same step's latest checkpoint, the same probability as from the intact run."""
+  folders, _, clinical = patients
+  run = tmp_path / "rhpc"
+  shutil.copytree(trained_runs["rhpc"], run)
+  best = json.loads((run / "final.json").read_text())["best_step"]
+  data = max((p for p in (run / "best" / str(best) / "state").rglob("*") if p.parent.name == "d"),
+             key=lambda p: p.stat().st_size)
+  damaged = bytearray(data.read_bytes())
+  damaged[len(damaged) // 2] ^= 0x01
+  data.write_bytes(bytes(damaged))
+
+  def answer(workdir, out):
+    assert predict.main([str(folders[0]), "--runs", f"rhpc={workdir}", "--clinical",
+                         str(clinical), "--out", str(out)]) == 0
+    return json.loads(out.read_text())[0]["probability"]
+
+  capsys.readouterr()
+  assert answer(run, tmp_path / "damaged.json") == answer(trained_runs["rhpc"],
+                                                          tmp_path / "intact.json")
+  warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+  assert len(warnings) == 1 and f"best/{best}/state: 1 of " in warnings[0]
+  assert f"using checkpoints/{best} (the same step) instead" in warnings[0]
