@@ -2,8 +2,9 @@
 
 A train workdir holds config.json (the config it trained with), preprocessing.json (the
 geometry and intensity of its records), best/ and checkpoints/. :func:`load_run` rebuilds the
-model from the saved config, restores the best checkpoint (else the latest) and compiles the
-eval step, so evaluation never depends on the config of the evaluating command.
+model from the saved config, restores the best checkpoint (else the latest; each checked against
+its digest, a damaged one passed over with a warning: checkpoint.restore_state_only) and
+compiles the eval step, so evaluation never depends on the config of the evaluating command.
 """
 
 from __future__ import annotations
