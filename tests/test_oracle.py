@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from input_pipeline import schema, synthetic
-from input_pipeline.synthetic import cohort, oracle
+from input_pipeline.synthetic import cohort, oracle, phenotypes
 
 N = 4000
 
@@ -81,16 +81,31 @@ def test_an_image_reveals_what_the_table_leaves_unknown():
 def test_the_evidence_terms_are_normalised_densities():
   """Each label-dependent term integrates to 1 over its latent (a likelihood, not a score)."""
   x = np.linspace(1e-3, 20.0, 400_001)
-  for evidence in (cohort.MG_CONTRAST, cohort.PRE_ENHANCEMENT):
-    for label in (0, 1):
-      mu, sd = math.log(evidence.median[label]), evidence.sd
-      density = np.exp(-0.5 * ((np.log(x) - mu) / sd) ** 2) / (x * sd * math.sqrt(2 * math.pi))
-      assert np.trapezoid(density, x) == pytest.approx(1.0, abs=1e-4)
-      # log_likelihood is that density up to the label-free factor 1 / (x sd sqrt(2 pi)).
-      np.testing.assert_allclose(
-          [evidence.log_likelihood(v)[label] for v in (0.5, 1.0, 2.0)],
-          [math.log(d * v * sd * math.sqrt(2 * math.pi)) for v, d in zip(
-              (0.5, 1.0, 2.0), np.interp((0.5, 1.0, 2.0), x, density))], atol=1e-4)
+  evidence = cohort.PRE_ENHANCEMENT
+  for label in (0, 1):
+    mu, sd = math.log(evidence.median[label]), evidence.sd
+    density = np.exp(-0.5 * ((np.log(x) - mu) / sd) ** 2) / (x * sd * math.sqrt(2 * math.pi))
+    assert np.trapezoid(density, x) == pytest.approx(1.0, abs=1e-4)
+    # log_likelihood is that density up to the label-free factor 1 / (x sd sqrt(2 pi)).
+    np.testing.assert_allclose(
+        [evidence.log_likelihood(v)[label] for v in (0.5, 1.0, 2.0)],
+        [math.log(d * v * sd * math.sqrt(2 * math.pi)) for v, d in zip(
+            (0.5, 1.0, 2.0), np.interp((0.5, 1.0, 2.0), x, density))], atol=1e-4)
+  # The phenotype: the mammogram's term summed over margins and calcifications and integrated
+  # over log irregularity (its density there is the term times the label-free 1 / sqrt(2 pi));
+  # the MRI's over the core fraction: 1 for every subtype and label.
+  log_x = np.linspace(math.log(1e-4), math.log(50.0), 2001)
+  core = np.linspace(0.0, 1.0, 2001)[1:-1]
+  for subtype in range(len(phenotypes.GROUP_OF_SUBTYPE)):
+    total = sum(np.trapezoid(np.exp([phenotypes.log_likelihood(
+        phenotypes.Phenotype(margin, math.exp(v), calcified, 0.5), subtype, True, False)
+        for v in log_x]), log_x, axis=0)
+        for margin in phenotypes.MARGINS for calcified in (False, True))
+    np.testing.assert_allclose(total, math.sqrt(2 * math.pi), rtol=1e-4)
+    total = np.trapezoid(np.exp([phenotypes.log_likelihood(
+        phenotypes.Phenotype("indistinct", 0.2, False, v), subtype, False, True)
+        for v in core]), core, axis=0)
+    np.testing.assert_allclose(total, 1.0, rtol=1e-4)
   f = np.linspace(0, 1.2, 120_001)
   for phase in (1, 2):
     for label in (0, 1):

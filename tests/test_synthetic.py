@@ -135,7 +135,7 @@ def test_marginals_and_pcr_rates_match_table2(clinical_cohort):
     known = codes != schema.UNKNOWN
     for label in (0, 1):
       expected_missing = 1 - (1 - cohort.unknown_probability(var)[label]) * (
-          1 - synthetic.Rates().extra_missing)
+          1 - synthetic.Rates().extra_missing) * (1 - cohort.EXTRA_UNKNOWN.get(var.name, 0.0))
       if var.kind != schema.Kind.MULTILABEL:
         assert _within(1 - known[labels == label].mean(), expected_missing,
                        int((labels == label).sum())), var.name
