@@ -65,9 +65,10 @@ still shows them):
 Label-free: background parenchymal enhancement U(0.05, 0.4) (x0.7 at Mid/Post).
 
 The Bayes-optimal AUROC of what each model sees (input_pipeline/synthetic/oracle.py, exact
-posteriors; 6,000 patients, seed 0, clinical-only export): rhpc 0.78; iMGrhpc 0.83; iMRrhpc
-0.875 / 0.892 / 0.890 (Pre / Mid / Post); MRP 0.903 / 0.915 / 0.914: the paper's ordering
-(table 0.78; + mammogram +0.05; + MRI +0.10 to +0.11; all +0.12 to +0.14).
+posteriors; mean of seeds 0-2, 20,000 patients each, docs/experiments/oracle_auroc.py): rhpc
+0.77; iMGrhpc 0.825; iMRrhpc 0.871 / 0.885 / 0.888 (Pre / Mid / Post); MRP 0.898 / 0.908 /
+0.911: the paper's ordering (table 0.77; + mammogram +0.05; + MRI +0.10 to +0.12; all +0.13 to
++0.14). docs/cohort.md has them per seed, beside the cohort without phenotypes.
 
 Geometry (breast size, positioning, scanner, noise) is nuisance, independent of the label.
 """
