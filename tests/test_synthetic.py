@@ -135,7 +135,7 @@ def test_marginals_and_pcr_rates_match_table2(clinical_cohort):
     known = codes != schema.UNKNOWN
     for label in (0, 1):
       expected_missing = 1 - (1 - cohort.unknown_probability(var)[label]) * (
-          1 - synthetic.Rates().extra_missing)
+          1 - synthetic.Rates().extra_missing) * (1 - cohort.EXTRA_UNKNOWN.get(var.name, 0.0))
       if var.kind != schema.Kind.MULTILABEL:
         assert _within(1 - known[labels == label].mean(), expected_missing,
                        int((labels == label).sum())), var.name
@@ -319,41 +319,57 @@ def _pre_post(root, study):
 
 
 def test_tumour_is_where_the_truth_says(export):
+  """The enhancing tumour's centroid is the recorded centre, to half a slice (a tumour about
+  as thick as the 8-16 mm slices of the tiny geometry shows in one or two of them, so its
+  centroid along the slice axis is resolved to about that). A necrotic tumour enhances as a
+  rim, so it is found by averaging the enhancement over a box of the tumour's diameter (its
+  maximum is the rim's centre, within a slice), and the centroid weighs the enhancement
+  around it."""
   root, truth = export
   for index in range(7):  # plain, flipped, oblique, enhanced, multiphase, RLE, MONOCHROME1
     study = truth[synthetic.patient_id(index)]["studies"][0]
     pre, post, lps = _pre_post(root, study)
-    enhancement = ndimage.uniform_filter(post - pre, 3)
-    anterior = lps[..., 1] < study["chest_wall_y_lps"] - 5  # the heart enhances more
-    peak = np.unravel_index(np.argmax(np.where(anterior, enhancement, -np.inf)),
-                            enhancement.shape)
     centre, radius = np.array(study["tumour"]["centre_lps"]), study["tumour"]["radius_mm"]
-    blob = (np.linalg.norm(lps - lps[peak], axis=-1) < 1.5 * radius) & (
-        enhancement > 0.5 * enhancement[peak])
+    spacing = [np.linalg.norm(lps[tuple(np.eye(3, dtype=int)[a])] - lps[0, 0, 0])
+               for a in range(3)]
+    enhancement = post - pre
+    located = ndimage.uniform_filter(enhancement, [max(3, round(2 * radius / d)) for d in spacing])
+    anterior = lps[..., 1] < study["chest_wall_y_lps"] - 5  # the heart enhances more
+    peak = np.unravel_index(np.argmax(np.where(anterior, located, -np.inf)), located.shape)
+    # The box average may peak a slice away from the tumour's brightest slice.
+    near = np.linalg.norm(lps - lps[peak], axis=-1) < 1.5 * radius + spacing[0]
+    blob = near & (enhancement > 0.5 * enhancement[near].max())
     weights = enhancement[blob]
     centroid = (lps[blob] * weights[:, None]).sum(0) / weights.sum()
-    assert np.linalg.norm(centroid - centre) < 4.0, (index, centroid, centre)
-    inside = np.linalg.norm(lps - centre, axis=-1) < radius / 2
+    assert np.linalg.norm(centroid - centre) < max(4.0, spacing[0] / 2), (index, centroid, centre)
+    inside = np.linalg.norm(lps - centre, axis=-1) < radius
     assert enhancement[inside].mean() > 20 * np.median(enhancement[anterior]), index
 
 
 def test_enhancing_volume_follows_the_recorded_radius(export):
-  """Mid/Post studies show the recorded shrinkage: enhancing volume ~ 4/3 pi r^3."""
+  """Mid/Post studies show the recorded shrinkage: the enhancing volume lies between 0.8 of the
+  enhancing shell (4/3 pi r^3 (1 - core^3); the core enhances at a fifth of the rim) and the
+  volume of every voxel the sphere overlaps (the sphere grown by a voxel box, Steiner's
+  formula: abc + 2 (ab + bc + ca) r + pi (a + b + c) r^2 + 4/3 pi r^3)."""
   root, truth = export
   shrinkage = []
   for index in range(7):
     patient = truth[synthetic.patient_id(index)]
+    core = patient["latent"]["heterogeneity"]
     for study in patient["studies"]:
       pre, post, lps = _pre_post(root, study)
-      voxel_mm3 = np.prod([np.linalg.norm(lps[tuple(np.eye(3, dtype=int)[a])] - lps[0, 0, 0])
-                           for a in range(3)])
+      a, b, c = [np.linalg.norm(lps[tuple(np.eye(3, dtype=int)[axis])] - lps[0, 0, 0])
+                 for axis in range(3)]
       near = np.linalg.norm(lps - study["tumour"]["centre_lps"], axis=-1) < 40
-      volume = ((post - pre)[near] > 60).sum() * voxel_mm3
+      volume = ((post - pre)[near] > 60).sum() * a * b * c
       radius = study["tumour"]["radius_mm"]
-      if radius >= 6:  # partial volume of 6 x 6 x 12 mm voxels inflates it somewhat
-        assert 0.8 < volume / (4 / 3 * np.pi * radius ** 3) < 2.5, (index, study["phase"])
+      sphere = 4 / 3 * np.pi * radius ** 3
+      if radius >= 6:
+        overlapped = (a * b * c + 2 * (a * b + b * c + c * a) * radius
+                      + np.pi * (a + b + c) * radius ** 2 + sphere)
+        assert 0.8 * sphere * (1 - core ** 3) < volume < overlapped, (index, study["phase"])
       elif radius < 4:
-        assert volume <= 3 * voxel_mm3, (index, study["phase"], volume)
+        assert volume <= 3 * a * b * c, (index, study["phase"], volume)
     radii = [s["tumour"]["radius_mm"] for s in patient["studies"]]
     shrinkage.append(radii[-1] / radii[0])
   assert min(shrinkage) < 0.5  # a marked response is among them (Post / Pre radius)

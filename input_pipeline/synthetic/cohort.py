@@ -24,15 +24,20 @@ Clinical (rhpc) draw, per patient:
 * therapy: each therapy independently with its per-label Table 2 rate; a patient drawn with
   none is written as missing.
 * missing values: P(Unknown | label) from Table 2's Unknown rows (:data:`UNKNOWN_COUNTS`), plus
-  ``extra_missing`` (default 3%) independent of the label. Missing is a property of the written
-  table only: the true category still drives the images (an Unknown laterality still has a side).
+  ``extra_missing`` (default 3%) and, for variables a hospital's table often lacks and an
+  image shows, :data:`EXTRA_UNKNOWN` (density 15%, molecular subtype 2%, cT 5%), both
+  independent of the label. Missing is a property of the written table only: the true category
+  still drives the images (an Unknown laterality still has a side, an Unknown subtype its
+  phenotype).
 
 Latent image variables (:func:`draw_latent`). Each modality carries evidence of its own,
 independent of the table's and of the other modality's given the label:
 
-* mammogram: the mass contrast (brightness factor), log-normal with median 0.84 (non-pCR) or
-  1.20 (pCR) and log-sd 0.4 (d' = 0.9) (:data:`MG_CONTRAST`); a scalar intensity, visible at any
-  resolution. The spiculated margin (P 0.4) is label-free.
+* mammogram: the mass's outline irregularity (RMS relative deviation of its outline from a
+  circle), log-normal around its subtype group's median, times exp(-0.225) for a pCR and
+  exp(+0.225) for a non-pCR, log-sd 0.5 (d' = 0.9 given the subtype) (:mod:`phenotypes`): a
+  shape, which per-image min-max scaling and brightness / contrast augmentation keep. The mass's
+  brightness (log-normal, median 1, log-sd 0.2) carries no label.
 * Pre-NAT MRI: the enhancement ratio (relative signal increase at peak), log-normal with median
   1.21 (non-pCR) or 1.74 (pCR), log-sd 0.3 (d' = 1.2) (:data:`PRE_ENHANCEMENT`).
 * Mid / Post-NAT MRI: the tumour's radius factor (x Pre-NAT radius). Each patient follows one
@@ -51,15 +56,19 @@ still shows them):
   2 10-18, 3 17-25, 4x 15-25, others 5-25), times ``radius_scale`` (1.5 at the tiny geometry so
   8 mm voxels still show it); the mammogram's mass has 1.2 x that radius.
 * mammographic density (true category) sets the fibroglandular fraction of both the MRI breast
-  and the mammogram: A 8%, B 20%, C 40%, D 60%.
+  and the mammogram: A 8%, B 20%, C 40%, D 60% (the texture of the breast).
+* molecular subtype (true category), through its phenotype group (luminal, HER2-positive,
+  triple negative; :mod:`phenotypes`): the mammogram's margin (circumscribed / indistinct /
+  spiculated), outline irregularity and calcifications, the MRI's non-enhancing core fraction
+  (rim enhancement).
 
-Label-free: heterogeneity (non-enhancing core fraction, Beta(2.5, 4.5)), background
-parenchymal enhancement U(0.05, 0.4) (x0.7 at Mid/Post).
+Label-free: background parenchymal enhancement U(0.05, 0.4) (x0.7 at Mid/Post).
 
 The Bayes-optimal AUROC of what each model sees (input_pipeline/synthetic/oracle.py, exact
-posteriors; 6,000 patients, seed 0, clinical-only export): rhpc 0.78; iMGrhpc 0.83; iMRrhpc
-0.875 / 0.892 / 0.890 (Pre / Mid / Post); MRP 0.903 / 0.915 / 0.914: the paper's ordering
-(table 0.78; + mammogram +0.05; + MRI +0.10 to +0.11; all +0.12 to +0.14).
+posteriors; mean of seeds 0-2, 20,000 patients each, docs/experiments/oracle_auroc.py): rhpc
+0.77; iMGrhpc 0.825; iMRrhpc 0.871 / 0.885 / 0.888 (Pre / Mid / Post); MRP 0.898 / 0.908 /
+0.911: the paper's ordering (table 0.77; + mammogram +0.05; + MRI +0.10 to +0.12; all +0.13 to
++0.14). docs/cohort.md has them per seed, beside the cohort without phenotypes.
 
 Geometry (breast size, positioning, scanner, noise) is nuisance, independent of the label.
 """
@@ -73,6 +82,7 @@ from typing import Any
 import numpy as np
 
 from input_pipeline import clinical_table, schema
+from input_pipeline.synthetic import phenotypes
 
 PCR_RATE = 469 / 1407
 SMOOTHING = 0.5
@@ -105,6 +115,9 @@ HEADERS: dict[str, str] = {
 }
 # Blank twice: the most common way a table leaves a value out.
 MISSING_SPELLINGS = ("", "", "n/a", "NA", "unknown", "Unknown", "onbekend", "-", "?", "not known")
+# Extra Unknown rates of variables a hospital's table often lacks and an image shows (a design
+# choice, independent of the label; docs/cohort.md): density is a radiology report's field.
+EXTRA_UNKNOWN: dict[str, float] = {"density": 0.15, "molecular_subtype": 0.02, "ct": 0.05}
 _AGE_BINS = {0: (43.0, 6.0, 24, 50), 1: (59.0, 7.0, 51, 82)}  # mean, sd, low, high (years)
 
 
@@ -172,6 +185,13 @@ def unknown_probability(var: schema.Variable) -> np.ndarray:
   return np.array([non_pcr / COHORT_COUNTS[0], pcr / COHORT_COUNTS[1]])
 
 
+def missing_probability(var: schema.Variable, extra_missing: float) -> np.ndarray:
+  """P(written Unknown | label) [2] of a variable other than therapy: Table 2's Unknown rate,
+  ``extra_missing`` and the variable's :data:`EXTRA_UNKNOWN`, each drawn independently."""
+  return 1 - (1 - unknown_probability(var)) * (1 - extra_missing) * (
+      1 - EXTRA_UNKNOWN.get(var.name, 0.0))
+
+
 def _value_in_bin(rng: np.random.Generator, var: schema.Variable, index: int) -> float:
   low, high = var.categories[index].bounds
   low = max(low, _OPEN_BIN_RANGE[var.name][0])
@@ -182,12 +202,12 @@ def _value_in_bin(rng: np.random.Generator, var: schema.Variable, index: int) ->
 
 
 # Per variable: (kind, binned, P(category | label) [2, K] (cumulative unless multi-label),
-# P(Unknown | label) [2]), computed once: drawing runs per patient.
+# P(Unknown | label) [2], extra Unknown rate), computed once: drawing runs per patient.
 _DRAW_TABLE = tuple(
     (var.kind, var.is_binned,
      category_probabilities(var) if var.kind == schema.Kind.MULTILABEL else np.cumsum(
          category_probabilities(var), axis=1),
-     unknown_probability(var))
+     unknown_probability(var), EXTRA_UNKNOWN.get(var.name, 0.0))
     for var in schema.VARIABLES)
 
 
@@ -198,7 +218,8 @@ def draw_clinical(rng: np.random.Generator, extra_missing: float = 0.03) -> Clin
   codes = np.zeros(n, np.int64)
   values = np.full(n, np.nan)
   missing = np.zeros(n, bool)
-  for j, (var, (kind, binned, probs, unknown)) in enumerate(zip(schema.VARIABLES, _DRAW_TABLE)):
+  for j, (var, (kind, binned, probs, unknown, extra)) in enumerate(
+      zip(schema.VARIABLES, _DRAW_TABLE)):
     if kind == schema.Kind.MULTILABEL:
       codes[j] = sum(1 << i for i, p in enumerate(probs[label]) if rng.random() < p)
     else:
@@ -215,6 +236,7 @@ def draw_clinical(rng: np.random.Generator, extra_missing: float = 0.03) -> Clin
         if binned:
           values[j] = _value_in_bin(rng, var, index)
     missing[j] = (rng.random() < unknown[label] or rng.random() < extra_missing
+                  or (extra > 0 and rng.random() < extra)
                   or (kind == schema.Kind.MULTILABEL and codes[j] == 0))
   return ClinicalDraw(label, codes, values, missing)
 
@@ -333,11 +355,11 @@ class LabelledLogNormal:
 
 
 # The images' own evidence (module docstring; strengths chosen from the oracle's AUROCs,
-# input_pipeline/synthetic/oracle.py): the mammogram's mass contrast, d' = 0.9; the Pre-NAT
-# enhancement ratio, d' = 1.2.
-MG_CONTRAST = LabelledLogNormal(median=(math.exp(-0.18), math.exp(0.18)), sd=0.4)
+# input_pipeline/synthetic/oracle.py): the mammogram's outline irregularity (phenotypes.py),
+# d' = 0.9 given the subtype; the Pre-NAT enhancement ratio, d' = 1.2.
 PRE_ENHANCEMENT = LabelledLogNormal(median=(1.45 * math.exp(-0.18), 1.45 * math.exp(0.18)),
                                     sd=0.3)
+MASS_CONTRAST_SD = 0.2  # log-sd of the mammogram mass's brightness factor (median 1, no label)
 # Response courses per label: (probability, Mid/Pre radius range, Post/Pre radius range). Each
 # label mostly follows its own course and sometimes the other's, so the ranges overlap.
 RESPONSE_COURSES: dict[int, tuple[tuple[float, tuple[float, float], tuple[float, float]], ...]] = {
@@ -365,10 +387,12 @@ class ImageLatent:
     radius_scale: the geometry's factor on every tumour radius.
     radius_mm: per phase (pre, mid, post).
     enhancement: per phase, relative signal increase of the tumour at peak.
-    heterogeneity: non-enhancing core radius / radius.
+    heterogeneity: non-enhancing core radius / radius (the phenotype's core fraction).
     bpe: per phase, background parenchymal enhancement at peak.
-    spiculated: mammogram mass margin.
-    mass_contrast: mammogram mass brightness factor.
+    margin: mammogram mass margin (phenotypes.MARGINS).
+    irregularity: RMS relative deviation of the mammogram mass's outline from a circle.
+    calcifications: the mammogram shows calcifications around the mass.
+    mass_contrast: mammogram mass brightness factor (no label evidence).
   """
   side: str
   breast_axes: tuple[float, float, float]
@@ -382,8 +406,14 @@ class ImageLatent:
   enhancement: tuple[float, float, float]
   heterogeneity: float
   bpe: tuple[float, float, float]
-  spiculated: bool
+  margin: str
+  irregularity: float
+  calcifications: bool
   mass_contrast: float
+
+  def phenotype(self) -> phenotypes.Phenotype:
+    return phenotypes.Phenotype(self.margin, self.irregularity, self.calcifications,
+                                self.heterogeneity)
 
   def to_json(self) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v)
@@ -422,6 +452,7 @@ def draw_latent(rng: np.random.Generator, clinical: ClinicalDraw,
                 radius_scale: float = 1.0) -> ImageLatent:
   """Draws the image truth of one patient from its true rhpc values and label."""
   label = clinical.label
+  phenotype = phenotypes.draw(rng, clinical.code("molecular_subtype"), label)
   axes = (float(rng.uniform(55, 75)), float(rng.uniform(70, 120)), float(rng.uniform(55, 75)))
   offset = axes[0] + float(rng.uniform(10, 25))
   breast_z = float(rng.uniform(-10, 10))
@@ -451,8 +482,10 @@ def draw_latent(rng: np.random.Generator, clinical: ClinicalDraw,
       radius_scale=radius_scale,
       radius_mm=(radius, radius * mid, radius * post),
       enhancement=(enhancement, enhancement * factors[0], enhancement * factors[1]),
-      heterogeneity=float(rng.beta(2.5, 4.5)),
+      heterogeneity=phenotype.core_fraction,
       bpe=(bpe, 0.7 * bpe, 0.7 * bpe),
-      spiculated=bool(rng.random() < 0.4),
-      mass_contrast=MG_CONTRAST.draw(rng, label),
+      margin=phenotype.margin,
+      irregularity=phenotype.irregularity,
+      calcifications=phenotype.calcifications,
+      mass_contrast=float(math.exp(rng.normal(0.0, MASS_CONTRAST_SD))),
   )

@@ -84,11 +84,18 @@ GEOMETRIES = {
 
 @dataclasses.dataclass(frozen=True)
 class Rates:
-  """Probabilities of missing data (per patient, or per value for ``extra_missing``)."""
+  """Probabilities of missing data (per patient, or per value for ``extra_missing``), and the
+  negative control.
+
+  ``negative_control``: every patient's images are drawn for another, independently drawn
+  patient (its own table and label), so they look like the cohort's but carry no evidence of
+  this patient's label or table: an image model can do no better than rhpc.
+  """
   no_mid: float = 0.15
   no_post: float = 0.10
   no_mammogram: float = 0.20
   extra_missing: float = 0.03
+  negative_control: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +130,9 @@ def draw_patient(seed: int, index: int, geometry: str = "tiny",
                                                   dict[str, str]]:
   """The clinical draw, latent image truth and clinical.csv row of one patient (no files)."""
   clinical = cohort.draw_clinical(_rng(seed, index, 0), rates.extra_missing)
-  latent = cohort.draw_latent(_rng(seed, index, 1), clinical, GEOMETRIES[geometry].radius_scale)
+  shown = cohort.draw_clinical(_rng(seed, index, 7), rates.extra_missing) if (
+      rates.negative_control) else clinical
+  latent = cohort.draw_latent(_rng(seed, index, 1), shown, GEOMETRIES[geometry].radius_scale)
   row = cohort.format_clinical_row(_rng(seed, index, 2), clinical, patient_id(index))
   if SPECIAL_CASES.get(index) == "bad_clinical_row":
     row = cohort.break_clinical_row(row)
@@ -241,6 +250,9 @@ def define_flags(values: flags.FlagValues) -> None:
                     flag_values=values)
   flags.DEFINE_integer("workers", 1, "Processes writing patients.", lower_bound=1,
                        flag_values=values)
+  flags.DEFINE_bool("negative_control", False, "Draw each patient's images for another, "
+                    "independent patient: images without label evidence (Rates).",
+                    flag_values=values)
 
 
 def generate(options: flags.FlagValues, arguments: Sequence[str]) -> int:
@@ -249,6 +261,7 @@ def generate(options: flags.FlagValues, arguments: Sequence[str]) -> int:
     print(f"synthetic: unexpected arguments {list(arguments)}", file=sys.stderr)
     return 2
   print(generate_export(options.out, options.patients, options.seed, options.geometry,
+                        rates=Rates(negative_control=options.negative_control),
                         images=not options.clinical_only, workers=options.workers))
   return 0
 

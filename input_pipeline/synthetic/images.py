@@ -80,10 +80,6 @@ class VolumeGeometry:
           m[axis, 2] * scaled[2])
     return out
 
-  def index_of(self, lps: np.ndarray) -> np.ndarray:
-    """Continuous (x, y, z) voxel index of an LPS point (mm)."""
-    return np.linalg.solve(self.matrix, np.asarray(lps, float) - self.origin) / self.spacing
-
   def to_json(self) -> dict[str, Any]:
     return {"shape_zyx": list(self.shape), "origin": list(self.origin),
             "spacing_xyz": list(self.spacing), "direction": list(self.direction)}
@@ -286,18 +282,26 @@ def render_mammogram(rng: np.random.Generator, latent: ImageLatent, shape: tuple
   mass_r = latent.radius_mm[0] * 1.2
   du, dv = u - mass_u, v - mass_v
   distance = np.hypot(du, dv)
-  angle = np.arctan2(dv, du)
-  if latent.spiculated:
-    lobes = 1 + 0.18 * np.sin(5 * angle + rng.uniform(0, 2 * np.pi))
-    mass = _soft_inside(mass_r * lobes - distance, 1.0 * s)
+  outline = mass_r * outline_factor(np.arctan2(dv, du), latent.irregularity,
+                                    outline_harmonics(rng))
+  if latent.margin == "indistinct":  # the edge fades over a third of the radius
+    mass = _soft_inside(outline - distance, max(2.5 * s, 0.35 * mass_r))
+  else:
+    mass = _soft_inside(outline - distance, 1.0 * s)
+  if latent.margin == "spiculated":
     for theta in rng.uniform(0, 2 * np.pi, int(rng.integers(8, 15))):
       along = du * np.cos(theta) + dv * np.sin(theta)
       across = np.abs(-du * np.sin(theta) + dv * np.cos(theta))
       length = mass_r * rng.uniform(1.6, 2.6)
       spicule = _soft_inside(0.6 - across, s) * (along > 0) * np.clip(1 - along / length, 0, 1)
       mass = np.maximum(mass, 0.7 * spicule)
-  else:
-    mass = _soft_inside(mass_r - distance, 2.5 * s)
+  if latent.calcifications:  # punctate, within 1.3 radii of the centre
+    count = int(rng.integers(6, 16))
+    spot = max(0.4, 0.6 * s)
+    for rho, phi in zip(1.3 * mass_r * np.sqrt(rng.random(count)),
+                        rng.uniform(0, 2 * np.pi, count)):
+      dot = _soft_inside(spot - np.hypot(du - rho * np.cos(phi), dv - rho * np.sin(phi)), s)
+      image += 3000.0 * dot * breast
   image += 2600.0 * latent.mass_contrast * mass * breast
 
   row_of = lambda v_mm: (v_mm + centre_row_mm) / spacing_mm - 0.5
@@ -330,6 +334,22 @@ def render_mammogram(rng: np.random.Generator, latent: ImageLatent, shape: tuple
            "mass_radius_px": float(mass_r / spacing_mm), "markers": markers,
            "chest_wall_edge": "left" if left else "right"}
   return np.clip(np.rint(image), 0, MG_MAX).astype(np.uint16), truth
+
+
+def outline_harmonics(rng: np.random.Generator) -> np.ndarray:
+  """The lobulation pattern of one mass outline, [5, 2]: amplitude and phase of the harmonics
+  k = 2..6 (a nuisance; their scale is normalised away in :func:`outline_factor`)."""
+  amplitude = rng.uniform(0.5, 1.0, 5) / np.sqrt(np.arange(2, 7))
+  return np.stack([amplitude, rng.uniform(0, 2 * np.pi, 5)], axis=1)
+
+
+def outline_factor(angle: np.ndarray, irregularity: float, harmonics: np.ndarray) -> np.ndarray:
+  """The outline's radius / the mass radius at ``angle``: 1 + irregularity x a unit-RMS sum of
+  the harmonics (so the outline's RMS relative deviation from a circle is the irregularity),
+  kept above 0.3 so a very irregular mass stays one piece."""
+  amplitude, phase = harmonics[:, 0], harmonics[:, 1]
+  wave = sum(a * np.cos(k * angle + p) for k, a, p in zip(range(2, 7), amplitude, phase))
+  return np.maximum(0.3, 1.0 + irregularity * wave / np.sqrt(np.sum(amplitude ** 2) / 2))
 
 
 def _box_touches_breast(box, q: np.ndarray, work: int) -> bool:

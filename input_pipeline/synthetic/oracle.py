@@ -10,21 +10,26 @@ likelihood ratio of every piece of evidence a model has.
   P(missing | y) (therapy, multi-label: a patient with no therapy is written missing too).
   Values inside a bin (age in years, weight, menarche) are drawn independently of the label
   given the bin and add nothing.
-* ``iMGrhpc`` adds the mammogram's latent variables: the mass contrast (log-normal, its median
-  set by the label: the mammogram's own evidence) and what the image reveals of variables the
-  table may leave Unknown: density (the fibroglandular fraction) and cT (the mass radius).
+* ``iMGrhpc`` adds the mammogram's latent variables: its subtype phenotype (margin, outline
+  irregularity, calcifications; input_pipeline/synthetic/phenotypes.py), whose irregularity
+  also depends on the label given the subtype (the mammogram's own evidence), and what the
+  image reveals of variables the table may leave Unknown: density (the fibroglandular
+  fraction), cT (the mass radius) and the subtype (through the phenotype).
 * ``iMRrhpc`` adds the MRI's latent variables up to the phase: the Pre-NAT enhancement ratio
   (log-normal, label-dependent); at Mid-NAT the tumour's radius factor Mid / Pre, at Post-NAT
   Post / Pre (each a mixture over response courses of uniform ranges, so the likelihood is a
   sum of box densities); and what the MRI reveals of density, cT (the Pre-NAT radius),
-  laterality (the tumour's side) and location (the tumour's position in the breast). The
-  follow-up's enhancement depends on the label only through the radius factor and adds
-  nothing.
-* ``MRP`` sees all of it (a revealed variable is counted once).
+  laterality (the tumour's side), location (the tumour's position in the breast) and the
+  subtype (the non-enhancing core fraction of its enhancement pattern). The follow-up's
+  enhancement depends on the label only through the radius factor and adds nothing.
+* ``MRP`` sees all of it (a latent both images show, e.g. the radius, is counted once; the two
+  subtype phenotypes are independent given the subtype and multiply).
 
-A revealed variable matters only when the table leaves it Unknown: then its likelihood is
-P(missing | y) sum_c P(c | y) P(latent | c); when the category is written, P(latent | c) does
-not depend on the label. Everything here is exact: no Monte Carlo.
+A table variable's images enter as P(latent | c, y). When the category c is written it is
+that term alone (label-free for all links but the outline irregularity); when the table
+leaves it Unknown the images tell it: sum_c P(c | y) P(latent | c, y), beside the table's
+own P(missing | y). Under the export's negative control the images belong to another patient:
+every model's posterior is the table's. Everything here is exact: no Monte Carlo.
 """
 
 from __future__ import annotations
@@ -35,20 +40,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from input_pipeline import schema
-from input_pipeline.synthetic import cohort
+from input_pipeline.synthetic import cohort, phenotypes
 
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
 ORACLE_FILE = "synthetic_oracle.json"  # in a records folder made from a synthetic export
-_REVEALED = {"mammogram": ("density", "ct"), "mri": ("density", "ct", "laterality", "location")}
+# Table variables each modality shows (density, cT, laterality, location through one latent
+# that both modalities share; the subtype through each modality's own phenotype).
+REVEALED = {"mammogram": ("density", "ct", "molecular_subtype"),
+             "mri": ("density", "ct", "laterality", "location", "molecular_subtype")}
 _J = {name: j for j, name in enumerate(schema.VARIABLE_NAMES)}
-
-
-def _missing_probability(var: schema.Variable, extra_missing: float) -> np.ndarray:
-  """P(written Unknown | label) [2] for a variable other than therapy."""
-  unknown = cohort.unknown_probability(var)
-  return 1 - (1 - unknown) * (1 - extra_missing)
 
 
 def table_log_likelihood(draw: cohort.ClinicalDraw, extra_missing: float) -> np.ndarray:
@@ -57,7 +60,7 @@ def table_log_likelihood(draw: cohort.ClinicalDraw, extra_missing: float) -> np.
   for j, var in enumerate(schema.VARIABLES):
     probs = cohort.category_probabilities(var)
     if var.kind == schema.Kind.MULTILABEL:
-      written = (1 - cohort.unknown_probability(var)) * (1 - extra_missing)
+      written = (1 - cohort.missing_probability(var, extra_missing))
       if draw.missing[j]:
         none = np.prod(1 - probs, axis=1)  # P(no therapy | label): written missing too
         total += np.log(1 - written * (1 - none))
@@ -65,7 +68,7 @@ def table_log_likelihood(draw: cohort.ClinicalDraw, extra_missing: float) -> np.
         bits = (int(draw.codes[j]) >> np.arange(var.num_categories)) & 1
         total += np.log(written) + np.sum(np.log(np.where(bits, probs, 1 - probs)), axis=1)
       continue
-    missing = _missing_probability(var, extra_missing)
+    missing = cohort.missing_probability(var, extra_missing)
     if draw.missing[j]:
       total += np.log(missing)
       continue
@@ -75,34 +78,45 @@ def table_log_likelihood(draw: cohort.ClinicalDraw, extra_missing: float) -> np.
   return total
 
 
-def _latent_likelihood(name: str, category: int, latent: cohort.ImageLatent) -> float:
-  """P(the latent variable that ``name`` drives | true category), a density or 0/1."""
+def _latent_log_likelihood(name: str, category: int, latent: cohort.ImageLatent,
+                           seen: frozenset[str]) -> np.ndarray:
+  """log P(the latent variables that ``name`` drives, as the ``seen`` modalities show them |
+  true category, label) [2]: a density, or 0 / -inf."""
   var = schema.BY_NAME[name]
   cat = var.categories[category].name
+  if name == "molecular_subtype":
+    return phenotypes.log_likelihood(latent.phenotype(), category, "mammogram" in seen,
+                                     "mri" in seen)
   if name == "density":
-    return float(cohort.DENSITY_FRACTION[cat] == latent.gland_fraction)
-  if name == "laterality":
-    return float(cat == latent.side)
-  if name == "ct":
+    likelihood = float(cohort.DENSITY_FRACTION[cat] == latent.gland_fraction)
+  elif name == "laterality":
+    likelihood = float(cat == latent.side)
+  elif name == "ct":
     low, high = (v * latent.radius_scale for v in cohort.radius_range(cat))
-    return float(low <= latent.radius_mm[0] <= high) / (high - low)
-  if name == "location":
+    likelihood = float(low <= latent.radius_mm[0] <= high) / (high - low)
+  elif name == "location":
     box = cohort.location_box(cat)
     inside = all(lo <= p <= hi for p, (lo, hi) in zip(latent.tumour_position, box))
-    return float(inside) / math.prod(hi - lo for lo, hi in box)
-  raise ValueError(name)
+    likelihood = float(inside) / math.prod(hi - lo for lo, hi in box)
+  else:
+    raise ValueError(name)
+  return np.full(2, math.log(likelihood) if likelihood > 0 else -math.inf)
 
 
-def revealed_log_likelihood(name: str, draw: cohort.ClinicalDraw, latent: cohort.ImageLatent
+def revealed_log_likelihood(name: str, draw: cohort.ClinicalDraw, latent: cohort.ImageLatent,
+                            seen: frozenset[str] = frozenset({"mammogram", "mri"})
                             ) -> np.ndarray:
-  """What an image adds about variable ``name``: 0 when the table has its category, else
-  log sum_c P(c | y) P(latent | c) - the table's own term is P(missing | y), kept there."""
+  """What the ``seen`` images add about variable ``name``, [2]: log P(latent | written
+  category, label) when the table has it (0 for a label-free link), else
+  log sum_c P(c | y) P(latent | c, y) - the table's own term is P(missing | y), kept there."""
   j = _J[name]
   if not draw.missing[j]:
-    return np.zeros(2)
+    return _latent_log_likelihood(name, int(draw.codes[j]), latent, seen)
   probs = cohort.category_probabilities(schema.BY_NAME[name])
-  likelihood = np.array([_latent_likelihood(name, c, latent) for c in range(probs.shape[1])])
-  return np.log(probs @ likelihood)
+  terms = np.stack([_latent_log_likelihood(name, c, latent, seen)
+                    for c in range(probs.shape[1])], axis=1)  # [2, K]
+  with np.errstate(divide="ignore"):
+    return special.logsumexp(np.log(probs) + terms, axis=1)
 
 
 def _response_course_log_likelihood(factor: float, phase: int) -> np.ndarray:
@@ -117,7 +131,8 @@ def _response_course_log_likelihood(factor: float, phase: int) -> np.ndarray:
 
 
 def mri_log_likelihood(latent: cohort.ImageLatent, phase: int) -> np.ndarray:
-  """log P(the MRI's label-dependent latents up to ``phase`` | label) [2]."""
+  """log P(the MRI's label-dependent latents up to ``phase`` that no table variable drives |
+  label) [2]."""
   total = cohort.PRE_ENHANCEMENT.log_likelihood(latent.enhancement[0])
   if phase > 0:
     total = total + _response_course_log_likelihood(
@@ -132,10 +147,14 @@ def posterior(log_likelihood: np.ndarray) -> float:
 
 
 def patient_oracle(draw: cohort.ClinicalDraw, latent: cohort.ImageLatent, phases: list[str],
-                   has_mammogram: bool, extra_missing: float) -> dict[str, dict[str, float]]:
+                   has_mammogram: bool, rates: Any) -> dict[str, dict[str, float]]:
   """{model: {phase: P(pCR | what that model sees)}} for the phases the patient's MRI allows
-  (Mid needs a Mid-NAT study, Post a Post-NAT one; rhpc and iMGrhpc are the same at each)."""
-  table = table_log_likelihood(draw, extra_missing)
+  (Mid needs a Mid-NAT study, Post a Post-NAT one; rhpc and iMGrhpc are the same at each).
+
+  ``rates``: the export's ``Rates`` (its ``extra_missing``; under ``negative_control`` the
+  images belong to another draw and tell nothing of this patient: every model's posterior is
+  the table's)."""
+  table = table_log_likelihood(draw, rates.extra_missing)
   seen_by = {"rhpc": (), "iMGrhpc": ("mammogram",), "iMRrhpc": ("mri",),
              "MRP": ("mammogram", "mri")}
   out: dict[str, dict[str, float]] = {model: {} for model in MODELS}
@@ -143,16 +162,24 @@ def patient_oracle(draw: cohort.ClinicalDraw, latent: cohort.ImageLatent, phases
     if phase != "pre" and phase not in phases:
       continue
     for model, modalities in seen_by.items():
-      available = [m for m in modalities if m == "mri" or has_mammogram]
-      total = table.copy()
-      for name in sorted({v for m in available for v in _REVEALED[m]}):
-        total += revealed_log_likelihood(name, draw, latent)
-      if "mammogram" in available:
-        total += cohort.MG_CONTRAST.log_likelihood(latent.mass_contrast)
-      if "mri" in available:
-        total += mri_log_likelihood(latent, phase_index)
-      out[model][phase] = posterior(total)
+      seen = frozenset(m for m in modalities if (m == "mri" or has_mammogram)
+                       and not rates.negative_control)
+      out[model][phase] = posterior(table + image_log_likelihood(draw, latent, seen,
+                                                                 phase_index))
   return out
+
+
+def image_log_likelihood(draw: cohort.ClinicalDraw, latent: cohort.ImageLatent,
+                         seen: frozenset[str], phase: int) -> np.ndarray:
+  """log P(what the ``seen`` modalities show up to ``phase`` | the table as written, label)
+  [2]: each revealed variable counted once, plus the MRI's own terms. With every table value
+  missing in ``draw`` it is what the images alone tell of the label."""
+  total = np.zeros(2)
+  for name in sorted({v for m in seen for v in REVEALED[m]}):
+    total += revealed_log_likelihood(name, draw, latent, seen)
+  if "mri" in seen:
+    total += mri_log_likelihood(latent, phase)
+  return total
 
 
 def export_oracle(export_dir: str | Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -169,7 +196,7 @@ def export_oracle(export_dir: str | Path) -> dict[str, dict[str, dict[str, float
     draw, latent, _ = export.draw_patient(truth["seed"], patient["index"], truth["geometry"],
                                           rates)
     out[patient["patient_id"]] = patient_oracle(draw, latent, patient["phases"],
-                                                patient["has_mammogram"], rates.extra_missing)
+                                                patient["has_mammogram"], rates)
   return out
 
 
