@@ -17,7 +17,8 @@ from ml_collections import config_dict
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.job = "train"  # one of mrp_jax.main.JOBS: train | evaluate | benchmark | demo | describe
+  # one of mrp_jax.main.JOBS: train | evaluate | benchmark | demo | describe | pretrain
+  config.job = "train"
   config.seed = 0  # model init, data order and augmentation all derive from it
   config.distributed = False  # jax.distributed.initialize() (auto when JAX_COORDINATOR_ADDRESS)
   # GPU: XLA's deterministic reductions and scatters (--xla_gpu_deterministic_ops), so the same
@@ -66,6 +67,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.conv_lowering = "auto"
   m.rhpc_init = ""  # fused models: start the rhpc encoder from this rhpc train workdir's
   m.pretrained = ""  # PyTorch checkpoint for the image encoder (MedicalNet .pth / torchvision)
+  # Fused models: start the image encoder from this pretrain run's workdir (its encoder/;
+  # the pretrain job, configs/pretrain.py, docs/pretraining.md).
+  m.encoder_init = ""
+  # Training only: dropout rate on the pooled image features both heads read (0: off).
+  m.feature_dropout = 0.0
 
   # ---- loss ----------------------------------------------------------------------------------
   config.loss = lo = ml_collections.ConfigDict()
@@ -150,6 +156,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.learning_rate = 3e-4  # peak learning rate
   t.warmup_steps = 500
   t.weight_decay = 1e-4
+  # Fused models: the image encoder's learning rate as a multiple of the rest's (0: its weights
+  # frozen), and its own weight decay (None: weight_decay). docs/pretraining.md.
+  t.encoder_learning_rate_scale = 1.0
+  t.encoder_weight_decay = config_dict.placeholder(float)
   t.b1 = 0.9
   t.b2 = 0.999
   t.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
@@ -159,6 +169,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.keep_checkpoints = 2
   t.plateau_patience = 5  # 'paper' optimizer: evaluations without gain before halving the rate
   t.plateau_factor = 0.5
+  # What the best checkpoint (best/, used by evaluation) maximises: auroc (the pCR output's mean
+  # validation AUROC) | image_auroc (a fused model's image-only output's).
+  t.best_metric = "auroc"
+
+  # ---- pretrain job (mrp_jax/training/pretrain.py; its steps and optimiser: config.train) ------
+  config.pretrain = pt = ml_collections.ConfigDict()
+  pt.splits = ("train", "validation", "test")  # whose images (never their labels) it reads
+  pt.temperature = 0.2  # NT-Xent softmax temperature
+  pt.crop_min_area = 0.25  # random resized crops cover [this, 1] of the image
+  pt.projection_hidden_dim = 128  # SimCLR's projection MLP (dropped after pretraining)
+  pt.projection_dim = 64
 
   # ---- validation during training (the evaluate job is configs/evaluate.py) -------------------
   config.validation = v = ml_collections.ConfigDict()

@@ -42,9 +42,14 @@ def get_config(arg=None):
       "iMGrhpc": {"steps": 200, "batch_size": 16, "learning_rate": 1e-3},
       "iMRrhpc": {"steps": 1200, "batch_size": 8, "learning_rate": 1e-3},
   })
+  # The mammogram encoder's self-supervised start (the pretrain job on every split's
+  # mammograms, labels unused); steps 0: iMGrhpc's encoder starts from scratch.
+  # docs/pretraining.md: the measurements behind it.
+  d.pretrain = ml_collections.ConfigDict({"steps": 2000, "batch_size": 64})
   # The config file of each stage, loaded as the command line loads it.
   d.configs = ml_collections.ConfigDict(
-      {name: str(_HERE / f"{name}.py") for name in ("rhpc", "iMGrhpc", "iMRrhpc", "evaluate")})
+      {name: str(_HERE / f"{name}.py")
+       for name in ("rhpc", "iMGrhpc", "iMRrhpc", "evaluate", "pretrain")})
   # configs/evaluate.py fields for the report.
   d.evaluate = ml_collections.ConfigDict({
       "split": "test", "fit_split": "validation", "bootstrap_replicates": 1000,
@@ -57,6 +62,8 @@ def get_config(arg=None):
     for name in ("rhpc", "iMGrhpc", "iMRrhpc"):
       d.train[name].steps = 6
       d.train[name].batch_size = 4
+    d.pretrain.steps = 4
+    d.pretrain.batch_size = 4
     d.evaluate.bootstrap_replicates = 100
     d.evaluate.explain_cases = 1
     d.evaluate.explain_steps = 2

@@ -6,7 +6,9 @@ Stages (each skipped or resumed when its output already exists):
                is reused without rescanning the export), then `verify`;
   3. train:    rhpc, iMGrhpc and iMRrhpc in WORKDIR/runs/<model> (each resumes from its
                checkpoints; a run with final.json is done). The fused models start their rhpc
-               encoder from the rhpc run (config.demo.rhpc_init);
+               encoder from the rhpc run (config.demo.rhpc_init); iMGrhpc starts its image
+               encoder from a pretrain run on the records' mammograms (no labels), in
+               WORKDIR/runs/pretrain_iMGrhpc (config.demo.pretrain; docs/pretraining.md);
   4. evaluate: the MRP ensemble and the report in WORKDIR/report (the evaluate job), then the
                paper's result checked claim by claim (metrics.json "paper_claims").
 """
@@ -47,14 +49,18 @@ CONFIG_RULES: dict[str, configuration.Rule] = {
     **{f"demo.train.{m}.{k}": configuration.POSITIVE_INT for m in models.MODEL_NAMES
        for k in ("steps", "batch_size")},
     **{f"demo.train.{m}.learning_rate": configuration.POSITIVE for m in models.MODEL_NAMES},
+    "demo.pretrain.steps": (configuration.COUNT[0], "must be an integer >= 0 (0: no pretraining)"),
+    "demo.pretrain.batch_size": configuration.POSITIVE_INT,
 }
 CONFIG_CHECKS: tuple[configuration.Check, ...] = (*train_checks.CONFIG_CHECKS, CONFIG_RULES)
 
 
 def train_config(config: ml_collections.ConfigDict, model_name: str, records: Path,
-                 rhpc_run: Path | None) -> ml_collections.ConfigDict:
+                 rhpc_run: Path | None, encoder_run: Path | None = None
+                 ) -> ml_collections.ConfigDict:
   """The train config of one demo model: its config file (variant tiny) at the demo's
-  geometry, with the model's steps, batch size and learning rate from ``config.demo.train``."""
+  geometry, with the model's steps, batch size and learning rate from ``config.demo.train``;
+  a fused model's image encoder starts from ``encoder_run`` (a pretrain workdir) when given."""
   demo = config.demo
   out = configuration.load(f"{demo.configs[model_name]}:tiny")
   out.seed = config.seed
@@ -74,6 +80,27 @@ def train_config(config: ml_collections.ConfigDict, model_name: str, records: Pa
     out.model.modality_dropout = config.model.modality_dropout
     if rhpc_run is not None and demo.rhpc_init:
       out.model.rhpc_init = str(rhpc_run)
+    if encoder_run is not None:
+      out.model.encoder_init = str(encoder_run)
+  return out
+
+
+def pretrain_config(config: ml_collections.ConfigDict, records: Path
+                    ) -> ml_collections.ConfigDict:
+  """The pretrain config of the demo's mammogram encoder: configs/pretrain.py (variant tiny) at
+  the demo's geometry, with ``config.demo.pretrain``'s steps and batch size."""
+  demo = config.demo
+  out = configuration.load(f"{demo.configs.pretrain}:tiny")
+  out.seed = config.seed
+  out.data.records = str(records)
+  geometry = GEOMETRIES[demo.geometry]
+  out.data.mri_shape, out.data.mri_spacing_mm = geometry.mri_box, geometry.mri_spacing_mm
+  out.data.mg_shape = geometry.mg_size
+  out.train.num_steps = demo.pretrain.steps
+  out.train.batch_size = demo.pretrain.batch_size
+  out.train.warmup_steps = max(1, demo.pretrain.steps // 40)
+  out.train.log_every_steps = max(1, demo.pretrain.steps // 20)
+  out.train.checkpoint_every_steps = max(1, demo.pretrain.steps // 4)
   return out
 
 
@@ -92,7 +119,7 @@ def evaluate_config(config: ml_collections.ConfigDict, records: Path,
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
   """Runs (or resumes) every stage; returns the closing summary's lines (main.py prints them)."""
   from mrp_jax.evaluation import evaluate, outputs, report
-  from mrp_jax.training import train
+  from mrp_jax.training import pretrain, train
 
   stage = console.current("demo").stage
   workdir = Path(workdir)
@@ -136,13 +163,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
     raise RuntimeError(f"demo: the prepared records failed verification:\n{verified.summary()}")
   stage(f"verify: {verified.summary()}")
 
+  encoder_run = None
+  if demo.pretrain.steps:
+    encoder_run = workdir / "runs" / "pretrain_iMGrhpc"
+    cfg = pretrain_config(config, options.out)
+    configuration.validate(cfg, pretrain.CONFIG_CHECKS)
+    pretrain.pretrain(cfg, encoder_run)
+
   workdirs: dict[str, Path] = {}
   for model_name in MODELS:
     run_dir = workdirs[model_name] = workdir / "runs" / model_name
     if (run_dir / "final.json").exists():
       stage(f"train {model_name}: done before, reusing {run_dir}")
       continue
-    cfg = train_config(config, model_name, options.out, workdirs.get("rhpc"))
+    cfg = train_config(config, model_name, options.out, workdirs.get("rhpc"),
+                       encoder_run if model_name == "iMGrhpc" else None)
     configuration.validate(cfg, train_checks.CONFIG_CHECKS)
     train.train_and_evaluate(cfg, run_dir)
 

@@ -65,6 +65,19 @@ def _benchmark_checks() -> Sequence[configuration.Check]:
   return job.CONFIG_CHECKS
 
 
+def _pretrain(config, workdir: Path) -> list[str]:
+  from mrp_jax.training import pretrain
+  pretrain.pretrain(config, workdir)
+  return [(f"pretrained encoder: {workdir / pretrain.ENCODER_DIR} (a fused model starts from "
+           f"it with --config.model.encoder_init={workdir})"),
+          f"loss of every logged step: {workdir / 'metrics.jsonl'}"]
+
+
+def _pretrain_checks() -> Sequence[configuration.Check]:
+  from mrp_jax.training import pretrain
+  return pretrain.CONFIG_CHECKS
+
+
 def _demo(config, workdir: Path) -> list[str]:
   from mrp_jax import demo
   return demo.run(config, workdir)
@@ -95,6 +108,7 @@ JOBS: dict[str, Job] = {
     "benchmark": Job(_benchmark, _benchmark_checks),
     "demo": Job(_demo, _demo_checks),
     "describe": Job(_describe, _train_checks),  # what a train config builds
+    "pretrain": Job(_pretrain, _pretrain_checks),
 }
 
 
@@ -125,7 +139,7 @@ def main(argv) -> None:
     validate(config)
   except configuration.ConfigError as error:
     sys.exit(f"mrp_jax: {error}")
-  if config.job == "train" and not config.data.records:
+  if config.job in ("train", "pretrain") and not config.data.records:
     sys.exit("mrp_jax: config.data.records is empty: give the folder that "
              "`python -m input_pipeline.records.prepare` wrote (--config.data.records=DIR)")
   if config.deterministic_gpu:  # read when the GPU backend starts, i.e. after this

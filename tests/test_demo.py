@@ -63,6 +63,11 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   # The fused models started from the rhpc run's encoder.
   imr_config = json.loads((tmp_path / "runs" / "iMRrhpc" / "config.json").read_text())
   assert imr_config["model"]["rhpc_init"] == str(tmp_path / "runs" / "rhpc")
+  # iMGrhpc's image encoder started from the pretrain run on the records' mammograms.
+  img_config = json.loads((tmp_path / "runs" / "iMGrhpc" / "config.json").read_text())
+  assert img_config["model"]["encoder_init"] == str(tmp_path / "runs" / "pretrain_iMGrhpc")
+  assert json.loads((tmp_path / "runs" / "pretrain_iMGrhpc" / "encoder.json").read_text())[
+      "steps"] == 4
   report = tmp_path / "report"
   metrics = json.loads((report / "metrics.json").read_text())
   models = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
@@ -90,7 +95,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   second = _demo(tmp_path)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "generating" not in second.stdout  # the export is reused
-  assert second.stdout.count("done before") == 4  # three runs and the report
+  assert second.stdout.count("done before") == 5  # pretraining, three runs and the report
   assert "the paper's result:" in second.stdout  # read back from metrics.json
   assert len(_check_console(second, tmp_path)) > len(log)  # the log continues
   assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing rewritten

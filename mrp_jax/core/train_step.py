@@ -36,6 +36,10 @@ class TrainState:
 
 # adamw: AdamW with warmup-cosine; paper: the authors' Adam with L2 decay and ReduceLROnPlateau.
 OPTIMIZERS = ("adamw", "paper")
+# What the best checkpoint maximises: the mean validation AUROC of the model's pCR output, or of
+# a fused model's image-only output (the knowledge predictor's P(pCR)).
+BEST_METRICS = ("auroc", "image_auroc")
+ENCODER = "image_encoder"  # the fused models' image encoder (models/fusion.py)
 
 # The fields of config.train the optimiser and its schedule read.
 CONFIG_RULES: dict[str, cfg.Rule] = {
@@ -47,6 +51,11 @@ CONFIG_RULES: dict[str, cfg.Rule] = {
     "train.b1": cfg.UNIT_INTERVAL,
     "train.b2": cfg.UNIT_INTERVAL,
     "train.grad_clip_norm": cfg.NON_NEGATIVE,
+    "train.encoder_learning_rate_scale": (
+        lambda v: isinstance(v, (int, float)) and v >= 0,
+        "must be >= 0 (0 freezes the encoder's weights)"),
+    "train.encoder_weight_decay": (lambda v: v is None or cfg.NON_NEGATIVE[0](v),
+                                   "must be >= 0, or None for train.weight_decay"),
 }
 
 
@@ -63,18 +72,41 @@ def create_optimizer(train: Mapping[str, Any]) -> optax.GradientTransformation:
 
   The paper preset follows PyTorch's Adam(weight_decay=...) (decay added to the gradient before
   the moments); its ReduceLROnPlateau schedule is driven by validation, outside the step.
+
+  A fused model's image encoder gets its own rate and decay when ``encoder_learning_rate_scale``
+  is not 1 or ``encoder_weight_decay`` is set (optax.multi_transform over the top-level
+  'image_encoder' parameters; scale 0 freezes its weights, not its batch statistics). Otherwise
+  the optimizer and its state are exactly the single-group ones.
   """
   schedule = learning_rate_schedule(train)
   parts = []
   if train["grad_clip_norm"] > 0:
     parts.append(optax.clip_by_global_norm(train["grad_clip_norm"]))
-  if train["optimizer"] == "paper":
-    parts += [optax.add_decayed_weights(train["weight_decay"]),
-              optax.adam(schedule, b1=train["b1"], b2=train["b2"])]
+  scale = train.get("encoder_learning_rate_scale", 1.0)
+  decay = train.get("encoder_weight_decay")
+  if scale == 1.0 and decay is None:
+    parts += _adam(train, schedule, train["weight_decay"])
   else:
-    parts.append(optax.adamw(schedule, b1=train["b1"], b2=train["b2"],
-                             weight_decay=train["weight_decay"]))
+    encoder = (optax.chain(*_adam(train, lambda step: schedule(step) * scale,
+                                  train["weight_decay"] if decay is None else decay))
+               if scale > 0 else optax.set_to_zero())
+    parts.append(optax.multi_transform(
+        {"encoder": encoder, "rest": optax.chain(*_adam(train, schedule, train["weight_decay"]))},
+        _encoder_labels))
   return optax.chain(*parts)
+
+
+def _adam(train: Mapping[str, Any], schedule: optax.Schedule, weight_decay: float
+          ) -> list[optax.GradientTransformation]:
+  if train["optimizer"] == "paper":
+    return [optax.add_decayed_weights(weight_decay),
+            optax.adam(schedule, b1=train["b1"], b2=train["b2"])]
+  return [optax.adamw(schedule, b1=train["b1"], b2=train["b2"], weight_decay=weight_decay)]
+
+
+def _encoder_labels(params: Mapping[str, Any]) -> dict[str, Any]:
+  return {name: jax.tree.map(lambda _, n=name: "encoder" if n == ENCODER else "rest", tree)
+          for name, tree in params.items()}
 
 
 def init_state(model: nn.Module, batch: Mapping[str, Any], optimizer: optax.GradientTransformation,

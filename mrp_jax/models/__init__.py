@@ -36,6 +36,7 @@ CONFIG_RULES: dict[str, cfg.Rule] = {
     "model.rhpc_hidden_dim": cfg.POSITIVE_INT,
     "model.head_dim": cfg.POSITIVE_INT,
     "model.modality_dropout": cfg.UNIT_INTERVAL,
+    "model.feature_dropout": cfg.UNIT_INTERVAL,
     "model.siamese_batching": cfg.one_of(*SIAMESE_BATCHING),
     "model.rhpc_skip": cfg.BOOLEAN,
     "model.encoder.layout": cfg.one_of(*LAYOUTS),
@@ -90,6 +91,7 @@ def create_model(model: Mapping[str, Any]) -> nn.Module:
       rhpc_hidden_dim=model["rhpc_hidden_dim"],
       modality_dropout=model.get("modality_dropout", 0.0),
       rhpc_skip=model.get("rhpc_skip", False),
+      feature_dropout=model.get("feature_dropout", 0.0),
   )
 
 

@@ -60,6 +60,9 @@ class ImagingRhpcModel(nn.Module):
       head's output, whose last layer then starts at zero: with both rhpc parts warm-started
       from a trained rhpc run the fused model starts as that model and learns what the images
       add (module docstring: why).
+    feature_dropout: in training, dropout (rate, inverted scaling) on the pooled image features
+      that both heads read: a regulariser against an encoder and heads that memorise a few
+      hundred noisy labels. Needs a 'dropout' rng when > 0.
   """
   image_key: str = "mri"
   encoder: Mapping[str, Any] | None = None  # a FrozenDict, so the module stays hashable
@@ -71,6 +74,7 @@ class ImagingRhpcModel(nn.Module):
   rhpc_hidden_dim: int = 256
   modality_dropout: float = 0.0
   rhpc_skip: bool = False
+  feature_dropout: float = 0.0
 
   @nn.compact
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
@@ -105,6 +109,9 @@ class ImagingRhpcModel(nn.Module):
       features = features + nn.elu(nn.Dense(features.shape[-1], name="time_embedding")(phase))
     features = jnp.where(slot_mask[..., None], features, 0.0)
     image_features = features.reshape(b, -1)
+    if train and self.feature_dropout > 0:
+      image_features = nn.Dropout(self.feature_dropout, deterministic=False)(
+          image_features, rng=self.make_rng("dropout"))
     image_present = jnp.any(slot_mask, axis=1)
 
     rhpc_features = RhpcEncoder(self.rhpc_embed_dim, self.rhpc_hidden_dim,

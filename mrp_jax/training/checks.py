@@ -7,6 +7,7 @@ from __future__ import annotations
 from input_pipeline import schema
 from mrp_jax import configuration as cfg
 from mrp_jax.core import state
+from mrp_jax.training import pretrain
 
 # How training images reach the device (config.data.transfer; train.uses_views).
 TRANSFERS = ("auto", "views", "batch")
@@ -30,4 +31,6 @@ CONFIG_RULES: dict[str, cfg.Rule] = {
     "data.transfer": cfg.one_of(*TRANSFERS),
 }
 
-CONFIG_CHECKS: tuple[cfg.Check, ...] = (cfg.RULES, *state.CONFIG_CHECKS, CONFIG_RULES)
+CONFIG_CHECKS: tuple[cfg.Check, ...] = (cfg.RULES, *state.CONFIG_CHECKS, CONFIG_RULES,
+                                        pretrain.ENCODER_START_RULES,
+                                        pretrain.best_metric_problems)

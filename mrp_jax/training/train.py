@@ -27,6 +27,7 @@ from mrp_jax import console
 from mrp_jax.core import checkpoint, inference, runs, sharding, train_step
 from mrp_jax.core import state as state_lib
 from mrp_jax.models import pretrained
+from mrp_jax.training import pretrain
 from mrp_jax.training.metric_log import MetricLog
 
 
@@ -59,8 +60,9 @@ def _check_records(config: ml_collections.ConfigDict, manifest: dict[str, Any]) 
 
 def validate(eval_step, state, mesh, paths: list[str], config) -> dict[str, float]:
   """Validation AUROC per phase and their mean ('val/auroc', NaN when no phase has both
-  classes)."""
-  out, aurocs = {}, []
+  classes); for the fused models also their image-only output's ('val/image_auroc/<phase>',
+  over the patients with the image, and the mean 'val/image_auroc')."""
+  out, aurocs, image_aurocs = {}, [], []
   for phase in config.validation.phases:
     predictions = inference.predict(eval_step, state, mesh, paths,
                                     model_name=config.model.name, phase=phase,
@@ -70,7 +72,15 @@ def validate(eval_step, state, mesh, paths: list[str], config) -> dict[str, floa
       auroc = roc_auc_score(predictions.label, predictions.probability)
       out[f"val/auroc/{phase}"] = auroc
       aurocs.append(auroc)
+    if predictions.image_probability is not None:
+      seen = predictions.image_present
+      if len(set(predictions.label[seen].tolist())) == 2:
+        auroc = roc_auc_score(predictions.label[seen], predictions.image_probability[seen])
+        out[f"val/image_auroc/{phase}"] = auroc
+        image_aurocs.append(auroc)
   out["val/auroc"] = float(np.mean(aurocs)) if aurocs else math.nan
+  if predictions.image_probability is not None:
+    out["val/image_auroc"] = float(np.mean(image_aurocs)) if image_aurocs else math.nan
   return out
 
 
@@ -153,8 +163,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   recipe = state_lib.build_state(config, mesh)
   shardings = recipe.shardings
 
-  # ---- state: resume > pretrained > scratch ---------------------------------------------------
-  checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  # ---- state: resume > pretrained (PyTorch, or a pretrain run: encoder_init) > scratch --------
+  checkpoints = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints,
+                                       best_metric=config.train.get("best_metric", "auroc"))
   if checkpoints.latest_step() is not None:
     try:
       state = checkpoints.restore(recipe.abstract_sharded, data)
@@ -175,6 +186,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                     "batch_stats": jax.device_get(state.batch_stats)})
       state = jax.device_put(state.replace(params=variables["params"],
                                            batch_stats=variables["batch_stats"]), shardings)
+    if config.model.get("encoder_init"):
+      params, batch_stats = pretrain.encoder_from(
+          config.model.encoder_init, config.model.name, jax.device_get(state.params),
+          jax.device_get(state.batch_stats))
+      state = jax.device_put(state.replace(params=params, batch_stats=batch_stats), shardings)
     if config.model.rhpc_init:
       state = jax.device_put(state.replace(params=rhpc_parts_from(
           config.model.rhpc_init, jax.device_get(state.params))), shardings)
@@ -275,9 +291,11 @@ def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints,
       shown["val AUROC"] = f"{auroc:.3f}"
       if t.optimizer == "paper":
         state = _plateau(state, auroc, config)
-      checkpoints.save_best(step, state, {"auroc": -1.0 if math.isnan(auroc) else auroc,
-                                          **{k: v for k, v in val.items()
-                                             if not math.isnan(v)}})
+      image_auroc = val.get("val/image_auroc", math.nan)
+      checkpoints.save_best(step, state, {
+          "auroc": -1.0 if math.isnan(auroc) else auroc,
+          "image_auroc": -1.0 if math.isnan(image_auroc) else image_auroc,
+          **{k: v for k, v in val.items() if not math.isnan(v)}})
     if step % t.checkpoint_every_steps == 0 or step == t.num_steps:
       checkpoints.save(step, state, data)
     bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in shown.items()), refresh=False)
