@@ -1,6 +1,6 @@
 # The two quickstart commands. Each creates .venv (Python >= 3.11) and installs what it needs.
 #   make demo   runs the main job on the built-in synthetic demo data
-#   make test   runs the test suite
+#   make test   checks the import layers (lint-imports) and runs the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -19,6 +19,7 @@ demo: $(VENV)/.installed-test
 	$(PY) -m mrp_jax.main --config configs/demo.py --workdir $(WORKDIR)
 
 test: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n auto -q tests
 
 clean:
