@@ -36,7 +36,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import openpyxl
 
-from input_pipeline.ingestion.dicom_scan import DiscoveryError, ScanResult, scan_folder, select_dce
+from input_pipeline.ingestion.dce_select import DiscoveryError, select_dce
+from input_pipeline.ingestion.dicom_scan import ScanResult, scan_folder
 from input_pipeline.ingestion.layouts.generic import find_file, unused_series
 from input_pipeline.ingestion.patient import DicomDce, Imaging, PatientSource, SeriesSelection
 from input_pipeline.schema import Phase

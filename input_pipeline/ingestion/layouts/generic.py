@@ -30,16 +30,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from input_pipeline import clinical_table, schema
-from input_pipeline.ingestion.dicom_scan import (
-    DiscoveryError,
-    ImageView,
-    ScanResult,
-    SeriesInfo,
-    StudyInfo,
-    is_dce_candidate,
-    scan_folder,
-    select_dce,
-)
+from input_pipeline.ingestion.dce_select import DiscoveryError, is_dce_candidate, select_dce
+from input_pipeline.ingestion.dicom_scan import ScanResult, SeriesInfo, StudyInfo, scan_folder
+from input_pipeline.ingestion.mammogram_view import ImageView
 from input_pipeline.ingestion.patient import (
     Imaging,
     MriExam,

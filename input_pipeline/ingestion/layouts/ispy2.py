@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import openpyxl
 
 from input_pipeline import schema
-from input_pipeline.ingestion.dicom_scan import DiscoveryError
+from input_pipeline.ingestion.dce_select import DiscoveryError
 from input_pipeline.ingestion.layouts import generic
 from input_pipeline.ingestion.layouts.generic import find_file
 from input_pipeline.ingestion.patient import PatientSource
