@@ -58,6 +58,7 @@ read of the same shards. The Grain stages themselves are in feed/stages.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -158,92 +159,11 @@ def host_shards(paths: Sequence[str], process_index: int, process_count: int) ->
 
 
 
-def _check_train_arguments(**values: int) -> None:
-  low = {"prefetch_batches": 0, "workers": 0}
-  for name, value in values.items():
-    if value < low.get(name, 1):
-      raise ValueError(f"{name} must be >= {low.get(name, 1)}, got {value}")
+@dataclasses.dataclass(frozen=True)
+class TrainFeed:
+  """How one process reads its endless training batches (:func:`train_iterator`).
 
-
-def example_dataset(paths: Sequence[str], *, model_name: str, seed: int,
-                    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
-                    process_count: int = 1, cycle_length: int = DEFAULT_CYCLE_LENGTH,
-                    read_buffer: int = DEFAULT_READ_BUFFER) -> grain.IterDataset:
-  """The endless training examples of one process, before batching: each a
-  :class:`batching.Example` whose volumes are views of the mapped shards (what a per-record
-  transfer to the device consumes; ``python -m input_pipeline.feed.throughput --transfer records``
-  measures it). :func:`train_dataset` batches exactly this stream."""
-  batching.check_model_name(model_name)
-  _check_train_arguments(shuffle_window=shuffle_window, cycle_length=cycle_length,
-                         read_buffer=read_buffer)
-  mine = host_shards(paths, process_index, process_count)
-  counts = _record_counts(paths)
-  local_records = (sum(counts[Path(p).name] for p in mine)
-                   if all(Path(p).name in counts for p in mine) else None)
-  file_seed, window_seed, draw_seed = stages.seeds(seed, process_index)
-
-  # MapDataset.shuffle mixes the epoch into its seed: another shard order every epoch.
-  files = grain.MapDataset.source(mine).shuffle(seed=file_seed).repeat(None)
-  ds = grain.experimental.InterleaveIterDataset(
-      files.map(stages.ShardRecords), cycle_length=min(cycle_length, len(mine)),
-      iter_buffer_size=read_buffer)
-  # Shuffled as bytes: decoding only what leaves the window costs no more RAM (a record's
-  # bytes are its arrays) and no decode is wasted on a window being refilled after a restore.
-  ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
-                                                   seed=window_seed)
-  ds = ds.map(stages.decode).filter(stages.TrainingPatients(model_name, mine, local_records))
-  return ds.random_map(batching.draw_training_example, seed=draw_seed)
-
-
-def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, seed: int,
-                  shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
-                  process_count: int = 1, spec: BatchSpec | None = None,
-                  cycle_length: int = DEFAULT_CYCLE_LENGTH,
-                  read_buffer: int = DEFAULT_READ_BUFFER,
-                  prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-                  workers: int = 0, views: bool = False) -> grain.IterDataset:
-  """The endless training dataset of one process (see :func:`train_iterator`)."""
-  _check_train_arguments(batch_size=batch_size, prefetch_batches=prefetch_batches,
-                         workers=workers)
-  if views and workers:
-    raise ValueError("views=True needs workers=0: views are pages of this process's maps of "
-                     "the shards, and worker processes hand batches over in shared memory")
-  ds = example_dataset(paths, model_name=model_name, seed=seed, shuffle_window=shuffle_window,
-                       process_index=process_index, process_count=process_count,
-                       cycle_length=cycle_length, read_buffer=read_buffer)
-  spec = _spec(paths, spec)
-  ds = ds.batch(batch_size, drop_remainder=True,
-                batch_fn=stages.Collate(model_name, spec, shared=workers > 0, views=views))
-  if workers:
-    if not flags.FLAGS.is_parsed():
-      # Grain's worker processes read its absl flags; a caller without absl.app (this
-      # module's CLI, a notebook) gets their defaults.
-      flags.FLAGS.mark_as_parsed()
-    # Worker k runs everything above on files k, k + workers, ... of the shuffled, repeated
-    # shard order; batches come back through shared memory, taken from the workers in turn.
-    # One batch ready per worker (plus the one it builds, and those in transit and held by
-    # the consumer): /dev/shm holds ~4 x workers local batches (44 MB per full-geometry MRI
-    # example), segments that each worker fills again once the consumer has let go of them.
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                     per_worker_buffer_size=1))
-    ds = ds.map(stages.open_shared_buffers)
-  elif prefetch_batches:
-    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
-  return ds
-
-
-def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, seed: int,
-                   shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
-                   process_count: int = 1, spec: BatchSpec | None = None,
-                   cycle_length: int = DEFAULT_CYCLE_LENGTH,
-                   read_buffer: int = DEFAULT_READ_BUFFER,
-                   prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-                   workers: int = 0, views: bool = False) -> grain.DatasetIterator:
-  """Endless training batches of one process, checkpointable.
-
-  Args:
-    paths: every training shard (all processes pass the same list, e.g. from
-      :func:`split_paths`); process k reads paths[k::process_count].
+  Attributes:
     model_name: 'rhpc', 'iMGrhpc' or 'iMRrhpc' (decides the patients and the image keys).
     batch_size: this process's batch (the global batch / process_count).
     seed: the data seed; with the process index it seeds shard order, window shuffle and the
@@ -268,6 +188,95 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
       (``sharding.global_batch`` and ``augment.prepare_images``). Needs ``workers`` = 0.
       The batches' contents, order and the iterator state are those of views=False.
 
+  Raises:
+    ValueError: an unknown model name or a count out of range.
+  """
+  model_name: str
+  batch_size: int
+  seed: int
+  shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
+  process_index: int = 0
+  process_count: int = 1
+  spec: BatchSpec | None = None
+  cycle_length: int = DEFAULT_CYCLE_LENGTH
+  read_buffer: int = DEFAULT_READ_BUFFER
+  prefetch_batches: int = DEFAULT_PREFETCH_BATCHES
+  workers: int = 0
+  views: bool = False
+
+  def __post_init__(self):
+    batching.check_model_name(self.model_name)
+    low = {"prefetch_batches": 0, "workers": 0}
+    for name in ("shuffle_window", "cycle_length", "read_buffer", "batch_size",
+                 "prefetch_batches", "workers"):
+      value = getattr(self, name)
+      if value < low.get(name, 1):
+        raise ValueError(f"{name} must be >= {low.get(name, 1)}, got {value}")
+    if self.views and self.workers:
+      raise ValueError("views=True needs workers=0: views are pages of this process's maps of "
+                       "the shards, and worker processes hand batches over in shared memory")
+
+
+def example_dataset(paths: Sequence[str], feed: TrainFeed) -> grain.IterDataset:
+  """The endless training examples of one process, before batching: each a
+  :class:`batching.Example` whose volumes are views of the mapped shards (what a per-record
+  transfer to the device consumes; ``python -m input_pipeline.feed.throughput --transfer
+  records`` measures it). :func:`train_dataset` batches exactly this stream; the batching
+  fields of ``feed`` are not used here."""
+  mine = host_shards(paths, feed.process_index, feed.process_count)
+  counts = _record_counts(paths)
+  local_records = (sum(counts[Path(p).name] for p in mine)
+                   if all(Path(p).name in counts for p in mine) else None)
+  file_seed, window_seed, draw_seed = stages.seeds(feed.seed, feed.process_index)
+
+  # MapDataset.shuffle mixes the epoch into its seed: another shard order every epoch.
+  files = grain.MapDataset.source(mine).shuffle(seed=file_seed).repeat(None)
+  ds = grain.experimental.InterleaveIterDataset(
+      files.map(stages.ShardRecords), cycle_length=min(feed.cycle_length, len(mine)),
+      iter_buffer_size=feed.read_buffer)
+  # Shuffled as bytes: decoding only what leaves the window costs no more RAM (a record's
+  # bytes are its arrays) and no decode is wasted on a window being refilled after a restore.
+  ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=feed.shuffle_window,
+                                                   seed=window_seed)
+  ds = ds.map(stages.decode).filter(stages.TrainingPatients(feed.model_name, mine,
+                                                            local_records))
+  return ds.random_map(batching.draw_training_example, seed=draw_seed)
+
+
+def train_dataset(paths: Sequence[str], feed: TrainFeed) -> grain.IterDataset:
+  """The endless training dataset of one process (see :func:`train_iterator`)."""
+  ds = example_dataset(paths, feed)
+  spec = _spec(paths, feed.spec)
+  ds = ds.batch(feed.batch_size, drop_remainder=True,
+                batch_fn=stages.Collate(feed.model_name, spec, shared=feed.workers > 0,
+                                        views=feed.views))
+  if feed.workers:
+    if not flags.FLAGS.is_parsed():
+      # Grain's worker processes read its absl flags; a caller without absl.app (this
+      # module's CLI, a notebook) gets their defaults.
+      flags.FLAGS.mark_as_parsed()
+    # Worker k runs everything above on files k, k + workers, ... of the shuffled, repeated
+    # shard order; batches come back through shared memory, taken from the workers in turn.
+    # One batch ready per worker (plus the one it builds, and those in transit and held by
+    # the consumer): /dev/shm holds ~4 x workers local batches (44 MB per full-geometry MRI
+    # example), segments that each worker fills again once the consumer has let go of them.
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=feed.workers,
+                                                     per_worker_buffer_size=1))
+    ds = ds.map(stages.open_shared_buffers)
+  elif feed.prefetch_batches:
+    ds = grain.experimental.ThreadPrefetchIterDataset(
+        ds, prefetch_buffer_size=feed.prefetch_batches)
+  return ds
+
+
+def train_iterator(paths: Sequence[str], feed: TrainFeed) -> grain.DatasetIterator:
+  """Endless training batches of one process, checkpointable.
+
+  Args:
+    paths: every training shard (all processes pass the same list, e.g. from
+      :func:`split_paths`); process k reads paths[k::process_count].
+    feed: the model, batch, seed and reading options (:class:`TrainFeed`).
+
   Returns:
     A grain.DatasetIterator of batch dicts (:func:`batching.collate`), with get_state /
     set_state. The image array of a batch lives in a reused buffer, written again only once
@@ -276,14 +285,10 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
     cycles; left for the interpreter's exit, their __del__ prints ignored exceptions.)
 
   Raises:
-    ValueError: bad arguments, fewer shards than processes; while iterating, a record that
-      does not decode (naming the shard) or shards with no training patient for the model.
+    ValueError: fewer shards than processes; while iterating, a record that does not decode
+      (naming the shard) or shards with no training patient for the model.
   """
-  return iter(train_dataset(
-      paths, model_name=model_name, batch_size=batch_size, seed=seed,
-      shuffle_window=shuffle_window, process_index=process_index, process_count=process_count,
-      spec=spec, cycle_length=cycle_length, read_buffer=read_buffer,
-      prefetch_batches=prefetch_batches, workers=workers, views=views))
+  return iter(train_dataset(paths, feed))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -197,11 +197,11 @@ class JaxModelBench:
     records = self.config.data.records
     spec = pipeline.batch_spec(records)
     views = train.uses_views(self.config.data, self.mesh, records_lib.read_manifest(records))
-    iterator = pipeline.train_iterator(
-        pipeline.split_paths(records, "train"), model_name=self.name,
-        batch_size=sharding.local_batch_size(self.batch_size), seed=self.config.seed,
-        shuffle_window=self.config.data.shuffle_window, process_index=jax.process_index(),
-        process_count=jax.process_count(), workers=self.config.data.workers, views=views)
+    iterator = pipeline.train_iterator(pipeline.split_paths(records, "train"), pipeline.TrainFeed(
+        model_name=self.name, batch_size=sharding.local_batch_size(self.batch_size),
+        seed=self.config.seed, shuffle_window=self.config.data.shuffle_window,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        workers=self.config.data.workers, views=views))
     keys = set(self.host_batch)
     same = tuple(spec.mri_shape) == tuple(self.config.data.mri_shape) and tuple(
         spec.mg_shape) == tuple(self.config.data.mg_shape) and self.train_compiled is not None

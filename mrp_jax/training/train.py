@@ -143,11 +143,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   train_paths = pipeline.split_paths(records, "train")
   val_paths = pipeline.split_paths(records, "validation")
   local_batch = sharding.local_batch_size(config.train.batch_size)
-  data = pipeline.train_iterator(
-      train_paths, model_name=config.model.name, batch_size=local_batch, seed=config.seed,
+  data = pipeline.train_iterator(train_paths, pipeline.TrainFeed(
+      model_name=config.model.name, batch_size=local_batch, seed=config.seed,
       shuffle_window=config.data.shuffle_window, process_index=jax.process_index(),
       process_count=jax.process_count(), workers=config.data.workers,
-      views=uses_views(config.data, mesh, manifest))
+      views=uses_views(config.data, mesh, manifest)))
 
   # ---- model, optimizer and the state's shapes and shardings -----------------------------------
   recipe = state_lib.build_state(config, mesh)
