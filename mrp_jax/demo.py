@@ -59,9 +59,7 @@ def train_config(config: ml_collections.ConfigDict, model_name: str, records: Pa
   out = configuration.load(f"{demo.configs[model_name]}:tiny")
   out.seed = config.seed
   out.data.records = str(records)
-  geometry = GEOMETRIES[demo.geometry]
-  out.data.mri_shape, out.data.mri_spacing_mm = geometry.mri_box, geometry.mri_spacing_mm
-  out.data.mg_shape = geometry.mg_size
+  out.data.geometry = demo.geometry
   settings = demo.train[model_name]
   out.train.num_steps = settings.steps
   out.train.batch_size = settings.batch_size

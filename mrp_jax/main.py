@@ -20,6 +20,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from input_pipeline.geometries import GeometryMismatch
 from mrp_jax import configuration, console
 
 
@@ -153,6 +154,9 @@ def main(argv) -> None:
                                    if jax.process_count() > 1 else ""))
   try:
     summary = JOBS[config.job].run(config, workdir)
+  except GeometryMismatch as error:  # a config or run against the records: one line says where
+    job_console.warn(f"stopped after {job_console.elapsed():.0f} s")
+    sys.exit(f"mrp_jax: {error}")
   except BaseException:
     job_console.warn(f"stopped after {job_console.elapsed():.0f} s by the error below; the "
                      f"library log: {job_console.log_path}")

@@ -113,11 +113,7 @@ def split_paths(records_dir: str | os.PathLike, split: str) -> list[str]:
 
 def batch_spec(records_dir: str | os.PathLike) -> BatchSpec:
   """Image shapes and dtypes of the records in ``records_dir``, from its manifest."""
-  manifest = records.read_manifest(records_dir)
-  return BatchSpec(mri_shape=tuple(manifest["mri"]["shape"]),
-                   mri_dtype=manifest["mri"]["dtype"],
-                   mg_shape=tuple(manifest["mammogram"]["shape"]),
-                   mg_dtype=manifest["mammogram"]["dtype"])
+  return BatchSpec.of(records.read_manifest(records_dir))
 
 
 def _manifest_beside(paths: Sequence[str]) -> tuple[dict[str, Any] | None, list[str]]:
