@@ -7,8 +7,8 @@ analytic GFLOP per example, XLA/analytic FLOP ratio, MFU, compile time, XLA-plan
 peak memory) and writes runs/bench/benchmark.json (mrp_jax/benchmark/ lists its keys).
 
 Variants (comma-separated, after a colon):
-  full        176 x 176 x 352 MRI, 1024 x 512 mammograms, bfloat16 (the default geometry)
-  cpu         32 x 32 x 64 MRI, 128 x 64 mammograms, batch 2, float32: a CPU-sized comparison
+  full        the 'full' geometry preset (the paper's), bfloat16
+  cpu         the 'small' geometry preset, batch 2, float32: a CPU-sized comparison
   tiny        test size (configs/common.py's tiny plus few steps): CI
   gpu         what launch/gpu_benchmark.sh runs: iMRrhpc only, optimised HLO dumped
   h100, h200  compile iMRrhpc's steps for that GPU here, without one: the HLO census and the
@@ -69,15 +69,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def _full(config):
   """The paper's geometry in bfloat16 (the defaults, named for clarity)."""
-  config.data.mri_shape = (176, 176, 352)
-  config.data.mg_shape = (1024, 512)
+  config.data.geometry = "full"
   config.model.dtype = "bfloat16"
 
 
 def _cpu(config):
   """Small enough for a 2-core CPU: float32, since bf16 convolutions are emulated on CPU."""
-  config.data.mri_shape = (32, 32, 64)
-  config.data.mg_shape = (128, 64)
+  config.data.geometry = "small"
   config.model.dtype = "float32"
   b = config.benchmark
   b.batch_size = ml_collections.ConfigDict({"iMRrhpc": 2, "iMGrhpc": 2, "rhpc": 64})

@@ -108,9 +108,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ---- data ----------------------------------------------------------------------------------
   config.data = d = ml_collections.ConfigDict()
   d.records = ""  # folder of prepared TFRecord shards (python -m input_pipeline.records.prepare)
-  d.mri_shape = (176, 176, 352)  # [z, y, x] voxels of the stored subtraction volumes
-  d.mri_spacing_mm = (1.0, 1.0, 1.0)  # (x, y, z) resampling target
-  d.mg_shape = (1024, 512)  # [rows, cols] of the stored mammogram
+  # The records' manifest is the one source of the geometry (MRI spacing and box, mammogram
+  # size): training, evaluation and predict take it from there. A preset name of `prepare
+  # --geometry` ('full', 'demo', 'tiny', 'small') makes training stop when the records were
+  # prepared otherwise; '' takes the records as they are. Jobs without records (benchmark,
+  # describe) build their batches at the preset ('full' when '').
+  d.geometry = ""
   d.shuffle_window = 16  # records held for shuffling: RAM ~ window x 66 MB at full geometry
   # Processes reading, decoding and batching the training data (0: threads of the training
   # process, enough for the demo; a full-geometry GPU run wants several, README "Input
@@ -206,9 +209,7 @@ def _tiny(config):
   config.model.head_dim = 32
   config.model.rhpc_hidden_dim = 32
   config.model.rhpc_embed_dim = 4
-  config.data.mri_shape = (22, 22, 44)
-  config.data.mri_spacing_mm = (8.0, 8.0, 8.0)
-  config.data.mg_shape = (64, 32)
+  config.data.geometry = "tiny"
   config.train.batch_size = 4
   config.train.num_steps = 20
   config.train.warmup_steps = 2

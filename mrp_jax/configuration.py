@@ -86,13 +86,6 @@ def ints(n: int | None) -> Rule:
   return check, f"must be a tuple of {n or 'some'} positive integers"
 
 
-def positive_numbers(n: int) -> Rule:
-  def check(v):
-    return (isinstance(v, (tuple, list)) and len(v) == n
-            and all(isinstance(x, (int, float)) and x > 0 for x in v))
-  return check, f"must be a tuple of {n} positive numbers"
-
-
 def optional(rule: Rule) -> Rule:
   """``rule``, or None for the encoder layout's own value."""
   check, message = rule

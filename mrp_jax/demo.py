@@ -25,7 +25,7 @@ from input_pipeline import records, synthetic
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.ingestion.mammogram import MammogramOptions
 from input_pipeline.ingestion.mri import MriOptions
-from input_pipeline.records import prepare, verify
+from input_pipeline.records import accounting, prepare, pseudonyms, verify
 from input_pipeline.synthetic import oracle
 from mrp_jax import configuration, console, models
 from mrp_jax.training import checks as train_checks
@@ -65,9 +65,7 @@ def train_config(config: ml_collections.ConfigDict, model_name: str, records: Pa
   out = configuration.load(f"{demo.configs[model_name]}:tiny")
   out.seed = config.seed
   out.data.records = str(records)
-  geometry = GEOMETRIES[demo.geometry]
-  out.data.mri_shape, out.data.mri_spacing_mm = geometry.mri_box, geometry.mri_spacing_mm
-  out.data.mg_shape = geometry.mg_size
+  out.data.geometry = demo.geometry
   settings = demo.train[model_name]
   out.train.num_steps = settings.steps
   out.train.batch_size = settings.batch_size
@@ -154,10 +152,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
   else:
     stage(f"records: preparing {options.out}")
     manifest = prepare.prepare(options)
-    stage(f"records in {options.out}\n{prepare.summary(manifest)}")
+    stage(f"records in {options.out}\n{accounting.summary(manifest)}")
   if oracle.read(options.out) is None:  # the synthetic truth, keyed by pseudonym
     key = prepare.load_key(key_path)
-    oracle.write_for_records(export, options.out, lambda source: prepare.pseudonym(key, source))
+    oracle.write_for_records(export, options.out, lambda source: pseudonyms.pseudonym(key, source))
   verified = verify.verify_directory(options.out)
   if not verified.ok:
     raise RuntimeError(f"demo: the prepared records failed verification:\n{verified.summary()}")

@@ -20,6 +20,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from input_pipeline.geometries import GeometryMismatch
 from mrp_jax import configuration, console
 
 
@@ -167,6 +168,9 @@ def main(argv) -> None:
                                    if jax.process_count() > 1 else ""))
   try:
     summary = JOBS[config.job].run(config, workdir)
+  except GeometryMismatch as error:  # a config or run against the records: one line says where
+    job_console.warn(f"stopped after {job_console.elapsed():.0f} s")
+    sys.exit(f"mrp_jax: {error}")
   except BaseException as error:
     if _is_checkpoint_error(error):  # its one line says what is wrong with each step
       sys.exit(f"{config.job}: {error}")

@@ -50,6 +50,7 @@ from input_pipeline.ingestion.layouts import generic
 from input_pipeline.ingestion.mammogram import MammogramOptions
 from input_pipeline.ingestion.mri import MriOptions
 from input_pipeline.ingestion.patient import PatientSource
+from input_pipeline.records import preprocessing
 from input_pipeline.records.prepare import process_patient
 from mrp_jax import console
 from mrp_jax.core import checkpoint, runs, sharding
@@ -335,13 +336,10 @@ def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
     One JSON-ready answer per folder (see the module docstring).
   """
   by_name = {run.model_name: run for run in loaded}
-  reference = by_name.get("iMRrhpc") or by_name.get("iMGrhpc") or loaded[0]
-  geometry = reference.preprocessing
-  mri_options = MriOptions(spacing_mm=tuple(reference.config.data.mri_spacing_mm),
-                           box=tuple(geometry["mri"]["shape"]),
-                           intensity=geometry["mri"]["intensity"], dtype=geometry["mri"]["dtype"])
-  mg_options = MammogramOptions(size=tuple(geometry["mammogram"]["shape"]),
-                                dtype=geometry["mammogram"]["dtype"])
+  # Each image as the run that reads it was trained on (its records' manifest, kept in its
+  # preprocessing.json).
+  mri_options, _ = preprocessing.options((by_name.get("iMRrhpc") or loaded[0]).preprocessing)
+  _, mg_options = preprocessing.options((by_name.get("iMGrhpc") or loaded[0]).preprocessing)
   spec = batching.BatchSpec(mri_shape=mri_options.box, mri_dtype=mri_options.dtype,
                             mg_shape=mg_options.size, mg_dtype=mg_options.dtype)
   patients = [_read_patient(folder, _row_for(clinical, folder.name, len(folders) == 1), loaded,

@@ -43,7 +43,7 @@ def training_records(tmp_path_factory):
   from input_pipeline.geometries import GEOMETRIES
   from input_pipeline.ingestion.mammogram import MammogramOptions
   from input_pipeline.ingestion.mri import MriOptions
-  from input_pipeline.records import prepare
+  from input_pipeline.records import prepare, pseudonyms
   from input_pipeline.synthetic import oracle
 
   root = _run_temp(tmp_path_factory) / "training_cohort"
@@ -60,7 +60,7 @@ def training_records(tmp_path_factory):
           split_fractions=(0.6, 0.4, 0.0)), progress=False)
       key = prepare.load_key(root / "records.pseudonym.key")
       oracle.write_for_records(root / "export", root / "records",
-                               lambda source: prepare.pseudonym(key, source))
+                               lambda source: pseudonyms.pseudonym(key, source))
   return root / "records"
 
 

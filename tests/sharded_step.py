@@ -15,6 +15,7 @@ import numpy as np
 
 from configs import iMRrhpc
 from input_pipeline import clinical_table, encoding
+from input_pipeline.feed import batching
 from input_pipeline.schema import Phase
 from mrp_jax import models
 from mrp_jax.core import sharding
@@ -25,13 +26,14 @@ def run(devices: int, fsdp: bool, views: bool = False) -> dict:
   config = iMRrhpc.get_config("tiny")
   config.mesh.fsdp, config.mesh.fsdp_min_size = fsdp, 256
   # Smaller than 'tiny': three SPMD compilations of the step must stay cheap on CPU.
-  config.data.mri_shape = (8, 8, 16)
+  shape = (8, 8, 16)
   config.model.encoder.width = 4
   config.model.head_dim = config.model.rhpc_hidden_dim = 16
   config.train.warmup_steps = 0  # the first step moves the parameters
   mesh = sharding.make_mesh(jax.devices()[:devices])
-  shape = tuple(config.data.mri_shape)
-  recipe = state_lib.build_state(config, mesh)  # the train job's state and step
+  spec = batching.BatchSpec(mri_shape=shape, mri_dtype="float16", mg_shape=(32, 16),
+                            mg_dtype="uint16")
+  recipe = state_lib.build_state(config, mesh, spec)  # the train job's state and step
   state = recipe.create(0)
 
   rng = np.random.default_rng(0)

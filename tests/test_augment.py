@@ -291,8 +291,8 @@ def test_mammogram_targets_hide_the_side_and_a_flipped_location():
   # collate masks the side of every iMGrhpc example, and of no iMRrhpc one.
   records_batch = {name: batching.collate(
       [batching.Example(_record(), None, None)], name,
-      batching.BatchSpec(mri_shape=(2, 2, 2), mg_shape=MG_SHAPE)) for name in ("iMGrhpc",
-                                                                                 "iMRrhpc")}
+      batching.BatchSpec(mri_shape=(2, 2, 2), mri_dtype="float16", mg_shape=MG_SHAPE,
+                         mg_dtype="uint16")) for name in ("iMGrhpc", "iMRrhpc")}
   assert _category(records_batch["iMGrhpc"]["aux_targets"][0],
                    records_batch["iMGrhpc"]["aux_masks"][0], "laterality") is None
   assert _category(records_batch["iMRrhpc"]["aux_targets"][0],

@@ -40,7 +40,7 @@ def test_variants_change_what_they_say():
     ("model.encoder.stem_kernel", 4, "config.model.encoder.stem_kernel: must be an odd"),
     ("train.batch_size", 0, "config.train.batch_size: must be a positive integer (got 0)"),
     ("train.b1", 1.5, "config.train.b1: must be in [0, 1)"),
-    ("data.mri_shape", (176, 176), "config.data.mri_shape: must be a tuple of 3"),
+    ("data.geometry", "coarse", "config.data.geometry: must be one of ['', 'full', "),
     ("loss.aux_weights.laterality", -1.0, "config.loss.aux_weights.laterality: must be >= 0"),
     ("model.pretrained", "/no/such/file.pth", "config.model.pretrained: must be '' or an existing"),
 ])

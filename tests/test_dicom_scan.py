@@ -1,4 +1,5 @@
-"""Tests of input_pipeline.ingestion.dicom_scan: indexing DICOM headers and choosing the DCE series."""
+"""Tests of input_pipeline.ingestion.dicom_scan and dce_select: indexing DICOM headers and
+choosing the DCE series."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import layout_fixtures as fx
 import pytest
 
-from input_pipeline.ingestion import dicom_scan
-from input_pipeline.ingestion.dicom_scan import DiscoveryError, SeriesInfo, scan_folder, select_dce
+from input_pipeline.ingestion import dce_select, dicom_scan
+from input_pipeline.ingestion.dce_select import DiscoveryError, select_dce
+from input_pipeline.ingestion.dicom_scan import SeriesInfo, scan_folder
 
 
 def _series(description: str, number: int, *, time_s: float | None = None,
@@ -215,10 +217,10 @@ def test_description_patterns_exclude_what_is_never_dce():
   for name in ("3-Plane Loc", "Ax T2 FSE", "DWI b800", "ADC", "ax dyn sub", "MIP",
                "ISPY2: VOLSER: bi-lateral: SER", "ISPY2: VOLSER: bi-lateral: PE2",
                "Analysis Mask", "Localizer"):
-    assert not dicom_scan.is_dce_candidate(_series(name, 1)), name
+    assert not dce_select.is_dce_candidate(_series(name, 1)), name
   for name in ("ax dyn pre", "Ph1/ax 3d dyn", "ax t1 +c", "ISPY2: VOLSER: bi-lateral: "
                "original DCE", "T1 FL3D AX POST 1", "Ax Vibrant MultiPhase"):
-    assert dicom_scan.is_dce_candidate(_series(name, 1)), name
+    assert dce_select.is_dce_candidate(_series(name, 1)), name
   assert math.isclose(dicom_scan._seconds("093015.5"), 9 * 3600 + 30 * 60 + 15.5)
 
 

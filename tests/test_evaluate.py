@@ -478,3 +478,36 @@ def test_a_synthetic_cohort_is_reported_against_its_oracle(report, training_reco
     for row in alone.values():
       assert 0 < row["n"] and "auroc_oracle_evidence" in row  # None: one class only
   assert "What the image encoders find alone" in (folder / "report.md").read_text()
+
+
+def test_a_run_is_evaluated_only_on_records_prepared_as_its_own(tmp_path):
+  """Each run is compared with the records on the image sections its model reads: an MRI run
+  on records of another spacing is refused in one line naming the field and both values; the
+  rhpc run, which reads no image, and the mammogram run, whose section agrees, are not."""
+  import ml_collections
+
+  from input_pipeline.geometries import GeometryMismatch
+  from mrp_jax.core import runs
+
+  def preprocessing(spacing):
+    return {"mri": {"shape": [22, 22, 44], "spacing_mm": spacing, "dtype": "float16",
+                    "intensity": "relative"},
+            "mammogram": {"shape": [64, 32], "dtype": "uint16"}}
+
+  def run(name, spacing):
+    return runs.Run(label=name, workdir=tmp_path / name,
+                    config=ml_collections.ConfigDict({"model": {"name": name}}),
+                    preprocessing=preprocessing(spacing), model=None, state=None, step=0,
+                    eval_step=None)
+
+  records = tmp_path / "records"
+  records.mkdir()
+  (records / "manifest.json").write_text(json.dumps(preprocessing([8.0, 8.0, 8.0])))
+  runs.check_records([run("rhpc", [4.0, 4.0, 4.0]), run("iMGrhpc", [4.0, 4.0, 4.0]),
+                      run("iMRrhpc", [8.0, 8.0, 8.0])], records)
+  with pytest.raises(GeometryMismatch) as error:
+    runs.check_records([run("iMRrhpc", [4.0, 4.0, 4.0])], records)
+  assert str(error.value) == (
+      f"run iMRrhpc ({tmp_path / 'iMRrhpc' / 'preprocessing.json'}) vs the records "
+      f"({records / 'manifest.json'}): mri.spacing_mm (4.0, 4.0, 4.0) vs (8.0, 8.0, 8.0); "
+      "evaluate a run on records prepared as its own were")

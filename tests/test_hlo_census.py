@@ -199,7 +199,7 @@ def test_deviceless_h100_compile(tmp_path):
   dropped at this geometry), and the train step all-reduces its gradients."""
   result = subprocess.run(
       [sys.executable, "-m", "mrp_jax.main", "--config", "configs/benchmark.py:tiny,h100",
-       "--workdir", str(tmp_path), "--config.data.mri_shape=(32,32,64)",
+       "--workdir", str(tmp_path), "--config.data.geometry=small",
        "--config.benchmark.plan_batches=(2,)", "--config.benchmark.plan_remat=('none',)",
        "--config.benchmark.target_devices=2", "--config.benchmark.batch_size.iMRrhpc=4"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)

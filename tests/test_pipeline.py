@@ -104,7 +104,8 @@ def _rows(batch):
 def _train(shards, model_name="iMRrhpc", seed=0, **kwargs):
   kwargs.setdefault("batch_size", 3)
   kwargs.setdefault("shuffle_window", 4)
-  return pipeline.train_iterator(shards, model_name=model_name, seed=seed, **kwargs)
+  return pipeline.train_iterator(
+      shards, pipeline.TrainFeed(model_name=model_name, seed=seed, **kwargs))
 
 
 def _take(iterator, n):
@@ -405,8 +406,8 @@ def test_per_record_transfers_build_the_pipelines_batches(shards):
   the image arrays of the same batches as the pipeline, from the same stream of examples."""
   from input_pipeline.feed import throughput
   iterator = _train(shards, batch_size=3, prefetch_batches=0)
-  examples = iter(pipeline.example_dataset(shards, model_name="iMRrhpc", seed=0,
-                                           shuffle_window=4))
+  examples = iter(pipeline.example_dataset(shards, pipeline.TrainFeed(
+      model_name="iMRrhpc", batch_size=3, seed=0, shuffle_window=4)))
   on_device = throughput._RecordsToDevice(examples, "iMRrhpc", 3, pipeline.batch_spec(
       Path(shards[0]).parent))
   for _ in range(4):

@@ -261,3 +261,67 @@ def test_predict_passes_over_a_damaged_best_checkpoint(trained_runs, patients, c
   warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
   assert len(warnings) == 1 and f"best/{best}/state: 1 of " in warnings[0]
   assert f"using checkpoints/{best} (the same step) instead" in warnings[0]
+
+def _run_copy(source, target, **data):
+  """The config.json and preprocessing.json of the run in ``source`` (all that load_run reads
+  before any checkpoint), with config.data's fields set from ``data``."""
+  target.mkdir()
+  config = json.loads((source / "config.json").read_text())
+  config["data"].update(data)
+  (target / "config.json").write_text(json.dumps(config))
+  shutil.copy(source / "preprocessing.json", target / "preprocessing.json")
+  return target
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"geometry": "demo"}, "config.data.geometry='demo' means mri.spacing_mm (4.0, 4.0, 4.0), "
+                           "the records were prepared with (8.0, 8.0, 8.0)"),
+    # The config.json of a run trained before the geometry presets, with a spacing override.
+    ({"mri_spacing_mm": [4.0, 4.0, 4.0]}, "config.data.mri_spacing_mm means mri.spacing_mm "
+                                          "(4.0, 4.0, 4.0), the records were prepared with "
+                                          "(8.0, 8.0, 8.0)"),
+])
+def test_predict_refuses_a_run_whose_config_disagrees_with_its_records(
+    trained_runs, patients, tmp_path, capsys, data, message):
+  """predict stops with one line naming the field and both values, before preprocessing any
+  patient at a geometry the model was not trained on."""
+  run = _run_copy(trained_runs["iMRrhpc"], tmp_path / "run", **data)
+  folders, _, _ = patients
+  assert predict.main([str(folders[0]), "--runs", f"iMRrhpc={run}"]) == 2
+  error = capsys.readouterr().err.strip()
+  assert len(error.splitlines()) == 1
+  assert message in error and str(run / "config.json") in error
+
+
+def test_predict_preprocesses_as_each_runs_records_were(trained_runs, patients, monkeypatch):
+  """New patients are preprocessed with the options of the records each image model trained
+  on (its preprocessing.json, a copy of their manifest), not with any config field."""
+  from input_pipeline import records
+  from input_pipeline.records import preprocessing
+  from mrp_jax.core import runs, sharding
+
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  loaded = [runs.load_run(trained_runs[name], mesh) for name in ("iMGrhpc", "iMRrhpc")]
+  manifest = records.read_manifest(json.loads(
+      (trained_runs["iMRrhpc"] / "config.json").read_text())["data"]["records"])
+  assert loaded[1].preprocessing == {"mri": manifest["mri"], "mammogram": manifest["mammogram"]}
+  # Another spacing in the MRI run's record of its preprocessing must reach the preprocessing.
+  loaded[1].preprocessing = json.loads(json.dumps(loaded[1].preprocessing))
+  loaded[1].preprocessing["mri"]["spacing_mm"] = [5.5, 5.5, 5.5]
+  seen = []
+
+  def spy(source, patient_id, split, mri_options, mg_options, report):
+    seen.append((mri_options, mg_options))
+    raise ValueError("stop here")
+
+  monkeypatch.setattr(predict, "process_patient", spy)
+  folders, _, clinical = patients
+  answers = predict.predict_patients(folders[:1], loaded, None,
+                                     predict._clinical_rows(clinical), explain_steps=0)
+  assert answers[0]["error"] == "ValueError: stop here"
+  expected_mri, _ = preprocessing.options(loaded[1].preprocessing)
+  _, expected_mg = preprocessing.options(loaded[0].preprocessing)
+  assert seen == [(expected_mri, expected_mg)]
+  assert seen[0][0].spacing_mm == (5.5, 5.5, 5.5)
+  assert seen[0][0].box == tuple(manifest["mri"]["shape"])
+  assert seen[0][1].size == tuple(manifest["mammogram"]["shape"])

@@ -19,7 +19,7 @@ from input_pipeline import records, synthetic
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.ingestion.mammogram import MammogramOptions
 from input_pipeline.ingestion.mri import MriOptions
-from input_pipeline.records import prepare, tfrecord, verify
+from input_pipeline.records import prepare, pseudonyms, tfrecord, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GEOMETRIES["tiny"]
@@ -70,7 +70,7 @@ def test_records_match_the_export(export, prepared):
   usable = {pid: t for pid, t in truth.items() if t["broken"] is None}
   assert len(written) == len(usable) == sum(m["records"] for m in manifest["shards"])
   for source_id, t in usable.items():
-    record = written[prepare.pseudonym(key, source_id)]
+    record = written[pseudonyms.pseudonym(key, source_id)]
     assert record.label == t["label"]
     assert [("pre", "mid", "post")[p] for p in record.phases] == t["phases"]
     assert (record.mg is not None) == t["has_mammogram"]
@@ -94,7 +94,7 @@ def test_the_tumour_is_where_the_export_put_it(export, prepared):
   truth, key, written = _truth(export), _key(out), _read_all(out)
   checked = 0
   for source_id, t in truth.items():
-    pid = prepare.pseudonym(key, source_id)
+    pid = pseudonyms.pseudonym(key, source_id)
     if pid not in written or t["latent"]["radius_mm"][0] < 15:
       continue
     volume = written[pid].mri["pre"].astype(np.float32)
@@ -108,7 +108,7 @@ def test_the_tumour_is_where_the_export_put_it(export, prepared):
 def test_broken_patients_are_skipped_with_their_reason(export, prepared):
   out, manifest = prepared
   truth, key = _truth(export), _key(out)
-  broken = {prepare.pseudonym(key, pid): t for pid, t in truth.items() if t["broken"]}
+  broken = {pseudonyms.pseudonym(key, pid): t for pid, t in truth.items() if t["broken"]}
   assert len(broken) == 4
   skipped = {s["patient"]: s for s in manifest["skipped"]}
   assert set(skipped) == set(broken)
@@ -317,11 +317,11 @@ def test_manifest_accounts_for_every_image(export, prepared):
   unused = {}
   for entry in manifest["unused_images"]:
     unused.setdefault(entry["patient"], []).append(entry)
-  two_views = [pid for pid, t in truth.items() if t["mammogram"] and prepare.pseudonym(key, pid)
+  two_views = [pid for pid, t in truth.items() if t["mammogram"] and pseudonyms.pseudonym(key, pid)
                in written and len(t["mammogram"]["series"]) == 2]
   assert two_views
   for pid in two_views:
-    reasons = [e["reason"] for e in unused[prepare.pseudonym(key, pid)]]
+    reasons = [e["reason"] for e in unused[pseudonyms.pseudonym(key, pid)]]
     assert "same breast, view MLO; the CC image is used" in reasons
   assert any(e["reason"].startswith("not a DCE phase") for e in manifest["unused_images"])
   private = out.with_name(out.name + ".private") / "unused_images.csv"
@@ -359,7 +359,7 @@ def test_imageless_patients_and_side_by_rule_are_counted_and_said(awkward_export
   manifest = prepare.prepare(_options(awkward_export, out, imageless=imageless,
                                       split_fractions=(1.0, 0.0, 0.0)), progress=False)
   key = _key(out)
-  a, b, c = (prepare.pseudonym(key, p) for p in "ABC")
+  a, b, c = (pseudonyms.pseudonym(key, p) for p in "ABC")
   records = _read_all(out)
   assert records[a].mg is not None and records[a].mri == {}
   assert manifest["warnings"]["counts"] == {"tumour side unknown in the clinical table": 1}
@@ -384,6 +384,6 @@ def test_imageless_patients_and_side_by_rule_are_counted_and_said(awkward_export
 def test_scrub_replaces_the_patient_id_where_it_stands_as_a_name():
   text = ("/data/export/12/20200105_MG_1/12_L_CC.dcm: 128 files, 12 DICOM images, uid "
           "1.2.840.113619.2.55 of study 'MRI' of 20200105")
-  assert prepare.scrub(text, Path("/data/export"), "12", "P0") == (
+  assert pseudonyms.scrub(text, Path("/data/export"), "12", "P0") == (
       "<source>/P0/<date>_MG_1/P0_L_CC.dcm: 128 files, P0 DICOM images, uid <uid> of study "
       "'MRI' of <date>")

@@ -149,7 +149,7 @@ def _replace_float(key, values):
     (_replace_bytes("split", [b"holdout"]), "split", "not one of"),
     (lambda f: f["label"].CopyFrom(f["split"]), "label", "expected int64_list"),
     (lambda f: f["extra"].int64_list.value.append(1), "extra", "unknown key"),
-    # Image values are read without protobuf (records._split_payloads); same checks.
+    # Image values are read without protobuf (records.wire.split_payloads); same checks.
     (_replace_bytes("mri/pre", [b"\0" * 120, b"\0" * 120]), "mri/pre", "expected 1 values"),
     (lambda f: f["mg"].CopyFrom(f["label"]), "mg", "expected bytes_list"),
     (lambda f: f["mri/post"].Clear(), "mri/post", "an empty feature"),

@@ -66,6 +66,28 @@ def test_non_finite_loss_stops_training_naming_step_and_term(records, tmp_path):
     train.train_and_evaluate(config, tmp_path)
 
 
+def test_a_geometry_other_than_the_records_stops_training_in_one_line(records, tmp_path):
+  """The records' manifest is the one source of the geometry: a config naming another preset
+  stops before anything is trained, in one line naming the field and both values."""
+  config = _config(rhpc, records)
+  config.data.geometry = "demo"
+  with pytest.raises(train.GeometryMismatch, match=(
+      r"config.data.geometry='demo' means mri.spacing_mm \(4.0, 4.0, 4.0\), the records were "
+      r"prepared with \(8.0, 8.0, 8.0\)")):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "config.json").exists()
+  result = _main(["--config", "configs/rhpc.py:tiny", f"--config.data.records={records}",
+                  "--config.data.geometry=demo", "--workdir", str(tmp_path / "cli")],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _, stderr = result.communicate(timeout=300)
+  assert result.returncode == 1
+  assert stderr.strip().splitlines()[-1] == (
+      f"mrp_jax: {records / 'manifest.json'}: config.data.geometry='demo' means mri.spacing_mm "
+      "(4.0, 4.0, 4.0), the records were prepared with (8.0, 8.0, 8.0); prepare records with "
+      "that geometry, or set --config.data.geometry='' to train at the records' own")
+  assert "Traceback" not in stderr
+
+
 def _main(args, env=None, **kwargs):
   return subprocess.Popen(
       [sys.executable, "-m", "mrp_jax.main", *args], cwd=ROOT,
@@ -166,7 +188,7 @@ def test_a_fused_model_starts_as_the_trained_rhpc_model(trained_runs, training_r
   mesh = sharding.make_mesh(jax.devices()[:1])
   source = runs.load_run(trained_runs["rhpc"], mesh)
   config = tiny_train_config(iMGrhpc, training_records)
-  recipe = state_lib.build_state(config, mesh)
+  recipe = state_lib.build_state(config, mesh, pipeline.batch_spec(training_records))
   fresh = recipe.create(config.seed)
   warm = fresh.replace(params=train.rhpc_parts_from(trained_runs["rhpc"],
                                                     jax.device_get(fresh.params)))

@@ -8,6 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from configs import iMRrhpc, rhpc
 from input_pipeline import clinical_table, encoding, schema
+from input_pipeline.feed import batching
 from input_pipeline.schema import Phase
 from mrp_jax import models
 from mrp_jax.core import train_step
@@ -119,12 +120,13 @@ def test_a_step_on_the_pipelines_views_is_the_step_on_the_stacked_batch():
   from mrp_jax.core import state as state_lib
 
   config = iMRrhpc.get_config("tiny")
-  config.data.mri_shape = (8, 8, 16)
   config.model.encoder.width = 4
   config.model.head_dim = config.model.rhpc_hidden_dim = 16
   config.train.warmup_steps = 0
   mesh = sharding.make_mesh(jax.devices()[:1])
-  recipe = state_lib.build_state(config, mesh)
+  spec = batching.BatchSpec(mri_shape=(8, 8, 16), mri_dtype="float16", mg_shape=(32, 16),
+                            mg_dtype="uint16")
+  recipe = state_lib.build_state(config, mesh, spec)
   step = state_lib.jit_train_step(recipe, config, mesh, config.augment)
   batch = _mri_batch(np.random.default_rng(0), 4)
   batch["mri"] = batch["mri"].astype(np.float16)  # as records store them

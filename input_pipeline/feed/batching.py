@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import math
 import mmap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,9 +59,17 @@ class BatchSpec:
     mg_dtype: its stored dtype name ('uint16' or 'float16').
   """
   mri_shape: tuple[int, int, int]
-  mri_dtype: str = "float16"
-  mg_shape: tuple[int, int] = (1024, 512)
-  mg_dtype: str = "uint16"
+  mri_dtype: str
+  mg_shape: tuple[int, int]
+  mg_dtype: str
+
+  @classmethod
+  def of(cls, preprocessing: Mapping[str, Any]) -> BatchSpec:
+    """The spec of records preprocessed as ``preprocessing`` says (a manifest, or a run's
+    preprocessing.json: records.preprocessing)."""
+    mri, mammogram = preprocessing["mri"], preprocessing["mammogram"]
+    return cls(mri_shape=tuple(mri["shape"]), mri_dtype=mri["dtype"],
+               mg_shape=tuple(mammogram["shape"]), mg_dtype=mammogram["dtype"])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

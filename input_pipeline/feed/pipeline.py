@@ -52,12 +52,13 @@ order, so that every process knows how many patients there are and all yield the
 of batches (a multi-host jitted step needs that); eligible patient i belongs to process
 i % count. Shards are CRC-checked while read (tfrecord.iter_records).
 
-``python -m input_pipeline.feed.throughput --records DIR`` measures it next to a plain sequential read
-of the same shards.
+``python -m input_pipeline.feed.throughput --records DIR`` measures it next to a plain sequential
+read of the same shards. The Grain stages themselves are in feed/stages.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -66,14 +67,12 @@ from pathlib import Path
 from typing import Any
 
 import grain
-import numpy as np
 from absl import flags
 
 from input_pipeline import records
-from input_pipeline.feed import batching, buffers
+from input_pipeline.feed import batching, buffers, stages
 from input_pipeline.feed.batching import BatchSpec
 from input_pipeline.records import tfrecord
-from input_pipeline.schema import IMAGE_KEYS
 
 # Records held for shuffling; RAM = window x record size (~66 MB each at full geometry).
 DEFAULT_SHUFFLE_WINDOW = 16
@@ -114,11 +113,7 @@ def split_paths(records_dir: str | os.PathLike, split: str) -> list[str]:
 
 def batch_spec(records_dir: str | os.PathLike) -> BatchSpec:
   """Image shapes and dtypes of the records in ``records_dir``, from its manifest."""
-  manifest = records.read_manifest(records_dir)
-  return BatchSpec(mri_shape=tuple(manifest["mri"]["shape"]),
-                   mri_dtype=manifest["mri"]["dtype"],
-                   mg_shape=tuple(manifest["mammogram"]["shape"]),
-                   mg_dtype=manifest["mammogram"]["dtype"])
+  return BatchSpec.of(records.read_manifest(records_dir))
 
 
 def _manifest_beside(paths: Sequence[str]) -> tuple[dict[str, Any] | None, list[str]]:
@@ -159,234 +154,12 @@ def host_shards(paths: Sequence[str], process_index: int, process_count: int) ->
   return mine
 
 
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
-class _ShardRecords(grain.IterDataset):
-  """The records of one shard as (path, byte offset, data), CRC-checked, without copying
-  (tfrecord.iter_records: views of the mapped file).
 
-  Grain's TFRecordIterDataset checks no CRC and copies each record twice (read, then
-  struct.unpack): ~60 ms per 44 MB full-geometry record against ~10 ms here. The iterator's
-  state is the same {'reader_offset': byte offset of the next record}.
-  """
+@dataclasses.dataclass(frozen=True)
+class TrainFeed:
+  """How one process reads its endless training batches (:func:`train_iterator`).
 
-  def __init__(self, path: str):
-    super().__init__()
-    self._path = path
-
-  def __iter__(self) -> grain.DatasetIterator:
-    return _ShardRecordsIterator(self._path)
-
-
-class _ShardRecordsIterator(grain.DatasetIterator):
-
-  def __init__(self, path: str):
-    super().__init__()
-    self._path = path
-    self._offset = 0
-    self._records: Iterator[tuple[int, memoryview]] | None = None
-
-  def __next__(self) -> tuple[str, int, memoryview]:
-    if self._records is None:
-      self._records = tfrecord.iter_records(self._path, start=self._offset)
-    offset, data = next(self._records)
-    self._offset = offset + tfrecord.HEADER_BYTES + len(data) + tfrecord.FOOTER_BYTES
-    return self._path, offset, data
-
-  def get_state(self) -> dict[str, int]:
-    return {"reader_offset": self._offset}
-
-  def set_state(self, state: dict[str, int]) -> None:
-    self._offset = int(state["reader_offset"])
-    self._records = None
-
-
-def _decode(element: tuple[str, int, memoryview]) -> records.PatientRecord:
-  path, offset, data = element
-  try:
-    return records.decode(data)
-  except records.RecordFormatError as error:
-    raise ValueError(f"{path}: record at byte offset {offset}: {error}") from None
-
-
-class _Collate:
-  """batching.collate as Grain's batch_fn, into reused image buffers (input_pipeline/feed/buffers.py).
-
-  In this process the image array comes from a :class:`buffers.BufferPool`. In a worker
-  process of ``mp_prefetch`` (``shared``, or Grain's :meth:`enable_shared_memory_output`) it
-  is built in the worker's :class:`buffers.SharedBufferPool` and travels as a
-  :class:`buffers.SharedBuffer`, which :func:`_open_shared_buffers` opens in the training
-  process without a copy.
-  """
-
-  def __init__(self, model_name: str, spec: BatchSpec, shared: bool = False,
-               views: bool = False):
-    self._model_name = model_name
-    self._spec = spec
-    self._views = views
-    # Set here for worker processes: Grain calls enable_shared_memory_output only with 2 or
-    # more workers (a single one would otherwise copy every batch into fresh shared memory).
-    self._shared = shared
-    self._pool: buffers.BufferPool | buffers.SharedBufferPool | None = None
-
-  def __getstate__(self) -> dict:
-    # Pools are made where the batches are built (this process or a worker), never pickled.
-    return {**self.__dict__, "_pool": None}
-
-  def enable_shared_memory_output(self) -> None:
-    self._shared = True
-
-  def __call__(self, values: Sequence[batching.Example]) -> dict[str, Any]:
-    if self._views:
-      return batching.collate(values, self._model_name, self._spec, views=True)
-    if not self._shared:
-      if self._pool is None:
-        self._pool = buffers.BufferPool()
-      return batching.collate(values, self._model_name, self._spec, empty=self._pool.empty)
-    if self._pool is None:
-      self._pool = buffers.SharedBufferPool()
-    handles = []
-
-    def empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
-      array, handle = self._pool.take(shape, dtype)
-      handles.append(handle)
-      return array
-
-    batch = batching.collate(values, self._model_name, self._spec, empty=empty)
-    if handles:  # the image array (rhpc batches have none)
-      (batch[IMAGE_KEYS[self._model_name]],) = handles
-    return batch
-
-
-def _open_shared_buffers(batch: dict[str, Any]) -> dict[str, np.ndarray]:
-  """In the training process: a worker's batch with its image array opened (no copy)."""
-  return {key: value.open() if isinstance(value, buffers.SharedBuffer) else value
-          for key, value in batch.items()}
-
-
-class _TrainingPatients:
-  """The filter of training patients; raises when a process's shards hold none.
-
-  Without the check, a process whose shards hold no eligible patient (an MRI model on
-  mammogram-only shards) would read its shards forever. The rejected set resets at every
-  accepted record, so it fills only when every local record was rejected in a row.
-  """
-
-  def __init__(self, model_name: str, shards: Sequence[str], num_records: int | None):
-    self._model_name = model_name
-    self._shards = list(shards)
-    self._num_records = num_records
-    self._rejected: set[str] = set()
-
-  def __call__(self, record: records.PatientRecord) -> bool:
-    if batching.trains(record, self._model_name):
-      self._rejected.clear()
-      return True
-    self._rejected.add(record.patient_id)
-    if self._num_records is not None and len(self._rejected) >= self._num_records:
-      needs = {"iMRrhpc": "a Pre-NAT MRI and ", "iMGrhpc": "a mammogram and "}
-      raise ValueError(
-          f"none of the {self._num_records} patients in {len(self._shards)} shards "
-          f"({self._shards[0]}, ...) can train {self._model_name!r}: it needs "
-          f"{needs.get(self._model_name, '')}a pCR label")
-    return False
-
-
-def _seeds(seed: int, process_index: int) -> tuple[int, int, int]:
-  """Independent 31-bit seeds (file order, window shuffle, combinations) per process.
-
-  31 bits: Grain adds the window / epoch number to a seed and needs the sum to stay 32-bit."""
-  state = np.random.SeedSequence([seed, process_index]).generate_state(3)
-  return tuple(int(s) >> 1 for s in state)
-
-
-def _check_train_arguments(**values: int) -> None:
-  low = {"prefetch_batches": 0, "workers": 0}
-  for name, value in values.items():
-    if value < low.get(name, 1):
-      raise ValueError(f"{name} must be >= {low.get(name, 1)}, got {value}")
-
-
-def example_dataset(paths: Sequence[str], *, model_name: str, seed: int,
-                    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
-                    process_count: int = 1, cycle_length: int = DEFAULT_CYCLE_LENGTH,
-                    read_buffer: int = DEFAULT_READ_BUFFER) -> grain.IterDataset:
-  """The endless training examples of one process, before batching: each a
-  :class:`batching.Example` whose volumes are views of the mapped shards (what a per-record
-  transfer to the device consumes; ``python -m input_pipeline.feed.throughput --transfer records``
-  measures it). :func:`train_dataset` batches exactly this stream."""
-  batching.check_model_name(model_name)
-  _check_train_arguments(shuffle_window=shuffle_window, cycle_length=cycle_length,
-                         read_buffer=read_buffer)
-  mine = host_shards(paths, process_index, process_count)
-  counts = _record_counts(paths)
-  local_records = (sum(counts[Path(p).name] for p in mine)
-                   if all(Path(p).name in counts for p in mine) else None)
-  file_seed, window_seed, draw_seed = _seeds(seed, process_index)
-
-  # MapDataset.shuffle mixes the epoch into its seed: another shard order every epoch.
-  files = grain.MapDataset.source(mine).shuffle(seed=file_seed).repeat(None)
-  ds = grain.experimental.InterleaveIterDataset(
-      files.map(_ShardRecords), cycle_length=min(cycle_length, len(mine)),
-      iter_buffer_size=read_buffer)
-  # Shuffled as bytes: decoding only what leaves the window costs no more RAM (a record's
-  # bytes are its arrays) and no decode is wasted on a window being refilled after a restore.
-  ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_window,
-                                                   seed=window_seed)
-  ds = ds.map(_decode).filter(_TrainingPatients(model_name, mine, local_records))
-  return ds.random_map(batching.draw_training_example, seed=draw_seed)
-
-
-def train_dataset(paths: Sequence[str], *, model_name: str, batch_size: int, seed: int,
-                  shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
-                  process_count: int = 1, spec: BatchSpec | None = None,
-                  cycle_length: int = DEFAULT_CYCLE_LENGTH,
-                  read_buffer: int = DEFAULT_READ_BUFFER,
-                  prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-                  workers: int = 0, views: bool = False) -> grain.IterDataset:
-  """The endless training dataset of one process (see :func:`train_iterator`)."""
-  _check_train_arguments(batch_size=batch_size, prefetch_batches=prefetch_batches,
-                         workers=workers)
-  if views and workers:
-    raise ValueError("views=True needs workers=0: views are pages of this process's maps of "
-                     "the shards, and worker processes hand batches over in shared memory")
-  ds = example_dataset(paths, model_name=model_name, seed=seed, shuffle_window=shuffle_window,
-                       process_index=process_index, process_count=process_count,
-                       cycle_length=cycle_length, read_buffer=read_buffer)
-  spec = _spec(paths, spec)
-  ds = ds.batch(batch_size, drop_remainder=True,
-                batch_fn=_Collate(model_name, spec, shared=workers > 0, views=views))
-  if workers:
-    if not flags.FLAGS.is_parsed():
-      # Grain's worker processes read its absl flags; a caller without absl.app (this
-      # module's CLI, a notebook) gets their defaults.
-      flags.FLAGS.mark_as_parsed()
-    # Worker k runs everything above on files k, k + workers, ... of the shuffled, repeated
-    # shard order; batches come back through shared memory, taken from the workers in turn.
-    # One batch ready per worker (plus the one it builds, and those in transit and held by
-    # the consumer): /dev/shm holds ~4 x workers local batches (44 MB per full-geometry MRI
-    # example), segments that each worker fills again once the consumer has let go of them.
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                     per_worker_buffer_size=1))
-    ds = ds.map(_open_shared_buffers)
-  elif prefetch_batches:
-    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
-  return ds
-
-
-def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, seed: int,
-                   shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, process_index: int = 0,
-                   process_count: int = 1, spec: BatchSpec | None = None,
-                   cycle_length: int = DEFAULT_CYCLE_LENGTH,
-                   read_buffer: int = DEFAULT_READ_BUFFER,
-                   prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-                   workers: int = 0, views: bool = False) -> grain.DatasetIterator:
-  """Endless training batches of one process, checkpointable.
-
-  Args:
-    paths: every training shard (all processes pass the same list, e.g. from
-      :func:`split_paths`); process k reads paths[k::process_count].
+  Attributes:
     model_name: 'rhpc', 'iMGrhpc' or 'iMRrhpc' (decides the patients and the image keys).
     batch_size: this process's batch (the global batch / process_count).
     seed: the data seed; with the process index it seeds shard order, window shuffle and the
@@ -411,6 +184,95 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
       (``sharding.global_batch`` and ``augment.prepare_images``). Needs ``workers`` = 0.
       The batches' contents, order and the iterator state are those of views=False.
 
+  Raises:
+    ValueError: an unknown model name or a count out of range.
+  """
+  model_name: str
+  batch_size: int
+  seed: int
+  shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
+  process_index: int = 0
+  process_count: int = 1
+  spec: BatchSpec | None = None
+  cycle_length: int = DEFAULT_CYCLE_LENGTH
+  read_buffer: int = DEFAULT_READ_BUFFER
+  prefetch_batches: int = DEFAULT_PREFETCH_BATCHES
+  workers: int = 0
+  views: bool = False
+
+  def __post_init__(self):
+    batching.check_model_name(self.model_name)
+    low = {"prefetch_batches": 0, "workers": 0}
+    for name in ("shuffle_window", "cycle_length", "read_buffer", "batch_size",
+                 "prefetch_batches", "workers"):
+      value = getattr(self, name)
+      if value < low.get(name, 1):
+        raise ValueError(f"{name} must be >= {low.get(name, 1)}, got {value}")
+    if self.views and self.workers:
+      raise ValueError("views=True needs workers=0: views are pages of this process's maps of "
+                       "the shards, and worker processes hand batches over in shared memory")
+
+
+def example_dataset(paths: Sequence[str], feed: TrainFeed) -> grain.IterDataset:
+  """The endless training examples of one process, before batching: each a
+  :class:`batching.Example` whose volumes are views of the mapped shards (what a per-record
+  transfer to the device consumes; ``python -m input_pipeline.feed.throughput --transfer
+  records`` measures it). :func:`train_dataset` batches exactly this stream; the batching
+  fields of ``feed`` are not used here."""
+  mine = host_shards(paths, feed.process_index, feed.process_count)
+  counts = _record_counts(paths)
+  local_records = (sum(counts[Path(p).name] for p in mine)
+                   if all(Path(p).name in counts for p in mine) else None)
+  file_seed, window_seed, draw_seed = stages.seeds(feed.seed, feed.process_index)
+
+  # MapDataset.shuffle mixes the epoch into its seed: another shard order every epoch.
+  files = grain.MapDataset.source(mine).shuffle(seed=file_seed).repeat(None)
+  ds = grain.experimental.InterleaveIterDataset(
+      files.map(stages.ShardRecords), cycle_length=min(feed.cycle_length, len(mine)),
+      iter_buffer_size=feed.read_buffer)
+  # Shuffled as bytes: decoding only what leaves the window costs no more RAM (a record's
+  # bytes are its arrays) and no decode is wasted on a window being refilled after a restore.
+  ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=feed.shuffle_window,
+                                                   seed=window_seed)
+  ds = ds.map(stages.decode).filter(stages.TrainingPatients(feed.model_name, mine,
+                                                            local_records))
+  return ds.random_map(batching.draw_training_example, seed=draw_seed)
+
+
+def train_dataset(paths: Sequence[str], feed: TrainFeed) -> grain.IterDataset:
+  """The endless training dataset of one process (see :func:`train_iterator`)."""
+  ds = example_dataset(paths, feed)
+  spec = _spec(paths, feed.spec)
+  ds = ds.batch(feed.batch_size, drop_remainder=True,
+                batch_fn=stages.Collate(feed.model_name, spec, shared=feed.workers > 0,
+                                        views=feed.views))
+  if feed.workers:
+    if not flags.FLAGS.is_parsed():
+      # Grain's worker processes read its absl flags; a caller without absl.app (this
+      # module's CLI, a notebook) gets their defaults.
+      flags.FLAGS.mark_as_parsed()
+    # Worker k runs everything above on files k, k + workers, ... of the shuffled, repeated
+    # shard order; batches come back through shared memory, taken from the workers in turn.
+    # One batch ready per worker (plus the one it builds, and those in transit and held by
+    # the consumer): /dev/shm holds ~4 x workers local batches (44 MB per full-geometry MRI
+    # example), segments that each worker fills again once the consumer has let go of them.
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=feed.workers,
+                                                     per_worker_buffer_size=1))
+    ds = ds.map(stages.open_shared_buffers)
+  elif feed.prefetch_batches:
+    ds = grain.experimental.ThreadPrefetchIterDataset(
+        ds, prefetch_buffer_size=feed.prefetch_batches)
+  return ds
+
+
+def train_iterator(paths: Sequence[str], feed: TrainFeed) -> grain.DatasetIterator:
+  """Endless training batches of one process, checkpointable.
+
+  Args:
+    paths: every training shard (all processes pass the same list, e.g. from
+      :func:`split_paths`); process k reads paths[k::process_count].
+    feed: the model, batch, seed and reading options (:class:`TrainFeed`).
+
   Returns:
     A grain.DatasetIterator of batch dicts (:func:`batching.collate`), with get_state /
     set_state. The image array of a batch lives in a reused buffer, written again only once
@@ -419,14 +281,10 @@ def train_iterator(paths: Sequence[str], *, model_name: str, batch_size: int, se
     cycles; left for the interpreter's exit, their __del__ prints ignored exceptions.)
 
   Raises:
-    ValueError: bad arguments, fewer shards than processes; while iterating, a record that
-      does not decode (naming the shard) or shards with no training patient for the model.
+    ValueError: fewer shards than processes; while iterating, a record that does not decode
+      (naming the shard) or shards with no training patient for the model.
   """
-  return iter(train_dataset(
-      paths, model_name=model_name, batch_size=batch_size, seed=seed,
-      shuffle_window=shuffle_window, process_index=process_index, process_count=process_count,
-      spec=spec, cycle_length=cycle_length, read_buffer=read_buffer,
-      prefetch_batches=prefetch_batches, workers=workers, views=views))
+  return iter(train_dataset(paths, feed))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -220,21 +220,21 @@ def _configs(options: flags.FlagValues) -> list[_Config]:
 
 
 def _run(config: _Config, paths: Sequence[str], options: flags.FlagValues) -> Rate:
-  common = dict(model_name=options.model_name, seed=0, shuffle_window=options.shuffle_window,
-                cycle_length=options.cycle_length, read_buffer=config.read_buffer)
+  feed = pipeline.TrainFeed(
+      model_name=options.model_name, batch_size=options.batch_size, seed=0,
+      shuffle_window=options.shuffle_window, cycle_length=options.cycle_length,
+      read_buffer=config.read_buffer, prefetch_batches=config.prefetch, workers=config.workers,
+      views=config.transfer == "views")
   consume = None
   if config.transfer == "records":
-    examples = pipeline.example_dataset(paths, **common)
+    examples = pipeline.example_dataset(paths, feed)
     # Records read, checked and decoded ahead in a thread, as batches are otherwise.
     examples = grain.experimental.ThreadPrefetchIterDataset(
         examples, prefetch_buffer_size=config.prefetch * options.batch_size)
     iterator = _RecordsToDevice(iter(examples), options.model_name, options.batch_size,
                                 pipeline.batch_spec(options.records))
   else:
-    iterator = pipeline.train_iterator(paths, batch_size=options.batch_size,
-                                       prefetch_batches=config.prefetch,
-                                       workers=config.workers,
-                                       views=config.transfer == "views", **common)
+    iterator = pipeline.train_iterator(paths, feed)
     if config.transfer in ("batch", "views"):
       import jax  # only these configurations need JAX
 

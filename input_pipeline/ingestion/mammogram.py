@@ -32,6 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from scipy import ndimage, stats
 
+from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.ingestion.dicom_io import PreprocessError, decoded_pixels, read_dicom
 
 # The breast is segmented on a block-averaged copy whose longer side is about this many pixels.
@@ -72,7 +73,7 @@ class MammogramOptions:
     size: (rows, columns) of the output image; the paper uses 1024 x 512.
     dtype: 'uint16' (0..65535) or 'float16' (0..1).
   """
-  size: tuple[int, int] = (1024, 512)
+  size: tuple[int, int] = GEOMETRIES["full"].mg_size
   dtype: str = "uint16"
 
   def __post_init__(self):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.ingestion.dicom_io import PreprocessError, load_nifti, load_series
 from input_pipeline.ingestion.patient import DicomDce, MriExam, NiftiDce, SeriesSelection
 
@@ -60,8 +61,8 @@ class MriOptions:
     on_size_mismatch: 'skip' raises PreprocessError when pre and post lie on different grids
       (the paper excluded such exams); 'resample' resamples post onto the pre grid.
   """
-  spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
-  box: tuple[int, int, int] = (176, 176, 352)
+  spacing_mm: tuple[float, float, float] = GEOMETRIES["full"].mri_spacing_mm
+  box: tuple[int, int, int] = GEOMETRIES["full"].mri_box
   intensity: str = "relative"
   dtype: str = "float16"
   on_size_mismatch: str = "skip"

@@ -53,12 +53,13 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
 
+from input_pipeline.records import wire
 from input_pipeline.schema import PHASE_NAMES, VARIABLES
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # Image payloads start at this alignment in a shard's file (module docstring).
-ALIGNMENT = 64
+ALIGNMENT = wire.ALIGNMENT
 SPLITS = ("train", "validation", "test")
 # The records folder's index, written last by prepare: shards, splits, geometry, counts.
 MANIFEST = "manifest.json"
@@ -78,6 +79,7 @@ def read_manifest(records_dir: str | os.PathLike) -> dict[str, Any]:
                             "python -m input_pipeline.records.prepare?")
   return json.loads(path.read_text())
 
+
 _REQUIRED = ("patient_id", "split", "label", "mri/phases", "rhpc/raw", "rhpc/codes",
              "rhpc/values", "format_version")
 _MRI_KEYS = ("mri/shape", "mri/dtype", "mri/spacing_mm")
@@ -85,8 +87,8 @@ _MG_KEYS = ("mg", "mg/shape", "mg/dtype")
 _PAYLOAD_ORDER = tuple(f"mri/{p}" for p in PHASE_NAMES) + ("mg",)
 _ALIGN_KEYS = tuple(f"align/{k}" for k in _PAYLOAD_ORDER) + ("align/end",)
 _KNOWN = frozenset(_REQUIRED + _MRI_KEYS + _MG_KEYS + _PAYLOAD_ORDER + _ALIGN_KEYS)
-# A TFRecord frames each record's data with a 12-byte header and a 4-byte footer.
-_FRAME_HEADER, _FRAME_FOOTER = 12, 4
+# Image values are cut out of a serialised Example as views (records/wire.py), the rest parsed.
+_PAYLOAD_KEYS = frozenset(_PAYLOAD_ORDER)
 
 
 class RecordFormatError(ValueError):
@@ -219,162 +221,8 @@ def encode(record: PatientRecord) -> bytes:
   feature["rhpc/values"].float_list.value.extend(float(v) for v in record.rhpc_values)
   feature["format_version"].int64_list.value.append(FORMAT_VERSION)
   small = memoryview(example.SerializeToString(deterministic=True))  # sorted map keys
-  begin, end = _only_field(small, 0, len(small), _TAG_1_LEN)  # Example.features
-  return _aligned_example(bytes(small[begin:end]), payloads)
-
-
-def _length_delimited(tag: int, value: bytes) -> bytes:
-  return bytes([tag]) + _varint_bytes(len(value)) + value
-
-
-def _map_entry_head(key: str, payload_size: int) -> bytes:
-  """A feature-map entry ``key -> Feature{bytes_list{value: [payload]}}`` up to (without) the
-  payload's first byte."""
-  key_field = _length_delimited(_TAG_1_LEN, key.encode())
-  bytes_list_size = 1 + len(_varint_bytes(payload_size)) + payload_size
-  feature_size = 1 + len(_varint_bytes(bytes_list_size)) + bytes_list_size
-  entry_size = len(key_field) + 1 + len(_varint_bytes(feature_size)) + feature_size
-  return (bytes([_TAG_1_LEN]) + _varint_bytes(entry_size) + key_field
-          + bytes([_TAG_2_LEN]) + _varint_bytes(feature_size)
-          + bytes([_TAG_1_LEN]) + _varint_bytes(bytes_list_size)
-          + bytes([_TAG_1_LEN]) + _varint_bytes(payload_size))
-
-
-def _padding_entry(key: str, size_mod: int) -> bytes:
-  """A feature-map entry ``key -> bytes_list [zeros]`` whose size is ``size_mod`` modulo
-  :data:`ALIGNMENT` (every length fits one varint byte: 1 + 1 + the key field, the 0x12 tag
-  and length, the lists' tags and lengths: 10 + len(key) bytes plus the zeros)."""
-  zeros = (size_mod - 10 - len(key)) % ALIGNMENT
-  entry = _map_entry_head(key, zeros) + bytes(zeros)
-  assert len(entry) % ALIGNMENT == size_mod % ALIGNMENT, (key, len(entry), size_mod)
-  return entry
-
-
-def _aligned_example(features_body: bytes, payloads: list[tuple[str, bytes]]) -> bytes:
-  """Example{features{features_body, then the payload entries}} with every payload at
-  data-relative offset 64k - 12 and the framed record (12 + data + 4) a multiple of 64."""
-  header_size = 1 + len(_varint_bytes(len(features_body)))
-  while True:  # the outer length's varint size depends on the padding: converges in <= 2 rounds
-    parts = [features_body]
-    position = header_size + len(features_body)  # offset in the record's data
-    for key, payload in payloads:
-      head = _map_entry_head(key, len(payload))
-      pad = _padding_entry(f"align/{key}", -(position + len(head) + _FRAME_HEADER))
-      parts += [pad, head, payload]
-      position += len(pad) + len(head) + len(payload)
-    parts.append(_padding_entry("align/end", -(position + _FRAME_HEADER + _FRAME_FOOTER)))
-    body_size = sum(len(p) for p in parts)
-    if 1 + len(_varint_bytes(body_size)) == header_size:
-      return bytes([_TAG_1_LEN]) + _varint_bytes(body_size) + b"".join(parts)
-    header_size = 1 + len(_varint_bytes(body_size))
-
-
-# ---------------------------------------------------------------------------------------------
-# Zero-copy image payloads
-# ---------------------------------------------------------------------------------------------
-# Parsing a 44-66 MB Example with protobuf copies every volume twice (into the message, then
-# into a Python bytes object per access): ~60 ms per full-geometry record, more than the rest
-# of the input pipeline (BUILD_NOTES.md, "Input pipeline at full geometry"). The volumes are cut out
-# of the serialised Example as views, and protobuf parses what remains (a few hundred bytes),
-# so every check below still runs on protobuf's reading of the record.
-_PAYLOAD_KEYS = frozenset([f"mri/{name}" for name in PHASE_NAMES] + ["mg"])
-_TAG_1_LEN = 0x0A  # field 1, wire type 2 (length-delimited)
-_TAG_2_LEN = 0x12  # field 2, wire type 2
-
-
-class _Irregular(Exception):
-  """The Example is not laid out as :func:`encode` writes it: protobuf parses all of it."""
-
-
-def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
-  value = shift = 0
-  while pos < end and shift < 64:
-    byte = data[pos]
-    pos += 1
-    value |= (byte & 0x7F) << shift
-    if byte < 0x80:
-      return value, pos
-    shift += 7
-  raise _Irregular
-
-
-def _field(data: memoryview, pos: int, end: int) -> tuple[int, int, int]:
-  """(tag, start, stop) of the length-delimited field at ``pos``; raises _Irregular for any
-  other wire type or a length past ``end``."""
-  tag, pos = _varint(data, pos, end)
-  if tag & 7 != 2:
-    raise _Irregular
-  length, pos = _varint(data, pos, end)
-  if pos + length > end:
-    raise _Irregular
-  return tag, pos, pos + length
-
-
-def _only_field(data: memoryview, start: int, stop: int, tag: int) -> tuple[int, int]:
-  """The extent of the single field ``tag`` that fills data[start:stop] exactly."""
-  found, begin, end = _field(data, start, stop)
-  if found != tag or end != stop:
-    raise _Irregular
-  return begin, end
-
-
-def _varint_bytes(value: int) -> bytes:
-  out = bytearray()
-  while value >= 0x80:
-    out.append(value & 0x7F | 0x80)
-    value >>= 7
-  out.append(value)
-  return bytes(out)
-
-
-def _split_payloads(data: bytes | memoryview) -> tuple[bytes, dict[str, memoryview]]:
-  """(the Example without its image entries, {image key: view of its bytes value}).
-
-  Only a feature-map entry that is exactly ``key, Feature{bytes_list{value: [one bytes]}}``
-  for an image key is cut out; anything else stays for protobuf. Raises _Irregular when the
-  Example is laid out otherwise (several ``features`` fields, a repeated image key, a wire
-  type :func:`encode` never writes)."""
-  data = memoryview(data).cast("B")
-  end = len(data)
-  begin, stop = _only_field(data, 0, end, _TAG_1_LEN)  # Example.features
-  kept: list[memoryview] = []
-  payloads: dict[str, memoryview] = {}
-  seen: set[str] = set()
-  pos = begin
-  while pos < stop:
-    tag, entry_begin, entry_end = _field(data, pos, stop)  # Features.feature (map entry)
-    if tag != _TAG_1_LEN:
-      raise _Irregular
-    key, value = None, None
-    inner = entry_begin
-    while inner < entry_end:
-      field, field_begin, field_end = _field(data, inner, entry_end)
-      if field == _TAG_1_LEN:
-        key = bytes(data[field_begin:field_end])
-      elif field == _TAG_2_LEN:
-        value = (field_begin, field_end)
-      else:
-        raise _Irregular
-      inner = field_end
-    name = key.decode("utf-8", "replace") if key is not None else None
-    payload = None
-    if name in _PAYLOAD_KEYS:
-      if name in seen:
-        raise _Irregular  # protobuf's map keeps the last one: let it decide
-      seen.add(name)
-      if value is not None:
-        try:  # Feature{bytes_list (1)} -> BytesList{value (1)}: one bytes value
-          lists = _only_field(data, *value, _TAG_1_LEN)
-          payload = data[slice(*_only_field(data, *lists, _TAG_1_LEN))]
-        except _Irregular:
-          payload = None
-    if payload is None:
-      kept.append(data[pos:entry_end])
-    else:
-      payloads[name] = payload
-    pos = entry_end
-  body = b"".join(kept)
-  return bytes([_TAG_1_LEN]) + _varint_bytes(len(body)) + body, payloads
+  begin, end = wire.only_field(small, 0, len(small), wire.TAG_1_LEN)  # Example.features
+  return wire.aligned_example(bytes(small[begin:end]), payloads)
 
 
 class _Reader:
@@ -450,8 +298,8 @@ def decode(data: bytes | memoryview) -> PatientRecord:
     RecordFormatError: naming the key (and the patient when known) that breaks the format.
   """
   try:
-    rest, payloads = _split_payloads(data)
-  except _Irregular:
+    rest, payloads = wire.split_payloads(data, _PAYLOAD_KEYS)
+  except wire.Irregular:
     rest, payloads = bytes(data), {}  # rare: not as encode() writes; protobuf reads bytes
   example = tf_example_pb2.Example()
   try:

@@ -30,20 +30,16 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import hashlib
-import hmac
 import json
 import os
-import re
 import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 from absl import flags
 
 from input_pipeline import cli, clinical_table, records, schema
@@ -53,7 +49,8 @@ from input_pipeline.ingestion.mammogram import MammogramOptions, preprocess_mamm
 from input_pipeline.ingestion.mri import DTYPES as MRI_DTYPES
 from input_pipeline.ingestion.mri import INTENSITIES, ON_SIZE_MISMATCH, MriOptions, preprocess_exam
 from input_pipeline.ingestion.patient import PatientSource
-from input_pipeline.records import splits, tfrecord
+from input_pipeline.records import accounting, splits, tfrecord
+from input_pipeline.records.pseudonyms import pseudonym
 from input_pipeline.workers import worker_pool
 
 MANIFEST = records.MANIFEST
@@ -126,7 +123,7 @@ class PrepareOptions:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pseudonyms, scrubbing
+# The pseudonym key
 # ---------------------------------------------------------------------------------------------
 def load_key(path: Path) -> bytes:
   """Reads the pseudonym key, creating a random one (mode 0600) on first use."""
@@ -139,28 +136,6 @@ def load_key(path: Path) -> bytes:
   if len(key) < 32:
     raise PrepareError(f"{path}: pseudonym key too short (expected 64 hex characters)")
   return key.encode()
-
-
-def pseudonym(key: bytes, patient_key: str) -> str:
-  """'P' + 12 hex digits of HMAC-SHA256(key, source id): stable, not invertible without key."""
-  return "P" + hmac.new(key, patient_key.encode(), hashlib.sha256).hexdigest()[:12]
-
-
-_UID = re.compile(r"(?<![\d.])\d+(?:\.\d+){3,}(?![\d.])")
-# YYYYMMDD anywhere not inside a longer number: folder names such as '20211120_MR_1' too.
-_DATE = re.compile(r"(?<!\d)(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)")
-
-
-def scrub(text: str, source: Path, patient_key: str, patient_id: str) -> str:
-  """Removes what could identify a patient from a message: the source path, the source
-  patient id, DICOM UIDs and dates (YYYYMMDD)."""
-  text = text.replace(str(source.resolve()), "<source>").replace(str(source), "<source>")
-  if patient_key:
-    # Where it stands as a word or a name part ('P7/...', 'Breast_MRI_007_post'), not inside
-    # one: a short id such as 'C' or '12' would otherwise eat into 'DICOM' or '128 files'.
-    text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(patient_key)}(?![A-Za-z0-9])", patient_id,
-                  text)
-  return _DATE.sub("<date>", _UID.sub("<uid>", text))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,131 +320,11 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
       notes[job.file] = write_shard(job, options, fingerprint)
       bar.update(len(job.patients))
   bar.close()
-  manifest = _manifest(options, jobs, notes, skipped, fingerprint,
-                       seconds=time.perf_counter() - started)
-  _write_private_report(options, notes, skipped, jobs)
+  manifest = accounting.manifest(options, jobs, notes, skipped, fingerprint,
+                               seconds=time.perf_counter() - started)
+  accounting.write_private_report(options, notes, skipped, jobs)
   _write_json(manifest_path, manifest)
   return manifest
-
-
-def _manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> dict[str, Any]:
-  splits = {s: {"patients": 0, "pcr": 0, "non_pcr": 0, "phases": collections.Counter(),
-                "mammograms": 0} for s in SPLIT_NAMES}
-  unknown, unparsed = collections.Counter(), collections.Counter()
-  skipped = [{k: v for k, v in s.items() if k != "key"} for s in discovery_skips]
-  per_patient_seconds, per_patient_bytes = [], []
-  for job in jobs:
-    note = notes[job.file]
-    for patient in note["written"]:
-      entry = splits[note["split"]]
-      entry["patients"] += 1
-      entry["pcr" if patient["label"] == 1 else "non_pcr"] += 1
-      entry["phases"]["+".join(schema.PHASE_NAMES[p] for p in patient["phases"]) or "none"] += 1
-      entry["mammograms"] += patient["mammogram"]
-    skipped += [{k: v for k, v in s.items() if k != "key"} for s in note["skipped"]]
-    per_patient_seconds += note["seconds"]
-    if note["records"]:
-      per_patient_bytes.append(note["bytes"] / note["records"])
-    unknown.update(note["parse"]["missing"])
-    for variable, _, n in note["parse"]["unparsed"]:
-      unparsed[variable] += n
-  source_keys = {s["patient"]: s.get("key", "") for s in discovery_skips}
-  for job in jobs:
-    source_keys.update({pid: p.key for pid, p in job.patients})
-  for entry in skipped:
-    entry["reason"] = scrub(entry["reason"], options.source, source_keys.get(entry["patient"], ""),
-                            entry["patient"])
-  for entry in splits.values():
-    entry["phases"] = dict(sorted(entry["phases"].items()))
-  images = _image_accounting(options, jobs, notes, source_keys)
-  return {
-      "format_version": records.FORMAT_VERSION,
-      "fingerprint": fingerprint,
-      "layout": options.layout,
-      "mri": {"shape": list(options.mri.box), "spacing_mm": list(options.mri.spacing_mm),
-              "dtype": options.mri.dtype, "intensity": options.mri.intensity},
-      "mammogram": {"shape": list(options.mammogram.size), "dtype": options.mammogram.dtype},
-      "split_fractions": list(options.split_fractions),
-      "seed": options.seed,
-      "splits": splits,
-      "shards": [{"file": job.file, "split": job.split, "records": notes[job.file]["records"]}
-                 for job in jobs],
-      "skipped": sorted(skipped, key=lambda s: s["patient"]),
-      **images,
-      "rhpc": {"missing": dict(sorted(unknown.items())),
-               "unparsed": dict(sorted(unparsed.items()))},
-      "timing": {"seconds": round(seconds, 1),
-                 "seconds_per_patient": round(float(np.mean(per_patient_seconds)), 3)
-                 if per_patient_seconds else None,
-                 "bytes_per_patient": int(np.mean(per_patient_bytes))
-                 if per_patient_bytes else None},
-  }
-
-
-def _image_accounting(options, jobs, notes, source_keys) -> dict[str, Any]:
-  """The manifest's account of the images of the planned patients: how many patients were
-  written with and without each modality, who was written clinical-only and why, every image
-  or series not used and why, and the warnings of the choices (all scrubbed)."""
-  written = {p["patient"]: p for note in notes.values() for p in note["written"]}
-  modalities = {name: {"with": 0, "without": 0}
-                for name in ("mammogram", *(f"mri_{p}" for p in schema.PHASE_NAMES))}
-  clinical_only, unused, warnings = [], [], []
-  warning_counts: collections.Counter = collections.Counter()
-  for job in jobs:
-    for pid, source in job.patients:
-
-      def clean(text: str) -> str:
-        return scrub(text, options.source, source_keys.get(pid, ""), pid)
-
-      unused += [{"patient": pid, "item": clean(u.item), "reason": clean(u.reason)}
-                 for u in source.unused]
-      warnings += [{"patient": pid, "warning": clean(w)} for w in source.warnings]
-      warning_counts.update(w.split(":")[0] for w in source.warnings)
-      if pid not in written:
-        continue
-      present = {"mammogram": written[pid]["mammogram"],
-                 **{f"mri_{name}": phase in written[pid]["phases"]
-                    for phase, name in enumerate(schema.PHASE_NAMES)}}
-      for name, has in present.items():
-        modalities[name]["with" if has else "without"] += 1
-      if source.empty:
-        clinical_only.append({"patient": pid, "reason": clean(source.empty)})
-  return {"modalities": modalities,
-          "clinical_only": sorted(clinical_only, key=lambda e: e["patient"]),
-          "unused_images": sorted(unused, key=lambda e: (e["patient"], e["item"])),
-          "warnings": {"counts": dict(sorted(warning_counts.items())),
-                       "patients": sorted(warnings, key=lambda e: (e["patient"], e["warning"]))}}
-
-
-def _write_private_report(options: PrepareOptions, notes, discovery_skips, jobs) -> None:
-  """Identifying details for the data steward, outside --out: source ids and full reasons."""
-  folder = options.out.with_name(options.out.name + ".private")
-  folder.mkdir(parents=True, exist_ok=True)
-  rows = [(s["key"], s["patient"], s["stage"], s["reason"]) for s in discovery_skips]
-  for note in notes.values():
-    rows += [(s["key"], s["patient"], s["stage"], s["reason"]) for s in note["skipped"]]
-  with open(folder / "skipped.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["source_patient", "patient_id", "stage", "reason"])
-    writer.writerows(sorted(rows))
-  with open(folder / "unparsed_values.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["variable", "raw_value", "count"])
-    counts = collections.Counter()
-    for note in notes.values():
-      for variable, raw, n in note["parse"]["unparsed"]:
-        counts[(variable, raw)] += n
-    writer.writerows(sorted((v, r, n) for (v, r), n in counts.items()))
-  with open(folder / "unused_images.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["source_patient", "patient_id", "item", "file_or_folder", "reason"])
-    writer.writerows(sorted((p.key, pid, u.item, u.where, u.reason) for job in jobs
-                            for pid, p in job.patients for u in p.unused))
-  with open(folder / "warnings.csv", "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["source_patient", "patient_id", "warning"])
-    writer.writerows(sorted((p.key, pid, w) for job in jobs for pid, p in job.patients
-                            for w in p.warnings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,17 +429,6 @@ def options_from_flags(fv: flags.FlagValues) -> tuple[PrepareOptions, bool]:
   return options, not fv.no_progress
 
 
-def summary(manifest: dict[str, Any]) -> str:
-  lines = []
-  for split, entry in manifest["splits"].items():
-    lines.append(f"  {split:<10} {entry['patients']:>5} patients ({entry['pcr']} pCR), "
-                 f"{entry['mammograms']} mammograms, phases {entry['phases']}")
-  lines.append(f"  skipped    {len(manifest['skipped']):>5} patients (reasons in manifest.json)")
-  for entry in manifest["skipped"][:10]:
-    reason = entry["reason"] if len(entry["reason"]) <= 110 else entry["reason"][:107] + "..."
-    lines.append(f"    {entry['patient']}: {reason}")
-  return "\n".join(lines)
-
 
 def run(fv: flags.FlagValues, arguments: Sequence[str]) -> int:
   """Runs the command on parsed flags; returns the exit status (2: bad options or a run that
@@ -598,7 +442,7 @@ def run(fv: flags.FlagValues, arguments: Sequence[str]) -> int:
     print(f"prepare: {error}", file=sys.stderr)
     return 2
   print(f"prepare: wrote {sum(s['records'] for s in manifest['shards'])} records to "
-        f"{options.out} in {manifest['timing']['seconds']} s\n{summary(manifest)}")
+        f"{options.out} in {manifest['timing']['seconds']} s\n{accounting.summary(manifest)}")
   return 0
 
 

@@ -25,11 +25,14 @@ import numpy as np
 from absl import flags
 
 from input_pipeline import cli, records, schema
+from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.records import tfrecord
 
 
-def write(out_dir: str | Path, num_patients: int, *, mri_shape: Sequence[int] = (176, 176, 352),
-          mg_shape: Sequence[int] = (1024, 512), per_shard: int = 4, seed: int = 0) -> Path:
+def write(out_dir: str | Path, num_patients: int, *,
+          mri_shape: Sequence[int] = GEOMETRIES["full"].mri_box,
+          mg_shape: Sequence[int] = GEOMETRIES["full"].mg_size, per_shard: int = 4,
+          seed: int = 0) -> Path:
   """Writes ``num_patients`` training records in shards of ``per_shard`` and a manifest.
 
   Returns:
@@ -70,10 +73,11 @@ def define_flags(values: flags.FlagValues) -> None:
   flags.DEFINE_string("out", None, "Records folder to write (created).", required=True,
                       flag_values=values)
   flags.DEFINE_integer("patients", 48, "Patients to write.", lower_bound=1, flag_values=values)
-  flags.DEFINE_list("mri_shape", ["176", "176", "352"], "Volume shape z,y,x in voxels "
+  full = GEOMETRIES["full"]
+  flags.DEFINE_list("mri_shape", [str(n) for n in full.mri_box], "Volume shape z,y,x in voxels "
                     "(default: the full geometry).", flag_values=values)
-  flags.DEFINE_list("mg_shape", ["1024", "512"], "Mammogram shape rows,cols in pixels.",
-                    flag_values=values)
+  flags.DEFINE_list("mg_shape", [str(n) for n in full.mg_size], "Mammogram shape rows,cols in "
+                    "pixels (default: the full geometry).", flag_values=values)
   flags.DEFINE_integer("per_shard", 4, "Patients per shard.", lower_bound=1, flag_values=values)
   flags.register_validator("mri_shape", lambda v: len(v) == 3 and all(x.isdigit() for x in v),
                            "--mri_shape takes three positive integers z,y,x",

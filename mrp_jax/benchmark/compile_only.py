@@ -42,9 +42,9 @@ def hlo_part(config: Any, name: str, mesh: jax.sharding.Mesh, peak_tflops: float
       compiler_options={})  # compiled for the target: this host's CPU options do not apply
   programs = {"train": (train_jit, (abstract, batch)),
               "eval": (eval_jit, (abstract.params, abstract.batch_stats, batch))}
+  spec = steps.synthetic_spec(config)
   analytic = flops.model_flops(name, steps.encoder_kwargs(steps.model_config(config, name)),
-                               abstract.params, tuple(config.data.mri_shape),
-                               tuple(config.data.mg_shape))
+                               abstract.params, spec.mri_shape, spec.mg_shape)
   result: dict[str, Any] = {"batch_size": batch_size, "devices": mesh.size, "flops": analytic}
   options = measure.compiler_options(b.compiler_options)
   for part, (jitted, args) in programs.items():

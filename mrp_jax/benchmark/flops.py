@@ -22,7 +22,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from flax import traverse_util
 
-FULL_MRI_SHAPE = (176, 176, 352)  # [z, y, x] voxels: the paper's breast box at 1 mm
+from input_pipeline.geometries import GEOMETRIES
+
+FULL_MRI_SHAPE = GEOMETRIES["full"].mri_box  # [z, y, x] voxels: the paper's breast box at 1 mm
 # docs/background.md section 4: forward GFLOP of one 3D ResNet18 trunk at FULL_MRI_SHAPE, one
 # channel.
 REFERENCE_GFLOP = {"resnet": 330.0, "medicalnet": 1595.0, "monai": 2613.0}

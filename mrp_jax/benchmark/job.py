@@ -155,8 +155,9 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
   result: dict[str, Any] = {
       "environment": environment(devices),
       "settings": {"benchmark": b.to_dict(), "model": config.model.to_dict(),
-                   "mri_shape": list(config.data.mri_shape),
-                   "mg_shape": list(config.data.mg_shape), "records": config.data.records},
+                   "mri_shape": list(steps.synthetic_spec(config).mri_shape),
+                   "mg_shape": list(steps.synthetic_spec(config).mg_shape),
+                   "records": config.data.records},
       "models": {}, "notes": []}
 
   def save() -> None:
@@ -187,7 +188,7 @@ def run(config: Any, workdir: str | Path) -> dict[str, Any]:
     stage(f"{name}: JAX, batch {b.batch_size[name]}")
     bench = steps.JaxModelBench(config, name, mesh)
     entry.update(batch_size=bench.batch_size, parameters=bench.parameters, flops=bench.flops)
-    if name == "iMRrhpc" and tuple(config.data.mri_shape) == flops.FULL_MRI_SHAPE:
+    if name == "iMRrhpc" and steps.synthetic_spec(config).mri_shape == flops.FULL_MRI_SHAPE:
       # The reference figure for this layout (docs/background.md), next to ours.
       entry["flops"]["reference_encoder_forward"] = flops.REFERENCE_GFLOP.get(
           config.model.encoder.layout, 0.0) * 1e9

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 
 from input_pipeline import encoding, schema
+from input_pipeline.feed import batching
+from input_pipeline.geometries import preset
 from mrp_jax import models
 from mrp_jax.benchmark import (
   flops,
@@ -65,12 +67,20 @@ def synthetic_batch(name: str, batch_size: int, mri_shape: tuple[int, ...],
 
 
 
+def synthetic_spec(config: Any) -> batching.BatchSpec:
+  """The image shapes of the synthetic batches: the geometry preset config.data.geometry."""
+  geometry = preset(config.data.geometry)
+  return batching.BatchSpec(mri_shape=geometry.mri_box, mri_dtype="float32",
+                            mg_shape=geometry.mg_size, mg_dtype="float32")
+
+
 def train_setup(config: Any, name: str, mesh: jax.sharding.Mesh,
                  model_cfg: Mapping[str, Any] | None = None
                  ) -> tuple[state_lib.StateRecipe, Callable[..., Any]]:
   """The state recipe of model ``name`` (nothing allocated) and the train job's jitted step
   (augmentation inside when benchmark.augment)."""
-  recipe = state_lib.build_state(config, mesh, model_cfg or model_config(config, name))
+  recipe = state_lib.build_state(config, mesh, synthetic_spec(config),
+                                 model_cfg or model_config(config, name))
   return recipe, state_lib.jit_train_step(
       recipe, config, mesh, config.augment if config.benchmark.augment else None)
 
@@ -87,7 +97,8 @@ def abstract_batch(config: Any, name: str, batch_size: int,
                    sharding_: jax.sharding.Sharding | None = None) -> dict[str, Any]:
   """Shapes of a global batch (a batch of one, widened: a full-geometry batch is never
   allocated)."""
-  one = models.dummy_batch(name, 1, tuple(config.data.mri_shape), tuple(config.data.mg_shape))
+  spec = synthetic_spec(config)
+  one = models.dummy_batch(name, 1, spec.mri_shape, spec.mg_shape)
   return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype, sharding=sharding_)
           for k, v in one.items()}
 
@@ -99,7 +110,8 @@ class JaxModelBench:
     self.config, self.name, self.mesh = config, name, mesh
     self.model_config = model_config(config, name)
     self.batch_size = int(config.benchmark.batch_size[name])
-    mri_shape, mg_shape = tuple(config.data.mri_shape), tuple(config.data.mg_shape)
+    spec = synthetic_spec(config)
+    mri_shape, mg_shape = spec.mri_shape, spec.mg_shape
     self.host_batch = synthetic_batch(name, self.batch_size, mri_shape, mg_shape, config.seed)
     self.batch_sharding = sharding.batch_sharding(mesh)
     self.batch = jax.device_put(self.host_batch, self.batch_sharding)
@@ -191,20 +203,21 @@ class JaxModelBench:
     devices, taken in turn (a shared machine's load weighs on both alike); also the pipeline
     alone."""
     from input_pipeline import records as records_lib
-    from input_pipeline.feed import batching, pipeline, throughput  # Grain: only this part
+    from input_pipeline.feed import pipeline, throughput  # Grain: only this part
     from mrp_jax.training import train  # the train job's choice of views
 
     records = self.config.data.records
     spec = pipeline.batch_spec(records)
     views = train.uses_views(self.config.data, self.mesh, records_lib.read_manifest(records))
-    iterator = pipeline.train_iterator(
-        pipeline.split_paths(records, "train"), model_name=self.name,
-        batch_size=sharding.local_batch_size(self.batch_size), seed=self.config.seed,
-        shuffle_window=self.config.data.shuffle_window, process_index=jax.process_index(),
-        process_count=jax.process_count(), workers=self.config.data.workers, views=views)
+    iterator = pipeline.train_iterator(pipeline.split_paths(records, "train"), pipeline.TrainFeed(
+        model_name=self.name, batch_size=sharding.local_batch_size(self.batch_size),
+        seed=self.config.seed, shuffle_window=self.config.data.shuffle_window,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        workers=self.config.data.workers, views=views))
     keys = set(self.host_batch)
-    same = tuple(spec.mri_shape) == tuple(self.config.data.mri_shape) and tuple(
-        spec.mg_shape) == tuple(self.config.data.mg_shape) and self.train_compiled is not None
+    synthetic = synthetic_spec(self.config)
+    same = (spec.mri_shape, spec.mg_shape) == (synthetic.mri_shape, synthetic.mg_shape) and (
+        self.train_compiled is not None)
     # Same geometry: the executable compiled above; else the jitted step compiles for the
     # records. Views are another argument structure: the jitted step compiles for them.
     fn = self.train_compiled if same and not views else self.train_jit

@@ -17,6 +17,10 @@ from typing import Any, Callable
 import flax.linen as nn
 import ml_collections
 
+from input_pipeline import records
+from input_pipeline.feed import batching
+from input_pipeline.geometries import GeometryMismatch
+from input_pipeline.records import preprocessing as preprocessing_lib
 from mrp_jax.core import checkpoint, inference, train_step
 from mrp_jax.core import state as state_lib
 
@@ -47,14 +51,42 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
 
 
 def load_run(workdir: str | Path, mesh, label: str | None = None) -> Run:
+  """The run in ``workdir`` at its best checkpoint (else its latest).
+
+  Raises:
+    GeometryMismatch: its config.json names another geometry than its preprocessing.json (the
+      records it trained on).
+  """
   workdir = Path(workdir)
   config = load_config(workdir)
-  recipe = state_lib.build_state(config, mesh)
-  state, step = checkpoint.restore_state_only(workdir, recipe.abstract_sharded)
   preprocessing = json.loads((workdir / "preprocessing.json").read_text())
+  problem = preprocessing_lib.config_disagreement(config.data, preprocessing)
+  if problem:
+    raise GeometryMismatch(f"{workdir / 'config.json'}: {problem} "
+                           f"({workdir / 'preprocessing.json'}); retrain it on those records")
+  recipe = state_lib.build_state(config, mesh, batching.BatchSpec.of(preprocessing))
+  state, step = checkpoint.restore_state_only(workdir, recipe.abstract_sharded)
   return Run(label=label or config.model.name, workdir=workdir,
              config=config, preprocessing=preprocessing, model=recipe.model, state=state,
              step=step, eval_step=inference.jit_eval_step(recipe.model))
+
+
+def check_records(loaded: list[Run], records_dir: str | Path) -> None:
+  """Each run must be evaluated on records preprocessed as its own were (the image sections
+  its model reads).
+
+  Raises:
+    GeometryMismatch: naming the run, the field and both values.
+  """
+  manifest = records.read_manifest(records_dir)
+  for run in loaded:
+    problem = preprocessing_lib.disagreement(run.preprocessing, manifest,
+                                             preprocessing_lib.SECTIONS[run.model_name])
+    if problem:
+      raise GeometryMismatch(
+          f"run {run.label} ({run.workdir / 'preprocessing.json'}) vs the records "
+          f"({Path(records_dir) / records.MANIFEST}): {problem}; evaluate a run on records "
+          "prepared as its own were")
 
 
 def parse_runs(text: str) -> list[tuple[str, str]]:

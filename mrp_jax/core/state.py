@@ -19,20 +19,16 @@ import jax
 import ml_collections
 import optax
 
+from input_pipeline.feed import batching
 from mrp_jax import configuration, models
 from mrp_jax.core import augment, sharding, train_step
 from mrp_jax.models import losses
 
-# config.data's image shapes, which the initial state's example batch takes.
-CONFIG_RULES: dict[str, configuration.Rule] = {
-    "data.mri_shape": configuration.ints(3),
-    "data.mg_shape": configuration.ints(2),
-}
 # Everything build_state and jit_train_step read: the model, its loss, the optimiser, the
-# mesh, the example's shapes and the augmentation.
+# mesh and the augmentation (the example's shapes come from the records, not the config).
 CONFIG_CHECKS: tuple[configuration.Check, ...] = (
-    models.CONFIG_RULES, losses.CONFIG_RULES, CONFIG_RULES, train_step.CONFIG_RULES,
-    sharding.CONFIG_RULES, augment.config_problems)
+    models.CONFIG_RULES, losses.CONFIG_RULES, train_step.CONFIG_RULES, sharding.CONFIG_RULES,
+    augment.config_problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +60,20 @@ class StateRecipe:
 
 
 def build_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                spec: batching.BatchSpec,
                 model_config: Mapping[str, Any] | None = None) -> StateRecipe:
-  """The state recipe of ``config`` (its model, train, data, mesh sections and seed).
+  """The state recipe of ``config`` (its model, train, mesh sections and seed).
 
   Args:
+    spec: the image shapes of the batches (the records', :func:`pipeline.batch_spec`, or a
+      run's, from its preprocessing.json); the state is traced on a batch of them.
     model_config: a model section to use instead of ``config.model`` (the benchmark builds
       all three models from one config).
   """
   model_config = config.model if model_config is None else model_config
   model = models.create_model(model_config)
   optimizer = train_step.create_optimizer(config.train)
-  example = models.dummy_batch(model_config["name"], 1, tuple(config.data.mri_shape),
-                               tuple(config.data.mg_shape))
+  example = models.dummy_batch(model_config["name"], 1, spec.mri_shape, spec.mg_shape)
   init = functools.partial(train_step.init_state, model, example, optimizer)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp,

@@ -98,6 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   if not loaded:
     raise ValueError("config.evaluate.runs is empty: give LABEL=TRAIN_WORKDIR,...")
   records_dir = Path(config.data.records)
+  runs.check_records(loaded, records_dir)
   phases = tuple(ev.phases)
   splits = tuple(dict.fromkeys((ev.fit_split, ev.split)))
   patients = cohort.patient_table(records_dir)

@@ -1,4 +1,5 @@
-"""The four MRP models: rhpc, iMGrhpc, iMRrhpc (Flax Linen modules) and the MRP ensemble."""
+"""The three MRP models: rhpc, iMGrhpc, iMRrhpc (Flax Linen modules); the MRP ensemble that
+combines them is mrp_jax/evaluation/ensemble.py."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from input_pipeline.geometries import preset
 from mrp_jax import models
 
 
@@ -23,9 +24,9 @@ def _count(tree) -> int:
 
 def describe(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = models.create_model(config.model)
+  geometry = preset(config.data.geometry)
   batch = models.dummy_batch(config.model.name, config.train.batch_size,
-                             mri_shape=tuple(config.data.mri_shape),
-                             mg_shape=tuple(config.data.mg_shape))
+                             mri_shape=geometry.mri_box, mg_shape=geometry.mg_size)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
   outputs = jax.eval_shape(lambda v: model.apply(v, batch, train=False), variables)
   params = variables["params"]

@@ -5,6 +5,7 @@ the state it trains (mrp_jax/core/state.py)."""
 from __future__ import annotations
 
 from input_pipeline import schema
+from input_pipeline.geometries import GEOMETRIES
 from mrp_jax import configuration as cfg
 from mrp_jax.core import state
 from mrp_jax.training import pretrain
@@ -23,8 +24,9 @@ CONFIG_RULES: dict[str, cfg.Rule] = {
                              "must be in (0, 1]"),
     "validation.batch_size": cfg.POSITIVE_INT,
     "validation.phases": cfg.tuple_of(*schema.PHASE_NAMES),
-    # Saved with the run: predict resamples new patients' MRI to it.
-    "data.mri_spacing_mm": cfg.positive_numbers(3),
+    # A geometry preset or '': the records' manifest is the one source of the geometry, and a
+    # preset that disagrees with it stops training (train._check_records).
+    "data.geometry": cfg.one_of("", *GEOMETRIES),
     "data.shuffle_window": cfg.POSITIVE_INT,
     "data.workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                      "must be an integer >= 0 (0: read in the training process)"),

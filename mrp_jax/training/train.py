@@ -23,6 +23,8 @@ from sklearn.metrics import roc_auc_score
 from input_pipeline import cli
 from input_pipeline import records as records_lib
 from input_pipeline.feed import pipeline
+from input_pipeline.geometries import GeometryMismatch
+from input_pipeline.records import preprocessing
 from mrp_jax import console
 from mrp_jax.core import checkpoint, inference, runs, sharding, train_step
 from mrp_jax.core import state as state_lib
@@ -44,18 +46,13 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
 
 
 def _check_records(config: ml_collections.ConfigDict, manifest: dict[str, Any]) -> None:
-  """The records' geometry must be what the config expects, field by field."""
-  problems = []
-  if config.model.name == "iMRrhpc" and tuple(manifest["mri"]["shape"]) != tuple(
-      config.data.mri_shape):
-    problems.append(f"config.data.mri_shape={tuple(config.data.mri_shape)} but the records "
-                    f"hold {tuple(manifest['mri']['shape'])}")
-  if config.model.name == "iMGrhpc" and tuple(manifest["mammogram"]["shape"]) != tuple(
-      config.data.mg_shape):
-    problems.append(f"config.data.mg_shape={tuple(config.data.mg_shape)} but the records hold "
-                    f"{tuple(manifest['mammogram']['shape'])}")
-  if problems:
-    raise ValueError(f"{config.data.records}: " + "; ".join(problems))
+  """The records' manifest is the one source of the geometry: a preset the config names must
+  be the records' own."""
+  problem = preprocessing.config_disagreement(config.data, manifest)
+  if problem:
+    raise GeometryMismatch(
+        f"{Path(config.data.records) / records_lib.MANIFEST}: {problem}; prepare records with "
+        f"that geometry, or set --config.data.geometry='' to train at the records' own")
 
 
 def validate(eval_step, state, mesh, paths: list[str], config) -> dict[str, float]:
@@ -153,14 +150,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   train_paths = pipeline.split_paths(records, "train")
   val_paths = pipeline.split_paths(records, "validation")
   local_batch = sharding.local_batch_size(config.train.batch_size)
-  data = pipeline.train_iterator(
-      train_paths, model_name=config.model.name, batch_size=local_batch, seed=config.seed,
+  data = pipeline.train_iterator(train_paths, pipeline.TrainFeed(
+      model_name=config.model.name, batch_size=local_batch, seed=config.seed,
       shuffle_window=config.data.shuffle_window, process_index=jax.process_index(),
       process_count=jax.process_count(), workers=config.data.workers,
-      views=uses_views(config.data, mesh, manifest))
+      views=uses_views(config.data, mesh, manifest)))
 
   # ---- model, optimizer and the state's shapes and shardings -----------------------------------
-  recipe = state_lib.build_state(config, mesh)
+  recipe = state_lib.build_state(config, mesh, pipeline.batch_spec(records))
   shardings = recipe.shardings
 
   # ---- state: resume > pretrained (PyTorch, or a pretrain run: encoder_init) > scratch --------

@@ -1,4 +1,4 @@
-"""Layout adapters: from a source folder to :class:`~input_pipeline.ingestion.patient.PatientSource` objects.
+"""Layout adapters: from a source folder to ``ingestion.patient.PatientSource`` objects.
 
 Each adapter is ``discover(root, *, workers=1, progress=False, **options) ->
 list[PatientSource]``; it never raises for one bad patient (the patient's ``error`` says why it
@@ -9,6 +9,10 @@ patient folders (every DICOM header) in that many processes; the result is the s
   generic  clinical.csv + one DICOM / NIfTI folder per patient (layouts/generic.py)
   duke     Duke-Breast-Cancer-MRI as TCIA publishes it (layouts/duke.py)
   ispy2    I-SPY2 as TCIA publishes it (layouts/ispy2.py)
+
+Each reads its clinical table and finds the patient folders, then hands its clinical join to
+``assemble.assemble``, which scans the folders and gives every patient its images or its
+reason to be skipped.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ therapy ('Received Neoadjuvant Therapy or Not' = 2) are skipped too.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -36,11 +37,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import openpyxl
 
-from input_pipeline.ingestion.dicom_scan import DiscoveryError, ScanResult, scan_folder, select_dce
+from input_pipeline.ingestion.dce_select import DiscoveryError, select_dce
+from input_pipeline.ingestion.dicom_scan import ScanResult, scan_folder
+from input_pipeline.ingestion.layouts.assemble import Joined, assemble
 from input_pipeline.ingestion.layouts.generic import find_file, unused_series
 from input_pipeline.ingestion.patient import DicomDce, Imaging, PatientSource, SeriesSelection
 from input_pipeline.schema import Phase
-from input_pipeline.workers import map_patients
 
 CLINICAL_FILE = "Clinical_and_Other_Features.xlsx"
 MAPPING_FILE = "Breast-Cancer-MRI-filepath_filename-mapping"  # .xlsx or .csv
@@ -289,6 +291,18 @@ def patient_folders(root: Path) -> dict[str, Path]:
   return found
 
 
+@dataclasses.dataclass(frozen=True)
+class _FolderScan:
+  """One Duke patient folder: its key, its rows of the file mapping, the post-contrast phase."""
+  folder: Path
+  key: str
+  mapping: FileMapping | None
+  post_index: int
+
+  def imaging(self) -> Imaging:
+    return _patient_imaging(self.folder, self.key, self.mapping, self.post_index)
+
+
 def _patient_imaging(folder: Path, key: str, mapping: FileMapping | None,
                      post_index: int) -> Imaging:
   scan = scan_folder(folder)
@@ -345,26 +359,18 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
   mapping = (FileMapping.read(mapping_path, ("pre", f"post_{post_index}"))
              if mapping_path else None)
   folders = patient_folders(root)
-  sources, scans = [], []
-  for key in sorted(set(clinical) | set(folders)):
+
+  def join(key: str) -> Joined:
     source = PatientSource(key)
-    sources.append(source)
     if key not in clinical:
-      source.error = f"no row in {clinical_path}"
-      continue
+      return Joined.skipped(source, f"no row in {clinical_path}")
     source.clinical = rhpc_values(clinical[key])
     source.label, source.error = label_of(clinical[key])
     if source.error:
-      continue
+      return Joined(source)
     if key not in folders:
-      source.error = f"no {key} image folder under {root}"
-      continue
-    scans.append((source, (folders[key], key, mapping and mapping.for_patient(key),
-                           post_index)))
-  results = map_patients(_patient_imaging, [job for _, job in scans], workers,
-                         (DiscoveryError, OSError), progress=progress)
-  for (source, _), (imaging, error) in zip(scans, results):
-    source.error = error
-    if imaging is not None:
-      source.take(imaging)
-  return sources
+      return Joined.skipped(source, f"no {key} image folder under {root}")
+    return Joined(source, _FolderScan(folders[key], key, mapping and mapping.for_patient(key),
+                                      post_index))
+
+  return assemble(set(clinical) | set(folders), join, workers=workers, progress=progress)

@@ -30,16 +30,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from input_pipeline import clinical_table, schema
-from input_pipeline.ingestion.dicom_scan import (
-    DiscoveryError,
-    ImageView,
-    ScanResult,
-    SeriesInfo,
-    StudyInfo,
-    is_dce_candidate,
-    scan_folder,
-    select_dce,
-)
+from input_pipeline.ingestion.dce_select import DiscoveryError, is_dce_candidate, select_dce
+from input_pipeline.ingestion.dicom_scan import ScanResult, SeriesInfo, StudyInfo, scan_folder
+from input_pipeline.ingestion.layouts.assemble import Joined, assemble
+from input_pipeline.ingestion.mammogram_view import ImageView
 from input_pipeline.ingestion.patient import (
     Imaging,
     MriExam,
@@ -48,7 +42,6 @@ from input_pipeline.ingestion.patient import (
     Unused,
 )
 from input_pipeline.schema import Phase
-from input_pipeline.workers import map_patients
 
 CLINICAL_FILE = "clinical.csv"
 PATIENT_ID_COLUMN = "patient_id"
@@ -459,33 +452,37 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
   headers, rows = read_clinical_csv(csv_path)
   label_column = clinical_table.find_label_column(headers)
   folders = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-  sources, scans = [], []
-  for key in sorted(set(rows) | set(folders)):
+
+  def join(key: str) -> Joined:
     source = PatientSource(key)
-    sources.append(source)
     if key not in rows:
-      source.error = f"folder {folders[key]} has no row in {csv_path}"
-      continue
+      return Joined.skipped(source, f"folder {folders[key]} has no row in {csv_path}")
     if len(rows[key]) > 1:
-      source.error = f"{len(rows[key])} rows for this patient in {csv_path}"
-      continue
+      return Joined.skipped(source, f"{len(rows[key])} rows for this patient in {csv_path}")
     source.clinical = row = rows[key][0]
     if key not in folders:
-      source.error = f"no folder {root / key} for this row of {csv_path}"
-      continue
+      return Joined.skipped(source, f"no folder {root / key} for this row of {csv_path}")
     source.label, source.error = _label(row, label_column)
     if source.error:
-      continue
-    scans.append((source, (folders[key], tumour_side(row), followup, t1, mg_view, post_index)))
-  results = map_patients(_imaging_job, [job for _, job in scans], workers,
-                         (DiscoveryError, OSError), progress=progress)
-  for (source, _), (imaging, error) in zip(scans, results):
-    source.error = error
-    if imaging is not None:
-      source.take(imaging)
-  return sources
+      return Joined(source)
+    return Joined(source, FolderScan(folders[key], tumour_side(row), followup, t1, mg_view,
+                                     post_index))
+
+  return assemble(set(rows) | set(folders), join, workers=workers, progress=progress)
 
 
-def _imaging_job(folder, side, followup, t1, mg_view, post_index) -> Imaging:
-  return patient_imaging(folder, side=side, two_study_followup=followup, t1_phase=t1,
-                         mg_view=mg_view, post_index=post_index)
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+  """One patient folder and the options of :func:`patient_imaging` (the I-SPY2 adapter's
+  folders are read the same way)."""
+  folder: Path
+  side: str | None = None
+  two_study_followup: Phase = Phase.POST
+  t1_phase: Phase | None = None
+  mg_view: str = "CC"
+  post_index: int = 1
+
+  def imaging(self) -> Imaging:
+    return patient_imaging(self.folder, side=self.side,
+                           two_study_followup=self.two_study_followup, t1_phase=self.t1_phase,
+                           mg_view=self.mg_view, post_index=self.post_index)

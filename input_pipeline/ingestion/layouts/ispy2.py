@@ -26,11 +26,10 @@ from typing import Any, Mapping
 import openpyxl
 
 from input_pipeline import schema
-from input_pipeline.ingestion.dicom_scan import DiscoveryError
 from input_pipeline.ingestion.layouts import generic
+from input_pipeline.ingestion.layouts.assemble import Joined, assemble
 from input_pipeline.ingestion.layouts.generic import find_file
 from input_pipeline.ingestion.patient import PatientSource
-from input_pipeline.workers import map_patients
 
 CLINICAL_FILE = "ISPY2-Imaging-Cohort-1-Clinical-Data.xlsx"
 PATIENT = re.compile(r"ISPY2-(\d+)")
@@ -148,28 +147,20 @@ def discover(root: Path | str, *, clinical_file: Path | str | None = None,
                             "clinical_file=)")
   clinical = read_clinical(path)
   folders = patient_folders(root)
-  sources, scans = [], []
-  for number in sorted(set(clinical) | set(folders)):
+
+  def join(number: int) -> Joined:
     source = PatientSource(f"ISPY2-{number}")
-    sources.append(source)
     if number not in clinical:
-      source.error = f"no Patient_ID {number} row in {path}"
-      continue
+      return Joined.skipped(source, f"no Patient_ID {number} row in {path}")
     row = clinical[number]
     source.clinical = rhpc_values(row)
     source.label = _binary(next((v for k, v in row.items() if _key(k) == "pcr"), None))
     if source.label is None:
-      source.error = f"pCR unavailable in {path}"
-      continue
+      return Joined.skipped(source, f"pCR unavailable in {path}")
     if number not in folders:
-      source.error = f"no ISPY2-{number} image folder under {root}"
-      continue
-    scans.append((source, (folders[number], None, schema.Phase.POST,
-                           schema.Phase.MID if t1_phase else None, "CC", post_index)))
-  results = map_patients(generic._imaging_job, [job for _, job in scans], workers,
-                         (DiscoveryError, OSError), progress=progress)
-  for (source, _), (imaging, error) in zip(scans, results):
-    source.error = error
-    if imaging is not None:
-      source.take(imaging)
-  return sources
+      return Joined.skipped(source, f"no ISPY2-{number} image folder under {root}")
+    return Joined(source, generic.FolderScan(
+        folders[number], None, schema.Phase.POST, schema.Phase.MID if t1_phase else None, "CC",
+        post_index))
+
+  return assemble(set(clinical) | set(folders), join, workers=workers, progress=progress)
