@@ -25,6 +25,7 @@ import collections
 import csv
 import dataclasses
 import datetime
+import io
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -400,26 +401,68 @@ def find_file(root: Path, names: tuple[str, ...], depth: int = 2) -> Path | None
   return None
 
 
-def read_clinical_csv(path: Path) -> tuple[list[str], dict[str, list[dict[str, str]]]]:
-  """(headers, rows by patient id) of the clinical CSV."""
-  with path.open(newline="", encoding="utf-8-sig") as handle:
-    reader = csv.DictReader(handle)
-    headers = list(reader.fieldnames or [])
-    id_column = next((h for h in headers if clinical_table.normalise(h) == "patient id"), None)
-    if id_column is None:
-      raise ValueError(f"{path}: no {PATIENT_ID_COLUMN!r} column (columns: {headers})")
-    rows: dict[str, list[dict[str, str]]] = {}
-    for row in reader:
-      key = (row.get(id_column) or "").strip()
-      if key:
-        rows.setdefault(key, []).append(row)
+def read_text(path: Path, encoding: str = "utf-8-sig") -> str:
+  """The text of a table file.
+
+  Raises:
+    ValueError: the file is not in ``encoding``; the message names the file, the line and the
+      byte, and says how to fix it.
+  """
+  data = path.read_bytes()
+  try:
+    return data.decode(encoding)
+  except LookupError:
+    raise ValueError(f"{path}: unknown text encoding {encoding!r} (clinical_encoding)") from None
+  except UnicodeDecodeError as error:
+    line = data[:error.start].count(b"\n") + 1
+    raise ValueError(
+        f"{path} line {line}: byte {data[error.start:error.start + 1]!r} is not {encoding} "
+        f"text ({error.reason}); save the table as UTF-8 (Excel: 'CSV UTF-8') or name its "
+        "encoding, e.g. --layout_option clinical_encoding=cp1252") from None
+
+
+def read_clinical_csv(path: Path, columns: clinical_table.ColumnChoices | None = None,
+                      encoding: str = "utf-8-sig"
+                      ) -> tuple[list[str], dict[str, list[dict[str, str]]]]:
+  """(headers, rows by patient id) of the clinical CSV.
+
+  Every header is accounted for (:func:`clinical_table.check_columns`): a column declared as a
+  variable is keyed by the variable's name in the rows, an ignored one is left out.
+
+  Raises:
+    ValueError: no patient_id column, a header the check cannot settle, text not in
+      ``encoding``, or a row with more or fewer fields than the header (a value with an
+      unquoted comma shifts every value after it); each names the file and the line.
+  """
+  reader = csv.reader(io.StringIO(read_text(path, encoding), newline=""))
+  headers = next(reader, [])
+  id_column = next((h for h in headers if clinical_table.normalise(h) == "patient id"), None)
+  if id_column is None:
+    raise ValueError(f"{path}: no {PATIENT_ID_COLUMN!r} column (columns: {headers})")
+  actions = clinical_table.check_columns(
+      headers, columns or clinical_table.ColumnChoices(), other=(id_column, clinical_table.find_label_column(headers)),
+      table=str(path))
+  rows: dict[str, list[dict[str, str]]] = {}
+  for fields in reader:
+    if not any(field.strip() for field in fields):
+      continue
+    if len(fields) != len(headers):
+      raise ValueError(f"{path} line {reader.line_num}: {len(fields)} values where the header "
+                       f"has {len(headers)} columns (a value with an unquoted comma?); fix the "
+                       "row")
+    row = {actions.get(h, h): value for h, value in zip(headers, fields)
+           if actions.get(h, h) is not None}
+    key = row[id_column].strip()
+    if key:
+      rows.setdefault(key, []).append(row)
   return headers, rows
 
 
 def discover(root: Path | str, *, two_study_followup: str = "post",
              t1_phase: str | None = None, mg_view: str = "CC",
-             post_index: int = 1, workers: int = 1,
-             progress: bool = False) -> list[PatientSource]:
+             post_index: int = 1, column_map: str | None = None,
+             ignore_columns: str | None = None, clinical_encoding: str = "utf-8-sig",
+             workers: int = 1, progress: bool = False) -> list[PatientSource]:
   """Finds every patient of a generic export.
 
   Args:
@@ -429,6 +472,9 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
       ignores T1 studies.
     mg_view: preferred mammography view ('CC' or 'MLO').
     post_index: which post-contrast phase is subtracted (1 = first).
+    column_map: 'HEADER=variable;...': clinical.csv columns read as these rhpc variables.
+    ignore_columns: 'HEADER;...': clinical.csv columns that hold no rhpc variable.
+    clinical_encoding: the text encoding of clinical.csv (a Python codec name).
     workers: processes scanning patient folders (see ``workers.map_patients``).
     progress: show the scan's progress bar (input_pipeline.cli.progress).
 
@@ -438,7 +484,9 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
     unrecognised label, unreadable DICOM, a study without pre-contrast series...).
 
   Raises:
-    FileNotFoundError / ValueError: no clinical.csv, no patient_id column, a bad option.
+    FileNotFoundError / ValueError: no clinical.csv, no patient_id column, a header close to
+      an rhpc variable's but not one (clinical_table.check_columns), text not in
+      ``clinical_encoding``, a malformed row, a bad option.
   """
   root = Path(root)
   followup = _phase_option(two_study_followup, "two_study_followup", ("mid", "post"))
@@ -449,7 +497,9 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
   if not csv_path.is_file():
     raise FileNotFoundError(f"{root}: no {CLINICAL_FILE} (one row per patient, a "
                             f"{PATIENT_ID_COLUMN!r} column and the pCR label)")
-  headers, rows = read_clinical_csv(csv_path)
+  headers, rows = read_clinical_csv(
+      csv_path, clinical_table.ColumnChoices.parse(column_map, ignore_columns),
+      clinical_encoding)
   label_column = clinical_table.find_label_column(headers)
   folders = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
