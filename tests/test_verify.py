@@ -144,9 +144,9 @@ def test_a_folder_without_manifest_fails(tmp_path, capsys):
   # Intact shards alone do not make a prepared folder: nothing says they all belong to it.
   _write_folder(tmp_path, _LAYOUT, manifest=False)
   report = verify.verify_directory(tmp_path)
-  assert [str(p) for p in report.problems] == [
+  assert [str(p) for p in report.problems] == [(
       f"{verify.MANIFEST}: missing: without it nothing says which shards belong to the records "
-      "(prepare writes it last; an unfinished prepare is finished by running it again)"]
+      "(prepare writes it last; an unfinished prepare is finished by running it again)")]
   assert verify.main(["--records", str(tmp_path)]) == 1
   assert capsys.readouterr().out.splitlines()[-1].endswith(
       f"no {verify.MANIFEST}: FAILED: 1 problem(s)")

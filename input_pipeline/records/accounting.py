@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from input_pipeline import records, schema
+from input_pipeline.records import out_folder
 from input_pipeline.records.pseudonyms import scrub
 
 
@@ -108,16 +109,15 @@ def _image_accounting(options, jobs, notes, source_keys) -> dict[str, Any]:
 
 def write_private_report(options, notes, discovery_skips, jobs) -> None:
   """Identifying details for the data steward, outside --out: source ids and full reasons."""
-  folder = options.out.with_name(options.out.name + ".private")
-  folder.mkdir(parents=True, exist_ok=True)
+  folder = out_folder.make_private_folder(options.out)
   rows = [(s["key"], s["patient"], s["stage"], s["reason"]) for s in discovery_skips]
   for note in notes.values():
     rows += [(s["key"], s["patient"], s["stage"], s["reason"]) for s in note["skipped"]]
-  with open(folder / "skipped.csv", "w", newline="") as f:
+  with out_folder.open_private(folder / "skipped.csv") as f:
     writer = csv.writer(f)
     writer.writerow(["source_patient", "patient_id", "stage", "reason"])
     writer.writerows(sorted(rows))
-  with open(folder / "unparsed_values.csv", "w", newline="") as f:
+  with out_folder.open_private(folder / "unparsed_values.csv") as f:
     writer = csv.writer(f)
     writer.writerow(["variable", "raw_value", "count"])
     counts = collections.Counter()
@@ -125,12 +125,12 @@ def write_private_report(options, notes, discovery_skips, jobs) -> None:
       for variable, raw, n in note["parse"]["unparsed"]:
         counts[(variable, raw)] += n
     writer.writerows(sorted((v, r, n) for (v, r), n in counts.items()))
-  with open(folder / "unused_images.csv", "w", newline="") as f:
+  with out_folder.open_private(folder / "unused_images.csv") as f:
     writer = csv.writer(f)
     writer.writerow(["source_patient", "patient_id", "item", "file_or_folder", "reason"])
     writer.writerows(sorted((p.key, pid, u.item, u.where, u.reason) for job in jobs
                             for pid, p in job.patients for u in p.unused))
-  with open(folder / "warnings.csv", "w", newline="") as f:
+  with out_folder.open_private(folder / "warnings.csv") as f:
     writer = csv.writer(f)
     writer.writerow(["source_patient", "patient_id", "warning"])
     writer.writerows(sorted((p.key, pid, w) for job in jobs for pid, p in job.patients
