@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from input_pipeline import records, synthetic
+from input_pipeline import records, schema, synthetic
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.ingestion.mammogram import MammogramOptions
 from input_pipeline.ingestion.mri import MriOptions
@@ -508,7 +508,8 @@ def test_a_split_emptied_by_preprocessing_is_warned(awkward_export, tmp_path, ca
       ds = pydicom.dcmread(path)
       ds.Rows = 0
       ds.save_as(path)
-  fx.write_csv(source / "clinical.csv", [{"patient_id": p, "pCR": "1"} for p in ("M1", "M2")])
+  fx.write_csv(source / "clinical.csv", [{"patient_id": p, "pCR": "1", "Age": "-50"}
+                                         for p in ("M1", "M2")])
   out = tmp_path / "records"
   manifest = prepare.prepare(_options(source, out, split_fractions=(0.5, 0.5, 0.0),
                                       test_cohort="random"), progress=False)
@@ -518,5 +519,13 @@ def test_a_split_emptied_by_preprocessing_is_warned(awkward_export, tmp_path, ca
   emptied = ({"train", "validation"} - {record.split}).pop()
   assert manifest["empty_splits"] == {emptied: "its 1 patient(s) were skipped in preprocessing "
                                                "(manifest 'skipped' says why)"}
-  assert f"warning: split '{emptied}' is empty" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert f"warning: split '{emptied}' is empty" in err
   assert verify.verify_directory(out).ok
+  # '-50' is no age of 50: Unknown, counted, warned, and the value listed privately.
+  assert record.rhpc_codes[schema.VARIABLE_NAMES.index("age")] == schema.UNKNOWN
+  assert manifest["rhpc"]["unparsed"] == {"age": 1}
+  assert "warning: 1 rhpc value(s) unreadable or impossible" in err and "age 1" in err
+  unparsed = out_folder.private_folder(out) / "unparsed_values.csv"
+  rows = list(csv.reader(unparsed.open()))
+  assert rows == [["variable", "raw_value", "count"], ["age", "-50", "1"]]

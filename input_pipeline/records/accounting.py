@@ -137,6 +137,35 @@ def write_private_report(options, notes, discovery_skips, jobs) -> None:
                             for w in p.warnings))
 
 
+def empty_splits(options, jobs, notes: dict[str, dict[str, Any]]) -> dict[str, str]:
+  """Split -> why it has no record, for every split --split gives a share; a split emptied by
+  patients skipped in preprocessing leaves training without validation data, or evaluation
+  without test data."""
+  empty = {}
+  for split, fraction in zip(records.SPLITS, options.split_fractions):
+    planned = sum(len(job.patients) for job in jobs if job.split == split)
+    written = sum(notes[job.file]["records"] for job in jobs if job.split == split)
+    if fraction > 0 and not written:
+      empty[split] = (f"its {planned} patient(s) were skipped in preprocessing (manifest "
+                      "'skipped' says why)" if planned else
+                      f"no patient was assigned to it (a share of {fraction:g} of the usable "
+                      "patients rounds to none)")
+  return empty
+
+
+def warnings(manifest: dict[str, Any]) -> list[str]:
+  """What the user must hear about a finished run: empty splits, and clinical values read as
+  Unknown because they could not be read or were impossible (the values themselves are
+  private: they may hold anything a person typed)."""
+  lines = [f"split {split!r} is empty: {why}" for split, why in manifest["empty_splits"].items()]
+  unparsed = manifest["rhpc"]["unparsed"]
+  if unparsed:
+    lines.append(f"{sum(unparsed.values())} rhpc value(s) unreadable or impossible (negative, "
+                 "out of range, a range, another unit), read as Unknown: "
+                 + ", ".join(f"{name} {n}" for name, n in unparsed.items())
+                 + "; each value is listed in <out>.private/unparsed_values.csv")
+  return lines
+
 
 def summary(manifest: dict[str, Any]) -> str:
   lines = []

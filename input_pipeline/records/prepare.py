@@ -277,23 +277,6 @@ def _done_note(options: PrepareOptions, job: _ShardJob, fingerprint: str) -> dic
   return note if note is not None and note.get("fingerprint") == fingerprint else None
 
 
-def _empty_splits(options: PrepareOptions, jobs: list[_ShardJob],
-                  notes: dict[str, dict[str, Any]]) -> dict[str, str]:
-  """Split -> why it has no record, for every split --split gives a share; a split emptied by
-  patients skipped in preprocessing leaves training without validation data, or evaluation
-  without test data."""
-  empty = {}
-  for split, fraction in zip(SPLIT_NAMES, options.split_fractions):
-    planned = sum(len(job.patients) for job in jobs if job.split == split)
-    written = sum(notes[job.file]["records"] for job in jobs if job.split == split)
-    if fraction > 0 and not written:
-      empty[split] = (f"its {planned} patient(s) were skipped in preprocessing (manifest "
-                      "'skipped' says why)" if planned else
-                      f"no patient was assigned to it (a share of {fraction:g} of the usable "
-                      "patients rounds to none)")
-  return empty
-
-
 def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
   """Runs discovery, preprocessing and writing; returns the manifest (also in out/manifest.json).
 
@@ -358,9 +341,9 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
                        f"write ({', '.join(unplanned)}); is another prepare writing there?")
   manifest = accounting.manifest(options, jobs, notes, skipped, fingerprint,
                                seconds=time.perf_counter() - started)
-  manifest["empty_splits"] = _empty_splits(options, jobs, notes)
-  for split, why in manifest["empty_splits"].items():
-    print(f"prepare: warning: split {split!r} is empty: {why}", file=sys.stderr)
+  manifest["empty_splits"] = accounting.empty_splits(options, jobs, notes)
+  for warning in accounting.warnings(manifest):
+    print(f"prepare: warning: {warning}", file=sys.stderr)
   accounting.write_private_report(options, notes, skipped, jobs)
   _write_json(manifest_path, manifest)
   return manifest
