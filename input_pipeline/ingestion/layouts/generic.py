@@ -319,19 +319,61 @@ def unused_series(scan: ScanResult, used: dict[str, set[Path]], reasons: dict[st
   return unused
 
 
+def unread_note(scan: ScanResult) -> str:
+  """What a message about missing series should add: the files the scan could not read."""
+  if not scan.problems:
+    return ""
+  return (f" ({len(scan.problems)} DICOM file(s) could not be read, e.g. "
+          f"{scan.problems[0]})")
+
+
+def unreadable_files(scan: ScanResult, used: set[Path]) -> list[Unused]:
+  """The files the scan could not read, as unused images, when none can belong to a series
+  the patient's inputs use.
+
+  A file counts against the patient when its SeriesInstanceUID (readable in a file cut off in
+  its pixel data) is that of a series used, or, when even that is unreadable, when it lies in
+  a folder holding a file used: exports keep a series per folder, and a slice lost at either
+  end of a series leaves no gap to see. A broken localizer or unused view does not.
+
+  Raises:
+    DiscoveryError: naming the first such file (and how many more).
+  """
+  used = {Path(p) for p in used}
+  used_series = {s.uid for study in scan.studies.values() for s in study.series.values()
+                 if used.intersection(map(Path, s.files))}
+  used_folders = {p.parent for p in used}
+  harmful = [p for p in scan.problems if p.series_uid in used_series
+             or (p.series_uid is None and p.path.parent in used_folders)]
+  if harmful:
+    more = f" (and {len(harmful) - 1} more)" if len(harmful) > 1 else ""
+    raise DiscoveryError(f"{harmful[0]}{more}; it may belong to a series used: repair or "
+                         "remove the file")
+  return [Unused(f"unreadable file {p.path.name!r}", str(p.path),
+                 f"corrupt DICOM file ({p.reason}); not in a series used") for p in scan.problems]
+
+
+def unreadable_warning(unreadable: list[Unused]) -> list[str]:
+  """The warning a patient kept despite unreadable files carries: the series chosen are
+  readable, but a broken file may have been the one a rule would have preferred (the CC
+  view, say)."""
+  if not unreadable:
+    return []
+  return [(f"unreadable DICOM files outside the series used: {len(unreadable)} (listed with the "
+           "unused images); readable, they might have been chosen")]
+
+
 def patient_imaging(folder: Path, *, side: str | None = None,
                     two_study_followup: Phase = Phase.POST, t1_phase: Phase | None = None,
                     mg_view: str = "CC", post_index: int = 1) -> Imaging:
   """The DCE exams per phase, the mammogram, and what else the patient folder holds.
 
   Raises:
-    DiscoveryError: an unreadable DICOM file, a study whose phase or DCE series cannot be
-      told, or a phase given twice (DICOM and NIfTI).
+    DiscoveryError: an unreadable DICOM file that may belong to a series used
+      (:func:`unreadable_files`), a study whose phase or DCE series cannot be told, or a phase
+      given twice (DICOM and NIfTI).
   """
   scan = scan_folder(folder)
-  if scan.problems:
-    more = f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""
-    raise DiscoveryError(f"{scan.problems[0]}{more}; repair or remove the file")
   mri: dict[Phase, MriExam] = {}
   mr_studies = scan.sorted_studies(mr=True)
   studies = resolve_phases(mr_studies, two_study_followup, t1_phase)
@@ -340,7 +382,7 @@ def patient_imaging(folder: Path, *, side: str | None = None,
     try:
       dce = select_dce(study.series.values(), post_index)
     except DiscoveryError as error:
-      raise DiscoveryError(f"{phase.label} {study.label()}: {error}") from None
+      raise DiscoveryError(f"{phase.label} {study.label()}: {error}{unread_note(scan)}") from None
     mri[phase] = dataclasses.replace(dce, study_description=study.description)
     used[study.uid] = set(dce.pre.files) | set(dce.post.files)
   assigned = {s.uid for s in studies.values()}
@@ -357,14 +399,18 @@ def patient_imaging(folder: Path, *, side: str | None = None,
     mri[phase] = exam
   mammogram, unused_mg, warnings = choose_mammogram(scan.sorted_studies(mr=False), side,
                                                     studies.get(Phase.PRE), mg_view)
+  used_files = set().union(*used.values(), [mammogram] if mammogram else [])
+  unreadable = unreadable_files(scan, used_files)
   imaging = Imaging(dict(sorted(mri.items())), mammogram,
-                    unused_series(scan, used, reasons, post_index) + unused_mg, warnings)
+                    unused_series(scan, used, reasons, post_index) + unused_mg + unreadable,
+                    warnings + unreadable_warning(unreadable))
   if not imaging.mri and imaging.mammogram is None:
     files = sum(1 for p in folder.rglob("*") if p.is_file())
     found = sum(len(s.files) for st in scan.studies.values() for s in st.series.values())
     imaging.empty = ("the folder is empty" if not files else
-                     f"none of its {files} files is a DICOM image or a NIfTI exam" if not found
-                     else f"none of its {found} DICOM images is used (see the unused images)")
+                     f"none of its {files} files is a DICOM image or a NIfTI exam{unread_note(scan)}"
+                     if not found else
+                     f"none of its {found} DICOM images is used (see the unused images)")
   return imaging
 
 
