@@ -402,7 +402,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_multi_string("layout_option", [],
                             "NAME=VALUE adapter option, e.g. post_index=2, mg_view=MLO, "
                             "two_study_followup=mid, t1_phase=mid, clinical_file=..., "
-                            "mapping_file=... (repeat the flag for several)", **fv)
+                            "mapping_file=..., and for clinical.csv 'column_map=HEADER="
+                            "variable;...', 'ignore_columns=HEADER;...', clinical_encoding="
+                            "cp1252 (repeat the flag for several)", **fv)
   flags.DEFINE_bool("no_progress", False, "Hide the progress bars (the folder scan and the "
                     "shards).", **fv)
   flags.mark_flags_as_required(["source", "out"], **fv)
