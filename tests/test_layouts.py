@@ -567,7 +567,7 @@ def test_a_broken_file_of_an_unused_series_is_listed_not_fatal(tmp_path, damage)
 
 
 @pytest.mark.parametrize("damage", ["junk_beside_pre", "truncated_post_slice",
-                                    "junk_beside_used_view"])
+                                    "pixels_cut_in_pre", "junk_beside_used_view"])
 def test_a_broken_file_that_may_belong_to_a_used_series_stops_the_patient(tmp_path, damage):
   made, views = _patient_with_everything(tmp_path)
   if damage == "junk_beside_pre":
@@ -575,6 +575,11 @@ def test_a_broken_file_that_may_belong_to_a_used_series_stops_the_patient(tmp_pa
     broken.write_bytes(b"not a DICOM file")
   elif damage == "truncated_post_slice":
     broken = fx.truncate(max(made["ax dyn 1st pass"]))
+  elif damage == "pixels_cut_in_pre":
+    # Without its middle slice the pre-contrast series no longer matches the posts' geometry:
+    # chosen without it, a post-contrast phase would pass for pre-contrast.
+    broken = sorted(made["ax dyn pre"])[2]
+    broken.write_bytes(broken.read_bytes()[:-40])
   else:
     broken = views["L", "CC"].with_name("junk.dcm")
     broken.write_bytes(b"not a DICOM file")

@@ -272,12 +272,14 @@ class ScanProblem:
   Attributes:
     path: the file.
     reason: why.
-    series_uid: its SeriesInstanceUID where that much of the header could be read (a file cut
-      off in its pixel data), else None: which series it would belong to is then unknown.
+    series_uid, modality: its SeriesInstanceUID and Modality where that much of the header
+      could be read (a file cut off in its pixel data), else None: which series it would
+      belong to is then unknown.
   """
   path: Path
   reason: str
   series_uid: str | None = None
+  modality: str | None = None
 
   def __str__(self) -> str:
     return f"{self.path}: corrupt DICOM file ({self.reason})"
@@ -336,14 +338,16 @@ def read_header(path: Path, force: bool = False) -> pydicom.Dataset:
   return ds
 
 
-def _series_uid(path: Path) -> str | None:
-  """The SeriesInstanceUID of a file whose full header could not be read, if it has one."""
+def _series_of(path: Path) -> tuple[str | None, str | None]:
+  """(SeriesInstanceUID, Modality) of a file whose full header could not be read, each None
+  where even that is unreadable."""
   try:
-    uid = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"],
-                          force=True).get("SeriesInstanceUID")
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                         specific_tags=["SeriesInstanceUID", "Modality"])
   except Exception:  # noqa: BLE001 (any failure means: unknown)
-    return None
-  return str(uid) if uid else None
+    return None, None
+  uid, modality = ds.get("SeriesInstanceUID"), ds.get("Modality")
+  return (str(uid) if uid else None), (str(modality).upper() if modality else None)
 
 
 def scan_folder(root: Path | str) -> ScanResult:
@@ -378,7 +382,7 @@ def scan_folder(root: Path | str) -> ScanResult:
     except Exception as error:  # pydicom raises many types on broken files; none may escape.
       if kind == "maybe" and path.suffix.lower() not in (".dcm", ".dicom"):
         continue  # began like a raw dataset but is not one
-      result.problems.append(ScanProblem(path, str(error), _series_uid(path)))
+      result.problems.append(ScanProblem(path, str(error), *_series_of(path)))
       continue
     result.studies[study_uid] = study
     study.series[series_uid] = series

@@ -328,27 +328,47 @@ def unread_note(scan: ScanResult) -> str:
 
 
 def unreadable_files(scan: ScanResult, used: set[Path]) -> list[Unused]:
-  """The files the scan could not read, as unused images, when none can belong to a series
-  the patient's inputs use.
+  """The files the scan could not read, as unused images, when none could have changed the
+  choice of the patient's inputs.
 
-  A file counts against the patient when its SeriesInstanceUID (readable in a file cut off in
-  its pixel data) is that of a series used, or, when even that is unreadable, when it lies in
-  a folder holding a file used: exports keep a series per folder, and a slice lost at either
-  end of a series leaves no gap to see. A broken localizer or unused view does not.
+  The series a broken file may belong to: the one its SeriesInstanceUID names (readable in a
+  file cut off in its pixel data), else every series of its folder (exports keep a series per
+  folder). It is harmless when those series are neither used nor could be chosen: not DCE
+  candidates (a localizer, a T2) or mammograms, whose other views are a fallback the choice
+  makes anyway (a warning says so). A file of a DCE candidate is not: a slice lost from the
+  pre-contrast series changes its geometry and so the pairing. A file of a series no readable
+  file has counts by its Modality (MR: not harmless); a file of which nothing is readable,
+  alone in its folder, is not harmless either.
 
   Raises:
-    DiscoveryError: naming the first such file (and how many more).
+    DiscoveryError: naming the first harmful file (and how many more).
   """
   used = {Path(p) for p in used}
-  used_series = {s.uid for study in scan.studies.values() for s in study.series.values()
-                 if used.intersection(map(Path, s.files))}
-  used_folders = {p.parent for p in used}
-  harmful = [p for p in scan.problems if p.series_uid in used_series
-             or (p.series_uid is None and p.path.parent in used_folders)]
+  series = {s.uid: s for study in scan.studies.values() for s in study.series.values()}
+  by_folder: dict[Path, set[str]] = collections.defaultdict(set)
+  for one in series.values():
+    for path in one.files:
+      by_folder[Path(path).parent].add(one.uid)
+
+  def harmless(one: SeriesInfo) -> bool:
+    return not used.intersection(map(Path, one.files)) and (
+        one.is_mammogram or not is_dce_candidate(one))
+
+  harmful = []
+  for problem in scan.problems:
+    if problem.series_uid in series:
+      ok = harmless(series[problem.series_uid])
+    elif problem.series_uid is not None:
+      ok = problem.modality not in (None, "MR")
+    else:
+      near = [series[uid] for uid in by_folder.get(problem.path.parent, ())]
+      ok = bool(near) and all(harmless(one) for one in near)
+    if not ok:
+      harmful.append(problem)
   if harmful:
     more = f" (and {len(harmful) - 1} more)" if len(harmful) > 1 else ""
-    raise DiscoveryError(f"{harmful[0]}{more}; it may belong to a series used: repair or "
-                         "remove the file")
+    raise DiscoveryError(f"{harmful[0]}{more}; it may belong to a series used or one the "
+                         "choice of series depends on: repair or remove the file")
   return [Unused(f"unreadable file {p.path.name!r}", str(p.path),
                  f"corrupt DICOM file ({p.reason}); not in a series used") for p in scan.problems]
 
