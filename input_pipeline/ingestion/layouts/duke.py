@@ -40,8 +40,8 @@ import openpyxl
 from input_pipeline.ingestion.dce_select import DiscoveryError, select_dce
 from input_pipeline.ingestion.dicom_scan import ScanResult, scan_folder
 from input_pipeline.ingestion.layouts.assemble import Joined, assemble
-from input_pipeline.ingestion.layouts.generic import (
-    find_file,
+from input_pipeline.ingestion.layouts.generic import find_file
+from input_pipeline.ingestion.layouts.unused import (
     unread_note,
     unreadable_files,
     unreadable_warning,

@@ -16,24 +16,31 @@ three -> Pre-NAT, Mid-NAT, Post-NAT). The mammogram is the Pre-NAT MG image of t
 of CC / MLO (:func:`choose_mammogram`). Every other image or series is listed with the reason
 it is not used (:class:`~input_pipeline.ingestion.patient.Unused`).
 
-:func:`patient_imaging` is shared with the I-SPY2 adapter.
+:func:`patient_imaging` is shared with the I-SPY2 adapter. clinical.csv is read by
+``clinical_csv.py``; what a folder holds unused, unreadable files included, is told by
+``unused.py``.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import datetime
-import io
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from input_pipeline import clinical_table, schema
-from input_pipeline.ingestion.dce_select import DiscoveryError, is_dce_candidate, select_dce
-from input_pipeline.ingestion.dicom_scan import ScanResult, SeriesInfo, StudyInfo, scan_folder
+from input_pipeline.ingestion.dce_select import DiscoveryError, select_dce
+from input_pipeline.ingestion.dicom_scan import SeriesInfo, StudyInfo, scan_folder
 from input_pipeline.ingestion.layouts.assemble import Joined, assemble
+from input_pipeline.ingestion.layouts.clinical_csv import PATIENT_ID_COLUMN, read_clinical_csv
+from input_pipeline.ingestion.layouts.unused import (
+    unread_note,
+    unreadable_files,
+    unreadable_warning,
+    unused_series,
+)
 from input_pipeline.ingestion.mammogram_view import ImageView
 from input_pipeline.ingestion.patient import (
     Imaging,
@@ -45,7 +52,6 @@ from input_pipeline.ingestion.patient import (
 from input_pipeline.schema import Phase
 
 CLINICAL_FILE = "clinical.csv"
-PATIENT_ID_COLUMN = "patient_id"
 _VIEWS = ("CC", "MLO")
 _SIDE_NAMES = {"L": "left", "R": "right"}
 _MISSING = frozenset({"", "nan", "na", "none", "null", "unknown", "missing"})
@@ -285,104 +291,6 @@ def _nifti_exams(folder: Path) -> dict[Phase, NiftiDce]:
   return exams
 
 
-def _series_folder(series: SeriesInfo) -> str:
-  folders = {str(Path(f).parent) for f in series.files}
-  return folders.pop() if len(folders) == 1 else str(Path(series.files[0]).parent)
-
-
-def unused_series(scan: ScanResult, used: dict[str, set[Path]], reasons: dict[str, str],
-                  post_index: int) -> list[Unused]:
-  """Every series of the scan, other than mammograms, that the exams do not use, and why.
-
-  Args:
-    used: study uid -> the files its chosen DCE exam reads.
-    reasons: study uid -> why a whole study is not used (no phase, ...).
-  """
-  unused = []
-  for study in scan.sorted_studies():
-    for series in sorted(study.series.values(), key=lambda s: (s.number or 0, s.uid)):
-      if series.is_mammogram or used.get(study.uid, set()) & set(series.files):
-        continue
-      item = (f"{series.modality or 'unknown modality'} series "
-              f"{series.description or '(no description)'!r} of {study.label()}")
-      if study.uid in reasons:
-        reason = reasons[study.uid]
-      elif not series.is_mr:
-        reason = f"modality {series.modality or 'unknown'}: only MR and mammography are used"
-      elif not is_dce_candidate(series):
-        reason = ("not a DCE phase (a localizer, T2, diffusion, derived or other series, by "
-                  "its description, image type or TR / TE)")
-      else:
-        reason = (f"a DCE series other than the pre-contrast one and post-contrast phase "
-                  f"{post_index}")
-      unused.append(Unused(item, _series_folder(series), reason))
-  return unused
-
-
-def unread_note(scan: ScanResult) -> str:
-  """What a message about missing series should add: the files the scan could not read."""
-  if not scan.problems:
-    return ""
-  return (f" ({len(scan.problems)} DICOM file(s) could not be read, e.g. "
-          f"{scan.problems[0]})")
-
-
-def unreadable_files(scan: ScanResult, used: set[Path]) -> list[Unused]:
-  """The files the scan could not read, as unused images, when none could have changed the
-  choice of the patient's inputs.
-
-  The series a broken file may belong to: the one its SeriesInstanceUID names (readable in a
-  file cut off in its pixel data), else every series of its folder (exports keep a series per
-  folder). It is harmless when those series are neither used nor could be chosen: not DCE
-  candidates (a localizer, a T2) or mammograms, whose other views are a fallback the choice
-  makes anyway (a warning says so). A file of a DCE candidate is not: a slice lost from the
-  pre-contrast series changes its geometry and so the pairing. A file of a series no readable
-  file has counts by its Modality (MR: not harmless); a file of which nothing is readable,
-  alone in its folder, is not harmless either.
-
-  Raises:
-    DiscoveryError: naming the first harmful file (and how many more).
-  """
-  used = {Path(p) for p in used}
-  series = {s.uid: s for study in scan.studies.values() for s in study.series.values()}
-  by_folder: dict[Path, set[str]] = collections.defaultdict(set)
-  for one in series.values():
-    for path in one.files:
-      by_folder[Path(path).parent].add(one.uid)
-
-  def harmless(one: SeriesInfo) -> bool:
-    return not used.intersection(map(Path, one.files)) and (
-        one.is_mammogram or not is_dce_candidate(one))
-
-  harmful = []
-  for problem in scan.problems:
-    if problem.series_uid in series:
-      ok = harmless(series[problem.series_uid])
-    elif problem.series_uid is not None:
-      ok = problem.modality not in (None, "MR")
-    else:
-      near = [series[uid] for uid in by_folder.get(problem.path.parent, ())]
-      ok = bool(near) and all(harmless(one) for one in near)
-    if not ok:
-      harmful.append(problem)
-  if harmful:
-    more = f" (and {len(harmful) - 1} more)" if len(harmful) > 1 else ""
-    raise DiscoveryError(f"{harmful[0]}{more}; it may belong to a series used or one the "
-                         "choice of series depends on: repair or remove the file")
-  return [Unused(f"unreadable file {p.path.name!r}", str(p.path),
-                 f"corrupt DICOM file ({p.reason}); not in a series used") for p in scan.problems]
-
-
-def unreadable_warning(unreadable: list[Unused]) -> list[str]:
-  """The warning a patient kept despite unreadable files carries: the series chosen are
-  readable, but a broken file may have been the one a rule would have preferred (the CC
-  view, say)."""
-  if not unreadable:
-    return []
-  return [(f"unreadable DICOM files outside the series used: {len(unreadable)} (listed with the "
-           "unused images); readable, they might have been chosen")]
-
-
 def patient_imaging(folder: Path, *, side: str | None = None,
                     two_study_followup: Phase = Phase.POST, t1_phase: Phase | None = None,
                     mg_view: str = "CC", post_index: int = 1) -> Imaging:
@@ -427,10 +335,11 @@ def patient_imaging(folder: Path, *, side: str | None = None,
   if not imaging.mri and imaging.mammogram is None:
     files = sum(1 for p in folder.rglob("*") if p.is_file())
     found = sum(len(s.files) for st in scan.studies.values() for s in st.series.values())
-    imaging.empty = ("the folder is empty" if not files else
-                     f"none of its {files} files is a DICOM image or a NIfTI exam{unread_note(scan)}"
-                     if not found else
-                     f"none of its {found} DICOM images is used (see the unused images)")
+    imaging.empty = (
+        "the folder is empty" if not files else
+        f"none of its {files} files is a DICOM image or a NIfTI exam{unread_note(scan)}"
+        if not found else
+        f"none of its {found} DICOM images is used (see the unused images)")
   return imaging
 
 
@@ -465,63 +374,6 @@ def find_file(root: Path, names: tuple[str, ...], depth: int = 2) -> Path | None
       if found:
         return found[0]
   return None
-
-
-def read_text(path: Path, encoding: str = "utf-8-sig") -> str:
-  """The text of a table file.
-
-  Raises:
-    ValueError: the file is not in ``encoding``; the message names the file, the line and the
-      byte, and says how to fix it.
-  """
-  data = path.read_bytes()
-  try:
-    return data.decode(encoding)
-  except LookupError:
-    raise ValueError(f"{path}: unknown text encoding {encoding!r} (clinical_encoding)") from None
-  except UnicodeDecodeError as error:
-    line = data[:error.start].count(b"\n") + 1
-    raise ValueError(
-        f"{path} line {line}: byte {data[error.start:error.start + 1]!r} is not {encoding} "
-        f"text ({error.reason}); save the table as UTF-8 (Excel: 'CSV UTF-8') or name its "
-        "encoding, e.g. --layout_option clinical_encoding=cp1252") from None
-
-
-def read_clinical_csv(path: Path, columns: clinical_table.ColumnChoices | None = None,
-                      encoding: str = "utf-8-sig"
-                      ) -> tuple[list[str], dict[str, list[dict[str, str]]]]:
-  """(headers, rows by patient id) of the clinical CSV.
-
-  Every header is accounted for (:func:`clinical_table.check_columns`): a column declared as a
-  variable is keyed by the variable's name in the rows, an ignored one is left out.
-
-  Raises:
-    ValueError: no patient_id column, a header the check cannot settle, text not in
-      ``encoding``, or a row with more or fewer fields than the header (a value with an
-      unquoted comma shifts every value after it); each names the file and the line.
-  """
-  reader = csv.reader(io.StringIO(read_text(path, encoding), newline=""))
-  headers = next(reader, [])
-  id_column = next((h for h in headers if clinical_table.normalise(h) == "patient id"), None)
-  if id_column is None:
-    raise ValueError(f"{path}: no {PATIENT_ID_COLUMN!r} column (columns: {headers})")
-  actions = clinical_table.check_columns(
-      headers, columns or clinical_table.ColumnChoices(), other=(id_column, clinical_table.find_label_column(headers)),
-      table=str(path))
-  rows: dict[str, list[dict[str, str]]] = {}
-  for fields in reader:
-    if not any(field.strip() for field in fields):
-      continue
-    if len(fields) != len(headers):
-      raise ValueError(f"{path} line {reader.line_num}: {len(fields)} values where the header "
-                       f"has {len(headers)} columns (a value with an unquoted comma?); fix the "
-                       "row")
-    row = {actions.get(h, h): value for h, value in zip(headers, fields)
-           if actions.get(h, h) is not None}
-    key = row[id_column].strip()
-    if key:
-      rows.setdefault(key, []).append(row)
-  return headers, rows
 
 
 def discover(root: Path | str, *, two_study_followup: str = "post",
