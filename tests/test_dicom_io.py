@@ -316,3 +316,15 @@ def test_a_missing_decoder_plugin_is_named(tmp_path, monkeypatch):
   monkeypatch.setattr(decoder, "_unavailable", {"pyjpegls": ("pyjpegls>=1.3",)})
   with pytest.raises(dicom_io.DicomError, match=f"{path.name}: cannot decode.*JPEG-LS.*pyjpegls"):
     mammogram.read_mammogram(path)
+
+
+def test_a_siemens_mosaic_series_is_refused_not_stacked(tmp_path):
+  # Two mosaic files of one series (two time points, 2x2 tiles each) at the positions a scanner
+  # gives them: stacked they would form a volume of two "slices" of tiles.
+  paths = write_mr_series(tmp_path, _volume(shape=(2, 10, 12)), tags=_TAGS, **_GEOMETRY)
+  for path in paths:
+    ds = pydicom.dcmread(path)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"]
+    ds.save_as(path)
+  with pytest.raises(dicom_io.DicomError, match=f"{paths[0].name}.*ax dyn pre.*MOSAIC.*NIfTI"):
+    dicom_io.load_series(_select(paths))

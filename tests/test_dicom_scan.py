@@ -81,13 +81,15 @@ def test_scan_records_truncated_files_as_problems(tmp_path):
 
   scan = scan_folder(tmp_path)
 
-  assert len(scan.problems) == 3
-  assert any(p.startswith(f"{header_cut}: corrupt DICOM") and "Rows" in p
-             for p in scan.problems)
-  assert any(p.startswith(f"{pixels_cut}:") and "truncated" in p for p in scan.problems)
-  assert any(p.startswith(str(tmp_path / "junk.dcm")) for p in scan.problems)
+  problems = {p.path: p for p in scan.problems}
+  assert set(problems) == {header_cut, pixels_cut, tmp_path / "junk.dcm"}
+  assert str(problems[header_cut]).startswith(f"{header_cut}: corrupt DICOM")
+  assert "Rows" in problems[header_cut].reason and "truncated" in problems[pixels_cut].reason
   series = next(iter(next(iter(scan.studies.values())).series.values()))
   assert sorted(series.files) == sorted([files[0], files[3]])
+  # Where the UIDs survive, the series a broken file belongs to is known.
+  assert problems[header_cut].series_uid == problems[pixels_cut].series_uid == series.uid
+  assert problems[tmp_path / "junk.dcm"].series_uid is None
 
 
 def test_scan_keeps_mammogram_views_per_file(tmp_path):
@@ -268,3 +270,23 @@ def test_scan_reads_the_contrast_tags(tmp_path):
 
 def _chosen_files(dce) -> tuple[list, list]:
   return list(dce.pre.files), list(dce.post.files)
+
+
+@pytest.mark.parametrize("case", ["duplicate", "first_missing", "middle_missing"])
+def test_a_duplicated_or_missing_slice_is_named_not_called_a_size_mismatch(tmp_path, case):
+  made = fx.dce_study(tmp_path, fx.study_tags("P1", "20200101", "MRI pre-NAT"))
+  pre = sorted(made["ax dyn pre"])  # 4 slices 2 mm apart, at 0, 2, 4 and 6 mm
+  if case == "duplicate":
+    (tmp_path / "3" / "copy.dcm").write_bytes(pre[1].read_bytes())
+    expected = (f"pre-contrast 'ax dyn pre' has 2 files at one slice position ({pre[1].name}, "
+                "copy.dcm, 2 mm along the slice normal): a duplicated file; remove all but one")
+  else:
+    gone = pre[0] if case == "first_missing" else pre[1]
+    gone.unlink()
+    expected = (f"pre-contrast 'ax dyn pre' lacks the slice(s) at "
+                f"{0 if case == 'first_missing' else 2} mm along the slice normal that "
+                f"post-contrast 'ax dyn 1st pass' has (in {gone.name}): missing file(s)")
+  study = next(iter(scan_folder(tmp_path).studies.values()))
+  with pytest.raises(DiscoveryError) as raised:
+    select_dce(study.series.values())
+  assert str(raised.value) == f"pre/post size mismatch: {expected}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import layout_fixtures as fx
@@ -13,6 +14,7 @@ import pytest
 
 from input_pipeline import clinical_table, schema, synthetic
 from input_pipeline.ingestion import layouts
+from input_pipeline.ingestion.dce_select import DiscoveryError
 from input_pipeline.ingestion.dicom_scan import scan_folder
 from input_pipeline.ingestion.layouts import duke, generic, ispy2
 from input_pipeline.ingestion.patient import DicomDce, NiftiDce
@@ -534,3 +536,54 @@ def test_a_folder_without_images_says_why(tmp_path):
   (tmp_path / "notes" / "report.txt").write_text("no images")
   assert generic.patient_imaging(tmp_path / "notes").empty == (
       "none of its 1 files is a DICOM image or a NIfTI exam")
+
+
+def _patient_with_everything(folder: Path) -> tuple[dict, dict]:
+  made = fx.dce_study(folder / "mr", fx.study_tags("P", "20200101", "MRI pre-NAT"))
+  views = fx.mammograms(folder / "mg", fx.study_tags("P", "20200101", "Mammo pre-NAT"))
+  return made, views
+
+
+@pytest.mark.parametrize("damage", ["junk_in_localizer", "truncated_localizer_slice",
+                                    "truncated_unused_view", "truncated_preferred_view"])
+def test_a_broken_file_of_an_unused_series_is_listed_not_fatal(tmp_path, damage):
+  made, views = _patient_with_everything(tmp_path)
+  if damage == "junk_in_localizer":
+    broken = made["3-Plane Loc"][0].with_name("junk.dcm")
+    broken.write_bytes(b"not a DICOM file")
+  elif damage == "truncated_localizer_slice":
+    broken = fx.truncate(made["3-Plane Loc"][1])
+  else:
+    broken = fx.truncate(views["L", "MLO" if damage == "truncated_unused_view" else "CC"])
+  imaging = generic.patient_imaging(tmp_path, side="L")
+  view = "MLO" if damage == "truncated_preferred_view" else "CC"
+  assert imaging.mammogram == views["L", view] and list(imaging.mri) == [Phase.PRE]
+  assert imaging.warnings == [("unreadable DICOM files outside the series used: 1 (listed with "
+                               "the unused images); readable, they might have been chosen")]
+  assert sorted(imaging.mri[Phase.PRE].pre.files) == sorted(made["ax dyn pre"])
+  [entry] = [u for u in imaging.unused if u.where == str(broken)]
+  assert entry.item == f"unreadable file {broken.name!r}"
+  assert entry.reason.startswith("corrupt DICOM file (") and "not in a series used" in entry.reason
+
+
+@pytest.mark.parametrize("damage", ["junk_beside_pre", "truncated_post_slice",
+                                    "pixels_cut_in_pre", "junk_beside_used_view"])
+def test_a_broken_file_that_may_belong_to_a_used_series_stops_the_patient(tmp_path, damage):
+  made, views = _patient_with_everything(tmp_path)
+  if damage == "junk_beside_pre":
+    broken = made["ax dyn pre"][0].with_name("junk.dcm")
+    broken.write_bytes(b"not a DICOM file")
+  elif damage == "truncated_post_slice":
+    broken = fx.truncate(max(made["ax dyn 1st pass"]))
+  elif damage == "pixels_cut_in_pre":
+    # Without its middle slice the pre-contrast series no longer matches the posts' geometry:
+    # chosen without it, a post-contrast phase would pass for pre-contrast.
+    broken = sorted(made["ax dyn pre"])[2]
+    broken.write_bytes(broken.read_bytes()[:-40])
+  else:
+    broken = views["L", "CC"].with_name("junk.dcm")
+    broken.write_bytes(b"not a DICOM file")
+  # Either the choice of series fails for want of the slice (and names the file), or the
+  # choice is made and the file may belong to a series chosen.
+  with pytest.raises(DiscoveryError, match=re.escape(f"{broken}: corrupt DICOM file")):
+    generic.patient_imaging(tmp_path, side="L")

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +16,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from input_pipeline import records, synthetic
+from input_pipeline import records, schema, synthetic
 from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.ingestion.mammogram import MammogramOptions
 from input_pipeline.ingestion.mri import MriOptions
-from input_pipeline.records import prepare, pseudonyms, tfrecord, verify
+from input_pipeline.records import out_folder, prepare, pseudonyms, tfrecord, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GEOMETRIES["tiny"]
@@ -36,7 +37,7 @@ def export(tmp_path_factory):
 def _options(export, out, **changes):
   return prepare.PrepareOptions(
       source=export, out=out, mri=MriOptions(spacing_mm=TINY.mri_spacing_mm, box=TINY.mri_box),
-      mammogram=MammogramOptions(size=TINY.mg_size), shard_size=3, **changes)
+      mammogram=MammogramOptions(size=TINY.mg_size), **{"shard_size": 3, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -121,19 +122,7 @@ def test_broken_patients_are_skipped_with_their_reason(export, prepared):
 
 def test_no_identifier_reaches_the_output(export, prepared):
   out, _ = prepared
-  identifiers = set()
-  for path in export.rglob("*.dcm"):
-    try:
-      ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception:  # the deliberately truncated file
-      continue
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-                    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDate"):
-      value = str(ds.get(keyword, "") or "")
-      if len(value) >= 6:
-        identifiers.add(value)
-    identifiers.update(part for part in str(ds.get("PatientName", "")).split("^")
-                       if len(part) >= 5)
+  identifiers = _identifiers(export)
   assert len(identifiers) > 100
   outputs = [p for p in out.rglob("*") if p.is_file()]
   assert any(p.name == "manifest.json" for p in outputs)
@@ -151,7 +140,7 @@ def test_rerun_redoes_only_missing_shards(export, tmp_path):
   stamps = {p.name: p.stat().st_mtime_ns for p in shards}
   victim = shards[1]
   victim.unlink()  # as if killed before this shard was renamed into place
-  (out / prepare.PROGRESS_DIR / f"{victim.name}.json").unlink(missing_ok=True)
+  out_folder.note_path(out, victim.name).unlink(missing_ok=True)
   time.sleep(0.01)
   second = prepare.prepare(_options(export, out), progress=False)
   assert second["shards"] == first["shards"]
@@ -177,7 +166,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(export, prepared, tmp_
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
-  notes = out / prepare.PROGRESS_DIR
+  notes = out_folder.progress_folder(out)
   deadline = time.time() + 120
   while time.time() < deadline and not (notes.exists() and any(notes.glob("*.json"))):
     time.sleep(0.05)
@@ -387,3 +376,156 @@ def test_scrub_replaces_the_patient_id_where_it_stands_as_a_name():
   assert pseudonyms.scrub(text, Path("/data/export"), "12", "P0") == (
       "<source>/P0/<date>_MG_1/P0_L_CC.dcm: 128 files, P0 DICOM images, uid <uid> of study "
       "'MRI' of <date>")
+
+
+def _identifiers(export: Path) -> set[str]:
+  """What identifies the export's patients: DICOM ids, names, dates and UIDs, the clinical
+  table's patient ids, and the source paths."""
+  found = {str(export), str(export.resolve())}
+  for path in export.rglob("*.dcm"):
+    found.add(str(path.relative_to(export)))
+    try:
+      ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError):  # the truncated file
+      continue
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDate"):
+      value = str(ds.get(keyword, "") or "")
+      if len(value) >= 6:
+        found.add(value)
+    found.update(part for part in str(ds.get("PatientName", "")).split("^") if len(part) >= 5)
+  with (export / "clinical.csv").open() as handle:
+    found.update(row["patient_id"] for row in csv.DictReader(handle))
+  return found
+
+
+def test_no_identifier_under_out_when_patients_fail_preprocessing(export, tmp_path):
+  # A mammogram with Rows = 0 passes the scan and fails in preprocessing: its skip reason (the
+  # file's path, with the patient id and study date in it) must not reach --out, hidden
+  # progress notes included.
+  source = tmp_path / "export"
+  shutil.copytree(export, source)
+  victim = "SYN00011"
+  for path in (source / victim).rglob("*.dcm"):
+    ds = pydicom.dcmread(path)
+    if ds.Modality == "MG":
+      ds.Rows = 0
+      ds.save_as(path)
+  out = tmp_path / "records"
+  manifest = prepare.prepare(_options(source, out), progress=False)
+  stages = {s["stage"] for s in manifest["skipped"]}
+  assert stages == {"discovery", "preprocess"}, manifest["skipped"]
+  identifiers = _identifiers(source)
+  assert victim in identifiers and len(identifiers) > 100
+  files = [p for p in out.rglob("*") if p.is_file()]  # rglob enters hidden folders
+  assert "manifest.json" in {p.name for p in files} and any(p.suffix == ".tfrecord" for p in files)
+  for path in files:
+    data = path.read_bytes()
+    leaked = [i for i in identifiers if i.encode() in data]
+    assert not leaked, f"{path.relative_to(out)} contains {leaked[:5]}"
+  # The identifying side: complete, and readable by its owner only.
+  private = out_folder.private_folder(out)
+  assert victim in (private / "skipped.csv").read_text()
+  notes = list(out_folder.progress_folder(out).glob("*.json"))
+  assert len(notes) == len(manifest["shards"])
+  for path in [private, *private.rglob("*")]:
+    mode = path.stat().st_mode & 0o777
+    assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def _copy_prepared(prepared, tmp_path) -> Path:
+  """The prepared folder with its private folder and key, copied to ``tmp_path``."""
+  reference, _ = prepared
+  out = tmp_path / reference.name
+  for suffix in ("", out_folder.PRIVATE_SUFFIX, ".pseudonym.key"):
+    source = reference.with_name(reference.name + suffix)
+    (shutil.copytree if source.is_dir() else shutil.copy2)(source, out.with_name(out.name
+                                                                                 + suffix))
+  return out
+
+
+def test_a_rerun_on_another_plan_leaves_a_folder_that_passes_verify(export, prepared, tmp_path,
+                                                                     capsys):
+  out = _copy_prepared(prepared, tmp_path)
+  usable = len(_read_all(out))
+  # Killed before the manifest, then rerun with another --shard_size: the old shards go.
+  (out / prepare.MANIFEST).unlink()
+  old_shards = sorted(p.name for p in out.glob("*.tfrecord"))
+  manifest = prepare.prepare(_options(export, out, shard_size=4), progress=False)
+  assert f"removed {len(old_shards)} shard(s)" in capsys.readouterr().err
+  report = verify.verify_directory(out)
+  assert report.ok, [str(p) for p in report.problems]
+  assert report.num_records == usable == sum(s["records"] for s in manifest["shards"])
+  assert sorted(p.name for p in out.glob("*.tfrecord")) == sorted(
+      s["file"] for s in manifest["shards"])
+  # manifest.json deleted, then rerun on another source (one patient fewer).
+  (out / prepare.MANIFEST).unlink()
+  other = tmp_path / "other_export"
+  shutil.copytree(export, other, ignore=shutil.ignore_patterns("SYN00000"))
+  rows = list(csv.DictReader((export / "clinical.csv").open()))
+  fx.write_csv(other / "clinical.csv", [r for r in rows if r["patient_id"] != "SYN00000"])
+  manifest = prepare.prepare(_options(other, out, shard_size=4), progress=False)
+  report = verify.verify_directory(out)
+  assert report.ok, [str(p) for p in report.problems]
+  assert report.num_records == usable - 1
+  # A shard file that no progress note accounts for is refused, and left alone.
+  stranger = out / "test-00007-of-00009.tfrecord"
+  shutil.copy(out / manifest["shards"][0]["file"], stranger)
+  with pytest.raises(prepare.PrepareError, match=f"{stranger.name}.*move them away or use a "
+                                                 "new --out"):
+    prepare.prepare(_options(other, out, shard_size=4), progress=False)
+  assert stranger.exists()
+
+
+def test_an_unwritable_out_fails_before_the_scan_writing_nothing(export, tmp_path,
+                                                                 monkeypatch):
+  def no_scan(*args, **kwargs):
+    raise AssertionError("the scan ran before the write check")
+  monkeypatch.setattr(prepare.layouts, "discover", no_scan)
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(prepare.PrepareError, match=f"--out {blocker}/records: {blocker} is a "
+                                                 "file, not a folder"):
+    prepare.prepare(_options(export, blocker / "records"), progress=False)
+  if os.geteuid() != 0:  # root writes anywhere
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(prepare.PrepareError, match=f"--out {locked}/records: cannot write in "
+                                                   f"{locked}"):
+      prepare.prepare(_options(export, locked / "records"), progress=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "locked"][
+      :1 + (os.geteuid() != 0)]
+
+
+def test_a_split_emptied_by_preprocessing_is_warned(awkward_export, tmp_path, capsys):
+  # M1 and M2: one Pre-NAT mammogram each; M2's says Rows = 0 and fails in preprocessing.
+  source = tmp_path / "export"
+  image = pydicom.dcmread(next((awkward_export / "A").rglob("*.dcm"))).pixel_array
+  for patient in ("M1", "M2"):
+    path = fx.write_mammogram(source / patient / "1.dcm", image, laterality="R", view="CC",
+                              tags=fx.study_tags(patient, "20200105", "Mammo"))
+    if patient == "M2":
+      ds = pydicom.dcmread(path)
+      ds.Rows = 0
+      ds.save_as(path)
+  fx.write_csv(source / "clinical.csv", [{"patient_id": p, "pCR": "1", "Age": "-50"}
+                                         for p in ("M1", "M2")])
+  out = tmp_path / "records"
+  manifest = prepare.prepare(_options(source, out, split_fractions=(0.5, 0.5, 0.0),
+                                      test_cohort="random"), progress=False)
+  [record] = _read_all(out).values()
+  [skipped] = manifest["skipped"]
+  assert skipped["stage"] == "preprocess" and "mammogram" in skipped["reason"]
+  emptied = ({"train", "validation"} - {record.split}).pop()
+  assert manifest["empty_splits"] == {emptied: "its 1 patient(s) were skipped in preprocessing "
+                                               "(manifest 'skipped' says why)"}
+  err = capsys.readouterr().err
+  assert f"warning: split '{emptied}' is empty" in err
+  assert verify.verify_directory(out).ok
+  # '-50' is no age of 50: Unknown, counted, warned, and the value listed privately.
+  assert record.rhpc_codes[schema.VARIABLE_NAMES.index("age")] == schema.UNKNOWN
+  assert manifest["rhpc"]["unparsed"] == {"age": 1}
+  assert "warning: 1 rhpc value(s) unreadable or impossible" in err and "age 1" in err
+  unparsed = out_folder.private_folder(out) / "unparsed_values.csv"
+  rows = list(csv.reader(unparsed.open()))
+  assert rows == [["variable", "raw_value", "count"], ["age", "-50", "1"]]

@@ -114,7 +114,8 @@ def test_undecodable_record_and_duplicate_patient_are_named(tmp_path):
   report = verify.verify_directory(tmp_path)
   assert not report.manifest_checked
   assert [(p.file, p.offset, p.patient_id) for p in report.problems] == [
-      ("b.tfrecord", bad_offset, "P000000000007"), ("b.tfrecord", leak_offset, "P000000000002")]
+      ("b.tfrecord", bad_offset, "P000000000007"), ("b.tfrecord", leak_offset, "P000000000002"),
+      (verify.MANIFEST, None, None)]
   assert "feature 'mri/pre'" in report.problems[0].message
   assert "train/test leak" in report.problems[1].message
   assert str(report.problems[1]).startswith(f"b.tfrecord:{leak_offset}: [patient P000000000002]")
@@ -123,7 +124,8 @@ def test_undecodable_record_and_duplicate_patient_are_named(tmp_path):
 def test_empty_folder_and_leftover_partial(tmp_path, capsys):
   (tmp_path / f"x.tfrecord.123{tfrecord.PARTIAL_SUFFIX}").write_bytes(b"\x00" * 5)
   report = verify.verify_directory(tmp_path)
-  assert [p.message for p in report.problems] == [f"no *.tfrecord files under {tmp_path}"]
+  assert [p.file for p in report.problems] == [".", verify.MANIFEST]
+  assert report.problems[0].message == f"no *.tfrecord files under {tmp_path}"
   assert len(report.warnings) == 1 and "interrupted writer" in report.warnings[0]
   assert verify.main(["--records", str(tmp_path / "nope")]) == 1
   assert "not a folder" in capsys.readouterr().out
@@ -136,3 +138,15 @@ def test_malformed_manifest_is_a_problem(tmp_path, content):
   (tmp_path / verify.MANIFEST).write_text(content)
   report = verify.verify_directory(tmp_path)
   assert not report.ok and report.problems[0].file == verify.MANIFEST
+
+
+def test_a_folder_without_manifest_fails(tmp_path, capsys):
+  # Intact shards alone do not make a prepared folder: nothing says they all belong to it.
+  _write_folder(tmp_path, _LAYOUT, manifest=False)
+  report = verify.verify_directory(tmp_path)
+  assert [str(p) for p in report.problems] == [(
+      f"{verify.MANIFEST}: missing: without it nothing says which shards belong to the records "
+      "(prepare writes it last; an unfinished prepare is finished by running it again)")]
+  assert verify.main(["--records", str(tmp_path)]) == 1
+  assert capsys.readouterr().out.splitlines()[-1].endswith(
+      f"no {verify.MANIFEST}: FAILED: 1 problem(s)")

@@ -7,10 +7,14 @@ series descriptions as scanners write them, then acquisition order of same-geome
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import re
+from pathlib import Path
 from typing import Iterable
+
+import numpy as np
 
 from input_pipeline.ingestion.dicom_scan import SeriesInfo
 from input_pipeline.ingestion.patient import DicomDce, SeriesSelection
@@ -114,6 +118,55 @@ def _seen(series: Iterable[SeriesInfo]) -> str:
 def _size(series: SeriesInfo) -> str:
   return (f"{series.columns}x{series.rows}x{series.frames_per_position} voxels, "
           f"spacing {series.pixel_spacing}, orientation {series.orientation}")
+
+
+def _along_normal(series: SeriesInfo, normal: np.ndarray) -> dict[float, list[Path]] | None:
+  """Files by slice position along ``normal`` (mm, to 0.1), or None when the positions are
+  unknown (multi-frame files) or repeat by design (several temporal positions)."""
+  if len(series.temporal_positions) > 1 or not series.positions or None in series.positions:
+    return None
+  by_position: dict[float, list[Path]] = collections.defaultdict(list)
+  for path, position in zip(series.files, series.positions):
+    by_position[round(float(np.dot(position, normal)), 1) + 0.0].append(Path(path))
+  return by_position
+
+
+def _slice_difference(pre: SeriesInfo, post: SeriesInfo) -> str | None:
+  """Why pre and post of one in-plane geometry differ in slice count, where their slice
+  positions tell: a position two files of one series share (a duplicated file), or positions
+  one series has and the other lacks (missing files). None when they differ otherwise."""
+  if (pre.rows, pre.columns, pre.orientation, pre.pixel_spacing) != (
+      post.rows, post.columns, post.orientation, post.pixel_spacing) or not pre.orientation:
+    return None
+  normal = np.cross(pre.orientation[:3], pre.orientation[3:])
+  named = {"pre-contrast": pre, "post-contrast": post}
+  along = {name: _along_normal(series, normal) for name, series in named.items()}
+  if None in along.values():
+    return None
+  for name, series in named.items():
+    for z, paths in sorted(along[name].items()):
+      if len(paths) > 1:
+        return (f"{name} {series.description!r} has {len(paths)} files at one slice position "
+                f"({', '.join(p.name for p in paths)}, {z:g} mm along the slice normal): a "
+                "duplicated file; remove all but one")
+  for name, other in (("pre-contrast", "post-contrast"), ("post-contrast", "pre-contrast")):
+    positions = np.array(sorted(along[name]))
+    step = float(np.median(np.diff(positions))) if len(positions) > 1 else 1.0
+    missing = [z for z in sorted(along[other]) if np.abs(positions - z).min() > step / 4]
+    if missing:
+      return (f"{name} {named[name].description!r} lacks the slice(s) at "
+              f"{', '.join(f'{z:g}' for z in missing[:5])} mm along the slice normal that "
+              f"{other} {named[other].description!r} has (in "
+              f"{along[other][missing[0]][0].name}): missing file(s)")
+  return None
+
+
+def _mismatch(pre: SeriesInfo, post: SeriesInfo) -> DiscoveryError:
+  difference = _slice_difference(pre, post)
+  return DiscoveryError(
+      f"pre/post size mismatch: {difference}" if difference else
+      f"pre/post size mismatch: pre-contrast {pre.description!r} is {_size(pre)}, "
+      f"post-contrast {post.description!r} is {_size(post)}")
 
 
 def _from_multiphase(series: SeriesInfo, post_index: int) -> DicomDce:
@@ -234,17 +287,13 @@ def select_dce(series: Iterable[SeriesInfo], post_index: int = 1) -> DicomDce:
     # series named like the posts, alone in its geometry): a size mismatch, said as such.
     pre, post = _pick_in_group([s for s in candidates if not s.is_derived], post_index)
     if pre is not None and post is not None and pre.geometry != post.geometry:
-      raise DiscoveryError(
-          f"pre/post size mismatch: pre-contrast {pre.description!r} is {_size(pre)}, "
-          f"post-contrast {post.description!r} is {_size(post)}")
+      raise _mismatch(pre, post)
     if found_pre is None:
       raise DiscoveryError(f"no pre-contrast series among: {_seen(series) or 'no series'}")
     posts = [s for s in candidates if s.geometry != found_pre.geometry and _role(s).post
              and not s.is_derived]
     if posts:
-      raise DiscoveryError(
-          f"pre/post size mismatch: pre-contrast {found_pre.description!r} is "
-          f"{_size(found_pre)}, post-contrast {posts[0].description!r} is {_size(posts[0])}")
+      raise _mismatch(found_pre, posts[0])
     raise DiscoveryError(
         f"no post-contrast series (phase {post_index}) with the geometry of pre-contrast "
         f"{found_pre.description!r} among: {_seen(series)}")

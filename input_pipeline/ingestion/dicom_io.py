@@ -414,8 +414,9 @@ def load_series(selection: SeriesSelection) -> sitk.Image:
 
   Raises:
     DicomError: unreadable or truncated file, missing attributes or pixel data, slices of
-      different size or orientation, duplicated positions, gaps, or no slice at the temporal
-      position; the message names the file and the series.
+      different size or orientation, duplicated positions, gaps, no slice at the temporal
+      position, or a Siemens MOSAIC image (ImageType MOSAIC: slices tiled in one image); the
+      message names the file and the series.
   """
   description = selection.description
   if not selection.files:
@@ -424,6 +425,11 @@ def load_series(selection: SeriesSelection) -> sitk.Image:
   enhanced: dict[Path, Dataset] = {}
   for path in map(Path, selection.files):
     header = read_dicom(path, stop_before_pixels=True, description=description)
+    if "MOSAIC" in (str(v).strip().upper() for v in header.get("ImageType") or ()):
+      raise DicomError(f"{_where(path, description)}: a Siemens MOSAIC image (the slices of a "
+                       "volume tiled in one image), which this reader does not untile; convert "
+                       "the series to NIfTI with a mosaic-aware converter (dcm2niix) and give "
+                       "the volumes as NIfTI")
     if "PerFrameFunctionalGroupsSequence" in header or int(header.get("NumberOfFrames", 1)) > 1:
       # Enhanced files are read whole once: re-parsing their large per-frame header for every
       # frame would cost more than the pixels.

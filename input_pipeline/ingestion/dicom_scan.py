@@ -44,7 +44,8 @@ _HEADER_TAGS = [
     "PatientID", "StudyDate", "StudyTime", "StudyDescription", "ClinicalTrialTimePointID",
     "SeriesDescription", "SeriesNumber", "ImageType", "TemporalPositionIdentifier",
     "TriggerTime", "AcquisitionTime", "ContentTime", "Rows", "Columns", "NumberOfFrames",
-    "ImageOrientationPatient", "PixelSpacing", "RepetitionTime", "EchoTime",
+    "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "RepetitionTime",
+    "EchoTime",
     "ImageLaterality", "Laterality", "ViewPosition", "PresentationIntentType",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
     *("ContrastBolusAgent", "ContrastBolusRoute", "ContrastBolusVolume", "ContrastBolusTotalDose",
@@ -103,6 +104,8 @@ class SeriesInfo:
   Attributes:
     uid, study_uid: SeriesInstanceUID, StudyInstanceUID.
     files, sop_instance_uids: the series' files and their SOPInstanceUIDs, in the same order.
+    positions: per file, ImagePositionPatient (LPS mm, rounded to 1e-2) of a single-frame file,
+      None for a multi-frame one or where absent.
     frames: number of image frames (files, or the sum of NumberOfFrames for multi-frame).
     temporal_positions: TemporalPositionIdentifier values (classic) or TemporalPositionIndex
       values (Enhanced MR, per frame) present.
@@ -126,6 +129,7 @@ class SeriesInfo:
   number: int | None = None
   files: list[Path] = dataclasses.field(default_factory=list)
   sop_instance_uids: list[str] = dataclasses.field(default_factory=list)
+  positions: list[tuple[float, ...] | None] = dataclasses.field(default_factory=list)
   frames: int = 0
   temporal_positions: set[int] = dataclasses.field(default_factory=set)
   acquisition_time_s: float | None = None
@@ -207,6 +211,8 @@ class SeriesInfo:
       if position not in (None, ""):
         self.temporal_positions.add(int(position))
     self.files.append(path)
+    self.positions.append(None if per_frame is not None else
+                          _rounded(ds.get("ImagePositionPatient"), 2))
     self.sop_instance_uids.append(str(ds.get("SOPInstanceUID", "")))
     self.views.append(mammogram_view(ds, path) if self.is_mammogram else ImageView())
     time = _seconds(ds.get("AcquisitionTime"))
@@ -259,11 +265,31 @@ class StudyInfo:
     return f"study {description!r} of {self.date or 'unknown date'}"
 
 
+@dataclasses.dataclass(frozen=True)
+class ScanProblem:
+  """A DICOM file whose header could not be read.
+
+  Attributes:
+    path: the file.
+    reason: why.
+    series_uid, modality: its SeriesInstanceUID and Modality where that much of the header
+      could be read (a file cut off in its pixel data), else None: which series it would
+      belong to is then unknown.
+  """
+  path: Path
+  reason: str
+  series_uid: str | None = None
+  modality: str | None = None
+
+  def __str__(self) -> str:
+    return f"{self.path}: corrupt DICOM file ({self.reason})"
+
+
 @dataclasses.dataclass
 class ScanResult:
-  """Studies found under a folder, and the files that could not be read (``'path: why'``)."""
+  """Studies found under a folder, and the files that could not be read."""
   studies: dict[str, StudyInfo] = dataclasses.field(default_factory=dict)
-  problems: list[str] = dataclasses.field(default_factory=list)
+  problems: list[ScanProblem] = dataclasses.field(default_factory=list)
 
   def sorted_studies(self, mr: bool | None = None) -> list[StudyInfo]:
     """Studies in date order; ``mr`` keeps only MR (True) or only non-MR (False) studies."""
@@ -312,12 +338,24 @@ def read_header(path: Path, force: bool = False) -> pydicom.Dataset:
   return ds
 
 
+def _series_of(path: Path) -> tuple[str | None, str | None]:
+  """(SeriesInstanceUID, Modality) of a file whose full header could not be read, each None
+  where even that is unreadable."""
+  try:
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                         specific_tags=["SeriesInstanceUID", "Modality"])
+  except Exception:  # noqa: BLE001 (any failure means: unknown)
+    return None, None
+  uid, modality = ds.get("SeriesInstanceUID"), ds.get("Modality")
+  return (str(uid) if uid else None), (str(modality).upper() if modality else None)
+
+
 def scan_folder(root: Path | str) -> ScanResult:
   """Indexes every DICOM file under ``root`` (any depth, any file names).
 
   Returns:
-    The studies and series found, and one problem line per DICOM file whose header could not
-    be read. Non-DICOM files and DICOMDIR are skipped without a problem.
+    The studies and series found, and one :class:`ScanProblem` per DICOM file whose header
+    could not be read. Non-DICOM files and DICOMDIR are skipped without a problem.
   """
   result = ScanResult()
   for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
@@ -344,7 +382,7 @@ def scan_folder(root: Path | str) -> ScanResult:
     except Exception as error:  # pydicom raises many types on broken files; none may escape.
       if kind == "maybe" and path.suffix.lower() not in (".dcm", ".dicom"):
         continue  # began like a raw dataset but is not one
-      result.problems.append(f"{path}: corrupt DICOM file ({error})")
+      result.problems.append(ScanProblem(path, str(error), *_series_of(path)))
       continue
     result.studies[study_uid] = study
     study.series[series_uid] = series

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from input_pipeline import records, schema
+from input_pipeline.records import out_folder
 from input_pipeline.records.pseudonyms import scrub
 
 
@@ -108,16 +109,15 @@ def _image_accounting(options, jobs, notes, source_keys) -> dict[str, Any]:
 
 def write_private_report(options, notes, discovery_skips, jobs) -> None:
   """Identifying details for the data steward, outside --out: source ids and full reasons."""
-  folder = options.out.with_name(options.out.name + ".private")
-  folder.mkdir(parents=True, exist_ok=True)
+  folder = out_folder.make_private_folder(options.out)
   rows = [(s["key"], s["patient"], s["stage"], s["reason"]) for s in discovery_skips]
   for note in notes.values():
     rows += [(s["key"], s["patient"], s["stage"], s["reason"]) for s in note["skipped"]]
-  with open(folder / "skipped.csv", "w", newline="") as f:
+  with out_folder.open_private(folder / "skipped.csv") as f:
     writer = csv.writer(f)
     writer.writerow(["source_patient", "patient_id", "stage", "reason"])
     writer.writerows(sorted(rows))
-  with open(folder / "unparsed_values.csv", "w", newline="") as f:
+  with out_folder.open_private(folder / "unparsed_values.csv") as f:
     writer = csv.writer(f)
     writer.writerow(["variable", "raw_value", "count"])
     counts = collections.Counter()
@@ -125,17 +125,46 @@ def write_private_report(options, notes, discovery_skips, jobs) -> None:
       for variable, raw, n in note["parse"]["unparsed"]:
         counts[(variable, raw)] += n
     writer.writerows(sorted((v, r, n) for (v, r), n in counts.items()))
-  with open(folder / "unused_images.csv", "w", newline="") as f:
+  with out_folder.open_private(folder / "unused_images.csv") as f:
     writer = csv.writer(f)
     writer.writerow(["source_patient", "patient_id", "item", "file_or_folder", "reason"])
     writer.writerows(sorted((p.key, pid, u.item, u.where, u.reason) for job in jobs
                             for pid, p in job.patients for u in p.unused))
-  with open(folder / "warnings.csv", "w", newline="") as f:
+  with out_folder.open_private(folder / "warnings.csv") as f:
     writer = csv.writer(f)
     writer.writerow(["source_patient", "patient_id", "warning"])
     writer.writerows(sorted((p.key, pid, w) for job in jobs for pid, p in job.patients
                             for w in p.warnings))
 
+
+def empty_splits(options, jobs, notes: dict[str, dict[str, Any]]) -> dict[str, str]:
+  """Split -> why it has no record, for every split --split gives a share; a split emptied by
+  patients skipped in preprocessing leaves training without validation data, or evaluation
+  without test data."""
+  empty = {}
+  for split, fraction in zip(records.SPLITS, options.split_fractions):
+    planned = sum(len(job.patients) for job in jobs if job.split == split)
+    written = sum(notes[job.file]["records"] for job in jobs if job.split == split)
+    if fraction > 0 and not written:
+      empty[split] = (f"its {planned} patient(s) were skipped in preprocessing (manifest "
+                      "'skipped' says why)" if planned else
+                      f"no patient was assigned to it (a share of {fraction:g} of the usable "
+                      "patients rounds to none)")
+  return empty
+
+
+def warnings(manifest: dict[str, Any]) -> list[str]:
+  """What the user must hear about a finished run: empty splits, and clinical values read as
+  Unknown because they could not be read or were impossible (the values themselves are
+  private: they may hold anything a person typed)."""
+  lines = [f"split {split!r} is empty: {why}" for split, why in manifest["empty_splits"].items()]
+  unparsed = manifest["rhpc"]["unparsed"]
+  if unparsed:
+    lines.append(f"{sum(unparsed.values())} rhpc value(s) unreadable or impossible (negative, "
+                 "out of range, a range, another unit), read as Unknown: "
+                 + ", ".join(f"{name} {n}" for name, n in unparsed.items())
+                 + "; each value is listed in <out>.private/unparsed_values.csv")
+  return lines
 
 
 def summary(manifest: dict[str, Any]) -> str:

@@ -14,11 +14,15 @@ Guarantees:
 * Restartable: a shard counts as done once its file and its progress note exist (the file is
   renamed into place only when complete), and a rerun with the same options redoes only the
   shards that are not done. Different options or patients in the same --out are refused.
-* Nothing written under --out carries a direct identifier. Pseudonyms are an HMAC of the
-  source patient id with a secret key kept outside --out (``<out>.pseudonym.key`` unless
-  --pseudonym_key says otherwise); skip reasons are scrubbed of paths, ids, UIDs and dates.
-  The full, identifying report goes to ``<out>.private/`` for the data steward (skipped.csv,
-  unused_images.csv, warnings.csv, unparsed_values.csv).
+* The folder passes its own ``verify``: shards an earlier run of another plan left are removed,
+  shard files nothing accounts for are refused (out_folder.py). Where --out, the private
+  folder or the key cannot be written, the run stops before the scan, writing nothing.
+* Nothing written under --out carries a direct identifier, hidden folders included. Pseudonyms
+  are an HMAC of the source patient id with a secret key kept outside --out
+  (``<out>.pseudonym.key`` unless --pseudonym_key says otherwise); skip reasons are scrubbed of
+  paths, ids, UIDs and dates. The progress notes (source ids, full reasons) and the full,
+  identifying report go to ``<out>.private/`` (mode 0700, files 0600) for the data steward
+  (skipped.csv, unused_images.csv, warnings.csv, unparsed_values.csv).
 * Every image is accounted for: each image or series found but not used is listed with its
   reason (manifest ``unused_images``), each choice made without the attribute that should
   decide it is a counted warning, patients written with and without each modality are
@@ -49,12 +53,11 @@ from input_pipeline.ingestion.mammogram import MammogramOptions, preprocess_mamm
 from input_pipeline.ingestion.mri import DTYPES as MRI_DTYPES
 from input_pipeline.ingestion.mri import INTENSITIES, ON_SIZE_MISMATCH, MriOptions, preprocess_exam
 from input_pipeline.ingestion.patient import PatientSource
-from input_pipeline.records import accounting, splits, tfrecord
+from input_pipeline.records import accounting, out_folder, splits, tfrecord
 from input_pipeline.records.pseudonyms import pseudonym
 from input_pipeline.workers import worker_pool
 
 MANIFEST = records.MANIFEST
-PROGRESS_DIR = ".progress"
 SPLIT_NAMES = records.SPLITS
 IMAGELESS = ("clinical_only", "skip")
 
@@ -189,8 +192,6 @@ def write_shard(job: _ShardJob, options: PrepareOptions, fingerprint: str) -> di
   report = clinical_table.ParseReport()
   written, skipped, seconds = [], [], []
   path = options.out / job.file
-  for stale in options.out.glob(f"{job.file}.*{tfrecord.PARTIAL_SUFFIX}"):
-    stale.unlink()  # left by a run that was killed while writing this shard
   with tfrecord.TFRecordWriter(path) as writer:
     for patient_id, source in job.patients:
       start = time.perf_counter()
@@ -212,12 +213,11 @@ def write_shard(job: _ShardJob, options: PrepareOptions, fingerprint: str) -> di
           "seconds": seconds, "bytes": path.stat().st_size,
           "parse": {"unparsed": [[v, raw, n] for (v, raw), n in report.unparsed.items()],
                     "missing": dict(report.missing)}}
-  _write_json(options.out / PROGRESS_DIR / f"{job.file}.json", note)
+  out_folder.write_private_json(out_folder.note_path(options.out, job.file), note)
   return note
 
 
 def _write_json(path: Path, data: Any) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
   os.replace(tmp, path)
@@ -271,28 +271,35 @@ def _fingerprint(options: PrepareOptions, jobs: list[_ShardJob]) -> str:
 
 
 def _done_note(options: PrepareOptions, job: _ShardJob, fingerprint: str) -> dict | None:
-  note_path = options.out / PROGRESS_DIR / f"{job.file}.json"
-  if not (note_path.exists() and (options.out / job.file).exists()):
+  if not (options.out / job.file).exists():
     return None
-  note = json.loads(note_path.read_text())
-  return note if note.get("fingerprint") == fingerprint else None
+  note = out_folder.read_note(options.out, job.file)
+  return note if note is not None and note.get("fingerprint") == fingerprint else None
 
 
 def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
   """Runs discovery, preprocessing and writing; returns the manifest (also in out/manifest.json).
 
   Raises:
-    PrepareError: bad options, an unknown layout, or --out prepared with other options.
+    PrepareError: bad options, an unknown layout, an output folder that cannot be written,
+      --out prepared with other options, or shard files in --out nothing accounts for.
   """
   started = time.perf_counter()
+  key_path = Path(options.pseudonym_key or options.out.with_name(options.out.name
+                                                                  + ".pseudonym.key"))
+  try:
+    out_folder.check_writable([("--out", options.out),
+                               ("private report", out_folder.private_folder(options.out))],
+                              [("--pseudonym_key", key_path)])
+  except out_folder.FolderError as error:
+    raise PrepareError(str(error)) from None
   try:
     patients = layouts.discover(options.layout, options.source, workers=options.workers,
                                 progress=progress, **dict(options.layout_options))
   except (ValueError, FileNotFoundError) as error:
     raise PrepareError(str(error)) from None
   # Only now that discovery succeeded: a run that fails before its first patient writes nothing.
-  key_path = options.pseudonym_key or options.out.with_name(options.out.name + ".pseudonym.key")
-  key = load_key(Path(key_path))
+  key = load_key(key_path)
   jobs, skipped = _plan(patients, options, key)
   fingerprint = _fingerprint(options, jobs)
   manifest_path = options.out / MANIFEST
@@ -302,7 +309,15 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
       raise PrepareError(f"{options.out} holds records prepared from other options or patients; "
                          "use a new --out (or delete it to start over)")
   options.out.mkdir(parents=True, exist_ok=True)
-  # Stale notes from an interrupted run with other options would never match; drop them.
+  out_folder.make_private_folder(options.out)
+  planned = {job.file for job in jobs}
+  try:
+    removed = out_folder.clear_stale(options.out, planned, fingerprint)
+  except out_folder.FolderError as error:
+    raise PrepareError(str(error)) from None
+  if removed:
+    print(f"prepare: removed {len(removed)} shard(s) that an earlier, unfinished run with other "
+          f"options or patients left in {options.out}: {', '.join(removed)}", file=sys.stderr)
   notes = {job.file: _done_note(options, job, fingerprint) for job in jobs}
   todo = [job for job in jobs if notes[job.file] is None]
   bar = cli.progress(total=sum(len(j.patients) for j in jobs), unit="patient", enabled=progress,
@@ -320,8 +335,15 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
       notes[job.file] = write_shard(job, options, fingerprint)
       bar.update(len(job.patients))
   bar.close()
+  unplanned = out_folder.unplanned_shards(options.out, planned)
+  if unplanned:
+    raise PrepareError(f"{options.out}: shard files appeared during the run that it did not "
+                       f"write ({', '.join(unplanned)}); is another prepare writing there?")
   manifest = accounting.manifest(options, jobs, notes, skipped, fingerprint,
                                seconds=time.perf_counter() - started)
+  manifest["empty_splits"] = accounting.empty_splits(options, jobs, notes)
+  for warning in accounting.warnings(manifest):
+    print(f"prepare: warning: {warning}", file=sys.stderr)
   accounting.write_private_report(options, notes, skipped, jobs)
   _write_json(manifest_path, manifest)
   return manifest
@@ -380,7 +402,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_multi_string("layout_option", [],
                             "NAME=VALUE adapter option, e.g. post_index=2, mg_view=MLO, "
                             "two_study_followup=mid, t1_phase=mid, clinical_file=..., "
-                            "mapping_file=... (repeat the flag for several)", **fv)
+                            "mapping_file=..., and for clinical.csv 'column_map=HEADER="
+                            "variable;...', 'ignore_columns=HEADER;...', clinical_encoding="
+                            "cp1252 (repeat the flag for several)", **fv)
   flags.DEFINE_bool("no_progress", False, "Hide the progress bars (the folder scan and the "
                     "shards).", **fv)
   flags.mark_flags_as_required(["source", "out"], **fv)

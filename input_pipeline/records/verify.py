@@ -4,9 +4,10 @@
 
 For every ``*.tfrecord`` file under DIR it checks the framing and both CRCs of every record and
 decodes every record with :func:`input_pipeline.records.decode`. It also reports a patient that
-appears twice (in two splits that is a train/test leak). When ``DIR/manifest.json`` exists, the
-record count of every shard and of every split must match it. Manifest layout (other keys are
-opaque)::
+appears twice (in two splits that is a train/test leak). ``DIR/manifest.json`` must exist (a
+folder without it is an unfinished prepare, or holds shards nothing accounts for), list every
+shard, and match the record count of every shard and of every split. Manifest layout (other
+keys are opaque)::
 
   {"shards": [{"file": "train-00000-of-00002.tfrecord", "records": 12, "split": "train"}, ...]}
 
@@ -65,7 +66,8 @@ class VerifyReport:
     problems: everything wrong; empty means the folder passed.
     warnings: things worth knowing that do not make the records wrong (leftover partial files
       of a killed writer).
-    manifest_checked: whether ``manifest.json`` was found and compared.
+    manifest_checked: whether ``manifest.json`` was found and compared (its absence is a
+      problem).
   """
   root: Path
   shards: list[ShardSummary] = dataclasses.field(default_factory=list)
@@ -117,6 +119,10 @@ def verify_directory(path: str | Path) -> VerifyReport:
   if manifest.exists():
     report.manifest_checked = True
     report.problems.extend(_check_manifest(manifest, report.shards))
+  else:
+    report.problems.append(Problem(MANIFEST, "missing: without it nothing says which shards "
+                                   "belong to the records (prepare writes it last; an "
+                                   "unfinished prepare is finished by running it again)"))
   return report
 
 

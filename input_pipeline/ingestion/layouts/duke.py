@@ -40,7 +40,13 @@ import openpyxl
 from input_pipeline.ingestion.dce_select import DiscoveryError, select_dce
 from input_pipeline.ingestion.dicom_scan import ScanResult, scan_folder
 from input_pipeline.ingestion.layouts.assemble import Joined, assemble
-from input_pipeline.ingestion.layouts.generic import find_file, unused_series
+from input_pipeline.ingestion.layouts.generic import find_file
+from input_pipeline.ingestion.layouts.unused import (
+    unread_note,
+    unreadable_files,
+    unreadable_warning,
+    unused_series,
+)
 from input_pipeline.ingestion.patient import DicomDce, Imaging, PatientSource, SeriesSelection
 from input_pipeline.schema import Phase
 
@@ -306,8 +312,6 @@ class _FolderScan:
 def _patient_imaging(folder: Path, key: str, mapping: FileMapping | None,
                      post_index: int) -> Imaging:
   scan = scan_folder(folder)
-  if scan.problems:
-    raise DiscoveryError(f"{scan.problems[0]}; repair or remove the file")
   studies = scan.sorted_studies(mr=True)
   if not studies:
     raise DiscoveryError(f"no MR study in {folder}")
@@ -320,13 +324,14 @@ def _patient_imaging(folder: Path, key: str, mapping: FileMapping | None,
     try:
       dce = select_dce(study.series.values(), post_index)
     except DiscoveryError as error:
-      raise DiscoveryError(f"{study.label()}: {error}") from None
+      raise DiscoveryError(f"{study.label()}: {error}{unread_note(scan)}") from None
     dce = DicomDce(dce.pre, dce.post, study.description)
   later = {s.uid: "a later MR study (Duke has one Pre-NAT exam per patient: the first is used)"
            for s in studies[1:]}
-  unused = unused_series(scan, {study.uid: set(dce.pre.files) | set(dce.post.files)}, later,
-                         post_index)
-  return Imaging(mri={Phase.PRE: dce}, unused=unused)
+  used = set(dce.pre.files) | set(dce.post.files)
+  unreadable = unreadable_files(scan, used)
+  unused = unused_series(scan, {study.uid: used}, later, post_index) + unreadable
+  return Imaging(mri={Phase.PRE: dce}, unused=unused, warnings=unreadable_warning(unreadable))
 
 
 def discover(root: Path | str, *, clinical_file: Path | str | None = None,

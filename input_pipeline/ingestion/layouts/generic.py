@@ -16,13 +16,14 @@ three -> Pre-NAT, Mid-NAT, Post-NAT). The mammogram is the Pre-NAT MG image of t
 of CC / MLO (:func:`choose_mammogram`). Every other image or series is listed with the reason
 it is not used (:class:`~input_pipeline.ingestion.patient.Unused`).
 
-:func:`patient_imaging` is shared with the I-SPY2 adapter.
+:func:`patient_imaging` is shared with the I-SPY2 adapter. clinical.csv is read by
+``clinical_csv.py``; what a folder holds unused, unreadable files included, is told by
+``unused.py``.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import datetime
 import re
@@ -30,9 +31,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from input_pipeline import clinical_table, schema
-from input_pipeline.ingestion.dce_select import DiscoveryError, is_dce_candidate, select_dce
-from input_pipeline.ingestion.dicom_scan import ScanResult, SeriesInfo, StudyInfo, scan_folder
+from input_pipeline.ingestion.dce_select import DiscoveryError, select_dce
+from input_pipeline.ingestion.dicom_scan import SeriesInfo, StudyInfo, scan_folder
 from input_pipeline.ingestion.layouts.assemble import Joined, assemble
+from input_pipeline.ingestion.layouts.clinical_csv import PATIENT_ID_COLUMN, read_clinical_csv
+from input_pipeline.ingestion.layouts.unused import (
+    unread_note,
+    unreadable_files,
+    unreadable_warning,
+    unused_series,
+)
 from input_pipeline.ingestion.mammogram_view import ImageView
 from input_pipeline.ingestion.patient import (
     Imaging,
@@ -44,7 +52,6 @@ from input_pipeline.ingestion.patient import (
 from input_pipeline.schema import Phase
 
 CLINICAL_FILE = "clinical.csv"
-PATIENT_ID_COLUMN = "patient_id"
 _VIEWS = ("CC", "MLO")
 _SIDE_NAMES = {"L": "left", "R": "right"}
 _MISSING = frozenset({"", "nan", "na", "none", "null", "unknown", "missing"})
@@ -284,53 +291,17 @@ def _nifti_exams(folder: Path) -> dict[Phase, NiftiDce]:
   return exams
 
 
-def _series_folder(series: SeriesInfo) -> str:
-  folders = {str(Path(f).parent) for f in series.files}
-  return folders.pop() if len(folders) == 1 else str(Path(series.files[0]).parent)
-
-
-def unused_series(scan: ScanResult, used: dict[str, set[Path]], reasons: dict[str, str],
-                  post_index: int) -> list[Unused]:
-  """Every series of the scan, other than mammograms, that the exams do not use, and why.
-
-  Args:
-    used: study uid -> the files its chosen DCE exam reads.
-    reasons: study uid -> why a whole study is not used (no phase, ...).
-  """
-  unused = []
-  for study in scan.sorted_studies():
-    for series in sorted(study.series.values(), key=lambda s: (s.number or 0, s.uid)):
-      if series.is_mammogram or used.get(study.uid, set()) & set(series.files):
-        continue
-      item = (f"{series.modality or 'unknown modality'} series "
-              f"{series.description or '(no description)'!r} of {study.label()}")
-      if study.uid in reasons:
-        reason = reasons[study.uid]
-      elif not series.is_mr:
-        reason = f"modality {series.modality or 'unknown'}: only MR and mammography are used"
-      elif not is_dce_candidate(series):
-        reason = ("not a DCE phase (a localizer, T2, diffusion, derived or other series, by "
-                  "its description, image type or TR / TE)")
-      else:
-        reason = (f"a DCE series other than the pre-contrast one and post-contrast phase "
-                  f"{post_index}")
-      unused.append(Unused(item, _series_folder(series), reason))
-  return unused
-
-
 def patient_imaging(folder: Path, *, side: str | None = None,
                     two_study_followup: Phase = Phase.POST, t1_phase: Phase | None = None,
                     mg_view: str = "CC", post_index: int = 1) -> Imaging:
   """The DCE exams per phase, the mammogram, and what else the patient folder holds.
 
   Raises:
-    DiscoveryError: an unreadable DICOM file, a study whose phase or DCE series cannot be
-      told, or a phase given twice (DICOM and NIfTI).
+    DiscoveryError: an unreadable DICOM file that may belong to a series used
+      (:func:`unreadable_files`), a study whose phase or DCE series cannot be told, or a phase
+      given twice (DICOM and NIfTI).
   """
   scan = scan_folder(folder)
-  if scan.problems:
-    more = f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""
-    raise DiscoveryError(f"{scan.problems[0]}{more}; repair or remove the file")
   mri: dict[Phase, MriExam] = {}
   mr_studies = scan.sorted_studies(mr=True)
   studies = resolve_phases(mr_studies, two_study_followup, t1_phase)
@@ -339,7 +310,7 @@ def patient_imaging(folder: Path, *, side: str | None = None,
     try:
       dce = select_dce(study.series.values(), post_index)
     except DiscoveryError as error:
-      raise DiscoveryError(f"{phase.label} {study.label()}: {error}") from None
+      raise DiscoveryError(f"{phase.label} {study.label()}: {error}{unread_note(scan)}") from None
     mri[phase] = dataclasses.replace(dce, study_description=study.description)
     used[study.uid] = set(dce.pre.files) | set(dce.post.files)
   assigned = {s.uid for s in studies.values()}
@@ -356,14 +327,19 @@ def patient_imaging(folder: Path, *, side: str | None = None,
     mri[phase] = exam
   mammogram, unused_mg, warnings = choose_mammogram(scan.sorted_studies(mr=False), side,
                                                     studies.get(Phase.PRE), mg_view)
+  used_files = set().union(*used.values(), [mammogram] if mammogram else [])
+  unreadable = unreadable_files(scan, used_files)
   imaging = Imaging(dict(sorted(mri.items())), mammogram,
-                    unused_series(scan, used, reasons, post_index) + unused_mg, warnings)
+                    unused_series(scan, used, reasons, post_index) + unused_mg + unreadable,
+                    warnings + unreadable_warning(unreadable))
   if not imaging.mri and imaging.mammogram is None:
     files = sum(1 for p in folder.rglob("*") if p.is_file())
     found = sum(len(s.files) for st in scan.studies.values() for s in st.series.values())
-    imaging.empty = ("the folder is empty" if not files else
-                     f"none of its {files} files is a DICOM image or a NIfTI exam" if not found
-                     else f"none of its {found} DICOM images is used (see the unused images)")
+    imaging.empty = (
+        "the folder is empty" if not files else
+        f"none of its {files} files is a DICOM image or a NIfTI exam{unread_note(scan)}"
+        if not found else
+        f"none of its {found} DICOM images is used (see the unused images)")
   return imaging
 
 
@@ -400,26 +376,11 @@ def find_file(root: Path, names: tuple[str, ...], depth: int = 2) -> Path | None
   return None
 
 
-def read_clinical_csv(path: Path) -> tuple[list[str], dict[str, list[dict[str, str]]]]:
-  """(headers, rows by patient id) of the clinical CSV."""
-  with path.open(newline="", encoding="utf-8-sig") as handle:
-    reader = csv.DictReader(handle)
-    headers = list(reader.fieldnames or [])
-    id_column = next((h for h in headers if clinical_table.normalise(h) == "patient id"), None)
-    if id_column is None:
-      raise ValueError(f"{path}: no {PATIENT_ID_COLUMN!r} column (columns: {headers})")
-    rows: dict[str, list[dict[str, str]]] = {}
-    for row in reader:
-      key = (row.get(id_column) or "").strip()
-      if key:
-        rows.setdefault(key, []).append(row)
-  return headers, rows
-
-
 def discover(root: Path | str, *, two_study_followup: str = "post",
              t1_phase: str | None = None, mg_view: str = "CC",
-             post_index: int = 1, workers: int = 1,
-             progress: bool = False) -> list[PatientSource]:
+             post_index: int = 1, column_map: str | None = None,
+             ignore_columns: str | None = None, clinical_encoding: str = "utf-8-sig",
+             workers: int = 1, progress: bool = False) -> list[PatientSource]:
   """Finds every patient of a generic export.
 
   Args:
@@ -429,6 +390,9 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
       ignores T1 studies.
     mg_view: preferred mammography view ('CC' or 'MLO').
     post_index: which post-contrast phase is subtracted (1 = first).
+    column_map: 'HEADER=variable;...': clinical.csv columns read as these rhpc variables.
+    ignore_columns: 'HEADER;...': clinical.csv columns that hold no rhpc variable.
+    clinical_encoding: the text encoding of clinical.csv (a Python codec name).
     workers: processes scanning patient folders (see ``workers.map_patients``).
     progress: show the scan's progress bar (input_pipeline.cli.progress).
 
@@ -438,7 +402,9 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
     unrecognised label, unreadable DICOM, a study without pre-contrast series...).
 
   Raises:
-    FileNotFoundError / ValueError: no clinical.csv, no patient_id column, a bad option.
+    FileNotFoundError / ValueError: no clinical.csv, no patient_id column, a header close to
+      an rhpc variable's but not one (clinical_table.check_columns), text not in
+      ``clinical_encoding``, a malformed row, a bad option.
   """
   root = Path(root)
   followup = _phase_option(two_study_followup, "two_study_followup", ("mid", "post"))
@@ -449,7 +415,9 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
   if not csv_path.is_file():
     raise FileNotFoundError(f"{root}: no {CLINICAL_FILE} (one row per patient, a "
                             f"{PATIENT_ID_COLUMN!r} column and the pCR label)")
-  headers, rows = read_clinical_csv(csv_path)
+  headers, rows = read_clinical_csv(
+      csv_path, clinical_table.ColumnChoices.parse(column_map, ignore_columns),
+      clinical_encoding)
   label_column = clinical_table.find_label_column(headers)
   folders = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
