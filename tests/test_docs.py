@@ -139,6 +139,16 @@ def test_no_comment_cites_an_issue_number():
                      + "\n".join(found))
 
 
+def test_markdown_links_resolve():
+  broken = []
+  for path in _source_files():
+    if path.suffix == ".md":
+      for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
+        if not target.startswith(("http://", "https://")) and not (path.parent / target).exists():
+          broken.append(f"{path.relative_to(ROOT)}: {target}")
+  assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
 def test_readme_stays_short():
   lines = len((ROOT / "README.md").read_text(encoding="utf-8").splitlines())
   assert lines <= README_MAX_LINES, (
