@@ -62,8 +62,9 @@ def _headings(page: Path) -> set[str]:
 
 
 def _resolve(page: str, citing: Path) -> Path:
-  """A page named bare inside docs/ is a sibling; otherwise paths are from the root."""
-  if citing.parent == ROOT / "docs" and "/" not in page:
+  """A page named bare inside docs/ is a sibling (README.md and BUILD_NOTES.md are the root's);
+  otherwise paths are from the root."""
+  if citing.parent == ROOT / "docs" and "/" not in page and page not in ROOT_FILES:
     return ROOT / "docs" / page
   return ROOT / page
 
