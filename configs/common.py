@@ -22,8 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0  # model init, data order and augmentation all derive from it
   config.distributed = False  # jax.distributed.initialize() (auto when JAX_COORDINATOR_ADDRESS)
   # GPU: XLA's deterministic reductions and scatters (--xla_gpu_deterministic_ops), so the same
-  # command gives the same bytes on one GPU too. Costs speed; not measured yet (no GPU here).
-  # CPU runs are deterministic without it (BUILD_NOTES.md, issue #14).
+  # command gives the same bytes on one GPU too, at a cost in speed not yet measured. CPU runs
+  # are deterministic without it (docs/design.md, "Reproducibility").
   config.deterministic_gpu = False
 
   # ---- devices ---------------------------------------------------------------------------------
@@ -41,11 +41,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.time_embedding = True  # ablation switch: phase one-hot -> Linear+ELU added to image features
   m.knowledge_predictor = True  # ablation switch: cross-modal knowledge predictor branch
   # Training only: P(response head sees no image features) per example (models/fusion.py). Not
-  # in the paper; the paper variant sets 0. BUILD_NOTES.md: the demo experiments behind 0.5.
+  # in the paper; the paper variant sets 0. Why 0.5: docs/experiments.md, "The fused models on
+  # small cohorts".
   m.modality_dropout = 0.5
   # Fused models: the rhpc model's linear classifier as a skip connection beside the response
   # head (whose last layer starts at zero); with rhpc_init the fused model starts as the trained
-  # rhpc model and learns what the images add. BUILD_NOTES.md: the experiments behind it.
+  # rhpc model and learns what the images add (docs/experiments.md, "The fused models on small
+  # cohorts").
   m.rhpc_skip = True
   m.siamese_batching = "joint"  # joint (one 2B encoder call) | separate (one call per branch)
   m.encoder = e = ml_collections.ConfigDict()
@@ -59,11 +61,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   e.width = 64  # channels of the first stage; 64 is ResNet18
   e.remat = "none"  # none | dots | full: rematerialise the stem and blocks in the backward pass
   # The strided stem as a stride-1 convolution over space-to-depth blocks (same function and
-  # weights; for GPUs, whose kernels handle one input channel poorly). BUILD_NOTES.md.
+  # weights; for GPUs, whose kernels handle one input channel poorly). docs/design.md, "Memory:
+  # remat and the space-to-depth stem".
   e.stem_space_to_depth = False
   # How convolutions reach XLA: direct (one convolution op each) | decomposed (the forms XLA:CPU
   # runs fast: 2D convolutions over depth taps, matmuls over patches for small planes) | auto
-  # (decomposed on CPU, direct on accelerators). Same function and weights; BUILD_NOTES.md.
+  # (decomposed on CPU, direct on accelerators). Same function and weights; docs/design.md,
+  # "Convolutions on the CPU".
   e.conv_lowering = "auto"
   m.rhpc_init = ""  # fused models: start the rhpc encoder from this rhpc train workdir's
   m.pretrained = ""  # PyTorch checkpoint for the image encoder (MedicalNet .pth / torchvision)
@@ -116,13 +120,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.geometry = ""
   d.shuffle_window = 16  # records held for shuffling: RAM ~ window x 66 MB at full geometry
   # Processes reading, decoding and batching the training data (0: threads of the training
-  # process, enough for the demo; a full-geometry GPU run wants several, README "Input
-  # pipeline"). Each holds its own shuffle window; a run resumes with the same number.
+  # process, enough for the demo; a full-geometry GPU run wants several, docs/data.md, "The
+  # input pipeline"). Each holds its own shuffle window; a run resumes with the same number.
   d.workers = 0
   # How the training images reach the device: 'views' (no host batch: each record's volumes,
   # pages of the mapped shards, put on the device as they are and stacked inside the step),
   # 'batch' (copied into a reused host batch, one transfer), 'auto' ('views' on one device
-  # with workers = 0, else 'batch'). README "Input pipeline".
+  # with workers = 0, else 'batch'). docs/data.md, "The input pipeline".
   d.transfer = "auto"
 
   # ---- augmentation (on the device, inside the train step; mrp_jax/core/augment.py) ------

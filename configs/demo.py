@@ -25,7 +25,7 @@ def get_config(arg=None):
   # Synthetic patients (four are deliberately broken and get skipped). 1,000 so that the test
   # split (~250 complete patients) can rank models 0.02-0.05 AUROC apart: on the 74 test
   # patients of 360 even the oracles' iMGrhpc < iMRrhpc gap (0.006-0.012) was noise
-  # (BUILD_NOTES.md, "A test split that can rank the models").
+  # (docs/experiments.md, "A test split that can rank the models").
   d.patients = 1000
   d.geometry = "tiny"  # prepare's --geometry: full | demo | tiny (8 mm voxels: CPU minutes)
   d.workers = 2  # processes for generation and preparation
@@ -35,8 +35,8 @@ def get_config(arg=None):
   # rest to validation: 448 / 299 / 249 patients at seed 0.
   d.split_fractions = (0.45, 0.15, 0.4)
   d.rhpc_init = True  # iMGrhpc / iMRrhpc start their rhpc encoder from the trained rhpc run
-  # Per model: steps, global batch size and peak learning rate (BUILD_NOTES.md: the demo
-  # experiments; rhpc and iMRrhpc were under-trained at 150 and 300 steps of 1e-3).
+  # Per model: steps, global batch size and peak learning rate (docs/experiments.md, "Training
+  # lengths of the demo": rhpc and iMRrhpc were under-trained at 150 and 300 steps of 1e-3).
   d.train = ml_collections.ConfigDict({
       "rhpc": {"steps": 300, "batch_size": 32, "learning_rate": 3e-3},
       "iMGrhpc": {"steps": 200, "batch_size": 16, "learning_rate": 1e-3},

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accelerator figures of BUILD_NOTES.md: iMRrhpc at 176 x 176 x 352 in bfloat16, JAX against
+# GPU figures for docs/performance.md: iMRrhpc at 176 x 176 x 352 in bfloat16, JAX against
 # PyTorch (torch.compile, channels_last_3d, cudnn.benchmark, bf16 autocast) on one GPU, for the
 # default ResNet layout and MedicalNet's dilated layout; the three models' JAX steps; and the
 # input pipeline at full geometry on the host's cores (in-process and with worker processes),
@@ -49,8 +49,8 @@ for stage in $STAGES; do
         # The default layout also trains from the pipeline (8 worker processes).
         [ "$layout" = resnet ] && [ -f "$RECORDS/manifest.json" ] &&
             parts="('eval','train','augment','pipeline','torch')"
-        # XLA:GPU plans 14.6 GB for batch 8 without remat on an H100 (BUILD_NOTES.md, "XLA:GPU
-        # without a GPU"); should it not fit, the same run again with every block rematerialised.
+        # XLA:GPU plans 14.6 GB for batch 8 without remat on an H100 (docs/performance.md,
+        # "Memory plan"); should it not fit, the same run again with every block rematerialised.
         for remat in none full; do
           python3 -m mrp_jax.main --config "configs/benchmark.py:$VARIANT,gpu" \
               --workdir "$OUT/imr_${layout}_remat_$remat" \

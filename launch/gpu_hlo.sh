@@ -7,7 +7,7 @@
 #   bash launch/gpu_hlo.sh [OUT_DIR]       (TARGET=h200 for the H200)
 #
 # Needs the jax CUDA plugin of the installed jax (`pip install -e '.[gpu-aot]'`); no CUDA
-# libraries, driver or GPU. The figures are in BUILD_NOTES.md ("XLA:GPU without a GPU").
+# libraries, driver or GPU. The figures: docs/performance.md, "Compiled for an H100".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu_hlo}

@@ -25,7 +25,7 @@ Patients go through each model in batches of ``--batch_size`` rows (the last one
 the compiled programs are kept in JAX's persistent compilation cache (``--compilation_cache``),
 so a later call, with any number of patients, compiles nothing: the first call on a machine
 compiles every model's programs once (about 30 s for the demo's runs on 2 CPU cores), later
-calls only read and run (BUILD_NOTES.md has the figures).
+calls only read and run (docs/performance.md, "predict: compilation cache and batch size").
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ ANONYMOUS = "P000000000000"  # in-memory records need a pseudonym; nothing is wr
 # Patients per model call: every call has this many rows (padding rows cost compute when there
 # are fewer patients), so that one compiled program per model serves any number of patients. On
 # a CPU larger batches gained nothing (16 demo patients: 1.8 s each with batches of 1, 4 or 8)
-# and padding a one-patient call to 4 rows cost 4 s (BUILD_NOTES.md).
+# and padding a one-patient call to 4 rows cost 4 s (docs/performance.md, "predict:
+# compilation cache and batch size").
 DEFAULT_BATCH_SIZE = 1
 
 

@@ -7,11 +7,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # LLVM optimisation of XLA:CPU code costs far more than it saves at test sizes: init of a tiny
 # 3D ResNet compiles in 6 s instead of 27 s, train steps run as fast (convolutions are library
-# calls). BUILD_NOTES.md has the measurement.
+# calls). docs/performance.md, "Compile time in tests", has the measurement.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 # One persistent compilation cache for the session and the subprocesses it starts (the CLI and
 # multi-process tests compile the same programs again): a repeated 10-step iMGrhpc run took
-# 20.7 s instead of 39.8 s (BUILD_NOTES.md).
+# 20.7 s instead of 39.8 s (docs/performance.md, "Compile time in tests").
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"mrp_jax_test_xla_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

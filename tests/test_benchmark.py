@@ -37,7 +37,8 @@ def test_full_geometry_encoder_flops_match_design(layout):
 def test_analytic_valid_taps_match_xla_cost_analysis(spatial_dims, shape, layout):
   """XLA's count lies between the in-bounds taps (forward_flops(valid_only=True)) and every tap
   (the model-FLOP convention). At these tiny sizes most taps touch padding, so the two bounds are
-  far apart (BUILD_NOTES.md records the ratios); at the full geometry they differ by a few %."""
+  far apart (docs/design.md, "Benchmark", has the ratios); at the full geometry they differ by
+  a few %."""
   kwargs = dict(LAYOUTS[layout], spatial_dims=spatial_dims, width=8, shortcut="B")
   encoder = ResNet(**kwargs)
   x = jnp.zeros((1, *shape, 1), jnp.float32)

@@ -94,7 +94,8 @@ def trained_imr(trained_runs, training_records):
 
 def test_model_attributions_are_complete_on_a_trained_model(trained_imr):
   """Kept small (2 patients, 8 nodes in chunks of 4): the suite's XLA:CPU runs unoptimised
-  code, where a vmapped 3D gradient is slow (BUILD_NOTES.md)."""
+  code, where a vmapped 3D gradient is slow (docs/performance.md, "Integrated Gradients on
+  XLA:CPU")."""
   run, batch = trained_imr
   variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
   out = explain.model_attributions(run.model, variables, batch, target="probability", steps=8,
@@ -106,7 +107,8 @@ def test_model_attributions_are_complete_on_a_trained_model(trained_imr):
   assert np.all(np.abs(difference) > 1e-3)
   # Completeness: the features add up to f(x) - f(baseline) up to the quadrature error of 8
   # Gauss-Legendre nodes on a ReLU network: within 0.01 + 5% here (on the demo's trained
-  # iMRrhpc, 32 nodes leave |delta| <= 0.009 for differences of 0.4-0.5; BUILD_NOTES.md).
+  # iMRrhpc, 32 nodes leave |delta| <= 0.009 for differences of 0.4-0.5;
+  # docs/experiments.md, "Integrated Gradients: baseline and nodes").
   assert np.all(np.abs(total - difference) <= 0.01 + 0.05 * np.abs(difference))
   # The per-feature sums cover every input element: they add up to the whole-tensor sum that
   # delta is computed from. The same few thousand elements summed in two groupings differ by
@@ -182,7 +184,8 @@ def test_variables_without_label_information_rank_in_the_lower_half():
   and half carry nothing, explained as the evaluate job does (reference patient baseline,
   the paper's signed Fig. 4 ranking): every uninformative variable ranks in the lower half.
   (Held for training seeds 0, 1 and 2; with the old all-zero baseline an uninformative
-  variable ranked 5th, 5th and 9th: BUILD_NOTES.md.)"""
+  variable ranked 5th, 5th and 9th: docs/experiments.md, "Integrated Gradients: baseline and
+  nodes".)"""
   import optax
 
   from mrp_jax.evaluation import cohort, statistics

@@ -193,7 +193,7 @@ def test_target_config_states_the_part():
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs the jax CUDA plugin (the gpu-aot extra)")
 def test_deviceless_h100_compile(tmp_path):
-  """XLA:GPU compiles iMRrhpc's steps for two H100s with no GPU here: every convolution becomes
+  """XLA:GPU compiles iMRrhpc's steps for two H100s without a GPU: every convolution becomes
   a cuDNN call (XLA computes a few small forward convolutions as cuDNN's filter gradient), the
   census' FLOPs are the analytic every-tap count of one device's half of the batch (no tap is
   dropped at this geometry), and the train step all-reduces its gradients."""

@@ -1,4 +1,4 @@
-"""The package's layers import one way (README, "What is inside"):
+"""The package's layers import one way (docs/design.md, "Layers"):
 
   configs         plain ml_collections data; imports nothing from the project
   input_pipeline  the data layer (schema, ingestion, records, batches, synthetic data);

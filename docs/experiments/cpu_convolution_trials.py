@@ -1,5 +1,5 @@
 """Convolution forms on XLA:CPU that the model does not use, measured against those it does
-(BUILD_NOTES.md, issue #20: "XLA:CPU's options").
+(docs/experiments.md, "XLA:CPU's options").
 
 An experiment, not part of the package. Commands (from the repository root, ~1 minute each on
 2 cores):

@@ -1,5 +1,5 @@
-"""What a linear model finds in untrained features of the demo's mammograms (BUILD_NOTES.md,
-issue #14: "What a global-average-pooled encoder sees first").
+"""What a linear model finds in untrained features of the demo's mammograms (docs/experiments.md,
+"What a pooled encoder sees first").
 
 An experiment, not part of the package. Command (from the repository root, ~1 minute on 2
 cores):

@@ -1,6 +1,5 @@
 """How many labelled mammograms a 2D ResNet18 trained from scratch needs to find the synthetic
-cohort's mammogram evidence (BUILD_NOTES.md, issue #14: "The mammogram encoder needs more
-mammograms than the demo has").
+cohort's mammogram evidence (docs/experiments.md, "How many mammograms it needs").
 
 An experiment, not part of the package. Command (from the repository root, ~10 minutes on 2
 cores):

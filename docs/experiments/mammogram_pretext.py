@@ -1,5 +1,5 @@
 """A generic self-supervised starting point for the mammogram encoder, judged by a linear probe
-(BUILD_NOTES.md, issue #14: "A contrastive starting point").
+(docs/experiments.md, "A contrastive starting point").
 
 An experiment, not part of the package. Commands (from the repository root, ~3 minutes each on 2
 cores, plus ~1 minute to draw the cohort):

@@ -1,5 +1,5 @@
 """What the demo's mammogram encoder learns from 124 labelled mammograms, by kind of target
-(BUILD_NOTES.md, issue #14: "What 124 labels can teach the encoder").
+(docs/experiments.md, "What 124 labels can teach the encoder").
 
 An experiment, not part of the package. Command (from the repository root, ~4 minutes on 2
 cores, plus ~1 minute to draw the cohort):

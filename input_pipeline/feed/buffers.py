@@ -1,10 +1,10 @@
 """Batch buffers allocated once and reused, recycled when nothing refers to them any more.
 
 Why: a full-geometry iMRrhpc batch of 4 patients holds 175 MB of volumes. Written into freshly
-allocated memory, every page costs a fault and a zero fill first (0.27-1.3 GB/s on the 2-core VM
-of BUILD_NOTES.md, faster only when the kernel has transparent huge pages to give); into pages
-already mapped the same copy runs at ~9 GB/s, every time. So the image array of every batch
-comes from a pool of buffers that are used again.
+allocated memory, every page costs a fault and a zero fill first (1.2-1.3 GB/s on 2 cores,
+faster only when the kernel has transparent huge pages to give); into pages already mapped the
+same copy runs at ~9 GB/s, every time (docs/performance.md, "Components"). So the image array
+of every batch comes from a pool of buffers that are used again.
 
 The contract, the one thing a consumer of batches must know: **a batch's image buffer is
 written again only once no reference to the array made on it is left** -- not the batch dict,

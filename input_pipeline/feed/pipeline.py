@@ -80,7 +80,8 @@ DEFAULT_SHUFFLE_WINDOW = 16
 DEFAULT_CYCLE_LENGTH = 4
 # Records read ahead per open shard by its reader thread. At least 1: with 0, grain 0.2.18's
 # InterleaveIterDataset still starts the reader thread, with an unbounded queue, and the
-# consumer reads the same file object too (misaligned reads, MemoryError; BUILD_NOTES.md).
+# consumer reads the same file object too (misaligned reads, MemoryError; docs/data.md, "The
+# input pipeline").
 DEFAULT_READ_BUFFER = 1
 # Batches assembled ahead in a background thread (0: assembled when asked for).
 DEFAULT_PREFETCH_BATCHES = 2

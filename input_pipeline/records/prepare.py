@@ -369,7 +369,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_string("source", None, "Required. The export or collection folder.", **fv)
   flags.DEFINE_string("out", None, "Required. Folder for the shards and manifest.json.", **fv)
   flags.DEFINE_enum("layout", "generic", sorted(layouts.LAYOUTS),
-                    "How the source is organised (README, 'Your own data').", **fv)
+                    'How the source is organised (docs/data.md, "Layouts").', **fv)
   flags.DEFINE_enum("geometry", "full", sorted(GEOMETRIES),
                     f"Preset of voxel spacing, MRI box and mammogram size: {_geometry_help()}.",
                     **fv)

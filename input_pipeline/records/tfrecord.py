@@ -46,7 +46,7 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
   itself, so a record mapped from a shard is read once and never copied, and the GIL is
   released for buffers over 32 KiB: reader threads check CRCs while other threads run.
   (google-crc32c takes only ``bytes`` objects: a mapped record had to be copied to it in 1 MiB
-  pieces, with the GIL held during each copy; BUILD_NOTES.md, issue #21.)
+  pieces, with the GIL held during each copy; docs/performance.md, "Components".)
   """
   return _crc32c.crc32c(data)
 

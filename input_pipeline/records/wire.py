@@ -7,9 +7,8 @@ out of a serialised Example as views, so protobuf parses only the few hundred by
 
 Parsing a 44-66 MB Example with protobuf copies every volume twice (into the message, then
 into a Python bytes object per access): ~60 ms per full-geometry record, more than the rest
-of the input pipeline (BUILD_NOTES.md, "Input pipeline at full geometry"). Cut out as views,
-the volumes cost nothing, and every check of the record format still runs on protobuf's reading
-of the record.
+of the input pipeline (docs/data.md, "The records"). Cut out as views, the volumes cost
+nothing, and every check of the record format still runs on protobuf's reading of the record.
 """
 
 from __future__ import annotations

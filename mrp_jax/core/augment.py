@@ -281,7 +281,8 @@ def _augment_mri_intensity(volume: jax.Array, peak: jax.Array, key: jax.Array,
   the warped volume (``peak`` is max |volume| before warping; trilinear weights are convex, so
   the warped |volume| stays below it). XLA then fuses every step into the resampling's output
   loop. Selecting between whole volumes made XLA:CPU materialise eight gather-index arrays
-  instead: 174 ms against 45 ms for the default options at B=4, 44 x 44 x 88 (BUILD_NOTES.md).
+  instead: 174 ms against 45 ms for the default options at B=4, 44 x 44 x 88
+  (docs/performance.md, "On-device augmentation").
   """
   o = options
   # [0] gamma applied, [1] log gamma, [2] bias applied, [3] scale applied, [4] scale,

@@ -271,7 +271,7 @@ class Checkpoints:
     # The two managers' finalisation uses the same named multi-process barrier
     # (ThreadSaveMultiHostValueHolder): a best save overlapping the latest manager's async
     # save failed a 2-process test with "Barrier ... is already ongoing" under load (orbax
-    # 0.12.8; BUILD_NOTES.md). Saving one at a time avoids the collision.
+    # 0.12.8; docs/design.md, "Checkpoints"). Saving one at a time avoids the collision.
     self.latest.wait_until_finished()
     digest = self._state_digest(step, state)
     if step in self.best.all_steps():

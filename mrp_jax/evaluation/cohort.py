@@ -8,7 +8,7 @@
   Post-NAT MRI where the collection has them), so every phase and every model is measured on
   the same patients; or ``"per_phase"``: at each phase whoever has that phase's images.
 * :func:`reference_patient`: the training split's most common value of every rhpc variable,
-  the Integrated Gradients baseline (README, "Explanations").
+  the Integrated Gradients baseline (docs/design.md, "Explanations").
 """
 
 from __future__ import annotations

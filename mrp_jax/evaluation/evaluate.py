@@ -31,7 +31,7 @@ WORKDIR/report/
   predictions.csv        one row per patient x split x phase x model: pseudonym, calibrated
                          and uncalibrated probability, label, whether the row is reported, the
                          rhpc subgroup variables
-  metrics.json           everything measured (README, "Reading the report")
+  metrics.json           everything measured (README.md, "Evaluation and the report")
   calibration.json       the Platt maps (for `predict`)
   mrp_ensemble.json      the MRP weights (for `predict`)
   attribution_baseline.json  the reference patient, Integrated Gradients' baseline (`predict`)

@@ -12,7 +12,7 @@ attributions minus f(x) - f(x'), measures the quadrature error.
 Path points are batched: the gradient is vmapped over a chunk of points, and chunks run one after
 another in a ``lax.scan`` that carries only the running weighted sum of gradients. Memory is
 therefore that of one gradient evaluation of ``chunk_size`` path points times the batch, never of
-all ``steps`` points, which is what makes 3D volumes feasible (BUILD_NOTES.md).
+all ``steps`` points, which is what makes 3D volumes feasible (docs/design.md, "Explanations").
 
 Every example's output must depend on that example's inputs only (the models in eval mode:
 BatchNorm uses its running statistics), so one gradient of the batch sum gives every example's
@@ -56,11 +56,13 @@ MRI_SLOTS = ("MRI baseline", "MRI follow-up")
 IMAGE_LABELS = {"mg": "MG", "mri": "MRI"}
 # Image voxels (path points x examples x voxels per example) evaluated at once when
 # model_attributions picks the chunk size: about 2 full-size MRI pairs (176 x 176 x 352 each).
-# Float32 gradients of the default 3D ResNet18 take roughly 1 GB per 10^7 voxels (BUILD_NOTES.md).
+# Float32 gradients of the default 3D ResNet18 take roughly 1 GB per 10^7 voxels
+# (docs/design.md, "Explanations").
 AUTO_CHUNK_VOXELS = 2 ** 25
 # ... and at most this many examples (path points x batch) at once: XLA:CPU's 3D convolutions
 # slow down by far more than the batch grows beyond a training-sized batch (tiny iMRrhpc, 8
-# cases x 16 points: 142 s as one chunk of 128, 4.9 s as 4 chunks of 32; BUILD_NOTES.md).
+# cases x 16 points: 142 s as one chunk of 128, 4.9 s as 4 chunks of 32; docs/performance.md,
+# "Integrated Gradients on XLA:CPU").
 AUTO_CHUNK_EXAMPLES = 32
 
 
@@ -162,7 +164,7 @@ def integrated_gradients(
 
   # A single chunk goes through the scan too: XLA:CPU ran the unscanned program (the path points
   # as constants) 50 times slower (16 points of one demo iMRrhpc patient: 25 s instead of 0.5 s,
-  # compiled in 35 s instead of 6 s; BUILD_NOTES.md).
+  # compiled in 35 s instead of 6 s; docs/performance.md, "Integrated Gradients on XLA:CPU").
   zero = jax.tree.map(jnp.zeros_like, inputs)
   mean_grad, _ = jax.lax.scan(
       body, zero, (jnp.asarray(alphas, jnp.float32), jnp.asarray(weights, jnp.float32)))

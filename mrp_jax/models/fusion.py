@@ -16,8 +16,9 @@ Modality dropout (``modality_dropout`` > 0, training only): per example the resp
 shown the image features as if the patient had no images, so it cannot lean on image features
 alone. Without it, an image encoder that memorises its training patients (easy for a 3D ResNet
 on a few hundred cases) drives the fused head to ignore rhpc, and the fused model generalises
-worse than rhpc alone (BUILD_NOTES.md, demo experiments). The same zeros are what the head sees
-for a patient whose images are missing, so dropout also trains the missing-modality path.
+worse than rhpc alone (docs/experiments.md, "The fused models on small cohorts"). The same
+zeros are what the head sees for a patient whose images are missing, so dropout also trains
+the missing-modality path.
 
 Ablations of the paper: ``knowledge_predictor=False`` removes the predictor's parameters,
 ``time_embedding=False`` the phase embedding's; nothing else changes shape.
@@ -25,7 +26,7 @@ Ablations of the paper: ``knowledge_predictor=False`` removes the predictor's pa
 Siamese BatchNorm: with ``siamese_batching='joint'`` (default) the slots are folded into the
 batch and normalised with shared statistics over all present images; with 'separate' each slot is
 run as its own call (PyTorch semantics of calling one module twice), which normalises baseline and
-follow-up with different batch statistics. BUILD_NOTES.md records why joint is the default.
+follow-up with different batch statistics. Why joint is the default: docs/design.md, "Model".
 """
 
 from __future__ import annotations

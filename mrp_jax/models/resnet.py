@@ -76,7 +76,7 @@ def resolve_conv_lowering(lowering: str) -> str:
 def forward_compiler_options() -> dict[str, str]:
   """XLA options for forward-only programs (evaluation, predict): on the CPU, convolutions on
   XLA's multi-threaded Eigen kernels instead of its YNNPACK fusions, which run each convolution
-  on one thread. Measured (BUILD_NOTES.md, "XLA:CPU's options"): the iMRrhpc eval step 1.3-1.5x
+  on one thread. Measured (docs/experiments.md, "XLA:CPU's options"): the iMRrhpc eval step 1.3-1.5x
   faster on 2 cores, the same on 1; training steps are faster with YNNPACK (its backward
   convolutions), so they keep XLA's defaults. Empty on accelerators."""
   return {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {}
@@ -144,12 +144,13 @@ def convolution(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   """``x`` [B, *spatial, C] convolved with ``kernel`` [*window, C, F] (channels last, no bias).
 
   'direct' is one ``conv_general_dilated``. 'decomposed' gives XLA:CPU the forms it runs fast
-  (BUILD_NOTES.md, "CPU speed"): XLA:CPU sends 2D convolutions to its YNNPACK library but
-  computes 3D ones with a slow generic loop nest, and it swaps the operands of any convolution
-  whose window has more taps than its input has positions (the small last stages; its backward
-  pass too), which then runs 10-100x slower. So a 3D convolution becomes a 2D one with its
-  depth taps as channels, and where a plane (input or output) has fewer positions than the
-  window has taps, the convolution is one matmul over patches (small there by definition).
+  (docs/experiments.md, "Convolutions on XLA:CPU"): XLA:CPU sends 2D convolutions to its
+  YNNPACK library but computes 3D ones with a slow generic loop nest, and it swaps the operands
+  of any convolution whose window has more taps than its input has positions (the small last
+  stages; its backward pass too), which then runs 10-100x slower. So a 3D convolution becomes a
+  2D one with its depth taps as channels, and where a plane (input or output) has fewer
+  positions than the window has taps, the convolution is one matmul over patches (small there
+  by definition).
   The same sums in another order: equal within float32 rounding.
   """
   n = x.ndim - 2
@@ -360,7 +361,7 @@ class ResNet(nn.Module):
     remat: rematerialise the stem and each residual block in the backward pass: 'none',
       'full' (keep only their inputs) or 'dots' (also keep convolution outputs, recompute
       norms and activations). At full MRI geometry the backward pass keeps 6.8 / 0.8 / 0.25 GB
-      per patient (none / dots / full; BUILD_NOTES.md, "Memory plan").
+      per patient (none / dots / full; docs/performance.md, "Memory plan").
     stem_space_to_depth: compute the strided stem convolution as a stride-1 convolution of the
       space-to-depth input (:func:`space_to_depth_conv`): the same function and parameters.
     conv_lowering: how convolutions reach XLA (:func:`convolution`): 'direct' or 'decomposed'

@@ -103,8 +103,8 @@ def rhpc_parts_from(workdir: str | Path, params: Any) -> Any:
 
   The fused models then start from an rhpc representation that saw far more steps than their
   own few hundred, and with the skip connection they start as the rhpc model itself
-  (BUILD_NOTES.md, demo experiments). Shapes must match: the rhpc run and this model need the
-  same rhpc_embed_dim and rhpc_hidden_dim.
+  (docs/experiments.md, "The fused models on small cohorts"). Shapes must match: the rhpc run
+  and this model need the same rhpc_embed_dim and rhpc_hidden_dim.
   """
   source = runs.load_run(workdir, sharding.make_mesh(jax.devices()[:1]))
   if "rhpc_encoder" not in params:

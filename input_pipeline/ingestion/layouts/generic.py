@@ -157,8 +157,8 @@ def _date(study: StudyInfo) -> datetime.date | None:
     return None
 
 
-# The rule for a patient whose tumour side the clinical table does not give (README, "Your own
-# data"); prepare and predict both come here.
+# The rule for a patient whose tumour side the clinical table does not give (docs/data.md,
+# "Which images are used"); prepare and predict both come here.
 UNKNOWN_SIDE_RULE = ("the breast the Pre-NAT mammography study images alone; if it images "
                      "both, the one with more images (a work-up adds views of the tumour side); "
                      "on a tie, the left (breast cancer is slightly more common on the left)")
