@@ -51,15 +51,20 @@ def patients(training_records, tmp_path_factory):
   return folders, broken, clinical
 
 
-def _evaluation(folder, trained_runs):
-  """An evaluate report folder's files: MRP weights 0.3 / 0.7, a Platt map per run and phase
-  (distinct, so that a wrong one shows), the reference patient's rhpc inputs."""
+def _evaluation(folder, trained_runs, inputs=None):
+  """An evaluate report folder's files: MRP weights 0.3 / 0.7 combining ``inputs`` (None: a
+  file written before the choice was saved, which combined calibrated probabilities), a Platt
+  map per run and phase (distinct, so that a wrong one shows; with 'model' inputs MRP's too),
+  the reference patient's rhpc inputs."""
   folder.mkdir()
-  ensemble.EnsembleWeights(w_mg=0.3, w_mr=0.7, objective="test", grid_step=0.05,
-                           validation_auroc=0.5).save(folder / "mrp_ensemble.json")
+  weights = {"w_mg": 0.3, "w_mr": 0.7, "objective": "test", "grid_step": 0.05,
+             "validation_auroc": 0.5}
+  (folder / "mrp_ensemble.json").write_text(json.dumps(
+      weights if inputs is None else {**weights, "inputs": inputs}))
+  labels = [*trained_runs, *(["MRP"] if inputs == "model" else [])]
   maps = {label: {phase: calibration.PlattMap(0.5 + 0.1 * k, -1.0 + 0.5 * j, 10, 4)
                   for j, phase in enumerate(("pre", "mid", "post"))}
-          for k, label in enumerate(trained_runs)}
+          for k, label in enumerate(labels)}
   calibration.save(folder / "calibration.json", maps, "validation")
   reference = np.zeros(encoding.INPUT_DIM, np.float32)
   for start, stop in encoding.INPUT_SLICES:
@@ -120,6 +125,39 @@ def test_predict_answers_every_good_patient_and_reports_the_broken_one(
   assert unknown_side["images"]["mammogram"] is True
   assert unknown_side["warnings"][0].startswith("tumour side unknown in the clinical table: ")
   assert "iMGrhpc" in unknown_side["probability"]
+
+
+def test_mrp_of_the_models_own_probabilities_is_calibrated_after(trained_runs, patients,
+                                                                 tmp_path):
+  """With 'model' inputs (the paper's), MRP is W1 F1 + W2 F2 of the models' own probabilities
+  through MRP's own map at the patient's phase, while each model still answers calibrated."""
+  folders, _, clinical = patients
+  maps = _evaluation(tmp_path / "report", trained_runs, inputs="model")
+  runs_arg = ",".join(f"{k}={v}" for k, v in trained_runs.items())
+
+  def answers(*extra):
+    out = tmp_path / f"answers{len(extra)}.json"
+    assert predict.main([*map(str, folders), "--runs", runs_arg, "--clinical", str(clinical),
+                         "--out", str(out), *extra]) == 0
+    return {a["patient"]: a for a in json.loads(out.read_text())}
+
+  own = answers()
+  calibrated = answers("--evaluation", str(tmp_path / "report"), "--explain_steps", "1")
+  mixed = 0
+  for folder in folders:
+    answer, p = calibrated[folder.name], own[folder.name]["probability"]
+    phase = answer["phase"]
+    # The uncalibrated answer is the model's own probability in float32 (2^-24 relative): the
+    # mix moves by as little, its logit by 2^-24 / (1 - y), MRP's output by less than that
+    # times its slope (0.8) / 4; abs 1e-5 bounds it for y up to ~0.99, as for each model.
+    y = (0.3 * p["iMGrhpc"] + 0.7 * p["iMRrhpc"] if "iMGrhpc" in p else p["iMRrhpc"])
+    mixed += "iMGrhpc" in p
+    assert answer["probability"]["MRP"] == pytest.approx(
+        maps["MRP"][phase](np.log(y / (1 - y))), abs=1e-5)
+    for label, q in p.items():
+      assert answer["probability"][label] == pytest.approx(
+          maps[label][phase](np.log(q / (1 - q))), abs=1e-5)
+  assert mixed  # a patient with both images was mixed
 
 
 def test_predict_rejects_a_bad_runs_argument(capsys, tmp_path):
