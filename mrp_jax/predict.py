@@ -20,9 +20,10 @@ the evaluation combined: the models' own probabilities, then MRP's output throug
 calibration map (the paper's, 'model'), or their calibrated probabilities ('calibrated'; also
 every mrp_ensemble.json written before the choice was saved), and the strongest
 Integrated-Gradients attributions of MRP (or the single model) against the evaluation's
-reference patient (attribution_baseline.json), of the probabilities MRP combines. Without it, each model's own,
-uncalibrated probability and nothing else. A patient whose data cannot be used gets an error
-message; the others still get answers. The exit status is 1 when no patient got one.
+reference patient (attribution_baseline.json), of the probabilities MRP combines. Without it,
+each model's own, uncalibrated probability and nothing else. A patient whose data cannot be
+used gets an error message; the others still get answers. The exit status is 1 when no patient
+got one.
 
 Patients go through each model in batches of ``--batch_size`` rows (the last one padded), and
 the compiled programs are kept in JAX's persistent compilation cache (``--compilation_cache``),

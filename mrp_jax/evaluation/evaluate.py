@@ -13,7 +13,8 @@ explanations and a report.
    by it);
 3. predictions.add_mrp: the MRP weights fitted on the fit split (ensemble.py) on the
    models' own probabilities (config.evaluate.mrp_inputs 'model', the paper's; MRP's output
-   then gets its own Platt map) or on their calibrated ones ('calibrated'), and MRP's scores; readers.add_readers: readers' probabilities and their mean ("Readers (mean)", the
+   then gets its own Platt map) or on their calibrated ones ('calibrated'), and MRP's
+   scores; readers.add_readers: readers' probabilities and their mean ("Readers (mean)", the
    paper's +R); predictions.add_oracle: for a synthetic export, the oracles' probabilities;
 4. scores.reported_scores: the reported split's scores of the reported cohort
    (config.evaluate.cohort; cohort.py): by default the patients with every image, the same at

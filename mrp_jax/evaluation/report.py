@@ -308,7 +308,8 @@ def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any],
                    f"{_fmt(entry.get('brier_uncalibrated'))} | {_fmt(entry.get('brier'))} |")
   if "MRP" in result["models"] and "MRP" not in result["calibration"]["maps"]:
     for phase, entry in result["models"]["MRP"].items():  # it combines calibrated probabilities
-      lines.append(f"| MRP (of calibrated) | {phase} | - | - | - | - | {_fmt(entry.get('brier'))} |")
+      lines.append(f"| MRP (of calibrated) | {phase} | - | - | - | - | "
+                   f"{_fmt(entry.get('brier'))} |")
   lines.append("")
   paper = result["paper_claims"]
   if paper["claims"]:
