@@ -306,26 +306,29 @@ def _answer_batch(run: runs.Run, patients: Sequence[_Patient], spec: batching.Ba
 
 def _combine(patient: _Patient, by_name: dict[str, runs.Run], evaluation: Evaluation | None,
              top: int) -> None:
-  """MRP from the patient's calibrated probabilities and its strongest attributions."""
+  """MRP from the probabilities the evaluation's weights combine (mrp_ensemble.json's
+  inputs), and the strongest attributions of MRP (or of the single model)."""
   probabilities, attributions = patient.probability, patient.attributions
   weights = evaluation.weights if evaluation is not None else None
+  inputs = patient.own_probability if evaluation is not None and evaluation.own_inputs else (
+      probabilities)
+  p_mg = inputs.get(by_name["iMGrhpc"].label) if "iMGrhpc" in by_name else None
+  p_mr = inputs.get(by_name["iMRrhpc"].label) if "iMRrhpc" in by_name else None
   combined = None
-  if weights is not None and {"iMGrhpc", "iMRrhpc"} & set(attributions):
-    inputs = patient.own_probability if evaluation.own_inputs else probabilities
-    p_mg = inputs.get(by_name["iMGrhpc"].label) if "iMGrhpc" in by_name else None
-    p_mr = inputs.get(by_name["iMRrhpc"].label) if "iMRrhpc" in by_name else None
+  if weights is not None and (p_mg is not None or p_mr is not None):
     present = np.asarray([p_mg is not None]), np.asarray([p_mr is not None])
     y = ensemble.combine(weights, np.asarray([p_mg or 0.0]), np.asarray([p_mr or 0.0]),
                          *present)
     probabilities["MRP"] = float(
         evaluation.platt("MRP", patient.answer["phase"])(ensemble.logit(y))[0]
         if evaluation.own_inputs else y[0])
-    w_mg, w_mr = ensemble.case_weights(weights, *present)
     members = {name: attributions[name] for name in ("iMGrhpc", "iMRrhpc")
                if name in attributions}
-    combined = explain.combine_attributions(
-        members, {"iMGrhpc": w_mg, "iMRrhpc": w_mr}, output=y)
-  elif attributions:
+    if members:  # attributions of y, the function the weights combine
+      w_mg, w_mr = ensemble.case_weights(weights, *present)
+      combined = explain.combine_attributions(
+          members, {"iMGrhpc": w_mg, "iMRrhpc": w_mr}, output=y)
+  if combined is None and attributions:
     combined = next(iter(attributions.values()))
   patient.answer["probability"] = probabilities
   patient.answer["calibrated"] = evaluation is not None

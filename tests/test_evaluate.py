@@ -107,11 +107,13 @@ def test_metrics_json_has_every_model_phase_and_metric(report):
   assert {"value", "ci_low", "ci_high"} <= set(row["net_reduction_in_interventions_per_1000"])
   assert "net_interventions_avoided_per_1000" in row
   assert len(curve["net_reduction_in_interventions"]) == 60
-  # Calibration curves per model (not readers) and phase; Brier before calibration for runs.
+  # Calibration curves per model (not readers) and phase; Brier before calibration for runs
+  # and, with the default 'model' inputs, for MRP's own output; none for readers.
   assert set(metrics["calibration_curves"]["pre"]) == {"iMRrhpc ablation", *MODELS,
                                                         *metrics["oracle"]}
   assert "brier_uncalibrated" in metrics["models"]["rhpc"]["pre"]
-  assert "brier_uncalibrated" not in metrics["models"]["MRP"]["pre"]
+  assert "brier_uncalibrated" in metrics["models"]["MRP"]["pre"]
+  assert "brier_uncalibrated" not in metrics["models"]["Reader A"]["pre"]
 
 
 def _predictions(folder):

@@ -363,3 +363,42 @@ def test_predict_preprocesses_as_each_runs_records_were(trained_runs, patients, 
   assert seen[0][0].spacing_mm == (5.5, 5.5, 5.5)
   assert seen[0][0].box == tuple(manifest["mri"]["shape"])
   assert seen[0][1].size == tuple(manifest["mammogram"]["shape"])
+
+
+@pytest.mark.parametrize("inputs", ["model", "calibrated"])
+def test_predict_gives_the_evaluations_mrp_for_the_same_patient(inputs, trained_runs,
+                                                                training_records, tmp_path):
+  """The evaluate job, then predict on the folders its validation patients came from: MRP's
+  probability is the one predictions.csv reports for the patient at predict's phase, whichever
+  inputs the weights combine."""
+  from configs import evaluate as evaluate_config
+  from input_pipeline.records import prepare
+  from mrp_jax.evaluation import evaluate
+
+  config = evaluate_config.get_config()
+  config.data.records = str(training_records)
+  config.evaluate.runs = ",".join(f"{k}={v}" for k, v in trained_runs.items())
+  config.evaluate.split = config.evaluate.fit_split = "validation"
+  config.evaluate.cohort = "per_phase"
+  config.evaluate.bootstrap_replicates = 100
+  config.evaluate.explain_cases = 0
+  config.evaluate.mrp_inputs = inputs
+  evaluate.run(config, tmp_path / "eval")
+  report = tmp_path / "eval" / "report"
+  reported = {(r["patient_id"], r["phase"]): float(r["probability"])
+              for r in csv.DictReader(open(report / "predictions.csv"))
+              if r["model"] == "MRP" and r["split"] == "validation"}
+  export = training_records.parent / "export"
+  key = prepare.load_key(training_records.parent / "records.pseudonym.key")
+  folders = [p for p in sorted(export.iterdir())
+             if p.is_dir() and any(k[0] == prepare.pseudonym(key, p.name) for k in reported)]
+  assert folders
+  out = tmp_path / "answers.json"
+  assert predict.main([*map(str, folders), "--runs", config.evaluate.runs, "--evaluation",
+                       str(report), "--clinical", str(export / "clinical.csv"), "--out",
+                       str(out), "--explain_steps", "1"]) == 0
+  for answer in json.loads(out.read_text()):
+    assert "error" not in answer, answer
+    expected = reported[(prepare.pseudonym(key, answer["patient"]), answer["phase"])]
+    # predictions.csv's six decimals (5e-7) and float64 rounding.
+    assert answer["probability"]["MRP"] == pytest.approx(expected, abs=6e-7)
