@@ -26,6 +26,10 @@ def get_config(arg=None):
   ev.phases = ("pre", "mid", "post")  # Pre: Pre data; Mid: Pre+Mid; Post: Pre+Post
   ev.batch_size = 8  # global, for predicting
   ev.fit_split = "validation"  # calibration, MRP weights and thresholds are chosen here
+  # What MRP's weights combine: model (the paper's: each model's own probability; MRP's output
+  # then calibrated on fit_split like each model's) or calibrated (each model's calibrated
+  # probability; MRP's output used as it is). docs/ensemble.md
+  ev.mrp_inputs = "model"
   ev.threshold = "youden"  # youden (on fit_split, per model and phase) or a probability
   ev.bootstrap_replicates = 1000
   ev.readers = ""  # optional CSV: case, phase, reader, probability

@@ -15,11 +15,15 @@ The phase is the latest one the images support: Post-NAT with Pre and Post MRI, 
 with Pre and Mid, else Pre-NAT. Every applicable model answers (iMGrhpc needs the mammogram,
 iMRrhpc an MRI). With ``--evaluation`` (the evaluate job's report folder) the answers are what
 the evaluation reported: each model's probability through its calibration map for that phase
-(calibration.json), MRP combining them with the validation-fitted weights (mrp_ensemble.json),
-and the strongest Integrated-Gradients attributions of MRP (or the single model) against the
-evaluation's reference patient (attribution_baseline.json). Without it, each model's own,
-uncalibrated probability and nothing else. A patient whose data cannot be used gets an error
-message; the others still get answers. The exit status is 1 when no patient got one.
+(calibration.json), MRP combining with the validation-fitted weights (mrp_ensemble.json) what
+the evaluation combined: the models' own probabilities, then MRP's output through its own
+calibration map (the paper's, 'model'), or their calibrated probabilities ('calibrated'; also
+every mrp_ensemble.json written before the choice was saved), and the strongest
+Integrated-Gradients attributions of MRP (or the single model) against the evaluation's
+reference patient (attribution_baseline.json), of the probabilities MRP combines. Without it,
+each model's own, uncalibrated probability and nothing else. A patient whose data cannot be
+used gets an error message; the others still get answers. The exit status is 1 when no patient
+got one.
 
 Patients go through each model in batches of ``--batch_size`` rows (the last one padded), and
 the compiled programs are kept in JAX's persistent compilation cache (``--compilation_cache``),
@@ -193,6 +197,11 @@ class Evaluation:
                ensemble.EnsembleWeights.load(ensemble_path) if ensemble_path.exists() else None,
                np.asarray(baseline["rhpc_inputs"], np.float32))
 
+  @property
+  def own_inputs(self) -> bool:
+    """MRP combines the models' own probabilities (and calibrates its output after)."""
+    return self.weights is not None and self.weights.inputs == "model"
+
   def platt(self, label: str, phase: str) -> calibration.PlattMap:
     if phase not in self.calibration.get(label, {}):
       raise ValueError(f"the evaluation has no calibration of {label} at the {phase} phase "
@@ -209,12 +218,14 @@ class _Patient:
     example: the patient at its phase, None when it failed before getting there.
     platt: run label -> the calibration map at the patient's phase (with an evaluation).
     probability: run label -> the model's probability (calibrated with an evaluation).
+    own_probability: run label -> the model's own probability (what 'model' MRP combines).
     attributions: model name -> label -> [1] the model's attributions of this patient.
   """
   answer: dict[str, Any]
   example: batching.Example | None = None
   platt: dict[str, calibration.PlattMap] = dataclasses.field(default_factory=dict)
   probability: dict[str, float] = dataclasses.field(default_factory=dict)
+  own_probability: dict[str, float] = dataclasses.field(default_factory=dict)
   attributions: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
   def fail(self, error: Exception) -> None:
@@ -268,15 +279,20 @@ def _answer_batch(run: runs.Run, patients: Sequence[_Patient], spec: batching.Ba
   n = len(patients)
   batch = batching.collate([p.example for p in patients], run.model_name, spec, batch_size)
   out = run.eval_step(run.state.params, run.state.batch_stats, batch)
+  logits = np.asarray(out["logit"], np.float64)[:n]
   if evaluation is None:
     for patient, probability in zip(patients, np.asarray(out["probability"])[:n]):
       patient.probability[run.label] = float(probability)
     return
   maps = [patient.platt[run.label] for patient in patients]
-  for patient, platt, logit in zip(patients, maps, np.asarray(out["logit"], np.float64)[:n]):
+  for patient, platt, logit in zip(patients, maps, logits):
     patient.probability[run.label] = float(platt(logit))
+    # The evaluation's own probability: sigmoid of the float64 logit, as inference.predict.
+    patient.own_probability[run.label] = float(calibration.IDENTITY(logit))
   if not explain_steps:
     return
+  if evaluation.own_inputs:  # attributions of the probabilities MRP combines
+    maps = [calibration.IDENTITY] * n
   # Each row's own calibration map (patients of one batch may be at different phases); the
   # padding rows take the identity.
   slope = np.asarray([m.slope for m in maps] + [1.0] * (batch_size - n), np.float32)
@@ -291,22 +307,29 @@ def _answer_batch(run: runs.Run, patients: Sequence[_Patient], spec: batching.Ba
 
 def _combine(patient: _Patient, by_name: dict[str, runs.Run], evaluation: Evaluation | None,
              top: int) -> None:
-  """MRP from the patient's calibrated probabilities and its strongest attributions."""
+  """MRP from the probabilities the evaluation's weights combine (mrp_ensemble.json's
+  inputs), and the strongest attributions of MRP (or of the single model)."""
   probabilities, attributions = patient.probability, patient.attributions
   weights = evaluation.weights if evaluation is not None else None
+  inputs = patient.own_probability if evaluation is not None and evaluation.own_inputs else (
+      probabilities)
+  p_mg = inputs.get(by_name["iMGrhpc"].label) if "iMGrhpc" in by_name else None
+  p_mr = inputs.get(by_name["iMRrhpc"].label) if "iMRrhpc" in by_name else None
   combined = None
-  if weights is not None and {"iMGrhpc", "iMRrhpc"} & set(attributions):
-    p_mg = probabilities.get(by_name["iMGrhpc"].label) if "iMGrhpc" in by_name else None
-    p_mr = probabilities.get(by_name["iMRrhpc"].label) if "iMRrhpc" in by_name else None
+  if weights is not None and (p_mg is not None or p_mr is not None):
     present = np.asarray([p_mg is not None]), np.asarray([p_mr is not None])
-    probabilities["MRP"] = float(ensemble.combine(
-        weights, np.asarray([p_mg or 0.0]), np.asarray([p_mr or 0.0]), *present)[0])
-    w_mg, w_mr = ensemble.case_weights(weights, *present)
+    y = ensemble.combine(weights, np.asarray([p_mg or 0.0]), np.asarray([p_mr or 0.0]),
+                         *present)
+    probabilities["MRP"] = float(
+        evaluation.platt("MRP", patient.answer["phase"])(ensemble.logit(y))[0]
+        if evaluation.own_inputs else y[0])
     members = {name: attributions[name] for name in ("iMGrhpc", "iMRrhpc")
                if name in attributions}
-    combined = explain.combine_attributions(
-        members, {"iMGrhpc": w_mg, "iMRrhpc": w_mr}, output=np.asarray([probabilities["MRP"]]))
-  elif attributions:
+    if members:  # attributions of y, the function the weights combine
+      w_mg, w_mr = ensemble.case_weights(weights, *present)
+      combined = explain.combine_attributions(
+          members, {"iMGrhpc": w_mg, "iMRrhpc": w_mr}, output=y)
+  if combined is None and attributions:
     combined = next(iter(attributions.values()))
   patient.answer["probability"] = probabilities
   patient.answer["calibrated"] = evaluation is not None

@@ -107,42 +107,56 @@ def test_metrics_json_has_every_model_phase_and_metric(report):
   assert {"value", "ci_low", "ci_high"} <= set(row["net_reduction_in_interventions_per_1000"])
   assert "net_interventions_avoided_per_1000" in row
   assert len(curve["net_reduction_in_interventions"]) == 60
-  # Calibration curves per model (not readers) and phase; Brier before calibration for runs.
+  # Calibration curves per model (not readers) and phase; Brier before calibration for runs
+  # and, with the default 'model' inputs, for MRP's own output; none for readers.
   assert set(metrics["calibration_curves"]["pre"]) == {"iMRrhpc ablation", *MODELS,
                                                         *metrics["oracle"]}
   assert "brier_uncalibrated" in metrics["models"]["rhpc"]["pre"]
-  assert "brier_uncalibrated" not in metrics["models"]["MRP"]["pre"]
+  assert "brier_uncalibrated" in metrics["models"]["MRP"]["pre"]
+  assert "brier_uncalibrated" not in metrics["models"]["Reader A"]["pre"]
 
 
 def _predictions(folder):
   return list(csv.DictReader(open(folder / "predictions.csv")))
 
 
-def test_mrp_averages_calibrated_probabilities_with_the_saved_weights(report):
+def test_mrp_mixes_the_models_own_probabilities_and_is_calibrated_after(report):
+  """The default ('model', the paper's): MRP's own output is W1 F1 + W2 F2 of the models' own
+  probabilities, and its reported probability is that output through MRP's Platt map."""
   folder, result, records = report
   weights = ensemble.EnsembleWeights.load(folder / "mrp_ensemble.json")
+  assert weights.inputs == "model" and result["ensemble"]["inputs"] == "model"
   assert weights.w_mg + weights.w_mr == pytest.approx(1.0)
+  maps = calibration.load(folder / "calibration.json")["MRP"]
   rows = _predictions(folder)
-  by = {(r["model"], r["phase"], r["patient_id"]): float(r["probability"]) for r in rows}
+  own = {(r["model"], r["phase"], r["patient_id"]): float(r["uncalibrated_probability"])
+         for r in rows if r["uncalibrated_probability"]}  # readers and oracles have none
   table = cohort.patient_table(records)
   checked = 0
-  for (model, phase, pid), p in by.items():
-    if model == "MRP":
-      p_mg, p_mr = by[("iMGrhpc", phase, pid)], by[("iMRrhpc", phase, pid)]
-      # Every tiny patient has an MRI: with a mammogram the weighted mix, else iMRrhpc's.
-      # The CSV's six decimals: each probability within 5e-7 of its value, so the mix and MRP
-      # within 1e-6 of each other (plus float64 rounding).
-      expected = (weights.w_mg * p_mg + weights.w_mr * p_mr if "mg" in table[pid]["images"]
-                  else p_mr)
-      assert p == pytest.approx(expected, abs=1.5e-6)
-      checked += 1
+  for r in rows:
+    if r["model"] != "MRP":
+      continue
+    key = (r["phase"], r["patient_id"])
+    p_mg, p_mr = own[("iMGrhpc", *key)], own[("iMRrhpc", *key)]
+    # Every tiny patient has an MRI: with a mammogram the weighted mix, else iMRrhpc's. The
+    # CSV's six decimals: each probability within 5e-7 of its value, so the mix and MRP's own
+    # output within 1e-6 of each other (plus float64 rounding).
+    with_mg = "mg" in table[r["patient_id"]]["images"]
+    expected = weights.w_mg * p_mg + weights.w_mr * p_mr if with_mg else p_mr
+    y = float(r["uncalibrated_probability"])
+    assert y == pytest.approx(expected, abs=1.5e-6)
+    # Through the map: a change dy of y moves the probability p by a p (1 - p) dy / (y (1 - y)).
+    m, p = maps[r["phase"]], float(r["probability"])
+    bound = m.slope * p * (1 - p) * 6e-7 / (y * (1 - y)) + 5e-7
+    assert p == pytest.approx(float(m(np.log(y / (1 - y)))), abs=bound)
+    checked += 1
   assert checked
 
 
 def test_calibration_is_saved_and_leaves_every_auroc_unchanged(report):
   folder, result, records = report
   maps = calibration.load(folder / "calibration.json")
-  assert set(maps) == {"iMRrhpc ablation", "rhpc", "iMGrhpc", "iMRrhpc"}
+  assert set(maps) == {"iMRrhpc ablation", "rhpc", "iMGrhpc", "iMRrhpc", "MRP"}
   assert all(set(by_phase) == set(PHASES) for by_phase in maps.values())
   metrics = json.loads((folder / "metrics.json").read_text())
   rows = [r for r in _predictions(folder) if r["reported"] == "1" and r["model"] in maps]

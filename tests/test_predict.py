@@ -51,15 +51,20 @@ def patients(training_records, tmp_path_factory):
   return folders, broken, clinical
 
 
-def _evaluation(folder, trained_runs):
-  """An evaluate report folder's files: MRP weights 0.3 / 0.7, a Platt map per run and phase
-  (distinct, so that a wrong one shows), the reference patient's rhpc inputs."""
+def _evaluation(folder, trained_runs, inputs=None):
+  """An evaluate report folder's files: MRP weights 0.3 / 0.7 combining ``inputs`` (None: a
+  file written before the choice was saved, which combined calibrated probabilities), a Platt
+  map per run and phase (distinct, so that a wrong one shows; with 'model' inputs MRP's too),
+  the reference patient's rhpc inputs."""
   folder.mkdir()
-  ensemble.EnsembleWeights(w_mg=0.3, w_mr=0.7, objective="test", grid_step=0.05,
-                           validation_auroc=0.5).save(folder / "mrp_ensemble.json")
+  weights = {"w_mg": 0.3, "w_mr": 0.7, "objective": "test", "grid_step": 0.05,
+             "validation_auroc": 0.5}
+  (folder / "mrp_ensemble.json").write_text(json.dumps(
+      weights if inputs is None else {**weights, "inputs": inputs}))
+  labels = [*trained_runs, *(["MRP"] if inputs == "model" else [])]
   maps = {label: {phase: calibration.PlattMap(0.5 + 0.1 * k, -1.0 + 0.5 * j, 10, 4)
                   for j, phase in enumerate(("pre", "mid", "post"))}
-          for k, label in enumerate(trained_runs)}
+          for k, label in enumerate(labels)}
   calibration.save(folder / "calibration.json", maps, "validation")
   reference = np.zeros(encoding.INPUT_DIM, np.float32)
   for start, stop in encoding.INPUT_SLICES:
@@ -120,6 +125,39 @@ def test_predict_answers_every_good_patient_and_reports_the_broken_one(
   assert unknown_side["images"]["mammogram"] is True
   assert unknown_side["warnings"][0].startswith("tumour side unknown in the clinical table: ")
   assert "iMGrhpc" in unknown_side["probability"]
+
+
+def test_mrp_of_the_models_own_probabilities_is_calibrated_after(trained_runs, patients,
+                                                                 tmp_path):
+  """With 'model' inputs (the paper's), MRP is W1 F1 + W2 F2 of the models' own probabilities
+  through MRP's own map at the patient's phase, while each model still answers calibrated."""
+  folders, _, clinical = patients
+  maps = _evaluation(tmp_path / "report", trained_runs, inputs="model")
+  runs_arg = ",".join(f"{k}={v}" for k, v in trained_runs.items())
+
+  def answers(*extra):
+    out = tmp_path / f"answers{len(extra)}.json"
+    assert predict.main([*map(str, folders), "--runs", runs_arg, "--clinical", str(clinical),
+                         "--out", str(out), *extra]) == 0
+    return {a["patient"]: a for a in json.loads(out.read_text())}
+
+  own = answers()
+  calibrated = answers("--evaluation", str(tmp_path / "report"), "--explain_steps", "1")
+  mixed = 0
+  for folder in folders:
+    answer, p = calibrated[folder.name], own[folder.name]["probability"]
+    phase = answer["phase"]
+    # The uncalibrated answer is the model's own probability in float32 (2^-24 relative): the
+    # mix moves by as little, its logit by 2^-24 / (1 - y), MRP's output by less than that
+    # times its slope (0.8) / 4; abs 1e-5 bounds it for y up to ~0.99, as for each model.
+    y = (0.3 * p["iMGrhpc"] + 0.7 * p["iMRrhpc"] if "iMGrhpc" in p else p["iMRrhpc"])
+    mixed += "iMGrhpc" in p
+    assert answer["probability"]["MRP"] == pytest.approx(
+        maps["MRP"][phase](np.log(y / (1 - y))), abs=1e-5)
+    for label, q in p.items():
+      assert answer["probability"][label] == pytest.approx(
+          maps[label][phase](np.log(q / (1 - q))), abs=1e-5)
+  assert mixed  # a patient with both images was mixed
 
 
 def test_predict_rejects_a_bad_runs_argument(capsys, tmp_path):
@@ -325,3 +363,42 @@ def test_predict_preprocesses_as_each_runs_records_were(trained_runs, patients, 
   assert seen[0][0].spacing_mm == (5.5, 5.5, 5.5)
   assert seen[0][0].box == tuple(manifest["mri"]["shape"])
   assert seen[0][1].size == tuple(manifest["mammogram"]["shape"])
+
+
+@pytest.mark.parametrize("inputs", ["model", "calibrated"])
+def test_predict_gives_the_evaluations_mrp_for_the_same_patient(inputs, trained_runs,
+                                                                training_records, tmp_path):
+  """The evaluate job, then predict on the folders its validation patients came from: MRP's
+  probability is the one predictions.csv reports for the patient at predict's phase, whichever
+  inputs the weights combine."""
+  from configs import evaluate as evaluate_config
+  from input_pipeline.records import prepare
+  from mrp_jax.evaluation import evaluate
+
+  config = evaluate_config.get_config()
+  config.data.records = str(training_records)
+  config.evaluate.runs = ",".join(f"{k}={v}" for k, v in trained_runs.items())
+  config.evaluate.split = config.evaluate.fit_split = "validation"
+  config.evaluate.cohort = "per_phase"
+  config.evaluate.bootstrap_replicates = 100
+  config.evaluate.explain_cases = 0
+  config.evaluate.mrp_inputs = inputs
+  evaluate.run(config, tmp_path / "eval")
+  report = tmp_path / "eval" / "report"
+  reported = {(r["patient_id"], r["phase"]): float(r["probability"])
+              for r in csv.DictReader(open(report / "predictions.csv"))
+              if r["model"] == "MRP" and r["split"] == "validation"}
+  export = training_records.parent / "export"
+  key = prepare.load_key(training_records.parent / "records.pseudonym.key")
+  folders = [p for p in sorted(export.iterdir())
+             if p.is_dir() and any(k[0] == prepare.pseudonym(key, p.name) for k in reported)]
+  assert folders
+  out = tmp_path / "answers.json"
+  assert predict.main([*map(str, folders), "--runs", config.evaluate.runs, "--evaluation",
+                       str(report), "--clinical", str(export / "clinical.csv"), "--out",
+                       str(out), "--explain_steps", "1"]) == 0
+  for answer in json.loads(out.read_text()):
+    assert "error" not in answer, answer
+    expected = reported[(prepare.pseudonym(key, answer["patient"]), answer["phase"])]
+    # predictions.csv's six decimals (5e-7) and float64 rounding.
+    assert answer["probability"]["MRP"] == pytest.approx(expected, abs=6e-7)

@@ -14,8 +14,8 @@ from input_pipeline import cli, encoding, records
 from input_pipeline.feed import batching, pipeline
 from input_pipeline.records import tfrecord
 from mrp_jax.core import runs
-from mrp_jax.evaluation import cohort, ensemble, explain
-from mrp_jax.evaluation.scores import Key, Scored
+from mrp_jax.evaluation import calibration, cohort, ensemble, explain
+from mrp_jax.evaluation.scores import Key, Scored, Scores
 
 CHUNK = 8  # cases explained at once
 
@@ -53,20 +53,30 @@ def _cases(records_dir: Path, ev: ml_collections.ConfigDict,
 def explain_cases(loaded: list[runs.Run], records_dir: Path, ev: ml_collections.ConfigDict,
                   scored: Scored, baseline: dict[str, Any]) -> dict[str, Any]:
   """Integrated Gradients of the first ``ev.explain_cases`` patients of the reported cohort at
-  ``ev.explain_phase``, each model's calibrated probability against the reference patient;
-  MRP's per case as the ensemble combines it, its completeness checked against MRP's reported
-  probability."""
+  ``ev.explain_phase``, against the reference patient, of the probabilities MRP combines: each
+  model's own with 'model' MRP inputs (MRP's: the combination y = W1 F1 + W2 F2 before its
+  Platt map, which is not linear), each model's calibrated one with 'calibrated' inputs (MRP's:
+  its reported probability). MRP's per case as the ensemble combines it, its completeness
+  checked against that output."""
   phase = ev.explain_phase
   spec = pipeline.batch_spec(records_dir)
   cases = _cases(records_dir, ev, scored.cohort)
   ids = [case.record.patient_id for case in cases]
   rhpc_baseline = np.asarray(baseline["rhpc_inputs"], np.float32)
+  own = scored.weights is not None and scored.weights.inputs == "model"
+
+  def explained(label):  # the probabilities of ``ids`` the attributions explain
+    if own:
+      p = scored.predictions[Key(label, ev.split, phase)]
+      return Scores(p.patient_ids, p.label, p.probability).of(ids)
+    return scored.scores[Key(label, ev.split, phase)].of(ids)
+
   per_model, mismatch = {}, {}
   bar = cli.progress(total=len(loaded) * len(cases), desc="explain (run x case)", unit="case")
   for run_ in loaded:
     variables = {"params": jax.device_get(run_.state.params),
                  "batch_stats": jax.device_get(run_.state.batch_stats)}
-    platt = scored.calibration[run_.label][phase]
+    platt = calibration.IDENTITY if own else scored.calibration[run_.label][phase]
     chunks = []
     for start in range(0, len(cases), CHUNK):
       batch = batching.collate(cases[start:start + CHUNK], run_.model_name, spec)
@@ -76,8 +86,8 @@ def explain_cases(loaded: list[runs.Run], records_dir: Path, ev: ml_collections.
       bar.update(len(cases[start:start + CHUNK]))
     per_model[run_.label] = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     # The explained function against the reported one (bfloat16 runs differ by rounding).
-    reported_p = scored.scores[Key(run_.label, ev.split, phase)].of(ids)
-    mismatch[run_.label] = float(np.max(np.abs(per_model[run_.label]["output"] - reported_p)))
+    mismatch[run_.label] = float(np.max(np.abs(per_model[run_.label]["output"]
+                                                - explained(run_.label))))
   bar.close()
   if scored.weights is not None:
     mg_present = np.asarray([case.record.mg is not None for case in cases])
@@ -85,11 +95,13 @@ def explain_cases(loaded: list[runs.Run], records_dir: Path, ev: ml_collections.
     w_mg, w_mr = ensemble.case_weights(scored.weights, mg_present, mr_present)
     per_model["MRP"] = explain.combine_attributions(
         {"mg": per_model[scored.members["iMGrhpc"]], "mr": per_model[scored.members["iMRrhpc"]]},
-        {"mg": w_mg, "mr": w_mr}, output=scored.scores[Key("MRP", ev.split, phase)].of(ids))
-    mismatch["MRP"] = 0.0  # checked against MRP's reported probability itself
+        {"mg": w_mg, "mr": w_mr}, output=explained("MRP"))
+    mismatch["MRP"] = 0.0  # checked against MRP's output itself
   return {
       "phase": phase, "cases": len(cases), "split": ev.split, "cohort": scored.cohort.kind,
-      "target": "calibrated probability of pCR (the one each model reports and MRP averages)",
+      "target": ("each model's own probability of pCR and MRP's W1 F1 + W2 F2 of them, before "
+                 "MRP's calibration" if own else
+                 "calibrated probability of pCR (the one each model reports and MRP averages)"),
       "baseline": {k: v for k, v in baseline.items() if k != "rhpc_inputs"},
       "ranking": ev.explain_ranking,
       "ranked": {label: explain.rank_attributions(values, ev.explain_ranking)

@@ -11,7 +11,9 @@ explanations and a report.
 2. predictions.calibrate: a Platt map per run and phase fitted on the fit split
    (calibration.py); every later stage reads calibrated probabilities (the AUROCs are unchanged
    by it);
-3. predictions.add_mrp: the MRP weights fitted on the fit split (ensemble.py) and MRP's
+3. predictions.add_mrp: the MRP weights fitted on the fit split (ensemble.py) on the
+   models' own probabilities (config.evaluate.mrp_inputs 'model', the paper's; MRP's output
+   then gets its own Platt map) or on their calibrated ones ('calibrated'), and MRP's
    scores; readers.add_readers: readers' probabilities and their mean ("Readers (mean)", the
    paper's +R); predictions.add_oracle: for a synthetic export, the oracles' probabilities;
 4. scores.reported_scores: the reported split's scores of the reported cohort
@@ -32,8 +34,8 @@ WORKDIR/report/
                          and uncalibrated probability, label, whether the row is reported, the
                          rhpc subgroup variables
   metrics.json           everything measured (README.md, "Evaluation and the report")
-  calibration.json       the Platt maps (for `predict`)
-  mrp_ensemble.json      the MRP weights (for `predict`)
+  calibration.json       the Platt maps, MRP's with 'model' inputs (for `predict`)
+  mrp_ensemble.json      the MRP weights and what they combine (for `predict`)
   attribution_baseline.json  the reference patient, Integrated Gradients' baseline (`predict`)
   attributions.json      Integrated Gradients ranked per model (the paper's Fig. 4)
   report.md and PNG figures (report.py)
@@ -56,6 +58,7 @@ from mrp_jax.evaluation import (
     calibration,
     claims,
     cohort,
+    ensemble,
     evidence,
     outputs,
     predictions,
@@ -83,6 +86,7 @@ CONFIG_RULES: dict[str, cfg.Rule] = {
     "evaluate.explain_phase": cfg.one_of(*schema.PHASE_NAMES),
     "evaluate.explain_ranking": cfg.one_of(*RANKINGS),
     "evaluate.cohort": cfg.one_of(*cohort.COHORTS),
+    "evaluate.mrp_inputs": cfg.one_of(*ensemble.INPUTS),
 }
 CONFIG_CHECKS: tuple[cfg.Check, ...] = (cfg.RULES, CONFIG_RULES)
 
@@ -111,7 +115,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   maps = predictions.calibrate(predicted, ev.fit_split, phases)
   scores = predictions.calibrated(predicted, maps)
   members = predictions.mrp_members(loaded)
-  weights = predictions.add_mrp(scores, predicted, members, ev.fit_split)
+  weights = predictions.add_mrp(scores, predicted, maps,
+                                predictions.Ensemble(members, ev.fit_split, ev.mrp_inputs))
   reader_labels = readers.add_readers(scores, ev.readers, ev.split, patients) if ev.readers else []
   oracle_labels = predictions.add_oracle(scores, records_dir, predicted)
   scored = Scored(

@@ -4,6 +4,7 @@ for a synthetic export the oracles' scores."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -71,11 +72,29 @@ def mrp_members(loaded: list[runs.Run]) -> dict[str, str]:
   return by_model
 
 
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+  """What :func:`add_mrp` fits MRP on: the MRP members (:func:`mrp_members`), the split the
+  weights (and with 'model' inputs MRP's Platt maps) are fitted on, and what the weights
+  combine (ensemble.INPUTS; config.evaluate.mrp_inputs)."""
+  members: dict[str, str]
+  fit_split: str
+  inputs: str
+
+
 def add_mrp(scores: dict[Key, Scores], predictions: dict[Key, inference.Predictions],
-            members: dict[str, str], fit_split: str) -> ensemble.EnsembleWeights | None:
-  """Fits the MRP weights on the fit split's calibrated probabilities and adds MRP's scores
-  for every split and phase the runs predicted; None without both an iMGrhpc and an iMRrhpc
-  run."""
+            maps: dict[str, dict[str, calibration.PlattMap]], how: Ensemble
+            ) -> ensemble.EnsembleWeights | None:
+  """Fits the MRP weights on the fit split and adds MRP's scores for every split and phase the
+  runs predicted; None without both an iMGrhpc and an iMRrhpc run.
+
+  With 'calibrated' inputs the weights combine the members' calibrated probabilities (their
+  scores) and MRP's scores are the combination. With 'model' inputs they combine the members'
+  own probabilities; the combination is MRP's own output, added to ``predictions`` as label
+  'MRP' (its logit is ensemble.logit of it), and MRP's scores are it through a Platt map per
+  phase fitted on the fit split, added to ``maps`` as 'MRP'.
+  """
+  members = how.members
   if "iMGrhpc" not in members or "iMRrhpc" not in members:
     return None
   mg, mr = members["iMGrhpc"], members["iMRrhpc"]
@@ -86,16 +105,32 @@ def add_mrp(scores: dict[Key, Scores], predictions: dict[Key, inference.Predicti
     a, b = predictions[Key(mg, split, phase)], predictions[Key(mr, split, phase)]
     if not np.array_equal(a.patient_ids, b.patient_ids):
       raise RuntimeError(f"{split} {phase}: iMGrhpc and iMRrhpc saw different patients")
-    return {"label": a.label, "p_mg": scores[Key(mg, split, phase)].probability,
-            "p_mr": scores[Key(mr, split, phase)].probability, "mg_present": a.image_present,
+    if how.inputs == "model":
+      p_mg, p_mr = a.probability, b.probability
+    else:
+      p_mg, p_mr = (scores[Key(mg, split, phase)].probability,
+                    scores[Key(mr, split, phase)].probability)
+    return {"label": a.label, "p_mg": p_mg, "p_mr": p_mr, "mg_present": a.image_present,
             "mr_present": b.image_present}
 
-  weights = ensemble.fit([arrays(fit_split, phase) for phase in phases])
+  weights = ensemble.fit([arrays(how.fit_split, phase) for phase in phases], inputs=how.inputs)
+  combined = {}
   for split, phase in itertools.product(splits, phases):
     a = arrays(split, phase)
-    scores[Key("MRP", split, phase)] = Scores(
-        predictions[Key(mg, split, phase)].patient_ids, a["label"],
-        ensemble.combine(weights, a["p_mg"], a["p_mr"], a["mg_present"], a["mr_present"]))
+    combined[split, phase] = ensemble.combine(weights, a["p_mg"], a["p_mr"], a["mg_present"],
+                                              a["mr_present"])
+    if how.inputs == "model":
+      predictions[Key("MRP", split, phase)] = inference.Predictions(
+          predictions[Key(mg, split, phase)].patient_ids, ensemble.logit(combined[split, phase]),
+          combined[split, phase], a["label"], None, None)
+  if how.inputs == "model":
+    fitted = {phase: predictions[Key("MRP", how.fit_split, phase)] for phase in phases}
+    maps["MRP"] = {phase: calibration.fit_platt(p.label, p.logit) for phase, p in fitted.items()}
+  for (split, phase), y in combined.items():
+    if how.inputs == "model":
+      y = maps["MRP"][phase](predictions[Key("MRP", split, phase)].logit)
+    scores[Key("MRP", split, phase)] = Scores(predictions[Key(mg, split, phase)].patient_ids,
+                                              predictions[Key(mg, split, phase)].label, y)
   return weights
 
 

@@ -280,8 +280,10 @@ def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any],
     fit_auroc = w.get("validation_auroc")
     fit_text = (f"{fit_auroc:.3f}" if isinstance(fit_auroc, (int, float)) and np.isfinite(
         fit_auroc) else "undefined: no fit phase has both classes, equal weights")
-    lines += [f"MRP = {w['w_mg']:.2f} x iMGrhpc + {w['w_mr']:.2f} x iMRrhpc, calibrated "
-              f"probabilities ({w['objective']}: {fit_text}).", ""]
+    combined = ("the models' own probabilities, then MRP's output calibrated (its Platt map "
+                "below)" if w.get("inputs") == "model" else "calibrated probabilities")
+    lines += [f"MRP = {w['w_mg']:.2f} x iMGrhpc + {w['w_mr']:.2f} x iMRrhpc, {combined} "
+              f"({w['objective']}: {fit_text}).", ""]
   for phase in phases:
     lines += [f"## {_PHASE_TITLES[phase]}", ""]
     _table_1(lines, result, phase)
@@ -304,6 +306,10 @@ def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any],
       entry = result["models"].get(label, {}).get(phase, {})
       lines.append(f"| {label} | {phase} | {m['slope']:.3f} | {m['intercept']:.3f} | {m['n']} | "
                    f"{_fmt(entry.get('brier_uncalibrated'))} | {_fmt(entry.get('brier'))} |")
+  if "MRP" in result["models"] and "MRP" not in result["calibration"]["maps"]:
+    for phase, entry in result["models"]["MRP"].items():  # it combines calibrated probabilities
+      lines.append(f"| MRP (of calibrated) | {phase} | - | - | - | - | "
+                   f"{_fmt(entry.get('brier'))} |")
   lines.append("")
   paper = result["paper_claims"]
   if paper["claims"]:
@@ -379,9 +385,9 @@ def write(out_dir: Path, result: dict[str, Any], attributions: dict[str, Any],
     baseline = attributions["baseline"]
     lines += ["## Feature attributions (Integrated Gradients, the paper's Fig. 4)", "",
               f"{attributions['cases']} {attributions['split']} patients of the reported "
-              f"cohort at the {_PHASE_TITLES[attributions['phase']]} phase; target: each "
-              "model's calibrated probability (MRP: its own, per case as the ensemble combines "
-              f"them); baseline: the {baseline['reference_split']} split's reference patient "
+              f"cohort at the {_PHASE_TITLES[attributions['phase']]} phase; target: "
+              f"{attributions['target']} (MRP per case as the ensemble combines them); "
+              f"baseline: the {baseline['reference_split']} split's reference patient "
               f"(every variable at its most common value) and black images; {how}.", "",
               "![attributions](attributions.png)", "",
               "| model | mean abs completeness error | mean abs f(x) - f(baseline) |",

@@ -82,8 +82,10 @@ class Scored:
     phases: the phases evaluated.
     patients: the patient table (cohort.patient_table) of every split.
     cohort: the reported cohort (cohort.reported_cohort).
-    predictions: every run's own predictions (uncalibrated), by run label, split and phase.
-    calibration: run label -> phase -> its Platt map, fitted on the fit split.
+    predictions: every run's own predictions (uncalibrated), by run label, split and phase;
+      with 'model' MRP inputs also MRP's own output (the combination before its Platt map).
+    calibration: run label (and 'MRP' with 'model' inputs) -> phase -> its Platt map, fitted
+      on the fit split.
     scores: every label's calibrated scores, by label, split and phase.
     reported: the reported split's scores of the reported cohort.
     members: model name -> the run label MRP uses (``predictions.mrp_members``).

@@ -100,7 +100,8 @@ def _table_1(scored: Scored, labels: list[str], threshold_rule: str | float, bar
       thresholds[label][phase] = t
       metrics[label][phase] = table_1_row(s, t, replicates, seed)
       raw = scored.predictions.get(Key(label, scored.split, phase))
-      if raw is not None:  # a run (MRP, readers and oracles have no uncalibrated output)
+      # A run's own output, or MRP's with 'model' inputs; readers and oracles have none.
+      if raw is not None:
         keep = np.isin(scored.scores[Key(label, scored.split, phase)].ids, s.ids)
         metrics[label][phase]["brier_uncalibrated"] = statistics.brier_score(
             s.labels, raw.probability[keep], replicates=replicates, seed=seed).as_dict()
