@@ -91,9 +91,7 @@ def pretrain_config(config: ml_collections.ConfigDict, records: Path
   out = configuration.load(f"{demo.configs.pretrain}:tiny")
   out.seed = config.seed
   out.data.records = str(records)
-  geometry = GEOMETRIES[demo.geometry]
-  out.data.mri_shape, out.data.mri_spacing_mm = geometry.mri_box, geometry.mri_spacing_mm
-  out.data.mg_shape = geometry.mg_size
+  out.data.geometry = demo.geometry  # what the records were prepared with (checked against them)
   out.train.num_steps = demo.pretrain.steps
   out.train.batch_size = demo.pretrain.batch_size
   out.train.warmup_steps = max(1, demo.pretrain.steps // 40)

@@ -14,6 +14,7 @@ from conftest import tiny_train_config
 
 from configs import iMGrhpc, iMRrhpc
 from configs import pretrain as pretrain_config
+from input_pipeline.feed import pipeline
 from mrp_jax import configuration, models
 from mrp_jax.core import train_step
 from mrp_jax.training import checks as train_checks
@@ -121,13 +122,13 @@ def test_an_encoder_that_does_not_fit_is_refused(pretrained, training_records):
   from mrp_jax.core import state as state_lib
   mesh = sharding.make_mesh(jax.devices()[:1])
   config = tiny_train_config(iMRrhpc, training_records)
-  state = state_lib.build_state(config, mesh).abstract
+  state = state_lib.build_state(config, mesh, pipeline.batch_spec(training_records)).abstract
   with pytest.raises(ValueError, match="config.model.encoder_init: .* pretrained the iMGrhpc "
                                        "encoder, not iMRrhpc's"):
     pretrain.encoder_from(pretrained, "iMRrhpc", state.params, state.batch_stats)
   config = tiny_train_config(iMGrhpc, training_records)
   config.model.encoder.width = 4
-  state = state_lib.build_state(config, mesh).abstract
+  state = state_lib.build_state(config, mesh, pipeline.batch_spec(training_records)).abstract
   with pytest.raises(ValueError, match="config.model.encoder_init: .* does not fit"):
     pretrain.encoder_from(pretrained, "iMGrhpc", state.params, state.batch_stats)
   with pytest.raises(FileNotFoundError, match="no finished pretrain run"):

@@ -190,11 +190,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
   key, _ = _IMAGES[config.model.name]
   shape = tuple(manifest["mammogram" if key == "mg" else "mri"]["shape"])
   paths = [path for split in config.pretrain.splits for path in _split_paths(records, split)]
-  data = pipeline.train_iterator(
-      paths, model_name=config.model.name, batch_size=sharding.local_batch_size(t.batch_size),
+  data = pipeline.train_iterator(paths, pipeline.TrainFeed(
+      model_name=config.model.name, batch_size=sharding.local_batch_size(t.batch_size),
       seed=config.seed, shuffle_window=config.data.shuffle_window,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      workers=config.data.workers)
+      workers=config.data.workers))
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
