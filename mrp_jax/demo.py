@@ -6,9 +6,10 @@ Stages (each skipped or resumed when its output already exists):
                is reused without rescanning the export), then `verify`;
   3. train:    rhpc, iMGrhpc and iMRrhpc in WORKDIR/runs/<model> (each resumes from its
                checkpoints; a run with final.json is done). The fused models start their rhpc
-               encoder from the rhpc run (config.demo.rhpc_init); iMGrhpc starts its image
-               encoder from a pretrain run on the records' mammograms (no labels), in
-               WORKDIR/runs/pretrain_iMGrhpc (config.demo.pretrain; docs/pretraining.md);
+               encoder from the rhpc run (config.demo.rhpc_init); with
+               config.demo.pretrain.steps > 0, iMGrhpc starts its image encoder from a
+               pretrain run on the records' mammograms (no labels), in
+               WORKDIR/runs/pretrain_iMGrhpc (docs/pretraining.md);
   4. evaluate: the MRP ensemble and the report in WORKDIR/report (the evaluate job), then the
                paper's result checked claim by claim (metrics.json "paper_claims").
 """
