@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +131,43 @@ class _Step:
     try:
       return self.manager.restore(self.step, args=ocp.args.Composite(**{item: args}))[item]
     except Exception as error:  # Orbax, TensorStore and JSON each raise their own
+      _abandoned_reads_to_the_log()
       # Orbax's own files of the item, which its error does not name when one is missing.
       for name in ("_METADATA", "manifest.ocdbt") if item == "state" else ():
         if not (self.path / item / name).exists():
           raise _BadStep(f"{self.name}/{item}/{name} is missing") from error
       raise _BadStep(f"{self.name}/{item} is unreadable: {_brief(error)}") from error
+
+
+def _abandoned_reads_to_the_log() -> None:
+  """After a failed restore Orbax leaves the step's other reads running; they fail later in its
+  threads and coroutines ("Event loop is closed", "Encountered error while reading array
+  index"), whose tracebacks Python prints to stderr by default. From the first failed restore
+  on, such tracebacks go to the library log instead, so the damaged step's one line stays the
+  only word on the console; any other uncaught error is shown as before."""
+  if getattr(sys.unraisablehook, "_mrp_checkpoint", False):
+    return
+
+  def abandoned(error: BaseException | None) -> bool:
+    text = f"{type(error).__name__}: {error}" if error is not None else ""
+    return "Event loop is closed" in text or "while reading array index" in text
+
+  show_unraisable, show_thread = sys.unraisablehook, threading.excepthook
+
+  def unraisable(info: Any) -> None:
+    if abandoned(info.exc_value):
+      logging.warning("an abandoned checkpoint read failed: %s", info.exc_value)
+    else:
+      show_unraisable(info)
+
+  def thread(info: Any) -> None:
+    if abandoned(info.exc_value):
+      logging.warning("an abandoned checkpoint read failed: %s", info.exc_value)
+    else:
+      show_thread(info)
+
+  unraisable._mrp_checkpoint = True  # type: ignore[attr-defined]
+  sys.unraisablehook, threading.excepthook = unraisable, thread
 
 
 def _read(step: _Step, abstract_state: Any, data_iterator: Any = None
