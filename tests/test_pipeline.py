@@ -4,6 +4,7 @@ checkpointable iterator state (also through Orbax) and the evaluation population
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import mmap
 import struct
@@ -154,27 +155,32 @@ def test_batches_follow_the_model_contract(shards, model_name):
 def test_training_draws_every_available_combination_and_nothing_else(shards, workers):
   iterator = _train(shards, "iMRrhpc", batch_size=4, workers=workers)
   seen = collections.defaultdict(set)
-  for batch in _take(iterator, 60):
-    for row, (index, follow_up) in enumerate(_rows(batch)):
-      phases = COHORT[index][0]
-      seen[index].add(follow_up)
-      # Baseline slot: this patient's Pre volume; follow-up slot: the drawn phase or empty.
-      assert batch["mri_mask"][row, 0] and np.all(batch["mri"][row, 0] == _voxel(index, "pre"))
-      assert batch["mri_phase"][row, 0] == schema.Phase.PRE
-      if follow_up is None:
-        assert not batch["mri_mask"][row, 1] and not batch["mri"][row, 1].any()
-      else:
-        assert follow_up in phases
-        assert batch["mri_mask"][row, 1]
-        assert np.all(batch["mri"][row, 1] == _voxel(index, follow_up))
-        assert batch["mri_phase"][row, 1] == schema.PHASE_NAMES.index(follow_up)
+  for batch in _take(iterator, 90):
+    for row in range(len(batch["label"])):
+      if batch["example_mask"][row] == 0:
+        continue
+      index = _patient(batch, row)
+      drawn = []
+      for slot in range(2):
+        if not batch["mri_mask"][row, slot]:
+          assert not batch["mri"][row, slot].any()  # an empty slot is zeros
+          continue
+        phase = schema.PHASE_NAMES[batch["mri_phase"][row, slot]]
+        # Each present slot holds this patient's volume of the phase it says.
+        assert np.all(batch["mri"][row, slot] == _voxel(index, phase)), (index, slot)
+        drawn.append(phase)
+      # The first slot is never empty, and a pair is in time order.
+      assert batch["mri_mask"][row, 0]
+      assert drawn == sorted(drawn, key=schema.PHASE_NAMES.index) and len(set(drawn)) == len(drawn)
+      seen[index].add(tuple(drawn))
       assert batch["label"][row] == COHORT[index][2]
   iterator.close()
-  trainable = {i for i, (phases, _, label) in enumerate(COHORT) if "pre" in phases and label >= 0}
-  # No patient without Pre MRI (4, 5, 6) or without a label (8) trains the MRI model.
+  trainable = {i for i, (phases, _, label) in enumerate(COHORT) if phases and label >= 0}
+  # No patient without MRI (4, 5) or without a label (8) trains the MRI model; 6 (Mid only) does.
   assert set(seen) == trainable
   for index in trainable:
-    expected = {None} | {p for p in ("mid", "post") if p in COHORT[index][0]}
+    phases = COHORT[index][0]
+    expected = {(p,) for p in phases} | set(itertools.combinations(phases, 2))
     assert seen[index] == expected, index
 
 

@@ -5,16 +5,21 @@ where; this module decides what a record means for a model.
 
 Who trains a model (docs/background.md section 1):
 
-* ``iMRrhpc``: patients with a Pre-NAT MRI (the Siamese baseline slot is never empty);
+* ``iMRrhpc``: patients with an MRI at any phase;
 * ``iMGrhpc``: patients with a mammogram;
 * ``rhpc``: every patient.
 
 Patients with an unknown label (-1) never train: the response loss needs a label.
 
-Per patient and per draw, training uses one combination of its MRI: (Pre), (Pre, Mid) or
-(Pre, Post) among those present, chosen uniformly; the batch's ``phase`` is the follow-up's
-phase (0 for Pre only). Evaluation is per phase, with one population for every model so that
-models are compared on the same patients:
+Per patient and per draw, training uses one combination of its MRI, chosen uniformly among
+those its scans allow, as the paper trains the longitudinal model on single and multi-time-point
+inputs: each phase alone (Pre, Mid, Post) and each pair in time order (Pre+Mid, Pre+Post,
+Mid+Post). The earlier scan fills the first Siamese slot, the later one the second; each slot
+carries its own phase (``mri_phase``), which the time embedding reads. All three scans at once
+is not a combination: the network has two Siamese branches (baseline and follow-up, paper
+Fig. 2) and every clinical moment it predicts at has at most two scans.
+Evaluation is per phase, with one population for every model so that models are compared on
+the same patients:
 
 * ``pre``: every patient (baseline slot: the Pre MRI when present; no follow-up);
 * ``mid``: patients with Pre and Mid MRI (baseline Pre, follow-up Mid);
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import mmap
 from collections.abc import Callable, Mapping, Sequence
@@ -78,8 +84,10 @@ class Example:
 
   Attributes:
     record: the decoded patient.
-    baseline: 'pre' when the baseline slot holds the Pre-NAT volume, else None (empty slot).
-    follow_up: 'mid' or 'post' for the follow-up slot, else None (empty slot).
+    baseline: the phase in the first slot (the earlier scan of the combination: 'pre' at
+      every evaluation phase; 'mid' or 'post' too in training draws), else None (empty slot).
+    follow_up: the phase in the second slot ('mid' or 'post', later than ``baseline``), else
+      None (empty slot).
   """
   record: PatientRecord
   baseline: str | None
@@ -101,22 +109,24 @@ def trains(record: PatientRecord, model_name: str) -> bool:
   if record.label not in (0, 1):
     return False
   if model_name == "iMRrhpc":
-    return "pre" in record.mri
+    return bool(record.mri)
   if model_name == "iMGrhpc":
     return record.mg is not None
   return True
 
 
 def training_combinations(record: PatientRecord) -> tuple[tuple[str | None, str | None], ...]:
-  """The (baseline, follow-up) pairs a training draw may choose for ``record``.
+  """The (first slot, second slot) phases a training draw may choose for ``record``.
 
-  (Pre) always when Pre is present, (Pre, Mid) and (Pre, Post) when those are too; a follow-up
-  without a Pre baseline is never used. A patient without Pre MRI (rhpc / mammogram models
-  only) has the single combination (None, None).
+  Each MRI phase present alone, (phase, None), and each pair of present phases in time order,
+  (earlier, later); a patient without MRI (rhpc / mammogram models only) has the single
+  combination (None, None).
   """
-  if "pre" not in record.mri:
+  present = [name for name in schema.PHASE_NAMES if name in record.mri]
+  if not present:
     return ((None, None),)
-  return (("pre", None),) + tuple(("pre", p) for p in _FOLLOW_UPS if p in record.mri)
+  return (tuple((name, None) for name in present)
+          + tuple(itertools.combinations(present, 2)))
 
 
 def draw_training_example(record: PatientRecord, rng: np.random.Generator) -> Example:
@@ -169,8 +179,8 @@ def empty_batch(model_name: str, batch_size: int, spec: BatchSpec,
     (collate masks what the model's image cannot show: encoding.UNSEEN);
     'label' float32 [b] (1 pCR, 0 non-pCR; -1 only for unlabeled evaluation patients);
     'example_mask' float32 [b] (1 for a real patient);
-    iMRrhpc: 'mri' [b, 2, z, y, x] in spec.mri_dtype (slot 0 baseline Pre, slot 1
-      follow-up), 'mri_mask' bool [b, 2], 'mri_phase' int32 [b, 2] (schema.Phase values);
+    iMRrhpc: 'mri' [b, 2, z, y, x] in spec.mri_dtype (slot 0 the earlier scan, Pre at
+      every evaluation phase; slot 1 the later one), 'mri_mask' bool [b, 2], 'mri_phase' int32 [b, 2] (schema.Phase values);
     iMGrhpc: 'mg' [b, 1, rows, cols] in spec.mg_dtype, 'mg_mask' bool [b, 1],
       'mg_phase' int32 [b, 1] (always Phase.PRE).
   """
@@ -241,8 +251,9 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
     shape, dtype = spec.mri_shape, spec.mri_dtype
     phases = batch["mri_phase"]
     for i, example in enumerate(examples):
-      if example.follow_up is not None:  # else PRE (0), as an empty slot's phase
-        phases[i, 1] = schema.PHASE_NAMES.index(example.follow_up)
+      for slot, name in enumerate((example.baseline, example.follow_up)):
+        if name is not None:  # else PRE (0), as an empty slot's phase
+          phases[i, slot] = schema.PHASE_NAMES.index(name)
   else:
     shape, dtype = spec.mg_shape, spec.mg_dtype
   mask = batch[f"{key}_mask"]

@@ -141,7 +141,7 @@ class TrainingPatients:
       return True
     self._rejected.add(record.patient_id)
     if self._num_records is not None and len(self._rejected) >= self._num_records:
-      needs = {"iMRrhpc": "a Pre-NAT MRI and ", "iMGrhpc": "a mammogram and "}
+      needs = {"iMRrhpc": "an MRI and ", "iMGrhpc": "a mammogram and "}
       raise ValueError(
           f"none of the {self._num_records} patients in {len(self._shards)} shards "
           f"({self._shards[0]}, ...) can train {self._model_name!r}: it needs "

@@ -10,8 +10,9 @@ colour jitter is left out because in these images intensity is the signal (densi
 mammogram, contrast uptake in a subtraction volume) and an encoder taught to ignore it would
 discard what the fused model needs.
 
-Reads the patients the train pipeline reads for that model (a mammogram, or a Pre-NAT MRI with
-its follow-ups, every slot an image) in the splits of ``config.pretrain.splits``; their labels
+Reads the patients the train pipeline reads for that model (a mammogram, or an MRI in one of
+its drawn combinations of phases, every slot an image) in the splits of
+``config.pretrain.splits``; their labels
 are never used. Writes WORKDIR/checkpoints (Orbax, resumable: state and data position),
 WORKDIR/encoder (Orbax: the encoder's 'params' and 'batch_stats', written at the last step),
 WORKDIR/encoder.json (what it fits) and metrics.jsonl. A fused model starts from it with
