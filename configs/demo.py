@@ -5,7 +5,19 @@ Command (what `make demo` runs):
 It writes WORKDIR/export (DICOM studies + clinical.csv of synthetic patients), WORKDIR/records
 (verified TFRecord shards + manifest.json), trains rhpc, iMGrhpc and iMRrhpc in WORKDIR/runs,
 fits the MRP ensemble and writes the report to WORKDIR/report. Run again, it resumes.
-Variants: ':tiny' for a smoke run of a few minutes (CI).
+Variants (comma-separated):
+  ':tiny'          a smoke run of a few minutes (CI);
+  ':paper'         the paper's cohort size and split: 3,352 patients, 80% train and 20%
+                   validation + test, test cohort A the complete patients of the test share;
+                   training lengths scaled so each model sees its patients as often as in the
+                   demo (docs/experiments.md, "The paper-scale run");
+  ':no_knowledge'  ablation, the fused models without the cross-modal knowledge predictor
+  ':no_time'       ablation, without the time embedding.
+An ablation reuses WORKDIR's export, records and rhpc run and writes its fused runs and report
+beside the full models' (WORKDIR/<ablation>/runs, WORKDIR/<ablation>/report), so
+  python -m mrp_jax.main --config configs/demo.py:paper --workdir runs/paper
+  python -m mrp_jax.main --config configs/demo.py:paper,no_knowledge --workdir runs/paper
+is the paper's knowledge-predictor ablation (Supplementary Figs. 10-14) on the same patients.
 """
 
 from pathlib import Path
@@ -47,6 +59,9 @@ def get_config(arg=None):
   # 2,000 steps of 64 ran at ~1 step/s on 2 shared cores, beyond the demo's 15 minutes; turn it
   # on with --config.demo.pretrain.steps=2000 (docs/pretraining.md, "What the demo does now").
   d.pretrain = ml_collections.ConfigDict({"steps": 0, "batch_size": 64})
+  # '' the full models; 'no_knowledge' or 'no_time': the paper's ablations of the fused models
+  # (configs/common.py variants of the same names), in WORKDIR/<ablation>/{runs,report}.
+  d.ablation = ""
   # The config file of each stage, loaded as the command line loads it.
   d.configs = ml_collections.ConfigDict(
       {name: str(_HERE / f"{name}.py")
@@ -56,8 +71,13 @@ def get_config(arg=None):
       "split": "test", "fit_split": "validation", "bootstrap_replicates": 1000,
       "explain_cases": 32, "explain_steps": 64, "explain_phase": "pre"})
   config.validation.batch_size = 8
-  tiny = arg and "tiny" in arg.split(",")
-  if tiny:  # a smoke run: every stage, a few steps each
+  variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
+  if "paper" in variants:
+    _paper_scale(d)
+  for ablation in ("no_knowledge", "no_time"):
+    if ablation in variants:
+      d.ablation = ablation
+  if "tiny" in variants:  # a smoke run: every stage, a few steps each
     d.patients = 24
     d.split_fractions = (0.5, 0.25, 0.25)
     for name in ("rhpc", "iMGrhpc", "iMRrhpc"):
@@ -68,5 +88,20 @@ def get_config(arg=None):
     d.evaluate.bootstrap_replicates = 100
     d.evaluate.explain_cases = 1
     d.evaluate.explain_steps = 2
-  common.apply_variants(config, ",".join(v for v in (arg or "").split(",") if v != "tiny"))
+  own = ("tiny", "paper", "no_knowledge", "no_time")
+  common.apply_variants(config, ",".join(v for v in variants if v not in own))
   return config
+
+
+def _paper_scale(d: ml_collections.ConfigDict) -> None:
+  """The paper's cohort: 3,352 patients; 80% train, 10% validation, 10% test, of which prepare
+  keeps the complete patients in test (the paper's test cohort A) and moves the rest to
+  validation. Each model's steps grow with its training set (x 0.8 / 0.45, rounded), so it sees
+  each patient as often as in the demo."""
+  train_share = 0.8
+  growth = (3352 * train_share) / (d.patients * d.split_fractions[0])
+  d.patients = 3352
+  d.split_fractions = (train_share, 0.1, 0.1)
+  for name in d.train:
+    d.train[name].steps = int(round(d.train[name].steps * growth, -1))
+  d.pretrain.steps = int(round(d.pretrain.steps * growth, -1))

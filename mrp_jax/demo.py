@@ -12,6 +12,9 @@ Stages (each skipped or resumed when its output already exists):
                WORKDIR/runs/pretrain_iMGrhpc (docs/pretraining.md);
   4. evaluate: the MRP ensemble and the report in WORKDIR/report (the evaluate job), then the
                paper's result checked claim by claim (metrics.json "paper_claims").
+With config.demo.ablation ('no_knowledge' or 'no_time'), stages 3-4 train the fused models
+without that part into WORKDIR/<ablation>/runs and report into WORKDIR/<ablation>/report,
+reusing the export, the records and the rhpc run of stages 1-3.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from mrp_jax import configuration, console, models
 from mrp_jax.training import checks as train_checks
 
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc")  # trained in this order (the fused ones start from rhpc)
+# The paper's ablations of the fused models: configs/common.py variants of these names.
+ABLATIONS = ("no_knowledge", "no_time")
 
 # config.demo; the rest of the demo's config is checked as the train job checks it (each
 # stage's own config is checked again before the stage runs).
@@ -52,6 +57,7 @@ CONFIG_RULES: dict[str, configuration.Rule] = {
     **{f"demo.train.{m}.learning_rate": configuration.POSITIVE for m in models.MODEL_NAMES},
     "demo.pretrain.steps": (configuration.COUNT[0], "must be an integer >= 0 (0: no pretraining)"),
     "demo.pretrain.batch_size": configuration.POSITIVE_INT,
+    "demo.ablation": configuration.one_of("", *ABLATIONS),
 }
 CONFIG_CHECKS: tuple[configuration.Check, ...] = (*train_checks.CONFIG_CHECKS, CONFIG_RULES)
 
@@ -63,7 +69,9 @@ def train_config(config: ml_collections.ConfigDict, model_name: str, records: Pa
   geometry, with the model's steps, batch size and learning rate from ``config.demo.train``;
   a fused model's image encoder starts from ``encoder_run`` (a pretrain workdir) when given."""
   demo = config.demo
-  out = configuration.load(f"{demo.configs[model_name]}:tiny")
+  ablation = demo.ablation if model_name != "rhpc" else ""
+  variants = ",".join(filter(None, ("tiny", ablation)))
+  out = configuration.load(f"{demo.configs[model_name]}:{variants}")
   out.seed = config.seed
   out.data.records = str(records)
   out.data.geometry = demo.geometry
@@ -167,9 +175,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
     configuration.validate(cfg, pretrain.CONFIG_CHECKS)
     pretrain.pretrain(cfg, encoder_run)
 
+  # An ablation's fused runs and report live in WORKDIR/<ablation>, beside the full models';
+  # its rhpc (which has neither part) is the full models' own.
+  variant_dir = workdir / demo.ablation if demo.ablation else workdir
   workdirs: dict[str, Path] = {}
   for model_name in MODELS:
-    run_dir = workdirs[model_name] = workdir / "runs" / model_name
+    run_dir = workdirs[model_name] = (workdir if model_name == "rhpc" else variant_dir
+                                      ) / "runs" / model_name
     if (run_dir / "final.json").exists():
       stage(f"train {model_name}: done before, reusing {run_dir}")
       continue
@@ -178,7 +190,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
     configuration.validate(cfg, train_checks.CONFIG_CHECKS)
     train.train_and_evaluate(cfg, run_dir)
 
-  report_dir = workdir / "report"
+  report_dir = variant_dir / "report"
   if (report_dir / "report.md").exists():
     stage(f"evaluate: done before, see {report_dir / 'report.md'}")
     result = json.loads((report_dir / "metrics.json").read_text())
@@ -187,12 +199,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
           f"bootstrap replicates, explanations -> {report_dir}")
     cfg = evaluate_config(config, options.out, workdirs)
     configuration.validate(cfg, evaluate.CONFIG_CHECKS)
-    result = evaluate.run(cfg, workdir)
+    result = evaluate.run(cfg, variant_dir)
   if result.get("paper_claims"):  # absent in reports of older versions
     stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {}),
                                 result.get("image_evidence", {})))
   return [*outputs.summary(report_dir),
-          f"training curves of the {len(MODELS)} models: tensorboard --logdir {workdir / 'runs'} "
+          f"training curves of the {len(MODELS)} models: tensorboard --logdir {variant_dir / 'runs'} "
           "(pip install tensorboard)",
           f"records: {options.out}; synthetic export: {export}",
           "run the same command again to resume or to reprint this"]

@@ -34,6 +34,27 @@ def test_variants_change_what_they_say():
     iMRrhpc.get_config("tiny,bogus")
 
 
+def test_demo_variants_paper_scale_and_ablations():
+  from mrp_jax import demo as demo_job
+  base, paper = demo.get_config(), demo.get_config("paper")
+  assert paper.demo.patients == 3352 and tuple(paper.demo.split_fractions) == (0.8, 0.1, 0.1)
+  # Each model sees its training patients as often as in the demo: steps x train patients.
+  growth = 3352 * 0.8 / (base.demo.patients * base.demo.split_fractions[0])
+  for name in base.demo.train:
+    assert abs(paper.demo.train[name].steps - base.demo.train[name].steps * growth) <= 5
+  # The models' optimiser is not the authors' (that is the model configs' own `paper`).
+  assert paper.train.optimizer == base.train.optimizer
+  ablated = demo.get_config("paper,no_knowledge")
+  assert ablated.demo.ablation == "no_knowledge" and ablated.demo.patients == 3352
+  for name, knowledge in (("rhpc", True), ("iMGrhpc", False), ("iMRrhpc", False)):
+    cfg = demo_job.train_config(ablated, name, Path("records"), None)
+    assert cfg.model.knowledge_predictor is knowledge, name
+    assert cfg.model.time_embedding == demo_job.train_config(base, name, Path("r"), None
+                                                             ).model.time_embedding
+  assert demo_job.train_config(demo.get_config("no_time"), "iMRrhpc", Path("r"), None
+                               ).model.time_embedding is False
+
+
 @pytest.mark.parametrize("path, value, message", [
     ("model.encoder.shortcut", "C", "config.model.encoder.shortcut: must be one of ['A', 'B']"),
     ("model.encoder.strides", (1, 2, 2), "config.model.encoder.strides: must be a tuple of 4"),
