@@ -15,7 +15,12 @@ import openpyxl
 import pydicom
 from pydicom.uid import generate_uid
 
-from input_pipeline.synthetic.dicom_writer import write_mammogram, write_mr_series
+from input_pipeline.synthetic.dicom_writer import (
+  Geometry,
+  SeriesOptions,
+  write_mammogram,
+  write_mr_series,
+)
 
 SHAPE = (4, 8, 8)
 
@@ -39,9 +44,9 @@ def mr_series(folder: Path, study: dict[str, Any], description: str, number: int
           "Manufacturer": "GE MEDICAL SYSTEMS", **(extra or {})}
   triggers = [trigger_ms + 60_000.0 * t for t in range(phases)] if trigger_ms is not None \
       else None
-  paths = write_mr_series(folder, volumes if phases > 1 else volumes[0], origin=(0, 0, 0),
-                          spacing=(1.0, 1.0, 2.0), tags=tags, enhanced=enhanced,
-                          trigger_times_ms=triggers)
+  paths = write_mr_series(folder, volumes if phases > 1 else volumes[0],
+                          Geometry((0, 0, 0), (1.0, 1.0, 2.0)), tags,
+                          SeriesOptions(enhanced=enhanced, trigger_times_ms=triggers))
   if derived:
     for path in paths:
       ds = pydicom.dcmread(path)

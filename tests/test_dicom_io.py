@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import imagecodecs
 import numpy as np
 import pydicom
@@ -13,14 +15,20 @@ from pydicom.uid import RLELossless
 
 from input_pipeline.ingestion import dicom_io, mammogram
 from input_pipeline.ingestion.patient import SeriesSelection
-from input_pipeline.synthetic.dicom_writer import write_mammogram, write_mr_series
+from input_pipeline.synthetic.dicom_writer import (
+  Geometry,
+  MammogramFileOptions,
+  SeriesOptions,
+  write_mammogram,
+  write_mr_series,
+)
 
 # An oblique geometry: rotations about z (20 deg) then x (15 deg); columns are axis directions.
 _A, _B = np.deg2rad(20), np.deg2rad(15)
 _OBLIQUE = (np.array([[1, 0, 0], [0, np.cos(_B), -np.sin(_B)], [0, np.sin(_B), np.cos(_B)]])
             @ np.array([[np.cos(_A), -np.sin(_A), 0], [np.sin(_A), np.cos(_A), 0], [0, 0, 1]]))
-_GEOMETRY = dict(origin=(-30.0, 12.5, 40.0), spacing=(0.8, 0.9, 2.5),
-                 direction=tuple(_OBLIQUE.ravel()))
+_GEOMETRY = Geometry(origin=(-30.0, 12.5, 40.0), spacing=(0.8, 0.9, 2.5),
+                     direction=tuple(_OBLIQUE.ravel()))
 _TAGS = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1", "SeriesDescription": "ax dyn pre"}
 
 
@@ -40,22 +48,21 @@ def _geometry(image: sitk.Image):
 
 def test_loads_values_and_geometry_of_an_oblique_series(tmp_path):
   volume = _volume()
-  image = dicom_io.load_series(_select(write_mr_series(tmp_path, volume, tags=_TAGS,
-                                                       **_GEOMETRY)))
+  image = dicom_io.load_series(_select(write_mr_series(tmp_path, volume, _GEOMETRY, _TAGS)))
   assert image.GetPixelID() == sitk.sitkFloat32
   np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume)
-  np.testing.assert_allclose(image.GetOrigin(), _GEOMETRY["origin"], atol=1e-4)
-  np.testing.assert_allclose(image.GetSpacing(), _GEOMETRY["spacing"], atol=1e-4)
-  np.testing.assert_allclose(image.GetDirection(), _GEOMETRY["direction"], atol=1e-5)
+  np.testing.assert_allclose(image.GetOrigin(), _GEOMETRY.origin, atol=1e-4)
+  np.testing.assert_allclose(image.GetSpacing(), _GEOMETRY.spacing, atol=1e-4)
+  np.testing.assert_allclose(image.GetDirection(), _GEOMETRY.direction, atol=1e-5)
 
 
 @pytest.mark.parametrize("order", ["descending", "shuffled"])
 def test_slice_order_comes_from_positions_not_instance_numbers(tmp_path, order):
   volume = _volume()
   ascending = dicom_io.load_series(_select(
-      write_mr_series(tmp_path / "a", volume, tags=_TAGS, **_GEOMETRY)))
-  other_paths = write_mr_series(tmp_path / "b", volume, tags=_TAGS, instance_order=order,
-                                seed=3, **_GEOMETRY)
+      write_mr_series(tmp_path / "a", volume, _GEOMETRY, _TAGS)))
+  other_paths = write_mr_series(tmp_path / "b", volume, _GEOMETRY, _TAGS,
+                                SeriesOptions(instance_order=order, order_seed=3))
   other = dicom_io.load_series(_select(other_paths[::-1]))
   np.testing.assert_array_equal(sitk.GetArrayFromImage(other), sitk.GetArrayFromImage(ascending))
   np.testing.assert_allclose(np.concatenate(_geometry(other)),
@@ -67,8 +74,8 @@ def test_positions_decreasing_along_the_normal_give_a_right_handed_volume(tmp_pa
   direction = np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]], np.float64)
   volume = _volume()
   image = dicom_io.load_series(_select(write_mr_series(
-      tmp_path, volume, origin=(5.0, 0.0, 0.0), spacing=(1.0, 1.0, 2.0),
-      direction=tuple(direction.ravel()), tags=_TAGS)))
+      tmp_path, volume, Geometry((5.0, 0.0, 0.0), (1.0, 1.0, 2.0), tuple(direction.ravel())),
+      _TAGS)))
   loaded = np.asarray(image.GetDirection()).reshape(3, 3)
   assert np.linalg.det(loaded) == pytest.approx(1.0)
   np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume[::-1])
@@ -81,9 +88,9 @@ def test_positions_decreasing_along_the_normal_give_a_right_handed_volume(tmp_pa
 def test_enhanced_multiframe_loads_like_the_classic_series(tmp_path):
   volume = _volume()
   classic = dicom_io.load_series(_select(
-      write_mr_series(tmp_path / "c", volume, tags=_TAGS, rescale=(2.0, -50.0), **_GEOMETRY)))
-  enhanced_paths = write_mr_series(tmp_path / "e", volume, tags=_TAGS, rescale=(2.0, -50.0),
-                                   enhanced=True, instance_order="shuffled", **_GEOMETRY)
+      write_mr_series(tmp_path / "c", volume, _GEOMETRY, _TAGS, SeriesOptions(rescale=(2.0, -50.0)))))
+  enhanced_paths = write_mr_series(tmp_path / "e", volume, _GEOMETRY, _TAGS, SeriesOptions(
+      rescale=(2.0, -50.0), enhanced=True, instance_order="shuffled"))
   assert len(enhanced_paths) == 1
   enhanced = dicom_io.load_series(_select(enhanced_paths))
   np.testing.assert_array_equal(sitk.GetArrayFromImage(enhanced),
@@ -95,8 +102,8 @@ def test_enhanced_multiframe_loads_like_the_classic_series(tmp_path):
 @pytest.mark.parametrize("enhanced", [False, True])
 def test_multiphase_series_gives_the_phase_of_each_temporal_position(tmp_path, enhanced):
   phases = [_volume(seed) for seed in range(3)]
-  paths = write_mr_series(tmp_path, phases, tags=_TAGS, enhanced=enhanced,
-                          instance_order="shuffled", **_GEOMETRY)
+  paths = write_mr_series(tmp_path, phases, _GEOMETRY, _TAGS,
+                          SeriesOptions(enhanced=enhanced, instance_order="shuffled"))
   for t, phase in enumerate(phases, start=1):
     image = dicom_io.load_series(_select(paths, temporal_position=t))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), phase)
@@ -108,46 +115,63 @@ def test_multiphase_series_gives_the_phase_of_each_temporal_position(tmp_path, e
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_series_files_are_the_bytes_pydicom_itself_writes(tmp_path, signed):
-  # The writer encodes a series' shared elements once (dicom_writer._SeriesEncoder); every file
-  # must be exactly what pydicom's own dcmwrite makes of the dataset it reads back.
+  # The writer encodes a series' shared elements once and each file's own elements from their
+  # values (dicom_writer._SeriesEncoder); every file must be exactly what pydicom's own dcmwrite
+  # makes of the dataset it reads back.
   phases = [_volume(seed) + 200 for seed in range(2)]
-  paths = write_mr_series(tmp_path, phases, tags={**_TAGS, "PatientName": "MUELLER^ANNA"},
-                          signed=signed, rescale=(2.5, -100.0), uid_seed="bytes",
-                          **_GEOMETRY)
+  paths = write_mr_series(tmp_path, phases, _GEOMETRY, {**_TAGS, "PatientName": "MUELLER^ANNA"},
+                          SeriesOptions(signed=signed, rescale=(2.5, -100.0), uid_seed="bytes"))
   assert len(paths) == 12
-  uids = set()
-  for path in paths:
-    ds = pydicom.dcmread(path)
-    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-    uids.add(ds.SOPInstanceUID)
-    again = tmp_path / "again.dcm"
-    ds.save_as(again, enforce_file_format=True)
-    assert again.read_bytes() == path.read_bytes(), path.name
-  assert len(uids) == len(paths)
+  assert len({_same_bytes_as_pydicom(path, tmp_path) for path in paths}) == len(paths)
   # SimpleITK (GDCM) reads them as well.
   reader = sitk.ImageSeriesReader()
   reader.SetFileNames([str(p) for p in sorted(paths)[:6]])
   assert reader.Execute().GetSize() == (12, 10, 6)
 
 
+def test_an_enhanced_file_is_the_bytes_pydicom_itself_writes(tmp_path):
+  phases = [_volume(seed) + 200 for seed in range(2)]
+  [path] = write_mr_series(tmp_path, phases, _GEOMETRY, _TAGS, SeriesOptions(
+      enhanced=True, rescale=(2.5, -100.0), instance_order="descending", uid_seed="bytes"))
+  _same_bytes_as_pydicom(path, tmp_path)
+  ds = pydicom.dcmread(path)
+  assert ds.NumberOfFrames == len(ds.PerFrameFunctionalGroupsSequence) == 12
+  frame = ds.PerFrameFunctionalGroupsSequence[0]  # descending: the last slice comes first
+  assert frame.FrameContentSequence[0].InStackPositionNumber == 6
+  assert frame.FrameContentSequence[0].TemporalPositionIndex == 1
+  np.testing.assert_allclose(frame.PlanePositionSequence[0].ImagePositionPatient,
+                             np.add(_GEOMETRY.origin, 5 * 2.5 * _OBLIQUE[:, 2]), atol=1e-9)
+  np.testing.assert_allclose(frame.PlaneOrientationSequence[0].ImageOrientationPatient,
+                             _OBLIQUE[:, :2].T.ravel(), atol=1e-9)
+
+
+def _same_bytes_as_pydicom(path, tmp_path) -> str:
+  """Checks that pydicom writes ``path``'s dataset to the same bytes; its SOPInstanceUID."""
+  ds = pydicom.dcmread(path)
+  assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+  again = tmp_path / "again.dcm"
+  ds.save_as(again, enforce_file_format=True)
+  assert again.read_bytes() == path.read_bytes(), path.name
+  return ds.SOPInstanceUID
+
+
 def test_rle_compressed_series_decodes_like_uncompressed(tmp_path):
   volume = _volume()
-  plain = dicom_io.load_series(_select(write_mr_series(tmp_path / "p", volume, tags=_TAGS,
-                                                       **_GEOMETRY)))
-  rle_paths = write_mr_series(tmp_path / "r", volume, tags=_TAGS, transfer_syntax=RLELossless,
-                              **_GEOMETRY)
+  plain = dicom_io.load_series(_select(write_mr_series(tmp_path / "p", volume, _GEOMETRY, _TAGS)))
+  rle_paths = write_mr_series(tmp_path / "r", volume, _GEOMETRY, _TAGS,
+                              SeriesOptions(transfer_syntax=RLELossless))
   rle = dicom_io.load_series(_select(rle_paths))
   np.testing.assert_array_equal(sitk.GetArrayFromImage(rle), sitk.GetArrayFromImage(plain))
   enhanced_rle = dicom_io.load_series(_select(write_mr_series(
-      tmp_path / "er", volume, tags=_TAGS, transfer_syntax=RLELossless, enhanced=True,
-      **_GEOMETRY)))
+      tmp_path / "er", volume, _GEOMETRY, _TAGS,
+      SeriesOptions(transfer_syntax=RLELossless, enhanced=True))))
   np.testing.assert_array_equal(sitk.GetArrayFromImage(enhanced_rle), volume)
 
 
 def test_rescale_slope_and_intercept_are_applied_per_file(tmp_path):
   volume = _volume()
-  paths = write_mr_series(tmp_path, volume, tags=_TAGS, rescale=(0.5, -1000.0), signed=False,
-                          **_GEOMETRY)
+  paths = write_mr_series(tmp_path, volume, _GEOMETRY, _TAGS,
+                          SeriesOptions(rescale=(0.5, -1000.0), signed=False))
   image = dicom_io.load_series(_select(paths))
   np.testing.assert_allclose(sitk.GetArrayFromImage(image), volume, atol=0.25)
   # A file with its own rescale: slice values follow that file's slope/intercept.
@@ -161,7 +185,7 @@ def test_rescale_slope_and_intercept_are_applied_per_file(tmp_path):
 
 
 def test_truncated_file_raises_naming_the_file_and_series(tmp_path):
-  paths = write_mr_series(tmp_path, _volume(), tags=_TAGS, **_GEOMETRY)
+  paths = write_mr_series(tmp_path, _volume(), _GEOMETRY, _TAGS)
   data = paths[3].read_bytes()
   paths[3].write_bytes(data[:len(data) - 50])
   with pytest.raises(dicom_io.DicomError, match=f"{paths[3].name}.*ax dyn pre.*pixel data"):
@@ -177,14 +201,15 @@ def test_truncated_file_raises_naming_the_file_and_series(tmp_path):
 
 
 def test_missing_slice_and_inconsistent_slices_raise(tmp_path):
-  paths = write_mr_series(tmp_path / "a", _volume(), tags=_TAGS, **_GEOMETRY)
+  paths = write_mr_series(tmp_path / "a", _volume(), _GEOMETRY, _TAGS)
   with pytest.raises(dicom_io.DicomError, match="missing or extra slices"):
     dicom_io.load_series(_select(paths[:2] + paths[3:]))
-  other = write_mr_series(tmp_path / "b", _volume(shape=(6, 10, 14)), tags=_TAGS, **_GEOMETRY)
+  other = write_mr_series(tmp_path / "b", _volume(shape=(6, 10, 14)), _GEOMETRY, _TAGS)
   with pytest.raises(dicom_io.DicomError, match=f"{other[0].name}.*10x14 pixels"):
     dicom_io.load_series(_select(paths[:3] + other[:1]))
-  tilted = write_mr_series(tmp_path / "c", _volume(), tags=_TAGS,
-                           **{**_GEOMETRY, "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)})
+  tilted = write_mr_series(tmp_path / "c", _volume(),
+                           dataclasses.replace(_GEOMETRY, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                           _TAGS)
   with pytest.raises(dicom_io.DicomError, match=f"{tilted[0].name}.*ImageOrientationPatient"):
     dicom_io.load_series(_select(paths[:3] + tilted[:1]))
   ds = pydicom.dcmread(paths[1])
@@ -200,8 +225,7 @@ def test_missing_slice_and_inconsistent_slices_raise(tmp_path):
 
 
 def test_nifti_loads_with_the_same_lps_geometry(tmp_path):
-  image = dicom_io.load_series(_select(write_mr_series(tmp_path, _volume(), tags=_TAGS,
-                                                       **_GEOMETRY)))
+  image = dicom_io.load_series(_select(write_mr_series(tmp_path, _volume(), _GEOMETRY, _TAGS)))
   path = tmp_path / "pre.nii.gz"
   sitk.WriteImage(image, str(path))
   nifti = dicom_io.load_nifti(path)
@@ -248,14 +272,16 @@ def _write_syntax(tmp_path, name: str):
   path = tmp_path / f"{name}.dcm"
   if name in _POSSIBLE_BY_PYDICOM:
     syntax, encoding = _POSSIBLE_BY_PYDICOM[name]
-    write_mammogram(path, _IMAGE, laterality="R", view="CC", tags=_MG_TAGS, bits_stored=12,
-                    transfer_syntax=syntax, encoding=encoding)
+    write_mammogram(path, _IMAGE, laterality="R", view="CC", tags=_MG_TAGS,
+                    options=MammogramFileOptions(bits_stored=12, transfer_syntax=syntax,
+                                                 encoding=encoding))
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
     return path, _IMAGE, encoding.get("jls_error", 0 if name != "jpeg_2000" else None)
   syntax, bits, arguments = _JPEG[name]
   values = _IMAGE if bits == 12 else (_IMAGE >> 4).astype(np.uint8)
   codestream = imagecodecs.jpeg8_encode(values, **arguments)
-  write_mammogram(path, _IMAGE, laterality="R", view="CC", tags=_MG_TAGS, bits_stored=12)
+  write_mammogram(path, _IMAGE, laterality="R", view="CC", tags=_MG_TAGS,
+                  options=MammogramFileOptions(bits_stored=12))
   ds = pydicom.dcmread(path)
   ds.file_meta.TransferSyntaxUID = syntax
   ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8 if bits == 8 else 16, bits, bits - 1
@@ -299,11 +325,10 @@ def test_a_truncated_file_of_every_syntax_says_truncated(tmp_path, name):
 
 def test_a_deflated_series_loads_like_the_plain_one(tmp_path):
   volume = _volume()
-  plain = dicom_io.load_series(_select(write_mr_series(tmp_path / "p", volume, tags=_TAGS,
-                                                       **_GEOMETRY)))
+  plain = dicom_io.load_series(_select(write_mr_series(tmp_path / "p", volume, _GEOMETRY, _TAGS)))
   deflated = dicom_io.load_series(_select(write_mr_series(
-      tmp_path / "d", volume, tags=_TAGS, transfer_syntax=uid.DeflatedExplicitVRLittleEndian,
-      **_GEOMETRY)))
+      tmp_path / "d", volume, _GEOMETRY, _TAGS,
+      SeriesOptions(transfer_syntax=uid.DeflatedExplicitVRLittleEndian))))
   np.testing.assert_array_equal(sitk.GetArrayFromImage(deflated), sitk.GetArrayFromImage(plain))
   assert _geometry(deflated) == _geometry(plain)
 
@@ -321,7 +346,7 @@ def test_a_missing_decoder_plugin_is_named(tmp_path, monkeypatch):
 def test_a_siemens_mosaic_series_is_refused_not_stacked(tmp_path):
   # Two mosaic files of one series (two time points, 2x2 tiles each) at the positions a scanner
   # gives them: stacked they would form a volume of two "slices" of tiles.
-  paths = write_mr_series(tmp_path, _volume(shape=(2, 10, 12)), tags=_TAGS, **_GEOMETRY)
+  paths = write_mr_series(tmp_path, _volume(shape=(2, 10, 12)), _GEOMETRY, _TAGS)
   for path in paths:
     ds = pydicom.dcmread(path)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"]

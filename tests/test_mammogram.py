@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from input_pipeline.ingestion import mammogram
 from input_pipeline.ingestion.dicom_io import PreprocessError
-from input_pipeline.synthetic.dicom_writer import write_mammogram
+from input_pipeline.synthetic.dicom_writer import MammogramFileOptions, write_mammogram
 from input_pipeline.synthetic.images import digitised_film
 
 _TAGS = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.9"}
@@ -33,7 +33,7 @@ def _breast(chest_wall: str = "right", label: bool = True) -> np.ndarray:
 
 def _write(tmp_path, image, name="mg.dcm", tags=(), **kwargs):
   return write_mammogram(tmp_path / name, image, laterality="R", view="CC",
-                         tags={**_TAGS, **dict(tags)}, **kwargs)
+                         tags={**_TAGS, **dict(tags)}, options=MammogramFileOptions(**kwargs))
 
 
 def test_segmentation_excludes_labels_and_markers():

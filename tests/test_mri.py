@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from input_pipeline.ingestion import mri
 from input_pipeline.ingestion.dicom_io import DicomError, PreprocessError, load_series
 from input_pipeline.ingestion.patient import DicomDce, NiftiDce, SeriesSelection
-from input_pipeline.synthetic.dicom_writer import write_mr_series
+from input_pipeline.synthetic.dicom_writer import Geometry, SeriesOptions, write_mr_series
 
 LESION_LPS = np.array([45.0, -15.0, 8.0])  # in the left breast, anterior, slightly superior
 LESION_RADIUS_MM, LESION_EDGE_MM, LESION_ENHANCEMENT = 10.0, 2.0, 800.0
@@ -71,12 +71,12 @@ def _write_exam(root, geometry: str, units: float = 1.0, **write_kwargs) -> Dico
   direction, spacing, size = GEOMETRIES[geometry]
   pre, post, origin = _sample(direction, spacing, size)
   pre, post = units * pre, units * post
-  kwargs = dict(origin=origin, spacing=spacing, direction=tuple(direction.ravel()))
+  grid = Geometry(origin, spacing, tuple(direction.ravel()))
   tags = {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.7"}
   selections = []
   for name, volume in (("pre", pre), ("post", post)):
-    paths = write_mr_series(root / name, volume, tags={**tags, "SeriesDescription": f"ax {name}"},
-                            **kwargs, **write_kwargs)
+    paths = write_mr_series(root / name, volume, grid,
+                            {**tags, "SeriesDescription": f"ax {name}"}, SeriesOptions(**write_kwargs))
     selections.append(SeriesSelection(files=tuple(paths), description=f"ax {name}"))
   return DicomDce(pre=selections[0], post=selections[1])
 
@@ -142,8 +142,8 @@ def test_pre_post_grid_mismatch_is_refused_or_resampled(tmp_path):
   direction, spacing, size = GEOMETRIES["axial"]
   _, post, origin = _sample(direction, spacing, (size[0], size[1] - 4, size[2]))
   post_paths = write_mr_series(
-      tmp_path / "b", post, origin=origin, spacing=spacing,
-      tags={"StudyInstanceUID": "1.2.3", "SeriesDescription": "ax 1st pass"})
+      tmp_path / "b", post, Geometry(origin, spacing),
+      {"StudyInstanceUID": "1.2.3", "SeriesDescription": "ax 1st pass"})
   mismatched = DicomDce(pre=exam.pre,
                         post=SeriesSelection(tuple(post_paths), description="ax 1st pass"))
   with pytest.raises(PreprocessError, match="series 'ax pre'.*84x56x32.*'ax 1st pass'.*84x52x32"):
@@ -203,8 +203,8 @@ def test_errors_name_the_input(tmp_path):
     mri.preprocess_exam(missing, OPTIONS)
   with pytest.raises(PreprocessError, match="pre and post, or a subtraction"):
     mri.preprocess_exam(NiftiDce(pre=tmp_path / "pre.nii.gz"), OPTIONS)
-  blank = write_mr_series(tmp_path / "blank", np.zeros((4, 8, 8)), origin=(0, 0, 0),
-                          spacing=(4, 4, 4), tags={"StudyInstanceUID": "1.2.3"})
+  blank = write_mr_series(tmp_path / "blank", np.zeros((4, 8, 8)), Geometry((0, 0, 0), (4, 4, 4)),
+                          {"StudyInstanceUID": "1.2.3"})
   selection = SeriesSelection(tuple(blank), description="ax blank")
   with pytest.raises(PreprocessError, match="series 'ax blank'.*no body found"):
     mri.preprocess_exam(DicomDce(pre=selection, post=selection), OPTIONS)

@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 
 from input_pipeline.ingestion import mammogram
 from input_pipeline.synthetic import export
-from input_pipeline.synthetic.dicom_writer import write_mammogram
+from input_pipeline.synthetic.dicom_writer import MammogramFileOptions, write_mammogram
 from input_pipeline.synthetic.images import render_mammogram
 from mrp_jax import configuration, models
 
@@ -72,8 +72,9 @@ def cohort(patients: int, seed: int, normalisation: str):
       rng = np.random.default_rng([seed, index, 6])
       pixels, _ = render_mammogram(rng, latent, spec.mammogram_shape, spec.mammogram_spacing_mm,
                                    "CC")
-      write_mammogram(path, pixels, laterality="", view="", bits_stored=14,
-                      tags={"StudyInstanceUID": f"1.2.826.0.1.3680043.8.498.{index + 1}"})
+      write_mammogram(path, pixels, laterality="", view="",
+                      tags={"StudyInstanceUID": f"1.2.826.0.1.3680043.8.498.{index + 1}"},
+                      options=MammogramFileOptions(bits_stored=14))
       images.append(mammogram.preprocess_mammogram(path, options).astype(np.float32)
                     if normalisation == "minmax" else _fixed_scale(path).astype(np.float32))
       labels.append(clinical.label)

@@ -6,20 +6,29 @@ Geometry follows SimpleITK's convention: a volume is a numpy array [slice, row, 
 x (column index), y (row index) and z (slice index) axes. In DICOM terms the first two columns
 become ImageOrientationPatient, PixelSpacing is (y, x) and slice k sits at
 ImagePositionPatient = origin + k * spacing_z * direction[:, 2].
+
+An MR series is written as classic single-frame files (one per slice and temporal position) or
+as one Enhanced MR multi-frame file. Either way its shared header is built and encoded once
+(:class:`_SeriesEncoder`); what differs per file or per frame is encoded directly from its
+values (:func:`_encode`), in the bytes pydicom's own writer gives the same dataset.
+Compressed transfer syntaxes go through pydicom's encoders file by file.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime
 import itertools
+import struct
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
@@ -32,6 +41,85 @@ _STUDY_DEFAULTS = {
     "PatientSex": "F", "StudyDate": "20200101", "StudyTime": "090000",
     "AccessionNumber": "", "StudyID": "1", "ReferringPhysicianName": "",
 }
+
+# Tags of the elements written per file or per frame.
+_SOP_INSTANCE_UID = 0x00080018
+_ACQUISITION_TIME = 0x00080032
+_TRIGGER_TIME = 0x00181060
+_CARDIAC_SYNCHRONIZATION = 0x00189118
+_FRAME_ACQUISITION_DURATION = 0x00189220
+_INSTANCE_NUMBER = 0x00200013
+_IMAGE_POSITION = 0x00200032
+_IMAGE_ORIENTATION = 0x00200037
+_IN_STACK_POSITION = 0x00209057
+_TEMPORAL_POSITION_IDENTIFIER = 0x00200100
+_FRAME_CONTENT = 0x00209111
+_PLANE_POSITION = 0x00209113
+_PLANE_ORIENTATION = 0x00209116
+_TEMPORAL_POSITION_INDEX = 0x00209128
+_SLICE_LOCATION = 0x00201041
+_PER_FRAME_GROUPS = 0x52009230
+_PIXEL_DATA = 0x7FE00010
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """Where a volume's voxels lie (see the module docstring)."""
+  origin: Sequence[float]
+  spacing: Sequence[float]
+  direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesOptions:
+  """How an MR series is acquired, numbered and stored, besides its pixels, geometry and tags.
+
+  Attributes:
+    rescale: (RescaleSlope, RescaleIntercept); stored = (value - intercept) / slope.
+    signed: int16 (True) or uint16 storage.
+    enhanced: one Enhanced MR multi-frame file instead of one file per slice.
+    instance_order: 'ascending' (InstanceNumber grows with the slice index k, i.e. along
+      direction[:, 2], which is against the row x column normal when the direction matrix is a
+      reflection), 'descending', or 'shuffled' (by ``order_seed``); classic files are named by
+      InstanceNumber either way, enhanced frames follow this order.
+    order_seed: seed of the 'shuffled' order.
+    transfer_syntax: any syntax pydicom writes: native little endian, deflated, RLE lossless,
+      and JPEG-LS / JPEG 2000 (pydicom's encoder plugins).
+    trigger_times_ms: per temporal position, TriggerTime (defaults to 0, 90 s, 180 s, ...).
+    uid_seed: derive every UID the writer creates from this string (deterministic files);
+      None draws random UIDs.
+  """
+  rescale: tuple[float, float] = (1.0, 0.0)
+  signed: bool = True
+  enhanced: bool = False
+  instance_order: str = "ascending"
+  order_seed: int = 0
+  transfer_syntax: str = ExplicitVRLittleEndian
+  trigger_times_ms: Sequence[float] | None = None
+  uid_seed: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MammogramFileOptions:
+  """How a mammogram is stored, besides its pixels, laterality, view and tags.
+
+  Attributes:
+    pixel_spacing_mm: PixelSpacing and ImagerPixelSpacing.
+    photometric: MONOCHROME2 or MONOCHROME1.
+    window: (WindowCenter, WindowWidth) VOI, if the modality sets one.
+    bits_stored: BitsStored (12, 14 or 16 for detectors and film scanners).
+    transfer_syntax: as in :class:`SeriesOptions`; ``encoding`` goes to pydicom's encoder as
+      keyword arguments (``jls_error`` for JPEG-LS near-lossless, ``j2k_psnr`` / ``j2k_cr``
+      for JPEG 2000).
+    uid_seed: as in :class:`SeriesOptions`.
+  """
+  pixel_spacing_mm: float = 0.07
+  photometric: str = "MONOCHROME2"
+  window: tuple[float, float] | None = None
+  bits_stored: int = 16
+  transfer_syntax: str = ExplicitVRLittleEndian
+  encoding: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  uid_seed: str | None = None
 
 
 def _uid_factory(uid_seed: str | None) -> Callable[[], str]:
@@ -97,52 +185,131 @@ def _save(ds: Dataset, path: Path, **encoding: Any) -> Path:
   return path
 
 
-class _SeriesEncoder:
-  """Writes the single-frame files of one series, encoding what they share once.
+# ---------------------------------------------------------------------------------------------
+# Explicit VR Little Endian, element by element
+# ---------------------------------------------------------------------------------------------
+# An element described by its values: (tag, VR, value). DS, IS, UL and FD take a number or a
+# sequence of numbers, text VRs a string, OB/OW bytes, SQ a list of items (lists of elements).
+Element = tuple[int, str, Any]
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
+_ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
+_BINARY_NUMBERS = {"UL": "I", "FD": "d", "US": "H"}  # VR -> struct code
 
-  A classic MR series is hundreds of files that differ in a handful of elements. pydicom's
+
+def _numbers(value) -> list:
+  return list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+
+
+def _value_bytes(vr: str, value: Any) -> bytes:
+  """The value field of an element, as pydicom writes it (padded to even length)."""
+  if vr == "SQ":
+    items = [b"".join(_encode(*e) for e in sorted(item, key=lambda e: e[0])) for item in value]
+    return b"".join(_ITEM + struct.pack("<I", len(item)) + item for item in items)
+  if vr == "DS":  # pydicom writes a Python float as its repr
+    data = "\\".join(repr(float(v)) for v in _numbers(value)).encode("ascii")
+  elif vr == "IS":
+    data = "\\".join(str(int(v)) for v in _numbers(value)).encode("ascii")
+  elif vr in _BINARY_NUMBERS:
+    numbers = _numbers(value)
+    data = struct.pack(f"<{len(numbers)}{_BINARY_NUMBERS[vr]}", *numbers)
+  elif vr in ("OB", "OW"):
+    data = bytes(value)
+  else:  # text
+    data = str(value).encode("ascii")
+  if len(data) % 2:
+    data += b"\0" if vr in ("UI", "OB") else b" "
+  return data
+
+
+def _encode(tag: int, vr: str, value: Any) -> bytes:
+  """One element in Explicit VR Little Endian (SQ and its items with defined lengths, as
+  pydicom writes a sequence it created)."""
+  data = _value_bytes(vr, value)
+  if vr in _LONG_VRS:
+    return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(data)) + data
+  return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(data)) + data
+
+
+def _to_dataset(elements: Iterable[Element]) -> Dataset:
+  """The same elements as a pydicom dataset (for the compressed syntaxes, which pydicom
+  encodes)."""
+  ds = Dataset()
+  for tag, vr, value in elements:
+    if vr == "SQ":
+      value = DicomSequence([_to_dataset(item) for item in value])
+    elif vr in ("DS", "IS", "UL", "FD", "US") and isinstance(value, (list, tuple, np.ndarray)):
+      value = [float(v) if vr in ("DS", "FD") else int(v) for v in value]
+    ds.add(DataElement(tag, vr, value))
+  return ds
+
+
+class _SeriesEncoder:
+  """Writes the files of one series, encoding what they share once.
+
+  A classic MR series is hundreds of files that differ in a handful of elements; pydicom's
   ``dcmwrite`` re-validates and re-encodes all ~60 elements of every file, which made writing
-  the synthetic export its slowest stage. Here pydicom encodes each shared element once and
-  each file's own elements per file; the file is the tag-ordered concatenation, the same bytes
+  the synthetic export its slowest stage. Here pydicom encodes the shared elements and the
+  file meta once; each file's own elements (:data:`Element` descriptions, always the same tags)
+  are encoded by :func:`_encode`; the file is the tag-ordered concatenation, the same bytes
   ``Dataset.save_as(..., enforce_file_format=True)`` writes (tests/test_dicom_io.py checks).
-  Explicit VR little endian only.
+  Explicit VR Little Endian only.
+
+  Args:
+    template: the shared elements, with file_meta; no SOPInstanceUID (each file has its own).
+    own_tags: the tags every file gives :meth:`write` (SOPInstanceUID is added).
   """
 
-  def __init__(self, template: Dataset):
+  def __init__(self, template: Dataset, own_tags: Iterable[int]):
     if template._transfer_syntax != ExplicitVRLittleEndian:
       raise ValueError("the shared-element encoder writes Explicit VR Little Endian only")
-    self._meta = template.file_meta
-    self._encodings = template._character_set
+    encodings = template._character_set
+    meta = copy.deepcopy(template.file_meta)
+    meta.MediaStorageSOPInstanceUID = "1.2"  # a placeholder while the rest is validated
+    validate_file_meta(meta, enforce_standard=True)
+    encoded_meta = {elem.tag: self._pydicom(elem, encodings) for elem in meta
+                    if elem.tag not in (0x00020000, 0x00020003)}
+    self._meta = (b"".join(v for t, v in sorted(encoded_meta.items()) if t < 0x00020003),
+                  b"".join(v for t, v in sorted(encoded_meta.items()) if t > 0x00020003))
     correct_ambiguous_vr(template, is_little_endian=True)
-    self._shared = {elem.tag: self._encode(elem) for elem in template}
+    shared = {elem.tag: self._pydicom(elem, encodings) for elem in template}
+    self._own = frozenset(own_tags) | {_SOP_INSTANCE_UID}
+    if self._own & shared.keys():
+      raise ValueError(f"elements both shared and per file: {sorted(self._own & shared.keys())}")
+    # Runs of consecutive shared elements as one chunk; an int is where an own element goes.
+    self._layout: list[bytes | int] = []
+    for tag in sorted(shared.keys() | self._own):
+      if tag in self._own:
+        self._layout.append(tag)
+      elif self._layout and isinstance(self._layout[-1], bytes):
+        self._layout[-1] += shared[tag]
+      else:
+        self._layout.append(shared[tag])
 
-  def _encode(self, elem: DataElement) -> bytes:
+  @staticmethod
+  def _pydicom(elem: DataElement, encodings) -> bytes:
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
-    write_data_element(fp, elem, self._encodings)
+    write_data_element(fp, elem, encodings)
     return fp.getvalue()
 
-  def write(self, path: Path, own: Dataset) -> Path:
-    """Writes the file made of the shared elements and ``own`` (which carries SOPInstanceUID
-    and no element of the template; give OB/OW elements an explicit VR)."""
-    encoded = {elem.tag: self._encode(elem) for elem in own}
-    if encoded.keys() & self._shared.keys():
-      raise ValueError(f"elements both shared and per file: {encoded.keys() & self._shared.keys()}")
-    encoded.update(self._shared)
-    meta = FileMetaDataset(self._meta)
-    meta.MediaStorageSOPInstanceUID = own.SOPInstanceUID
-    validate_file_meta(meta, enforce_standard=True)
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    fp.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(fp, meta, enforce_standard=True)
-    fp.write(b"".join(encoded[tag] for tag in sorted(encoded)))
-    path.parent.mkdir(parents=True, exist_ok=True)
+  def write(self, path: Path, sop_instance_uid: str, own: Iterable[Element]) -> Path:
+    """Writes the file of the shared elements and ``own`` (its folder must exist)."""
+    encoded = {tag: _encode(tag, vr, value) for tag, vr, value in own}
+    encoded[_SOP_INSTANCE_UID] = _encode(_SOP_INSTANCE_UID, "UI", sop_instance_uid)
+    if encoded.keys() != self._own:
+      raise ValueError(f"{path}: per-file elements {sorted(encoded)}, expected "
+                       f"{sorted(self._own)}")
+    meta = self._meta[0] + _encode(0x00020003, "UI", sop_instance_uid) + self._meta[1]
+    parts = [b"\x00" * 128, b"DICM", _encode(0x00020000, "UL", len(meta)), meta]
+    parts += [part if isinstance(part, bytes) else encoded[part] for part in self._layout]
     with open(path, "wb") as f:
-      f.write(fp.getvalue())
+      f.write(b"".join(parts))
     return path
 
 
+# ---------------------------------------------------------------------------------------------
+# MR series
+# ---------------------------------------------------------------------------------------------
 def _clock(offset_ms: float) -> str:
   """DICOM TM of an acquisition ``offset_ms`` after the series started (09:00:00)."""
   return (datetime.datetime(2000, 1, 1, 9) + datetime.timedelta(milliseconds=offset_ms)).strftime(
@@ -150,204 +317,173 @@ def _clock(offset_ms: float) -> str:
 
 
 def _to_stored(values: np.ndarray, rescale: tuple[float, float], signed: bool) -> np.ndarray:
+  """Stored integers of physical ``values`` (any shape), in their little-endian dtype."""
   slope, intercept = rescale
   stored = np.rint((np.asarray(values, np.float64) - intercept) / slope)
   info = np.iinfo(np.int16 if signed else np.uint16)
   if stored.min() < info.min or stored.max() > info.max:
     raise ValueError(f"values [{values.min()}, {values.max()}] do not fit {info.dtype} with "
                      f"RescaleSlope {slope} and RescaleIntercept {intercept}")
-  return stored
+  return np.ascontiguousarray(stored.astype("<i2" if signed else "<u2"))
 
 
-def _geometry(shape, origin, spacing, direction):
-  direction = np.asarray(direction, np.float64).reshape(3, 3)
-  origin = np.asarray(origin, np.float64)
+@dataclasses.dataclass(frozen=True)
+class _Series:
+  """One series to write: its stored volumes, geometry and frame order, and what each slice
+  and temporal position carries."""
+  stored: list[np.ndarray]  # per temporal position, [z, y, x] stored integers
+  iop: list[float]
+  positions: list[list[float]]  # per slice index k, ImagePositionPatient
+  normal: np.ndarray
+  trigger_times: list[float]
+  frames: list[tuple[int, int]]  # (temporal position t, slice index k) in acquisition order
+
+  def slice_elements(self, number: int, t: int, k: int) -> list[Element]:
+    """The elements of classic file ``number`` (1-based), which holds slice k at time t."""
+    own = [(_INSTANCE_NUMBER, "IS", number), (_IMAGE_POSITION, "DS", self.positions[k]),
+           (_SLICE_LOCATION, "DS", float(np.dot(self.positions[k], self.normal))),
+           (_TRIGGER_TIME, "DS", float(self.trigger_times[t])),
+           (_ACQUISITION_TIME, "TM", _clock(self.trigger_times[t]))]
+    if len(self.stored) > 1:
+      own.append((_TEMPORAL_POSITION_IDENTIFIER, "IS", t + 1))
+    return own
+
+  def frame_groups(self) -> list[list[Element]]:
+    """PerFrameFunctionalGroupsSequence items of the enhanced file: each frame's position,
+    orientation, stack and temporal position and trigger time."""
+    return [[(_FRAME_CONTENT, "SQ", [[(_FRAME_ACQUISITION_DURATION, "FD", 0.0),
+                                      (_IN_STACK_POSITION, "UL", k + 1),
+                                      (_TEMPORAL_POSITION_INDEX, "UL", t + 1)]]),
+             (_PLANE_POSITION, "SQ", [[(_IMAGE_POSITION, "DS", self.positions[k])]]),
+             (_PLANE_ORIENTATION, "SQ", [[(_IMAGE_ORIENTATION, "DS", self.iop)]]),
+             (_CARDIAC_SYNCHRONIZATION, "SQ", [[(_TRIGGER_TIME, "DS",
+                                                 float(self.trigger_times[t]))]])]
+            for t, k in self.frames]
+
+
+def _plan(volumes: list[np.ndarray], geometry: Geometry, options: SeriesOptions) -> _Series:
+  shape = volumes[0].shape
+  if any(v.shape != shape for v in volumes):
+    raise ValueError("all temporal positions of a series must have one shape")
+  direction = np.asarray(geometry.direction, np.float64).reshape(3, 3)
+  origin = np.asarray(geometry.origin, np.float64)
   iop = [float(v) for v in (*direction[:, 0], *direction[:, 1])]
-  positions = [origin + k * spacing[2] * direction[:, 2] for k in range(shape[0])]
-  return iop, positions
+  positions = [[float(v) for v in origin + k * geometry.spacing[2] * direction[:, 2]]
+               for k in range(shape[0])]
+  n_t = len(volumes)
+  trigger_times = (list(options.trigger_times_ms) if options.trigger_times_ms
+                   else [90_000.0 * t for t in range(n_t)])
+  # Frames in acquisition order: temporal position major, then slices in instance order.
+  order = np.arange(shape[0])
+  if options.instance_order == "descending":
+    order = order[::-1]
+  elif options.instance_order == "shuffled":
+    order = np.random.default_rng(options.order_seed).permutation(shape[0])
+  elif options.instance_order != "ascending":
+    raise ValueError("instance_order must be ascending/descending/shuffled, got "
+                     f"{options.instance_order}")
+  return _Series(stored=[_to_stored(v, options.rescale, options.signed) for v in volumes],
+                 iop=iop, positions=positions, normal=np.cross(iop[:3], iop[3:]),
+                 trigger_times=trigger_times,
+                 frames=[(t, int(order[k])) for t in range(n_t) for k in range(shape[0])])
 
 
-def write_mr_series(
-    out_dir: Path | str,
-    volumes: Sequence[np.ndarray] | np.ndarray,
-    *,
-    origin: Sequence[float],
-    spacing: Sequence[float],
-    direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
-    tags: Mapping[str, Any],
-    rescale: tuple[float, float] = (1.0, 0.0),
-    signed: bool = True,
-    enhanced: bool = False,
-    instance_order: str = "ascending",
-    transfer_syntax: str = ExplicitVRLittleEndian,
-    trigger_times_ms: Sequence[float] | None = None,
-    seed: int = 0,
-    uid_seed: str | None = None,
-) -> list[Path]:
+def write_mr_series(out_dir: Path | str, volumes: Sequence[np.ndarray] | np.ndarray,
+                    geometry: Geometry, tags: Mapping[str, Any],
+                    options: SeriesOptions = SeriesOptions()) -> list[Path]:
   """Writes one MR series: a volume, or several (one per DCE phase) as a multiphase series.
 
   Args:
     out_dir: folder for the files (created).
     volumes: [z, y, x] physical values, or a list of such volumes (one per temporal position,
-      written with TemporalPositionIdentifier 1..T).
-    origin, spacing, direction: geometry (see module docstring).
+      written with TemporalPositionIdentifier / TemporalPositionIndex 1..T).
+    geometry: where the voxels lie (see the module docstring).
     tags: DICOM keywords set on every file; must include StudyInstanceUID. Typical: PatientID,
       PatientName, PatientBirthDate, StudyDate, SeriesDescription, SeriesNumber,
       Manufacturer, SliceThickness; ImageType overrides ORIGINAL/PRIMARY (e.g. DERIVED for a
       subtraction series).
-    rescale: (RescaleSlope, RescaleIntercept); stored = (value - intercept) / slope.
-    signed: int16 (True) or uint16 storage.
-    enhanced: one Enhanced MR multi-frame file instead of one file per slice.
-    instance_order: 'ascending' (InstanceNumber grows with the slice index k, i.e. along
-      direction[:, 2], which is against the row x column normal when the direction matrix is a
-      reflection), 'descending', or 'shuffled'; files are named by InstanceNumber either way.
-    transfer_syntax: any syntax pydicom writes: native little endian, deflated, RLE lossless,
-      and JPEG-LS / JPEG 2000 (pydicom's encoder plugins).
-    trigger_times_ms: per temporal position, TriggerTime (defaults to 0, 90 s, 180 s, ...).
-    seed: for 'shuffled'.
-    uid_seed: derive every UID the writer creates from this string (deterministic files);
-      None draws random UIDs.
+    options: storage, numbering, timing and UIDs (:class:`SeriesOptions`).
 
   Returns:
-    The written paths.
+    The written paths: IM000001.dcm (enhanced), else one IM<InstanceNumber>.dcm per slice.
   """
   out_dir = Path(out_dir)
   volumes = [volumes] if isinstance(volumes, np.ndarray) else list(volumes)
-  shape = volumes[0].shape
-  if any(v.shape != shape for v in volumes):
-    raise ValueError("all temporal positions of a series must have one shape")
-  iop, positions = _geometry(shape, origin, spacing, direction)
-  pixel_spacing = [float(spacing[1]), float(spacing[0])]
-  new_uid = _uid_factory(uid_seed)
-  series_uid = tags.get("SeriesInstanceUID") or new_uid()
-  tags = {"SeriesInstanceUID": series_uid, "SliceThickness": float(spacing[2]),
+  series = _plan(volumes, geometry, options)
+  new_uid = _uid_factory(options.uid_seed)
+  tags = {"SeriesInstanceUID": tags.get("SeriesInstanceUID") or new_uid(),
+          "SliceThickness": float(geometry.spacing[2]),
           "ImageType": ["ORIGINAL", "PRIMARY", "M", "NONE"], **tags}
-  n_t = len(volumes)
-  trigger_times = list(trigger_times_ms) if trigger_times_ms else [90_000.0 * t
-                                                                   for t in range(n_t)]
-  # Frames in acquisition order: temporal position major, then slices in instance order.
-  order = np.arange(shape[0])
-  if instance_order == "descending":
-    order = order[::-1]
-  elif instance_order == "shuffled":
-    order = np.random.default_rng(seed).permutation(shape[0])
-  elif instance_order != "ascending":
-    raise ValueError(f"instance_order must be ascending/descending/shuffled, got {instance_order}")
-  frames = [(t, int(order[k])) for t in range(n_t) for k in range(shape[0])]
-
-  if enhanced:
-    ds = _base(ENHANCED_MR_IMAGE_STORAGE, "MR", tags, transfer_syntax, new_uid)
-    ds.InstanceNumber = 1
-    ds.AcquisitionTime = _clock(trigger_times[0])
-    ds.NumberOfFrames = len(frames)
-    ds.NumberOfTemporalPositions = n_t
-    shared = Dataset()
-    measures = Dataset()
-    measures.PixelSpacing = pixel_spacing
-    measures.SliceThickness = float(spacing[2])
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = iop
-    transform = Dataset()
-    transform.RescaleSlope = rescale[0]
-    transform.RescaleIntercept = rescale[1]
-    transform.RescaleType = "US"
-    shared.PixelMeasuresSequence = DicomSequence([measures])
-    shared.PlaneOrientationSequence = DicomSequence([orientation])
-    shared.PixelValueTransformationSequence = DicomSequence([transform])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    per_frame = []
-    for t, k in frames:
-      item = Dataset()
-      content = Dataset()
-      content.TemporalPositionIndex = t + 1
-      content.InStackPositionNumber = k + 1
-      content.FrameAcquisitionDuration = 0.0
-      position = Dataset()
-      position.ImagePositionPatient = [float(v) for v in positions[k]]
-      timing = Dataset()
-      timing.TriggerTime = float(trigger_times[t])
-      item.FrameContentSequence = DicomSequence([content])
-      item.PlanePositionSequence = DicomSequence([position])
-      item.CardiacSynchronizationSequence = DicomSequence([timing])
-      per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
-    stored = np.stack([_to_stored(volumes[t][k], rescale, signed) for t, k in frames])
-    _set_pixels(ds, stored, signed)
-    return [_save(ds, out_dir / "IM000001.dcm")]
-
-  def own_elements(ds: Dataset, number: int, t: int, k: int) -> Dataset:
-    ds.InstanceNumber = number
-    ds.ImagePositionPatient = [float(v) for v in positions[k]]
-    ds.SliceLocation = float(np.dot(positions[k], np.cross(iop[:3], iop[3:])))
-    ds.TriggerTime = float(trigger_times[t])
-    ds.AcquisitionTime = _clock(trigger_times[t])
-    if n_t > 1:
-      ds.TemporalPositionIdentifier = t + 1
-    return ds
-
-  def shared_elements(ds: Dataset) -> Dataset:
-    ds.ImageOrientationPatient = iop
-    ds.PixelSpacing = pixel_spacing
-    ds.SpacingBetweenSlices = float(spacing[2])
-    ds.RescaleSlope = rescale[0]
-    ds.RescaleIntercept = rescale[1]
-    if n_t > 1:
-      ds.NumberOfTemporalPositions = n_t
-    return ds
-
-  paths = []
-  if transfer_syntax != ExplicitVRLittleEndian:  # compressed: pydicom encodes every file
-    for number, (t, k) in enumerate(frames, start=1):
-      ds = shared_elements(_base(MR_IMAGE_STORAGE, "MR", tags, transfer_syntax, new_uid))
-      own_elements(ds, number, t, k)
-      _set_pixels(ds, _to_stored(volumes[t][k], rescale, signed), signed)
-      paths.append(_save(ds, out_dir / f"IM{number:06d}.dcm"))
-    return paths
-  template = shared_elements(_base(MR_IMAGE_STORAGE, "MR", tags, transfer_syntax, new_uid))
+  n_t, shape, native = len(volumes), volumes[0].shape, (
+      options.transfer_syntax == ExplicitVRLittleEndian)
+  rescale, signed = options.rescale, options.signed
+  sop_class = ENHANCED_MR_IMAGE_STORAGE if options.enhanced else MR_IMAGE_STORAGE
+  template = _base(sop_class, "MR", tags, options.transfer_syntax, new_uid)
   _pixel_header(template, shape[1:], signed)
+  if options.enhanced:
+    template.InstanceNumber = 1
+    template.AcquisitionTime = _clock(series.trigger_times[0])
+    template.NumberOfFrames = len(series.frames)
+    template.NumberOfTemporalPositions = n_t
+    template.SharedFunctionalGroupsSequence = DicomSequence([_to_dataset([
+        (0x00289110, "SQ", [[(0x00280030, "DS", [float(geometry.spacing[1]),  # PixelMeasures
+                                                 float(geometry.spacing[0])]),
+                             (0x00180050, "DS", float(geometry.spacing[2]))]]),
+        (0x00289145, "SQ", [[(0x00281052, "DS", rescale[1]),  # PixelValueTransformation
+                             (0x00281053, "DS", rescale[0]), (0x00281054, "LO", "US")]])])])
+    pixels = b"".join(series.stored[t][k].tobytes() for t, k in series.frames)
+    own = [(_PER_FRAME_GROUPS, "SQ", series.frame_groups()), (_PIXEL_DATA, "OW", pixels)]
+    files = [("IM000001.dcm", own)]
+  else:
+    template.ImageOrientationPatient = series.iop
+    template.PixelSpacing = [float(geometry.spacing[1]), float(geometry.spacing[0])]
+    template.SpacingBetweenSlices = float(geometry.spacing[2])
+    template.RescaleSlope, template.RescaleIntercept = rescale
+    if n_t > 1:
+      template.NumberOfTemporalPositions = n_t
+    files = [(f"IM{number:06d}.dcm",
+              [*series.slice_elements(number, t, k),
+               (_PIXEL_DATA, "OW", series.stored[t][k].tobytes())])
+             for number, (t, k) in enumerate(series.frames, start=1)]
   first_uid = template.SOPInstanceUID  # the file meta's; each file carries its own
-  del template.SOPInstanceUID
-  encoder = _SeriesEncoder(template)
-  for number, (t, k) in enumerate(frames, start=1):
-    own = own_elements(Dataset(), number, t, k)
-    own.SOPInstanceUID = first_uid if number == 1 else new_uid()
-    own.add(DataElement(0x7FE00010, "OW",
-                        _pixel_bytes(_to_stored(volumes[t][k], rescale, signed), signed)))
-    paths.append(encoder.write(out_dir / f"IM{number:06d}.dcm", own))
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = []
+  if native:
+    del template.SOPInstanceUID
+    encoder = _SeriesEncoder(template, (tag for tag, _, _ in files[0][1]))
+    for number, (name, own) in enumerate(files, start=1):
+      uid = first_uid if number == 1 else new_uid()
+      paths.append(encoder.write(out_dir / name, uid, own))
+    return paths
+  for number, (name, own) in enumerate(files, start=1):  # pydicom encodes and compresses
+    ds = template if number == len(files) else copy.deepcopy(template)
+    ds.update(_to_dataset(own))
+    if number > 1:
+      ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = new_uid()
+    paths.append(_save(ds, out_dir / name))
   return paths
 
 
-def write_mammogram(
-    path: Path | str,
-    image: np.ndarray,
-    *,
-    laterality: str,
-    view: str,
-    tags: Mapping[str, Any],
-    pixel_spacing_mm: float = 0.07,
-    photometric: str = "MONOCHROME2",
-    window: tuple[float, float] | None = None,
-    bits_stored: int = 16,
-    transfer_syntax: str = ExplicitVRLittleEndian,
-    encoding: Mapping[str, Any] | None = None,
-    uid_seed: str | None = None,
-) -> Path:
+# ---------------------------------------------------------------------------------------------
+# Mammograms
+# ---------------------------------------------------------------------------------------------
+def write_mammogram(path: Path | str, image: np.ndarray, *, laterality: str, view: str,
+                    tags: Mapping[str, Any],
+                    options: MammogramFileOptions = MammogramFileOptions()) -> Path:
   """Writes a 16-bit 'For Presentation' digital mammogram.
 
   Args:
-    image: [rows, columns] unsigned values (at most ``bits_stored`` bits).
+    image: [rows, columns] unsigned values (at most ``options.bits_stored`` bits).
     laterality: 'L' or 'R' (ImageLaterality and Laterality); '' writes neither.
     view: 'CC' or 'MLO' (ViewPosition); '' writes none (secondary-capture style exports name
       the view only in a description or a file name).
-    window: (WindowCenter, WindowWidth) VOI, if the modality sets one.
-    bits_stored: BitsStored (12, 14 or 16 for detectors and film scanners).
-    transfer_syntax: as in :func:`write_mr_series`; ``encoding`` goes to pydicom's encoder
-      (``jls_error`` for JPEG-LS near-lossless, ``j2k_psnr`` / ``j2k_cr`` for JPEG 2000).
-    uid_seed: as in :func:`write_mr_series`.
+    tags: as in :func:`write_mr_series`.
+    options: detector, photometric, VOI window and encoding (:class:`MammogramFileOptions`).
   """
   tags = {"ImageType": ["ORIGINAL", "PRIMARY", "",
                         {"R": "RIGHT", "L": "LEFT"}.get(laterality, "")], **tags}
-  ds = _base(DIGITAL_MAMMOGRAPHY_STORAGE, "MG", tags, transfer_syntax, _uid_factory(uid_seed))
+  ds = _base(DIGITAL_MAMMOGRAPHY_STORAGE, "MG", tags, options.transfer_syntax,
+             _uid_factory(options.uid_seed))
   ds.PresentationIntentType = "FOR PRESENTATION"
   ds.InstanceNumber = 1
   if laterality:
@@ -355,16 +491,17 @@ def write_mammogram(
     ds.Laterality = laterality
   if view:
     ds.ViewPosition = view
-  ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
-  ds.ImagerPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
-  ds.PhotometricInterpretation = photometric
+  spacing = options.pixel_spacing_mm
+  ds.PixelSpacing = [spacing, spacing]
+  ds.ImagerPixelSpacing = [spacing, spacing]
+  ds.PhotometricInterpretation = options.photometric
   ds.BodyPartExamined = "BREAST"
-  if window is not None:
-    ds.WindowCenter, ds.WindowWidth = float(window[0]), float(window[1])
+  if options.window is not None:
+    ds.WindowCenter, ds.WindowWidth = float(options.window[0]), float(options.window[1])
   image = np.asarray(image)
-  if image.min() < 0 or image.max() >= 2 ** bits_stored or not 8 < bits_stored <= 16:
-    raise ValueError(f"mammogram values must fit in {bits_stored} bits (9..16)")
-  ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+  bits = options.bits_stored
+  if image.min() < 0 or image.max() >= 2 ** bits or not 8 < bits <= 16:
+    raise ValueError(f"mammogram values must fit in {bits} bits (9..16)")
+  ds.BitsStored, ds.HighBit = bits, bits - 1
   _set_pixels(ds, image, signed=False)
-  return _save(ds, Path(path), **dict(encoding or {}))
-
+  return _save(ds, Path(path), **dict(options.encoding))

@@ -48,6 +48,9 @@ TRUTH_FILE = "synthetic_truth.json"
 SPECIAL_CASES = {1: "flipped", 2: "oblique", 3: "enhanced", 4: "multiphase", 5: "rle",
                  6: "monochrome1", 7: "truncated_dicom", 8: "no_pre_contrast",
                  9: "size_mismatch", 10: "bad_clinical_row"}
+# Share of the other patients whose MR series are Enhanced MR multi-frame files, one per series
+# (classic single-frame files for the rest), as scanners that export enhanced objects write.
+ENHANCED_SHARE = 1 / 3
 # Broken case -> keyword the preparation's skip reason is expected to contain.
 BROKEN_CASES = {"truncated_dicom": "corrupt", "no_pre_contrast": "pre-contrast",
                 "size_mismatch": "mismatch", "bad_clinical_row": "label"}
@@ -153,12 +156,15 @@ def generate_patient(out_dir: Path | str, seed: int, index: int, geometry: str =
   complete = special is not None and special not in BROKEN_CASES
   plan = series.draw_plan(_rng(seed, index, 3), clinical, special, complete, rates.no_mid,
                           rates.no_post, rates.no_mammogram)
+  if special is None and _rng(seed, index, 8).random() < ENHANCED_SHARE:
+    plan = dataclasses.replace(plan, enhanced=True)
   truth = {
       "patient_id": patient_id(index), "index": index, "label": clinical.label,
       "phases": [PHASE_NAMES[p] for p in plan.phases], "has_mammogram": plan.mammogram,
       "special": special, "broken": special if special in BROKEN_CASES else None,
       "skip_keyword": BROKEN_CASES.get(special), "phase_marking": plan.marking,
-      "manufacturer": plan.vendor.manufacturer, "latent": latent.to_json(),
+      "manufacturer": plan.vendor.manufacturer, "enhanced_mr": plan.enhanced,
+      "latent": latent.to_json(),
       "studies": [], "mammogram": None,
   }
   counts = {"studies": 0, "series": 0, "files": 0, "bytes": 0}

@@ -38,7 +38,7 @@ from absl import app, flags
 from input_pipeline.ingestion import mammogram
 from input_pipeline.ingestion.dicom_io import PreprocessError
 from input_pipeline.synthetic import export as export_module
-from input_pipeline.synthetic.dicom_writer import write_mammogram
+from input_pipeline.synthetic.dicom_writer import MammogramFileOptions, write_mammogram
 from input_pipeline.synthetic.images import digitised_film, render_mammogram
 
 BOX_TOLERANCE = 0.01
@@ -82,7 +82,8 @@ def _write_film(folder: Path, film: np.ndarray, monochrome1: bool) -> Path:
   if monochrome1:  # a 12-bit scanner storing film density
     stored = 4095 - (film.astype(np.int64) >> 4)
     return write_mammogram(folder / "film_m1.dcm", stored, laterality="", view="", tags=_TAGS,
-                           photometric="MONOCHROME1", bits_stored=12)
+                           options=MammogramFileOptions(photometric="MONOCHROME1",
+                                                        bits_stored=12))
   return write_mammogram(folder / "film_m2.dcm", film, laterality="", view="", tags=_TAGS)
 
 
@@ -107,7 +108,7 @@ def rendered(patients: int, geometry: str, seed: int, folder: Path
                                       spec.mammogram_spacing_mm, view)
       name = f"{export_module.patient_id(index)} {view}"
       path = write_mammogram(folder / f"{name.replace(' ', '_')}.dcm", image, laterality="",
-                             view="", tags=_TAGS, bits_stored=14)
+                             view="", tags=_TAGS, options=MammogramFileOptions(bits_stored=14))
       yield name, path, truth
 
 

@@ -99,6 +99,7 @@ class Plan:
   num_post: int
   instance_order: str
   special: str | None
+  enhanced: bool  # MR series as Enhanced MR multi-frame files (one per series)
   rotation: np.ndarray
   spacing: tuple[float, float]  # in-plane, slice (mm)
   fov: tuple[float, float, float]  # x, y, z (mm)
@@ -150,7 +151,7 @@ def draw_plan(rng: np.random.Generator, clinical: ClinicalDraw, special: str | N
       phases=phases, mammogram=bool(mammogram), marking=marking, vendor=vendor,
       style=int(rng.integers(len(vendor.styles))), num_post=int(rng.choice(
           [1, 2, 3, 4], p=[0.1, 0.3, 0.35, 0.25])),
-      instance_order=order, special=special, rotation=rotation,
+      instance_order=order, special=special, enhanced=special == "enhanced", rotation=rotation,
       spacing=(round(float(rng.uniform(0.6, 0.9)), 3), round(float(rng.uniform(1.0, 2.0)), 1)),
       fov=(float(rng.uniform(340, 380)), float(rng.uniform(330, 350)),
            float(rng.uniform(150, 200))),
@@ -243,13 +244,15 @@ class StudyWriter:
       series_uid = self._uid("series", phase, role)
       out = folder / _folder_name(series_number, description)
       paths = dicom_writer.write_mr_series(
-          out, volumes, origin=geometry.origin, spacing=geometry.spacing,
-          direction=geometry.direction, rescale=rescale, signed=signed,
-          enhanced=plan.special == "enhanced", instance_order=plan.instance_order,
-          transfer_syntax=RLELossless if plan.special == "rle" else ExplicitVRLittleEndian,
-          trigger_times_ms=trigger_ms, seed=self.index, uid_seed=series_uid,
-          tags={**tags, **extra, "SeriesDescription": description, "ProtocolName": description,
-                "SeriesNumber": series_number, "SeriesInstanceUID": series_uid})
+          out, volumes,
+          dicom_writer.Geometry(geometry.origin, geometry.spacing, geometry.direction),
+          {**tags, **extra, "SeriesDescription": description, "ProtocolName": description,
+           "SeriesNumber": series_number, "SeriesInstanceUID": series_uid},
+          dicom_writer.SeriesOptions(
+              rescale=rescale, signed=signed, enhanced=plan.enhanced,
+              instance_order=plan.instance_order, order_seed=self.index,
+              transfer_syntax=RLELossless if plan.special == "rle" else ExplicitVRLittleEndian,
+              trigger_times_ms=trigger_ms, uid_seed=series_uid))
       written.append({"role": role, "description": description, "series_number": series_number,
                       "folder": str(out.relative_to(self.root.parent)), "files": len(paths),
                       "temporal_positions": len(volumes) if isinstance(volumes, list) else 1,
@@ -340,13 +343,14 @@ class StudyWriter:
       series_uid = self._uid("series", "MG", view)
       path = folder / _folder_name(number, description) / "IM000001.dcm"
       dicom_writer.write_mammogram(
-          path, stored, laterality=side, view=view, pixel_spacing_mm=spacing_mm,
-          photometric=photometric, window=(centre, float(MG_MAX)),
-          transfer_syntax=RLELossless if plan.special == "rle" else ExplicitVRLittleEndian,
-          uid_seed=series_uid,
+          path, stored, laterality=side, view=view,
           tags={**tags, "SeriesDescription": description, "SeriesNumber": number,
                 "SeriesInstanceUID": series_uid,
-                "PatientOrientation": _mammogram_orientation(side, view)})
+                "PatientOrientation": _mammogram_orientation(side, view)},
+          options=dicom_writer.MammogramFileOptions(
+              pixel_spacing_mm=spacing_mm, photometric=photometric,
+              window=(centre, float(MG_MAX)), uid_seed=series_uid,
+              transfer_syntax=RLELossless if plan.special == "rle" else ExplicitVRLittleEndian))
       written.append({**truth, "description": description, "photometric": photometric,
                       "file": str(path.relative_to(self.root.parent))})
     return {"folder": str(folder.relative_to(self.root.parent)),
