@@ -20,6 +20,7 @@ import dataclasses
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -223,14 +224,31 @@ def _vector(value, length: int, keyword: str, path: Path, description: str) -> n
   return vector
 
 
-def _functional(ds: Dataset, frame_item: Dataset, sequence: str, keyword: str):
-  """An attribute of one frame of an enhanced file: per-frame group first, then shared."""
-  shared = ds.get("SharedFunctionalGroupsSequence") or []
-  for group in (frame_item, *shared[:1]):
-    items = group.get(sequence) or []
-    if items and items[0].get(keyword) is not None:
-      return items[0].get(keyword)
-  return None
+# What a frame of an enhanced file takes from its functional groups: name -> (sequence,
+# attribute).
+_FRAME_ATTRIBUTES = {
+    "temporal": ("FrameContentSequence", "TemporalPositionIndex"),
+    "slope": ("PixelValueTransformationSequence", "RescaleSlope"),
+    "intercept": ("PixelValueTransformationSequence", "RescaleIntercept"),
+    "position": ("PlanePositionSequence", "ImagePositionPatient"),
+    "orientation": ("PlaneOrientationSequence", "ImageOrientationPatient"),
+    "spacing": ("PixelMeasuresSequence", "PixelSpacing"),
+}
+
+
+def _group_values(group: Dataset) -> dict[str, Any]:
+  """The frame attributes one functional group (a per-frame or the shared item) sets, from
+  the first item of each of its sequences."""
+  firsts: dict[str, Dataset | None] = {}
+  values = {}
+  for name, (sequence, keyword) in _FRAME_ATTRIBUTES.items():
+    if sequence not in firsts:
+      items = group.get(sequence) or ()
+      firsts[sequence] = items[0] if len(items) else None
+    value = None if firsts[sequence] is None else firsts[sequence].get(keyword)
+    if value is not None:
+      values[name] = value
+  return values
 
 
 def _check_pixel_module(ds: Dataset, path: Path, description: str) -> tuple[int, int]:
@@ -266,28 +284,28 @@ def _enhanced_frames(ds: Dataset, path: Path, description: str) -> list[_Frame]:
   if per_frame is None or len(per_frame) != n_frames:
     raise DicomError(f"{_where(path, description)}: multi-frame file with {n_frames} frames "
                      "but no matching PerFrameFunctionalGroupsSequence")
+  # A per-frame group's value wins over the shared group's, which is read once.
+  shared = _group_values((ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0])
   frames = []
   for index, item in enumerate(per_frame):
-    def get(sequence: str, keyword: str, required: bool = True):
-      value = _functional(ds, item, sequence, keyword)
-      if value is None and required:
+    values = {**shared, **_group_values(item)}
+
+    def get(name: str) -> Any:
+      if name not in values:
+        sequence, keyword = _FRAME_ATTRIBUTES[name]
         raise DicomError(f"{_where(path, description)}: frame {index + 1} has no "
                          f"{sequence}.{keyword}")
-      return value
-    temporal = get("FrameContentSequence", "TemporalPositionIndex", required=False)
-    slope = get("PixelValueTransformationSequence", "RescaleSlope", required=False)
-    intercept = get("PixelValueTransformationSequence", "RescaleIntercept", required=False)
+      return values[name]
+    temporal = values.get("temporal")
     frames.append(_Frame(
         path=path, frame_index=index,
-        position=_vector(get("PlanePositionSequence", "ImagePositionPatient"), 3,
-                         "ImagePositionPatient", path, description),
-        orientation=_vector(get("PlaneOrientationSequence", "ImageOrientationPatient"), 6,
-                            "ImageOrientationPatient", path, description),
-        pixel_spacing=_vector(get("PixelMeasuresSequence", "PixelSpacing"), 2, "PixelSpacing",
-                              path, description),
+        position=_vector(get("position"), 3, "ImagePositionPatient", path, description),
+        orientation=_vector(get("orientation"), 6, "ImageOrientationPatient", path,
+                            description),
+        pixel_spacing=_vector(get("spacing"), 2, "PixelSpacing", path, description),
         shape=shape,
-        slope=float(slope or 1.0),
-        intercept=float(intercept or 0.0),
+        slope=float(values.get("slope") or 1.0),
+        intercept=float(values.get("intercept") or 0.0),
         temporal_position=None if temporal is None else int(temporal)))
   return frames
 
@@ -369,7 +387,7 @@ def _stack_geometry(frames: list[_Frame], description: str
   return frames, frames[0].position, spacing, np.column_stack([row, column, normal])
 
 
-def _decode(frames: list[_Frame], enhanced: dict[Path, Dataset], description: str
+def _decode(frames: list[_Frame], datasets: dict[Path, Dataset], description: str
             ) -> np.ndarray:
   """Pixel values of the frames after rescale: [z, y, x] float32."""
   volume = np.empty((len(frames), *frames[0].shape), np.float32)
@@ -377,8 +395,7 @@ def _decode(frames: list[_Frame], enhanced: dict[Path, Dataset], description: st
   for z, frame in enumerate(frames):
     if frame.frame_index is None:
       # Through the parsed dataset, not pydicom's path reader, which cannot read deflated files.
-      pixels = decoded_pixels(read_dicom(frame.path, description=description), frame.path,
-                              description)
+      pixels = decoded_pixels(datasets[frame.path], frame.path, description)
       if pixels.shape != frame.shape:
         raise DicomError(f"{_where(frame.path, description)}: pixel data of shape "
                          f"{pixels.shape}, expected {frame.shape}")
@@ -388,7 +405,7 @@ def _decode(frames: list[_Frame], enhanced: dict[Path, Dataset], description: st
   for path, slots in wanted.items():
     indices = [frames[z].frame_index for z in slots]
     try:
-      decoded = list(iter_pixels(enhanced[path], indices=indices))
+      decoded = list(iter_pixels(datasets[path], indices=indices))
     except Exception as e:  # pydicom raises many types for corrupt or truncated pixel data
       raise decode_error(path, e, description) from e
     for z, pixels in zip(slots, decoded):
@@ -400,6 +417,8 @@ def load_series(selection: SeriesSelection) -> sitk.Image:
   """Loads one DICOM series (or one temporal position of a multiphase series) as a volume.
 
   Classic single-frame files and Enhanced MR multi-frame files are accepted, in any file order.
+  Each file is read once, header and pixels together; the pixels of files outside the
+  selected temporal position are let go as soon as their header has been checked.
 
   Args:
     selection: the files, the temporal position to keep (TemporalPositionIdentifier of classic
@@ -422,27 +441,27 @@ def load_series(selection: SeriesSelection) -> sitk.Image:
   if not selection.files:
     raise DicomError(f"series '{description}': no files")
   frames: list[_Frame] = []
-  enhanced: dict[Path, Dataset] = {}
+  datasets: dict[Path, Dataset] = {}  # the parsed files that hold a selected frame
   for path in map(Path, selection.files):
-    header = read_dicom(path, stop_before_pixels=True, description=description)
-    if "MOSAIC" in (str(v).strip().upper() for v in header.get("ImageType") or ()):
+    ds = read_dicom(path, description=description)
+    if "MOSAIC" in (str(v).strip().upper() for v in ds.get("ImageType") or ()):
       raise DicomError(f"{_where(path, description)}: a Siemens MOSAIC image (the slices of a "
                        "volume tiled in one image), which this reader does not untile; convert "
                        "the series to NIfTI with a mosaic-aware converter (dcm2niix) and give "
                        "the volumes as NIfTI")
-    if "PerFrameFunctionalGroupsSequence" in header or int(header.get("NumberOfFrames", 1)) > 1:
-      # Enhanced files are read whole once: re-parsing their large per-frame header for every
-      # frame would cost more than the pixels.
-      enhanced[path] = read_dicom(path, description=description)
-      if "PixelData" not in enhanced[path]:
+    if "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames", 1)) > 1:
+      if "PixelData" not in ds:
         raise decode_error(path, None, description)
-      frames.extend(_enhanced_frames(enhanced[path], path, description))
+      own = _enhanced_frames(ds, path, description)
     else:
-      frames.extend(_classic_frames(header, path, description))
+      own = _classic_frames(ds, path, description)
+    frames.extend(own)
+    if any(selection.temporal_position in (None, f.temporal_position) for f in own):
+      datasets[path] = ds
   frames = _select_temporal(frames, selection)
   _check_consistent(frames, description)
   frames, origin, spacing, direction = _stack_geometry(frames, description)
-  image = sitk.GetImageFromArray(_decode(frames, enhanced, description))
+  image = sitk.GetImageFromArray(_decode(frames, datasets, description))
   image.SetOrigin(tuple(float(v) for v in origin))
   image.SetSpacing(spacing)
   image.SetDirection(tuple(float(v) for v in direction.ravel()))
