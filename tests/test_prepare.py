@@ -21,6 +21,8 @@ from input_pipeline.geometries import GEOMETRIES
 from input_pipeline.ingestion.mammogram import MammogramOptions
 from input_pipeline.ingestion.mri import MriOptions
 from input_pipeline.records import out_folder, prepare, pseudonyms, tfrecord, verify
+from input_pipeline.synthetic import dicom_writer
+from input_pipeline.synthetic import export as synthetic_export
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = GEOMETRIES["tiny"]
@@ -529,3 +531,36 @@ def test_a_split_emptied_by_preprocessing_is_warned(awkward_export, tmp_path, ca
   unparsed = out_folder.private_folder(out) / "unparsed_values.csv"
   rows = list(csv.reader(unparsed.open()))
   assert rows == [["variable", "raw_value", "count"], ["age", "-50", "1"]]
+
+
+def test_enhanced_or_classic_files_give_the_same_records(tmp_path, monkeypatch):
+  """A patient whose MR series are Enhanced MR multi-frame files (one per series) and the same
+  patient written as classic per-slice files give the same record: every image array, value
+  and label is equal, exactly."""
+  key = tmp_path / "pseudonym.key"
+  key.write_text("0" * 64)
+  read = {}
+  for layout, share in (("classic", 0.0), ("enhanced", 1.0)):
+    monkeypatch.setattr(synthetic_export, "ENHANCED_SHARE", share)
+    source, out = tmp_path / layout, tmp_path / f"{layout}_records"
+    synthetic.generate_export(source, 1, seed=0, geometry="tiny", progress=False)
+    truth = _truth(source)["SYN00000"]
+    assert truth["enhanced_mr"] == (layout == "enhanced")
+    classes = {pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID
+               for f in (source / "SYN00000").rglob("*.dcm")}
+    assert classes - {dicom_writer.DIGITAL_MAMMOGRAPHY_STORAGE} == {
+        dicom_writer.ENHANCED_MR_IMAGE_STORAGE if layout == "enhanced"
+        else dicom_writer.MR_IMAGE_STORAGE}
+    prepare.prepare(_options(source, out, split_fractions=(1.0, 0.0, 0.0), pseudonym_key=key),
+                    progress=False)
+    [read[layout]] = _read_all(out).values()
+  classic, enhanced = read["classic"], read["enhanced"]
+  assert truth["phases"] == ["pre", "mid", "post"] and classic.mg is not None  # all compared
+  assert sorted(classic.mri) == sorted(enhanced.mri) and len(classic.mri) == 3
+  for phase, volume in classic.mri.items():
+    np.testing.assert_array_equal(enhanced.mri[phase], volume)
+  np.testing.assert_array_equal(enhanced.mg, classic.mg)
+  for field in ("patient_id", "split", "label", "phases", "spacing_mm", "rhpc_raw"):
+    assert getattr(enhanced, field) == getattr(classic, field), field
+  np.testing.assert_array_equal(enhanced.rhpc_codes, classic.rhpc_codes)
+  np.testing.assert_array_equal(enhanced.rhpc_values, classic.rhpc_values)
