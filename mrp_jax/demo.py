@@ -15,12 +15,19 @@ Stages (each skipped or resumed when its output already exists):
 With config.demo.ablation ('no_knowledge' or 'no_time'), stages 3-4 train the fused models
 without that part into WORKDIR/<ablation>/runs and report into WORKDIR/<ablation>/report,
 reusing the export, the records and the rhpc run of stages 1-3.
+
+The wall time of each stage is kept in WORKDIR/timings.json and closes the console summary
+(:class:`StageClock`; an ablation's stages are named with it); a stage reused from an earlier
+run keeps that run's time, marked reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import ml_collections
@@ -37,6 +44,7 @@ from mrp_jax.training import checks as train_checks
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc")  # trained in this order (the fused ones start from rhpc)
 # The paper's ablations of the fused models: configs/common.py variants of these names.
 ABLATIONS = ("no_knowledge", "no_time")
+TIMINGS_FILE = "timings.json"
 
 # config.demo; the rest of the demo's config is checked as the train job checks it (each
 # stage's own config is checked again before the stage runs).
@@ -121,6 +129,50 @@ def evaluate_config(config: ml_collections.ConfigDict, records: Path,
   return out
 
 
+class StageClock:
+  """The wall time of each stage of a demo run, in WORKDIR/timings.json.
+
+  The file holds stage names and seconds only: ``{"stages": {name: {"seconds": s,
+  "reused": bool}}, "total_seconds": s}``. A stage this run reuses keeps the seconds an earlier
+  run recorded (null when none did), marked reused; the total counts the stages this run ran.
+  """
+
+  def __init__(self, workdir: Path):
+    self.path = workdir / TIMINGS_FILE
+    self._earlier = (json.loads(self.path.read_text()).get("stages", {})
+                     if self.path.exists() else {})
+    self.stages: dict[str, dict] = {}
+
+  @contextlib.contextmanager
+  def time(self, name: str) -> Iterator[None]:
+    """Times the stage run inside the block (kept only when it completes)."""
+    start = time.perf_counter()
+    yield
+    self.stages[name] = {"seconds": round(time.perf_counter() - start, 1), "reused": False}
+    self._write()
+
+  def reused(self, name: str) -> None:
+    """A stage whose output an earlier run wrote."""
+    self.stages[name] = {"seconds": self._earlier.get(name, {}).get("seconds"), "reused": True}
+    self._write()
+
+  def total(self) -> float:
+    return round(sum(v["seconds"] for v in self.stages.values() if not v["reused"]), 1)
+
+  def _write(self) -> None:
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.path.write_text(json.dumps({"stages": self.stages, "total_seconds": self.total()},
+                                    indent=1) + "\n")
+
+  def summary(self) -> str:
+    """One line: each stage's seconds, in the order they ran."""
+    parts = []
+    for name, value in self.stages.items():
+      seconds = "?" if value["seconds"] is None else f"{value['seconds']:.0f} s"
+      parts.append(f"{name} {seconds}" + (" (reused)" if value["reused"] else ""))
+    return f"stage wall times: {', '.join(parts)}; this run {self.total():.0f} s ({self.path})"
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
   """Runs (or resumes) every stage; returns the closing summary's lines (main.py prints them)."""
   from mrp_jax.evaluation import evaluate, outputs, report
@@ -128,15 +180,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
 
   stage = console.current("demo").stage
   workdir = Path(workdir)
+  clock = StageClock(workdir)
   demo = config.demo
   export = workdir / "export"
   if (export / synthetic.TRUTH_FILE).exists():
     stage(f"export: reusing {export}")
+    clock.reused("export")
   else:
     stage(f"export: generating {demo.patients} synthetic patients ({demo.geometry} "
           f"geometry) in {export}")
-    summary = synthetic.generate_export(export, demo.patients, seed=config.seed,
-                                        geometry=demo.geometry, workers=demo.workers)
+    with clock.time("export"):
+      summary = synthetic.generate_export(export, demo.patients, seed=config.seed,
+                                          geometry=demo.geometry, workers=demo.workers)
     stage(f"export: {summary}")
 
   geometry = GEOMETRIES[demo.geometry]
@@ -156,14 +211,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
   manifest_path = options.out / records.MANIFEST
   if manifest_path.exists():  # prepare writes the manifest last, once every shard is complete
     stage(f"records: reusing {options.out}")
+    clock.reused("scan + prepare")
   else:
     stage(f"records: preparing {options.out}")
-    manifest = prepare.prepare(options)
+    with clock.time("scan + prepare"):
+      manifest = prepare.prepare(options)
     stage(f"records in {options.out}\n{accounting.summary(manifest)}")
-  if oracle.read(options.out) is None:  # the synthetic truth, keyed by pseudonym
-    key = prepare.load_key(key_path)
-    oracle.write_for_records(export, options.out, lambda source: pseudonyms.pseudonym(key, source))
-  verified = verify.verify_directory(options.out)
+  with clock.time("verify"):
+    if oracle.read(options.out) is None:  # the synthetic truth, keyed by pseudonym
+      key = prepare.load_key(key_path)
+      oracle.write_for_records(export, options.out,
+                               lambda source: pseudonyms.pseudonym(key, source))
+    verified = verify.verify_directory(options.out)
   if not verified.ok:
     raise RuntimeError(f"demo: the prepared records failed verification:\n{verified.summary()}")
   stage(f"verify: {verified.summary()}")
@@ -173,33 +232,43 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
     encoder_run = workdir / "runs" / "pretrain_iMGrhpc"
     cfg = pretrain_config(config, options.out)
     configuration.validate(cfg, pretrain.CONFIG_CHECKS)
-    pretrain.pretrain(cfg, encoder_run)
+    if (encoder_run / pretrain.ENCODER_INFO).exists():
+      clock.reused("pretrain iMGrhpc")
+      pretrain.pretrain(cfg, encoder_run)  # says "done before"
+    else:
+      with clock.time("pretrain iMGrhpc"):
+        pretrain.pretrain(cfg, encoder_run)
 
   # An ablation's fused runs and report live in WORKDIR/<ablation>, beside the full models';
   # its rhpc (which has neither part) is the full models' own.
   variant_dir = workdir / demo.ablation if demo.ablation else workdir
+  suffix = f" ({demo.ablation})" if demo.ablation else ""  # an ablation's stage names
   workdirs: dict[str, Path] = {}
   for model_name in MODELS:
     run_dir = workdirs[model_name] = (workdir if model_name == "rhpc" else variant_dir
                                       ) / "runs" / model_name
     if (run_dir / "final.json").exists():
       stage(f"train {model_name}: done before, reusing {run_dir}")
+      clock.reused(f"train {model_name}" + (suffix if model_name != "rhpc" else ""))
       continue
     cfg = train_config(config, model_name, options.out, workdirs.get("rhpc"),
                        encoder_run if model_name == "iMGrhpc" else None)
     configuration.validate(cfg, train_checks.CONFIG_CHECKS)
-    train.train_and_evaluate(cfg, run_dir)
+    with clock.time(f"train {model_name}" + (suffix if model_name != "rhpc" else "")):
+      train.train_and_evaluate(cfg, run_dir)
 
   report_dir = variant_dir / "report"
   if (report_dir / "report.md").exists():
     stage(f"evaluate: done before, see {report_dir / 'report.md'}")
+    clock.reused(f"evaluate{suffix}")
     result = json.loads((report_dir / "metrics.json").read_text())
   else:
     stage(f"evaluate: MRP ensemble, metrics with {demo.evaluate.bootstrap_replicates} "
           f"bootstrap replicates, explanations -> {report_dir}")
     cfg = evaluate_config(config, options.out, workdirs)
     configuration.validate(cfg, evaluate.CONFIG_CHECKS)
-    result = evaluate.run(cfg, variant_dir)
+    with clock.time(f"evaluate{suffix}"):
+      result = evaluate.run(cfg, variant_dir)
   if result.get("paper_claims"):  # absent in reports of older versions
     stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {}),
                                 result.get("image_evidence", {})))
@@ -207,4 +276,5 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
           f"training curves of the {len(MODELS)} models: tensorboard --logdir {variant_dir / 'runs'} "
           "(pip install tensorboard)",
           f"records: {options.out}; synthetic export: {export}",
-          "run the same command again to resume or to reprint this"]
+          "run the same command again to resume or to reprint this",
+          clock.summary()]

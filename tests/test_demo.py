@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_console import ABSL_LINE, CONTROL
 
 from input_pipeline.records import verify
@@ -89,6 +90,12 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert (tmp_path / "runs" / run / "metrics.jsonl").read_text().count('"step": 6') == 2
   assert f"tensorboard --logdir {tmp_path / 'runs'}" in first.stdout
   assert f"report: {report / 'report.md'}" in first.stdout
+  stages = ["export", "scan + prepare", "verify", "pretrain iMGrhpc", "train rhpc",
+            "train iMGrhpc", "train iMRrhpc", "evaluate"]
+  timings = json.loads((tmp_path / "timings.json").read_text())
+  assert list(timings["stages"]) == stages
+  assert all(v["seconds"] > 0 and not v["reused"] for v in timings["stages"].values())
+  assert "stage wall times: export " in first.stdout
   stamps = {p: p.stat().st_mtime_ns for p in
             [*(tmp_path / "records").glob("*.tfrecord"), report / "metrics.json"]}
 
@@ -99,6 +106,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert "the paper's result:" in second.stdout  # read back from metrics.json
   assert len(_check_console(second, tmp_path)) > len(log)  # the log continues
   assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing rewritten
+  again = json.loads((tmp_path / "timings.json").read_text())["stages"]
+  assert {k: v["seconds"] for k, v in again.items() if v["reused"]} == {
+      k: v["seconds"] for k, v in timings["stages"].items() if k != "verify"}
 
   # Same command elsewhere, killed mid-training (iMGrhpc has a checkpoint, not its last one).
   other = tmp_path.parent / "b"
@@ -117,3 +127,34 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert "resumed from step" in resumed.stdout
   for name in ("metrics.json", "predictions.csv", "mrp_ensemble.json", "calibration.json"):
     assert (report / name).read_bytes() == (other / "report" / name).read_bytes(), name
+
+
+def test_the_stage_clock_keeps_each_stage_and_the_time_of_a_reused_one(tmp_path):
+  from mrp_jax import demo
+  clock = demo.StageClock(tmp_path)
+  with clock.time("export"):
+    time.sleep(0.3)
+  try:
+    with clock.time("train rhpc"):
+      raise RuntimeError("stopped")
+  except RuntimeError:
+    pass
+  with clock.time("train iMGrhpc"):
+    pass
+  written = json.loads((tmp_path / demo.TIMINGS_FILE).read_text())
+  assert list(written["stages"]) == ["export", "train iMGrhpc"]  # a failed stage is not kept
+  assert written["stages"]["export"]["seconds"] >= 0.3
+  assert written["total_seconds"] == pytest.approx(sum(
+      v["seconds"] for v in written["stages"].values()), abs=1e-9)
+  resumed = demo.StageClock(tmp_path)
+  resumed.reused("export")
+  resumed.reused("evaluate")  # no earlier time
+  with resumed.time("train rhpc"):
+    pass
+  stages = json.loads((tmp_path / demo.TIMINGS_FILE).read_text())["stages"]
+  assert stages["export"] == {"seconds": written["stages"]["export"]["seconds"], "reused": True}
+  assert stages["evaluate"] == {"seconds": None, "reused": True}
+  assert resumed.total() == stages["train rhpc"]["seconds"]
+  line = resumed.summary()
+  assert line.startswith("stage wall times: export 0 s (reused), evaluate ? (reused), "
+                         "train rhpc 0 s;")
