@@ -167,6 +167,26 @@ def draw_plan(rng: np.random.Generator, clinical: ClinicalDraw, special: str | N
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class _MrSeries:
+  """One series of an MR study, as :meth:`StudyWriter.mr_study` writes it.
+
+  Attributes:
+    role: its name in the truth ('localizer', 't2', 'pre', 'post_1', 'subtraction', ...).
+    description: SeriesDescription and ProtocolName.
+    geometry: its voxel grid.
+    tags: acquisition tags beyond the study's.
+    trigger_ms: TriggerTime per temporal position (None: the writer's default).
+    subtraction: stored signed and without rescale, as scanners store subtraction images.
+  """
+  role: str
+  description: str
+  geometry: VolumeGeometry
+  tags: dict[str, Any]
+  trigger_ms: tuple[float, ...] | None = None
+  subtraction: bool = False
+
+
 def _folder_name(number: int, description: str) -> str:
   return f"{number}_{re.sub(r'[^A-Za-z0-9]+', '_', description).strip('_')}"
 
@@ -238,22 +258,25 @@ class StudyWriter:
     written: list[dict[str, Any]] = []
     number = itertools.count(1)
 
-    def write(role: str, description: str, volumes, geometry: VolumeGeometry, extra: dict,
-              trigger_ms=None, signed=vendor.signed, rescale=(slope, intercept)) -> list[Path]:
+    def write(series: _MrSeries, volumes) -> list[Path]:
       series_number = next(number) * vendor.series_step + (vendor.series_step > 1)
-      series_uid = self._uid("series", phase, role)
-      out = folder / _folder_name(series_number, description)
+      series_uid = self._uid("series", phase, series.role)
+      out = folder / _folder_name(series_number, series.description)
+      geometry = series.geometry
       paths = dicom_writer.write_mr_series(
           out, volumes,
           dicom_writer.Geometry(geometry.origin, geometry.spacing, geometry.direction),
-          {**tags, **extra, "SeriesDescription": description, "ProtocolName": description,
-           "SeriesNumber": series_number, "SeriesInstanceUID": series_uid},
+          {**tags, **series.tags, "SeriesDescription": series.description,
+           "ProtocolName": series.description, "SeriesNumber": series_number,
+           "SeriesInstanceUID": series_uid},
           dicom_writer.SeriesOptions(
-              rescale=rescale, signed=signed, enhanced=plan.enhanced,
+              rescale=(1.0, 0.0) if series.subtraction else (slope, intercept),
+              signed=series.subtraction or vendor.signed, enhanced=plan.enhanced,
               instance_order=plan.instance_order, order_seed=self.index,
               transfer_syntax=RLELossless if plan.special == "rle" else ExplicitVRLittleEndian,
-              trigger_times_ms=trigger_ms, uid_seed=series_uid))
-      written.append({"role": role, "description": description, "series_number": series_number,
+              trigger_times_ms=series.trigger_ms, uid_seed=series_uid))
+      written.append({"role": series.role, "description": series.description,
+                      "series_number": series_number,
                       "folder": str(out.relative_to(self.root.parent)), "files": len(paths),
                       "temporal_positions": len(volumes) if isinstance(volumes, list) else 1,
                       "geometry": geometry.to_json()})
@@ -268,15 +291,15 @@ class StudyWriter:
     loc = VolumeGeometry.centred(centre, (plan.fov[0], 300.0, 120.0),
                                  (2 * in_plane, 2 * in_plane, 40.0), coronal)
     loc_maps = render_dce(phantom, loc, shift, phase, bias)
-    write("localizer", loc_desc, rician(rng, loc_maps.pre, sigma), loc, {
-        **gradient_echo, "MRAcquisitionType": "2D"})
+    write(_MrSeries("localizer", loc_desc, loc, {**gradient_echo, "MRAcquisitionType": "2D"}),
+          rician(rng, loc_maps.pre, sigma))
 
     t2 = VolumeGeometry.centred(centre, plan.fov, (1.4 * in_plane, 1.4 * in_plane,
                                                    2 * thickness), plan.rotation)
     t2_signal = rician(rng, render_dce(phantom, t2, shift, phase, bias, contrast="t2").pre, sigma)
-    write("t2", t2_desc, t2_signal, t2, {"ScanningSequence": "SE", "MRAcquisitionType": "2D",
-                                         "RepetitionTime": 4000.0, "EchoTime": 90.0,
-                                         "FlipAngle": 90.0})
+    write(_MrSeries("t2", t2_desc, t2, {"ScanningSequence": "SE", "MRAcquisitionType": "2D",
+                                        "RepetitionTime": 4000.0, "EchoTime": 90.0,
+                                        "FlipAngle": 90.0}), t2_signal)
 
     maps = render_dce(phantom, dce, shift, phase, bias)
     first, step = float(rng.uniform(60, 100)), float(rng.uniform(60, 90))
@@ -284,11 +307,12 @@ class StudyWriter:
     volumes = [rician(rng, maps.at(t), sigma) for t in times]
     broken = plan.special if phase == 0 else None
     if plan.special == "multiphase":
-      write("multiphase", MULTIPHASE_DESCRIPTION, volumes, dce, contrast,
-            trigger_ms=[1000 * t for t in times])
+      write(_MrSeries("multiphase", MULTIPHASE_DESCRIPTION, dce, contrast,
+                      trigger_ms=tuple(1000 * t for t in times)), volumes)
     else:
       if broken != "no_pre_contrast":
-        pre_paths = write("pre", pre_desc, volumes[0], dce, gradient_echo, trigger_ms=[0.0])
+        pre_paths = write(_MrSeries("pre", pre_desc, dce, gradient_echo, trigger_ms=(0.0,)),
+                          volumes[0])
       post_geometry, post_volumes = dce, volumes[1:]
       if broken == "size_mismatch":
         post_geometry = VolumeGeometry.centred(centre, plan.fov, (1.25 * in_plane,
@@ -297,12 +321,12 @@ class StudyWriter:
         post_maps = render_dce(phantom, post_geometry, shift, phase, bias)
         post_volumes = [rician(rng, post_maps.at(t), sigma) for t in times[1:]]
       for k, (t, volume) in enumerate(zip(times[1:], post_volumes), start=1):
-        write(f"post_{k}", post_desc.format(k=k, nth=_NTH[k - 1]), volume, post_geometry,
-              contrast, trigger_ms=[1000 * t])
+        write(_MrSeries(f"post_{k}", post_desc.format(k=k, nth=_NTH[k - 1]), post_geometry,
+                        contrast, trigger_ms=(1000 * t,)), volume)
       if broken not in ("no_pre_contrast", "size_mismatch"):
-        write("subtraction", sub_desc.format(k=1, nth=_NTH[0]), volumes[1] - volumes[0], dce,
-              {**contrast, "ImageType": ["DERIVED", "PRIMARY", "SUBTRACTION"]}, signed=True,
-              rescale=(1.0, 0.0))
+        write(_MrSeries("subtraction", sub_desc.format(k=1, nth=_NTH[0]), dce,
+                        {**contrast, "ImageType": ["DERIVED", "PRIMARY", "SUBTRACTION"]},
+                        subtraction=True), volumes[1] - volumes[0])
       if broken == "truncated_dicom":
         victim = sorted(pre_paths)[len(pre_paths) // 2]
         victim.write_bytes(victim.read_bytes()[:int(victim.stat().st_size * 0.6)])
