@@ -22,6 +22,9 @@ Special patients sit at fixed indices (present when the cohort is large enough):
 series, 5 RLE lossless, 6 MONOCHROME1 mammogram, and the broken ones of :data:`BROKEN_CASES`:
 7 truncated DICOM file, 8 no pre-contrast series, 9 pre/post matrix mismatch, 10 unparseable
 clinical row. Broken images are always in the Pre-NAT study, so the whole patient is unusable.
+Of the other patients, :data:`ENHANCED_SHARE` have Enhanced MR multi-frame files (one per
+series), the rest classic single-frame files (one per slice); the records are the same either
+way.
 """
 
 from __future__ import annotations
