@@ -155,18 +155,17 @@ def truncation(path: Path | str) -> str | None:
     return None
 
 
-def read_dicom(path: Path | str, *, stop_before_pixels: bool = False,
-               description: str = "") -> Dataset:
-  """Reads one DICOM file; any failure becomes a :class:`DicomError` naming the file.
+def read_dicom(path: Path | str, *, description: str = "") -> Dataset:
+  """Reads one DICOM file, header and pixel data; any failure becomes a :class:`DicomError`
+  naming the file.
 
   Args:
     path: the file.
-    stop_before_pixels: read the header only.
     description: SeriesDescription, for messages.
   """
   path = Path(path)
   try:
-    return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    return pydicom.dcmread(path)
   except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, KeyError,
           zlib.error, struct.error) as e:
     cut = truncation(path)
