@@ -285,23 +285,26 @@ def _enhanced_frames(ds: Dataset, path: Path, description: str) -> list[_Frame]:
                      "but no matching PerFrameFunctionalGroupsSequence")
   # A per-frame group's value wins over the shared group's, which is read once.
   shared = _group_values((ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0])
+
+  def get(values: dict[str, Any], index: int, name: str) -> Any:
+    if name not in values:
+      sequence, keyword = _FRAME_ATTRIBUTES[name]
+      raise DicomError(f"{_where(path, description)}: frame {index + 1} has no "
+                       f"{sequence}.{keyword}")
+    return values[name]
+
   frames = []
   for index, item in enumerate(per_frame):
     values = {**shared, **_group_values(item)}
-
-    def get(name: str) -> Any:
-      if name not in values:
-        sequence, keyword = _FRAME_ATTRIBUTES[name]
-        raise DicomError(f"{_where(path, description)}: frame {index + 1} has no "
-                         f"{sequence}.{keyword}")
-      return values[name]
     temporal = values.get("temporal")
     frames.append(_Frame(
         path=path, frame_index=index,
-        position=_vector(get("position"), 3, "ImagePositionPatient", path, description),
-        orientation=_vector(get("orientation"), 6, "ImageOrientationPatient", path,
-                            description),
-        pixel_spacing=_vector(get("spacing"), 2, "PixelSpacing", path, description),
+        position=_vector(get(values, index, "position"), 3, "ImagePositionPatient", path,
+                         description),
+        orientation=_vector(get(values, index, "orientation"), 6, "ImageOrientationPatient",
+                            path, description),
+        pixel_spacing=_vector(get(values, index, "spacing"), 2, "PixelSpacing", path,
+                              description),
         shape=shape,
         slope=float(values.get("slope") or 1.0),
         intercept=float(values.get("intercept") or 0.0),
