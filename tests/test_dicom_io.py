@@ -145,6 +145,27 @@ def test_an_enhanced_file_is_the_bytes_pydicom_itself_writes(tmp_path):
                              _OBLIQUE[:, :2].T.ravel(), atol=1e-9)
 
 
+def test_a_frame_takes_its_own_functional_group_first_then_the_shared_one(tmp_path):
+  volume = _volume()
+  [path] = write_mr_series(tmp_path, volume, _GEOMETRY, _TAGS,
+                           SeriesOptions(enhanced=True, rescale=(2.0, -50.0)))
+  ds = pydicom.dcmread(path)
+  own = pydicom.Dataset()  # frame 3 rescales its stored values its own way
+  own.RescaleSlope, own.RescaleIntercept, own.RescaleType = 4.0, 10.0, "US"
+  ds.PerFrameFunctionalGroupsSequence[2].PixelValueTransformationSequence = [own]
+  ds.save_as(path)
+  loaded = sitk.GetArrayFromImage(dicom_io.load_series(_select([path])))
+  stored = np.rint((volume + 50.0) / 2.0)  # what the file holds
+  np.testing.assert_array_equal(loaded[2], stored[2] * 4.0 + 10.0)
+  np.testing.assert_array_equal(np.delete(loaded, 2, axis=0),
+                                np.delete(stored * 2.0 - 50.0, 2, axis=0))
+  del ds.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence
+  ds.save_as(path)
+  with pytest.raises(dicom_io.DicomError, match=f"{path.name}.*frame 2 has no "
+                     "PlanePositionSequence.ImagePositionPatient"):
+    dicom_io.load_series(_select([path]))
+
+
 def _same_bytes_as_pydicom(path, tmp_path) -> str:
   """Checks that pydicom writes ``path``'s dataset to the same bytes; its SOPInstanceUID."""
   ds = pydicom.dcmread(path)
