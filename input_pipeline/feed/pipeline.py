@@ -233,8 +233,7 @@ def example_dataset(paths: Sequence[str], feed: TrainFeed) -> grain.IterDataset:
       iter_buffer_size=feed.read_buffer)
   # Shuffled as bytes: decoding only what leaves the window costs no more RAM (a record's
   # bytes are its arrays) and no decode is wasted on a window being refilled after a restore.
-  ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=feed.shuffle_window,
-                                                   seed=window_seed)
+  ds = stages.WindowShuffle(ds, window_size=feed.shuffle_window, seed=window_seed)
   ds = ds.map(stages.decode).filter(stages.TrainingPatients(feed.model_name, mine,
                                                             local_records))
   return ds.random_map(batching.draw_training_example, seed=draw_seed)

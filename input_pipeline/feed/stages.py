@@ -5,6 +5,7 @@ of training patients, the per-process seeds, and the collation of batches into r
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -56,6 +57,79 @@ class ShardRecordsIterator(grain.DatasetIterator):
   def set_state(self, state: dict[str, int]) -> None:
     self._offset = int(state["reader_offset"])
     self._records = None
+
+
+class WindowShuffle(grain.IterDataset):
+  """The parent's elements shuffled within consecutive windows of ``window_size``.
+
+  What Grain's WindowShuffleIterDataset does, with the same iterator state (the parent's
+  state at the window's start, the window's index and the position in it), at a fraction of
+  its cost: Grain draws each position of a window by cycle-walking a 16-bit block cipher
+  (index_shuffle) until it lands inside the window, ~65,536 / window encryptions per
+  element: 17 ms per record at the tiny configs' window of 4, 3.5 ms at 16, more than a
+  64 x 32 mammogram's record costs to read and decode (docs/data.md, "The input pipeline").
+  Here window w is ordered by one permutation from NumPy's generator seeded by (seed, w).
+  """
+
+  def __init__(self, parent: grain.IterDataset, *, window_size: int, seed: int):
+    super().__init__(parent)
+    self._window_size = window_size
+    self._seed = seed
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return WindowShuffleIterator(self._parent.__iter__(), self._window_size, self._seed)
+
+
+class WindowShuffleIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, window_size: int, seed: int):
+    super().__init__(parent)
+    self._window_size = window_size
+    self._seed = seed
+    self._window_index = 0
+    self._position = 0  # elements of the current window handed out
+    self._window: list[Any] = []
+    self._window_start = parent.get_state()
+    self._parent_exhausted = False
+
+  def _fill(self) -> None:
+    window = []
+    try:
+      while len(window) < self._window_size:
+        window.append(next(self._parent))
+    except StopIteration:
+      self._parent_exhausted = True
+    order = np.random.default_rng([self._seed, self._window_index]).permutation(len(window))
+    self._window = [window[i] for i in order]
+
+  def __next__(self) -> Any:
+    if self._position == len(self._window):  # the window is used up (or none yet)
+      if self._window:
+        self._window_index += 1
+      if self._parent_exhausted:
+        raise StopIteration
+      self._window_start = copy.deepcopy(self._parent.get_state())
+      self._fill()
+      self._position = 0
+      if not self._window:
+        raise StopIteration
+    element = self._window[self._position]
+    self._window[self._position] = None  # the consumer's reference is the only one left
+    self._position += 1
+    return element
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent_window_start_state": copy.deepcopy(self._window_start),
+            "window_index": self._window_index, "pos_in_window": self._position}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._window_start = copy.deepcopy(state["parent_window_start_state"])
+    self._parent.set_state(self._window_start)
+    self._window_index = int(state["window_index"])
+    self._parent_exhausted = False
+    self._fill()
+    self._position = min(int(state["pos_in_window"]), len(self._window))
+    self._window[:self._position] = [None] * self._position
 
 
 def decode(element: tuple[str, int, memoryview]) -> records.PatientRecord:
