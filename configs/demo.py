@@ -56,8 +56,10 @@ def get_config(arg=None):
   })
   # The mammogram encoder's self-supervised start (the pretrain job on every split's
   # mammograms, labels unused); steps 0: iMGrhpc's encoder starts from scratch. Off by default:
-  # 2,000 steps of 64 ran at ~1 step/s on 2 shared cores, beyond the demo's 15 minutes; turn it
-  # on with --config.demo.pretrain.steps=2000 (docs/pretraining.md, "What the demo does now").
+  # it fits the demo's time now (2,000 steps of 64, ~3 quiet 2-core minutes) but on this cohort
+  # lifts the encoder's image-only test AUROC only to 0.52-0.55, not to half its image's edge;
+  # turn it on with --config.demo.pretrain.steps=2000 (docs/pretraining.md, "What the demo
+  # does now").
   d.pretrain = ml_collections.ConfigDict({"steps": 0, "batch_size": 64})
   # '' the full models; 'no_knowledge' or 'no_time': the paper's ablations of the fused models
   # (configs/common.py variants of the same names), in WORKDIR/<ablation>/{runs,report}.
