@@ -172,6 +172,12 @@ def test_generic_rejects_bad_options_and_missing_table(tmp_path):
     generic.discover(tmp_path)
   with pytest.raises(ValueError, match="two_study_followup"):
     generic.discover(tmp_path, two_study_followup="pre")
+  with pytest.raises(ValueError, match="mg_view must be 'CC' or 'MLO'"):
+    generic.GenericOptions(mg_view="ML")
+  # --layout_option NAME=VALUE with a misspelt name: refused, the known names listed.
+  with pytest.raises(ValueError, match=r"unknown generic layout option\(s\) \['mg_views'\]; "
+                     r"known: \['two_study_followup', .*'mg_view'"):
+    layouts.discover("generic", tmp_path, mg_views="MLO")
 
 
 @pytest.mark.parametrize("text,tag,expected", [
