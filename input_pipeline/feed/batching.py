@@ -147,8 +147,9 @@ def training_combinations(record: PatientRecord) -> tuple[tuple[str | None, str 
 
 
 def draw_training_example(record: PatientRecord, rng: np.random.Generator) -> Example:
-  """One uniformly drawn combination of ``record``'s MRI (``rng`` decides; see Grain's
-  random_map, which seeds it from the pipeline seed and the position in the stream)."""
+  """One uniformly drawn combination of ``record``'s MRI, then one of its mammogram views
+  (``rng`` decides; see Grain's random_map, which seeds it from the pipeline seed and the
+  position in the stream)."""
   combinations = training_combinations(record)
   baseline, follow_up = combinations[int(rng.integers(len(combinations)))]
   return Example(record, baseline, follow_up, draw_mammogram_view(record, rng))
