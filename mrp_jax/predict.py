@@ -274,22 +274,22 @@ def _read_patient(folder: Path, row: ClinicalRow, loaded: Sequence[runs.Run],
   return patient
 
 
-def _score_rows(run: runs.Run, rows: Sequence[batching.Example], platt: Sequence[Any],
+def _score_rows(run: runs.Run, rows: Sequence[tuple[batching.Example, Any]],
                 spec: batching.BatchSpec, batch_size: int, explain_steps: int,
                 evaluation: Evaluation | None) -> list[dict[str, Any]]:
   """``run``'s outputs for ``rows`` (at most ``batch_size``) from one batch of ``batch_size``
   rows, padded so that every batch has the shape the cached programs were compiled for (rows
   are independent: the models in eval mode). Per row: 'logit' (float64), 'probability' (the
   model's own) and, with attributions, 'attributions' (label -> [1]) of the probability under
-  the row's map in ``platt`` (the identity where MRP combines own probabilities)."""
+  the row's map, second of its pair (the identity where MRP combines own probabilities)."""
   n = len(rows)
-  batch = batching.collate(list(rows), run.model_name, spec, batch_size)
+  batch = batching.collate([example for example, _ in rows], run.model_name, spec, batch_size)
   out = run.eval_step(run.state.params, run.state.batch_stats, batch)
   scored = [{"logit": float(logit), "probability": float(probability)} for logit, probability
             in zip(np.asarray(out["logit"], np.float64)[:n], np.asarray(out["probability"])[:n])]
   if evaluation is None or not explain_steps:
     return scored
-  maps = [calibration.IDENTITY] * n if evaluation.own_inputs else list(platt)
+  maps = [calibration.IDENTITY] * n if evaluation.own_inputs else [m for _, m in rows]
   # Each row's own calibration map (patients of one batch may be at different phases); the
   # padding rows take the identity.
   slope = np.asarray([m.slope for m in maps] + [1.0] * (batch_size - n), np.float32)
@@ -337,8 +337,8 @@ def _answer_run(run: runs.Run, patients: Sequence[_Patient], spec: batching.Batc
   for start in range(0, len(rows), batch_size):
     chunk = rows[start:start + batch_size]
     try:
-      platt = [patient.platt.get(run.label) for patient, _ in chunk]
-      results = _score_rows(run, [example for _, example in chunk], platt, spec, batch_size,
+      results = _score_rows(run, [(example, patient.platt.get(run.label))
+                                  for patient, example in chunk], spec, batch_size,
                             explain_steps, evaluation)
     except Exception as error:
       for patient, _ in chunk:
