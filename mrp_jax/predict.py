@@ -13,23 +13,25 @@ answer's ``unused_clinical`` (the other fields are kept). Preprocessing is the o
 
 The phase is the latest one the images support: Post-NAT with Pre and Post MRI, else Mid-NAT
 with Pre and Mid, else Pre-NAT. Every applicable model answers (iMGrhpc needs the mammogram,
-iMRrhpc an MRI). With ``--evaluation`` (the evaluate job's report folder) the answers are what
-the evaluation reported: each model's probability through its calibration map for that phase
-(calibration.json), MRP combining with the validation-fitted weights (mrp_ensemble.json) what
-the evaluation combined: the models' own probabilities, then MRP's output through its own
-calibration map (the paper's, 'model'), or their calibrated probabilities ('calibrated'; also
-every mrp_ensemble.json written before the choice was saved), and the strongest
-Integrated-Gradients attributions of MRP (or the single model) against the evaluation's
-reference patient (attribution_baseline.json), of the probabilities MRP combines. Without it,
-each model's own, uncalibrated probability and nothing else. A patient whose data cannot be
-used gets an error message; the others still get answers. The exit status is 1 when no patient
-got one.
+iMRrhpc an MRI); iMGrhpc answers for a patient with CC and MLO views with the mean of its
+probabilities on each, as the evaluation does. With ``--evaluation`` (the evaluate job's report
+folder) the answers are what the evaluation reported: each model's probability through its
+calibration map for that phase (calibration.json), MRP combining with the validation-fitted
+weights (mrp_ensemble.json) what the evaluation combined: the models' own probabilities, then
+MRP's output through its own calibration map (the paper's, 'model'), or their calibrated
+probabilities ('calibrated'; also every mrp_ensemble.json written before the choice was saved),
+and the strongest Integrated-Gradients attributions of MRP (or the single model) against the
+evaluation's reference patient (attribution_baseline.json), of the probabilities MRP combines.
+Without it, each model's own, uncalibrated probability and nothing else. A patient whose data
+cannot be used gets an error message; the others still get answers. The exit status is 1 when no
+patient got one.
 
-Patients go through each model in batches of ``--batch_size`` rows (the last one padded), and
-the compiled programs are kept in JAX's persistent compilation cache (``--compilation_cache``),
-so a later call, with any number of patients, compiles nothing: the first call on a machine
-compiles every model's programs once (about 30 s for the demo's runs on 2 CPU cores), later
-calls only read and run (docs/performance.md, "predict: compilation cache and batch size").
+Patients go through each model in batches of ``--batch_size`` rows (a row per patient, per
+mammogram view for iMGrhpc; the last batch padded), and the compiled programs are kept in JAX's
+persistent compilation cache (``--compilation_cache``), so a later call, with any number of
+patients, compiles nothing: the first call on a machine compiles every model's programs once
+(about 30 s for the demo's runs on 2 CPU cores), later calls only read and run
+(docs/performance.md, "predict: compilation cache and batch size").
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import jax
 import numpy as np
 from absl import flags
 from jax.experimental.compilation_cache import compilation_cache
+from scipy import special
 
 from input_pipeline import cli
 from input_pipeline.clinical_table import ParseReport
@@ -168,7 +171,7 @@ def _phase(record) -> str:
 
 
 def _applicable(model_name: str, record) -> bool:
-  return {"rhpc": True, "iMGrhpc": record.mg is not None,
+  return {"rhpc": True, "iMGrhpc": bool(record.mammograms),
           "iMRrhpc": "pre" in record.mri}[model_name]
 
 
@@ -250,7 +253,8 @@ def _read_patient(folder: Path, row: ClinicalRow, loaded: Sequence[runs.Run],
     record = process_patient(source, ANONYMOUS, "test", mri_options, mg_options, report)
     phase = _phase(record)
     patient.answer.update(phase=phase,
-                          images={"mri": list(record.mri), "mammogram": record.mg is not None},
+                          images={"mri": list(record.mri), "mammogram": bool(record.mammograms),
+                                  "mammogram_views": list(record.mammograms)},
                           unknown_clinical=sorted(report.missing) + sorted(
                               {v for v, _ in report.unparsed}),
                           unused_clinical=list(row.left_out),
@@ -270,29 +274,22 @@ def _read_patient(folder: Path, row: ClinicalRow, loaded: Sequence[runs.Run],
   return patient
 
 
-def _answer_batch(run: runs.Run, patients: Sequence[_Patient], spec: batching.BatchSpec,
-                  batch_size: int, evaluation: Evaluation | None, explain_steps: int) -> None:
-  """Puts ``run``'s probabilities (and attributions) of ``patients`` (at most ``batch_size``)
-  into them, from one batch of ``batch_size`` rows: the rows past the patients are padding, so
-  every batch has the shape the cached programs were compiled for. Rows are independent (the
-  models in eval mode), so a patient's answer does not depend on the others of its batch."""
-  n = len(patients)
-  batch = batching.collate([p.example for p in patients], run.model_name, spec, batch_size)
+def _score_rows(run: runs.Run, rows: Sequence[tuple[batching.Example, Any]],
+                spec: batching.BatchSpec, batch_size: int, explain_steps: int,
+                evaluation: Evaluation | None) -> list[dict[str, Any]]:
+  """``run``'s outputs for ``rows`` (at most ``batch_size``) from one batch of ``batch_size``
+  rows, padded so that every batch has the shape the cached programs were compiled for (rows
+  are independent: the models in eval mode). Per row: 'logit' (float64), 'probability' (the
+  model's own) and, with attributions, 'attributions' (label -> [1]) of the probability under
+  the row's map, second of its pair (the identity where MRP combines own probabilities)."""
+  n = len(rows)
+  batch = batching.collate([example for example, _ in rows], run.model_name, spec, batch_size)
   out = run.eval_step(run.state.params, run.state.batch_stats, batch)
-  logits = np.asarray(out["logit"], np.float64)[:n]
-  if evaluation is None:
-    for patient, probability in zip(patients, np.asarray(out["probability"])[:n]):
-      patient.probability[run.label] = float(probability)
-    return
-  maps = [patient.platt[run.label] for patient in patients]
-  for patient, platt, logit in zip(patients, maps, logits):
-    patient.probability[run.label] = float(platt(logit))
-    # The evaluation's own probability: sigmoid of the float64 logit, as inference.predict.
-    patient.own_probability[run.label] = float(calibration.IDENTITY(logit))
-  if not explain_steps:
-    return
-  if evaluation.own_inputs:  # attributions of the probabilities MRP combines
-    maps = [calibration.IDENTITY] * n
+  scored = [{"logit": float(logit), "probability": float(probability)} for logit, probability
+            in zip(np.asarray(out["logit"], np.float64)[:n], np.asarray(out["probability"])[:n])]
+  if evaluation is None or not explain_steps:
+    return scored
+  maps = [calibration.IDENTITY] * n if evaluation.own_inputs else [m for _, m in rows]
   # Each row's own calibration map (patients of one batch may be at different phases); the
   # padding rows take the identity.
   slope = np.asarray([m.slope for m in maps] + [1.0] * (batch_size - n), np.float32)
@@ -301,8 +298,57 @@ def _answer_batch(run: runs.Run, patients: Sequence[_Patient], spec: batching.Ba
       run.model, {"params": run.state.params, "batch_stats": run.state.batch_stats}, batch,
       target="probability", steps=explain_steps, rhpc_baseline=evaluation.rhpc_baseline,
       calibration=(slope, intercept))
-  for j, patient in enumerate(patients):
-    patient.attributions[run.model_name] = {k: v[j:j + 1] for k, v in attributions.items()}
+  for j, row in enumerate(scored):
+    row["attributions"] = {k: v[j:j + 1] for k, v in attributions.items()}
+  return scored
+
+
+def _settle(run: runs.Run, patient: _Patient, scored: list[dict[str, Any]],
+            evaluation: Evaluation | None) -> None:
+  """``run``'s answer for ``patient`` from its rows (per mammogram view for iMGrhpc): as the
+  evaluation (inference.per_patient), the mean of the views' own probabilities, its log-odds
+  through the calibration map; the views' mean attributions (Integrated Gradients is linear
+  in the explained function)."""
+  if len(scored) == 1:
+    logit, own = scored[0]["logit"], scored[0]["probability"]
+  else:
+    own = float(np.mean(special.expit([row["logit"] for row in scored])))
+    logit = float(special.logit(own))
+  if evaluation is None:
+    patient.probability[run.label] = own
+  else:
+    patient.probability[run.label] = float(patient.platt[run.label](logit))
+    # The evaluation's own probability: sigmoid of the float64 logit, as inference.predict.
+    patient.own_probability[run.label] = (float(calibration.IDENTITY(logit))
+                                          if len(scored) == 1 else own)
+  if "attributions" in scored[0]:
+    patient.attributions[run.model_name] = {
+        key: np.mean([row["attributions"][key] for row in scored], axis=0)
+        for key in scored[0]["attributions"]}
+
+
+def _answer_run(run: runs.Run, patients: Sequence[_Patient], spec: batching.BatchSpec,
+                batch_size: int, evaluation: Evaluation | None, explain_steps: int) -> None:
+  """``run``'s answers in batches of rows (per view for iMGrhpc); a failing batch fails its own."""
+  rows = [(patient, example) for patient in patients if patient.waiting_for(run)
+          for example in batching.eval_examples(patient.example.record,
+                                                patient.answer["phase"], run.model_name)]
+  scored: dict[int, list[dict[str, Any]]] = {}
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start:start + batch_size]
+    try:
+      results = _score_rows(run, [(example, patient.platt.get(run.label))
+                                  for patient, example in chunk], spec, batch_size,
+                            explain_steps, evaluation)
+    except Exception as error:
+      for patient, _ in chunk:
+        patient.fail(error)
+      continue
+    for (patient, _), result in zip(chunk, results):
+      scored.setdefault(id(patient), []).append(result)
+  for patient in patients:
+    if id(patient) in scored and "error" not in patient.answer:
+      _settle(run, patient, scored[id(patient)], evaluation)
 
 
 def _combine(patient: _Patient, by_name: dict[str, runs.Run], evaluation: Evaluation | None,
@@ -369,14 +415,7 @@ def predict_patients(folders: Sequence[Path], loaded: Sequence[runs.Run],
   patients = [_read_patient(folder, _row_for(clinical, folder.name, len(folders) == 1), loaded,
                             evaluation, mri_options, mg_options) for folder in folders]
   for run in loaded:
-    waiting = [patient for patient in patients if patient.waiting_for(run)]
-    for start in range(0, len(waiting), batch_size):
-      chunk = waiting[start:start + batch_size]
-      try:
-        _answer_batch(run, chunk, spec, batch_size, evaluation, explain_steps)
-      except Exception as error:  # the patients of other batches still get answers
-        for patient in chunk:
-          patient.fail(error)
+    _answer_run(run, patients, spec, batch_size, evaluation, explain_steps)
   for patient in patients:
     if "error" not in patient.answer:
       try:

@@ -307,7 +307,8 @@ def _record() -> records.PatientRecord:
   codes[schema.VARIABLE_NAMES.index("location")] = 2  # C50.2
   return records.PatientRecord(
       patient_id="P000000000001", split="train", label=1, mri={},
-      mg=np.ones(MG_SHAPE, np.uint16), rhpc_raw=("",) * len(schema.VARIABLES), rhpc_codes=codes,
+      mammograms={"CC": np.ones(MG_SHAPE, np.uint16)}, rhpc_raw=("",) * len(schema.VARIABLES),
+      rhpc_codes=codes,
       rhpc_values=np.full(len(schema.VARIABLES), np.nan, np.float32), spacing_mm=None)
 
 

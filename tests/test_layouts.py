@@ -25,6 +25,11 @@ def _by_key(sources):
   return {s.key: s for s in sources}
 
 
+def _views(found) -> list[tuple[Path, str]]:
+  """The mammogram views an Imaging or PatientSource uses: [(file, view name)], in order."""
+  return [(m.path, m.view) for m in found.mammograms]
+
+
 def _parsed(clinical: dict) -> dict:
   return clinical_table.parse_rows([clinical]).decode(0)
 
@@ -93,10 +98,14 @@ def test_generic_phases_from_time_point_tags_and_mammogram_of_tumour_side(generi
     assert isinstance(exam, DicomDce) and exam.study_description == "MRI breast"
     assert sorted(exam.pre.files) == sorted(made["G01", visit]["ax dyn pre"])
     assert sorted(exam.post.files) == sorted(made["G01", visit]["ax dyn 1st pass"])
-  # Tumour on the right: the right CC view of the mammogram nearest the Pre-NAT MRI.
-  assert g01.mammogram == made["G01", "MG"]["R", "CC"]
+  # Tumour on the right: the right CC and MLO views of the mammogram nearest the Pre-NAT MRI,
+  # the preferred view first.
+  right = {view: made["G01", "MG"]["R", view] for view in ("CC", "MLO")}
+  assert _views(g01) == [(right["CC"], "CC"), (right["MLO"], "MLO")]
   g01_mlo = _by_key(generic.discover(root, mg_view="MLO"))["G01"]
-  assert g01_mlo.mammogram == made["G01", "MG"]["R", "MLO"]
+  assert _views(g01_mlo) == [(right["MLO"], "MLO"), (right["CC"], "CC")]
+  left = {str(made["G01", "MG"]["L", view]) for view in ("CC", "MLO")}
+  assert {u.where for u in g01.unused if u.where in left} == left
   assert g01.clinical["Subtype"] == "TNBC"
   assert _parsed(g01.clinical)["molecular_subtype"] == "Triple negative"
 
@@ -118,7 +127,7 @@ def test_generic_phases_from_description_keywords_and_dates(generic_root, generi
   assert sorted(g02.mri) == [Phase.PRE, Phase.POST]
   assert sorted(g02.mri[Phase.PRE].pre.files) == sorted(made["G02", "pre"]["ax dyn pre"])
   assert sorted(g02.mri[Phase.POST].pre.files) == sorted(made["G02", "post"]["ax dyn pre"])
-  assert g02.mammogram is None  # no mammogram in the folder
+  assert g02.mammograms == ()  # no mammogram in the folder
   g03 = sources["G03"]
   assert sorted(g03.mri[Phase.PRE].pre.files) == sorted(made["G03", "first"]["ax dyn pre"])
   assert sorted(g03.mri[Phase.POST].pre.files) == sorted(made["G03", "second"]["ax dyn pre"])
@@ -163,6 +172,12 @@ def test_generic_rejects_bad_options_and_missing_table(tmp_path):
     generic.discover(tmp_path)
   with pytest.raises(ValueError, match="two_study_followup"):
     generic.discover(tmp_path, two_study_followup="pre")
+  with pytest.raises(ValueError, match="mg_view must be 'CC' or 'MLO'"):
+    generic.GenericOptions(mg_view="ML")
+  # --layout_option NAME=VALUE with a misspelt name: refused, the known names listed.
+  with pytest.raises(ValueError, match=r"unknown generic layout option\(s\) \['mg_views'\]; "
+                     r"known: \['two_study_followup', .*'mg_view'"):
+    layouts.discover("generic", tmp_path, mg_views="MLO")
 
 
 @pytest.mark.parametrize("text,tag,expected", [
@@ -203,8 +218,11 @@ def test_generic_on_a_synthetic_export(tmp_path):
         assert exam.pre.files[0].parent.name == roles["pre"]
         assert exam.post.files[0].parent.name == roles["post_1"]
     if truth["mammogram"]:
-      cc = [s["file"] for s in truth["mammogram"]["series"] if s["view"] == "CC"]
-      assert source.mammogram == tmp_path / cc[0]
+      # Every view the export wrote (CC, and MLO for most), CC first.
+      written = {s["view"]: tmp_path / s["file"] for s in truth["mammogram"]["series"]}
+      assert _views(source) == [(written[v], v) for v in ("CC", "MLO") if v in written]
+    else:
+      assert source.mammograms == ()
 
 
 # ---- Duke -----------------------------------------------------------------------------------
@@ -255,7 +273,7 @@ def test_duke_series_labels_and_skips(duke_root):
   assert p1.error is None and p1.label == 1 and list(p1.mri) == [Phase.PRE]
   assert sorted(p1.mri[Phase.PRE].pre.files) == sorted(made["001"]["ax dyn pre"])
   assert sorted(p1.mri[Phase.PRE].post.files) == sorted(made["001"]["ax dyn 1st pass"])
-  assert p1.mammogram is None
+  assert p1.mammograms == ()
   p2 = by_key["Breast_MRI_002"]
   assert p2.label == 1 and p2.error is None  # 3: DCIS only remaining -> pCR
   exam = p2.mri[Phase.PRE]
@@ -475,36 +493,38 @@ def _untagged_mammograms(folder: Path, where: str, images=(("L", "CC"), ("L", "M
 def test_view_and_side_from_where_exports_put_them(tmp_path, where):
   made = _untagged_mammograms(tmp_path, where)
   imaging = generic.patient_imaging(tmp_path, side="R")
-  assert imaging.mammogram == made["R", "CC"] and imaging.warnings == []
+  assert imaging.warnings == []
   reasons = {Path(u.where): u.reason for u in imaging.unused}
-  assert set(reasons) == set(made.values()) - {made["R", "CC"]}
   assert reasons[made["L", "CC"]] == "left breast; the tumour side is right"
-  # PatientOrientation names no oblique view: the MLO images are of unknown view there.
-  mlo = "unknown" if where == "orientation" else "MLO"
-  assert reasons[made["R", "MLO"]] == f"same breast, view {mlo}; the CC image is used"
-  if where != "orientation":
-    assert generic.patient_imaging(tmp_path, side="L", mg_view="MLO").mammogram == \
-        made["L", "MLO"]
+  if where == "orientation":
+    # PatientOrientation names no oblique view: the MLO images are of unknown view there.
+    assert _views(imaging) == [(made["R", "CC"], "CC")]
+    assert reasons[made["R", "MLO"]] == "same breast, view unknown; the CC image is used"
+  else:
+    assert _views(imaging) == [(made["R", "CC"], "CC"), (made["R", "MLO"], "MLO")]
+    assert _views(generic.patient_imaging(tmp_path, side="L", mg_view="MLO")) == [
+        (made["L", "MLO"], "MLO"), (made["L", "CC"], "CC")]
+  assert set(reasons) == set(made.values()) - {path for path, _ in _views(imaging)}
 
 
 def test_an_image_whose_view_nothing_states_is_taken_with_a_warning(tmp_path):
   made = _untagged_mammograms(tmp_path, "side only", images=(("L", "CC"), ("R", "CC")))
   imaging = generic.patient_imaging(tmp_path, side="L")
-  assert imaging.mammogram == made["L", "CC"]
+  assert _views(imaging) == [(made["L", "CC"], "")]  # the file's view is stated nowhere
   assert imaging.warnings == ["mammogram view not found (no ViewPosition, ViewCodeSequence, "
                               "description, orientation or file name gives it)"]
 
 
 @pytest.mark.parametrize("images,expected,how", [
-    ((("R", "CC"), ("R", "MLO"), ("L", "CC")), ("R", "CC"),
+    ((("R", "CC"), ("R", "MLO"), ("L", "CC")), (("R", "CC"), ("R", "MLO")),
      "the right breast has more images (2 against 1)"),
-    ((("R", "CC"), ("L", "CC")), ("L", "CC"), "both breasts imaged equally, the left taken"),
-    ((("R", "MLO"),), ("R", "MLO"), "the study images the right breast only"),
+    ((("R", "CC"), ("L", "CC")), (("L", "CC"),), "both breasts imaged equally, the left taken"),
+    ((("R", "MLO"),), (("R", "MLO"),), "the study images the right breast only"),
 ])
 def test_unknown_tumour_side_is_chosen_by_the_stated_rule(tmp_path, images, expected, how):
   made = _untagged_mammograms(tmp_path, "description", images=images)
   imaging = generic.patient_imaging(tmp_path, side=None)
-  assert imaging.mammogram == made[expected]
+  assert _views(imaging) == [(made[side, view], view) for side, view in expected]
   assert imaging.warnings == [f"tumour side unknown in the clinical table: {how}"]
   other = [u.reason for u in imaging.unused if "breast; the tumour side" in u.reason]
   assert all(r.endswith("(by rule)") for r in other)
@@ -556,8 +576,11 @@ def test_a_broken_file_of_an_unused_series_is_listed_not_fatal(tmp_path, damage)
   else:
     broken = fx.truncate(views["L", "MLO" if damage == "truncated_unused_view" else "CC"])
   imaging = generic.patient_imaging(tmp_path, side="L")
-  view = "MLO" if damage == "truncated_preferred_view" else "CC"
-  assert imaging.mammogram == views["L", view] and list(imaging.mri) == [Phase.PRE]
+  # A broken view is not used; the other view of the tumour side still is.
+  used = {"truncated_unused_view": ["CC"], "truncated_preferred_view": ["MLO"]}.get(
+      damage, ["CC", "MLO"])
+  assert _views(imaging) == [(views["L", v], v) for v in used]
+  assert list(imaging.mri) == [Phase.PRE]
   assert imaging.warnings == [("unreadable DICOM files outside the series used: 1 (listed with "
                                "the unused images); readable, they might have been chosen")]
   assert sorted(imaging.mri[Phase.PRE].pre.files) == sorted(made["ax dyn pre"])

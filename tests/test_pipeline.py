@@ -27,20 +27,21 @@ MG_SHAPE = (8, 4)
 AGE = [v.name for v in schema.VARIABLES].index("age")
 AGE_COLUMN = encoding.INPUT_SLICES[AGE][0]
 
-# (MRI phases, mammogram, label) per patient; the patient's index is its position here.
+# (MRI phases, mammogram views, label) per patient; the patient's index is its position here.
+TWO = ("CC", "MLO")
 COHORT = [
-    (("pre", "mid", "post"), True, 1),
-    (("pre",), False, 0),
-    (("pre", "mid"), True, 0),
-    (("pre", "post"), False, 1),
-    ((), True, 0),                      # mammogram + rhpc only
-    ((), False, 1),                     # rhpc only
-    (("mid",), True, 0),                # follow-up without a Pre baseline
-    (("pre", "mid", "post"), False, 0),
-    (("pre", "mid", "post"), True, -1),  # unknown label: never trains, not evaluated
-    (("pre", "post"), True, 0),
-    (("pre",), True, 1),
-    (("pre", "mid"), False, 1),
+    (("pre", "mid", "post"), TWO, 1),
+    (("pre",), (), 0),
+    (("pre", "mid"), ("CC",), 0),
+    (("pre", "post"), (), 1),
+    ((), TWO, 0),                       # mammogram + rhpc only
+    ((), (), 1),                        # rhpc only
+    (("mid",), ("CC",), 0),             # follow-up without a Pre baseline
+    (("pre", "mid", "post"), (), 0),
+    (("pre", "mid", "post"), TWO, -1),  # unknown label: never trains, not evaluated
+    (("pre", "post"), ("MLO", "CC"), 0),  # MLO preferred: stored first
+    (("pre",), ("CC",), 1),
+    (("pre", "mid"), (), 1),
 ]
 NUM_SHARDS = 4
 
@@ -50,15 +51,20 @@ def _voxel(index: int, phase: str) -> float:
   return float(index * 4 + schema.PHASE_NAMES.index(phase) + 1)
 
 
+def _mg_value(index: int, view: str) -> int:
+  """The value filling patient ``index``'s mammogram ``view``."""
+  return 100 + 2 * index + TWO.index(view)
+
+
 def _record(index: int) -> records.PatientRecord:
-  phases, has_mg, label = COHORT[index]
+  phases, views, label = COHORT[index]
   codes = np.full(len(schema.VARIABLES), schema.UNKNOWN, np.int32)
   values = np.full(len(schema.VARIABLES), np.nan, np.float32)
   codes[AGE], values[AGE] = 0, 20 + index  # the age tells the patient apart in a batch
   return records.PatientRecord(
       patient_id=f"P{index:012x}", split="train", label=label,
       mri={p: np.full(MRI_SHAPE, _voxel(index, p), np.float16) for p in phases},
-      mg=np.full(MG_SHAPE, 100 + index, np.uint16) if has_mg else None,
+      mammograms={v: np.full(MG_SHAPE, _mg_value(index, v), np.uint16) for v in views},
       rhpc_raw=("",) * len(schema.VARIABLES), rhpc_codes=codes, rhpc_values=values,
       spacing_mm=(4.0, 4.0, 4.0) if phases else None)
 
@@ -141,8 +147,8 @@ def test_batches_follow_the_model_contract(shards, model_name):
   iterator = _train(shards, model_name)
   train = next(iterator)
   iterator.close()
-  evaluation, ids = next(pipeline.eval_batches(shards, model_name=model_name, phase="mid",
-                                               batch_size=3))
+  evaluation, ids = next(pipeline.eval_batches(shards, pipeline.EvalFeed(
+      model_name=model_name, phase="mid", batch_size=3)))
   assert len(ids) == 3
   for batch in (train, evaluation):
     assert set(batch) == set(reference)  # the one batch contract (batching.empty_batch)
@@ -185,7 +191,7 @@ def test_training_draws_every_available_combination_and_nothing_else(shards, wor
 
 
 @pytest.mark.parametrize("model_name, expected", [
-    ("iMGrhpc", {i for i, (_, mg, label) in enumerate(COHORT) if mg and label >= 0}),
+    ("iMGrhpc", {i for i, (_, views, label) in enumerate(COHORT) if views and label >= 0}),
     ("rhpc", {i for i, (_, _, label) in enumerate(COHORT) if label >= 0}),
 ])
 def test_training_patients_per_model(shards, model_name, expected):
@@ -193,6 +199,55 @@ def test_training_patients_per_model(shards, model_name, expected):
   seen = {index for batch in _take(iterator, 12) for index, _ in _rows(batch)}
   iterator.close()
   assert seen == expected
+
+
+def _mg_draws(batches) -> list[tuple[int, str]]:
+  """(patient, view) of every real row of iMGrhpc batches, the view told by its pixel value."""
+  out = []
+  for batch in batches:
+    for row, (index, _) in enumerate(_rows(batch)):
+      value = batch["mg"][row, 0].flat[0]
+      assert batch["mg_mask"][row, 0] and np.all(batch["mg"][row, 0] == value)
+      [view] = [v for v in COHORT[index][1] if _mg_value(index, v) == value]
+      out.append((index, view))
+  return out
+
+
+def test_training_draws_each_mammogram_view_over_draws_deterministically(shards):
+  """One view per patient and draw, drawn with the MRI combination: over draws both views of a
+  two-view patient, the one view of a one-view patient; the same seed draws the same views."""
+  draws = [_mg_draws(_take(iterator, 40)) for iterator in
+           (_train(shards, "iMGrhpc", seed=3, batch_size=4, prefetch_batches=0),
+            _train(shards, "iMGrhpc", seed=3, batch_size=4, prefetch_batches=0))]
+  assert draws[0] == draws[1]
+  seen = collections.defaultdict(collections.Counter)
+  for index, view in draws[0]:
+    seen[index][view] += 1
+  for index, counts in seen.items():
+    assert set(counts) == set(COHORT[index][1]), index
+  # Both views of the two-view patients, each a fair share (a uniform draw: 40 batches hold ~20
+  # draws of each patient; a share under a fifth has probability < 1e-3).
+  for index in (0, 4, 9):
+    assert min(seen[index].values()) >= sum(seen[index].values()) / 5, seen[index]
+
+
+def test_every_view_makes_each_view_an_example_of_its_own(shards):
+  """The pretrain job's stream: a two-view patient comes as two examples of one view each, so
+  one pass over the records holds every view once."""
+  from input_pipeline.feed import stages
+  two = _record(0)
+  split = stages.EveryView().flat_map(two)
+  assert [list(r.mammograms) for r in split] == [["CC"], ["MLO"]]
+  assert all(r.patient_id == two.patient_id and r.mri is two.mri for r in split)
+  one = _record(2)
+  assert stages.EveryView().flat_map(one) == [one]  # one view: passed on as it is
+  feed = pipeline.TrainFeed(model_name="iMGrhpc", batch_size=1, seed=0, shuffle_window=1,
+                            cycle_length=1, every_view=True)
+  paths = shards[:1]  # patients 0, 4, 8 (unlabelled: not trained) in order
+  examples = list(itertools.islice(iter(pipeline.example_dataset(paths, feed)), 4))
+  assert [(int(e.record.patient_id[1:], 16), e.mg_view) for e in examples] == [
+      (0, "CC"), (0, "MLO"), (4, "CC"), (4, "MLO")]
+  assert all(len(e.record.mammograms) == 1 for e in examples)
 
 
 def test_fixed_seed_repeats_and_another_seed_differs(shards):
@@ -342,11 +397,14 @@ def test_iterator_state_through_an_orbax_checkpoint(shards, tmp_path):
 def test_eval_yields_each_eligible_patient_once(shards, phase, follow_up, model_name):
   eligible = [i for i, (phases, _, label) in enumerate(COHORT) if label >= 0
               and (follow_up is None or {"pre", follow_up} <= set(phases))]
+  # iMGrhpc scores each mammogram view in a row of its own (one row without a mammogram).
+  rows = [(i, view) for i in sorted(eligible, key=lambda i: (i % NUM_SHARDS, i))
+          for view in (COHORT[i][1] if model_name == "iMGrhpc" and COHORT[i][1] else (None,))]
   batch_size = 4
   seen = []
-  batches = list(pipeline.eval_batches(shards, model_name=model_name, phase=phase,
-                                       batch_size=batch_size))
-  assert len(batches) == -(-len(eligible) // batch_size)
+  batches = list(pipeline.eval_batches(shards, pipeline.EvalFeed(
+      model_name=model_name, phase=phase, batch_size=batch_size)))
+  assert len(batches) == -(-len(rows) // batch_size)
   for batch, ids in batches:
     if model_name == "iMRrhpc":  # the phase's follow-up slot, where the patient has one
       expected = schema.PHASE_NAMES.index(phase)
@@ -358,8 +416,7 @@ def test_eval_yields_each_eligible_patient_once(shards, phase, follow_up, model_
         assert not batch[f"{'mri' if model_name == 'iMRrhpc' else 'mg'}_mask"][row].any()
         continue
       index = int(patient_id[1:], 16)
-      seen.append(index)
-      phases, has_mg, label = COHORT[index]
+      phases, views, label = COHORT[index]
       assert _patient(batch, row) == index and batch["example_mask"][row] == 1
       assert batch["label"][row] == label
       if model_name == "iMRrhpc":
@@ -371,17 +428,22 @@ def test_eval_yields_each_eligible_patient_once(shards, phase, follow_up, model_
           assert np.all(batch["mri"][row, 1] == _voxel(index, follow_up))
           assert batch["mri_phase"][row, 1] == schema.PHASE_NAMES.index(follow_up)
       else:
-        assert batch["mg_mask"][row, 0] == has_mg
-        assert np.all(batch["mg"][row, 0] == (100 + index if has_mg else 0))
-  # Shard order, then record order: deterministic, each patient exactly once.
-  assert seen == sorted(eligible, key=lambda i: (i % NUM_SHARDS, i))
+        assert batch["mg_mask"][row, 0] == bool(views)
+        value = batch["mg"][row, 0].flat[0]
+        assert np.all(batch["mg"][row, 0] == value)
+        view = next((v for v in views if _mg_value(index, v) == value), None)
+        assert view is not None if views else value == 0
+      seen.append((index, view if model_name == "iMGrhpc" else None))
+  # Shard order, then record order (a patient's views in their stored order): deterministic,
+  # each patient (iMGrhpc: each view) exactly once.
+  assert seen == rows
   # Padding: the last batch is filled with empty rows.
   assert len(seen) + batches[-1][1].count("") == len(batches) * batch_size
 
 
 def test_eval_shards_patients_across_processes_with_equal_batch_counts(shards):
-  per_process = [list(pipeline.eval_batches(shards, model_name="rhpc", phase="pre",
-                                            batch_size=2, process_index=k, process_count=3))
+  per_process = [list(pipeline.eval_batches(shards, pipeline.EvalFeed(
+      model_name="rhpc", phase="pre", batch_size=2, process_index=k, process_count=3)))
                  for k in range(3)]
   ids = [[i for _, batch_ids in batches for i in batch_ids if i] for batches in per_process]
   assert len({len(batches) for batches in per_process}) == 1  # a multi-host step needs this
@@ -391,8 +453,8 @@ def test_eval_shards_patients_across_processes_with_equal_batch_counts(shards):
 
 
 def test_eval_include_unlabeled_for_prediction(shards):
-  ids = [i for _, batch_ids in pipeline.eval_batches(
-      shards, model_name="rhpc", phase="post", batch_size=8, include_unlabeled=True)
+  ids = [i for _, batch_ids in pipeline.eval_batches(shards, pipeline.EvalFeed(
+      model_name="rhpc", phase="post", batch_size=8, include_unlabeled=True))
          for i in batch_ids if i]
   assert f"P{8:012x}" in ids
 
@@ -487,9 +549,9 @@ def test_evaluation_views_are_the_evaluation_batches(shards, model_name, key):
   """eval_batches(views=True): the same batches and ids, padding rows included (the shared
   zero image), with the records' own arrays in the image slots."""
   kwargs = dict(model_name=model_name, phase="post", batch_size=4)
-  for (a, ids_a), (b, ids_b) in zip(pipeline.eval_batches(shards, **kwargs),
-                                    pipeline.eval_batches(shards, **kwargs, views=True),
-                                    strict=True):
+  for (a, ids_a), (b, ids_b) in zip(
+      pipeline.eval_batches(shards, pipeline.EvalFeed(**kwargs)),
+      pipeline.eval_batches(shards, pipeline.EvalFeed(**kwargs, views=True)), strict=True):
     assert ids_a == ids_b and batching.is_views(b[key])
     _assert_same_batches([a], [batching.stack_views(b)])
 

@@ -1,5 +1,6 @@
 """generate -> prepare -> verify -> read back, on a tiny synthetic hospital export."""
 
+import collections
 import csv
 import json
 import os
@@ -76,12 +77,14 @@ def test_records_match_the_export(export, prepared):
     record = written[pseudonyms.pseudonym(key, source_id)]
     assert record.label == t["label"]
     assert [("pre", "mid", "post")[p] for p in record.phases] == t["phases"]
-    assert (record.mg is not None) == t["has_mammogram"]
+    # Every view the export wrote, CC first, by name.
+    assert list(record.mammograms) == ([s["view"] for s in t["mammogram"]["series"]]
+                                       if t["has_mammogram"] else [])
     for volume in record.mri.values():
       assert volume.shape == TINY.mri_box and volume.dtype == np.float16
       assert np.isfinite(volume.astype(np.float32)).all()
-    if record.mg is not None:
-      assert record.mg.shape == TINY.mg_size and record.mg.dtype == np.uint16
+    for view in record.mammograms.values():
+      assert view.shape == TINY.mg_size and view.dtype == np.uint16
     assert record.spacing_mm == pytest.approx(TINY.mri_spacing_mm)
     assert len(record.rhpc_raw) == 22 and record.rhpc_codes.shape == (22,)
   # Splits: by patient, every usable patient exactly once, counts as the manifest says.
@@ -238,7 +241,7 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
 def test_split_does_not_depend_on_the_pseudonym_key():
   from input_pipeline.ingestion.patient import PatientSource
   patients = [PatientSource(f"SRC{i:03d}", label=int(i % 3 == 0), clinical={}, mri={},
-                            mammogram=None) for i in range(60)]
+                            mammograms=()) for i in range(60)]
   options = prepare.PrepareOptions(source=Path("/nonexistent"), out=Path("/nonexistent/out"))
 
   def split_of_source(key):
@@ -299,11 +302,15 @@ def test_manifest_accounts_for_every_image(export, prepared):
   written = _read_all(out)
   for name, count in manifest["modalities"].items():
     assert count["with"] + count["without"] == len(written), name
-  assert manifest["modalities"]["mammogram"]["with"] == sum(r.mg is not None
+  assert manifest["modalities"]["mammogram"]["with"] == sum(bool(r.mammograms)
                                                             for r in written.values())
+  for split, entry in manifest["splits"].items():  # views counted by name, per split
+    views = collections.Counter(v for r in written.values() if r.split == split
+                                for v in r.mammograms)
+    assert entry["mammogram_views"] == dict(sorted(views.items())), split
   assert manifest["modalities"]["mri_pre"]["with"] == sum("pre" in r.mri
                                                           for r in written.values())
-  # The export's second views (MLO beside the CC) and its localizers / T2 are not used.
+  # The export's second views (MLO beside the CC) are used; its localizers / T2 are not.
   truth, key = _truth(export), _key(out)
   unused = {}
   for entry in manifest["unused_images"]:
@@ -312,8 +319,9 @@ def test_manifest_accounts_for_every_image(export, prepared):
                in written and len(t["mammogram"]["series"]) == 2]
   assert two_views
   for pid in two_views:
-    reasons = [e["reason"] for e in unused[pseudonyms.pseudonym(key, pid)]]
-    assert "same breast, view MLO; the CC image is used" in reasons
+    assert list(written[pseudonyms.pseudonym(key, pid)].mammograms) == ["CC", "MLO"]
+    items = [e["item"] for e in unused.get(pseudonyms.pseudonym(key, pid), [])]
+    assert not any(item.startswith("MG image") for item in items), items
   assert any(e["reason"].startswith("not a DCE phase") for e in manifest["unused_images"])
   private = out.with_name(out.name + ".private") / "unused_images.csv"
   rows = list(csv.DictReader(private.open()))
@@ -352,14 +360,13 @@ def test_imageless_patients_and_side_by_rule_are_counted_and_said(awkward_export
   key = _key(out)
   a, b, c = (pseudonyms.pseudonym(key, p) for p in "ABC")
   records = _read_all(out)
-  assert records[a].mg is not None and records[a].mri == {}
+  assert list(records[a].mammograms) == ["CC", "MLO"] and records[a].mri == {}
   assert manifest["warnings"]["counts"] == {"tumour side unknown in the clinical table": 1}
   assert manifest["warnings"]["patients"] == [{
       "patient": a, "warning": "tumour side unknown in the clinical table: the right breast "
       "has more images (2 against 1)"}]
   reasons = {e["reason"] for e in manifest["unused_images"] if e["patient"] == a}
-  assert reasons == {"left breast; the tumour side is right (by rule)",
-                     "same breast, view MLO; the CC image is used"}
+  assert reasons == {"left breast; the tumour side is right (by rule)"}
   why = {b: "the folder is empty", c: "none of its 1 files is a DICOM image or a NIfTI exam"}
   if imageless == "clinical_only":
     assert set(records) == {a, b, c}

@@ -395,6 +395,32 @@ def test_enhancing_volume_follows_the_recorded_radius(export):
   assert min(shrinkage) < 0.5  # a marked response is among them (Post / Pre radius)
 
 
+def _mammogram_study(root: Path, index: int) -> dict:
+  """Patient ``index``'s (seed 0) mammogram study as the export writes it, at 32 x 16 pixels."""
+  from input_pipeline.synthetic import export as export_lib, series
+  clinical, latent, _ = export_lib.draw_patient(0, index)
+  plan = series.draw_plan(export_lib._rng(0, index, 3), clinical, None, False, 0.0, 0.0, 0.0)
+  writer = series.StudyWriter(root / synthetic.patient_id(index), 0, index, plan, 1.0)
+  return writer.mg_study(latent, (32, 16), 2.0, export_lib._rng(0, index, 6))
+
+
+def test_mammogram_studies_hold_cc_and_mlo_for_most_patients(tmp_path, monkeypatch):
+  """CC always, MLO beside it for MLO_SHARE of the patients; the MLO draw moves no other draw:
+  the CC image is the same whether or not an MLO follows it."""
+  from input_pipeline.synthetic import series
+  n = 300
+  views = [[s["view"] for s in _mammogram_study(tmp_path / "a", i)["series"]] for i in range(n)]
+  assert all(v in (["CC"], ["CC", "MLO"]) for v in views)
+  assert _within(np.mean([len(v) == 2 for v in views]), series.MLO_SHARE, n)
+  index = next(i for i, v in enumerate(views) if len(v) == 2)
+  with_mlo = _mammogram_study(tmp_path / "b", index)["series"][0]
+  monkeypatch.setattr(series, "MLO_SHARE", 0.0)
+  [cc_only] = _mammogram_study(tmp_path / "c", index)["series"]
+  assert cc_only["mass_centre_px"] == with_mlo["mass_centre_px"]
+  np.testing.assert_array_equal(pydicom.dcmread(tmp_path / "b" / with_mlo["file"]).pixel_array,
+                                pydicom.dcmread(tmp_path / "c" / cc_only["file"]).pixel_array)
+
+
 def test_mammograms(export):
   root, truth = export
   seen = 0

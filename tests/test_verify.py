@@ -13,11 +13,17 @@ from input_pipeline.records import tfrecord, verify
 from input_pipeline.schema import VARIABLES
 
 
+def _views(index: int) -> tuple[str, ...]:
+  """Patient ``index``'s mammogram views: none, CC, or CC and MLO."""
+  return ("CC", "MLO")[:index % 3]
+
+
 def _record(index: int, split: str) -> records.PatientRecord:
   rng = np.random.default_rng(index)
   return records.PatientRecord(
       patient_id=f"P{index:012x}", split=split, label=index % 2,
-      mri={"pre": rng.standard_normal((2, 3, 4)).astype(np.float16)}, mg=None,
+      mri={"pre": rng.standard_normal((2, 3, 4)).astype(np.float16)},
+      mammograms={v: np.full((4, 2), index, np.uint16) for v in _views(index)},
       rhpc_raw=("",) * len(VARIABLES), rhpc_codes=np.full(len(VARIABLES), -1, np.int32),
       rhpc_values=np.full(len(VARIABLES), np.nan, np.float32), spacing_mm=(1.0, 1.0, 1.0))
 
@@ -55,6 +61,22 @@ def test_good_folder_passes(tmp_path, capsys):
   assert verify.main(["--records", str(tmp_path)]) == 0
   out = capsys.readouterr().out.strip().splitlines()
   assert out == [f"{tmp_path}: 3 shard(s), 6 record(s) (train 5, test 1), manifest checked: OK"]
+
+
+def test_mammogram_views_per_split_are_checked_against_the_manifest(tmp_path):
+  _write_folder(tmp_path, _LAYOUT)
+  manifest = json.loads((tmp_path / verify.MANIFEST).read_text())
+  # Train: patients 1-5 hold CC x4 and MLO x2; test: patient 6 none.
+  manifest["splits"] = {"train": {"mammogram_views": {"CC": 4, "MLO": 2}},
+                        "test": {"mammogram_views": {}}}
+  (tmp_path / verify.MANIFEST).write_text(json.dumps(manifest))
+  assert verify.verify_directory(tmp_path).ok
+  manifest["splits"]["train"]["mammogram_views"] = {"CC": 4, "MLO": 3}
+  (tmp_path / verify.MANIFEST).write_text(json.dumps(manifest))
+  [problem] = verify.verify_directory(tmp_path).problems
+  assert problem.file == verify.MANIFEST and str(problem).endswith(
+      "split 'train': mammogram views {'CC': 4, 'MLO': 3} declared, {'CC': 4, 'MLO': 2} "
+      "readable")
 
 
 def test_flipped_byte_is_named_with_file_and_offset(tmp_path, capsys):

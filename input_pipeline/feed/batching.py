@@ -26,6 +26,11 @@ the same patients:
 * ``post``: patients with Pre and Post MRI (baseline Pre, follow-up Post).
 
 The mammogram is Pre-NAT and used at every phase when present (``mg_mask`` False otherwise).
+A patient may have several views (CC and MLO, records format 3); the model sees one per row:
+training draws one uniformly per draw (:func:`draw_mammogram_view`, beside the MRI combination),
+evaluation scores every view in its own row (:func:`eval_examples`) and the predictions average
+their probabilities per patient (``mrp_jax.core.inference``), as the paper's loaders and its
+patient-level averaging do.
 
 Batches follow ``mrp_jax.models.dummy_batch`` key for key, with the stored image dtypes kept
 (MRI float16 or int16, mammogram uint16 or float16): the device casts and normalises, so the
@@ -80,7 +85,7 @@ class BatchSpec:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Example:
-  """A patient with the MRI phases chosen for its two Siamese slots.
+  """A patient with the MRI phases chosen for its two Siamese slots and its mammogram view.
 
   Attributes:
     record: the decoded patient.
@@ -88,10 +93,22 @@ class Example:
       every evaluation phase; 'mid' or 'post' too in training draws), else None (empty slot).
     follow_up: the phase in the second slot ('mid' or 'post', later than ``baseline``), else
       None (empty slot).
+    mg_view: the name of the mammogram view in the 'mg' slot (a key of
+      ``record.mammograms``); None: the first (preferred) view. Without a mammogram the slot is
+      empty either way.
   """
   record: PatientRecord
   baseline: str | None
   follow_up: str | None
+  mg_view: str | None = None
+
+  @property
+  def mammogram(self) -> np.ndarray | None:
+    """The [rows, cols] mammogram of the 'mg' slot, or None."""
+    views = self.record.mammograms
+    if self.mg_view is not None:
+      return views[self.mg_view]
+    return next(iter(views.values()), None)
 
 
 def check_model_name(model_name: str) -> None:
@@ -111,7 +128,7 @@ def trains(record: PatientRecord, model_name: str) -> bool:
   if model_name == "iMRrhpc":
     return bool(record.mri)
   if model_name == "iMGrhpc":
-    return record.mg is not None
+    return bool(record.mammograms)
   return True
 
 
@@ -130,11 +147,21 @@ def training_combinations(record: PatientRecord) -> tuple[tuple[str | None, str 
 
 
 def draw_training_example(record: PatientRecord, rng: np.random.Generator) -> Example:
-  """One uniformly drawn combination of ``record``'s MRI (``rng`` decides; see Grain's
-  random_map, which seeds it from the pipeline seed and the position in the stream)."""
+  """One uniformly drawn combination of ``record``'s MRI, then one of its mammogram views
+  (``rng`` decides; see Grain's random_map, which seeds it from the pipeline seed and the
+  position in the stream)."""
   combinations = training_combinations(record)
   baseline, follow_up = combinations[int(rng.integers(len(combinations)))]
-  return Example(record, baseline, follow_up)
+  return Example(record, baseline, follow_up, draw_mammogram_view(record, rng))
+
+
+def draw_mammogram_view(record: PatientRecord, rng: np.random.Generator) -> str | None:
+  """One of ``record``'s mammogram views, uniformly (None without a mammogram); a one-view
+  patient draws nothing from ``rng``."""
+  views = list(record.mammograms)
+  if len(views) < 2:
+    return views[0] if views else None
+  return views[int(rng.integers(len(views)))]
 
 
 def evaluates(record: PatientRecord, phase: str, include_unlabeled: bool = False) -> bool:
@@ -145,10 +172,19 @@ def evaluates(record: PatientRecord, phase: str, include_unlabeled: bool = False
   return follow_up is None or (baseline in record.mri and follow_up in record.mri)
 
 
-def eval_example(record: PatientRecord, phase: str) -> Example:
-  """``record`` at evaluation ``phase`` (which :func:`evaluates` accepted)."""
+def eval_example(record: PatientRecord, phase: str, mg_view: str | None = None) -> Example:
+  """``record`` at evaluation ``phase`` (which :func:`evaluates` accepted), with mammogram view
+  ``mg_view`` (default: the first)."""
   baseline, follow_up = EVAL_PHASES[phase]
-  return Example(record, baseline if baseline in record.mri else None, follow_up)
+  return Example(record, baseline if baseline in record.mri else None, follow_up, mg_view)
+
+
+def eval_examples(record: PatientRecord, phase: str, model_name: str) -> list[Example]:
+  """The rows ``model_name`` scores for ``record`` at ``phase``: one per mammogram view for
+  iMGrhpc (their probabilities are averaged per patient), else one."""
+  if IMAGE_KEYS[model_name] == "mg" and len(record.mammograms) > 1:
+    return [eval_example(record, phase, view) for view in record.mammograms]
+  return [eval_example(record, phase)]
 
 
 def _image(record: PatientRecord, name: str, array: np.ndarray, shape: tuple[int, ...],
@@ -263,7 +299,7 @@ def collate(examples: Sequence[Example], model_name: str, spec: BatchSpec,
       named = [(f"MRI {name}", None if name is None else example.record.mri[name])
                for name in (example.baseline, example.follow_up)]
     else:
-      named = [("mammogram", example.record.mg)]
+      named = [(f"mammogram {example.mg_view or ''}".strip(), example.mammogram)]
     rows.append(tuple(None if array is None else
                       _image(example.record, what, array, shape, dtype)
                       for what, array in named))

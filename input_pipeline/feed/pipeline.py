@@ -7,10 +7,11 @@ Training (:func:`train_iterator`), per process::
        interleaved over ``cycle_length`` open files
     -> window shuffle of the records -> records.decode (arrays stay views of the file)
     -> the model's training patients
-    -> one random MRI combination per patient (Grain random_map: seeded by the seed, the
-       process and the position in the stream) -> batches of ``batch_size`` (remainder dropped;
-       the only copy of the image data is into the batch, whose image buffer is reused:
-       input_pipeline/feed/buffers.py)
+    -> one random MRI combination and mammogram view per patient (Grain random_map: seeded
+       by the seed, the process and the position in the stream; ``every_view``: each
+       mammogram view its own example, for pretraining)
+    -> batches of ``batch_size`` (remainder dropped; the only copy of the image data is into
+       the batch, whose image buffer is reused: input_pipeline/feed/buffers.py)
     -> ``prefetch_batches`` batches prepared ahead in a background thread, or, with
        ``workers`` > 0, all of the above in that many worker processes, each on its share of
        the shard order, batches handed over in reused shared memory
@@ -48,9 +49,10 @@ towards a process's RSS but are not anonymous memory, and a data set that fits i
 from disk once.
 
 Evaluation (:func:`eval_batches`) is a plain generator: every process reads every shard in
-order, so that every process knows how many patients there are and all yield the same number
-of batches (a multi-host jitted step needs that); eligible patient i belongs to process
-i % count. Shards are CRC-checked while read (tfrecord.iter_records).
+order, so that every process knows how many rows there are and all yield the same number of
+batches (a multi-host jitted step needs that); eligible row i belongs to process i % count (a
+row is a patient, or for iMGrhpc one of its mammogram views). Shards are CRC-checked while read
+(tfrecord.iter_records).
 
 ``python -m input_pipeline.feed.throughput --records DIR`` measures it next to a plain sequential
 read of the same shards. The Grain stages themselves are in feed/stages.py.
@@ -184,6 +186,8 @@ class TrainFeed:
       shards) or a shared zero image, stacked on the device inside the step
       (``sharding.global_batch`` and ``augment.prepare_images``). Needs ``workers`` = 0.
       The batches' contents, order and the iterator state are those of views=False.
+    every_view: each mammogram view of a patient is an example of its own (the pretrain job's
+      unlabelled images) instead of one view drawn per patient and draw.
 
   Raises:
     ValueError: an unknown model name or a count out of range.
@@ -200,6 +204,7 @@ class TrainFeed:
   prefetch_batches: int = DEFAULT_PREFETCH_BATCHES
   workers: int = 0
   views: bool = False
+  every_view: bool = False
 
   def __post_init__(self):
     batching.check_model_name(self.model_name)
@@ -236,6 +241,8 @@ def example_dataset(paths: Sequence[str], feed: TrainFeed) -> grain.IterDataset:
   ds = stages.WindowShuffle(ds, window_size=feed.shuffle_window, seed=window_seed)
   ds = ds.map(stages.decode).filter(stages.TrainingPatients(feed.model_name, mine,
                                                             local_records))
+  if feed.every_view:
+    ds = grain.experimental.FlatMapIterDataset(ds, stages.EveryView())
   return ds.random_map(batching.draw_training_example, seed=draw_seed)
 
 
@@ -290,56 +297,78 @@ def train_iterator(paths: Sequence[str], feed: TrainFeed) -> grain.DatasetIterat
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
-def eval_batches(paths: Sequence[str], *, model_name: str, phase: str, batch_size: int,
-                 process_index: int = 0, process_count: int = 1, spec: BatchSpec | None = None,
-                 include_unlabeled: bool = False, views: bool = False
-                 ) -> Iterator[tuple[dict[str, Any], list[str]]]:
-  """Every evaluation patient of ``phase`` exactly once, in shard order.
+@dataclasses.dataclass(frozen=True)
+class EvalFeed:
+  """What :func:`eval_batches` reads and how.
 
-  Args:
-    paths: the shards of the evaluated split, in order (every process passes the same list).
-    model_name: decides the image keys of the batches.
+  Attributes:
+    model_name: decides the image keys of the batches, and for iMGrhpc one row per mammogram
+      view (batching.eval_examples).
     phase: 'pre' (every patient), 'mid' (Pre and Mid MRI) or 'post' (Pre and Post MRI): the
       same population for every model.
     batch_size: this process's batch.
-    process_index, process_count: eligible patient i goes to process i % process_count; every
+    process_index, process_count: eligible row i goes to process i % process_count; every
       process yields the same number of batches (trailing ones may be all padding).
     spec: image shapes and dtypes; default: from the manifest beside the shards.
     include_unlabeled: also yield patients with label -1 (for prediction; their 'label' is -1).
     views: image entries as the records' views instead of a host batch (module docstring,
       "Views"; padding rows and empty slots hold the shared zero image).
 
+  Raises:
+    ValueError: an unknown model name or phase, or a count out of range.
+  """
+  model_name: str
+  phase: str
+  batch_size: int
+  process_index: int = 0
+  process_count: int = 1
+  spec: BatchSpec | None = None
+  include_unlabeled: bool = False
+  views: bool = False
+
+  def __post_init__(self):
+    batching.check_model_name(self.model_name)
+    batching.check_eval_phase(self.phase)
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    if not 0 <= self.process_index < self.process_count:
+      raise ValueError(f"process_index {self.process_index} is not in "
+                       f"[0, {self.process_count})")
+
+
+def eval_batches(paths: Sequence[str], feed: EvalFeed
+                 ) -> Iterator[tuple[dict[str, Any], list[str]]]:
+  """Every evaluation patient of ``feed.phase`` exactly once, in shard order; for iMGrhpc each
+  of its mammogram views in a row of its own (consecutive rows of one patient, which the
+  predictions average: mrp_jax.core.inference).
+
+  Args:
+    paths: the shards of the evaluated split, in order (every process passes the same list).
+    feed: the model, phase, batch and process (:class:`EvalFeed`).
+
   Yields:
     (batch, patient_ids): the batch as :func:`batching.collate` pads it, and the pseudonym of
-    every row, '' for padding rows.
+    every row ('' for padding rows; a patient's id once per view row).
 
   Raises:
     tfrecord.CorruptRecordError: a damaged shard (file and byte offset named).
     ValueError: a record that does not decode (shard and offset named).
   """
-  batching.check_model_name(model_name)
-  batching.check_eval_phase(phase)
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   if not paths:
     raise ValueError("eval_batches: no shards given")
-  spec = _spec(paths, spec)
+  spec = _spec(paths, feed.spec)
   # Arguments are checked above, at the call; the batches are read when iterated.
-  return _eval_batches(list(paths), model_name, phase, batch_size, process_index,
-                       process_count, spec, include_unlabeled, views)
+  return _eval_batches(list(paths), feed, spec)
 
 
-def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int,
-                  process_index: int, process_count: int, spec: BatchSpec,
-                  include_unlabeled: bool, views: bool
+def _eval_batches(paths: list[str], feed: EvalFeed, spec: BatchSpec
                   ) -> Iterator[tuple[dict[str, Any], list[str]]]:
+  batch_size, count = feed.batch_size, feed.process_count
   # Views, or reused image buffers: each batch of a full-geometry evaluation would otherwise
   # fault in fresh pages (input_pipeline/feed/buffers.py).
-  collate = functools.partial(batching.collate, model_name=model_name, spec=spec,
-                              batch_size=batch_size, views=views)
-  if not views:
+  collate = functools.partial(batching.collate, model_name=feed.model_name, spec=spec,
+                              batch_size=batch_size, views=feed.views)
+  if not feed.views:
     collate = functools.partial(collate, empty=buffers.BufferPool().empty)
 
   def emit(pending: list[batching.Example]):
@@ -354,18 +383,19 @@ def _eval_batches(paths: list[str], model_name: str, phase: str, batch_size: int
         record = records.decode(data)
       except records.RecordFormatError as error:
         raise ValueError(f"{path}: record at byte offset {offset}: {error}") from None
-      if not batching.evaluates(record, phase, include_unlabeled):
+      if not batching.evaluates(record, feed.phase, feed.include_unlabeled):
         continue
-      mine = eligible % process_count == process_index
-      eligible += 1
-      if mine:
-        pending.append(batching.eval_example(record, phase))
-        if len(pending) == batch_size:
-          yield emit(pending)
-          batches += 1
-          pending = []
-  # Process 0 holds the most patients; every process pads up to its number of batches.
-  total = math.ceil(math.ceil(eligible / process_count) / batch_size)
+      for example in batching.eval_examples(record, feed.phase, feed.model_name):
+        mine = eligible % count == feed.process_index
+        eligible += 1
+        if mine:
+          pending.append(example)
+          if len(pending) == batch_size:
+            yield emit(pending)
+            batches += 1
+            pending = []
+  # Process 0 holds the most rows; every process pads up to its number of batches.
+  total = math.ceil(math.ceil(eligible / count) / batch_size)
   while batches < total:
     yield emit(pending)
     batches += 1

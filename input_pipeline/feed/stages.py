@@ -1,11 +1,13 @@
 """The Grain stages of the training stream (composed by ``pipeline.example_dataset`` and
 ``pipeline.train_dataset``): the records of one shard without a copy, their decoding, the filter
-of training patients, the per-process seeds, and the collation of batches into reused buffers.
+of training patients, the split of a patient into its mammogram views (pretraining), the
+per-process seeds, and the collation of batches into reused buffers.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -221,6 +223,21 @@ class TrainingPatients:
           f"({self._shards[0]}, ...) can train {self._model_name!r}: it needs "
           f"{needs.get(self._model_name, '')}a pCR label")
     return False
+
+
+class EveryView(grain.experimental.FlatMapTransform):
+  """A patient with several mammogram views -> one record per view (each holding that view
+  alone, the arrays still views of the shard): every view an image of its own, as the pretrain
+  job wants its unlabelled images. A record of no or one view passes as it is."""
+
+  # More views than a records folder holds (one CC and one MLO per patient).
+  max_fan_out = 8
+
+  def flat_map(self, element: records.PatientRecord) -> list[records.PatientRecord]:
+    if len(element.mammograms) < 2:
+      return [element]
+    return [dataclasses.replace(element, mammograms={name: image})
+            for name, image in element.mammograms.items()]
 
 
 def seeds(seed: int, process_index: int) -> tuple[int, int, int]:

@@ -141,7 +141,7 @@ class _RecordsToDevice:
 
   def _volumes(self, example: batching.Example) -> list[np.ndarray | None]:
     if self._key == "mg":
-      return [example.record.mg]
+      return [example.mammogram]
     return [None if name is None else example.record.mri[name]
             for name in (example.baseline, example.follow_up)]
 

@@ -64,20 +64,33 @@ class Unused:
   reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class MammogramImage:
+  """One mammogram view used for the models.
+
+  Attributes:
+    path: its DICOM file.
+    view: 'CC', 'MLO', another view as the file states it, or '' when nothing states it.
+  """
+  path: Path
+  view: str
+
+
 @dataclasses.dataclass
 class Imaging:
   """What one patient folder holds for the models, and what it holds besides.
 
   Attributes:
     mri: DCE-MRI exam per phase.
-    mammogram: the Pre-NAT mammogram of the tumour side, or None.
+    mammograms: the Pre-NAT mammogram views of the tumour side (at most one CC and one MLO,
+      the preferred view first); empty without a mammogram.
     unused: every other image or series, with its reason.
     warnings: choices made without the attribute that should decide them (a view found in no
       tag, a side chosen by rule); each also counted in the manifest.
     empty: why the folder gives no image at all (None when it gives one).
   """
   mri: dict[Phase, MriExam] = dataclasses.field(default_factory=dict)
-  mammogram: Path | None = None
+  mammograms: tuple[MammogramImage, ...] = ()
   unused: list[Unused] = dataclasses.field(default_factory=list)
   warnings: list[str] = dataclasses.field(default_factory=list)
   empty: str | None = None
@@ -92,7 +105,7 @@ class PatientSource:
     label: 1 pCR, 0 non-pCR, None unknown.
     clinical: the raw clinical row, keyed by the table's headers (parsed by mrp_jax.schema).
     mri: DCE-MRI exam per phase; absent phases are simply missing.
-    mammogram: path of the Pre-NAT mammogram (DICOM), or None.
+    mammograms: the Pre-NAT mammogram views (as in :class:`Imaging`); empty without one.
     unused, warnings, empty: as in :class:`Imaging`.
     error: set when discovery already knows the patient cannot be used (the reason is
       reported and the patient skipped; nothing is raised).
@@ -101,7 +114,7 @@ class PatientSource:
   label: int | None = None
   clinical: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   mri: dict[Phase, MriExam] = dataclasses.field(default_factory=dict)
-  mammogram: Path | None = None
+  mammograms: tuple[MammogramImage, ...] = ()
   unused: list[Unused] = dataclasses.field(default_factory=list)
   warnings: list[str] = dataclasses.field(default_factory=list)
   empty: str | None = None
@@ -109,6 +122,6 @@ class PatientSource:
 
   def take(self, imaging: Imaging) -> None:
     """Takes what an adapter found in the patient's folder."""
-    self.mri, self.mammogram = imaging.mri, imaging.mammogram
+    self.mri, self.mammograms = imaging.mri, imaging.mammograms
     self.unused, self.warnings, self.empty = imaging.unused, imaging.warnings, imaging.empty
 

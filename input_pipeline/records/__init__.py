@@ -13,9 +13,11 @@ as raw little-endian array bytes plus a shape (an int64 list would be 4x larger)
   mri/shape       int64[3]  [z, y, x], shared by every phase    } absent when
   mri/dtype       bytes   'float16' | 'int16'                   } mri/phases
   mri/spacing_mm  float[3]  voxel spacing (x, y, z) in mm, as float32 } is empty
-  mg              bytes   mammogram [rows, cols]; mg, mg/shape and mg/dtype are absent when the
-  mg/shape        int64[2]  patient has no mammogram
-  mg/dtype        bytes   'uint16' | 'float16'
+  mg              bytes   the mammogram views stacked [views, rows, cols]; mg, mg/shape,
+  mg/shape        int64[3]  mg/dtype and mg/views are absent when the patient has no
+  mg/dtype        bytes   'uint16' | 'float16'              } mammogram
+  mg/views        bytes[views] each view's name: 'CC', 'MLO', another view as the DICOM states
+                          it, '' when nothing states it; distinct, the preferred view first
   rhpc/raw        bytes[22] raw clinical strings in schema.VARIABLES order, '' when missing
   rhpc/codes      int64[22] schema codes (-1 Unknown)
   rhpc/values     float[22] raw numbers, NaN where not numeric
@@ -23,7 +25,12 @@ as raw little-endian array bytes plus a shape (an int64 list would be 4x larger)
   align/<key>     bytes   zero padding before image <key>, and align/end after the last one
                           (version 2; readers ignore them)
 
-Alignment (format version 2): :func:`encode` places every image payload at an offset of the
+Format version 3 holds every mammogram view of the tumour side (version 1 and 2: one view,
+``mg/shape`` [rows, cols] and no ``mg/views``). Versions 1 and 2 are still read: their one view
+comes back under the name '' (the view was not recorded), so a records folder prepared before
+needs no new prepare to train or evaluate; only a new prepare stores the second view.
+
+Alignment (format version 2 on): :func:`encode` places every image payload at an offset of the
 record's data that is 12 short of a multiple of 64 (12: the TFRecord header of length and CRC
 in front of the data), and pads the record so that its framed size (12 + data + 4) is a
 multiple of 64. Written one after another into a shard from offset 0
@@ -56,8 +63,10 @@ from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
 from input_pipeline.records import wire
 from input_pipeline.schema import PHASE_NAMES, VARIABLES
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+# The last version that held one mammogram [rows, cols] and no view names.
+_ONE_VIEW_VERSIONS = (1, 2)
 # Image payloads start at this alignment in a shard's file (module docstring).
 ALIGNMENT = wire.ALIGNMENT
 SPLITS = ("train", "validation", "test")
@@ -84,9 +93,10 @@ _REQUIRED = ("patient_id", "split", "label", "mri/phases", "rhpc/raw", "rhpc/cod
              "rhpc/values", "format_version")
 _MRI_KEYS = ("mri/shape", "mri/dtype", "mri/spacing_mm")
 _MG_KEYS = ("mg", "mg/shape", "mg/dtype")
+_MG_VIEWS = "mg/views"
 _PAYLOAD_ORDER = tuple(f"mri/{p}" for p in PHASE_NAMES) + ("mg",)
 _ALIGN_KEYS = tuple(f"align/{k}" for k in _PAYLOAD_ORDER) + ("align/end",)
-_KNOWN = frozenset(_REQUIRED + _MRI_KEYS + _MG_KEYS + _PAYLOAD_ORDER + _ALIGN_KEYS)
+_KNOWN = frozenset(_REQUIRED + _MRI_KEYS + _MG_KEYS + (_MG_VIEWS,) + _PAYLOAD_ORDER + _ALIGN_KEYS)
 # Image values are cut out of a serialised Example as views (records/wire.py), the rest parsed.
 _PAYLOAD_KEYS = frozenset(_PAYLOAD_ORDER)
 
@@ -117,7 +127,9 @@ class PatientRecord:
     label: 1 pCR, 0 non-pCR, -1 unknown.
     mri: subtraction volume [z, y, x] per phase name present ('pre', 'mid', 'post'), all of
       one shape and one dtype (float16 or int16); empty for a patient without MRI.
-    mg: Pre-NAT mammogram [rows, cols] (uint16 or float16), or None.
+    mammograms: the Pre-NAT mammogram views of the tumour side, view name ('CC', 'MLO', another
+      view, '' when not stated or not recorded) -> [rows, cols], all of one shape and one dtype
+      (uint16 or float16), the preferred view first; empty for a patient without mammogram.
     rhpc_raw: the 22 raw clinical strings in schema.VARIABLES order, '' when missing.
     rhpc_codes: int32 [22], schema codes, -1 Unknown.
     rhpc_values: float32 [22], raw numbers, NaN where not numeric.
@@ -127,7 +139,7 @@ class PatientRecord:
   split: str
   label: int
   mri: Mapping[str, np.ndarray]
-  mg: np.ndarray | None
+  mammograms: Mapping[str, np.ndarray]
   rhpc_raw: tuple[str, ...]
   rhpc_codes: np.ndarray
   rhpc_values: np.ndarray
@@ -168,11 +180,17 @@ def _check(record: PatientRecord) -> None:
     if (record.spacing_mm is None or len(record.spacing_mm) != 3
         or not all(math.isfinite(s) and s > 0 for s in record.spacing_mm)):
       fail("spacing_mm", f"expected 3 positive spacings in mm, got {record.spacing_mm}")
-  if record.mg is not None:
-    if record.mg.ndim != 2:
-      fail("mg", f"expected [rows, cols], got shape {record.mg.shape}")
-    if record.mg.dtype.name not in MG_DTYPES:
-      fail("mg", f"dtype {record.mg.dtype} is not one of {MG_DTYPES}")
+  views = list(record.mammograms.values())
+  if views:
+    if not all(isinstance(name, str) for name in record.mammograms):
+      fail("mammograms", f"view names must be strings, got {list(record.mammograms)}")
+    if views[0].ndim != 2:
+      fail("mammograms", f"expected [rows, cols] views, got shape {views[0].shape}")
+    if any(v.shape != views[0].shape or v.dtype != views[0].dtype for v in views):
+      fail("mammograms", "views differ in shape or dtype: "
+           + ", ".join(f"{k!r} {v.shape} {v.dtype}" for k, v in record.mammograms.items()))
+    if views[0].dtype.name not in MG_DTYPES:
+      fail("mammograms", f"dtype {views[0].dtype} is not one of {MG_DTYPES}")
   if len(record.rhpc_raw) != NUM_RHPC or not all(isinstance(s, str) for s in record.rhpc_raw):
     fail("rhpc_raw", f"expected {NUM_RHPC} strings, got {len(record.rhpc_raw)} items")
   for field in ("rhpc_codes", "rhpc_values"):
@@ -212,10 +230,12 @@ def encode(record: PatientRecord) -> bytes:
     feature["mri/shape"].int64_list.value.extend(first.shape)
     feature["mri/dtype"].bytes_list.value.append(first.dtype.name.encode())
     feature["mri/spacing_mm"].float_list.value.extend(float(s) for s in record.spacing_mm)
-  if record.mg is not None:
-    payloads.append(("mg", _little_endian_bytes(record.mg)))
-    feature["mg/shape"].int64_list.value.extend(record.mg.shape)
-    feature["mg/dtype"].bytes_list.value.append(record.mg.dtype.name.encode())
+  if record.mammograms:
+    stacked = np.stack(list(record.mammograms.values()))
+    payloads.append(("mg", _little_endian_bytes(stacked)))
+    feature["mg/shape"].int64_list.value.extend(stacked.shape)
+    feature["mg/dtype"].bytes_list.value.append(stacked.dtype.name.encode())
+    feature[_MG_VIEWS].bytes_list.value.extend(name.encode() for name in record.mammograms)
   feature["rhpc/raw"].bytes_list.value.extend(s.encode() for s in record.rhpc_raw)
   feature["rhpc/codes"].int64_list.value.extend(int(c) for c in record.rhpc_codes)
   feature["rhpc/values"].float_list.value.extend(float(v) for v in record.rhpc_values)
@@ -343,13 +363,7 @@ def decode(data: bytes | memoryview) -> PatientRecord:
     if extra:
       raise reader.fail(extra[0], "present but mri/phases is empty")
 
-  mg = None
-  present = [k for k in _MG_KEYS if k in reader]
-  if present:
-    if len(present) != len(_MG_KEYS):
-      missing = [k for k in _MG_KEYS if k not in reader][0]
-      raise reader.fail(missing, f"missing while {', '.join(present)} present")
-    mg = reader.array("mg", "mg/shape", "mg/dtype", 2, MG_DTYPES)
+  mammograms = _mammograms(reader, version)
 
   raw = reader.values("rhpc/raw", "bytes_list", NUM_RHPC)
   try:
@@ -361,6 +375,31 @@ def decode(data: bytes | memoryview) -> PatientRecord:
     raise reader.fail("rhpc/codes", "values do not fit int32")
   values = np.asarray(reader.values("rhpc/values", "float_list", NUM_RHPC), np.float32)
   return PatientRecord(
-      patient_id=patient_id, split=split, label=int(label), mri=mri, mg=mg,
+      patient_id=patient_id, split=split, label=int(label), mri=mri, mammograms=mammograms,
       rhpc_raw=rhpc_raw, rhpc_codes=codes.astype(np.int32), rhpc_values=values,
       spacing_mm=spacing)
+
+
+def _mammograms(reader: _Reader, version: int) -> dict[str, np.ndarray]:
+  """The mammogram views of a record: {view name: [rows, cols] view of the stacked array}."""
+  keys = _MG_KEYS if version in _ONE_VIEW_VERSIONS else _MG_KEYS + (_MG_VIEWS,)
+  present = [k for k in keys if k in reader]
+  if version in _ONE_VIEW_VERSIONS and _MG_VIEWS in reader:
+    raise reader.fail(_MG_VIEWS, f"not in format version {version} (one unnamed view)")
+  if not present:
+    return {}
+  if len(present) != len(keys):
+    missing = [k for k in keys if k not in reader][0]
+    raise reader.fail(missing, f"missing while {', '.join(present)} present")
+  if version in _ONE_VIEW_VERSIONS:
+    return {"": reader.array("mg", "mg/shape", "mg/dtype", 2, MG_DTYPES)}
+  stacked = reader.array("mg", "mg/shape", "mg/dtype", 3, MG_DTYPES)
+  names = []
+  for raw in reader.values(_MG_VIEWS, "bytes_list", stacked.shape[0]):
+    try:
+      names.append(raw.decode())
+    except UnicodeDecodeError:
+      raise reader.fail(_MG_VIEWS, "not UTF-8 text") from None
+  if len(set(names)) != len(names):
+    raise reader.fail(_MG_VIEWS, f"{names} names a view twice")
+  return dict(zip(names, stacked))

@@ -20,7 +20,8 @@ from input_pipeline.records.pseudonyms import scrub
 
 def manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> dict[str, Any]:
   splits = {s: {"patients": 0, "pcr": 0, "non_pcr": 0, "phases": collections.Counter(),
-                "mammograms": 0} for s in records.SPLITS}
+                "mammograms": 0, "mammogram_views": collections.Counter()}
+            for s in records.SPLITS}
   unknown, unparsed = collections.Counter(), collections.Counter()
   skipped = [{k: v for k, v in s.items() if k != "key"} for s in discovery_skips]
   per_patient_seconds, per_patient_bytes = [], []
@@ -31,7 +32,8 @@ def manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> dic
       entry["patients"] += 1
       entry["pcr" if patient["label"] == 1 else "non_pcr"] += 1
       entry["phases"]["+".join(schema.PHASE_NAMES[p] for p in patient["phases"]) or "none"] += 1
-      entry["mammograms"] += patient["mammogram"]
+      entry["mammograms"] += bool(patient["mammogram_views"])
+      entry["mammogram_views"].update(patient["mammogram_views"])
     skipped += [{k: v for k, v in s.items() if k != "key"} for s in note["skipped"]]
     per_patient_seconds += note["seconds"]
     if note["records"]:
@@ -47,6 +49,7 @@ def manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> dic
                             entry["patient"])
   for entry in splits.values():
     entry["phases"] = dict(sorted(entry["phases"].items()))
+    entry["mammogram_views"] = _view_counts(entry["mammogram_views"])
   images = _image_accounting(options, jobs, notes, source_keys)
   return {
       "format_version": records.FORMAT_VERSION,
@@ -72,6 +75,11 @@ def manifest(options, jobs, notes, discovery_skips, fingerprint, seconds) -> dic
   }
 
 
+def _view_counts(counts: collections.Counter) -> dict[str, int]:
+  """Mammogram views written, by view name ('unknown' for a view nothing states)."""
+  return {name or "unknown": n for name, n in sorted(counts.items())}
+
+
 def _image_accounting(options, jobs, notes, source_keys) -> dict[str, Any]:
   """The manifest's account of the images of the planned patients: how many patients were
   written with and without each modality, who was written clinical-only and why, every image
@@ -93,7 +101,7 @@ def _image_accounting(options, jobs, notes, source_keys) -> dict[str, Any]:
       warning_counts.update(w.split(":")[0] for w in source.warnings)
       if pid not in written:
         continue
-      present = {"mammogram": written[pid]["mammogram"],
+      present = {"mammogram": bool(written[pid]["mammogram_views"]),
                  **{f"mri_{name}": phase in written[pid]["phases"]
                     for phase, name in enumerate(schema.PHASE_NAMES)}}
       for name, has in present.items():
@@ -171,7 +179,9 @@ def summary(manifest: dict[str, Any]) -> str:
   lines = []
   for split, entry in manifest["splits"].items():
     lines.append(f"  {split:<10} {entry['patients']:>5} patients ({entry['pcr']} pCR), "
-                 f"{entry['mammograms']} mammograms, phases {entry['phases']}")
+                 f"{entry['mammograms']} with a mammogram ("
+                 + (", ".join(f"{n} {view}" for view, n in entry["mammogram_views"].items())
+                    or "no view") + f"), phases {entry['phases']}")
   lines.append(f"  skipped    {len(manifest['skipped']):>5} patients (reasons in manifest.json)")
   for entry in manifest["skipped"][:10]:
     reason = entry["reason"] if len(entry["reason"]) <= 110 else entry["reason"][:107] + "..."

@@ -3,7 +3,7 @@
   python -m input_pipeline.records.prepare --source /data/export --layout generic --out /data/records
 
 Per patient: discover its studies (layouts/), preprocess every MRI exam into a subtraction
-volume and the mammogram into a fixed-size image, parse the 22 rhpc values, and write one
+volume and each mammogram view into a fixed-size image, parse the 22 rhpc values, and write one
 ``tf.train.Example`` (records.py) keyed by a pseudonym. Patients are split train / validation /
 test by patient, stratified by label, seeded, and test keeps only the patients with every
 image, as the paper's test cohort (splits.py); each split is cut into shards of ``shard_size``
@@ -167,16 +167,17 @@ def process_patient(source: PatientSource, patient_id: str, split: str,
                          ) from error
     mri[schema.PHASE_NAMES[phase]] = volume.subtraction
     spacing = volume.spacing
-  mg = None
-  if source.mammogram is not None:
+  mammograms = {}
+  for image in source.mammograms:
     try:
-      mg = preprocess_mammogram(source.mammogram, mammogram_options)
+      mammograms[image.view] = preprocess_mammogram(image.path, mammogram_options)
     except Exception as error:
-      raise PatientError(f"mammogram: {type(error).__name__}: {error}") from error
+      raise PatientError(f"mammogram {image.view or '(view unknown)'}: "
+                         f"{type(error).__name__}: {error}") from error
   raw, codes, values = _rhpc(dict(source.clinical), report)
   return records.PatientRecord(
       patient_id=patient_id, split=split, label=-1 if source.label is None else int(source.label),
-      mri=mri, mg=mg,
+      mri=mri, mammograms=mammograms,
       rhpc_raw=raw, rhpc_codes=codes, rhpc_values=values, spacing_mm=spacing)
 
 
@@ -207,7 +208,7 @@ def write_shard(job: _ShardJob, options: PrepareOptions, fingerprint: str) -> di
         continue
       seconds.append(time.perf_counter() - start)
       written.append({"patient": patient_id, "label": record.label, "phases": record.phases,
-                      "mammogram": record.mg is not None})
+                      "mammogram_views": list(record.mammograms)})
   note = {"fingerprint": fingerprint, "file": job.file, "split": job.split,
           "records": len(written), "written": written, "skipped": skipped,
           "seconds": seconds, "bytes": path.stat().st_size,

@@ -37,7 +37,7 @@ IMAGES = ("mg", *PHASE_NAMES)
 
 def images_of(source: PatientSource) -> frozenset[str]:
   """The images discovery found for a patient: 'mg' and the MRI phase names."""
-  return frozenset({"mg"} if source.mammogram is not None else set()) | frozenset(
+  return frozenset({"mg"} if source.mammograms else set()) | frozenset(
       PHASE_NAMES[phase] for phase in source.mri)
 
 

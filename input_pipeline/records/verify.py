@@ -6,8 +6,9 @@ For every ``*.tfrecord`` file under DIR it checks the framing and both CRCs of e
 decodes every record with :func:`input_pipeline.records.decode`. It also reports a patient that
 appears twice (in two splits that is a train/test leak). ``DIR/manifest.json`` must exist (a
 folder without it is an unfinished prepare, or holds shards nothing accounts for), list every
-shard, and match the record count of every shard and of every split. Manifest layout (other
-keys are opaque)::
+shard, and match the record count of every shard and of every split, and, where it counts them
+(``splits.<split>.mammogram_views``), the mammogram views of every split by view name.
+Manifest layout (other keys are opaque)::
 
   {"shards": [{"file": "train-00000-of-00002.tfrecord", "records": 12, "split": "train"}, ...]}
 
@@ -49,11 +50,13 @@ class Problem:
 
 @dataclasses.dataclass
 class ShardSummary:
-  """What one shard holds: readable records per split, and its size in bytes."""
+  """What one shard holds: readable records per split, mammogram views per (split, view
+  name; 'unknown' for a view nothing states), and its size in bytes."""
   file: str
   num_bytes: int = 0
   records: int = 0
   splits: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  views: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 @dataclasses.dataclass
@@ -140,6 +143,7 @@ def _verify_shard(root: Path, shard_path: Path, seen: dict[str, tuple[str, int, 
       return
     summary.records += 1
     summary.splits[record.split] += 1
+    summary.views.update((record.split, name or "unknown") for name in record.mammograms)
     first = seen.setdefault(record.patient_id, (name, offset, record.split))
     if first != (name, offset, record.split):
       leak = " in another split (train/test leak)" if first[2] != record.split else ""
@@ -198,6 +202,7 @@ def _check_manifest(manifest: Path, shards: list[ShardSummary]) -> list[Problem]
     if shard.file not in listed:
       problems.append(Problem(shard.file, f"not listed in {MANIFEST}"))
   # Per-split totals are only comparable when the manifest gives every shard a split.
+  problems += _check_views(content, shards)
   if declared_splits and every_entry_has_split:
     readable: collections.Counter = collections.Counter()
     for shard in shards:
@@ -206,6 +211,27 @@ def _check_manifest(manifest: Path, shards: list[ShardSummary]) -> list[Problem]
       if declared_splits[split] != readable[split]:
         problems.append(Problem(MANIFEST, f"split '{split}': {declared_splits[split]} "
                                 f"record(s) declared, {readable[split]} readable"))
+  return problems
+
+
+def _check_views(content: dict[str, Any], shards: list[ShardSummary]) -> list[Problem]:
+  """Compares the mammogram views per split and view name with the manifest's
+  ``splits.<split>.mammogram_views`` (manifests of record format 3 on; others have none)."""
+  declared = content.get("splits")
+  if not isinstance(declared, dict):
+    return []
+  readable: collections.Counter = collections.Counter()
+  for shard in shards:
+    readable.update(shard.views)
+  problems = []
+  for split, entry in sorted(declared.items()):
+    views = entry.get("mammogram_views") if isinstance(entry, dict) else None
+    if not isinstance(views, dict):
+      continue
+    found = {name: n for (s, name), n in sorted(readable.items()) if s == split}
+    if found != views:
+      problems.append(Problem(MANIFEST, f"split '{split}': mammogram views {views} declared, "
+                              f"{found} readable"))
   return problems
 
 

@@ -58,7 +58,8 @@ def write(out_dir: str | Path, num_patients: int, *,
         writer.write(records.encode(records.PatientRecord(
             patient_id=f"P{i:012x}", split="train", label=i % 2,
             mri={p: np.roll(base, 7 * i + k, axis=2) for k, p in enumerate(phases)},
-            mg=np.roll(mammogram, i, axis=1), rhpc_raw=("",) * len(schema.VARIABLES),
+            mammograms={"CC": np.roll(mammogram, i, axis=1)},
+            rhpc_raw=("",) * len(schema.VARIABLES),
             rhpc_codes=unknown, rhpc_values=no_values, spacing_mm=(1.0, 1.0, 1.0))))
     shards.append({"file": name, "split": "train", "records": len(members)})
   (out / records.MANIFEST).write_text(json.dumps({

@@ -347,7 +347,8 @@ class StudyWriter:
   # ------------------------------------------------------------------------------------------
   def mg_study(self, latent: ImageLatent, shape: tuple[int, int], spacing_mm: float,
                rng: np.random.Generator) -> dict[str, Any]:
-    """Renders and writes the Pre-NAT mammogram study (CC, and MLO for some); returns truth."""
+    """Renders and writes the Pre-NAT mammogram study of the tumour side (CC, and MLO for
+    :data:`MLO_SHARE` of patients; both views of the one tumour latent); returns truth."""
     plan = self.plan
     tags = self._study_tags(-1, "MG", plan.mammogram_date, rng)
     manufacturer, model = _MG_VENDORS[int(rng.integers(len(_MG_VENDORS)))]
@@ -357,7 +358,7 @@ class StudyWriter:
     folder = self._folder("MG", -1, plan.mammogram_date)
     side = "L" if latent.side == "left" else "R"
     photometric = "MONOCHROME1" if plan.special == "monochrome1" else "MONOCHROME2"
-    views = ["CC"] + (["MLO"] if rng.random() < 0.5 else [])
+    views = ["CC"] + (["MLO"] if rng.random() < MLO_SHARE else [])
     written = []
     for number, view in enumerate(views, start=1):
       image, truth = render_mammogram(rng, latent, shape, spacing_mm, view)
@@ -379,6 +380,12 @@ class StudyWriter:
                       "file": str(path.relative_to(self.root.parent))})
     return {"folder": str(folder.relative_to(self.root.parent)),
             "study_date": tags["StudyDate"], "laterality": side, "series": written}
+
+
+# Patients with a mammogram whose study holds an MLO view besides the CC (most screening and
+# diagnostic studies image both; the rest keep the one-view path exercised). One draw from the
+# patient's own mammogram stream either way, so no other draw moves.
+MLO_SHARE = 0.85
 
 
 def _mammogram_orientation(side: str, view: str) -> list[str]:

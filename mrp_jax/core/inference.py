@@ -3,7 +3,8 @@
 Each process reads its share of the records (pipeline.eval_batches), the jitted eval step runs
 on global arrays, and the per-patient results are gathered on every process. Patients travel as
 integers (their pseudonym 'P' + 12 hex digits read as a number) so they can be gathered like any
-other array.
+other array. A patient scored on several rows (iMGrhpc: one per mammogram view) gets the mean of
+their probabilities (:func:`per_patient`): one prediction per patient and phase for every model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from scipy import special
 
 from input_pipeline.feed import pipeline
 from input_pipeline.schema import PHASE_NAMES
@@ -78,17 +80,18 @@ def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *
   """Runs ``eval_step`` (jitted) over every eligible patient of ``paths`` at ``phase``.
 
   On a one-device mesh the images reach the device as the records' views (no host batch:
-  input_pipeline/feed/pipeline.py, "Views"), stacked inside the eval step.
+  input_pipeline/feed/pipeline.py, "Views"), stacked inside the eval step. An iMGrhpc patient
+  with several mammogram views is scored on each; its prediction is their average
+  (:func:`per_patient`).
   """
   if phase not in PHASE_NAMES:
     raise ValueError(f"phase must be one of {PHASE_NAMES}, got {phase!r}")
   local = sharding.local_batch_size(batch_size)
   rows = []
-  for batch, ids in pipeline.eval_batches(paths, model_name=model_name, phase=phase,
-                                          batch_size=local,
-                                          process_index=jax.process_index(),
-                                          process_count=jax.process_count(),
-                                          views=mesh.size == 1):
+  feed = pipeline.EvalFeed(model_name=model_name, phase=phase, batch_size=local,
+                           process_index=jax.process_index(),
+                           process_count=jax.process_count(), views=mesh.size == 1)
+  for batch, ids in pipeline.eval_batches(paths, feed):
     numbers = np.asarray([patient_number(i) for i in ids], np.int64)
     out = eval_step(state.params, state.batch_stats, sharding.global_batch(batch, mesh))
     out = {k: multihost_utils.process_allgather(out[k], tiled=True)
@@ -101,13 +104,47 @@ def predict(eval_step: Callable[..., Any], state: Any, mesh, paths: list[str], *
                        None, None)
   merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
   keep = merged["mask"] > 0
-  order = np.argsort(merged["id"][keep], kind="stable")
-  pick = lambda k: merged[k][keep][order]
+  return per_patient({k: v[keep] for k, v in merged.items() if k != "mask"})
+
+
+def per_patient(rows: dict[str, np.ndarray]) -> Predictions:
+  """The predictions of scored rows, one per patient, sorted by patient.
+
+  Args:
+    rows: per row 'id' (:func:`patient_number`), 'label', 'logit', 'probability' and, for the
+      fused models, 'image_probability' and 'image_present'; a patient may have several rows
+      (one per mammogram view).
+
+  Returns:
+    Per patient: a patient with one row keeps its outputs as they are. A patient with several
+    has the mean of its rows' probabilities (each the sigmoid of its float64 logit) as its
+    probability, their log-odds as its logit (what calibration and MRP read), and the mean of
+    its rows' image-only probabilities, as the paper averages probabilities per patient.
+  """
+  image = "image_probability" in rows
+  order = np.argsort(rows["id"], kind="stable")
+  ids = rows["id"][order]
+  if not len(ids):
+    empty = np.zeros((0,))
+    return Predictions(np.zeros((0,), str), empty, empty, empty, empty if image else None,
+                       np.zeros((0,), bool) if image else None)
+  starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+  counts = np.diff(np.r_[starts, len(ids)])
+  several = counts > 1
+
+  def column(key: str, dtype=np.float64) -> np.ndarray:
+    return rows[key][order].astype(dtype)
+
+  def mean(values: np.ndarray) -> np.ndarray:
+    return np.add.reduceat(values, starts) / counts
+
+  logit, probability = column("logit"), column("probability")
+  averaged = mean(special.expit(logit))
   return Predictions(
-      patient_ids=np.asarray([patient_string(n) for n in pick("id")]),
-      logit=pick("logit").astype(np.float64),
-      probability=pick("probability").astype(np.float64),
-      label=pick("label").astype(np.int64),
-      image_probability=(pick("image_probability").astype(np.float64)
-                         if "image_probability" in merged else None),
-      image_present=pick("image_present").astype(bool) if "image_present" in merged else None)
+      patient_ids=np.asarray([patient_string(n) for n in ids[starts]]),
+      logit=np.where(several, special.logit(averaged), logit[starts]),
+      probability=np.where(several, averaged, probability[starts]),
+      label=column("label", np.int64)[starts],
+      image_probability=mean(column("image_probability")) if image else None,
+      image_present=(np.maximum.reduceat(column("image_present", bool), starts) if image
+                     else None))

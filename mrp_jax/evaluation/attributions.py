@@ -77,20 +77,30 @@ def explain_cases(loaded: list[runs.Run], records_dir: Path, ev: ml_collections.
     variables = {"params": jax.device_get(run_.state.params),
                  "batch_stats": jax.device_get(run_.state.batch_stats)}
     platt = calibration.IDENTITY if own else scored.calibration[run_.label][phase]
+    # One row per case, per mammogram view for iMGrhpc: a case's attributions are the mean of
+    # its views' (Integrated Gradients is linear in the explained function, and the reported
+    # prediction is the mean of the views' probabilities: inference.per_patient).
+    rows = [(i, example) for i, case in enumerate(cases)
+            for example in batching.eval_examples(case.record, phase, run_.model_name)]
+    owner = np.asarray([i for i, _ in rows], np.int64)
+    last = np.r_[owner[1:] != owner[:-1], True] if len(owner) else owner  # a case's last row
     chunks = []
-    for start in range(0, len(cases), CHUNK):
-      batch = batching.collate(cases[start:start + CHUNK], run_.model_name, spec)
+    for start in range(0, len(rows), CHUNK):
+      batch = batching.collate([e for _, e in rows[start:start + CHUNK]], run_.model_name, spec)
       chunks.append(explain.model_attributions(
           run_.model, variables, batch, target="probability", steps=ev.explain_steps,
           rhpc_baseline=rhpc_baseline, calibration=(platt.slope, platt.intercept)))
-      bar.update(len(cases[start:start + CHUNK]))
-    per_model[run_.label] = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+      bar.update(int(np.sum(last[start:start + CHUNK])))
+    counts = np.bincount(owner, minlength=len(cases))
+    per_model[run_.label] = {
+        k: (np.bincount(owner, np.concatenate([c[k] for c in chunks]), len(cases))
+            / np.maximum(counts, 1)).astype(np.float32) for k in chunks[0]}
     # The explained function against the reported one (bfloat16 runs differ by rounding).
     mismatch[run_.label] = float(np.max(np.abs(per_model[run_.label]["output"]
                                                 - explained(run_.label))))
   bar.close()
   if scored.weights is not None:
-    mg_present = np.asarray([case.record.mg is not None for case in cases])
+    mg_present = np.asarray([bool(case.record.mammograms) for case in cases])
     mr_present = np.asarray([case.baseline is not None for case in cases])
     w_mg, w_mr = ensemble.case_weights(scored.weights, mg_present, mr_present)
     per_model["MRP"] = explain.combine_attributions(

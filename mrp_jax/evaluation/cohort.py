@@ -65,7 +65,7 @@ def patient_table(records_dir: str | Path) -> dict[str, dict[str, Any]]:
         parsed = clinical_table.ParsedRhpc(record.rhpc_codes[None], record.rhpc_values[None])
         values = parsed.decode(0)
         values.update(_derived(values))
-        images = frozenset(record.mri) | ({"mg"} if record.mg is not None else frozenset())
+        images = frozenset(record.mri) | ({"mg"} if record.mammograms else frozenset())
         table[record.patient_id] = {
             "split": split, "label": int(record.label), "images": frozenset(images),
             "codes": np.array(record.rhpc_codes), "values": np.array(record.rhpc_values),

@@ -10,10 +10,10 @@ colour jitter is left out because in these images intensity is the signal (densi
 mammogram, contrast uptake in a subtraction volume) and an encoder taught to ignore it would
 discard what the fused model needs.
 
-Reads the patients the train pipeline reads for that model (a mammogram, or an MRI in one of
-its drawn combinations of phases, every slot an image) in the splits of
-``config.pretrain.splits``; their labels
-are never used. Writes WORKDIR/checkpoints (Orbax, resumable: state and data position),
+Reads the patients the train pipeline reads for that model (a mammogram, each of its views an
+image of its own; or an MRI in one of its drawn combinations of phases, every slot an image) in
+the splits of ``config.pretrain.splits``; their labels are never used. Writes
+WORKDIR/checkpoints (Orbax, resumable: state and data position),
 WORKDIR/encoder (Orbax: the encoder's 'params' and 'batch_stats', written at the last step),
 WORKDIR/encoder.json (what it fits) and metrics.jsonl. A fused model starts from it with
 ``--config.model.encoder_init=WORKDIR`` (:func:`encoder_from`).
@@ -195,7 +195,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
       model_name=config.model.name, batch_size=sharding.local_batch_size(t.batch_size),
       seed=config.seed, shuffle_window=config.data.shuffle_window,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      workers=config.data.workers))
+      workers=config.data.workers, every_view=True))
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 

@@ -11,10 +11,10 @@ The NAT phase of each MR study comes from, in this order: DICOM ClinicalTrialTim
 'pre' / 'mid' / 'post'), keywords in StudyDescription ('pre-NAT', 'baseline', 'mid-NAT',
 'interim', 'post-NAT', 'pre-surgery', 'follow-up', or an I-SPY style '..._T2'), and last the
 StudyDate order of the studies left (one -> Pre-NAT; two -> Pre-NAT and ``two_study_followup``;
-three -> Pre-NAT, Mid-NAT, Post-NAT). The mammogram is the Pre-NAT MG image of the tumour side
-(the clinical laterality, or :data:`UNKNOWN_SIDE_RULE`), view ``mg_view`` first, then the other
-of CC / MLO (:func:`choose_mammogram`). Every other image or series is listed with the reason
-it is not used (:class:`~input_pipeline.ingestion.patient.Unused`).
+three -> Pre-NAT, Mid-NAT, Post-NAT). The mammogram views are the Pre-NAT MG images of the
+tumour side (the clinical laterality, or :data:`UNKNOWN_SIDE_RULE`): its best CC and its best
+MLO image, view ``mg_view`` first (:func:`choose_mammogram`). Every other image or series is
+listed with the reason it is not used (:class:`~input_pipeline.ingestion.patient.Unused`).
 
 :func:`patient_imaging` is shared with the I-SPY2 adapter. clinical.csv is read by
 ``clinical_csv.py``; what a folder holds unused, unreadable files included, is told by
@@ -35,6 +35,7 @@ from input_pipeline.ingestion.dce_select import DiscoveryError, select_dce
 from input_pipeline.ingestion.dicom_scan import SeriesInfo, StudyInfo, scan_folder
 from input_pipeline.ingestion.layouts.assemble import Joined, assemble
 from input_pipeline.ingestion.layouts.clinical_csv import PATIENT_ID_COLUMN, read_clinical_csv
+from input_pipeline.ingestion.layouts.phases import T1, phase_of_text, resolve_phases
 from input_pipeline.ingestion.layouts.unused import (
     unread_note,
     unreadable_files,
@@ -44,6 +45,7 @@ from input_pipeline.ingestion.layouts.unused import (
 from input_pipeline.ingestion.mammogram_view import ImageView
 from input_pipeline.ingestion.patient import (
     Imaging,
+    MammogramImage,
     MriExam,
     NiftiDce,
     PatientSource,
@@ -56,98 +58,12 @@ _VIEWS = ("CC", "MLO")
 _SIDE_NAMES = {"L": "left", "R": "right"}
 _MISSING = frozenset({"", "nan", "na", "none", "null", "unknown", "missing"})
 
-_T1, _FOLLOW_UP = "t1", "follow-up"
-# A time-point tag is 'T0'..'T3' anywhere; a description only names one after 'MRI'
-# ('ISPY2_MRI_T2', 'ISPY2MRIT0'), since 'T1'/'T2' alone there more likely mean weightings.
-_TAG_TIME_POINT = re.compile(r"(?:^|[^a-z0-9])t ?([0-3])(?:$|[^0-9])")
-_DESCRIBED_TIME_POINT = re.compile(r"mri[ _\-]*t([0-3])(?:$|[^0-9])")
-_TREATMENT = r"(?:nat|nac|nact|neoadjuvant|treatment|therapy|chemo\w*)"
-_DESCRIBED = (
-    (Phase.POST, re.compile(rf"\bpost ?{_TREATMENT}\b|\bposttreatment\b|\bpre ?(?:op|operative|"
-                            r"surgery|surgical)\b|\bpreoperative\b|\bpresurgical\b")),
-    (Phase.MID, re.compile(rf"\bmid ?{_TREATMENT}?\b|\bmidtreatment\b|\binterim\b|"
-                           rf"\bduring ?{_TREATMENT}\b")),
-    (Phase.PRE, re.compile(rf"\bpre ?{_TREATMENT}\b|\bpretreatment\b|\bprenat\b|\bbaseline\b")),
-    (_FOLLOW_UP, re.compile(r"\bfollow ?up\b|\bfollowup\b")),
-)
-
-
 def _phase_option(name: str | None, field: str, allowed: tuple[str, ...]) -> Phase | None:
   if name is None:
     return None
   if name not in allowed:
     raise ValueError(f"{field} must be one of {allowed}, got {name!r}")
   return Phase[name.upper()]
-
-
-def phase_of_text(text: str, tag: bool) -> Phase | str | None:
-  """The phase a ClinicalTrialTimePointID (``tag``) or StudyDescription names.
-
-  Returns a Phase, 't1' (early treatment), 'follow-up' (Mid or Post, by date), or None when
-  the text says nothing.
-  """
-  text = (text or "").strip().lower()
-  if not text:
-    return None
-  if tag and text in schema.PHASE_NAMES:
-    return Phase[text.upper()]
-  match = (_TAG_TIME_POINT if tag else _DESCRIBED_TIME_POINT).search(text)
-  if match:
-    point = int(match.group(1))
-    if point == 1:
-      return _T1
-    return {0: Phase.PRE, 2: Phase.MID, 3: Phase.POST}[point]
-  words = " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
-  for phase, pattern in _DESCRIBED:
-    if pattern.search(words):
-      return phase
-  return None
-
-
-def resolve_phases(studies: list[StudyInfo], two_study_followup: Phase = Phase.POST,
-                   t1_phase: Phase | None = None) -> dict[Phase, StudyInfo]:
-  """Which MR study is which NAT phase (see the module docstring for the rules).
-
-  Args:
-    studies: the patient's MR studies in date order.
-    two_study_followup: the phase of the later of two studies known only by date.
-    t1_phase: the phase a T1 (early treatment) study takes when no other study has it;
-      None ignores T1 studies.
-
-  Raises:
-    DiscoveryError: two studies claim one phase, or more studies than phases are left.
-  """
-  assigned: dict[Phase, StudyInfo] = {}
-  pending: list[tuple[StudyInfo, bool]] = []  # (study, is a follow-up)
-  early: list[StudyInfo] = []
-  for study in studies:
-    phase = phase_of_text(study.time_point_id, tag=True)
-    if phase is None:
-      phase = phase_of_text(study.description, tag=False)
-    if phase == _T1:
-      early.append(study)
-    elif phase is None or phase == _FOLLOW_UP:
-      pending.append((study, phase == _FOLLOW_UP))
-    elif phase in assigned:
-      raise DiscoveryError(f"two MR studies are {phase.label}: {assigned[phase].label()} and "
-                           f"{study.label()}")
-    else:
-      assigned[phase] = study
-  if pending and Phase.PRE not in assigned and not pending[0][1]:
-    assigned[Phase.PRE] = pending.pop(0)[0]
-  free = [p for p in (Phase.MID, Phase.POST) if p not in assigned]
-  if len(pending) == 1 and len(free) == 2:
-    free = [two_study_followup]
-  if len(pending) > len(free):
-    raise DiscoveryError(
-        f"cannot tell the NAT phase of {len(pending)} MR studies ("
-        + ", ".join(s.label() for s, _ in pending) + "): set ClinicalTrialTimePointID or a "
-        "StudyDescription keyword (pre-NAT / mid-NAT / post-NAT)")
-  for (study, _), phase in zip(pending, free):
-    assigned[phase] = study
-  if t1_phase is not None and t1_phase not in assigned and len(early) == 1:
-    assigned[t1_phase] = early[0]
-  return dict(sorted(assigned.items()))
 
 
 def _date(study: StudyInfo) -> datetime.date | None:
@@ -198,26 +114,46 @@ def _side_by_rule(images: list[_Image]) -> tuple[str | None, str]:
   return side, how
 
 
+def _chosen_views(candidates: list[_Image], preferred: str) -> list[_Image]:
+  """The best image of each of CC and MLO among ``candidates``, the preferred view first; when
+  neither is there, the one best image of another (or an unknown) view. Best: 'For
+  Presentation' before 'For Processing', then the path."""
+  def best(images: list[_Image]) -> _Image | None:
+    return min(images, key=lambda i: (_view_rank(i.view.view, preferred),
+                                      i.view.intent == "FOR PROCESSING", str(i.path)),
+               default=None)
+
+  views = [best([i for i in candidates if i.view.view == view])
+           for view in (preferred, *(v for v in _VIEWS if v != preferred))]
+  chosen = [image for image in views if image is not None]
+  if chosen:
+    return chosen
+  other = best(candidates)
+  return [other] if other is not None else []
+
+
 def choose_mammogram(studies: list[StudyInfo], side: str | None, pre_mr: StudyInfo | None,
-                     mg_view: str = "CC") -> tuple[Path | None, list[Unused], list[str]]:
-  """The Pre-NAT mammogram of the tumour side ('L' / 'R'), every other mammogram with the
+                     mg_view: str = "CC"
+                     ) -> tuple[tuple[MammogramImage, ...], list[Unused], list[str]]:
+  """The Pre-NAT mammogram views of the tumour side ('L' / 'R'), every other mammogram with the
   reason it is not used, and warnings.
 
   The Pre-NAT MG study is the one tagged or described Pre-NAT; else, among untagged MG studies,
   the one nearest in date to the Pre-NAT MRI (the earliest when that date is unknown). In it:
   the images of the tumour side (when the clinical table does not give it: UNKNOWN_SIDE_RULE;
-  when no image states the tumour side, those that state no side, with a warning), view
-  ``mg_view`` first, then the other of CC / MLO, then another view, then an image whose view
-  nothing states (with a warning); 'For Presentation' before 'For Processing'.
+  when no image states the tumour side, those that state no side, with a warning). Of those,
+  the best CC and the best MLO image are used, view ``mg_view`` first ('For Presentation' before
+  'For Processing'); without either, one image of another view, else one whose view nothing
+  states (with a warning).
 
   Returns:
-    (path or None, unused images, warnings).
+    (the views used, preferred first (empty without a mammogram), unused images, warnings).
   """
   images = [_Image(study, series, path, view) for study in studies
             for series in study.series.values() if series.is_mammogram
             for path, view in zip(series.files, series.views)]
   if not images:
-    return None, [], []
+    return (), [], []
   mg = sorted({i.study.uid: i.study for i in images}.values(), key=lambda s: s.sort_key)
   phases = {s.uid: phase_of_text(s.time_point_id, True) or phase_of_text(s.description, False)
             for s in mg}
@@ -250,15 +186,15 @@ def choose_mammogram(studies: list[StudyInfo], side: str | None, pre_mr: StudyIn
       warnings.append(f"no image states the {_SIDE_NAMES[side]} side; took one that states "
                       "no side")
   preferred = mg_view.upper()
-  best = min(candidates, key=lambda i: (_view_rank(i.view.view, preferred),
-                                        i.view.intent == "FOR PROCESSING", str(i.path)),
-             default=None)
-  if best is not None and _view_rank(best.view.view, preferred) >= 2:
-    warnings.append(f"mammogram view {best.view.view}: no CC or MLO image" if best.view.view
+  used = _chosen_views(candidates, preferred)
+  if len(used) == 1 and _view_rank(used[0].view.view, preferred) >= 2:
+    view = used[0].view.view
+    warnings.append(f"mammogram view {view}: no CC or MLO image" if view
                     else "mammogram view not found (no ViewPosition, ViewCodeSequence, "
                     "description, orientation or file name gives it)")
+  names = " and ".join(i.view.view or "unknown-view" for i in used)
   for image in images:
-    if image is best:
+    if image in used:
       continue
     if image.view.laterality and side and image.view.laterality != side:
       reason = (f"{_SIDE_NAMES[image.view.laterality]} breast; the tumour side is "
@@ -268,9 +204,9 @@ def choose_mammogram(studies: list[StudyInfo], side: str | None, pre_mr: StudyIn
     else:
       reason = (f"same breast, view {image.view.view or 'unknown'}"
                 f"{', For Processing' if image.view.intent == 'FOR PROCESSING' else ''}; "
-                f"the {best.view.view or 'unknown-view'} image is used")
+                f"the {names} image{'s are' if len(used) > 1 else ' is'} used")
     unused.append(Unused(image.item(), str(image.path), reason))
-  return (best.path if best else None), unused, warnings
+  return tuple(MammogramImage(i.path, i.view.view) for i in used), unused, warnings
 
 
 def _nifti_exams(folder: Path) -> dict[Phase, NiftiDce]:
@@ -294,7 +230,7 @@ def _nifti_exams(folder: Path) -> dict[Phase, NiftiDce]:
 def patient_imaging(folder: Path, *, side: str | None = None,
                     two_study_followup: Phase = Phase.POST, t1_phase: Phase | None = None,
                     mg_view: str = "CC", post_index: int = 1) -> Imaging:
-  """The DCE exams per phase, the mammogram, and what else the patient folder holds.
+  """The DCE exams per phase, the mammogram views, and what else the patient folder holds.
 
   Raises:
     DiscoveryError: an unreadable DICOM file that may belong to a series used
@@ -315,8 +251,8 @@ def patient_imaging(folder: Path, *, side: str | None = None,
     used[study.uid] = set(dce.pre.files) | set(dce.post.files)
   assigned = {s.uid for s in studies.values()}
   reasons = {s.uid: ("MR study of the early-treatment time point (T1): used only with the "
-                     "t1_phase=mid layout option" if phase_of_text(s.time_point_id, True) == _T1
-                     or phase_of_text(s.description, False) == _T1 else
+                     "t1_phase=mid layout option" if phase_of_text(s.time_point_id, True) == T1
+                     or phase_of_text(s.description, False) == T1 else
                      "MR study given no NAT phase")
              for s in mr_studies if s.uid not in assigned}
   nifti = _nifti_exams(folder)
@@ -325,14 +261,14 @@ def patient_imaging(folder: Path, *, side: str | None = None,
       raise DiscoveryError(f"{phase.label} is given twice: as DICOM {studies[phase].label()} "
                            f"and as NIfTI {exam.pre or exam.subtraction}")
     mri[phase] = exam
-  mammogram, unused_mg, warnings = choose_mammogram(scan.sorted_studies(mr=False), side,
-                                                    studies.get(Phase.PRE), mg_view)
-  used_files = set().union(*used.values(), [mammogram] if mammogram else [])
+  mammograms, unused_mg, warnings = choose_mammogram(scan.sorted_studies(mr=False), side,
+                                                     studies.get(Phase.PRE), mg_view)
+  used_files = set().union(*used.values(), [m.path for m in mammograms])
   unreadable = unreadable_files(scan, used_files)
-  imaging = Imaging(dict(sorted(mri.items())), mammogram,
+  imaging = Imaging(dict(sorted(mri.items())), mammograms,
                     unused_series(scan, used, reasons, post_index) + unused_mg + unreadable,
                     warnings + unreadable_warning(unreadable))
-  if not imaging.mri and imaging.mammogram is None:
+  if not imaging.mri and not imaging.mammograms:
     files = sum(1 for p in folder.rglob("*") if p.is_file())
     found = sum(len(s.files) for st in scan.studies.values() for s in st.series.values())
     imaging.empty = (
@@ -376,25 +312,57 @@ def find_file(root: Path, names: tuple[str, ...], depth: int = 2) -> Path | None
   return None
 
 
-def discover(root: Path | str, *, two_study_followup: str = "post",
-             t1_phase: str | None = None, mg_view: str = "CC",
-             post_index: int = 1, column_map: str | None = None,
-             ignore_columns: str | None = None, clinical_encoding: str = "utf-8-sig",
-             workers: int = 1, progress: bool = False) -> list[PatientSource]:
-  """Finds every patient of a generic export.
+@dataclasses.dataclass(frozen=True)
+class GenericOptions:
+  """The generic layout's options (``prepare --layout_option NAME=VALUE``).
 
-  Args:
-    root: the folder holding clinical.csv and one folder per patient.
+  Attributes:
     two_study_followup: NAT phase of the later of two undated-phase MR studies ('mid', 'post').
     t1_phase: 'mid' makes a T1 (early treatment) study Mid-NAT when no study is; None
       ignores T1 studies.
-    mg_view: preferred mammography view ('CC' or 'MLO').
+    mg_view: the mammography view stored first ('CC' or 'MLO'; both are used when present).
     post_index: which post-contrast phase is subtracted (1 = first).
     column_map: 'HEADER=variable;...': clinical.csv columns read as these rhpc variables.
     ignore_columns: 'HEADER;...': clinical.csv columns that hold no rhpc variable.
     clinical_encoding: the text encoding of clinical.csv (a Python codec name).
+
+  Raises:
+    ValueError: an option out of its range.
+  """
+  two_study_followup: str = "post"
+  t1_phase: str | None = None
+  mg_view: str = "CC"
+  post_index: int = 1
+  column_map: str | None = None
+  ignore_columns: str | None = None
+  clinical_encoding: str = "utf-8-sig"
+
+  def __post_init__(self):
+    _phase_option(self.two_study_followup, "two_study_followup", ("mid", "post"))
+    _phase_option(self.t1_phase, "t1_phase", ("mid",))
+    if self.mg_view.upper() not in _VIEWS:
+      raise ValueError(f"mg_view must be 'CC' or 'MLO', got {self.mg_view!r}")
+
+  @classmethod
+  def of(cls, fields: Mapping[str, Any]) -> GenericOptions:
+    """The options named in ``fields``; an unknown name is a ValueError that lists the known."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+      raise ValueError(f"unknown generic layout option(s) {unknown}; known: {known}")
+    return cls(**fields)
+
+
+def discover(root: Path | str, options: GenericOptions | None = None, *, workers: int = 1,
+             progress: bool = False, **fields: Any) -> list[PatientSource]:
+  """Finds every patient of a generic export.
+
+  Args:
+    root: the folder holding clinical.csv and one folder per patient.
+    options: the layout's options; default: ``GenericOptions`` of ``fields``.
     workers: processes scanning patient folders (see ``workers.map_patients``).
     progress: show the scan's progress bar (input_pipeline.cli.progress).
+    **fields: :class:`GenericOptions` fields by name (what ``layouts.discover`` passes on).
 
   Returns:
     One PatientSource per patient in the CSV or with a folder, sorted by id; patients that
@@ -407,17 +375,19 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
       ``clinical_encoding``, a malformed row, a bad option.
   """
   root = Path(root)
-  followup = _phase_option(two_study_followup, "two_study_followup", ("mid", "post"))
-  t1 = _phase_option(t1_phase, "t1_phase", ("mid",))
-  if mg_view.upper() not in _VIEWS:
-    raise ValueError(f"mg_view must be 'CC' or 'MLO', got {mg_view!r}")
+  if options is None:
+    options = GenericOptions.of(fields)
+  elif fields:
+    raise ValueError(f"discover: give options or {sorted(fields)}, not both")
+  followup = _phase_option(options.two_study_followup, "two_study_followup", ("mid", "post"))
+  t1 = _phase_option(options.t1_phase, "t1_phase", ("mid",))
   csv_path = root / CLINICAL_FILE
   if not csv_path.is_file():
     raise FileNotFoundError(f"{root}: no {CLINICAL_FILE} (one row per patient, a "
                             f"{PATIENT_ID_COLUMN!r} column and the pCR label)")
   headers, rows = read_clinical_csv(
-      csv_path, clinical_table.ColumnChoices.parse(column_map, ignore_columns),
-      clinical_encoding)
+      csv_path, clinical_table.ColumnChoices.parse(options.column_map, options.ignore_columns),
+      options.clinical_encoding)
   label_column = clinical_table.find_label_column(headers)
   folders = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
@@ -433,8 +403,8 @@ def discover(root: Path | str, *, two_study_followup: str = "post",
     source.label, source.error = _label(row, label_column)
     if source.error:
       return Joined(source)
-    return Joined(source, FolderScan(folders[key], tumour_side(row), followup, t1, mg_view,
-                                     post_index))
+    return Joined(source, FolderScan(folders[key], tumour_side(row), followup, t1,
+                                     options.mg_view, options.post_index))
 
   return assemble(set(rows) | set(folders), join, workers=workers, progress=progress)
 
