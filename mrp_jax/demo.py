@@ -148,7 +148,7 @@ class StageClock:
     """Times the stage run inside the block (kept only when it completes)."""
     start = time.perf_counter()
     yield
-    self.stages[name] = {"seconds": round(time.perf_counter() - start, 1), "reused": False}
+    self.stages[name] = {"seconds": round(time.perf_counter() - start, 3), "reused": False}
     self._write()
 
   def reused(self, name: str) -> None:
@@ -157,7 +157,7 @@ class StageClock:
     self._write()
 
   def total(self) -> float:
-    return round(sum(v["seconds"] for v in self.stages.values() if not v["reused"]), 1)
+    return round(sum(v["seconds"] for v in self.stages.values() if not v["reused"]), 3)
 
   def _write(self) -> None:
     self.path.parent.mkdir(parents=True, exist_ok=True)

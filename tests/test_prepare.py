@@ -562,11 +562,13 @@ def test_enhanced_or_classic_files_give_the_same_records(tmp_path, monkeypatch):
                     progress=False)
     [read[layout]] = _read_all(out).values()
   classic, enhanced = read["classic"], read["enhanced"]
-  assert truth["phases"] == ["pre", "mid", "post"] and classic.mg is not None  # all compared
+  assert truth["phases"] == ["pre", "mid", "post"] and classic.mammograms  # all compared
   assert sorted(classic.mri) == sorted(enhanced.mri) and len(classic.mri) == 3
   for phase, volume in classic.mri.items():
     np.testing.assert_array_equal(enhanced.mri[phase], volume)
-  np.testing.assert_array_equal(enhanced.mg, classic.mg)
+  assert list(enhanced.mammograms) == list(classic.mammograms)
+  for view, image in classic.mammograms.items():
+    np.testing.assert_array_equal(enhanced.mammograms[view], image)
   for field in ("patient_id", "split", "label", "phases", "spacing_mm", "rhpc_raw"):
     assert getattr(enhanced, field) == getattr(classic, field), field
   np.testing.assert_array_equal(enhanced.rhpc_codes, classic.rhpc_codes)
