@@ -116,7 +116,7 @@ def test_multiphase_series_gives_the_phase_of_each_temporal_position(tmp_path, e
 @pytest.mark.parametrize("signed", [True, False])
 def test_series_files_are_the_bytes_pydicom_itself_writes(tmp_path, signed):
   # The writer encodes a series' shared elements once and each file's own elements from their
-  # values (dicom_writer._SeriesEncoder); every file must be exactly what pydicom's own dcmwrite
+  # values (dicom_encoding.SeriesEncoder); every file must be exactly what pydicom's own dcmwrite
   # makes of the dataset it reads back.
   phases = [_volume(seed) + 200 for seed in range(2)]
   paths = write_mr_series(tmp_path, phases, _GEOMETRY, {**_TAGS, "PatientName": "MUELLER^ANNA"},

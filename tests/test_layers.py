@@ -46,3 +46,16 @@ def test_subpackages_show_the_jobs():
   assert len(top) <= 8, top
   for folder in ("models", "training", "evaluation", "benchmark"):
     assert (ROOT / "mrp_jax" / folder / "__init__.py").is_file(), folder
+
+
+def test_modules_stay_readable():
+  """No package module over 500 lines; input_pipeline's top level holds at most six modules
+  beside its stage subpackages (ingestion, records, feed, synthetic)."""
+  long = {str(p.relative_to(ROOT)): n for package in ("mrp_jax", "input_pipeline", "configs")
+          for p in (ROOT / package).rglob("*.py")
+          if (n := len(p.read_text().splitlines())) > 500}
+  assert not long, f"split these modules: {long}"
+  top = sorted(p.stem for p in (ROOT / "input_pipeline").glob("*.py") if p.stem != "__init__")
+  assert len(top) <= 6, top
+  for stage in ("ingestion", "records", "feed", "synthetic"):
+    assert (ROOT / "input_pipeline" / stage / "__init__.py").is_file(), stage

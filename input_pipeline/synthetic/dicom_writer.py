@@ -9,8 +9,9 @@ ImagePositionPatient = origin + k * spacing_z * direction[:, 2].
 
 An MR series is written as classic single-frame files (one per slice and temporal position) or
 as one Enhanced MR multi-frame file. Either way its shared header is built and encoded once
-(:class:`_SeriesEncoder`); what differs per file or per frame is encoded directly from its
-values (:func:`_encode`), in the bytes pydicom's own writer gives the same dataset.
+(:class:`dicom_encoding.SeriesEncoder`); what differs per file or per frame is encoded directly
+from its values (:func:`dicom_encoding.encode`), in the bytes pydicom's own writer gives the same
+dataset.
 Compressed transfer syntaxes go through pydicom's encoders file by file.
 """
 
@@ -20,17 +21,15 @@ import copy
 import dataclasses
 import datetime
 import itertools
-import struct
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import correct_ambiguous_vr, write_data_element
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from input_pipeline.synthetic import dicom_encoding
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -43,7 +42,6 @@ _STUDY_DEFAULTS = {
 }
 
 # Tags of the elements written per file or per frame.
-_SOP_INSTANCE_UID = 0x00080018
 _ACQUISITION_TIME = 0x00080032
 _TRIGGER_TIME = 0x00181060
 _CARDIAC_SYNCHRONIZATION = 0x00189118
@@ -186,128 +184,6 @@ def _save(ds: Dataset, path: Path, **encoding: Any) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Explicit VR Little Endian, element by element
-# ---------------------------------------------------------------------------------------------
-# An element described by its values: (tag, VR, value). DS, IS, UL and FD take a number or a
-# sequence of numbers, text VRs a string, OB/OW bytes, SQ a list of items (lists of elements).
-Element = tuple[int, str, Any]
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
-_ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
-_BINARY_NUMBERS = {"UL": "I", "FD": "d", "US": "H"}  # VR -> struct code
-
-
-def _numbers(value) -> list:
-  return list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
-
-
-def _value_bytes(vr: str, value: Any) -> bytes:
-  """The value field of an element, as pydicom writes it (padded to even length)."""
-  if vr == "SQ":
-    items = [b"".join(_encode(*e) for e in sorted(item, key=lambda e: e[0])) for item in value]
-    return b"".join(_ITEM + struct.pack("<I", len(item)) + item for item in items)
-  if vr == "DS":  # pydicom writes a Python float as its repr
-    data = "\\".join(repr(float(v)) for v in _numbers(value)).encode("ascii")
-  elif vr == "IS":
-    data = "\\".join(str(int(v)) for v in _numbers(value)).encode("ascii")
-  elif vr in _BINARY_NUMBERS:
-    numbers = _numbers(value)
-    data = struct.pack(f"<{len(numbers)}{_BINARY_NUMBERS[vr]}", *numbers)
-  elif vr in ("OB", "OW"):
-    data = bytes(value)
-  else:  # text
-    data = str(value).encode("ascii")
-  if len(data) % 2:
-    data += b"\0" if vr in ("UI", "OB") else b" "
-  return data
-
-
-def _encode(tag: int, vr: str, value: Any) -> bytes:
-  """One element in Explicit VR Little Endian (SQ and its items with defined lengths, as
-  pydicom writes a sequence it created)."""
-  data = _value_bytes(vr, value)
-  if vr in _LONG_VRS:
-    return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(data)) + data
-  return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(data)) + data
-
-
-def _to_dataset(elements: Iterable[Element]) -> Dataset:
-  """The same elements as a pydicom dataset (for the compressed syntaxes, which pydicom
-  encodes)."""
-  ds = Dataset()
-  for tag, vr, value in elements:
-    if vr == "SQ":
-      value = DicomSequence([_to_dataset(item) for item in value])
-    elif vr in ("DS", "IS", "UL", "FD", "US") and isinstance(value, (list, tuple, np.ndarray)):
-      value = [float(v) if vr in ("DS", "FD") else int(v) for v in value]
-    ds.add(DataElement(tag, vr, value))
-  return ds
-
-
-class _SeriesEncoder:
-  """Writes the files of one series, encoding what they share once.
-
-  A classic MR series is hundreds of files that differ in a handful of elements; pydicom's
-  ``dcmwrite`` re-validates and re-encodes all ~60 elements of every file, which made writing
-  the synthetic export its slowest stage. Here pydicom encodes the shared elements and the
-  file meta once; each file's own elements (:data:`Element` descriptions, always the same tags)
-  are encoded by :func:`_encode`; the file is the tag-ordered concatenation, the same bytes
-  ``Dataset.save_as(..., enforce_file_format=True)`` writes (tests/test_dicom_io.py checks).
-  Explicit VR Little Endian only.
-
-  Args:
-    template: the shared elements, with file_meta; no SOPInstanceUID (each file has its own).
-    own_tags: the tags every file gives :meth:`write` (SOPInstanceUID is added).
-  """
-
-  def __init__(self, template: Dataset, own_tags: Iterable[int]):
-    if template._transfer_syntax != ExplicitVRLittleEndian:
-      raise ValueError("the shared-element encoder writes Explicit VR Little Endian only")
-    encodings = template._character_set
-    meta = copy.deepcopy(template.file_meta)
-    meta.MediaStorageSOPInstanceUID = "1.2"  # a placeholder while the rest is validated
-    validate_file_meta(meta, enforce_standard=True)
-    encoded_meta = {elem.tag: self._pydicom(elem, encodings) for elem in meta
-                    if elem.tag not in (0x00020000, 0x00020003)}
-    self._meta = (b"".join(v for t, v in sorted(encoded_meta.items()) if t < 0x00020003),
-                  b"".join(v for t, v in sorted(encoded_meta.items()) if t > 0x00020003))
-    correct_ambiguous_vr(template, is_little_endian=True)
-    shared = {elem.tag: self._pydicom(elem, encodings) for elem in template}
-    self._own = frozenset(own_tags) | {_SOP_INSTANCE_UID}
-    if self._own & shared.keys():
-      raise ValueError(f"elements both shared and per file: {sorted(self._own & shared.keys())}")
-    # Runs of consecutive shared elements as one chunk; an int is where an own element goes.
-    self._layout: list[bytes | int] = []
-    for tag in sorted(shared.keys() | self._own):
-      if tag in self._own:
-        self._layout.append(tag)
-      elif self._layout and isinstance(self._layout[-1], bytes):
-        self._layout[-1] += shared[tag]
-      else:
-        self._layout.append(shared[tag])
-
-  @staticmethod
-  def _pydicom(elem: DataElement, encodings) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    write_data_element(fp, elem, encodings)
-    return fp.getvalue()
-
-  def write(self, path: Path, sop_instance_uid: str, own: Iterable[Element]) -> Path:
-    """Writes the file of the shared elements and ``own`` (its folder must exist)."""
-    encoded = {tag: _encode(tag, vr, value) for tag, vr, value in own}
-    encoded[_SOP_INSTANCE_UID] = _encode(_SOP_INSTANCE_UID, "UI", sop_instance_uid)
-    if encoded.keys() != self._own:
-      raise ValueError(f"{path}: per-file elements {sorted(encoded)}, expected "
-                       f"{sorted(self._own)}")
-    meta = self._meta[0] + _encode(0x00020003, "UI", sop_instance_uid) + self._meta[1]
-    parts = [b"\x00" * 128, b"DICM", _encode(0x00020000, "UL", len(meta)), meta]
-    parts += [part if isinstance(part, bytes) else encoded[part] for part in self._layout]
-    with open(path, "wb") as f:
-      f.write(b"".join(parts))
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
 # MR series
 # ---------------------------------------------------------------------------------------------
 def _clock(offset_ms: float) -> str:
@@ -338,7 +214,7 @@ class _Series:
   trigger_times: list[float]
   frames: list[tuple[int, int]]  # (temporal position t, slice index k) in acquisition order
 
-  def slice_elements(self, number: int, t: int, k: int) -> list[Element]:
+  def slice_elements(self, number: int, t: int, k: int) -> list[dicom_encoding.Element]:
     """The elements of classic file ``number`` (1-based), which holds slice k at time t."""
     own = [(_INSTANCE_NUMBER, "IS", number), (_IMAGE_POSITION, "DS", self.positions[k]),
            (_SLICE_LOCATION, "DS", float(np.dot(self.positions[k], self.normal))),
@@ -348,7 +224,7 @@ class _Series:
       own.append((_TEMPORAL_POSITION_IDENTIFIER, "IS", t + 1))
     return own
 
-  def frame_groups(self) -> list[list[Element]]:
+  def frame_groups(self) -> list[list[dicom_encoding.Element]]:
     """PerFrameFunctionalGroupsSequence items of the enhanced file: each frame's position,
     orientation, stack and temporal position and trigger time."""
     return [[(_FRAME_CONTENT, "SQ", [[(_FRAME_ACQUISITION_DURATION, "FD", 0.0),
@@ -425,7 +301,7 @@ def write_mr_series(out_dir: Path | str, volumes: Sequence[np.ndarray] | np.ndar
     template.AcquisitionTime = _clock(series.trigger_times[0])
     template.NumberOfFrames = len(series.frames)
     template.NumberOfTemporalPositions = n_t
-    template.SharedFunctionalGroupsSequence = DicomSequence([_to_dataset([
+    template.SharedFunctionalGroupsSequence = DicomSequence([dicom_encoding.to_dataset([
         (0x00289110, "SQ", [[(0x00280030, "DS", [float(geometry.spacing[1]),  # PixelMeasures
                                                  float(geometry.spacing[0])]),
                              (0x00180050, "DS", float(geometry.spacing[2]))]]),
@@ -450,14 +326,14 @@ def write_mr_series(out_dir: Path | str, volumes: Sequence[np.ndarray] | np.ndar
   paths = []
   if native:
     del template.SOPInstanceUID
-    encoder = _SeriesEncoder(template, (tag for tag, _, _ in files[0][1]))
+    encoder = dicom_encoding.SeriesEncoder(template, (tag for tag, _, _ in files[0][1]))
     for number, (name, own) in enumerate(files, start=1):
       uid = first_uid if number == 1 else new_uid()
       paths.append(encoder.write(out_dir / name, uid, own))
     return paths
   for number, (name, own) in enumerate(files, start=1):  # pydicom encodes and compresses
     ds = template if number == len(files) else copy.deepcopy(template)
-    ds.update(_to_dataset(own))
+    ds.update(dicom_encoding.to_dataset(own))
     if number > 1:
       ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = new_uid()
     paths.append(_save(ds, out_dir / name))
