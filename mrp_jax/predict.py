@@ -296,8 +296,9 @@ def _score_rows(run: runs.Run, rows: Sequence[tuple[batching.Example, Any]],
   intercept = np.asarray([m.intercept for m in maps] + [0.0] * (batch_size - n), np.float32)
   attributions = explain.model_attributions(
       run.model, {"params": run.state.params, "batch_stats": run.state.batch_stats}, batch,
-      target="probability", steps=explain_steps, rhpc_baseline=evaluation.rhpc_baseline,
-      calibration=(slope, intercept))
+      explain.AttributionOptions(target="probability", steps=explain_steps,
+                                 rhpc_baseline=evaluation.rhpc_baseline,
+                                 calibration=(slope, intercept)))
   for j, row in enumerate(scored):
     row["attributions"] = {k: v[j:j + 1] for k, v in attributions.items()}
   return scored

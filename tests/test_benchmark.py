@@ -23,7 +23,7 @@ def test_full_geometry_encoder_flops_match_design(layout):
   """docs/background.md section 4 gives one 3D trunk's forward GFLOP at 176 x 176 x 352."""
   encoder = models.encoder_kwargs({"layout": layout, "shortcut": "B", "norm": "batch",
                                    "width": 64, "stem_kernel": 7, "remat": "none"}, 3, "float32")
-  convs = flops.resnet_convs(flops.FULL_MRI_SHAPE, **encoder)
+  convs = flops.resnet_convs(ResNet(**encoder), flops.FULL_MRI_SHAPE)
   assert flops.forward_flops(convs) / 1e9 == pytest.approx(flops.REFERENCE_GFLOP[layout], rel=0.02)
   # Padding taps make the model-FLOP convention the larger one; training is 3x forward less the
   # stem's input gradient (the stem is 6% of the resnet layout, 25% of the stride-1 monai stem).
@@ -46,7 +46,7 @@ def test_analytic_valid_taps_match_xla_cost_analysis(spatial_dims, shape, layout
   compiled = jax.jit(lambda v, x: encoder.apply(v, x, train=False)).lower(variables, x).compile()
   analysis = compiled.cost_analysis()
   xla = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
-  convs = flops.resnet_convs(shape, **kwargs)
+  convs = flops.resnet_convs(encoder, shape)
   assert flops.forward_flops(convs, valid_only=True) <= xla <= flops.forward_flops(convs)
 
 

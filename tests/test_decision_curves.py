@@ -111,7 +111,8 @@ def test_bootstrap_bands_equal_a_loop_over_resampled_cohorts():
   y = rng.integers(0, 2, 80)
   p = np.clip(0.35 * y + rng.normal(0.3, 0.2, 80), 0.001, 0.999)
   thresholds = [0.1, 0.2, 0.3, 0.4]
-  curve = dc.decision_curve(y, p, "therapy", thresholds, per=1000, replicates=200, seed=5)
+  curve = dc.decision_curve(y, p, "therapy", thresholds, per=1000,
+                            bootstrap=st.Bootstrap(200, seed=5))
   indices = st.bootstrap_indices(y, 200, seed=5)
   loop = np.stack([dc.decision_curve(y[i], p[i], "therapy", thresholds,
                                      per=1000).net_interventions_avoided for i in indices])
@@ -125,7 +126,8 @@ def test_bootstrap_bands_equal_a_loop_over_resampled_cohorts():
   np.testing.assert_allclose(high, np.percentile(loop, 97.5, axis=0), atol=1e-9)
   low, high = curve.bands["net_benefit"]
   assert ((low <= curve.net_benefit) & (curve.net_benefit <= high)).all()
-  again = dc.decision_curve(y, p, "therapy", thresholds, per=1000, replicates=200, seed=5)
+  again = dc.decision_curve(y, p, "therapy", thresholds, per=1000,
+                            bootstrap=st.Bootstrap(200, seed=5))
   assert again.as_dict() == curve.as_dict()
   assert set(curve.as_dict()) >= {"net_benefit_low", "treat_all_high", "thresholds"}
 

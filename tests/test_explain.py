@@ -98,8 +98,8 @@ def test_model_attributions_are_complete_on_a_trained_model(trained_imr):
   XLA:CPU")."""
   run, batch = trained_imr
   variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
-  out = explain.model_attributions(run.model, variables, batch, target="probability", steps=8,
-                                   chunk_size=4)
+  out = explain.model_attributions(run.model, variables, batch, explain.AttributionOptions(
+      target="probability", steps=8, chunk_size=4))
   features = [v.label for v in schema.VARIABLES] + ["MRI"]
   total = sum(out[k] for k in features)
   difference = out["output_difference"]
@@ -135,9 +135,9 @@ def test_model_attributions_against_a_reference_and_a_calibrated_target(trained_
   variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
   reference = np.array(batch["rhpc"][0])  # patient 0 as the reference: its inputs are the base
   slope, intercept = 0.5, -1.0
-  out = explain.model_attributions(run.model, variables, batch, target="probability", steps=8,
-                                   chunk_size=4, rhpc_baseline=reference,
-                                   calibration=(slope, intercept))
+  out = explain.model_attributions(run.model, variables, batch, explain.AttributionOptions(
+      target="probability", steps=8, chunk_size=4, rhpc_baseline=reference,
+      calibration=(slope, intercept)))
   for variable in schema.VARIABLES:
     assert out[variable.label][0] == 0.0, variable.label  # x - baseline is exactly 0
   logit = np.asarray(run.eval_step(run.state.params, run.state.batch_stats, batch)["logit"],
@@ -216,8 +216,9 @@ def test_variables_without_label_information_rank_in_the_lower_half():
   table = {str(i): {"split": "train", "label": int(y[i]), "codes": parsed.codes[i],
                     "values": parsed.values[i]} for i in range(len(y))}
   baseline = encoding.model_inputs(cohort.reference_patient(table))[0]
-  out = explain.model_attributions(model, params, {"rhpc": x_held_out}, target="probability",
-                                   steps=16, rhpc_baseline=baseline)
+  out = explain.model_attributions(model, params, {"rhpc": x_held_out},
+                                   explain.AttributionOptions(target="probability", steps=16,
+                                                              rhpc_baseline=baseline))
   np.testing.assert_array_equal(out["Sex"], 0.0)  # always at the reference value
   ranked = explain.rank_attributions(out, "signed")
   informative = {schema.BY_NAME[name].label for name in INFORMATIVE}

@@ -77,11 +77,11 @@ def test_degenerate_inputs_give_nan_without_exception_or_warning():
     assert np.isnan(nobody_positive["ppv"]) and nobody_positive["npv"] == 0.5
     at_nan = st.threshold_metrics([1, 0], [0.1, 0.9], float("nan"))
     assert all(np.isnan(at_nan[k]) for k in ("sensitivity", "specificity", "ppv", "npv"))
-    table = st.metric_table([1, 1, 1], [0.2, 0.5, 0.9], 0.5, replicates=50)
+    table = st.metric_table([1, 1, 1], [0.2, 0.5, 0.9], 0.5, bootstrap=st.Bootstrap(50))
     assert np.isnan(table["auroc"]["value"]) and table["auroc"]["replicates_skipped"] == 50
     assert np.isnan(table["auroc"]["ci_low"]) and table["sensitivity"]["value"] == pytest.approx(
         2 / 3)
-    assert np.isnan(st.metric_table([], [], 0.5, replicates=10)["auroc"]["value"])
+    assert np.isnan(st.metric_table([], [], 0.5, bootstrap=st.Bootstrap(10))["auroc"]["value"])
   with pytest.raises(ValueError, match="NaN"):
     st.auroc([0, 1], [0.2, float("nan")])
   with pytest.raises(ValueError, match="only 1"):
@@ -140,9 +140,10 @@ def test_each_vectorised_replicate_equals_scikit_learn_on_that_replicate():
 
 def test_metric_table_reproducible_and_cis_cover_the_estimate():
   y, score = _data(9, n=120, decimals=2)
-  table = st.metric_table(y, score, 0.5, replicates=1000, seed=0)
-  assert table == st.metric_table(y, score, 0.5, replicates=1000, seed=0)
-  assert table["auroc"] != st.metric_table(y, score, 0.5, replicates=1000, seed=1)["auroc"]
+  table = st.metric_table(y, score, 0.5, bootstrap=st.Bootstrap(1000, seed=0))
+  assert table == st.metric_table(y, score, 0.5, bootstrap=st.Bootstrap(1000, seed=0))
+  other = st.metric_table(y, score, 0.5, bootstrap=st.Bootstrap(1000, seed=1))
+  assert table["auroc"] != other["auroc"]
   for metric in st.METRICS:
     entry = table[metric]
     assert entry["ci_low"] < entry["value"] < entry["ci_high"], metric
@@ -153,14 +154,15 @@ def test_metric_table_reproducible_and_cis_cover_the_estimate():
   # The percentile interval of the replicate AUROCs, recomputed here from the same draws.
   aurocs = st.replicate_metrics(y, score, st.bootstrap_indices(y, 1000, seed=0))["auroc"]
   assert table["auroc"]["ci_low"] == pytest.approx(np.percentile(aurocs, 2.5))
-  assert st.bootstrap_ci(y, score, "auroc", replicates=1000, seed=0).as_dict() == table["auroc"]
+  estimate = st.bootstrap_ci(y, score, "auroc", bootstrap=st.Bootstrap(1000, seed=0))
+  assert estimate.as_dict() == table["auroc"]
 
 
 def test_paired_difference_resamples_both_scores_together():
   y, a = _data(11, n=80, decimals=2)
   rng = np.random.default_rng(0)
   b = np.clip(a + rng.normal(0, 0.15, a.size), 0, 1)  # a noisier copy of a: correlated
-  estimate = st.paired_difference(y, a, b, replicates=400, seed=5)
+  estimate = st.paired_difference(y, a, b, bootstrap=st.Bootstrap(400, seed=5))
   assert estimate.value == pytest.approx(skm.roc_auc_score(y, a) - skm.roc_auc_score(y, b))
   # Brute force: the same resamples (bootstrap_indices with the seed), scikit-learn per row.
   brute = []
@@ -171,9 +173,9 @@ def test_paired_difference_resamples_both_scores_together():
   assert (estimate.ci_low, estimate.ci_high) == pytest.approx(tuple(np.percentile(brute,
                                                                                   [2.5, 97.5])))
   # Pairing matters: the CI of the difference is narrower than either model's own CI.
-  own = st.bootstrap_ci(y, a, replicates=400, seed=5)
+  own = st.bootstrap_ci(y, a, bootstrap=st.Bootstrap(400, seed=5))
   assert estimate.ci_high - estimate.ci_low < own.ci_high - own.ci_low
-  same = st.paired_difference(y, a, a, replicates=50)
+  same = st.paired_difference(y, a, a, bootstrap=st.Bootstrap(50))
   assert (same.value, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
   with pytest.raises(ValueError, match="threshold-free"):
     st.paired_difference(y, a, b, "sensitivity")
@@ -185,7 +187,7 @@ def test_stratified_bootstrap_keeps_class_counts():
   assert indices.shape == (300, 30)
   assert (y[indices].sum(axis=1) == y.sum()).all()
   assert len(np.unique(indices)) > 25  # still resampling, not copying
-  table = st.metric_table(y, score, 0.5, replicates=300, stratified=True)
+  table = st.metric_table(y, score, 0.5, bootstrap=st.Bootstrap(300, stratified=True))
   assert table["bootstrap"]["one_class_replicates"] == 0
 
 
@@ -196,7 +198,7 @@ def test_one_class_replicates_are_skipped_and_counted():
   indices = st.bootstrap_indices(y, 1000, seed=0)
   expected = int((~(indices == 0).any(axis=1)).sum())
   assert 300 < expected < 400
-  table = st.metric_table(y, score, 0.5, replicates=1000, seed=0)
+  table = st.metric_table(y, score, 0.5, bootstrap=st.Bootstrap(1000, seed=0))
   assert table["bootstrap"]["one_class_replicates"] == expected
   for metric in ("auroc", "auprc_average_precision", "auprc_trapezoidal", "sensitivity"):
     assert table[metric]["replicates_skipped"] == expected, metric
@@ -204,7 +206,8 @@ def test_one_class_replicates_are_skipped_and_counted():
   assert table["specificity"]["replicates_skipped"] == 0  # non-pCR are always drawn
   assert np.isfinite(table["auroc"]["ci_low"])
   # The min_valid guard: demanding more usable replicates than there are gives no interval.
-  guarded = st.metric_table(y, score, 0.5, replicates=1000, seed=0, min_valid=1000 - expected + 1)
+  guarded = st.metric_table(y, score, 0.5, bootstrap=st.Bootstrap(
+      1000, seed=0, min_valid=1000 - expected + 1))
   assert np.isnan(guarded["auroc"]["ci_low"]) and np.isfinite(guarded["specificity"]["ci_low"])
   assert guarded["auroc"]["value"] == table["auroc"]["value"] == 1.0
 
@@ -297,18 +300,19 @@ def test_subgroup_metrics_equal_the_metrics_of_each_subset():
   y, score = _data(12, n=90, decimals=2)
   groups = np.array(["luminal"] * 50 + ["her2"] * 30 + ["tnbc"] * 10, dtype=object)
   groups[-2:] = np.nan  # missing becomes Unknown
-  table = subgroups.subgroup_metrics(y, score, groups, 0.5, replicates=200, seed=0)
+  table = subgroups.subgroup_metrics(y, score, groups, 0.5, bootstrap=st.Bootstrap(200, seed=0))
   assert list(table) == ["luminal", "her2", "tnbc", "Unknown"]
   her2 = slice(50, 80)
   assert table["her2"]["n"] == 30 and table["her2"]["n_pcr"] == int(y[her2].sum())
   assert table["her2"]["auroc"]["value"] == pytest.approx(skm.roc_auc_score(y[her2], score[her2]))
-  assert table["her2"] == st.metric_table(y[her2], score[her2], 0.5, replicates=200, seed=0)
+  assert table["her2"] == st.metric_table(y[her2], score[her2], 0.5,
+                                          bootstrap=st.Bootstrap(200, seed=0))
   assert table["Unknown"]["n"] == 2
 
 
 def test_metric_table_auprc_is_the_average_precision():
   y, score = _data(13)
-  table = st.metric_table(y, score, 0.5, replicates=100, seed=0)
+  table = st.metric_table(y, score, 0.5, bootstrap=st.Bootstrap(100, seed=0))
   assert table["auprc"] == table["auprc_average_precision"]
   assert table["auprc"]["value"] == pytest.approx(skm.average_precision_score(y, score))
 
@@ -340,8 +344,8 @@ def _pr_brute_force(y, score, r):
 
 def test_curve_bands_follow_the_curves_of_data_and_replicates():
   y, score = _data(14, n=40)
-  roc = st.roc_band(y, score, grid_points=21, replicates=40, seed=0)
-  pr = st.pr_band(y, score, grid_points=21, replicates=40, seed=0)
+  roc = st.roc_band(y, score, grid_points=21, bootstrap=st.Bootstrap(40, seed=0))
+  pr = st.pr_band(y, score, grid_points=21, bootstrap=st.Bootstrap(40, seed=0))
   for g, x in enumerate(roc.grid):
     assert roc.value[g] == pytest.approx(_roc_brute_force(y, score, x), abs=1e-12)
     assert pr.value[g] == pytest.approx(_pr_brute_force(y, score, x), abs=1e-12)
@@ -353,17 +357,17 @@ def test_curve_bands_follow_the_curves_of_data_and_replicates():
   np.testing.assert_allclose(pr.high, np.percentile(precision, 97.5, axis=0), atol=1e-12)
   assert roc.replicates_used == pr.replicates_used == 40
   # The step curve integrates to the average precision.
-  fine = st.pr_band(y, score, grid_points=2001, replicates=1)
+  fine = st.pr_band(y, score, grid_points=2001, bootstrap=st.Bootstrap(1))
   assert np.trapezoid(fine.value, fine.grid) == pytest.approx(
       st.auprc_average_precision(y, score), abs=2e-3)
 
 
 def test_curve_bands_skip_one_class_replicates():
   y = np.array([1] + [0] * 9)
-  band = st.roc_band(y, np.linspace(0, 1, 10), grid_points=11, replicates=1000, seed=0)
+  band = st.roc_band(y, np.linspace(0, 1, 10), grid_points=11, bootstrap=st.Bootstrap(1000, seed=0))
   no_pcr = int((y[st.bootstrap_indices(y, 1000, seed=0)].sum(1) == 0).sum())
   assert (band.replicates_skipped, band.replicates_used) == (no_pcr, 1000 - no_pcr)
-  assert np.isnan(st.pr_band([1, 1], [0.2, 0.4], replicates=10).value).all()
+  assert np.isnan(st.pr_band([1, 1], [0.2, 0.4], bootstrap=st.Bootstrap(10)).value).all()
 
 
 # ---------------------------------------------------------------- calibration
@@ -376,14 +380,15 @@ def _mean_tolerance(n: int) -> float:
 
 def test_brier_score_matches_scikit_learn_and_its_replicates():
   y, p = _data(21, n=70, decimals=None)
-  estimate = st.brier_score(y, p, replicates=200, seed=3)
+  estimate = st.brier_score(y, p, bootstrap=st.Bootstrap(200, seed=3))
   assert estimate.value == pytest.approx(skm.brier_score_loss(y, p), abs=_mean_tolerance(70))
   loop = [skm.brier_score_loss(y[i], p[i]) for i in st.bootstrap_indices(y, 200, seed=3)]
   assert (estimate.ci_low, estimate.ci_high) == pytest.approx(
       tuple(np.percentile(loop, (2.5, 97.5))), abs=_mean_tolerance(70))
   # A constant prediction at the prevalence q scores q (1 - q).
   q = y.mean()
-  assert st.brier_score(y, np.full(y.size, q), replicates=0).value == pytest.approx(q * (1 - q))
+  constant = st.brier_score(y, np.full(y.size, q), bootstrap=st.Bootstrap(0))
+  assert constant.value == pytest.approx(q * (1 - q))
   with pytest.raises(ValueError, match="probabilities"):
     st.brier_score(y, p + 1.0)
 
@@ -391,7 +396,7 @@ def test_brier_score_matches_scikit_learn_and_its_replicates():
 def test_calibration_curve_matches_scikit_learn_and_its_replicates():
   from sklearn.calibration import calibration_curve
   y, p = _data(22, n=120, decimals=None)  # continuous: no probability on a bin edge
-  curve = calibration.calibration_curve(y, p, bins=10, replicates=100, seed=1)
+  curve = calibration.calibration_curve(y, p, bins=10, bootstrap=st.Bootstrap(100, seed=1))
   observed, predicted = calibration_curve(y, p, n_bins=10, strategy="uniform")
   filled = curve.count > 0
   tolerance = _mean_tolerance(120)

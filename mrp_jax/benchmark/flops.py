@@ -23,6 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from input_pipeline.geometries import GEOMETRIES
+from mrp_jax.models.resnet import ResNet
 
 FULL_MRI_SHAPE = GEOMETRIES["full"].mri_box  # [z, y, x] voxels: the paper's breast box at 1 mm
 # docs/background.md section 4: forward GFLOP of one 3D ResNet18 trunk at FULL_MRI_SHAPE, one
@@ -72,31 +73,29 @@ def _valid_taps(size: int, kernel: int, stride: int, dilation: int, padding: int
   return int(np.sum((starts >= 0) & (starts < size)))
 
 
-def resnet_convs(spatial_shape: Sequence[int], *, spatial_dims: int = 3,
-                 stage_sizes: Sequence[int] = (2, 2, 2, 2), stem_kernel: int = 7,
-                 stem_stride: int = 2, stem_pool: bool = True,
-                 strides: Sequence[int] = (1, 2, 2, 2), dilations: Sequence[int] = (1, 1, 1, 1),
-                 shortcut: str = "B", width: int = 64, in_channels: int = 1,
-                 **ignored: Any) -> list[Conv]:
-  """Every convolution of :class:`mrp_jax.models.resnet.ResNet` with these hyperparameters.
+def resnet_convs(resnet: ResNet, spatial_shape: Sequence[int], in_channels: int = 1
+                 ) -> list[Conv]:
+  """Every convolution of ``resnet`` on a ``spatial_shape`` input of ``in_channels`` channels.
 
-  Takes the ResNet's keyword arguments (``models.encoder_kwargs`` output; norm, dtype and remat
-  are ignored) and mirrors its ``__call__``: stem, 3/2/1 max-pool, then per block conv1 (the
+  Reads the hyperparameters from the :class:`mrp_jax.models.resnet.ResNet` module itself
+  (``ResNet(**models.encoder_kwargs(...))``; its norm, dtype, remat and lowering do not change
+  the count) and mirrors its ``__call__``: stem, 3/2/1 max-pool, then per block conv1 (the
   block's stride and dilation, padding = dilation), conv2, and a 1x1 strided projection where
   shortcut B changes the shape.
   """
-  del ignored
   shape = tuple(int(n) for n in spatial_shape)
-  if len(shape) != spatial_dims:
-    raise ValueError(f"spatial_shape {shape} does not have {spatial_dims} dimensions")
-  stem = Conv("conv1", shape, in_channels, width, stem_kernel, stem_stride,
+  if len(shape) != resnet.spatial_dims:
+    raise ValueError(f"spatial_shape {shape} does not have {resnet.spatial_dims} dimensions")
+  width, stem_kernel = resnet.width, resnet.stem_kernel
+  stem = Conv("conv1", shape, in_channels, width, stem_kernel, resnet.stem_stride,
               padding=stem_kernel // 2, input_grad=False)
   convs = [stem]
   shape = stem.out_shape
-  if stem_pool:
+  if resnet.stem_pool:
     shape = tuple(conv_output_size(n, 3, 2, 1, 1) for n in shape)
   channels = width
-  for stage, (blocks, stride, dilation) in enumerate(zip(stage_sizes, strides, dilations)):
+  for stage, (blocks, stride, dilation) in enumerate(zip(resnet.stage_sizes, resnet.strides,
+                                                         resnet.dilations)):
     features = width * 2**stage
     for block in range(blocks):
       s = stride if block == 0 else 1
@@ -104,7 +103,7 @@ def resnet_convs(spatial_shape: Sequence[int], *, spatial_dims: int = 3,
       conv1 = Conv(f"{name}/conv1", shape, channels, features, 3, s, dilation, dilation)
       conv2 = Conv(f"{name}/conv2", conv1.out_shape, features, features, 3, 1, dilation, dilation)
       convs += [conv1, conv2]
-      if shortcut == "B" and (s != 1 or channels != features):
+      if resnet.shortcut == "B" and (s != 1 or channels != features):
         convs.append(Conv(f"{name}/downsample_conv", shape, channels, features, 1, s))
       shape, channels = conv1.out_shape, features
   return convs
@@ -155,7 +154,7 @@ def model_flops(model_name: str, encoder: Mapping[str, Any] | None, params: Mapp
     assert encoder is not None
     images = 2 if model_name == "iMRrhpc" else 1
     shape = tuple(mri_shape) if model_name == "iMRrhpc" else tuple(mg_shape)
-    convs = resnet_convs(shape, **encoder)
+    convs = resnet_convs(ResNet(**encoder), shape)
     out["images"] = images
     out["encoder_forward"] = float(forward_flops(convs))
     for valid in (False, True):

@@ -88,8 +88,9 @@ def explain_cases(loaded: list[runs.Run], records_dir: Path, ev: ml_collections.
     for start in range(0, len(rows), CHUNK):
       batch = batching.collate([e for _, e in rows[start:start + CHUNK]], run_.model_name, spec)
       chunks.append(explain.model_attributions(
-          run_.model, variables, batch, target="probability", steps=ev.explain_steps,
-          rhpc_baseline=rhpc_baseline, calibration=(platt.slope, platt.intercept)))
+          run_.model, variables, batch, explain.AttributionOptions(
+              target="probability", steps=ev.explain_steps, rhpc_baseline=rhpc_baseline,
+              calibration=(platt.slope, platt.intercept))))
       bar.update(int(np.sum(last[start:start + CHUNK])))
     counts = np.bincount(owner, minlength=len(cases))
     per_model[run_.label] = {

@@ -34,7 +34,7 @@ from scipy import optimize, special
 
 from mrp_jax.evaluation.statistics import (
     PERCENTILES,
-    bootstrap_indices,
+    Bootstrap,
     check_predictions,
     divide,
     multiplicities,
@@ -139,7 +139,8 @@ class CalibrationCurve:
     predicted: [B] mean predicted probability of the bin's cases (NaN for an empty bin).
     observed: [B] share of pCR among them (NaN for an empty bin).
     low, high: [B] 2.5th / 97.5th percentiles of the observed share over the replicates in
-      which the bin holds a case; NaN where fewer than half the replicates do.
+      which the bin holds a case; NaN where fewer than the bootstrap's ``min_valid`` (by
+      default half the replicates) do.
     replicates: bootstrap replicates drawn.
   """
   edges: np.ndarray
@@ -155,10 +156,11 @@ class CalibrationCurve:
             for k, v in dataclasses.asdict(self).items()}
 
 
-def calibration_curve(y_true: Any, probability: Any, *, bins: int = 10, replicates: int = 1000,
-                      seed: int = 0, stratified: bool = False) -> CalibrationCurve:
+def calibration_curve(y_true: Any, probability: Any, *, bins: int = 10,
+                      bootstrap: Bootstrap = Bootstrap()) -> CalibrationCurve:
   """The reliability diagram of probabilities of pCR in ``bins`` equal-width bins (see
-  :class:`CalibrationCurve`); a calibrated model lies on the diagonal."""
+  :class:`CalibrationCurve`), with bands from ``bootstrap``'s replicates; a calibrated model
+  lies on the diagonal."""
   y, p = check_predictions(y_true, probability)
   edges = np.linspace(0.0, 1.0, bins + 1)
   member = np.zeros((y.size, bins))
@@ -167,14 +169,14 @@ def calibration_curve(y_true: Any, probability: Any, *, bins: int = 10, replicat
   count = member.sum(0)
   predicted = divide(p @ member, count)
   observed = divide(y @ member, count)
-  weights = multiplicities(bootstrap_indices(y, replicates, seed, stratified), y.size)
+  weights = multiplicities(bootstrap.indices(y), y.size)
   counts = weights @ member  # [R, B]
   shares = divide(weights @ (member * y[:, None]), counts)
   low = high = np.full(bins, np.nan)
-  if replicates:
-    enough = np.isfinite(shares).sum(0) >= math.ceil(replicates / 2)
+  if bootstrap.replicates:
+    enough = np.isfinite(shares).sum(0) >= bootstrap.minimum
     with np.errstate(all="ignore"):
       bounds = np.nanpercentile(np.where(enough, shares, 0.0), PERCENTILES, axis=0)
     low, high = (np.where(enough, bound, np.nan) for bound in bounds)
   return CalibrationCurve(edges, count.astype(int), predicted, observed, low, high,
-                          int(replicates))
+                          int(bootstrap.replicates))

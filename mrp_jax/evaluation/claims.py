@@ -28,8 +28,7 @@ def compare(claim: str, phase: str, a: Side, b: Side, bootstrap: Bootstrap) -> d
   difference, DeLong's p, and whether it holds by the point estimate (strictly) and with the
   95% CI above 0."""
   y, pa, pb = paired(a.scores, b.scores)
-  difference = statistics.paired_difference(y, pa, pb, replicates=bootstrap.replicates,
-                                            seed=bootstrap.seed)
+  difference = statistics.paired_difference(y, pa, pb, bootstrap=bootstrap)
   value, low = difference.value, difference.ci_low
   return {"claim": claim, "phase": phase, "a": a.name, "b": b.name, "n": int(len(y)),
           "auroc_a": statistics.auroc(y, pa), "auroc_b": statistics.auroc(y, pb),

@@ -124,8 +124,8 @@ def _curves(event: np.ndarray, risk: np.ndarray, weights: np.ndarray,
 
 
 def decision_curve(y_true: Any, p_pcr: Any, direction: str,
-                   thresholds: Any = DEFAULT_THRESHOLDS, *, per: int = 1, replicates: int = 0,
-                   seed: int = 0, stratified: bool = False) -> DecisionCurve:
+                   thresholds: Any = DEFAULT_THRESHOLDS, *, per: int = 1,
+                   bootstrap: statistics.Bootstrap | None = None) -> DecisionCurve:
   """Decision curves of a model for one direction, optionally with bootstrap 95% bands.
 
   Args:
@@ -134,9 +134,9 @@ def decision_curve(y_true: Any, p_pcr: Any, direction: str,
     direction: "therapy" (event non-pCR, risk 1 - p) or "surgery" (event pCR, risk p).
     thresholds: [T] threshold probabilities of the event, each strictly between 0 and 1.
     per: express the curves per this many patients (1 as dcurves; the paper uses 1000).
-    replicates: bootstrap replicates for the bands (0: no bands; the paper: 1000). Every
-      replicate has a defined curve (one-class replicates included), so none is skipped.
-    seed, stratified: as ``statistics.bootstrap_indices``.
+    bootstrap: replicates, seed and stratified of the bands (None or 0 replicates: no bands;
+      the paper: 1000 replicates). Every replicate has a defined curve (one-class replicates
+      included), so none is skipped and ``min_valid`` does not apply.
   """
   thresholds = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
   if thresholds.size == 0 or not ((thresholds > 0) & (thresholds < 1)).all():
@@ -147,8 +147,9 @@ def decision_curve(y_true: Any, p_pcr: Any, direction: str,
     raise ValueError("decision curves need at least one case")
   point = _curves(event, risk, np.ones((1, event.size)), thresholds)
   bands = {}
+  replicates = 0 if bootstrap is None else bootstrap.replicates
   if replicates:
-    indices = statistics.bootstrap_indices(event, replicates, seed, stratified)
+    indices = bootstrap.indices(event)
     samples = _curves(event, risk, statistics.multiplicities(indices, event.size), thresholds)
     for name in _CURVES:
       low, high = np.percentile(samples[name], statistics.PERCENTILES, axis=0)

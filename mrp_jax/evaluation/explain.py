@@ -33,6 +33,7 @@ would mean "no category at all", an input no patient has.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable, Mapping
@@ -207,21 +208,58 @@ def auto_chunk_size(steps: int, batch_size: int, voxels_per_example: int) -> int
   return math.ceil(steps / chunks)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "target", "steps", "method", "chunk_size"))
-def _model_attributions(variables, fixed, inputs, baseline, calibration, *, model, target, steps,
-                        method, chunk_size):
+@dataclasses.dataclass(frozen=True)
+class AttributionOptions:
+  """How :func:`model_attributions` integrates: the explained output, the quadrature and the
+  baseline.
+
+  A pytree: ``rhpc_baseline`` and ``calibration`` are its leaves (traced arrays under jit), the
+  other fields its static metadata (part of the compiled program's cache key).
+
+  Attributes:
+    target: 'logit' (pCR log-odds) or 'probability' (sigmoid(slope * logit + intercept) with
+      ``calibration`` = (slope, intercept): the calibrated probability the MRP ensemble
+      averages; (1, 0) is the model's own probability).
+    steps, method: quadrature (see :func:`path_nodes`).
+    chunk_size: path points per chunk; None chooses one from the image size
+      (:func:`auto_chunk_size`).
+    float32: compute in float32 even when the model is configured for bfloat16.
+    rhpc_baseline: [INPUT_DIM] or [B, INPUT_DIM] rhpc baseline (e.g. the reference patient's
+      ``encoding.model_inputs``); None: zeros.
+    calibration: (slope, intercept) of the 'probability' target: scalars, or [B] each (one
+      map per example: `predict` batches patients at different phases).
+  """
+  target: str = "logit"
+  steps: int = 50
+  chunk_size: int | None = None
+  method: str = "gausslegendre"
+  float32: bool = True
+  rhpc_baseline: Any = None
+  calibration: Any = (1.0, 0.0)
+
+
+jax.tree_util.register_dataclass(
+    AttributionOptions, data_fields=["rhpc_baseline", "calibration"],
+    meta_fields=["target", "steps", "chunk_size", "method", "float32"])
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _model_attributions(variables, fixed, inputs, options, *, model):
   """Jitted core of model_attributions: per-label sums [B] (on the device, so full volumes of
-  attributions never travel to the host)."""
+  attributions never travel to the host). ``options`` has its chunk size chosen, its rhpc
+  baseline (or None) broadcast to ``inputs['rhpc']`` and its calibration an array."""
 
   def f(attributed):
     logit = model.apply(variables, {**fixed, **attributed}, train=False)["logit"]
     logit = logit.astype(jnp.float32)
-    if target == "logit":
+    if options.target == "logit":
       return logit
-    return jax.nn.sigmoid(calibration[0] * logit + calibration[1])
+    return jax.nn.sigmoid(options.calibration[0] * logit + options.calibration[1])
 
-  attributions, delta = integrated_gradients(f, inputs, baseline, steps=steps, method=method,
-                                             chunk_size=chunk_size)
+  baseline = {} if options.rhpc_baseline is None else {"rhpc": options.rhpc_baseline}
+  attributions, delta = integrated_gradients(f, inputs, baseline, steps=options.steps,
+                                             method=options.method,
+                                             chunk_size=options.chunk_size)
   out = {}
   rhpc = attributions["rhpc"]
   for variable, (start, stop) in zip(schema.VARIABLES, encoding.INPUT_SLICES):
@@ -241,16 +279,15 @@ def _model_attributions(variables, fixed, inputs, baseline, calibration, *, mode
 
 
 def model_attributions(model: nn.Module, variables: Mapping[str, Any],
-                       batch: Mapping[str, Any], *, target: str = "logit", steps: int = 50,
-                       chunk_size: int | None = None, method: str = "gausslegendre",
-                       float32: bool = True, rhpc_baseline: Any = None,
-                       calibration: tuple[float, float] = (1.0, 0.0)) -> dict[str, np.ndarray]:
+                       batch: Mapping[str, Any],
+                       options: AttributionOptions = AttributionOptions()
+                       ) -> dict[str, np.ndarray]:
   """Integrated Gradients of one MRP model's pCR output, summed per feature.
 
   The rhpc vector and the model's images are attributed together against a baseline: the rhpc
-  vector ``rhpc_baseline`` (default zeros, captum's default) and black images; phases, masks
-  and the other batch entries are held fixed. A missing image slot is zero in the input and in
-  the baseline, so its attribution is exactly 0; so is a variable whose value is the
+  vector ``options.rhpc_baseline`` (default zeros, captum's default) and black images; phases,
+  masks and the other batch entries are held fixed. A missing image slot is zero in the input
+  and in the baseline, so its attribution is exactly 0; so is a variable whose value is the
   baseline's.
 
   Args:
@@ -259,17 +296,8 @@ def model_attributions(model: nn.Module, variables: Mapping[str, Any],
     batch: as ``input_pipeline.examples.collate`` makes it: 'rhpc' [B, encoding.INPUT_DIM] and,
       for image models, 'mri' [B, 2, z, y, x] or 'mg' [B, 1, rows, cols] with their masks and
       phases (raw dtypes: ``augment.prepare_images`` scales them first).
-    target: 'logit' (pCR log-odds) or 'probability' (sigmoid(slope * logit + intercept) with
-      ``calibration`` = (slope, intercept): the calibrated probability the MRP ensemble
-      averages; (1, 0) is the model's own probability).
-    steps, method: quadrature (see :func:`path_nodes`).
-    chunk_size: path points per chunk; None chooses one from the image size
-      (:func:`auto_chunk_size`).
-    float32: compute in float32 even when the model is configured for bfloat16.
-    rhpc_baseline: [INPUT_DIM] or [B, INPUT_DIM] rhpc baseline (e.g. the reference patient's
-      ``encoding.model_inputs``); None: zeros.
-    calibration: (slope, intercept) of the 'probability' target: scalars, or [B] each (one
-      map per example: `predict` batches patients at different phases).
+    options: the explained output (target, calibration), the quadrature (steps, method,
+      chunk_size), float32 and the rhpc baseline (:class:`AttributionOptions`).
 
   Returns:
     label -> float32 [B]: one entry per rhpc variable (``Variable.label``); 'MRI', 'MRI
@@ -277,9 +305,9 @@ def model_attributions(model: nn.Module, variables: Mapping[str, Any],
     'output_difference' (f(x) - f(baseline)), 'output' (f(x)) and 'baseline_output'
     (f(baseline)).
   """
-  if target not in ("logit", "probability"):
-    raise ValueError(f"target must be 'logit' or 'probability', got {target!r}")
-  if float32:
+  if options.target not in ("logit", "probability"):
+    raise ValueError(f"target must be 'logit' or 'probability', got {options.target!r}")
+  if options.float32:
     model = _float32_model(model)
   batch = augment.prepare_images(batch)
   image_key = getattr(model, "image_key", None)
@@ -287,14 +315,15 @@ def model_attributions(model: nn.Module, variables: Mapping[str, Any],
   inputs = {k: jnp.asarray(batch[k], jnp.float32) for k in attributed}
   fixed = {k: jnp.asarray(v) for k, v in batch.items()
            if k not in inputs and np.asarray(v).dtype.kind in "biuf"}
+  chunk_size = options.chunk_size
   if chunk_size is None:
     voxels = sum(math.prod(inputs[k].shape[1:]) for k in attributed if k != "rhpc")
-    chunk_size = auto_chunk_size(steps, inputs["rhpc"].shape[0], voxels)
-  baseline = {} if rhpc_baseline is None else {
-      "rhpc": jnp.broadcast_to(jnp.asarray(rhpc_baseline, jnp.float32), inputs["rhpc"].shape)}
-  out = _model_attributions(dict(variables), fixed, inputs, baseline,
-                            jnp.asarray(calibration, jnp.float32), model=model, target=target,
-                            steps=steps, method=method, chunk_size=chunk_size)
+    chunk_size = auto_chunk_size(options.steps, inputs["rhpc"].shape[0], voxels)
+  rhpc_baseline = None if options.rhpc_baseline is None else jnp.broadcast_to(
+      jnp.asarray(options.rhpc_baseline, jnp.float32), inputs["rhpc"].shape)
+  traced = dataclasses.replace(options, chunk_size=chunk_size, rhpc_baseline=rhpc_baseline,
+                               calibration=jnp.asarray(options.calibration, jnp.float32))
+  out = _model_attributions(dict(variables), fixed, inputs, traced, model=model)
   return {k: np.asarray(v, np.float32) for k, v in jax.device_get(out).items()}
 
 

@@ -23,7 +23,8 @@ from mrp_jax.evaluation import statistics
 from mrp_jax.evaluation.scores import Cell, Scores
 
 _PHASE_TITLES = {"pre": "Pre-NAT", "mid": "Mid-NAT", "post": "Post-NAT"}
-_BAND_REPLICATES = 200
+# The figures' ROC and PR bands (seed 0, stratified: no one-class replicates).
+_BAND_BOOTSTRAP = statistics.Bootstrap(replicates=200, stratified=True)
 
 
 def _fmt(entry: dict[str, Any] | None, digits: int = 3) -> str:
@@ -98,7 +99,7 @@ def _curves_figure(path: Path, reported: dict[Cell, Scores], phase: str, labels:
       continue
     s = reported[(label, phase)]
     band_fn = statistics.roc_band if kind == "roc" else statistics.pr_band
-    band = band_fn(s.labels, s.probability, replicates=_BAND_REPLICATES, stratified=True)
+    band = band_fn(s.labels, s.probability, bootstrap=_BAND_BOOTSTRAP)
     line, = ax.plot(band.grid, band.value, label=label)
     ax.fill_between(band.grid, band.low, band.high, color=line.get_color(), alpha=0.15)
   if kind == "roc":

@@ -14,6 +14,7 @@ import numpy as np
 
 from mrp_jax.core import inference
 from mrp_jax.evaluation import calibration, cohort, ensemble
+from mrp_jax.evaluation.statistics import Bootstrap  # every CI's: config.evaluate and seed
 
 
 class Key(NamedTuple):
@@ -47,13 +48,6 @@ class Scores:
     """The probabilities of ``ids``, in their order (float64)."""
     position = {patient: k for k, patient in enumerate(self.ids)}
     return np.asarray([self.probability[position[i]] for i in ids], np.float64)
-
-
-@dataclasses.dataclass(frozen=True)
-class Bootstrap:
-  """Percentile bootstrap settings of every confidence interval (config.evaluate and seed)."""
-  replicates: int
-  seed: int
 
 
 def paired(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -225,6 +225,34 @@ class Estimate:
     return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class Bootstrap:
+  """Percentile bootstrap settings of a confidence interval or band.
+
+  Attributes:
+    replicates: bootstrap replicates R.
+    seed: numpy generator seed; the same seed gives the same intervals.
+    stratified: resample within each class (keeps m and n; no one-class replicates).
+    min_valid: fewest replicates on which a metric must be defined for its CI (else NaN);
+      None: half of ``replicates``.
+  """
+  replicates: int = 1000
+  seed: int = 0
+  stratified: bool = False
+  min_valid: int | None = None
+
+  def indices(self, y_true: Any) -> np.ndarray:
+    """Case indices [R, N] of these replicates (:func:`bootstrap_indices`)."""
+    return bootstrap_indices(y_true, self.replicates, self.seed, self.stratified)
+
+  @property
+  def minimum(self) -> int:
+    """``min_valid``, or its default: half the replicates. Below that the usable replicates
+    are a small, biased subset (those that happened to draw both classes), and an interval
+    from them would mislead."""
+    return math.ceil(self.replicates / 2) if self.min_valid is None else int(self.min_valid)
+
+
 def bootstrap_indices(y_true: Any, replicates: int = 1000, seed: int = 0,
                       stratified: bool = False) -> np.ndarray:
   """Case indices [R, N] drawn with replacement by ``np.random.default_rng(seed)``.
@@ -270,15 +298,8 @@ def percentile_estimate(value: float, replicate_values: np.ndarray, n: int,
                   int(replicate_values.size - finite.size))
 
 
-def _min_valid(replicates: int, min_valid: int | None) -> int:
-  # Default: half the replicates. Below that the usable replicates are a small, biased subset
-  # (those that happened to draw both classes), and an interval from them would mislead.
-  return math.ceil(replicates / 2) if min_valid is None else int(min_valid)
-
-
 def bootstrap_ci(y_true: Any, score: Any, metric: str = "auroc", threshold: float | None = None,
-                 *, replicates: int = 1000, seed: int = 0, stratified: bool = False,
-                 min_valid: int | None = None) -> Estimate:
+                 *, bootstrap: Bootstrap = Bootstrap()) -> Estimate:
   """One metric of ``METRICS`` with its bootstrap percentile 95% CI (threshold metrics need the
   threshold). See ``metric_table`` for the arguments."""
   if metric not in METRICS:
@@ -286,20 +307,18 @@ def bootstrap_ci(y_true: Any, score: Any, metric: str = "auroc", threshold: floa
   if metric in _THRESHOLD_METRICS and threshold is None:
     raise ValueError(f"{metric} needs a threshold")
   y, s = check_predictions(y_true, score)
-  indices = bootstrap_indices(y, replicates, seed, stratified)
-  values = replicate_metrics(y, s, indices, threshold)[metric]
-  return percentile_estimate(_point(y, s, threshold)[metric], values, y.size,
-                             _min_valid(replicates, min_valid))
+  values = replicate_metrics(y, s, bootstrap.indices(y), threshold)[metric]
+  return percentile_estimate(_point(y, s, threshold)[metric], values, y.size, bootstrap.minimum)
 
 
 def paired_difference(y_true: Any, score_a: Any, score_b: Any, metric: str = "auroc", *,
-                      replicates: int = 1000, seed: int = 0,
-                      min_valid: int | None = None) -> Estimate:
+                      bootstrap: Bootstrap = Bootstrap()) -> Estimate:
   """metric(a) - metric(b) on the same cases, with a paired bootstrap percentile 95% CI.
 
   Each replicate resamples the cases once and scores both models on that resample, so the
   interval reflects how much the difference itself varies (it is much narrower than the two
-  separate CIs suggest when the models agree on most cases). Threshold-free metrics only.
+  separate CIs suggest when the models agree on most cases). Threshold-free metrics only;
+  ``bootstrap`` as in ``metric_table``.
   """
   if metric not in ("auroc", "auprc_average_precision", "auprc_trapezoidal"):
     raise ValueError(f"paired_difference takes a threshold-free metric, got {metric!r}")
@@ -307,15 +326,14 @@ def paired_difference(y_true: Any, score_a: Any, score_b: Any, metric: str = "au
   _, b = check_predictions(y_true, score_b)
   if a.shape != b.shape:
     raise ValueError(f"paired scores need one value per case, got {a.shape} and {b.shape}")
-  indices = bootstrap_indices(y, replicates, seed)
+  indices = bootstrap.indices(y)
   values = (replicate_metrics(y, a, indices)[metric] - replicate_metrics(y, b, indices)[metric])
   value = _point(y, a)[metric] - _point(y, b)[metric]
-  return percentile_estimate(value, values, y.size, _min_valid(replicates, min_valid))
+  return percentile_estimate(value, values, y.size, bootstrap.minimum)
 
 
-def metric_table(y_true: Any, score: Any, threshold: float, *, replicates: int = 1000,
-                 seed: int = 0, stratified: bool = False,
-                 min_valid: int | None = None) -> dict[str, Any]:
+def metric_table(y_true: Any, score: Any, threshold: float, *,
+                 bootstrap: Bootstrap = Bootstrap()) -> dict[str, Any]:
   """Every metric of the paper with its bootstrap 95% CI, for one model at one phase.
 
   All metrics are computed on the same R replicates. The threshold is fixed across replicates
@@ -325,11 +343,7 @@ def metric_table(y_true: Any, score: Any, threshold: float, *, replicates: int =
     y_true: [N] 1 = pCR, 0 = non-pCR.
     score: [N] predicted probability of pCR.
     threshold: a case is predicted pCR when score >= threshold.
-    replicates: bootstrap replicates R.
-    seed: numpy generator seed; the same seed gives the same intervals.
-    stratified: resample within each class (keeps m and n; no one-class replicates).
-    min_valid: fewest replicates on which a metric must be defined for its CI (else NaN);
-      default half of ``replicates``.
+    bootstrap: replicates, seed, stratified and min_valid (:class:`Bootstrap`).
 
   Returns:
     {metric: Estimate.as_dict()} for each of ``METRICS``, and "auprc": the same entry as
@@ -338,10 +352,9 @@ def metric_table(y_true: Any, score: Any, threshold: float, *, replicates: int =
     "bootstrap": {replicates, seed, stratified, one_class_replicates, min_valid, interval}.
   """
   y, s = check_predictions(y_true, score)
-  indices = bootstrap_indices(y, replicates, seed, stratified)
-  boot = replicate_metrics(y, s, indices, threshold)
+  boot = replicate_metrics(y, s, bootstrap.indices(y), threshold)
   point = _point(y, s, threshold)
-  minimum = _min_valid(replicates, min_valid)
+  minimum = bootstrap.minimum
   table: dict[str, Any] = {
       name: percentile_estimate(point[name], boot[name], y.size, minimum).as_dict()
       for name in METRICS}
@@ -351,8 +364,9 @@ def metric_table(y_true: Any, score: Any, threshold: float, *, replicates: int =
       auprc_definition="average precision (step-wise, sklearn average_precision_score)",
       n=int(y.size), n_pcr=int(y.sum()), n_non_pcr=int((~y).sum()), threshold=float(threshold),
       confusion={k: int(point[k]) for k in ("tp", "fp", "tn", "fn")},
-      bootstrap=dict(replicates=int(replicates), seed=int(seed), stratified=bool(stratified),
-                     one_class_replicates=one_class, min_valid=minimum, interval=INTERVAL))
+      bootstrap=dict(replicates=int(bootstrap.replicates), seed=int(bootstrap.seed),
+                     stratified=bool(bootstrap.stratified), one_class_replicates=one_class,
+                     min_valid=minimum, interval=INTERVAL))
   return table
 
 
@@ -410,16 +424,15 @@ def _precision_at_recall(c: _GroupCounts, grid: np.ndarray) -> np.ndarray:
   return out
 
 
-def _curve_band(curve: Any, y_true: Any, score: Any, grid_points: int, replicates: int,
-                seed: int, stratified: bool) -> CurveBand:
+def _curve_band(curve: Any, y_true: Any, score: Any, grid_points: int,
+                bootstrap: Bootstrap) -> CurveBand:
   y, s = check_predictions(y_true, score)
   grid = np.linspace(0.0, 1.0, grid_points)
   if y.all() or not y.any():  # no curve without both classes (or without cases)
     nan = np.full(grid.size, np.nan)
-    return CurveBand(grid, nan, nan, nan, 0, int(replicates))
+    return CurveBand(grid, nan, nan, nan, 0, int(bootstrap.replicates))
   value = curve(_group_counts(y, s, np.ones((1, y.size))), grid)[0]
-  c = _group_counts(y, s, multiplicities(bootstrap_indices(y, replicates, seed, stratified),
-                                         y.size))
+  c = _group_counts(y, s, multiplicities(bootstrap.indices(y), y.size))
   keep = (c.pos.sum(1) > 0) & (c.neg.sum(1) > 0)
   values = curve(_GroupCounts(c.pos[keep], c.neg[keep], c.scores), grid)
   low, high = (np.percentile(values, PERCENTILES, axis=0) if keep.any()
@@ -427,23 +440,24 @@ def _curve_band(curve: Any, y_true: Any, score: Any, grid_points: int, replicate
   return CurveBand(grid, value, low, high, int(keep.sum()), int((~keep).sum()))
 
 
-def roc_band(y_true: Any, score: Any, *, grid_points: int = 101, replicates: int = 1000,
-             seed: int = 0, stratified: bool = False) -> CurveBand:
-  """The ROC curve on an FPR grid of ``grid_points`` in [0, 1] with its bootstrap TPR band."""
-  return _curve_band(_tpr_at_fpr, y_true, score, grid_points, replicates, seed, stratified)
+def roc_band(y_true: Any, score: Any, *, grid_points: int = 101,
+             bootstrap: Bootstrap = Bootstrap()) -> CurveBand:
+  """The ROC curve on an FPR grid of ``grid_points`` in [0, 1] with its bootstrap TPR band
+  (every two-class replicate counts: ``bootstrap.min_valid`` does not apply)."""
+  return _curve_band(_tpr_at_fpr, y_true, score, grid_points, bootstrap)
 
 
-def pr_band(y_true: Any, score: Any, *, grid_points: int = 101, replicates: int = 1000,
-            seed: int = 0, stratified: bool = False) -> CurveBand:
+def pr_band(y_true: Any, score: Any, *, grid_points: int = 101,
+            bootstrap: Bootstrap = Bootstrap()) -> CurveBand:
   """The PR curve on a recall grid of ``grid_points`` in [0, 1] with its bootstrap precision
-  band (the step curve of the average precision)."""
-  return _curve_band(_precision_at_recall, y_true, score, grid_points, replicates, seed,
-                     stratified)
+  band (the step curve of the average precision; every two-class replicate counts:
+  ``bootstrap.min_valid`` does not apply)."""
+  return _curve_band(_precision_at_recall, y_true, score, grid_points, bootstrap)
 
 # ---------------------------------------------------------------- calibration
 
-def brier_score(y_true: Any, probability: Any, *, replicates: int = 1000, seed: int = 0,
-                stratified: bool = False, min_valid: int | None = None) -> Estimate:
+def brier_score(y_true: Any, probability: Any, *,
+                bootstrap: Bootstrap = Bootstrap()) -> Estimate:
   """Brier score mean((p - y)^2) of probabilities of pCR, with its bootstrap percentile 95% CI
   (the replicates of ``metric_table`` for the same seed). 0 is perfect; a constant prediction
   at the prevalence q scores q (1 - q). NaN without cases."""
@@ -452,8 +466,7 @@ def brier_score(y_true: Any, probability: Any, *, replicates: int = 1000, seed: 
     raise ValueError("brier_score needs probabilities in [0, 1]")
   squared = (p - y) ** 2
   if y.size == 0:
-    return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, int(replicates))
-  weights = multiplicities(bootstrap_indices(y, replicates, seed, stratified), y.size)
+    return Estimate(float("nan"), float("nan"), float("nan"), 0, 0, int(bootstrap.replicates))
+  weights = multiplicities(bootstrap.indices(y), y.size)
   values = weights @ squared / y.size
-  return percentile_estimate(float(squared.mean()), values, y.size,
-                             _min_valid(replicates, min_valid))
+  return percentile_estimate(float(squared.mean()), values, y.size, bootstrap.minimum)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from mrp_jax.evaluation.statistics import Z95, check_predictions, metric_table
+from mrp_jax.evaluation.statistics import Z95, Bootstrap, check_predictions, metric_table
 
 
 def category_labels(groups: Any) -> np.ndarray:
@@ -32,14 +32,15 @@ def _most_common_first(labels: np.ndarray) -> list[str]:
 
 
 def subgroup_metrics(y_true: Any, score: Any, groups: Any, threshold: float,
-                     **bootstrap: Any) -> dict[str, dict[str, Any]]:
+                     bootstrap: Bootstrap = Bootstrap()) -> dict[str, dict[str, Any]]:
   """``metric_table`` per category of ``groups`` [N] (e.g. molecular subtype), most common
-  first; each table carries n and n_pcr. ``bootstrap``: metric_table's keyword arguments."""
+  first; each table carries n and n_pcr. ``bootstrap``: metric_table's settings."""
   y, s = check_predictions(y_true, score)
   labels = category_labels(groups)
   if labels.size != y.size:
     raise ValueError(f"groups has {labels.size} values for {y.size} cases")
-  return {name: metric_table(y[labels == name], s[labels == name], threshold, **bootstrap)
+  return {name: metric_table(y[labels == name], s[labels == name], threshold,
+                            bootstrap=bootstrap)
           for name in _most_common_first(labels)}
 
 

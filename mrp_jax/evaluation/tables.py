@@ -75,8 +75,7 @@ def measure(scored: Scored, threshold_rule: str | float) -> Tables:
     by_phase[phase] = {
         variable: subgroups.subgroup_metrics(
             s.labels, s.probability, [scored.patients[i].get(variable) for i in s.ids],
-            thresholds[focus][phase], replicates=scored.bootstrap.replicates,
-            seed=scored.bootstrap.seed)
+            thresholds[focus][phase], scored.bootstrap)
         for variable in SUBGROUP_VARIABLES}
     bar.update(1)
   bar.close()
@@ -86,7 +85,6 @@ def measure(scored: Scored, threshold_rule: str | float) -> Tables:
 
 def _table_1(scored: Scored, labels: list[str], threshold_rule: str | float, bar
              ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-  replicates, seed = scored.bootstrap.replicates, scored.bootstrap.seed
   metrics: dict[str, Any] = {}
   thresholds: dict[str, dict[str, float]] = {}
   for label in labels:
@@ -98,13 +96,13 @@ def _table_1(scored: Scored, labels: list[str], threshold_rule: str | float, bar
       t = operating_threshold(threshold_rule, scored.scores.get(Key(label, scored.fit_split,
                                                                     phase)))
       thresholds[label][phase] = t
-      metrics[label][phase] = table_1_row(s, t, replicates, seed)
+      metrics[label][phase] = table_1_row(s, t, scored.bootstrap)
       raw = scored.predictions.get(Key(label, scored.split, phase))
       # A run's own output, or MRP's with 'model' inputs; readers and oracles have none.
       if raw is not None:
         keep = np.isin(scored.scores[Key(label, scored.split, phase)].ids, s.ids)
         metrics[label][phase]["brier_uncalibrated"] = statistics.brier_score(
-            s.labels, raw.probability[keep], replicates=replicates, seed=seed).as_dict()
+            s.labels, raw.probability[keep], bootstrap=scored.bootstrap).as_dict()
       bar.update(1)
   return metrics, thresholds
 
@@ -112,7 +110,6 @@ def _table_1(scored: Scored, labels: list[str], threshold_rule: str | float, bar
 def _curves(scored: Scored, labels: list[str], bar) -> dict[str, Any]:
   """Decision curves, their values at REPORTED_THRESHOLDS, operating points and (models only:
   readers' probabilities are their own) calibration curves, per phase and label."""
-  replicates, seed = scored.bootstrap.replicates, scored.bootstrap.seed
   curves, points, eq1, calibration_curves = {}, {}, {}, {}
   for phase in scored.phases:
     direction = DIRECTIONS[phase]
@@ -124,28 +121,29 @@ def _curves(scored: Scored, labels: list[str], bar) -> dict[str, Any]:
       s = scored.reported[(label, phase)]
       curve = decision_curves.decision_curve(s.labels, s.probability, direction,
                                              DECISION_THRESHOLDS, per=1000,
-                                             replicates=replicates, seed=seed)
+                                             bootstrap=scored.bootstrap)
       curves[phase][label] = curve.as_dict()
       eq1[phase][label] = _at_thresholds(curve)
       points[phase][label] = decision_curves.operating_points(s.labels, s.probability)
       if label in scored.model_labels:
         calibration_curves[phase][label] = calibration.calibration_curve(
-            s.labels, s.probability, replicates=replicates, seed=seed).as_dict()
+            s.labels, s.probability, bootstrap=scored.bootstrap).as_dict()
       bar.update(1)
   return {"decision_curves": curves, "decision_thresholds": eq1, "operating_points": points,
           "calibration_curves": calibration_curves}
 
 
-def table_1_row(s: Scores, threshold: float, replicates: int, seed: int) -> dict[str, Any]:
+def table_1_row(s: Scores, threshold: float, bootstrap: statistics.Bootstrap
+                ) -> dict[str, Any]:
   """One label at one phase: the paper's Table 1 metrics and the Brier score with CIs."""
   y, p = s.labels, s.probability
-  table = statistics.metric_table(y, p, threshold, replicates=replicates, seed=seed)
+  table = statistics.metric_table(y, p, threshold, bootstrap=bootstrap)
   return {
       # "auprc" is the average precision; the trapezoidal area is reported beside it.
       "auroc": table["auroc"], "auprc": table["auprc_average_precision"],
       "auprc_trapezoidal": table["auprc_trapezoidal"],
       **{m: table[m] for m in ("sensitivity", "specificity", "ppv", "npv")},
-      "brier": statistics.brier_score(y, p, replicates=replicates, seed=seed).as_dict(),
+      "brier": statistics.brier_score(y, p, bootstrap=bootstrap).as_dict(),
       "n": int(len(y)), "n_pcr": int(np.sum(y))}
 
 

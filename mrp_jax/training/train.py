@@ -7,9 +7,11 @@ on N local devices and on several hosts (main.py initialises jax.distributed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -201,8 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                      desc=f"train {config.model.name}", unit="step",
                      enabled=jax.process_index() == 0)
   try:
-    state = _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log,
-                  bar)
+    state = _loop(config, state, data, _Steps(step_fn, eval_step, mesh, val_paths),
+                  _Sinks(checkpoints, log, bar))
   finally:
     bar.close()  # its last line says how far a run that stopped came
     checkpoints.wait()  # a save in flight completes, even when the loop raised
@@ -251,20 +253,40 @@ def describe_best(summary: dict[str, Any]) -> str:
           + (f"{auroc:.3f}" if auroc >= 0 else "undefined (no validation phase has both classes)"))
 
 
-def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints, log, bar):
+@dataclasses.dataclass(frozen=True)
+class _Steps:
+  """What the loop computes with: the compiled steps, the mesh they run on and the
+  validation records."""
+  train: Callable[..., Any]  # (state, batch) -> (state, metrics)
+  eval: Callable[..., Any]  # inference.jit_eval_step
+  mesh: jax.sharding.Mesh
+  val_paths: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sinks:
+  """Where the loop's results go: checkpoints, the metric log (metrics.jsonl and TensorBoard)
+  and the console's progress bar."""
+  checkpoints: checkpoint.Checkpoints
+  log: MetricLog
+  bar: Any  # cli.progress
+
+
+def _loop(config, state, data, steps: _Steps, sinks: _Sinks):
   """Steps from state.step to config.train.num_steps: log, validate, checkpoint.
 
-  ``bar`` (the console's progress bar) shows the step, the last logged loss and the last
+  ``sinks.bar`` (the console's progress bar) shows the step, the last logged loss and the last
   validation AUROC; every logged value goes to metrics.jsonl and TensorBoard.
   """
+  checkpoints, log, bar = sinks.checkpoints, sinks.log, sinks.bar
   t = config.train
   first = int(state.step)
   pending: tuple[int, Any] | None = None
   clock, clock_step = time.perf_counter(), first
   shown: dict[str, str] = {}  # the bar's figures
   for step in range(first + 1, t.num_steps + 1):
-    batch = sharding.global_batch(next(data), mesh)
-    state, metrics = step_fn(state, batch)
+    batch = sharding.global_batch(next(data), steps.mesh)
+    state, metrics = steps.train(state, batch)
     bar.update(1)
     if pending is not None:  # one step late, so the host never waits for the device
       _check_finite(*pending)
@@ -282,7 +304,7 @@ def _loop(config, state, data, step_fn, eval_step, mesh, val_paths, checkpoints,
       if pending is not None:
         _check_finite(pending[0], {k: float(v) for k, v in jax.device_get(pending[1]).items()})
         pending = None
-      val = validate(eval_step, state, mesh, val_paths, config)
+      val = validate(steps.eval, state, steps.mesh, steps.val_paths, config)
       log.write(step, val)
       auroc = val["val/auroc"]
       shown["val AUROC"] = f"{auroc:.3f}"
