@@ -185,7 +185,7 @@ def image_log_likelihood(draw: cohort.ClinicalDraw, latent: cohort.ImageLatent,
 def export_oracle(export_dir: str | Path) -> dict[str, dict[str, dict[str, float]]]:
   """{source patient id: patient_oracle(...)} for every labelled patient of a synthetic export
   (redrawn from its seed: the generator is a function of (seed, patient index))."""
-  from input_pipeline.synthetic import export
+  from input_pipeline.synthetic import export  # pydicom and the writers: not for read()'s users
 
   truth = json.loads((Path(export_dir) / export.TRUTH_FILE).read_text())
   rates = export.Rates(**truth["rates"])
