@@ -103,8 +103,10 @@ def test_model_attributions_are_complete_on_a_trained_model(trained_imr):
   features = [v.label for v in schema.VARIABLES] + ["MRI"]
   total = sum(out[k] for k in features)
   difference = out["output_difference"]
-  # The probability's change from the zero baseline is not small, so the check means something.
-  assert np.all(np.abs(difference) > 1e-3)
+  # The probability's change from the zero baseline is not small for at least one patient, so
+  # the check means something (the 6-step tiny model has left the other patient's output
+  # within 4e-4 of its baseline's in one run of the suite under pytest-xdist).
+  assert np.abs(difference).max() > 1e-2
   # Completeness: the features add up to f(x) - f(baseline) up to the quadrature error of 8
   # Gauss-Legendre nodes on a ReLU network: within 0.01 + 5% here (on the demo's trained
   # iMRrhpc, 32 nodes leave |delta| <= 0.009 for differences of 0.4-0.5;
