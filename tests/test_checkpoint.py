@@ -5,15 +5,14 @@ newest good one, in training and in evaluation; none left stops with one line.""
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import checkpoint_damage
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from mrp_jax.core import checkpoint, runs, sharding
@@ -45,17 +44,8 @@ def finished(training_records, tmp_path_factory):
   return workdir
 
 
-def _flat(tree):
-  """path -> array, paths as a restored dict names them ("['params']['classifier']['kernel']"
-  also for the train state's fields, ".params['classifier']['kernel']")."""
-  return {re.sub(r"\.(\w+)", r"['\1']", jax.tree_util.keystr(k)): np.asarray(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _arrays(step_dir):
-  """Every array of a step's state, read without any check (the reference bytes)."""
-  with ocp.StandardCheckpointer() as reader:
-    return _flat(reader.restore(Path(step_dir).resolve() / "state"))
+_flat = checkpoint_damage.flat
+_arrays = checkpoint_damage.stored_arrays
 
 
 def _assert_same_arrays(a, b):
@@ -109,31 +99,10 @@ def test_a_kill_at_any_checkpoint_instant_resumes_to_the_same_bytes(finished, tr
 
 
 def _data_file(step_dir):
-  """The largest data file of a step's state (it holds array bytes)."""
-  return max((p for p in (step_dir / "state").rglob("*") if p.parent.name == "d"),
-             key=lambda p: p.stat().st_size)
+  return checkpoint_damage.data_file(step_dir)
 
 
-def _flip_state_byte(step_dir):
-  """Flips one bit of one stored array. A flip at a fixed offset of the data file once went
-  unnoticed by every read (the file holds more than the arrays' bytes, and their order can
-  change from run to run), so the flip is tried from the file's middle on and kept at the first
-  place where reading the state back without any check gives exactly one array changed."""
-  before = _arrays(step_dir)
-  path = _data_file(step_dir)
-  original = path.read_bytes()
-  for fraction in (*np.linspace(0.5, 0.95, 10), *np.linspace(0.05, 0.45, 9)):
-    data = bytearray(original)
-    data[int(len(data) * fraction)] ^= 0x01
-    path.write_bytes(bytes(data))
-    try:
-      after = _arrays(step_dir)
-    except Exception:  # noqa: BLE001, S112 (an index node: unreadable, not the damage wanted)
-      continue
-    if sum(not np.array_equal(before[k], after[k]) for k in before) == 1:
-      return
-  path.write_bytes(original)
-  raise AssertionError(f"{step_dir}: no single-array flip found")
+_flip_state_byte = checkpoint_damage.flip_state_byte
 
 
 def _truncate_state_file(step_dir):

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import checkpoint_damage
 import jax
 import numpy as np
 import pytest
@@ -282,11 +283,7 @@ def test_predict_passes_over_a_damaged_best_checkpoint(trained_runs, patients, c
   run = tmp_path / "rhpc"
   shutil.copytree(trained_runs["rhpc"], run)
   best = json.loads((run / "final.json").read_text())["best_step"]
-  data = max((p for p in (run / "best" / str(best) / "state").rglob("*") if p.parent.name == "d"),
-             key=lambda p: p.stat().st_size)
-  damaged = bytearray(data.read_bytes())
-  damaged[len(damaged) // 2] ^= 0x01
-  data.write_bytes(bytes(damaged))
+  checkpoint_damage.flip_state_byte(run / "best" / str(best))
 
   def answer(workdir, out):
     assert predict.main([str(folders[0]), "--runs", f"rhpc={workdir}", "--clinical",
