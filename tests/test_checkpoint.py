@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import checkpoint_damage
 import jax
 import numpy as np
 import pytest
+from checkpoint_damage import data_file, flat, flip_state_byte, stored_arrays
 
 from mrp_jax.core import checkpoint, runs, sharding
 
@@ -42,10 +42,6 @@ def finished(training_records, tmp_path_factory):
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "6", "9"]
   return workdir
-
-
-_flat = checkpoint_damage.flat
-_arrays = checkpoint_damage.stored_arrays
 
 
 def _assert_same_arrays(a, b):
@@ -91,22 +87,16 @@ def test_a_kill_at_any_checkpoint_instant_resumes_to_the_same_bytes(finished, tr
     assert f"resumed from step {resumed_from} of {STEPS}" in rerun.stdout
   for name in ("final.json", "config.json"):
     assert (workdir / name).read_text() == (finished / name).read_text()
-  _assert_same_arrays(_arrays(workdir / "checkpoints" / str(STEPS)),
-                      _arrays(finished / "checkpoints" / str(STEPS)))
+  _assert_same_arrays(stored_arrays(workdir / "checkpoints" / str(STEPS)),
+                      stored_arrays(finished / "checkpoints" / str(STEPS)))
   best = _best_step(finished)
-  _assert_same_arrays(_arrays(workdir / "best" / str(best)), _arrays(finished / "best" / str(best)))
+  _assert_same_arrays(stored_arrays(workdir / "best" / str(best)),
+                      stored_arrays(finished / "best" / str(best)))
   assert _final_lines(workdir) == _final_lines(finished)
 
 
-def _data_file(step_dir):
-  return checkpoint_damage.data_file(step_dir)
-
-
-_flip_state_byte = checkpoint_damage.flip_state_byte
-
-
 def _truncate_state_file(step_dir):
-  path = _data_file(step_dir)
+  path = data_file(step_dir)
   path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
 
 
@@ -121,7 +111,7 @@ def _alter_digest(step_dir):
 
 # damage -> (how it is done, what the warning says of the step)
 DAMAGES = {
-    "flipped state byte": (_flip_state_byte, "/state: 1 of "),
+    "flipped state byte": (flip_state_byte, "/state: 1 of "),
     "truncated state file": (_truncate_state_file, "/state is unreadable: "),
     "missing manifest.ocdbt": (lambda d: (d / "state" / "manifest.ocdbt").unlink(),
                                "/state/manifest.ocdbt is missing"),
@@ -138,7 +128,7 @@ def _copy(finished, tmp_path):
 
 def _load(workdir):
   run = runs.load_run(workdir, sharding.make_mesh(jax.devices()[:1]))
-  return run.step, _flat(run.state)
+  return run.step, flat(run.state)
 
 
 def _one_warning(capsys):
@@ -159,7 +149,7 @@ def test_evaluation_passes_over_a_damaged_best_step(finished, tmp_path, capsys, 
   capsys.readouterr()
   step, state = _load(workdir)
   assert step == best
-  _assert_same_arrays(state, _arrays(finished / "best" / str(best)))
+  _assert_same_arrays(state, stored_arrays(finished / "best" / str(best)))
   warning = _one_warning(capsys)
   assert f"best/{best}{says}" in warning
   assert f"using checkpoints/{best} (the same step) instead" in warning
@@ -168,7 +158,7 @@ def test_evaluation_passes_over_a_damaged_best_step(finished, tmp_path, capsys, 
   step, state = _load(workdir)
   newest = max({3, 6, 9} - {best})
   assert step == newest
-  _assert_same_arrays(state, _arrays(finished / "checkpoints" / str(newest)))
+  _assert_same_arrays(state, stored_arrays(finished / "checkpoints" / str(newest)))
   assert f"using checkpoints/{newest} (the newest readable step, not the best-validated one)" in (
       _one_warning(capsys))
 
@@ -206,7 +196,7 @@ def test_a_checkpoint_without_digest_loads_with_a_warning(finished, tmp_path, ca
   capsys.readouterr()
   step, state = _load(workdir)
   assert step == _best_step(finished)
-  _assert_same_arrays(state, _arrays(finished / "best" / str(step)))
+  _assert_same_arrays(state, stored_arrays(finished / "best" / str(step)))
   assert "written before checkpoints had digests; loaded without verifying" in (
       _one_warning(capsys))
 
@@ -231,7 +221,7 @@ def test_resume_passes_over_a_damaged_latest_step(finished, training_records, tm
     DAMAGES[damage][0](workdir / "checkpoints" / "9")
   best = _best_step(finished)
   if damage == "flipped state byte" and best == STEPS:
-    _flip_state_byte(workdir / "best" / str(best))
+    flip_state_byte(workdir / "best" / str(best))
   result = _run(["-m", "mrp_jax.main", *_args(training_records, workdir)])
   assert result.returncode == 0, result.stderr[-3000:]
   warnings = [line for line in result.stderr.splitlines() if ": warning: " in line]
@@ -240,9 +230,10 @@ def test_resume_passes_over_a_damaged_latest_step(finished, training_records, tm
   assert "checkpoints/9" in warning and "resuming from checkpoints/6 instead (deleted " in warning
   assert (workdir / "final.json").read_text() == (finished / "final.json").read_text()
   for step in (6, 9):
-    _assert_same_arrays(_arrays(workdir / "checkpoints" / str(step)),
-                        _arrays(finished / "checkpoints" / str(step)))
-  _assert_same_arrays(_arrays(workdir / "best" / str(best)), _arrays(finished / "best" / str(best)))
+    _assert_same_arrays(stored_arrays(workdir / "checkpoints" / str(step)),
+                        stored_arrays(finished / "checkpoints" / str(step)))
+  _assert_same_arrays(stored_arrays(workdir / "best" / str(best)),
+                      stored_arrays(finished / "best" / str(best)))
 
 
 def test_save_best_keeps_the_same_state_and_replaces_another(tmp_path):
@@ -258,4 +249,4 @@ def test_save_best_keeps_the_same_state_and_replaces_another(tmp_path):
   assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == stamp
   checkpoints.save_best(3, other, {"auroc": 0.5})
   checkpoints.close()
-  np.testing.assert_array_equal(_arrays(tmp_path / "best" / "3")["['w']"], other["w"])
+  np.testing.assert_array_equal(stored_arrays(tmp_path / "best" / "3")["['w']"], other["w"])
