@@ -35,10 +35,13 @@ from scipy import special
 from sklearn.metrics import roc_auc_score
 
 from input_pipeline.ingestion import mammogram
-from input_pipeline.synthetic import export, oracle
+from input_pipeline.synthetic import export, oracle, phenotypes
 from input_pipeline.synthetic.dicom_writer import MammogramFileOptions, write_mammogram
+from input_pipeline.synthetic import images as images_module
 from input_pipeline.synthetic.images import render_mammogram
 from mrp_jax import configuration, models
+from mrp_jax.core import train_step
+from mrp_jax.training import pretrain
 
 _PATIENTS = flags.DEFINE_integer("patients", 3000, "Patients drawn (the last 1,000 held out).")
 _TRAIN = flags.DEFINE_list("train", ["800", "2000"], "Training set sizes.")
@@ -51,6 +54,14 @@ _TARGETS = flags.DEFINE_list(
     "targets", ["pcr"], "Labels to train on: pcr; spiculated (margin), calcifications, "
     "irregular (outline irregularity above its median): phenotypes the image decides, so their "
     "AUROC says whether the preprocessed image still shows them.")
+_MASS = flags.DEFINE_float("mass_signal", 2600.0, "images.MASS_SIGNAL for the rendering.")
+_AUX = flags.DEFINE_bool("aux", False, "Also train on each patient's subtype phenotype group "
+                         "(a second head on a shared hidden layer, as the knowledge predictor).")
+_PRETRAIN = flags.DEFINE_integer(
+    "pretrain_steps", 0, "Pretrain the encoder first (the pretrain job's SimCLR step, "
+    "configs/pretrain.py:tiny, batch 64) on every patient's image, labels unused; 0: none.")
+_ENCODER_LR = flags.DEFINE_float("encoder_lr_scale", 1.0, "The encoder's learning rate as a "
+                                 "multiple of the heads' (0: frozen weights).")
 _CACHE = flags.DEFINE_string("cache", "", "Folder keeping the preprocessed images between runs.")
 
 HELD_OUT = 1000
@@ -73,7 +84,7 @@ def _draw(patients: int, seed: int):
 def _images(latents, seed: int, spacing_mm: float, sizes) -> dict[tuple[int, int], np.ndarray]:
   """{size: [patients, rows, cols] float32}: each CC view rendered at ``spacing_mm``, written as
   DICOM and preprocessed to every size."""
-  cached = Path(_CACHE.value) / f"{len(latents)}_{seed}_{spacing_mm:g}.npz" if _CACHE.value else None
+  cached = Path(_CACHE.value) / f"{len(latents)}_{seed}_{spacing_mm:g}_{_MASS.value:g}.npz" if _CACHE.value else None
   if cached and cached.exists():
     with np.load(cached) as saved:
       if all(f"{r}x{c}" in saved for r, c in sizes):
@@ -103,40 +114,79 @@ def _render(latents, seed: int, spacing_mm: float, sizes) -> dict[tuple[int, int
 
 
 class ImageOnly(nn.Module):
+  """The encoder, a hidden layer as the knowledge predictor has, a pCR (or phenotype) logit
+  and, when ``groups``, the subtype's phenotype group's logits from the same hidden layer."""
   encoder: dict
+  groups: int = 0
 
   @nn.compact
   def __call__(self, x, train):
-    return nn.Dense(1)(models.ResNet(**self.encoder)(x[..., None], train=train))[:, 0]
+    features = models.ResNet(**self.encoder)(x[..., None], train=train)
+    hidden = nn.elu(nn.Dense(64)(features)) if self.groups else features
+    logit = nn.Dense(1)(hidden)[:, 0]
+    return (logit, nn.Dense(self.groups)(hidden)) if self.groups else (logit, None)
 
 
-def train(x, y, train_idx, held, epochs: int, seed: int) -> list[float]:
-  """AUROC on the training patients and each held-out half after ``epochs`` passes."""
+def pretrain_encoder(x, steps: int, seed: int) -> dict:
+  """The encoder's variables after ``steps`` of the pretrain job's own step on all of ``x``."""
+  config = configuration.load("configs/pretrain.py:tiny")
+  config.seed = seed
+  config.train.num_steps = steps
+  model = pretrain.create_model(config)
+  optimizer = train_step.create_optimizer(config.train)
+  state = pretrain._init_state(model, x.shape[1:], optimizer, jax.random.key(seed))
+  step = jax.jit(pretrain.make_step(model, optimizer, config), donate_argnums=0)
+  rng = np.random.default_rng(seed)
+  b = config.train.batch_size
+  for _ in range(steps):
+    batch = {"mg": x[rng.choice(len(x), b, replace=False)][:, None],
+             "mg_mask": np.ones((b, 1), bool), "example_mask": np.ones((b,), np.float32)}
+    state, metrics = step(state, batch)
+  print(f"  pretrained {steps} steps, NT-Xent {float(metrics['loss']):.2f}", flush=True)
+  return {"params": state.params["image_encoder"],
+          "batch_stats": state.batch_stats["image_encoder"]}
+
+
+def train(x, y, train_idx, held, epochs: int, seed: int, group=None, start=None) -> list[float]:
+  """AUROC on the training patients and each held-out half after ``epochs`` passes; with
+  ``group`` (each patient's phenotype group), its cross-entropy is a second loss (weight 1)."""
   config = configuration.load("configs/iMGrhpc.py:tiny")
-  model = ImageOnly(models.encoder_kwargs(config.model.encoder, 2, config.model.dtype))
+  model = ImageOnly(models.encoder_kwargs(config.model.encoder, 2, config.model.dtype),
+                    groups=0 if group is None else 3)
+  group = np.zeros(len(y), np.int32) if group is None else group
   variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((2, *x.shape[1:])), False)
   params, stats = variables["params"], variables["batch_stats"]
+  if start is not None:  # the pretrained encoder (ResNet_0 inside ImageOnly)
+    params = {**params, "ResNet_0": start["params"]}
+    stats = {**stats, "ResNet_0": start["batch_stats"]}
   steps = epochs * len(train_idx) // 16
   optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(0, 1e-3, steps // 15, steps),
                           weight_decay=config.train.weight_decay)
+  if _ENCODER_LR.value != 1.0:
+    optimizer = optax.multi_transform(
+        {"encoder": optax.chain(optimizer, optax.scale(_ENCODER_LR.value)), "head": optimizer},
+        {k: "encoder" if k == "ResNet_0" else "head" for k in params})
   opt_state = optimizer.init(params)
 
   @jax.jit
-  def step(params, stats, opt_state, xb, yb):
+  def step(params, stats, opt_state, xb, yb, gb):
     def loss(p):
-      logit, update = model.apply({"params": p, "batch_stats": stats}, xb, True,
-                                  mutable=["batch_stats"])
-      return optax.sigmoid_binary_cross_entropy(logit, yb).mean(), update["batch_stats"]
+      (logit, groups), update = model.apply({"params": p, "batch_stats": stats}, xb, True,
+                                            mutable=["batch_stats"])
+      total = optax.sigmoid_binary_cross_entropy(logit, yb).mean()
+      if groups is not None:
+        total += optax.softmax_cross_entropy_with_integer_labels(groups, gb).mean()
+      return total, update["batch_stats"]
     (_, stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state
 
-  predict = jax.jit(lambda p, s, xb: model.apply({"params": p, "batch_stats": s}, xb, False))
+  predict = jax.jit(lambda p, s, xb: model.apply({"params": p, "batch_stats": s}, xb, False)[0])
   rng = np.random.default_rng(seed)
   for _ in range(steps):
     idx = rng.choice(train_idx, 16, replace=False)
     xb = np.where(rng.random(16)[:, None, None] < 0.5, x[idx][:, ::-1], x[idx])
-    params, stats, opt_state = step(params, stats, opt_state, xb, y[idx])
+    params, stats, opt_state = step(params, stats, opt_state, xb, y[idx], group[idx])
 
   def auroc(idx):
     scores = np.concatenate([np.asarray(predict(params, stats, x[idx[i:i + 256]]))
@@ -148,6 +198,7 @@ def train(x, y, train_idx, held, epochs: int, seed: int) -> list[float]:
 def main(argv):
   del argv
   start = time.time()
+  images_module.MASS_SIGNAL = _MASS.value
   draws, latents, evidence = _draw(_PATIENTS.value, _SEED.value)
   irregularity = np.asarray([latent.irregularity for latent in latents])
   labels = {"pcr": np.asarray([d.label for d in draws], np.float32),
@@ -155,6 +206,8 @@ def main(argv):
             "calcifications": np.asarray([lat.calcifications for lat in latents], np.float32),
             "irregular": (irregularity > np.median(irregularity)).astype(np.float32)}
   y = labels["pcr"]
+  group = np.asarray([phenotypes.GROUP_OF_SUBTYPE[d.code("molecular_subtype")] for d in draws],
+                     np.int32)
   n = len(y)
   held = (np.arange(n - HELD_OUT, n - HELD_OUT // 2), np.arange(n - HELD_OUT // 2, n))
   print(f"{n} patients, pCR rate {y.mean():.3f}; the oracle's image evidence, held-out AUROC "
@@ -165,12 +218,14 @@ def main(argv):
   print("target | export mm | size | train N: AUROC training / validation / test | seconds")
   for spacing in map(float, _EXPORTS.value):
     images = _images(latents, _SEED.value, spacing, sizes)
+    starts = {size: pretrain_encoder(images[size], _PRETRAIN.value, 0) if _PRETRAIN.value
+              else None for size in sizes}
     for name in _TARGETS.value:
       for size in sizes:
         for count in map(int, _TRAIN.value):
           began = time.time()
           a = train(images[size], labels[name], np.arange(min(count, n - HELD_OUT)), held,
-                    _EPOCHS.value, 0)
+                    _EPOCHS.value, 0, group if _AUX.value else None, starts[size])
           print(f"{name} | {spacing:.2f} | {size[0]}x{size[1]} | {count:5d}: {a[0]:.3f} / "
                 f"{a[1]:.3f} / {a[2]:.3f} | {time.time() - began:.0f}", flush=True)
   print(f"{time.time() - start:.0f} s")

@@ -34,6 +34,10 @@ T2 = {"fat": 420.0, "gland": 280.0, "muscle": 110.0, "lung": 20.0, "heart": 60.0
 _SLOW_ENHANCEMENT = {"fat": 0.02, "muscle": 0.15}  # gland: the patient's BPE
 _HEART_ENHANCEMENT = 1.8
 MG_MAX = 16383  # 14-bit detector range inside the 16-bit pixels
+# The mass's added signal at contrast 1: twice a dense gland's (2600 x thickness), a high-density
+# mass, as most invasive carcinomas are on a mammogram. At the gland's own signal a mass in
+# dense tissue hid its outline at the demo's 64 x 32 (docs/experiments.md, "The mammogram's size").
+MASS_SIGNAL = 5200.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +306,7 @@ def render_mammogram(rng: np.random.Generator, latent: ImageLatent, shape: tuple
                         rng.uniform(0, 2 * np.pi, count)):
       dot = _soft_inside(spot - np.hypot(du - rho * np.cos(phi), dv - rho * np.sin(phi)), s)
       image += 3000.0 * dot * breast
-  image += 2600.0 * latent.mass_contrast * mass * breast
+  image += MASS_SIGNAL * latent.mass_contrast * mass * breast
 
   row_of = lambda v_mm: (v_mm + centre_row_mm) / spacing_mm - 0.5
   col_of = lambda u_mm: (u_mm if left else cols * spacing_mm - u_mm) / spacing_mm - 0.5
