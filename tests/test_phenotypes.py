@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from input_pipeline import schema
 from input_pipeline.synthetic import cohort, export, phenotypes
+from input_pipeline.synthetic import images
 from input_pipeline.synthetic.images import render_mammogram
 
 SUBTYPES = [c.name for c in schema.BY_NAME["molecular_subtype"].categories]
@@ -85,7 +86,7 @@ def _rendered_irregularity(latent: cohort.ImageLatent, seed: int) -> float:
                                 dataclasses.replace(latent, mass_contrast=0.0), SHAPE,
                                 SPACING_MM, "CC")
   mass = with_mass.astype(float) - without
-  plateau = 2600.0 * latent.mass_contrast
+  plateau = images.MASS_SIGNAL * latent.mass_contrast
   radius_px = truth["mass_radius_px"]
   # The outline lies within (1 + sqrt(10) x irregularity) radii (Cauchy-Schwarz on 5 harmonics).
   steps = np.arange(0.0, 6.0 * radius_px, 0.05)
@@ -97,6 +98,25 @@ def _rendered_irregularity(latent: cohort.ImageLatent, seed: int) -> float:
   assert np.all(outside > 0)
   radii = steps[outside]
   return float(radii.std() / radii.mean())
+
+
+def test_the_mass_is_brighter_than_the_densest_gland():
+  """A high-density mass: in a breast of density D (60% gland) nearly all of the mass (its
+  10th percentile inside 0.8 radii) is brighter than nearly all of the breast away from it
+  (its 99th percentile beyond 2.5 radii) by more than half the gland's own signal over fat
+  (2,600 at full thickness), so its outline shows against dense tissue. A mass at the gland's
+  own signal fails (by 9-890): where it lies over fat it is only as bright as the gland."""
+  latent = dataclasses.replace(_base_latent(), gland_fraction=0.6, irregularity=0.05)
+  for seed in (0, 1, 2):
+    image, truth = render_mammogram(np.random.default_rng(seed), latent, SHAPE, SPACING_MM,
+                                    "CC")
+    rows, cols = np.indices(image.shape)
+    distance = np.hypot(rows - truth["mass_centre_px"][0], cols - truth["mass_centre_px"][1])
+    r0, r1, c0, c1 = truth["breast_box_px"]
+    in_box = (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1) & (image > 1000)
+    mass = image[distance < 0.8 * truth["mass_radius_px"]]
+    away = image[in_box & (distance > 2.5 * truth["mass_radius_px"])]
+    assert np.percentile(mass, 10) - np.percentile(away, 99) > 1300, seed
 
 
 @pytest.mark.parametrize("irregularity", [0.05, 0.12, 0.2])
