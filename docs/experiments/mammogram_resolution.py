@@ -1,11 +1,16 @@
 """Whether the mammogram's evidence survives the demo's 64 x 32 preprocessing, and what the
 demo's encoder learns from it at larger sizes (docs/experiments.md, "The mammogram's size").
 
-An experiment, not part of the package. Commands (from the repository root, ~14 + 16 minutes
-on 2 cores; --cache keeps the rendered images for the next command):
-  python docs/experiments/mammogram_resolution.py --train 800 --cache /tmp/mg
-  python docs/experiments/mammogram_resolution.py --train 800 --cache /tmp/mg \
+An experiment, not part of the package. Commands (from the repository root; --cache keeps the
+rendered images for the next command). The size study, with the mass at the gland's signal as
+the cohort had it then (~14 + 16 minutes on 2 cores):
+  python docs/experiments/mammogram_resolution.py --train 800 --cache /tmp/mg --mass_signal 2600
+  python docs/experiments/mammogram_resolution.py --train 800 --cache /tmp/mg --mass_signal 2600 \
       --targets spiculated,calcifications,irregular --exports 0.73 --sizes 128x64,256x128
+The mass's density and the encoder's start at the demo's size (~2-4 minutes each):
+  python docs/experiments/mammogram_resolution.py --train 448,800,2000 --cache /tmp/mg \
+      --targets irregular,pcr --exports 1.82 --sizes 64x32 [--mass_signal 2600] [--aux] \
+      [--pretrain_steps 2000] [--encoder_lr_scale 0.1]
 
 Patients are drawn as the synthetic export draws them (seed 100, the 'tiny' cohort: tumours at
 1.5x their radius); each one's CC view is rendered at one export resolution, written as a DICOM
@@ -18,7 +23,11 @@ radius) and punctate calcifications, all fine structure. Per export resolution a
   the rhpc oracle's, as the demo's report computes it) on the held-out patients;
 * what the demo's encoder (configs/iMGrhpc.py:tiny, ResNet18 at width 8) with a linear pCR head
   learns from the first N patients, trained as the demo trains (flips, AdamW with warm-up and
-  cosine, batch 16), held-out AUROC on the last 1,000 (validation / test halves).
+  cosine, batch 16), held-out AUROC on the last 1,000 (validation / test halves). With --aux
+  the head is the knowledge predictor's shape (a 64-unit ELU layer) and also predicts the
+  subtype's phenotype group (luminal, HER2-positive, triple negative; cross-entropy, weight 1):
+  the table variable the mammogram's phenotypes show; with --pretrain_steps the encoder starts
+  from the pretrain job's SimCLR step run on every patient's image, labels unused.
 """
 
 import tempfile
@@ -54,7 +63,8 @@ _TARGETS = flags.DEFINE_list(
     "targets", ["pcr"], "Labels to train on: pcr; spiculated (margin), calcifications, "
     "irregular (outline irregularity above its median): phenotypes the image decides, so their "
     "AUROC says whether the preprocessed image still shows them.")
-_MASS = flags.DEFINE_float("mass_signal", 2600.0, "images.MASS_SIGNAL for the rendering.")
+_MASS = flags.DEFINE_float("mass_signal", None, "The mass's signal (images.MASS_SIGNAL) for "
+                           "the rendering; default: the cohort's (5200; 2600 before).")
 _AUX = flags.DEFINE_bool("aux", False, "Also train on each patient's subtype phenotype group "
                          "(a second head on a shared hidden layer, as the knowledge predictor).")
 _PRETRAIN = flags.DEFINE_integer(
@@ -84,7 +94,7 @@ def _draw(patients: int, seed: int):
 def _images(latents, seed: int, spacing_mm: float, sizes) -> dict[tuple[int, int], np.ndarray]:
   """{size: [patients, rows, cols] float32}: each CC view rendered at ``spacing_mm``, written as
   DICOM and preprocessed to every size."""
-  cached = Path(_CACHE.value) / f"{len(latents)}_{seed}_{spacing_mm:g}_{_MASS.value:g}.npz" if _CACHE.value else None
+  cached = Path(_CACHE.value) / f"{len(latents)}_{seed}_{spacing_mm:g}_{images_module.MASS_SIGNAL:g}.npz" if _CACHE.value else None
   if cached and cached.exists():
     with np.load(cached) as saved:
       if all(f"{r}x{c}" in saved for r, c in sizes):
@@ -198,7 +208,8 @@ def train(x, y, train_idx, held, epochs: int, seed: int, group=None, start=None)
 def main(argv):
   del argv
   start = time.time()
-  images_module.MASS_SIGNAL = _MASS.value
+  if _MASS.value is not None:
+    images_module.MASS_SIGNAL = _MASS.value
   draws, latents, evidence = _draw(_PATIENTS.value, _SEED.value)
   irregularity = np.asarray([latent.irregularity for latent in latents])
   labels = {"pcr": np.asarray([d.label for d in draws], np.float32),
