@@ -94,7 +94,8 @@ def _draw(patients: int, seed: int):
 def _images(latents, seed: int, spacing_mm: float, sizes) -> dict[tuple[int, int], np.ndarray]:
   """{size: [patients, rows, cols] float32}: each CC view rendered at ``spacing_mm``, written as
   DICOM and preprocessed to every size."""
-  cached = Path(_CACHE.value) / f"{len(latents)}_{seed}_{spacing_mm:g}_{images_module.MASS_SIGNAL:g}.npz" if _CACHE.value else None
+  name = f"{len(latents)}_{seed}_{spacing_mm:g}_{images_module.MASS_SIGNAL:g}.npz"
+  cached = Path(_CACHE.value) / name if _CACHE.value else None
   if cached and cached.exists():
     with np.load(cached) as saved:
       if all(f"{r}x{c}" in saved for r, c in sizes):
