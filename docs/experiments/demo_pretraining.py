@@ -9,6 +9,9 @@ demo in runs/demo; ~8 minutes per condition with pretraining on 2 shared cores, 
       --name scratch
   python docs/experiments/demo_pretraining.py --demo runs/demo --out /tmp/demo_pretraining \
       --name frozen --encoder /tmp/demo_pretraining/pretrained/pretrain --encoder_lr_scale 0
+After the paper-scale run (configs/demo.py:paper in runs/paper), its iMGrhpc from scratch:
+  python docs/experiments/demo_pretraining.py --demo runs/paper --variants paper \
+      --out /tmp/paper_pretraining --name scratch
 
 Each condition pretrains the mammogram encoder as the demo does (``demo.pretrain_config``:
 configs/pretrain.py:tiny on every split's mammograms; ``--pretrain_steps 0``: none), or takes
@@ -48,6 +51,7 @@ from mrp_jax.training import pretrain, train
 flags.DEFINE_string("demo", "runs/demo", "Workdir of a finished demo (records, runs/rhpc).")
 flags.DEFINE_string("out", "/tmp/demo_pretraining", "Where each condition's runs go.")
 flags.DEFINE_string("name", "pretrained", "The condition's folder under --out.")
+flags.DEFINE_string("variants", "", "configs/demo.py variants the demo ran with (e.g. 'paper').")
 flags.DEFINE_integer("pretrain_steps", 0, "Pretraining steps (0: none).")
 flags.DEFINE_integer("pretrain_batch", 64, "Pretraining batch (images).")
 flags.DEFINE_float("pretrain_learning_rate", None, "Pretraining peak rate (default: config's).")
@@ -100,7 +104,7 @@ def main(argv):
   demo_dir, out = Path(FLAGS.demo), Path(FLAGS.out) / FLAGS.name
   records_dir = demo_dir / "records"
   out.mkdir(parents=True, exist_ok=True)
-  config = configuration.load("configs/demo.py")
+  config = configuration.load("configs/demo.py" + (f":{FLAGS.variants}" if FLAGS.variants else ""))
   config.demo.pretrain.steps = max(FLAGS.pretrain_steps, 1)
   config.demo.pretrain.batch_size = FLAGS.pretrain_batch
   pretrain_config = demo.pretrain_config(config, records_dir)
