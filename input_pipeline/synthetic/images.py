@@ -36,7 +36,7 @@ _HEART_ENHANCEMENT = 1.8
 MG_MAX = 16383  # 14-bit detector range inside the 16-bit pixels
 # The mass's added signal at contrast 1: twice a dense gland's (2600 x thickness), a high-density
 # mass, as most invasive carcinomas are on a mammogram. At the gland's own signal a mass in
-# dense tissue hid its outline at the demo's 64 x 32 (docs/experiments.md, "The mammogram's size").
+# dense tissue hid its outline at the demo's 64 x 32 (docs/experiments.md, "The mass's density").
 MASS_SIGNAL = 5200.0
 
 
