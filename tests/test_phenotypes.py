@@ -8,8 +8,7 @@ import pytest
 from scipy import ndimage
 
 from input_pipeline import schema
-from input_pipeline.synthetic import cohort, export, phenotypes
-from input_pipeline.synthetic import images
+from input_pipeline.synthetic import cohort, export, images, phenotypes
 from input_pipeline.synthetic.images import render_mammogram
 
 SUBTYPES = [c.name for c in schema.BY_NAME["molecular_subtype"].categories]

@@ -32,13 +32,13 @@ import optax
 from absl import app, flags
 from flax import linen as nn
 from mammogram_learning_curve import cohort
+from pretext import pretrain_on_images
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from mrp_jax import configuration, models
 from mrp_jax.core import train_step
 from mrp_jax.models.resnet import ResNet
-from mrp_jax.training import pretrain
 
 _SEEDS = flags.DEFINE_list("init_seeds", ["0"], "Initialisation seeds (pretraining and training).")
 _PRETEXT = flags.DEFINE_integer("pretext_steps", 2000, "Pretraining steps.")
@@ -74,27 +74,6 @@ class ImageOnly(nn.Module):
       features = nn.Dropout(self.feature_dropout, deterministic=False)(features)
     hidden = nn.elu(nn.Dense(self.head_dim, name="knowledge_0")(features))
     return nn.Dense(1, name="knowledge_response")(hidden)[:, 0]
-
-
-def run_pretraining(x, seed):
-  config = configuration.load("configs/pretrain.py:tiny")
-  config.seed = seed
-  config.data.mg_shape = x.shape[1:]
-  model = pretrain.create_model(config)
-  config.train.num_steps = _PRETEXT.value
-  optimizer = train_step.create_optimizer(config.train)
-  state = pretrain._init_state(model, x.shape[1:], optimizer, jax.random.key(seed))
-  step = jax.jit(pretrain.make_step(model, optimizer, config), donate_argnums=0)
-  rng = np.random.default_rng(seed)
-  b = config.train.batch_size
-  losses = []
-  for _ in range(_PRETEXT.value):
-    batch = {"mg": x[rng.choice(len(x), b, replace=False)][:, None],
-             "mg_mask": np.ones((b, 1), bool), "example_mask": np.ones((b,), np.float32)}
-    state, metrics = step(state, batch)
-    losses.append(metrics["loss"])
-  losses = [float(v) for v in jax.device_get(losses)]
-  return state, model, losses
 
 
 def pooled_features(state, model, x):
@@ -163,7 +142,7 @@ def main(argv):
         f"evidence (latent mass contrast) validation / test {oracle[0]:.3f} / {oracle[1]:.3f}")
   for seed in map(int, _SEEDS.value):
     clock = time.time()
-    state, model, losses = run_pretraining(x, seed)
+    state, model, losses = pretrain_on_images(x, _PRETEXT.value, seed)
     pooled = pooled_features(state, model, x)
     fit = LogisticRegression(C=0.01, max_iter=5000).fit(pooled[train_idx], y[train_idx])
     probe = [roc_auc_score(y[h], fit.decision_function(pooled[h])) for h in held]

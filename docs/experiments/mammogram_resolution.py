@@ -41,16 +41,15 @@ import optax
 from absl import app, flags
 from flax import linen as nn
 from scipy import special
+from pretext import pretrain_on_images
 from sklearn.metrics import roc_auc_score
 
 from input_pipeline.ingestion import mammogram
 from input_pipeline.synthetic import export, oracle, phenotypes
-from input_pipeline.synthetic.dicom_writer import MammogramFileOptions, write_mammogram
 from input_pipeline.synthetic import images as images_module
+from input_pipeline.synthetic.dicom_writer import MammogramFileOptions, write_mammogram
 from input_pipeline.synthetic.images import render_mammogram
 from mrp_jax import configuration, models
-from mrp_jax.core import train_step
-from mrp_jax.training import pretrain
 
 _PATIENTS = flags.DEFINE_integer("patients", 3000, "Patients drawn (the last 1,000 held out).")
 _TRAIN = flags.DEFINE_list("train", ["800", "2000"], "Training set sizes.")
@@ -140,20 +139,8 @@ class ImageOnly(nn.Module):
 
 def pretrain_encoder(x, steps: int, seed: int) -> dict:
   """The encoder's variables after ``steps`` of the pretrain job's own step on all of ``x``."""
-  config = configuration.load("configs/pretrain.py:tiny")
-  config.seed = seed
-  config.train.num_steps = steps
-  model = pretrain.create_model(config)
-  optimizer = train_step.create_optimizer(config.train)
-  state = pretrain._init_state(model, x.shape[1:], optimizer, jax.random.key(seed))
-  step = jax.jit(pretrain.make_step(model, optimizer, config), donate_argnums=0)
-  rng = np.random.default_rng(seed)
-  b = config.train.batch_size
-  for _ in range(steps):
-    batch = {"mg": x[rng.choice(len(x), b, replace=False)][:, None],
-             "mg_mask": np.ones((b, 1), bool), "example_mask": np.ones((b,), np.float32)}
-    state, metrics = step(state, batch)
-  print(f"  pretrained {steps} steps, NT-Xent {float(metrics['loss']):.2f}", flush=True)
+  state, _, losses = pretrain_on_images(x, steps, seed)
+  print(f"  pretrained {steps} steps, NT-Xent {losses[-1]:.2f}", flush=True)
   return {"params": state.params["image_encoder"],
           "batch_stats": state.batch_stats["image_encoder"]}
 
