@@ -9,8 +9,7 @@ Variants (comma-separated):
   ':tiny'          a smoke run of a few minutes (CI);
   ':paper'         the paper's cohort size and split: 3,352 patients, 80% train and 20%
                    validation + test, test cohort A the complete patients of the test share;
-                   training lengths scaled so each model sees its patients as often as in the
-                   demo (docs/experiments.md, "The paper-scale run");
+                   training lengths of docs/experiments.md, "The paper-scale run";
   ':no_knowledge'  ablation, the fused models without the cross-modal knowledge predictor
   ':no_time'       ablation, without the time embedding.
 An ablation reuses WORKDIR's export, records and rhpc run and writes its fused runs and report
@@ -34,32 +33,34 @@ def get_config(arg=None):
   config.job = "demo"
   config.model.name = "iMRrhpc"
   config.demo = d = ml_collections.ConfigDict()
-  # Synthetic patients (four are deliberately broken and get skipped). 1,000 so that the test
-  # split (~250 complete patients) can rank models 0.02-0.05 AUROC apart: on the 74 test
-  # patients of 360 even the oracles' iMGrhpc < iMRrhpc gap (0.006-0.012) was noise
-  # (docs/experiments.md, "A test split that can rank the models").
-  d.patients = 1000
+  # Synthetic patients (four are deliberately broken and get skipped). 1,600 so that the
+  # mammogram encoder has enough labels to find half of its image's evidence (from 448 it found
+  # a third) while the test split (~290 complete patients) can still rank models 0.02-0.05
+  # AUROC apart (docs/experiments.md, "The demo's size" and "A test split that can rank the
+  # models").
+  d.patients = 1600
   d.geometry = "tiny"  # prepare's --geometry: full | demo | tiny (8 mm voxels: CPU minutes)
   d.workers = 2  # processes for generation and preparation
   d.shard_size = 8  # patients per record shard
   # Train, validation (calibration, MRP weights, thresholds), test quota: prepare keeps in
-  # test the half with a mammogram and all three MRI phases (the paper's cohort) and moves the
-  # rest to validation: 448 / 299 / 249 patients at seed 0.
-  d.split_fractions = (0.45, 0.15, 0.4)
+  # test the patients with a mammogram and all three MRI phases (the paper's cohort) and moves
+  # the rest to validation: 958 / 350 / 288 patients at seed 0.
+  d.split_fractions = (0.6, 0.1, 0.3)
   d.rhpc_init = True  # iMGrhpc / iMRrhpc start their rhpc encoder from the trained rhpc run
   # Per model: steps, global batch size and peak learning rate (docs/experiments.md, "Training
-  # lengths of the demo": rhpc and iMRrhpc were under-trained at 150 and 300 steps of 1e-3).
+  # lengths of the demo" and "The demo's size": iMGrhpc's image-only AUROC still rose at 430
+  # steps, 0.608 -> 0.624 at 900).
   d.train = ml_collections.ConfigDict({
-      "rhpc": {"steps": 300, "batch_size": 32, "learning_rate": 3e-3},
-      "iMGrhpc": {"steps": 200, "batch_size": 16, "learning_rate": 1e-3},
-      "iMRrhpc": {"steps": 1200, "batch_size": 8, "learning_rate": 1e-3},
+      "rhpc": {"steps": 500, "batch_size": 32, "learning_rate": 3e-3},
+      "iMGrhpc": {"steps": 900, "batch_size": 16, "learning_rate": 1e-3},
+      "iMRrhpc": {"steps": 1800, "batch_size": 8, "learning_rate": 1e-3},
   })
   # The mammogram encoder's self-supervised start (the pretrain job on every split's
   # mammograms, labels unused); steps 0: iMGrhpc's encoder starts from scratch. Off: the
-  # pretrained start found less of the mammogram's evidence than the scratch one, from the
-  # demo's 448 labelled patients (image-only test AUROC 0.558 against 0.582) and from the
-  # paper-scale run's 2,678 (0.659 against 0.726), and costs ~100 s (docs/pretraining.md, "What
-  # the demo does now").
+  # pretrained start found less of the mammogram's evidence than the scratch one, from the 448
+  # labelled patients of the earlier 1,000-patient demo (image-only test AUROC 0.558 against
+  # 0.582) and from the paper-scale run's 2,678 (0.659 against 0.726), and costs ~100 s
+  # (docs/pretraining.md, "What the demo does now").
   d.pretrain = ml_collections.ConfigDict({"steps": 0, "batch_size": 64})
   # '' the full models; 'no_knowledge' or 'no_time': the paper's ablations of the fused models
   # (configs/common.py variants of the same names), in WORKDIR/<ablation>/{runs,report}.
@@ -98,11 +99,13 @@ def get_config(arg=None):
 def _paper_scale(d: ml_collections.ConfigDict) -> None:
   """The paper's cohort: 3,352 patients; 80% train, 10% validation, 10% test, of which prepare
   keeps the complete patients in test (the paper's test cohort A) and moves the rest to
-  validation. Each model's steps grow with its training set (x 0.8 / 0.45, rounded), so it sees
-  each patient as often as in the demo."""
-  train_share = 0.8
-  growth = (3352 * train_share) / (d.patients * d.split_fractions[0])
+  validation. Steps: the measured paper-scale runs' (docs/experiments.md, "The paper-scale
+  run"), set as x 5.96 those of the earlier 1,000-patient demo (450 train patients) so each
+  model saw its patients as often as there: 21 passes for rhpc and iMRrhpc, 7 for iMGrhpc."""
   d.patients = 3352
-  d.split_fractions = (train_share, 0.1, 0.1)
-  for name in d.train:
-    d.train[name].steps = int(round(d.train[name].steps * growth, -1))
+  d.split_fractions = (0.8, 0.1, 0.1)
+  for name, steps in PAPER_STEPS.items():
+    d.train[name].steps = steps
+
+
+PAPER_STEPS = {"rhpc": 1790, "iMGrhpc": 1190, "iMRrhpc": 7150}
