@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,8 +49,10 @@ def _demo(workdir):
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
   """Every stage, then the same command again: nothing is redone. Then the same command in
-  another folder, killed with SIGKILL in the middle of training and run again: it resumes and
-  writes byte for byte the report of the uninterrupted run (same seed, same machine)."""
+  another folder that holds the first one's export, records, pretrain and rhpc runs, killed
+  with SIGKILL in the middle of iMGrhpc's training and run again: it resumes and writes byte
+  for byte the report of the uninterrupted run (same seed, same machine). (The stages it
+  reuses have their own kill tests: test_prepare, test_pretrain, test_train.)"""
   first = _demo(tmp_path / "a")
   tmp_path = tmp_path / "a"
   assert first.returncode == 0, first.stderr[-3000:]
@@ -112,6 +115,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
 
   # Same command elsewhere, killed mid-training (iMGrhpc has a checkpoint, not its last one).
   other = tmp_path.parent / "b"
+  for done in ("export", "records", "records.private", "runs/rhpc", "runs/pretrain_iMGrhpc"):
+    shutil.copytree(tmp_path / done, other / done)
+  shutil.copy2(tmp_path / "records.pseudonym.key", other / "records.pseudonym.key")
   victim = subprocess.Popen(_command(other), cwd=ROOT, env=_ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
   checkpoints = other / "runs" / "iMGrhpc" / "checkpoints"
@@ -125,6 +131,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   resumed = _demo(other)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from step" in resumed.stdout
+  assert resumed.stdout.count("done before") == 2  # the copied pretrain and rhpc runs
   for name in ("metrics.json", "predictions.csv", "mrp_ensemble.json", "calibration.json"):
     assert (report / name).read_bytes() == (other / "report" / name).read_bytes(), name
 
