@@ -20,7 +20,7 @@ demo: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n auto -q tests
+	$(PY) -m pytest -n auto --dist worksteal -q tests
 
 clean:
 	rm -rf $(VENV) runs
