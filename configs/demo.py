@@ -26,6 +26,8 @@ import ml_collections
 from configs import common
 
 _HERE = Path(__file__).parent
+# The paper-scale variant's steps per model (_paper_scale).
+PAPER_STEPS = {"rhpc": 1790, "iMGrhpc": 1190, "iMRrhpc": 7150}
 
 
 def get_config(arg=None):
@@ -107,5 +109,3 @@ def _paper_scale(d: ml_collections.ConfigDict) -> None:
   for name, steps in PAPER_STEPS.items():
     d.train[name].steps = steps
 
-
-PAPER_STEPS = {"rhpc": 1790, "iMGrhpc": 1190, "iMRrhpc": 7150}

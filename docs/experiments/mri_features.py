@@ -34,7 +34,7 @@ from scipy import special, stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from input_pipeline import records
+from input_pipeline import geometries, records
 from input_pipeline.feed import pipeline
 from input_pipeline.records import pseudonyms, tfrecord
 from input_pipeline.synthetic import oracle
@@ -42,7 +42,9 @@ from input_pipeline.synthetic import oracle
 flags.DEFINE_string("demo", "runs/demo", "A finished demo run on a synthetic export.")
 FLAGS = flags.FLAGS
 PHASES, SPLITS = ("pre", "mid", "post"), ("train", "validation", "test")
-SHAPE, MM = np.array((22, 22, 44)), 8.0
+# The heart corner and the 3-voxel region below are drawn for the 'tiny' preset's voxels.
+_TINY = geometries.preset("tiny")
+SHAPE, MM = np.array(_TINY.mri_box), _TINY.mri_spacing_mm[0]
 GRID = np.indices(tuple(SHAPE)).reshape(3, -1).T
 
 
@@ -64,6 +66,9 @@ def load(demo: Path):
           out.append(types.SimpleNamespace(
               split=split, label=r.label, latent=latent[r.patient_id], evidence=evidence,
               mri={ph: np.asarray(v, np.float32) for ph, v in r.mri.items()}))
+          if out[-1].mri["pre"].shape != tuple(SHAPE):
+            raise ValueError(f"{path}: MRI box {out[-1].mri['pre'].shape}, not the 'tiny' "
+                             f"preset's {tuple(SHAPE)} this script's regions are drawn for")
   return out
 
 
