@@ -48,8 +48,11 @@ SHAPE, MM = np.array(_TINY.mri_box), _TINY.mri_spacing_mm[0]
 GRID = np.indices(tuple(SHAPE)).reshape(3, -1).T
 
 
-def load(demo: Path):
-  """Labelled patients: split, label, volumes per phase, truth latent, oracle evidence."""
+def load(demo: Path, box: tuple[int, int, int] | None = tuple(SHAPE)):
+  """Labelled patients: split, label, volumes per phase, truth latent, oracle evidence.
+
+  Raises:
+    ValueError: a record's MRI box is not ``box`` (None: any box)."""
   truth = json.loads((demo / "export/synthetic_truth.json").read_text())
   key = (demo / "records.pseudonym.key").read_text().strip().encode()
   latent = {pseudonyms.pseudonym(key, p["patient_id"]): p["latent"] for p in truth["patients"]}
@@ -66,9 +69,9 @@ def load(demo: Path):
           out.append(types.SimpleNamespace(
               split=split, label=r.label, latent=latent[r.patient_id], evidence=evidence,
               mri={ph: np.asarray(v, np.float32) for ph, v in r.mri.items()}))
-          if out[-1].mri["pre"].shape != tuple(SHAPE):
+          if box is not None and out[-1].mri["pre"].shape != box:
             raise ValueError(f"{path}: MRI box {out[-1].mri['pre'].shape}, not the 'tiny' "
-                             f"preset's {tuple(SHAPE)} this script's regions are drawn for")
+                             f"preset's {box} this script's regions are drawn for")
   return out
 
 
