@@ -54,8 +54,8 @@ flags.DEFINE_integer("seed", 0, "Initialisation, data order and augmentation.")
 FLAGS = flags.FLAGS
 # The demo's iMRrhpc (configs/demo.py, configs/iMRrhpc.py:tiny).
 DEFAULTS = {"target": "label", "augmented": True, "intensity": True, "affine": True,
-            "half": False,
-            "width": 8, "steps": 1800, "learning_rate": 1e-3, "batch": 8, "layout": "resnet"}
+            "half": False, "width": 8, "steps": 1800, "learning_rate": 1e-3, "batch": 8,
+            "layout": "resnet"}
 
 
 def parse(condition: str) -> dict:
@@ -96,14 +96,14 @@ def arrays(patients):
   return volumes, has, evidence
 
 
-def batch_of(volumes, index, phase, rhpc_dim):
+def batch_of(volumes, index, phase):
   """The model's batch: slot 0 the Pre volume, slot 1 Mid or Post (phase 1, 2) or absent (0)."""
   b = len(index)
   follow = volumes[index, np.maximum(phase, 1)] * (phase > 0)[:, None, None, None]
   return {"mri": np.stack([volumes[index, 0], follow], 1),
           "mri_mask": np.stack([np.ones(b, bool), phase > 0], 1),
           "mri_phase": np.stack([np.zeros(b, np.int32), phase.astype(np.int32)], 1),
-          "rhpc": np.zeros((b, rhpc_dim), np.float32)}
+          "rhpc": np.zeros((b, encoding.INPUT_DIM), np.float32)}
 
 
 def train(volumes, has, label, target, train_idx, settings, seed):
@@ -115,8 +115,7 @@ def train(volumes, has, label, target, train_idx, settings, seed):
   regression, augmented = settings["target"] == "evidence", settings["augmented"]
   steps, batch_size = settings["steps"], settings["batch"]
   net = models.create_model(config.model)
-  rhpc_dim = encoding.INPUT_DIM
-  init = batch_of(volumes, train_idx[:2], np.array([0, 1]), rhpc_dim)
+  init = batch_of(volumes, train_idx[:2], np.array([0, 1]))
   variables = net.init(jax.random.PRNGKey(seed), init, train=False)
   params, stats_ = variables["params"], variables["batch_stats"]
   schedule = optax.warmup_cosine_decay_schedule(0, settings["learning_rate"],
@@ -125,7 +124,7 @@ def train(volumes, has, label, target, train_idx, settings, seed):
                           optax.adamw(schedule, weight_decay=config.train.weight_decay))
   opt_state = optimizer.init(params)
   # The tiny configs shift by 1 voxel of 8 mm; records of another preset the same 8 mm.
-  spacing = next(g.mri_spacing_mm[0] for g in map(geometries.preset, ("tiny", "demo", "small"))
+  spacing = next(g.mri_spacing_mm[0] for g in geometries.GEOMETRIES.values()
                  if tuple(g.mri_box) == volumes.shape[2:])
   config.augment.mri_translation_voxels = 8.0 / spacing
   if not settings["intensity"]:
@@ -159,20 +158,19 @@ def train(volumes, has, label, target, train_idx, settings, seed):
     phase = np.array([rng.choice(np.flatnonzero(has[j])) for j in index])
     y = (target[index, phase] if regression else label[index]).astype(np.float32)
     params, stats_, opt_state = step(params, stats_, opt_state,
-                                     batch_of(volumes, index, phase, rhpc_dim), y,
+                                     batch_of(volumes, index, phase), y,
                                      jax.random.fold_in(key, i))
   return net, {"params": params, "batch_stats": stats_}
 
 
-def scores(net, variables, volumes, has, index):
+def scores(predict, volumes, has, index):
   """Image-only logits [len(index), 3] at Pre / Mid / Post (NaN where the phase is absent)."""
-  predict = jax.jit(lambda b: net.apply(variables, augment.prepare_images(b))["image_logit"])
   out = np.full((len(index), 3), np.nan, np.float32)
   for k in range(3):
     for start in range(0, len(index), 64):
       rows = index[start:start + 64]
       phase = np.full(len(rows), k)
-      values = np.asarray(predict(batch_of(volumes, rows, phase, encoding.INPUT_DIM)))
+      values = np.asarray(predict(batch_of(volumes, rows, phase)))
       out[start:start + 64, k] = np.where(has[rows, k], values, np.nan)
   return out
 
@@ -214,8 +212,10 @@ def main(argv):
       subset = np.sort(np.random.default_rng(FLAGS.seed).choice(
           train_idx, len(train_idx) // 2, replace=False))
     net, variables = train(volumes, has, label, z, subset, settings, FLAGS.seed)
-    s_train = scores(net, variables, volumes, has, subset)
-    s_held = {s: scores(net, variables, volumes, has, index) for s, index in held.items()}
+    predict = jax.jit(lambda b, v=variables, n=net:
+                      n.apply(v, augment.prepare_images(b))["image_logit"])
+    s_train = scores(predict, volumes, has, subset)
+    s_held = {s: scores(predict, volumes, has, index) for s, index in held.items()}
     print(f"{condition} (n {len(subset)}) | {fmt(aurocs(s_train, subset))} | "
           f"{fmt(rho(s_train, subset))} | "
           f"{fmt(aurocs(s_held['validation'], held['validation']))} | "
