@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from checkpoint_damage import stored_arrays
 from test_console import ABSL_LINE, CONTROL
 
 from input_pipeline.records import verify
@@ -50,9 +52,11 @@ def _demo(workdir):
 def test_demo_runs_every_stage_and_resumes(tmp_path):
   """Every stage, then the same command again: nothing is redone. Then the same command in
   another folder that holds the first one's export, records, pretrain and rhpc runs, killed
-  with SIGKILL in the middle of iMGrhpc's training and run again: it resumes and writes byte
-  for byte the report of the uninterrupted run (same seed, same machine). (The stages it
-  reuses have their own kill tests: test_prepare, test_pretrain, test_train.)"""
+  with SIGKILL in the middle of iMGrhpc's training and run again: it resumes to the
+  uninterrupted run's parameters (BatchNorm statistics, augmentation keys and the data
+  iterator's position restored), bit for bit, and writes byte for byte its report (same seed,
+  same machine). (The other stages have their own kill tests: test_prepare, test_pretrain,
+  test_checkpoint.)"""
   first = _demo(tmp_path / "a")
   tmp_path = tmp_path / "a"
   assert first.returncode == 0, first.stderr[-3000:]
@@ -132,6 +136,12 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from step" in resumed.stdout
   assert resumed.stdout.count("done before") == 2  # the copied pretrain and rhpc runs
+  best = json.loads((tmp_path / "runs" / "iMGrhpc" / "final.json").read_text())["best_step"]
+  for folder in ("checkpoints/6", f"best/{best}"):  # the last step's state and the kept one
+    straight, killed = (stored_arrays(w / "runs" / "iMGrhpc" / folder) for w in (tmp_path, other))
+    assert straight.keys() == killed.keys()
+    for key in straight:
+      np.testing.assert_array_equal(straight[key], killed[key], err_msg=f"{folder} {key}")
   for name in ("metrics.json", "predictions.csv", "mrp_ensemble.json", "calibration.json"):
     assert (report / name).read_bytes() == (other / "report" / name).read_bytes(), name
 

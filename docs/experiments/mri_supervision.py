@@ -22,7 +22,10 @@ patient has). A condition is its target and changes, joined by '+':
   flips and intensity changes kept); ``half``: a random half of the training patients (a
   learning-curve point); ``wN``: encoder width N (the demo's: 8); ``sN``: N steps (the demo's:
   1,800); ``lrX``: peak learning rate X (the demo's: 1e-3); ``bN``: N patients a step (8);
-  ``medicalnet`` or ``monai``: that encoder layout (the demo's: ``resnet``; models/resnet.py).
+  ``medicalnet`` or ``monai``: that encoder layout (the demo's: ``resnet``; models/resnet.py);
+  ``pretrained``: the encoder starts from the pretrain run ``--encoder_init`` (the pretrain job,
+  configs/pretrain.py:tiny,mri on the same records: SimCLR, no labels); ``frozen``: and its
+  weights stay (learning rate 0; batch statistics still update), a probe of its features.
 
 Records of another geometry preset (a demo run with ``--config.demo.geometry=demo``: 4 mm voxels)
 train the same network on their box, the translation kept at 8 mm.
@@ -47,15 +50,17 @@ from sklearn.metrics import roc_auc_score
 from input_pipeline import encoding, geometries
 from mrp_jax import configuration, models
 from mrp_jax.core import augment
+from mrp_jax.training import pretrain
 
 flags.DEFINE_list("conditions", ["label", "evidence", "label+noaug", "label+half"],
                   "Which conditions to train (module docstring).")
 flags.DEFINE_integer("seed", 0, "Initialisation, data order and augmentation.")
+flags.DEFINE_string("encoder_init", None, "A pretrain run's workdir (conditions 'pretrained').")
 FLAGS = flags.FLAGS
 # The demo's iMRrhpc (configs/demo.py, configs/iMRrhpc.py:tiny).
 DEFAULTS = {"target": "label", "augmented": True, "intensity": True, "affine": True,
             "half": False, "width": 8, "steps": 1800, "learning_rate": 1e-3, "batch": 8,
-            "layout": "resnet"}
+            "layout": "resnet", "pretrained": False, "frozen": False}
 
 
 def parse(condition: str) -> dict:
@@ -72,8 +77,10 @@ def parse(condition: str) -> dict:
       out["intensity"] = False
     elif token == "noaffine":
       out["affine"] = False
-    elif token == "half":
-      out["half"] = True
+    elif token in ("half", "pretrained"):
+      out[token] = True
+    elif token == "frozen":
+      out["pretrained"] = out["frozen"] = True
     elif token[:2] == "lr":
       out["learning_rate"] = float(token[2:])
     elif token[:1] in "wsb" and token[1:].isdigit():
@@ -118,10 +125,18 @@ def train(volumes, has, label, target, train_idx, settings, seed):
   init = batch_of(volumes, train_idx[:2], np.array([0, 1]))
   variables = net.init(jax.random.PRNGKey(seed), init, train=False)
   params, stats_ = variables["params"], variables["batch_stats"]
+  if settings["pretrained"]:
+    if not FLAGS.encoder_init:
+      raise ValueError("condition 'pretrained' needs --encoder_init=<pretrain run>")
+    params, stats_ = pretrain.encoder_from(FLAGS.encoder_init, "iMRrhpc", params, stats_)
   schedule = optax.warmup_cosine_decay_schedule(0, settings["learning_rate"],
                                                 max(1, steps // 15), steps)
   optimizer = optax.chain(optax.clip_by_global_norm(config.train.grad_clip_norm),
                           optax.adamw(schedule, weight_decay=config.train.weight_decay))
+  if settings["frozen"]:  # the encoder's weights stay; the heads train
+    optimizer = optax.multi_transform(
+        {"train": optimizer, "frozen": optax.set_to_zero()},
+        {k: "frozen" if k == pretrain.ENCODER_MODULE else "train" for k in params})
   opt_state = optimizer.init(params)
   # The tiny configs shift by 1 voxel of 8 mm; records of another preset the same 8 mm.
   spacing = next(g.mri_spacing_mm[0] for g in geometries.GEOMETRIES.values()

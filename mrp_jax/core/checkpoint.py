@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging as std_logging
 import sys
 import threading
 from pathlib import Path
@@ -144,7 +145,9 @@ def _abandoned_reads_to_the_log() -> None:
   threads and coroutines ("Event loop is closed", "Encountered error while reading array
   index"), whose tracebacks Python prints to stderr by default. From the first failed restore
   on, such tracebacks go to the library log instead, so the damaged step's one line stays the
-  only word on the console; any other uncaught error is shown as before."""
+  only word on the console; any other uncaught error is shown as before. A read can outlive the
+  command's log (closed at exit): its line is then dropped, not replaced by logging's own
+  traceback of the closed stream."""
   if getattr(sys.unraisablehook, "_mrp_checkpoint", False):
     return
 
@@ -154,15 +157,22 @@ def _abandoned_reads_to_the_log() -> None:
 
   show_unraisable, show_thread = sys.unraisablehook, threading.excepthook
 
+  def note(error: BaseException) -> None:
+    raise_exceptions, std_logging.raiseExceptions = std_logging.raiseExceptions, False
+    try:
+      logging.warning("an abandoned checkpoint read failed: %s", error)
+    finally:
+      std_logging.raiseExceptions = raise_exceptions
+
   def unraisable(info: Any) -> None:
     if abandoned(info.exc_value):
-      logging.warning("an abandoned checkpoint read failed: %s", info.exc_value)
+      note(info.exc_value)
     else:
       show_unraisable(info)
 
   def thread(info: Any) -> None:
     if abandoned(info.exc_value):
-      logging.warning("an abandoned checkpoint read failed: %s", info.exc_value)
+      note(info.exc_value)
     else:
       show_thread(info)
 
