@@ -51,11 +51,15 @@ def test_analytic_valid_taps_match_xla_cost_analysis(spatial_dims, shape, layout
 
 
 def test_benchmark_job_at_tiny_size(training_records, tmp_path):
-  """Every model and part, JAX against PyTorch on the same weights, through the main entry."""
+  """Every model and part, JAX against PyTorch on the same weights, through the main entry.
+  The pipeline feeds stacked batches (the train job's 'batch' transfer), so the pipeline part
+  runs the train part's executable; the train job's views form has its own tests
+  (test_train_step, test_train)."""
   workdir = tmp_path / "bench"
   result = subprocess.run(
       [sys.executable, "-m", "mrp_jax.main", "--config", "configs/benchmark.py:tiny",
-       "--workdir", str(workdir), f"--config.data.records={training_records}"],
+       "--workdir", str(workdir), f"--config.data.records={training_records}",
+       "--config.data.transfer=batch"],
       cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "JAX/PyTorch examples/s" in result.stdout
@@ -67,6 +71,8 @@ def test_benchmark_job_at_tiny_size(training_records, tmp_path):
       timing = entry["jax"][part]
       assert timing["examples_per_s"] > 0 and timing["p10_s"] <= timing["median_s"] <= \
           timing["p90_s"], (name, part)
+    pipeline = entry["jax"]["pipeline"]
+    assert not pipeline["views"] and not pipeline["recompiled_for_records"], name
     assert entry["torch"]["parameters"] == entry["parameters"], name
     assert set(entry["jax_over_torch"]) == {"eval", "train"}
     # The PyTorch network computes the same function from the same weights.

@@ -266,11 +266,15 @@ def test_an_abandoned_read_after_the_log_closed_prints_nothing(capsys):
   handler = std_logging.StreamHandler(closed)
   absl_logger = std_logging.getLogger("absl")
   absl_logger.addHandler(handler)
+  # logging's default (a library or an earlier test may have changed it): a failing handler
+  # prints its traceback.
+  raise_exceptions, std_logging.raiseExceptions = std_logging.raiseExceptions, True
   try:
     error = RuntimeError("Event loop is closed")
     threading.excepthook(threading.ExceptHookArgs((RuntimeError, error, None, None)))
+    assert std_logging.raiseExceptions  # logging's own setting is back
   finally:
     absl_logger.removeHandler(handler)
+    std_logging.raiseExceptions = raise_exceptions
   err = capsys.readouterr().err
   assert "Logging error" not in err and "Traceback" not in err, err
-  assert std_logging.raiseExceptions  # logging's own setting is back

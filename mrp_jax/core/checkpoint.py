@@ -156,13 +156,15 @@ def _abandoned_reads_to_the_log() -> None:
     return "Event loop is closed" in text or "while reading array index" in text
 
   show_unraisable, show_thread = sys.unraisablehook, threading.excepthook
+  lock = threading.Lock()
 
   def note(error: BaseException) -> None:
-    raise_exceptions, std_logging.raiseExceptions = std_logging.raiseExceptions, False
-    try:
-      logging.warning("an abandoned checkpoint read failed: %s", error)
-    finally:
-      std_logging.raiseExceptions = raise_exceptions
+    with lock:  # reads fail in several threads at once; each puts back what it found
+      raise_exceptions, std_logging.raiseExceptions = std_logging.raiseExceptions, False
+      try:
+        logging.warning("an abandoned checkpoint read failed: %s", error)
+      finally:
+        std_logging.raiseExceptions = raise_exceptions
 
   def unraisable(info: Any) -> None:
     if abandoned(info.exc_value):
