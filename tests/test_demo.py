@@ -51,8 +51,8 @@ def _demo(workdir):
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
   """Every stage, then the same command again: nothing is redone. Then the same command in
-  another folder that holds the first one's export, records, pretrain and rhpc runs, killed
-  with SIGKILL in the middle of iMGrhpc's training and run again: it resumes to the
+  another folder that holds the first one's export, records, pretrain, rhpc and iMRrhpc runs,
+  killed with SIGKILL in the middle of iMGrhpc's training and run again: it resumes to the
   uninterrupted run's parameters (BatchNorm statistics, augmentation keys and the data
   iterator's position restored), bit for bit, and writes byte for byte its report (same seed,
   same machine). (The other stages have their own kill tests: test_prepare, test_pretrain,
@@ -119,7 +119,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
 
   # Same command elsewhere, killed mid-training (iMGrhpc has a checkpoint, not its last one).
   other = tmp_path.parent / "b"
-  for done in ("export", "records", "records.private", "runs/rhpc", "runs/pretrain_iMGrhpc"):
+  # iMRrhpc's finished run too: the kill and the resume are iMGrhpc's, the report is redone.
+  for done in ("export", "records", "records.private", "runs/rhpc", "runs/pretrain_iMGrhpc",
+               "runs/iMRrhpc"):
     shutil.copytree(tmp_path / done, other / done)
   shutil.copy2(tmp_path / "records.pseudonym.key", other / "records.pseudonym.key")
   victim = subprocess.Popen(_command(other), cwd=ROOT, env=_ENV, stdout=subprocess.DEVNULL,
@@ -135,7 +137,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   resumed = _demo(other)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from step" in resumed.stdout
-  assert resumed.stdout.count("done before") == 2  # the copied pretrain and rhpc runs
+  assert resumed.stdout.count("done before") == 3  # the copied pretrain, rhpc and iMRrhpc runs
   best = json.loads((tmp_path / "runs" / "iMGrhpc" / "final.json").read_text())["best_step"]
   for folder in ("checkpoints/6", f"best/{best}"):  # the last step's state and the kept one
     straight, killed = (stored_arrays(w / "runs" / "iMGrhpc" / folder) for w in (tmp_path, other))
