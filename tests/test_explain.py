@@ -99,10 +99,11 @@ def test_model_attributions_are_complete_on_a_trained_model(trained_imr):
   run, batch = trained_imr
   variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
   # The logit (explain's default target; the calibrated probability: the next test). The 6-step
-  # model differs from one suite run to the next (each prepares its tiny cohort afresh), and in
-  # some its probability moved only 4e-4 to 0.01 from the baseline's, inside the quadrature's
-  # allowance below, so the guard failed now and then; the logit moves at least 4x as far as
-  # the probability (dp = p (1 - p) dlogit), 0.07-0.77 in two runs on 2026-12-08.
+  # model differs from one suite run to the next (each prepares its tiny cohort afresh, under a
+  # new random pseudonym key), and in some its probability moved only 4e-4 to 0.01 from the
+  # baseline's, inside the quadrature's allowance below, so the guard failed now and then; the
+  # logit moves at least 4x as far as the probability (dp = p (1 - p) dlogit), 0.07-0.77 in two
+  # runs on 2026-12-08.
   out = explain.model_attributions(run.model, variables, batch, explain.AttributionOptions(
       target="logit", steps=8, chunk_size=4))
   features = [v.label for v in schema.VARIABLES] + ["MRI"]
