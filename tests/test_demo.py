@@ -79,7 +79,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
   report = tmp_path / "report"
   metrics = json.loads((report / "metrics.json").read_text())
   models = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
-  assert set(metrics["models"]) == {*models, *(f"oracle {m}" for m in models)}
+  assert set(metrics["models"]) == {*models, *(f"oracle {m}" for m in models),
+                                    "oracle MRP rule"}
   for phase in ("pre", "mid", "post"):
     assert metrics["models"]["MRP"][phase]["n"] > 0
   assert (report / "report.md").read_text().count("| MRP |") >= 1

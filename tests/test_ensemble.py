@@ -10,7 +10,7 @@ from configs import evaluate as evaluate_config
 from mrp_jax import configuration
 from mrp_jax.core import inference
 from mrp_jax.evaluation import calibration, ensemble, evaluate, predictions, statistics
-from mrp_jax.evaluation.scores import Key, Scores
+from mrp_jax.evaluation.scores import ORACLE_RULE, Key, Scores
 
 IDS = np.asarray(["P1", "P2", "N1", "N2"])
 LABELS = np.asarray([1, 1, 0, 0])
@@ -130,3 +130,52 @@ def test_the_logit_of_an_output_that_rounds_to_0_or_1_stays_finite():
   assert z[0] == pytest.approx(np.log(clip) - np.log1p(-clip), rel=1e-12)
   # 1 - clip is held to float64's spacing near 1 (2^-53), a relative 2^-53 / clip of clip.
   assert z[2] == pytest.approx(-z[0], abs=2 * 2.0**-53 / clip)
+
+
+def test_the_rule_on_perfect_members_falls_short_of_the_joint_posterior():
+  """add_oracle_rule on exact posteriors: the table's log-odds T and two images' log-odds A
+  and B, each drawn given the label (d' 1.2 each), so P(pCR | table, mammogram) = s(T + A),
+  P(pCR | table, MRI) = s(T + B) and the joint posterior s(T + A + B). The rule's mean of the
+  first two ranks worse than the joint one, and better than either member: on 20,000 test
+  patients 0.903 against 0.919 (in six draws of this size the difference was 0.013-0.015, so
+  the bar 0.01 holds with room). Its scores are the combination with the fitted weights, the
+  MRI member's alone for a patient without a mammogram."""
+  rng = np.random.default_rng(0)
+
+  def draw(n):
+    y = rng.random(n) < 0.3
+    t, a, b = (rng.normal(np.where(y, d / 2, -d / 2), 1.0) * d for d in (1.0, 1.2, 1.2))
+    ids = np.asarray([f"P{k:05x}" for k in range(n)])
+    return ids, y.astype(int), posterior(t + a), posterior(t + b), posterior(t + a + b)
+
+  def posterior(log_likelihood_ratio):
+    return 1 / (1 + np.exp(-(np.log(0.3 / 0.7) + log_likelihood_ratio)))
+
+  scores, predicted = {}, {}
+  for split, n in (("validation", 4000), ("test", 20000)):
+    ids, y, mg, mr, joint = draw(n)
+    present = np.ones(n, bool)
+    if split == "test":
+      present[:100] = False  # no mammogram: the rule falls back to the MRI member
+      mg[:100] = joint[:100] = mr[:100]
+    scores[Key("oracle iMGrhpc", split, "pre")] = Scores(ids, y, mg)
+    scores[Key("oracle iMRrhpc", split, "pre")] = Scores(ids, y, mr)
+    scores[Key("oracle MRP", split, "pre")] = Scores(ids, y, joint)
+    predicted[Key("iMGrhpc", split, "pre")] = inference.Predictions(ids, mg, mg, y, mg, present)
+    predicted[Key("iMRrhpc", split, "pre")] = inference.Predictions(
+        ids, mr, mr, y, mr, np.ones(n, bool))
+  weights = predictions.add_oracle_rule(
+      scores, predicted,
+      predictions.Ensemble({"iMGrhpc": "iMGrhpc", "iMRrhpc": "iMRrhpc"}, "validation", "model"))
+  assert 0.3 <= weights.w_mg <= 0.7  # two members of equal strength
+  rule = scores[Key(ORACLE_RULE, "test", "pre")]
+  test = {m: scores[Key(f"oracle {m}", "test", "pre")] for m in ("iMGrhpc", "iMRrhpc", "MRP")}
+  expected = np.where(np.arange(20000) < 100, test["iMRrhpc"].probability,
+                      weights.w_mg * test["iMGrhpc"].probability
+                      + weights.w_mr * test["iMRrhpc"].probability)
+  np.testing.assert_allclose(rule.probability, expected, rtol=0, atol=1e-15)
+  joint = statistics.auroc(rule.labels, test["MRP"].probability)
+  mixed = statistics.auroc(rule.labels, rule.probability)
+  assert joint - mixed > 0.01, (joint, mixed)
+  assert mixed > max(statistics.auroc(rule.labels, test[m].probability)
+                     for m in ("iMGrhpc", "iMRrhpc"))

@@ -22,7 +22,7 @@ from mrp_jax.evaluation import (
     statistics,
 )
 from mrp_jax.evaluation.readers import READERS_MEAN
-from mrp_jax.evaluation.scores import Bootstrap, Scores
+from mrp_jax.evaluation.scores import ORACLE_RULE, Bootstrap, Scores
 
 PHASES = ("pre", "mid", "post")
 MODELS = ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")
@@ -472,15 +472,20 @@ def test_a_synthetic_cohort_is_reported_against_its_oracle(report, training_reco
   folder, _, _ = report
   metrics = json.loads((folder / "metrics.json").read_text())
   truth = oracle.read(training_records)
-  assert metrics["oracle"] == [f"oracle {m}" for m in oracle.MODELS]
+  assert metrics["oracle"] == [f"oracle {m}" for m in oracle.MODELS] + [ORACLE_RULE]
+  assert 0 <= metrics["oracle_rule_weights"]["w_mg"] <= 1
   rows = list(csv.DictReader(open(folder / "predictions.csv")))
   for row in rows:
-    if row["model"].startswith("oracle "):
+    if row["model"] == ORACLE_RULE:  # MRP's rule on the members' oracles: between the two
+      members = [truth[row["patient_id"]][m][row["phase"]] for m in ("iMGrhpc", "iMRrhpc")]
+      assert min(members) - 1e-6 <= float(row["probability"]) <= max(members) + 1e-6
+    elif row["model"].startswith("oracle "):
       expected = truth[row["patient_id"]][row["model"].split()[1]][row["phase"]]
       assert float(row["probability"]) == pytest.approx(expected, abs=1e-6)
   for phase in PHASES:
-    gaps = {g["model"]: g for g in metrics["oracle_gaps"][phase]}
-    assert set(gaps) == {"rhpc", "iMGrhpc", "iMRrhpc", "MRP"}
+    gaps = {(g["model"], g["oracle"]): g for g in metrics["oracle_gaps"][phase]}
+    assert set(gaps) == {(m, f"oracle {m}") for m in ("rhpc", "iMGrhpc", "iMRrhpc", "MRP")} | {
+        ("MRP", ORACLE_RULE)}
     for gap in gaps.values():
       assert gap["auroc_oracle"] == pytest.approx(
           metrics["models"][gap["oracle"]][phase]["auroc"]["value"])

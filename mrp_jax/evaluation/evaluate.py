@@ -15,7 +15,8 @@ explanations and a report.
    models' own probabilities (config.evaluate.mrp_inputs 'model', the paper's; MRP's output
    then gets its own Platt map) or on their calibrated ones ('calibrated'), and MRP's
    scores; readers.add_readers: readers' probabilities and their mean ("Readers (mean)", the
-   paper's +R); predictions.add_oracle: for a synthetic export, the oracles' probabilities;
+   paper's +R); predictions.add_oracle: for a synthetic export, the oracles' probabilities,
+   and predictions.add_oracle_rule: MRP's rule on its members' oracles ('oracle MRP rule');
 4. scores.reported_scores: the reported split's scores of the reported cohort
    (config.evaluate.cohort; cohort.py): by default the patients with every image, the same at
    every phase;
@@ -66,7 +67,7 @@ from mrp_jax.evaluation import (
     tables,
 )
 from mrp_jax.evaluation.explain import RANKINGS
-from mrp_jax.evaluation.scores import Bootstrap, Scored, reported_scores
+from mrp_jax.evaluation.scores import ORACLE_RULE, Bootstrap, Scored, reported_scores
 
 # config.evaluate, as the stages read it.
 CONFIG_RULES: dict[str, cfg.Rule] = {
@@ -115,10 +116,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   maps = predictions.calibrate(predicted, ev.fit_split, phases)
   scores = predictions.calibrated(predicted, maps)
   members = predictions.mrp_members(loaded)
-  weights = predictions.add_mrp(scores, predicted, maps,
-                                predictions.Ensemble(members, ev.fit_split, ev.mrp_inputs))
+  how = predictions.Ensemble(members, ev.fit_split, ev.mrp_inputs)
+  weights = predictions.add_mrp(scores, predicted, maps, how)
   reader_labels = readers.add_readers(scores, ev.readers, ev.split, patients) if ev.readers else []
   oracle_labels = predictions.add_oracle(scores, records_dir, predicted)
+  oracle_rule = predictions.add_oracle_rule(scores, predicted, how) if oracle_labels else None
+  if oracle_rule is not None:
+    oracle_labels.append(ORACLE_RULE)
   scored = Scored(
       split=ev.split, fit_split=ev.fit_split, phases=phases, patients=patients,
       cohort=reported_cohort, predictions=predicted, calibration=maps, scores=scores,
@@ -158,6 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
       **found,
       "calibration": {"method": calibration.METHOD, "fit_split": ev.fit_split, "maps": maps},
       "ensemble": weights, "readers": reader_labels, "oracle": oracle_labels,
+      "oracle_rule_weights": oracle_rule,
       # No paths, dates or timings: the same runs give the same bytes wherever they live.
       "runs": {r.label: {"model": r.model_name, "step": r.step} for r in loaded},
       "bootstrap": {"replicates": ev.bootstrap_replicates, "kind": "percentile",

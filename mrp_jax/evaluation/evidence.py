@@ -10,7 +10,7 @@ from scipy import special
 
 from mrp_jax.evaluation import statistics
 from mrp_jax.evaluation.claims import ORDERING, Side, compare
-from mrp_jax.evaluation.scores import Bootstrap, Cell, Scored, Scores
+from mrp_jax.evaluation.scores import ORACLE_RULE, Bootstrap, Cell, Scored, Scores
 
 # The fused models and the image each one's encoder sees.
 IMAGES = {"iMGrhpc": "mammogram", "iMRrhpc": "MRI"}
@@ -20,12 +20,13 @@ def oracle_gaps(reported: dict[Cell, Scores], phases: tuple[str, ...], members: 
                 oracle_labels: list[str], bootstrap: Bootstrap) -> dict[str, list[dict[str, Any]]]:
   """Per phase, each trained model's AUROC against its oracle's (the Bayes-optimal P(pCR)
   given what that model sees) on the same patients: how much of what the data holds the
-  model found. Empty for real data."""
+  model found; and MRP's against its rule's on perfect members (scores.ORACLE_RULE), where
+  that oracle is present. Empty for real data."""
   out = {}
   for phase in phases:
     out[phase] = []
-    for model in ORDERING:
-      label, target = members.get(model, model), f"oracle {model}"
+    for model, target in [(m, f"oracle {m}") for m in ORDERING] + [("MRP", ORACLE_RULE)]:
+      label = members.get(model, model)
       if target in oracle_labels and (label, phase) in reported and (target, phase) in reported:
         gap = compare(f"{model} - oracle", phase, Side(label, reported[(label, phase)]),
                       Side(target, reported[(target, phase)]), bootstrap)

@@ -16,7 +16,7 @@ from input_pipeline.synthetic import oracle as synthetic_oracle
 from mrp_jax import console
 from mrp_jax.core import inference, runs
 from mrp_jax.evaluation import calibration, ensemble
-from mrp_jax.evaluation.scores import Key, Scores
+from mrp_jax.evaluation.scores import ORACLE_RULE, Key, Scores
 
 
 def predict_splits(loaded: list[runs.Run], records_dir: Path, splits: tuple[str, ...],
@@ -155,3 +155,48 @@ def add_oracle(scores: dict[Key, Scores], records_dir: Path,
           ids[known], y[known], np.asarray([truth[i][model][phase] for i in ids[known]]))
     labels.append(label)
   return labels
+
+
+def add_oracle_rule(scores: dict[Key, Scores], predictions: dict[Key, inference.Predictions],
+                    how: Ensemble) -> ensemble.EnsembleWeights | None:
+  """MRP's rule on perfect members: y = W1 x P(oracle iMGrhpc) + W2 x P(oracle iMRrhpc), the
+  weights chosen on the fit split as MRP's are (ensemble.fit), added as ORACLE_RULE for every
+  split and phase. 'oracle MRP' is the posterior given both images at once; a weighted mean of
+  two posteriors that each count the table is not that, so this is the most the paper's rule
+  can reach, and MRP's gap to 'oracle MRP' splits into the rule's part ('oracle MRP' minus
+  this) and its members' (this minus MRP). None without both MRP members or their oracles.
+
+  The oracles are calibrated probabilities, so the combination is used as it is (no Platt map;
+  one would not change its AUROC)."""
+  members = how.members
+  if "iMGrhpc" not in members or "iMRrhpc" not in members:
+    return None
+  splits = tuple(dict.fromkeys(key.split for key in predictions))
+  phases = tuple(dict.fromkeys(key.phase for key in predictions))
+  if not all(Key(f"oracle {m}", split, phase) in scores for m in ("iMGrhpc", "iMRrhpc")
+             for split in splits for phase in phases):
+    return None
+
+  def arrays(split, phase):
+    mg, mr = scores[Key("oracle iMGrhpc", split, phase)], scores[Key("oracle iMRrhpc", split,
+                                                                         phase)]
+    if not np.array_equal(mg.ids, mr.ids):
+      raise RuntimeError(f"{split} {phase}: the oracles of iMGrhpc and iMRrhpc cover "
+                         "different patients")
+    present = {}
+    for model in ("iMGrhpc", "iMRrhpc"):
+      p = predictions[Key(members[model], split, phase)]
+      by_id = dict(zip(p.patient_ids, p.image_present))
+      present[model] = np.asarray([by_id[i] for i in mg.ids], bool)
+    return {"ids": mg.ids, "label": mg.labels, "p_mg": mg.probability,
+            "p_mr": mr.probability, "mg_present": present["iMGrhpc"],
+            "mr_present": present["iMRrhpc"]}
+
+  weights = ensemble.fit([arrays(how.fit_split, phase) for phase in phases],
+                         inputs="calibrated")
+  for split, phase in itertools.product(splits, phases):
+    a = arrays(split, phase)
+    scores[Key(ORACLE_RULE, split, phase)] = Scores(
+        a["ids"], a["label"], ensemble.combine(weights, a["p_mg"], a["p_mr"], a["mg_present"],
+                                               a["mr_present"]))
+  return weights

@@ -16,6 +16,9 @@ from mrp_jax.core import inference
 from mrp_jax.evaluation import calibration, cohort, ensemble
 from mrp_jax.evaluation.statistics import Bootstrap  # every CI's: config.evaluate and seed
 
+# MRP's rule applied to the oracles of its two members (predictions.add_oracle_rule).
+ORACLE_RULE = "oracle MRP rule"
+
 
 class Key(NamedTuple):
   """What a set of scores is: whose, on which split, at which phase."""
