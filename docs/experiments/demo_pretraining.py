@@ -9,6 +9,9 @@ demo in runs/demo; ~8 minutes per condition with pretraining on 2 shared cores, 
       --name scratch
   python docs/experiments/demo_pretraining.py --demo runs/demo --out /tmp/demo_pretraining \
       --name frozen --encoder /tmp/demo_pretraining/pretrained/pretrain --encoder_lr_scale 0
+A demo run with `--config.seed=N` needs `--seed N` to train as it did; another seed draws a
+new start on the same records (docs/experiments.md, "The demo's size"):
+  python docs/experiments/demo_pretraining.py --demo runs/demo_seed1 --name init0 --seed 0
 After the paper-scale run (configs/demo.py:paper in runs/paper), its iMGrhpc from scratch:
   python docs/experiments/demo_pretraining.py --demo runs/paper --variants paper \
       --out /tmp/paper_pretraining --name scratch
@@ -59,6 +62,9 @@ flags.DEFINE_float("crop_min_area", None, "config.pretrain.crop_min_area (defaul
 flags.DEFINE_string("encoder", "", "A finished pretrain run to start from instead.")
 flags.DEFINE_float("encoder_lr_scale", None, "train.encoder_learning_rate_scale for iMGrhpc.")
 flags.DEFINE_bool("probe", False, "Also a linear probe of the pretrained encoder.")
+flags.DEFINE_integer("seed", None, "config.seed of the runs here (default: configs/demo.py's, "
+                     "0), e.g. the seed of --demo's run, or another to draw a new "
+                     "initialisation and data order on the same records.")
 FLAGS = flags.FLAGS
 
 
@@ -105,6 +111,8 @@ def main(argv):
   records_dir = demo_dir / "records"
   out.mkdir(parents=True, exist_ok=True)
   config = configuration.load("configs/demo.py" + (f":{FLAGS.variants}" if FLAGS.variants else ""))
+  if FLAGS.seed is not None:
+    config.seed = FLAGS.seed
   config.demo.pretrain.steps = max(FLAGS.pretrain_steps, 1)
   config.demo.pretrain.batch_size = FLAGS.pretrain_batch
   pretrain_config = demo.pretrain_config(config, records_dir)

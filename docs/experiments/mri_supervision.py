@@ -25,7 +25,12 @@ patient has). A condition is its target and changes, joined by '+':
   ``medicalnet`` or ``monai``: that encoder layout (the demo's: ``resnet``; models/resnet.py);
   ``pretrained``: the encoder starts from the pretrain run ``--encoder_init`` (the pretrain job,
   configs/pretrain.py:tiny,mri on the same records: SimCLR, no labels); ``frozen``: and its
-  weights stay (learning rate 0; batch statistics still update), a probe of its features.
+  weights stay (learning rate 0; batch statistics still update), a probe of its features;
+  ``emaX``: predict with an exponential moving average of the weights, decay X (e.g.
+  ``ema0.998``; min(X, (1 + t) / (10 + t)) at step t, so the start's weights fade early).
+
+``--seeds 0,1,2`` trains each condition once per seed and adds a row for the ensemble of those
+runs (the mean of their image-only logits).
 
 Records of another geometry preset (a demo run with ``--config.demo.geometry=demo``: 4 mm voxels)
 train the same network on their box, the translation kept at 8 mm.
@@ -54,13 +59,14 @@ from mrp_jax.training import pretrain
 
 flags.DEFINE_list("conditions", ["label", "evidence", "label+noaug", "label+half"],
                   "Which conditions to train (module docstring).")
-flags.DEFINE_integer("seed", 0, "Initialisation, data order and augmentation.")
+flags.DEFINE_list("seeds", ["0"], "Initialisation, data order and augmentation; several: "
+                  "one run each and their ensemble.")
 flags.DEFINE_string("encoder_init", None, "A pretrain run's workdir (conditions 'pretrained').")
 FLAGS = flags.FLAGS
 # The demo's iMRrhpc (configs/demo.py, configs/iMRrhpc.py:tiny).
 DEFAULTS = {"target": "label", "augmented": True, "intensity": True, "affine": True,
             "half": False, "width": 8, "steps": 1800, "learning_rate": 1e-3, "batch": 8,
-            "layout": "resnet", "pretrained": False, "frozen": False}
+            "layout": "resnet", "pretrained": False, "frozen": False, "ema": 0.0}
 
 
 def parse(condition: str) -> dict:
@@ -81,6 +87,8 @@ def parse(condition: str) -> dict:
       out[token] = True
     elif token == "frozen":
       out["pretrained"] = out["frozen"] = True
+    elif token[:3] == "ema":
+      out["ema"] = float(token[3:])
     elif token[:2] == "lr":
       out["learning_rate"] = float(token[2:])
     elif token[:1] in "wsb" and token[1:].isdigit():
@@ -150,6 +158,11 @@ def train(volumes, has, label, target, train_idx, settings, seed):
   options = augment.AugmentOptions.from_config(config.augment)
 
   @jax.jit
+  def average(ema, params, i):
+    decay = jnp.minimum(settings["ema"], (1.0 + i) / (10.0 + i))
+    return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+
+  @jax.jit
   def step(params, stats_, opt_state, batch, y, key):
     batch = augment.prepare_images(batch)
     if augmented:
@@ -168,6 +181,7 @@ def train(volumes, has, label, target, train_idx, settings, seed):
 
   rng = np.random.default_rng(seed)
   key = jax.random.PRNGKey(seed + 1)
+  ema = params
   for i in range(steps):
     index = rng.choice(train_idx, batch_size, replace=False)
     phase = np.array([rng.choice(np.flatnonzero(has[j])) for j in index])
@@ -175,7 +189,9 @@ def train(volumes, has, label, target, train_idx, settings, seed):
     params, stats_, opt_state = step(params, stats_, opt_state,
                                      batch_of(volumes, index, phase), y,
                                      jax.random.fold_in(key, i))
-  return net, {"params": params, "batch_stats": stats_}
+    if settings["ema"]:
+      ema = average(ema, params, i)
+  return net, {"params": ema if settings["ema"] else params, "batch_stats": stats_}
 
 
 def scores(predict, volumes, has, index):
@@ -219,24 +235,36 @@ def main(argv):
     print(f"oracle image evidence, {s}: {fmt(aurocs(evidence[index], index))}")
   print("condition | train AUROC | train Spearman with evidence | validation AUROC | test AUROC | "
         "test Spearman with evidence | s")
+
+  def report(name, run, seconds):
+    print(f"{name} (n {len(run['subset'])}) | {fmt(aurocs(run['train'], run['subset']))} | "
+          f"{fmt(rho(run['train'], run['subset']))} | "
+          f"{fmt(aurocs(run['validation'], held['validation']))} | "
+          f"{fmt(aurocs(run['test'], held['test']))} | "
+          f"{fmt(rho(run['test'], held['test']))} | {seconds:.0f}", flush=True)
+
+  seeds = [int(s) for s in FLAGS.seeds]
   for condition in FLAGS.conditions:
-    t0 = time.time()
     settings = parse(condition)
-    subset = train_idx
-    if settings["half"]:
-      subset = np.sort(np.random.default_rng(FLAGS.seed).choice(
-          train_idx, len(train_idx) // 2, replace=False))
-    net, variables = train(volumes, has, label, z, subset, settings, FLAGS.seed)
-    predict = jax.jit(lambda b, v=variables, n=net:
-                      n.apply(v, augment.prepare_images(b))["image_logit"])
-    s_train = scores(predict, volumes, has, subset)
-    s_held = {s: scores(predict, volumes, has, index) for s, index in held.items()}
-    print(f"{condition} (n {len(subset)}) | {fmt(aurocs(s_train, subset))} | "
-          f"{fmt(rho(s_train, subset))} | "
-          f"{fmt(aurocs(s_held['validation'], held['validation']))} | "
-          f"{fmt(aurocs(s_held['test'], held['test']))} | "
-          f"{fmt(rho(s_held['test'], held['test']))} | "
-          f"{time.time() - t0:.0f}", flush=True)
+    runs = []
+    for seed in seeds:
+      t0 = time.time()
+      subset = train_idx
+      if settings["half"]:
+        subset = np.sort(np.random.default_rng(seed).choice(
+            train_idx, len(train_idx) // 2, replace=False))
+      net, variables = train(volumes, has, label, z, subset, settings, seed)
+      predict = jax.jit(lambda b, v=variables, n=net:
+                        n.apply(v, augment.prepare_images(b))["image_logit"])
+      runs.append({"subset": subset, "train": scores(predict, volumes, has, subset),
+                   **{s: scores(predict, volumes, has, index) for s, index in held.items()}})
+      report(f"{condition} seed {seed}", runs[-1], time.time() - t0)
+    if len(runs) > 1:
+      ensemble = {s: np.mean([r[s] for r in runs], axis=0) for s in held}
+      print(f"{condition} ensemble of {len(runs)} | - | - | "
+            f"{fmt(aurocs(ensemble['validation'], held['validation']))} | "
+            f"{fmt(aurocs(ensemble['test'], held['test']))} | "
+            f"{fmt(rho(ensemble['test'], held['test']))} | -", flush=True)
 
 
 if __name__ == "__main__":
