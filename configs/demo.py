@@ -17,6 +17,7 @@ beside the full models' (WORKDIR/<ablation>/runs, WORKDIR/<ablation>/report), so
   python -m mrp_jax.main --config configs/demo.py:paper --workdir runs/paper
   python -m mrp_jax.main --config configs/demo.py:paper,no_knowledge --workdir runs/paper
 is the paper's knowledge-predictor ablation (Supplementary Figs. 10-14) on the same patients.
+`--config.demo.mri_layout=monai` gives iMRrhpc's encoder the stride-1 stem (below).
 """
 
 from pathlib import Path
@@ -57,6 +58,10 @@ def get_config(arg=None):
       "iMGrhpc": {"steps": 900, "batch_size": 16, "learning_rate": 1e-3},
       "iMRrhpc": {"steps": 1800, "batch_size": 8, "learning_rate": 1e-3},
   })
+  # iMRrhpc's encoder layout (models/resnet.py LAYOUTS); '' keeps configs/iMRrhpc.py's
+  # ('resnet'). 'monai', the stride-1 stem, found 0.04-0.06 more of the MRI's evidence in the
+  # paper-scale run at 8x the encoder's FLOPs (docs/experiments.md, "The paper-scale run").
+  d.mri_layout = ""
   # The mammogram encoder's self-supervised start (the pretrain job on every split's
   # mammograms, labels unused); steps 0: iMGrhpc's encoder starts from scratch. Off: the
   # pretrained start found less of the mammogram's evidence than the scratch one, from the 448

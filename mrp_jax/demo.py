@@ -66,6 +66,7 @@ CONFIG_RULES: dict[str, configuration.Rule] = {
     "demo.pretrain.steps": (configuration.COUNT[0], "must be an integer >= 0 (0: no pretraining)"),
     "demo.pretrain.batch_size": configuration.POSITIVE_INT,
     "demo.ablation": configuration.one_of("", *ABLATIONS),
+    "demo.mri_layout": configuration.one_of("", *models.LAYOUTS),
 }
 CONFIG_CHECKS: tuple[configuration.Check, ...] = (*train_checks.CONFIG_CHECKS, CONFIG_RULES)
 
@@ -74,8 +75,9 @@ def train_config(config: ml_collections.ConfigDict, model_name: str, records: Pa
                  rhpc_run: Path | None, encoder_run: Path | None = None
                  ) -> ml_collections.ConfigDict:
   """The train config of one demo model: its config file (variant tiny) at the demo's
-  geometry, with the model's steps, batch size and learning rate from ``config.demo.train``;
-  a fused model's image encoder starts from ``encoder_run`` (a pretrain workdir) when given."""
+  geometry, with the model's steps, batch size and learning rate from ``config.demo.train``
+  and iMRrhpc's encoder layout from ``config.demo.mri_layout`` when set; a fused model's image
+  encoder starts from ``encoder_run`` (a pretrain workdir) when given."""
   demo = config.demo
   ablation = demo.ablation if model_name != "rhpc" else ""
   variants = ",".join(filter(None, ("tiny", ablation)))
@@ -87,6 +89,8 @@ def train_config(config: ml_collections.ConfigDict, model_name: str, records: Pa
   out.train.num_steps = settings.steps
   out.train.batch_size = settings.batch_size
   out.train.learning_rate = settings.learning_rate
+  if model_name == "iMRrhpc" and demo.get("mri_layout"):
+    out.model.encoder.layout = demo.mri_layout
   out.train.warmup_steps = max(1, settings.steps // 15)
   out.train.log_every_steps = max(1, settings.steps // 6)
   out.train.eval_every_steps = max(1, settings.steps // 3)
@@ -273,8 +277,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
     stage(report.claims_summary(result["paper_claims"], result.get("oracle_gaps", {}),
                                 result.get("image_evidence", {})))
   return [*outputs.summary(report_dir),
-          f"training curves of the {len(MODELS)} models: tensorboard --logdir {variant_dir / 'runs'} "
-          "(pip install tensorboard)",
+          f"training curves of the {len(MODELS)} models: tensorboard --logdir "
+          f"{variant_dir / 'runs'} (pip install tensorboard)",
           f"records: {options.out}; synthetic export: {export}",
           "run the same command again to resume or to reprint this",
           clock.summary()]

@@ -55,6 +55,31 @@ def test_demo_variants_paper_scale_and_ablations():
                                ).model.time_embedding is False
 
 
+
+def test_the_demo_mri_layout_reaches_imrrhpc_alone(tmp_path):
+  """config.demo.mri_layout sets iMRrhpc's encoder layout and nothing else: the same train
+  config as a copy of configs/iMRrhpc.py that sets the layout itself (the way the paper-scale
+  run with the stride-1 stem was first measured); a layout ResNet lacks is refused by name."""
+  from mrp_jax import demo as demo_job
+  base, stem = demo.get_config("paper"), demo.get_config("paper")
+  stem.demo.mri_layout = "monai"
+  for name in ("rhpc", "iMGrhpc"):
+    assert (demo_job.train_config(stem, name, Path("r"), None).to_dict()
+            == demo_job.train_config(base, name, Path("r"), None).to_dict()), name
+  via_field = demo_job.train_config(stem, "iMRrhpc", Path("r"), None)
+  assert via_field.model.encoder.layout == "monai"
+  assert demo_job.train_config(base, "iMRrhpc", Path("r"), None).model.encoder.layout == "resnet"
+  copy = tmp_path / "iMRrhpc_stem.py"
+  copy.write_text("from configs import iMRrhpc\n\n\ndef get_config(arg=None):\n"
+                  "  config = iMRrhpc.get_config(arg)\n"
+                  "  config.model.encoder.layout = 'monai'\n  return config\n")
+  base.demo.configs.iMRrhpc = str(copy)
+  assert demo_job.train_config(base, "iMRrhpc", Path("r"), None).to_dict() == via_field.to_dict()
+  stem.demo.mri_layout = "vgg"
+  with pytest.raises(configuration.ConfigError, match="config.demo.mri_layout: must be one of"):
+    configuration.validate(stem, demo_job.CONFIG_CHECKS)
+
+
 @pytest.mark.parametrize("path, value, message", [
     ("model.encoder.shortcut", "C", "config.model.encoder.shortcut: must be one of ['A', 'B']"),
     ("model.encoder.strides", (1, 2, 2), "config.model.encoder.strides: must be a tuple of 4"),
