@@ -59,7 +59,7 @@ def get_config(arg=None):
       "iMRrhpc": {"steps": 1800, "batch_size": 8, "learning_rate": 1e-3},
   })
   # iMRrhpc's encoder layout (models/resnet.py LAYOUTS); '' keeps configs/iMRrhpc.py's
-  # ('resnet'). 'monai', the stride-1 stem, found 0.04-0.06 more of the MRI's evidence in the
+  # ('resnet'). 'monai', the stride-1 stem, found 0.04-0.07 more of the MRI's evidence in the
   # paper-scale run at 8x the encoder's FLOPs (docs/experiments.md, "The paper-scale run").
   d.mri_layout = ""
   # The mammogram encoder's self-supervised start (the pretrain job on every split's
