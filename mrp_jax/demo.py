@@ -89,7 +89,7 @@ def train_config(config: ml_collections.ConfigDict, model_name: str, records: Pa
   out.train.num_steps = settings.steps
   out.train.batch_size = settings.batch_size
   out.train.learning_rate = settings.learning_rate
-  if model_name == "iMRrhpc" and demo.get("mri_layout"):
+  if model_name == "iMRrhpc" and demo.mri_layout:
     out.model.encoder.layout = demo.mri_layout
   out.train.warmup_steps = max(1, settings.steps // 15)
   out.train.log_every_steps = max(1, settings.steps // 6)

@@ -120,7 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
   weights = predictions.add_mrp(scores, predicted, maps, how)
   reader_labels = readers.add_readers(scores, ev.readers, ev.split, patients) if ev.readers else []
   oracle_labels = predictions.add_oracle(scores, records_dir, predicted)
-  oracle_rule = predictions.add_oracle_rule(scores, predicted, how) if oracle_labels else None
+  oracle_rule = predictions.add_oracle_rule(scores, predicted, how)
   if oracle_rule is not None:
     oracle_labels.append(ORACLE_RULE)
   scored = Scored(

@@ -192,10 +192,10 @@ def add_oracle_rule(scores: dict[Key, Scores], predictions: dict[Key, inference.
             "p_mr": mr.probability, "mg_present": present["iMGrhpc"],
             "mr_present": present["iMRrhpc"]}
 
-  weights = ensemble.fit([arrays(how.fit_split, phase) for phase in phases],
-                         inputs="calibrated")
-  for split, phase in itertools.product(splits, phases):
-    a = arrays(split, phase)
+  cells = {(split, phase): arrays(split, phase)
+           for split, phase in itertools.product(splits, phases)}
+  weights = ensemble.fit([cells[how.fit_split, phase] for phase in phases], inputs="calibrated")
+  for (split, phase), a in cells.items():
     scores[Key(ORACLE_RULE, split, phase)] = Scores(
         a["ids"], a["label"], ensemble.combine(weights, a["p_mg"], a["p_mr"], a["mg_present"],
                                                a["mr_present"]))
